@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install everything x402-agent needs into this checkout: system libraries (Debian), the Python
+# environment (.venv) and the pinned node-side parts of the local world (node_modules).
+# Idempotent: re-running only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_debs=()
+for pkg in libusb-1.0-0; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need_debs+=("$pkg")
+done
+if ((${#need_debs[@]})); then
+    echo "setup: installing Debian packages: ${need_debs[*]}"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_debs[@]}" >/dev/null
+fi
+
+python=""
+for candidate in python3.11 python3.12 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+        "$candidate" -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] < (3, 13)))'; then
+        python="$candidate"; break
+    fi
+done
+[ -n "$python" ] || { echo "setup: need Python >=3.11,<3.13" >&2; exit 1; }
+
+stamp=.venv/.installed
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing Python packages"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+    touch "$stamp"
+fi
+
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    echo "setup: installing pinned npm packages"
+    npm ci --no-audit --no-fund --loglevel=error
+fi
+echo "setup: ready"

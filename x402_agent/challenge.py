@@ -1,0 +1,171 @@
+"""Parse an HTTP 402 answer into a challenge: the offers a server will accept as payment.
+
+v2 carries the challenge in the PAYMENT-REQUIRED header, v1 in the JSON body. Decoding uses the
+x402 SDK's codecs and pydantic models; this module adds the distrust: size limits, version
+checks, strict integer amounts and addresses. Nothing here signs or spends.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from eth_utils import is_hex_address, to_checksum_address
+from pydantic import ValidationError
+from x402.http import PAYMENT_REQUIRED_HEADER, decode_payment_required_header
+from x402.schemas import PaymentRequired, PaymentRequirements
+from x402.schemas.v1 import PaymentRequiredV1, PaymentRequirementsV1
+
+from .errors import ChallengeError
+from .money import parse_atomic
+from .networks import caip2
+
+MAX_HEADER_BYTES = 16 * 1024
+MAX_BODY_BYTES = 64 * 1024
+MAX_OFFERS = 32
+MAX_TIMEOUT_SECONDS = 86_400
+
+Requirement = PaymentRequirements | PaymentRequirementsV1
+_Required = TypeVar("_Required", PaymentRequired, PaymentRequiredV1)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One way to pay, normalised: integer amount, CAIP-2 network, checksummed addresses."""
+
+    index: int
+    x402_version: int
+    scheme: str
+    network: str  # CAIP-2 when it is an EVM network we can name, else exactly as sent
+    chain_id: int | None
+    asset: str
+    amount: int
+    pay_to: str
+    max_timeout_seconds: int
+    extra: Mapping[str, Any]
+    requirement: Requirement = field(repr=False, compare=False)
+
+    def describe(self) -> dict[str, Any]:
+        return {"index": self.index, "scheme": self.scheme, "network": self.network,
+                "asset": self.asset, "amount": str(self.amount), "pay_to": self.pay_to}
+
+
+@dataclass(frozen=True)
+class Challenge:
+    x402_version: int
+    offers: tuple[Offer, ...]
+    resource_url: str | None
+    error: str | None
+    required: PaymentRequired | PaymentRequiredV1 = field(repr=False, compare=False)
+
+
+def parse_challenge(headers: Mapping[str, str], body: bytes, request_url: str) -> Challenge:
+    """Turn a 402 answer into a Challenge, or raise ChallengeError with a reason code."""
+    header = headers.get(PAYMENT_REQUIRED_HEADER) or headers.get(PAYMENT_REQUIRED_HEADER.lower())
+    required = _from_header(header) if header is not None else _from_body(body)
+    offers = tuple(_offer(i, required.x402_version, r) for i, r in enumerate(required.accepts))
+    resource_url = _resource_url(required)
+    if resource_url is not None and _host(resource_url) != _host(request_url):
+        raise ChallengeError(
+            f"challenge is for {_host(resource_url)!r}, not the requested host",
+            reason="resource_mismatch", resource=resource_url,
+        )
+    return Challenge(required.x402_version, offers, resource_url, required.error, required)
+
+
+def _from_header(header: str) -> PaymentRequired | PaymentRequiredV1:
+    if len(header) > MAX_HEADER_BYTES:
+        raise ChallengeError("PAYMENT-REQUIRED header is too large", reason="oversized_challenge",
+                             size=len(header), limit=MAX_HEADER_BYTES)
+    try:
+        required = decode_payment_required_header(header)
+    except (ValueError, UnicodeError, TypeError, AttributeError, ValidationError) as exc:
+        raise ChallengeError("PAYMENT-REQUIRED header is not a valid x402 challenge",
+                             reason="undecodable_challenge", cause=type(exc).__name__) from exc
+    if not isinstance(required, PaymentRequired) or required.x402_version != 2:
+        raise ChallengeError("PAYMENT-REQUIRED header must carry x402Version 2",
+                             reason="unsupported_x402_version", version=required.x402_version)
+    return _check_accepts(required)
+
+
+def _from_body(body: bytes) -> PaymentRequired | PaymentRequiredV1:
+    if len(body) > MAX_BODY_BYTES:
+        raise ChallengeError("402 body is too large to be a challenge", reason="oversized_challenge",
+                             size=len(body), limit=MAX_BODY_BYTES)
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeError) as exc:
+        raise ChallengeError("402 without PAYMENT-REQUIRED header and without a JSON challenge",
+                             reason="undecodable_challenge") from exc
+    if not isinstance(data, dict):
+        raise ChallengeError("402 body is not a JSON object", reason="undecodable_challenge")
+    version = data.get("x402Version")
+    model: type[PaymentRequired] | type[PaymentRequiredV1]
+    if version == 1:
+        model = PaymentRequiredV1
+    elif version == 2:
+        model = PaymentRequired
+    else:
+        raise ChallengeError(f"unsupported x402Version {version!r}",
+                             reason="unsupported_x402_version", version=repr(version)[:20])
+    try:
+        required = model.model_validate(data)
+    except ValidationError as exc:
+        raise ChallengeError("402 body is not a valid x402 challenge",
+                             reason="undecodable_challenge", problems=exc.error_count()) from exc
+    return _check_accepts(required)
+
+
+def _check_accepts(required: _Required) -> _Required:
+    if not required.accepts:
+        raise ChallengeError("challenge offers no way to pay", reason="empty_challenge")
+    if len(required.accepts) > MAX_OFFERS:
+        raise ChallengeError("challenge lists too many payment options",
+                             reason="oversized_challenge", offers=len(required.accepts))
+    return required
+
+
+def _offer(index: int, version: int, req: Requirement) -> Offer:
+    raw_amount = req.amount if isinstance(req, PaymentRequirements) else req.max_amount_required
+    try:
+        amount = parse_atomic(raw_amount)
+    except OverflowError as exc:
+        raise ChallengeError("amount does not fit uint256", reason="amount_overflow",
+                             offer=index) from exc
+    except ValueError as exc:
+        raise ChallengeError(f"amount {str(raw_amount)[:40]!r} is not a non-negative integer",
+                             reason="invalid_amount", offer=index) from exc
+    if amount == 0:
+        raise ChallengeError("amount is zero", reason="invalid_amount", offer=index)
+    if not 0 < req.max_timeout_seconds <= MAX_TIMEOUT_SECONDS:
+        raise ChallengeError("maxTimeoutSeconds out of range", reason="invalid_timeout", offer=index)
+    network = caip2(req.network)
+    asset, pay_to = req.asset, req.pay_to
+    if network is not None:  # an EVM network: addresses must be EVM addresses
+        for name, value in (("asset", asset), ("payTo", pay_to)):
+            if not is_hex_address(value) or int(value, 16) == 0:
+                raise ChallengeError(f"{name} is not a usable EVM address", reason="invalid_address",
+                                     offer=index, field=name)
+        asset, pay_to = to_checksum_address(asset), to_checksum_address(pay_to)
+    return Offer(
+        index=index, x402_version=version, scheme=req.scheme,
+        network=network or req.network,
+        chain_id=None if network is None else int(network.split(":")[1]),
+        asset=asset, amount=amount, pay_to=pay_to,
+        max_timeout_seconds=req.max_timeout_seconds, extra=dict(req.extra or {}),
+        requirement=req,
+    )
+
+
+def _resource_url(required: PaymentRequired | PaymentRequiredV1) -> str | None:
+    if isinstance(required, PaymentRequired):
+        return required.resource.url if required.resource else None
+    resources = {r.resource for r in required.accepts if r.resource}
+    return resources.pop() if len(resources) == 1 else None
+
+
+def _host(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()

@@ -1,0 +1,164 @@
+"""`x402-agent` command line: a thin adapter over the operations. Heavy imports stay lazy."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="x402-agent",
+                                     description="Pay for HTTP 402 resources within limits.")
+    parser.add_argument("--home", type=Path, help="agent home (default $X402_AGENT_HOME)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def request_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("url")
+        p.add_argument("-X", "--method", default="GET")
+        p.add_argument("-d", "--data", help="request body; @FILE reads a file")
+        p.add_argument("-H", "--header", action="append", default=[], metavar="NAME: VALUE")
+        p.add_argument("--max-price", help="ceiling for this request, e.g. 0.05 or '0.05 USDC'")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    fetch = sub.add_parser("fetch", help="fetch a URL, paying if it asks for payment")
+    request_args(fetch)
+    fetch.add_argument("--idempotency-key", help="never pay twice for the same key")
+    quote = sub.add_parser("quote", help="what a URL costs and whether the policy allows it")
+    request_args(quote)
+    receipts = sub.add_parser("receipts", help="list payment receipts")
+    receipts.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    receipts.add_argument("--limit", type=int, default=50)
+    sub.add_parser("devnet", help="run a local x402 world (anvil, USDC, paid API) until Ctrl-C")
+    return parser
+
+
+def _headers(pairs: Sequence[str]) -> dict[str, str]:
+    from .errors import InvalidRequest
+
+    headers = {}
+    for pair in pairs:
+        name, sep, value = pair.partition(":")
+        if not sep:
+            raise InvalidRequest(f"header must be 'Name: value', got {pair!r}",
+                                 reason="invalid_header")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def _body(data: str | None) -> bytes | None:
+    if data is None:
+        return None
+    if data.startswith("@"):
+        return Path(data[1:]).read_bytes()
+    return data.encode()
+
+
+def _request_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"method": args.method, "headers": _headers(args.header), "body": _body(args.data),
+            "max_price": args.max_price}
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from .operations import Agent
+    from .receipts import receipt
+
+    agent = Agent.open(args.home)
+    try:
+        outcome = agent.fetch(args.url, idempotency_key=args.idempotency_key,
+                              **_request_options(args))
+    finally:
+        agent.close()
+    paid = outcome.payment
+    if args.json:
+        content = outcome.content or b""
+        try:
+            body: dict[str, Any] = {"text": content.decode()}
+        except UnicodeDecodeError:
+            body = {"base64": base64.b64encode(content).decode()}
+        _print_json({"status": outcome.status, "content_type": outcome.content_type, **body,
+                     "replayed": outcome.replayed, "confirmed_on_chain": outcome.confirmed_on_chain,
+                     "receipt": receipt(paid) if paid else None})
+    else:
+        if paid is not None:
+            from .money import format_units
+
+            print(f"paid {format_units(paid.amount, paid.decimals)} {paid.symbol} "
+                  f"({paid.state}, tx {paid.settlement_tx or '-'}, receipt {paid.id})",
+                  file=sys.stderr)
+        sys.stdout.buffer.write(outcome.content or b"")
+        sys.stdout.flush()
+    return EXIT_OK if outcome.status < 400 else EXIT_FAILED
+
+
+def _quote(args: argparse.Namespace) -> int:
+    from .operations import Agent
+
+    agent = Agent.open(args.home)
+    try:
+        quote = agent.quote(args.url, **_request_options(args))
+    finally:
+        agent.close()
+    if args.json:
+        _print_json(asdict(quote))
+    elif not quote.payment_required:
+        print(f"{quote.url}: no payment required (HTTP {quote.status})")
+    else:
+        verdict = "allowed" if quote.allowed else f"refused ({quote.reason})"
+        print(f"{quote.url}: {verdict} under policy v{quote.policy_version}")
+        for option in quote.options:
+            mark = "*" if quote.chosen and option["index"] == quote.chosen["index"] else " "
+            price = f"{option.get('price', option['amount'])} {option.get('symbol', option['asset'])}"
+            print(f" {mark} {price:>16} on {option['network']} to {option['pay_to']}: "
+                  f"{option['reason']}")
+    return EXIT_OK if quote.allowed else EXIT_FAILED
+
+
+def _receipts(args: argparse.Namespace) -> int:
+    from .operations import Agent
+    from .receipts import render
+
+    agent = Agent.open(args.home)
+    try:
+        print(render(agent.receipts(args.limit), args.format))
+    finally:
+        agent.close()
+    return EXIT_OK
+
+
+def _devnet(args: argparse.Namespace) -> int:
+    from .devnet.cli import run_devnet
+
+    return run_devnet(args.home)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .errors import ConfigError, InvalidRequest, X402AgentError
+
+    handler = {"fetch": _fetch, "quote": _quote, "receipts": _receipts, "devnet": _devnet}
+    try:
+        return handler[args.command](args)
+    except X402AgentError as exc:
+        if getattr(args, "json", False):
+            _print_json(exc.to_dict())
+        else:
+            print(f"x402-agent: {exc.message} [{exc.reason}]", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ConfigError | InvalidRequest) else EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Plain, immutable descriptions of a running local world.
+
+Kept apart from the code that starts things so callers (tests, examples, the
+payment client's own fixtures) can pass a world around without importing the
+servers, and so the servers can share the route vocabulary without cycles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .usdc import TokenInfo
+
+
+@dataclass(frozen=True)
+class PriceInfo:
+    """One way a route accepts payment: ``amount`` atomic units of ``token`` to ``pay_to``."""
+
+    network: str
+    token: TokenInfo
+    amount: int
+    pay_to: str
+    scheme: str = "exact"
+
+    @property
+    def asset(self) -> str:
+        """The token contract address, as x402 requirements name it."""
+        return self.token.address
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    """A route of one of the world's servers and what it charges.
+
+    ``version`` is the x402 protocol version the server speaks (1 or 2), or
+    ``None`` for a free route; ``accepts`` lists the payment options in the
+    order the server offers them (empty when free).
+    """
+
+    method: str
+    path: str
+    url: str
+    version: int | None
+    accepts: tuple[PriceInfo, ...] = ()
+    description: str = ""
+
+    @property
+    def paid(self) -> bool:
+        """True when the route answers 402 without payment."""
+        return bool(self.accepts)
+
+    @property
+    def price_atomic(self) -> int:
+        """The first option's amount in atomic units (0 for a free route)."""
+        return self.accepts[0].amount if self.accepts else 0
+
+    @property
+    def asset(self) -> str | None:
+        """The first option's token address (None for a free route)."""
+        return self.accepts[0].asset if self.accepts else None
+
+    @property
+    def pay_to(self) -> str | None:
+        """The first option's payee (None for a free route)."""
+        return self.accepts[0].pay_to if self.accepts else None
+
+
+@dataclass(frozen=True)
+class WorldInfo:
+    """Everything a client needs to talk to a running local x402 world.
+
+    The main chain is anvil with chain id 84532, so it is ``eip155:84532`` to
+    x402 v2 and ``base-sepolia`` to v1 (v1 only knows named networks). The
+    ``alt_*`` chain is a second anvil (chain id 31337) that only the v2
+    ``/v2/multi`` route offers, to exercise a real cross-network choice.
+
+    ``payer_private_key`` exists only so a test can provision a wallet (e.g.
+    encrypt it into a keystore); it is excluded from ``repr`` and must never be
+    logged.
+    """
+
+    rpc_url: str
+    chain_id: int
+    network: str
+    v1_network: str
+    usdc: TokenInfo
+    eurc: TokenInfo
+    alt_rpc_url: str
+    alt_chain_id: int
+    alt_network: str
+    alt_usdc: TokenInfo
+    api_url: str
+    v1_api_url: str
+    payer_address: str
+    payer_private_key: str = field(repr=False)
+    payees: dict[str, str] = field(hash=False)
+    facilitator_address: str
+    v1_facilitator_address: str
+    routes: tuple[RouteInfo, ...]
+
+    def route(self, method: str, path: str) -> RouteInfo:
+        """The route served at ``method path`` (e.g. ``("GET", "/v2/weather")``)."""
+        for candidate in self.routes:
+            if candidate.method == method.upper() and candidate.path == path:
+                return candidate
+        raise KeyError(f"no route {method.upper()} {path} in this world")

@@ -1,0 +1,240 @@
+"""The x402 v2 paid HTTP API, built only from the official x402 Python SDK.
+
+FastAPI + the SDK's ``payment_middleware``; the resource server is handed the
+SDK's own ``x402Facilitator`` object directly (it satisfies the SDK's
+``FacilitatorClient`` protocol: ``verify``/``settle``/``get_supported``), so
+verification and settlement happen in-process against anvil without a
+facilitator HTTP hop. Prices are ``AssetAmount`` values: exact atomic integers
+of our locally deployed tokens, with their EIP-712 domain in ``extra``.
+
+The server runs in a uvicorn thread on a socket we bind to port 0 ourselves,
+so the port is known before start and nothing else can grab it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import struct
+import threading
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from x402 import AssetAmount, x402Facilitator, x402ResourceServer
+from x402.http.middleware.fastapi import payment_middleware
+from x402.http.types import PaymentOption, RouteConfig
+from x402.mechanisms.evm import FacilitatorWeb3Signer
+from x402.mechanisms.evm.exact import (
+    ExactEvmFacilitatorScheme,
+    ExactEvmSchemeConfig,
+    ExactEvmServerScheme,
+    register_exact_evm_facilitator,
+)
+
+from .info import PriceInfo, RouteInfo
+from .usdc import TokenInfo
+
+_READY_TIMEOUT_S = 10.0
+_STOP_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class ChainSettlement:
+    """A chain the in-process facilitator settles on, with the key that pays its gas."""
+
+    network: str
+    rpc_url: str
+    facilitator_key: str
+
+
+def v2_routes(
+    base_url: str,
+    *,
+    network: str,
+    usdc: TokenInfo,
+    eurc: TokenInfo,
+    alt_network: str,
+    alt_usdc: TokenInfo,
+    payees: dict[str, str],
+) -> tuple[RouteInfo, ...]:
+    """The v2 server's catalogue: which route costs what, paid to whom."""
+
+    def route(method: str, path: str, description: str, *accepts: PriceInfo) -> RouteInfo:
+        return RouteInfo(method, path, base_url + path, 2 if accepts else None, accepts,
+                         description)  # fmt: skip
+
+    def usdc_price(amount: int, payee: str = "api") -> PriceInfo:
+        return PriceInfo(network, usdc, amount, payees[payee])
+
+    return (
+        route("GET", "/v2/weather", "Current weather (JSON)", usdc_price(1_000)),
+        route("GET", "/v2/report", "Market report (JSON)", usdc_price(10_000)),
+        route("POST", "/v2/summarize", "Summary of the posted body", usdc_price(5_000)),
+        route("GET", "/v2/premium", "Premium data", usdc_price(250_000, "premium")),
+        route("GET", "/v2/image", "A PNG image", usdc_price(2_000)),
+        route(
+            "GET", "/v2/multi", "Several ways to pay",
+            PriceInfo(network, eurc, 1_500, payees["multi"]),
+            PriceInfo(network, usdc, 2_000, payees["multi"]),
+            PriceInfo(network, usdc, 3_000, payees["multi_alt"]),
+            PriceInfo(alt_network, alt_usdc, 2_500, payees["multi"]),
+        ),  # fmt: skip
+        route("GET", "/free", "Free, no payment"),
+    )
+
+
+def build_facilitator(main: ChainSettlement, alt: ChainSettlement) -> x402Facilitator:
+    """The SDK facilitator: exact EVM on the main chain (v2 and v1 names) and the alt chain."""
+    facilitator = x402Facilitator()
+    register_exact_evm_facilitator(
+        facilitator, FacilitatorWeb3Signer(main.facilitator_key, main.rpc_url), main.network
+    )
+    # Registered directly rather than through the helper, which would also claim
+    # every v1 network name a second time for the wrong RPC.
+    alt_signer = FacilitatorWeb3Signer(alt.facilitator_key, alt.rpc_url)
+    facilitator.register([alt.network], ExactEvmFacilitatorScheme(alt_signer, ExactEvmSchemeConfig()))
+    return facilitator
+
+
+def create_app(routes: Sequence[RouteInfo], facilitator: x402Facilitator) -> FastAPI:
+    """FastAPI app whose paid routes are guarded by the SDK's payment middleware."""
+    server = x402ResourceServer(facilitator)
+    for network in sorted({price.network for r in routes for price in r.accepts}):
+        server.register(network, ExactEvmServerScheme())
+    config = {f"{r.method} {r.path}": _route_config(r) for r in routes if r.paid}
+
+    app = FastAPI(title="x402 local world (v2)", docs_url=None, redoc_url=None, openapi_url=None)
+    guard = payment_middleware(config, server)
+
+    @app.middleware("http")
+    async def x402_guard(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        return await guard(request, call_next)
+
+    _add_handlers(app)
+    return app
+
+
+def _route_config(route: RouteInfo) -> RouteConfig:
+    return RouteConfig(
+        accepts=[
+            PaymentOption(
+                scheme=price.scheme,
+                pay_to=price.pay_to,
+                price=AssetAmount(
+                    amount=str(price.amount), asset=price.asset, extra=price.token.eip712_extra
+                ),
+                network=price.network,
+            )
+            for price in route.accepts
+        ],
+        description=route.description,
+        mime_type="image/png" if route.path == "/v2/image" else "application/json",
+    )
+
+
+def _add_handlers(app: FastAPI) -> None:
+    @app.get("/v2/weather")
+    async def weather() -> dict[str, object]:
+        return {"city": "Lisbon", "temperature_c": 21.5, "conditions": "sunny"}
+
+    @app.get("/v2/report")
+    async def report() -> dict[str, object]:
+        return {"title": "Local market report", "items": [{"symbol": "USDC", "price": "1.00"}]}
+
+    @app.post("/v2/summarize")
+    async def summarize(request: Request) -> dict[str, object]:
+        body = await request.body()
+        text = body.decode("utf-8", errors="replace")
+        return {
+            "sha256": hashlib.sha256(body).hexdigest(),
+            "bytes": len(body),
+            "summary": text[:80],
+        }
+
+    @app.get("/v2/premium")
+    async def premium() -> dict[str, object]:
+        return {"tier": "premium", "signal": "buy low, sell high"}
+
+    @app.get("/v2/image")
+    async def image() -> Response:
+        return Response(content=PNG_IMAGE, media_type="image/png")
+
+    @app.get("/v2/multi")
+    async def multi() -> dict[str, object]:
+        return {"ok": True, "paid_with": "one of several options"}
+
+    @app.get("/free")
+    async def free() -> dict[str, object]:
+        return {"free": True}
+
+
+def _png(width: int, height: int) -> bytes:
+    """A small valid RGB PNG (a gradient), so clients get real binary image bytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b"".join(
+        b"\x00" + b"".join(bytes((x * 32, y * 32, 128)) for x in range(width))
+        for y in range(height)
+    )
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+PNG_IMAGE = _png(8, 8)
+
+
+class PaidApiServer:
+    """The FastAPI app served by uvicorn in a daemon thread on a pre-bound loopback socket."""
+
+    def __init__(self) -> None:
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.bind(("127.0.0.1", 0))
+        # Listening now lets early connections queue until uvicorn accepts them,
+        # which is what makes "one real request" a race-free readiness check.
+        self._socket.listen(128)
+        port = self._socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, app: FastAPI) -> None:
+        """Serve ``app`` and return once it answers ``GET /free``."""
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._serve, name="x402-paid-api", daemon=True)
+        self._thread.start()
+        response = httpx.get(self.url + "/free", timeout=_READY_TIMEOUT_S)
+        response.raise_for_status()
+
+    def _serve(self) -> None:
+        assert self._server is not None
+        try:
+            self._server.run(sockets=[self._socket])
+        finally:
+            # If uvicorn dies at start, closing the socket fails the readiness
+            # request at once instead of leaving it to time out.
+            self._socket.close()
+
+    def stop(self) -> None:
+        """Ask uvicorn to exit, wait for its thread, release the socket (idempotent)."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=_STOP_TIMEOUT_S)
+            if self._thread.is_alive():
+                raise RuntimeError("the paid API thread did not stop")
+        self._socket.close()

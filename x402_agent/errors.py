@@ -1,0 +1,114 @@
+"""One error tree for the whole package.
+
+Every error carries a machine-readable ``reason`` code (stable, snake_case) that agents, the
+MCP and LangChain adapters and the CLI can act on, a human message, and ``details`` that are
+safe to show (never keys, seeds or passwords).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class X402AgentError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    reason: str = "x402_agent_error"
+
+    def __init__(self, message: str, *, reason: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": type(self).__name__, "reason": self.reason, "message": self.message,
+                **({"details": self.details} if self.details else {})}
+
+
+class ConfigError(X402AgentError):
+    """The agent home, its configuration or its key store is missing or unusable."""
+
+    reason = "config_invalid"
+
+
+class InvalidRequest(X402AgentError):
+    """The caller asked for something we refuse before touching the network."""
+
+    reason = "invalid_request"
+
+
+class ChallengeError(X402AgentError):
+    """The server's 402 challenge cannot be trusted or understood; nothing was signed."""
+
+    reason = "malformed_challenge"
+
+
+class NoAcceptableRequirement(X402AgentError):
+    """Every payment option in the challenge was refused; ``details['rejected']`` says why."""
+
+    reason = "no_acceptable_requirement"
+
+
+class PolicyDenied(X402AgentError):
+    """The spending policy refused the payment."""
+
+    reason = "policy_denied"
+
+
+class RedirectRefused(X402AgentError):
+    """A redirect would have taken the request (and a payment) to another origin."""
+
+    reason = "cross_origin_redirect"
+
+
+class PaymentMismatch(X402AgentError):
+    """What would be signed or sent differs from the requirement that was chosen."""
+
+    reason = "payment_mismatch"
+
+
+class IdempotencyConflict(X402AgentError):
+    """An idempotency key was reused for a different request."""
+
+    reason = "idempotency_key_conflict"
+
+
+class PaymentInFlight(X402AgentError):
+    """Another attempt with the same idempotency key is still in progress."""
+
+    reason = "payment_in_flight"
+
+
+class PaidNotDelivered(X402AgentError):
+    """We sent a payment but did not get the resource; the amount stays counted.
+
+    ``details`` holds the payment id and the evidence (status, settlement header, tx).
+    """
+
+    reason = "paid_not_delivered"
+
+
+class SettlementMismatch(X402AgentError):
+    """The server's settlement does not match what we signed, or the chain disagrees."""
+
+    reason = "settlement_mismatch"
+
+
+class LedgerError(X402AgentError):
+    """The ledger could not record a state change; no payment proceeds without it."""
+
+    reason = "ledger_error"
+
+
+class UpstreamError(X402AgentError):
+    """The server could not be reached or answered something unusable at the HTTP level."""
+
+    reason = "upstream_unreachable"
+
+
+class ChainError(X402AgentError):
+    """The chain RPC failed or answered something unusable."""
+
+    reason = "chain_unavailable"

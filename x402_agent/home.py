@@ -1,0 +1,125 @@
+"""The agent home: one directory holding configuration, the encrypted key, policy and ledger.
+
+Layout (all paths inside the home unless absolute):
+    config.json          which signer, policy, ledger and RPC endpoints to use
+    payer.keystore.json  eth-account v3 keystore (scrypt), mode 0600
+    policy.json          the spending policy
+    ledger.sqlite3       payments and receipts
+The keystore password comes from $X402_AGENT_KEY_PASSWORD, else from the configured
+password file (mode 0600). Neither is ever logged or echoed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+from .policy import Policy, load_policy
+
+HOME_ENV = "X402_AGENT_HOME"
+PASSWORD_ENV = "X402_AGENT_KEY_PASSWORD"
+CONFIG_FILE = "config.json"
+
+
+class SignerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["keystore"] = "keystore"
+    keystore: str = "payer.keystore.json"
+    password_file: str | None = None
+
+
+class HomeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    schema_id: Literal["x402-agent/config/1"] = Field("x402-agent/config/1", alias="schema")
+    signer: SignerConfig = SignerConfig()
+    policy: str = "policy.json"
+    ledger: str = "ledger.sqlite3"
+    rpc_urls: dict[str, str] = Field(default_factory=dict,
+                                     description="CAIP-2 network -> JSON-RPC URL")
+
+
+@dataclass(frozen=True)
+class AgentHome:
+    root: Path
+    config: HomeConfig
+
+    def path(self, name: str) -> Path:
+        return (self.root / name).resolve()
+
+    @property
+    def policy_path(self) -> Path:
+        return self.path(self.config.policy)
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.path(self.config.ledger)
+
+    def load_policy(self) -> Policy:
+        return load_policy(self.policy_path)
+
+    def keystore_password(self) -> str:
+        password = os.environ.get(PASSWORD_ENV)
+        if password is not None:
+            return password
+        if self.config.signer.password_file is None:
+            raise ConfigError(f"set {PASSWORD_ENV} to unlock the payer key",
+                              reason="keystore_password_missing")
+        try:
+            return self.path(self.config.signer.password_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError("cannot read the keystore password file",
+                              reason="keystore_password_missing") from exc
+
+
+def default_home() -> Path:
+    env = os.environ.get(HOME_ENV)
+    return Path(env) if env else Path.home() / ".x402-agent"
+
+
+def open_home(root: Path | None = None) -> AgentHome:
+    root = (root or default_home()).expanduser()
+    config_path = root / CONFIG_FILE
+    try:
+        raw = config_path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"no agent home at {root} (missing {CONFIG_FILE}); set {HOME_ENV} "
+                          "or run `x402-agent devnet` for a ready one", reason="home_missing"
+                          ) from exc
+    try:
+        config = HomeConfig.model_validate_json(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid {config_path}: {exc.error_count()} problem(s): "
+                          f"{exc.errors()[0]['msg']}", reason="config_invalid") from exc
+    return AgentHome(root, config)
+
+
+def provision_home(root: Path, *, private_key: str, policy: Policy, rpc_urls: dict[str, str],
+                   password: str, store_password: bool, kdf_iterations: int | None = None
+                   ) -> AgentHome:
+    """Create a home with an encrypted payer key and a policy. Returns the opened home.
+
+    ``store_password`` writes the password to a 0600 file beside the keystore, for unattended
+    local worlds only; real homes take it from the environment.
+    """
+    from .signer import write_keystore
+
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o700)
+    signer = SignerConfig()
+    write_keystore(root / signer.keystore, private_key, password, iterations=kdf_iterations)
+    if store_password:
+        signer.password_file = "payer.password"
+        secret = root / signer.password_file
+        secret.write_text(password)
+        secret.chmod(0o600)
+    (root / "policy.json").write_text(json.dumps(
+        policy.model_dump(mode="json", by_alias=True), indent=2) + "\n")
+    config = HomeConfig(signer=signer, rpc_urls=rpc_urls)
+    (root / CONFIG_FILE).write_text(config.model_dump_json(by_alias=True, indent=2) + "\n")
+    return AgentHome(root, config)

@@ -1,0 +1,52 @@
+"""What a URL would cost and whether the policy would pay it, without paying anything."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .challenge import parse_challenge
+from .errors import X402AgentError
+from .flow import FetchRequest, Payer, Step, _context, _send_following_redirects, validate_request
+from .money import format_units
+from .selection import assess, choose
+
+
+@dataclass(frozen=True)
+class Quote:
+    url: str
+    status: int
+    payment_required: bool
+    allowed: bool
+    reason: str
+    chosen: dict[str, Any] | None = None
+    options: list[dict[str, Any]] = field(default_factory=list)
+    policy_version: int | None = None
+    policy_digest: str | None = None
+
+
+def quote_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, Quote]:
+    validate_request(req)
+    policy = payer.gate.policy
+    url, response = yield from _send_following_redirects(payer, req)
+    if response.status_code != 402:
+        return Quote(url, response.status_code, False, True, "free",
+                     policy_version=policy.version, policy_digest=policy.digest)
+    challenge = parse_challenge(response.headers, response.content, url)
+    context = _context(req, url)
+    options = []
+    for offer in challenge.offers:
+        decision = assess(offer, payer.gate, context, req.max_price)
+        option = {**offer.describe(), "allowed": decision.allowed, "reason": decision.reason}
+        if decision.asset is not None:
+            option["symbol"] = decision.asset.symbol
+            option["price"] = format_units(offer.amount, decision.asset.decimals)
+        options.append(option)
+    try:
+        choice = choose(challenge, payer.gate, context, req.max_price)
+    except X402AgentError as exc:
+        return Quote(url, 402, True, False, exc.reason, None, options,
+                     policy.version, policy.digest)
+    chosen = next(o for o in options if o["index"] == choice.offer.index)
+    return Quote(url, 402, True, True, "allowed", chosen, options, policy.version, policy.digest)

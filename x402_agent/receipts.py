@@ -1,0 +1,50 @@
+"""Receipts: what was paid, for which request and response, under which policy."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from .ledger import PaymentRecord
+from .money import format_units
+
+CSV_FIELDS = (
+    "id", "state", "created_at", "method", "url", "request_body_sha256", "x402_version",
+    "network", "asset", "symbol", "amount", "price", "pay_to", "payer", "nonce", "valid_after",
+    "valid_before", "settlement_tx", "response_status", "response_body_sha256", "policy_version",
+    "policy_digest", "idempotency_key",
+)
+
+
+def receipt(record: PaymentRecord) -> dict[str, Any]:
+    data = record.to_receipt()
+    data["price"] = format_units(record.amount, record.decimals)
+    return data
+
+
+def _iso(ts: float | None) -> str:
+    return "" if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+def render(records: Sequence[PaymentRecord], fmt: str) -> str:
+    rows = [receipt(r) for r in records]
+    if fmt == "json":
+        return json.dumps(rows, indent=2, sort_keys=True)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore",
+                                lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "created_at": _iso(row["created_at"])})
+        return out.getvalue()
+    lines = [f"{'when':24} {'state':8} {'price':>12}  {'tx':14} url"]
+    for r in records:
+        tx = (r.settlement_tx or "-")[:12]
+        lines.append(f"{_iso(r.created_at)[:23]:24} {r.state:8} "
+                     f"{format_units(r.amount, r.decimals) + ' ' + r.symbol:>12}  {tx:14} {r.url}")
+    return "\n".join(lines)

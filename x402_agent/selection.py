@@ -1,0 +1,105 @@
+"""Choose which of a challenge's offers to pay: the cheapest one everything allows.
+
+Caps and limits apply to the offer actually chosen, never to the first or the advertised one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+from .challenge import Challenge, Offer
+from .errors import InvalidRequest, NoAcceptableRequirement, PolicyDenied
+from .money import to_atomic
+from .policy import AssetRule
+from .spendgate import Decision, PaymentContext, SpendGate
+
+SUPPORTED_SCHEME = "exact"
+# Codes that mean "the policy said no" (as opposed to "we cannot pay this offer at all").
+_POLICY_CODES = {"per_request_cap_exceeded", "host_not_allowed", "price_above_max"}
+
+_PRICE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z][A-Za-z0-9.]{0,15})?\s*")
+
+
+@dataclass(frozen=True)
+class PriceLimit:
+    """A caller's ceiling for one request: ``"0.05"`` (any asset) or ``"0.05 USDC"``."""
+
+    amount: str
+    symbol: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> PriceLimit:
+        match = _PRICE.fullmatch(text)
+        if not match:
+            raise InvalidRequest(f"max price must look like '0.05' or '0.05 USDC', got {text!r}",
+                                 reason="invalid_max_price")
+        return cls(match.group(1), match.group(2))
+
+    def atomic_for(self, rule: AssetRule) -> int | None:
+        """The limit in this asset's atomic units, or None if it names another asset."""
+        if self.symbol is not None and self.symbol.upper() != rule.symbol.upper():
+            return None
+        return to_atomic(self.amount, rule.decimals)
+
+
+@dataclass(frozen=True)
+class Choice:
+    offer: Offer
+    asset: AssetRule
+    decision: Decision
+
+
+def assess(offer: Offer, gate: SpendGate, context: PaymentContext,
+           limit: PriceLimit | None) -> Decision:
+    """Why this one offer can or cannot be paid."""
+    method = offer.extra.get("assetTransferMethod", "eip3009")
+    if offer.scheme != SUPPORTED_SCHEME or method != "eip3009":
+        return Decision(False, "unsupported_scheme",
+                        f"scheme {offer.scheme!r}/{method!r} is not supported")
+    if offer.chain_id is None:
+        return Decision(False, "unknown_network", f"network {offer.network!r} is not supported")
+    decision = gate.evaluate(offer, context)
+    rule = decision.asset
+    if rule is None:
+        return decision
+    # The token's EIP-712 domain comes from the policy, never from the server; a server that
+    # names another domain is describing a different token.
+    name, version = offer.extra.get("name"), offer.extra.get("version")
+    if (name is not None and name != rule.eip712_name) or (
+        version is not None and version != rule.eip712_version
+    ):
+        return Decision(False, "asset_domain_mismatch",
+                        f"server names token {name!r} v{version!r}, policy has "
+                        f"{rule.eip712_name!r} v{rule.eip712_version!r}")
+    if limit is not None:
+        ceiling = limit.atomic_for(rule)
+        if ceiling is None or offer.amount > ceiling:
+            return Decision(False, "price_above_max",
+                            f"price {offer.amount} {rule.symbol} (atomic) is above the max price",
+                            rule)
+    return decision
+
+
+def choose(challenge: Challenge, gate: SpendGate, context: PaymentContext,
+           limit: PriceLimit | None) -> Choice:
+    """The cheapest acceptable offer; raise with every offer's reason if there is none."""
+    verdicts = [(offer, assess(offer, gate, context, limit)) for offer in challenge.offers]
+    payable = [(o, d) for o, d in verdicts if d.allowed and d.asset is not None]
+    if payable:
+        # Compare in display units so 6- and 18-decimal tokens rank sensibly; ties: server order.
+        offer, decision = min(payable, key=lambda od: (
+            Fraction(od[0].amount, 10 ** od[1].asset.decimals),  # type: ignore[union-attr]
+            od[0].index))
+        assert decision.asset is not None
+        return Choice(offer, decision.asset, decision)
+    rejected = [{**o.describe(), "reason": d.reason, "message": d.message} for o, d in verdicts]
+    reasons = {d.reason for _, d in verdicts}
+    reason = reasons.pop() if len(reasons) == 1 else "no_acceptable_requirement"
+    if any(d.reason in _POLICY_CODES for _, d in verdicts):
+        policy_reason = reason if reason in _POLICY_CODES else "policy_denied"
+        raise PolicyDenied(f"no offer is within policy and max price ({len(verdicts)} refused)",
+                           reason=policy_reason, rejected=rejected)
+    raise NoAcceptableRequirement(f"none of the {len(verdicts)} offers can be paid",
+                                  reason=reason, rejected=rejected)
