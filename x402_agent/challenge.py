@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
-from eth_utils import is_hex_address, to_checksum_address
+from eth_utils.address import is_hex_address, to_checksum_address
 from pydantic import ValidationError
 from x402.http import PAYMENT_REQUIRED_HEADER, decode_payment_required_header
 from x402.schemas import PaymentRequired, PaymentRequirements
@@ -29,7 +29,6 @@ MAX_OFFERS = 32
 MAX_TIMEOUT_SECONDS = 86_400
 
 Requirement = PaymentRequirements | PaymentRequirementsV1
-_Required = TypeVar("_Required", PaymentRequired, PaymentRequiredV1)
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,8 @@ def parse_challenge(headers: Mapping[str, str], body: bytes, request_url: str) -
     """Turn a 402 answer into a Challenge, or raise ChallengeError with a reason code."""
     header = headers.get(PAYMENT_REQUIRED_HEADER) or headers.get(PAYMENT_REQUIRED_HEADER.lower())
     required = _from_header(header) if header is not None else _from_body(body)
-    offers = tuple(_offer(i, required.x402_version, r) for i, r in enumerate(required.accepts))
+    accepts: list[Requirement] = list(required.accepts)
+    offers = tuple(_offer(i, required.x402_version, r) for i, r in enumerate(accepts))
     resource_url = _resource_url(required)
     if resource_url is not None and _host(resource_url) != _host(request_url):
         raise ChallengeError(
@@ -88,7 +88,8 @@ def _from_header(header: str) -> PaymentRequired | PaymentRequiredV1:
     if not isinstance(required, PaymentRequired) or required.x402_version != 2:
         raise ChallengeError("PAYMENT-REQUIRED header must carry x402Version 2",
                              reason="unsupported_x402_version", version=required.x402_version)
-    return _check_accepts(required)
+    _check_accepts(required)
+    return required
 
 
 def _from_body(body: bytes) -> PaymentRequired | PaymentRequiredV1:
@@ -116,16 +117,16 @@ def _from_body(body: bytes) -> PaymentRequired | PaymentRequiredV1:
     except ValidationError as exc:
         raise ChallengeError("402 body is not a valid x402 challenge",
                              reason="undecodable_challenge", problems=exc.error_count()) from exc
-    return _check_accepts(required)
+    _check_accepts(required)
+    return required
 
 
-def _check_accepts(required: _Required) -> _Required:
+def _check_accepts(required: PaymentRequired | PaymentRequiredV1) -> None:
     if not required.accepts:
         raise ChallengeError("challenge offers no way to pay", reason="empty_challenge")
     if len(required.accepts) > MAX_OFFERS:
         raise ChallengeError("challenge lists too many payment options",
                              reason="oversized_challenge", offers=len(required.accepts))
-    return required
 
 
 def _offer(index: int, version: int, req: Requirement) -> Offer:

@@ -6,7 +6,7 @@ import argparse
 import base64
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -147,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .errors import ConfigError, InvalidRequest, X402AgentError
 
-    handler = {"fetch": _fetch, "quote": _quote, "receipts": _receipts, "devnet": _devnet}
+    handler: dict[str, Callable[[argparse.Namespace], int]] = {
+        "fetch": _fetch, "quote": _quote, "receipts": _receipts, "devnet": _devnet}
     try:
         return handler[args.command](args)
     except X402AgentError as exc:

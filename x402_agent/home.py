@@ -120,6 +120,6 @@ def provision_home(root: Path, *, private_key: str, policy: Policy, rpc_urls: di
         secret.chmod(0o600)
     (root / "policy.json").write_text(json.dumps(
         policy.model_dump(mode="json", by_alias=True), indent=2) + "\n")
-    config = HomeConfig(signer=signer, rpc_urls=rpc_urls)
+    config = HomeConfig.model_validate({"signer": signer, "rpc_urls": rpc_urls})
     (root / CONFIG_FILE).write_text(config.model_dump_json(by_alias=True, indent=2) + "\n")
     return AgentHome(root, config)

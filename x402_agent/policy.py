@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from eth_utils import is_checksum_address, is_hex_address, to_checksum_address
+from eth_utils.address import is_checksum_address, is_hex_address, to_checksum_address
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -69,7 +69,7 @@ class Policy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    schema_id: Literal["x402-agent/policy/1"] = Field(default=POLICY_SCHEMA_ID, alias="schema")
+    schema_id: Literal["x402-agent/policy/1"] = Field(default="x402-agent/policy/1", alias="schema")
     version: int = Field(ge=1, strict=True, description="Monotonic; higher replaces lower")
     assets: tuple[AssetRule, ...] = Field(min_length=1)
     allowed_hosts: tuple[str, ...] | None = Field(

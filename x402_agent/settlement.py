@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 from pydantic import ValidationError
 from x402.http import (
     PAYMENT_RESPONSE_HEADER,

@@ -98,7 +98,9 @@ class LocalKeySigner:
         return str(self._account.address)
 
     def sign_authorization(self, authorization: TransferAuthorization) -> SignedAuthorization:
-        signed = self._account.unsafe_sign_hash(authorization.digest())
+        from eth_typing import Hash32
+
+        signed = self._account.unsafe_sign_hash(Hash32(authorization.digest()))
         return SignedAuthorization(authorization, "0x" + bytes(signed.signature).hex())
 
     def __repr__(self) -> str:
@@ -109,8 +111,9 @@ def write_keystore(path: Path, private_key: str, password: str, *, iterations: i
                    ) -> str:
     """Encrypt a key into an eth-account (v3) keystore file readable only by its owner."""
     from eth_account import Account
+    from eth_typing import HexStr
 
-    keystore = Account.encrypt(private_key, password, kdf="scrypt", iterations=iterations)
+    keystore = Account.encrypt(HexStr(private_key), password, kdf="scrypt", iterations=iterations)
     path.write_text(json.dumps(keystore))
     path.chmod(0o600)
     return str(Account.from_key(private_key).address)

@@ -87,22 +87,29 @@ def v2_routes(
     )
 
 
-def build_facilitator(main: ChainSettlement, alt: ChainSettlement) -> x402Facilitator:
-    """The SDK facilitator: exact EVM on the main chain (v2 and v1 names) and the alt chain."""
-    facilitator = x402Facilitator()
+def build_facilitators(main: ChainSettlement, alt: ChainSettlement) -> list[x402Facilitator]:
+    """One SDK facilitator per chain: exact EVM on the main chain (v2 and v1 names), and the alt chain.
+
+    Not one facilitator with two schemes: the SDK derives the wildcard pattern
+    ``eip155:*`` from any single-namespace network list and matches schemes in
+    registration order, so the first EVM scheme would claim both chains and
+    settle alt-chain payments on the wrong RPC. The resource server, by contrast,
+    maps each facilitator's exact ``/supported`` networks, so a list routes right.
+    """
+    main_facilitator = x402Facilitator()
     register_exact_evm_facilitator(
-        facilitator, FacilitatorWeb3Signer(main.facilitator_key, main.rpc_url), main.network
+        main_facilitator, FacilitatorWeb3Signer(main.facilitator_key, main.rpc_url), main.network
     )
-    # Registered directly rather than through the helper, which would also claim
-    # every v1 network name a second time for the wrong RPC.
+    alt_facilitator = x402Facilitator()
     alt_signer = FacilitatorWeb3Signer(alt.facilitator_key, alt.rpc_url)
-    facilitator.register([alt.network], ExactEvmFacilitatorScheme(alt_signer, ExactEvmSchemeConfig()))
-    return facilitator
+    # register() rather than the helper, which would also claim every v1 name for this RPC.
+    alt_facilitator.register([alt.network], ExactEvmFacilitatorScheme(alt_signer, ExactEvmSchemeConfig()))
+    return [main_facilitator, alt_facilitator]
 
 
-def create_app(routes: Sequence[RouteInfo], facilitator: x402Facilitator) -> FastAPI:
+def create_app(routes: Sequence[RouteInfo], facilitators: list[x402Facilitator]) -> FastAPI:
     """FastAPI app whose paid routes are guarded by the SDK's payment middleware."""
-    server = x402ResourceServer(facilitator)
+    server = x402ResourceServer(list(facilitators))
     for network in sorted({price.network for r in routes for price in r.accepts}):
         server.register(network, ExactEvmServerScheme())
     config = {f"{r.method} {r.path}": _route_config(r) for r in routes if r.paid}

@@ -25,7 +25,7 @@ from eth_account.signers.local import LocalAccount
 
 from .anvil import Anvil, dev_account
 from .info import WorldInfo
-from .paid_api import ChainSettlement, PaidApiServer, build_facilitator, create_app, v2_routes
+from .paid_api import ChainSettlement, PaidApiServer, build_facilitators, create_app, v2_routes
 from .usdc import TokenInfo, TokenSpec, deploy_fiat_tokens
 from .v1_server import V1Server
 
@@ -126,11 +126,11 @@ class LocalWorld:
                 facilitator_key=key_hex(dev_account(_V1_FACILITATOR))))  # fmt: skip
 
         def start_v2() -> None:
-            facilitator = build_facilitator(
+            facilitators = build_facilitators(
                 ChainSettlement(NETWORK, anvil.rpc_url, facilitator_key),
                 ChainSettlement(ALT_NETWORK, alt_anvil.rpc_url, facilitator_key),
             )
-            api.start(create_app(routes, facilitator))
+            api.start(create_app(routes, facilitators))
 
         # node's start-up (mostly module loading) overlaps the Python server's.
         v1, _ = _in_parallel(start_v1, start_v2)

@@ -1,0 +1,45 @@
+"""`x402-agent devnet`: run the local world in the foreground until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from types import FrameType
+
+from .provision import provision_devnet_home
+from .world import LocalWorld
+
+
+def run_devnet(home: Path | None) -> int:
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    with tempfile.TemporaryDirectory(prefix="x402-devnet-") as scratch, LocalWorld() as world:
+        root = home or Path(scratch) / "agent-home"
+        provision_devnet_home(world, root)
+        ready = {
+            "ready": True,
+            "rpc_url": world.rpc_url,
+            "chain_id": world.chain_id,
+            "network": world.network,
+            "token": world.usdc.address,
+            "tokens": {"USDC": world.usdc.address, "EURC": world.eurc.address},
+            "api_url": world.api_url,
+            "v1_api_url": world.v1_api_url,
+            "agent_home": str(root),
+            "payer": world.payer_address,
+            "routes": [{"method": r.method, "url": r.url, "x402_version": r.version,
+                        "price_atomic": str(r.price_atomic)} for r in world.routes],
+        }
+        print(json.dumps(ready), flush=True)
+        stop.wait()
+        print(json.dumps({"stopping": True}), file=sys.stderr, flush=True)
+    return 0

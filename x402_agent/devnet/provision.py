@@ -1,0 +1,40 @@
+"""An agent home wired to a running local world: funded payer key, policy, RPC endpoints."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from ..home import AgentHome, provision_home
+from ..policy import AssetRule, Policy
+from .info import WorldInfo
+from .usdc import TokenInfo
+
+# 0.10 of a 6-decimal token: the world's 0.25 "premium" route is refused by this cap.
+DEVNET_PER_REQUEST_MAX = 100_000
+# scrypt at n=2**14 instead of eth-account's 2**18: a throwaway devnet key must not cost every
+# CLI start a second. Real homes use the default.
+DEVNET_SCRYPT_N = 2**14
+
+
+def _rule(network: str, token: TokenInfo) -> AssetRule:
+    return AssetRule(network=network, address=token.address, symbol=token.symbol,
+                     decimals=token.decimals, eip712_name=token.name,
+                     eip712_version=token.version, per_request_max=DEVNET_PER_REQUEST_MAX)
+
+
+def devnet_policy(world: WorldInfo, *, include_eurc: bool = False, version: int = 1) -> Policy:
+    """USDC on both local chains (and optionally EURC), 0.10 per request."""
+    assets = [_rule(world.network, world.usdc), _rule(world.alt_network, world.alt_usdc)]
+    if include_eurc:
+        assets.append(_rule(world.network, world.eurc))
+    return Policy(version=version, assets=tuple(assets))
+
+
+def provision_devnet_home(world: WorldInfo, root: Path, policy: Policy | None = None
+                          ) -> AgentHome:
+    """A ready home whose keystore password sits in a 0600 file: devnet only."""
+    return provision_home(
+        root, private_key=world.payer_private_key, policy=policy or devnet_policy(world),
+        rpc_urls={world.network: world.rpc_url, world.alt_network: world.alt_rpc_url},
+        password=secrets.token_urlsafe(24), store_password=True, kdf_iterations=DEVNET_SCRYPT_N)
