@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
-from eth_abi import encode
+from eth_abi.abi import encode
 from eth_account import Account
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 from web3 import Web3
 from x402 import SpendControlAsset, x402Client
 from x402.http import decode_payment_required_header, decode_payment_response_header
@@ -29,8 +29,7 @@ from x402.mechanisms.evm.exact.v1.client import ExactEvmSchemeV1
 from x402.schemas import PaymentRequired
 from x402.schemas.v1 import PaymentRequiredV1
 
-from x402_agent.devnet import LocalWorld, RouteInfo, WorldInfo, token_balance
-from x402_agent.devnet import v1_server
+from x402_agent.devnet import LocalWorld, RouteInfo, WorldInfo, token_balance, v1_server
 from x402_agent.devnet.anvil import DEV_ACCOUNT_COUNT, dev_account
 from x402_agent.devnet.paid_api import PNG_IMAGE
 
@@ -109,31 +108,27 @@ def test_world_starts_quickly_on_the_expected_chain(local_world: LocalWorld, wor
     assert Web3(Web3.HTTPProvider(world.rpc_url)).eth.chain_id == world.chain_id == 84532
     assert Web3(Web3.HTTPProvider(world.alt_rpc_url)).eth.chain_id == world.alt_chain_id == 31337
     assert (world.network, world.v1_network, world.alt_network) == (
-        "eip155:84532", "base-sepolia", "eip155:31337",
-    )  # fmt: skip
+        "eip155:84532",
+        "base-sepolia",
+        "eip155:31337",
+    )
 
 
 @pytest.mark.parametrize("which", ["usdc", "eurc", "alt_usdc"])
-def test_tokens_are_fiat_token_v2_2_with_the_advertised_eip712_domain(
-    world: WorldInfo, which: str
-) -> None:
+def test_tokens_are_fiat_token_v2_2_with_the_advertised_eip712_domain(world: WorldInfo, which: str) -> None:
     token = getattr(world, which)
     rpc_url, chain_id = (
-        (world.alt_rpc_url, world.alt_chain_id) if which == "alt_usdc"
-        else (world.rpc_url, world.chain_id)
-    )  # fmt: skip
+        (world.alt_rpc_url, world.alt_chain_id) if which == "alt_usdc" else (world.rpc_url, world.chain_id)
+    )
+    type_hash = keccak(
+        text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+    )
     domain = keccak(
         encode(
             ["bytes32", "bytes32", "bytes32", "uint256", "address"],
-            [
-                keccak(text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"),
-                keccak(text=token.name),
-                keccak(text=token.version),
-                chain_id,
-                token.address,
-            ],
+            [type_hash, keccak(text=token.name), keccak(text=token.version), chain_id, token.address],
         )
-    )  # fmt: skip
+    )
     assert eth_call(rpc_url, token.address, "DOMAIN_SEPARATOR()") == domain
     assert int.from_bytes(eth_call(rpc_url, token.address, "decimals()"), "big") == 6
     assert token_balance(rpc_url, token.address, world.payer_address) > 0
@@ -144,7 +139,10 @@ def test_payer_is_a_fresh_key_not_a_dev_account(world: WorldInfo) -> None:
     dev_addresses = {dev_account(i).address for i in range(DEV_ACCOUNT_COUNT)}
     assert world.payer_address not in dev_addresses
     assert world.payer_private_key not in repr(world)
-    assert Web3(Web3.HTTPProvider(world.rpc_url)).eth.get_balance(world.payer_address) > 0
+    assert (
+        Web3(Web3.HTTPProvider(world.rpc_url)).eth.get_balance(Web3.to_checksum_address(world.payer_address))
+        > 0
+    )
 
 
 def test_free_route_needs_no_payment(world: WorldInfo) -> None:
@@ -158,16 +156,12 @@ def test_free_route_needs_no_payment(world: WorldInfo) -> None:
 
 
 @pytest.mark.parametrize("path", V2_PAID)
-def test_v2_route_without_payment_answers_402_with_its_requirements(
-    world: WorldInfo, path: str
-) -> None:
+def test_v2_route_without_payment_answers_402_with_its_requirements(world: WorldInfo, path: str) -> None:
     route = next(r for r in world.routes if r.path == path)
     required = payment_required(route)
     assert required.x402_version == 2
     offered = [(a.network, a.asset, int(a.amount), a.pay_to, a.extra) for a in required.accepts]
-    assert offered == [
-        (p.network, p.asset, p.amount, p.pay_to, p.token.eip712_extra) for p in route.accepts
-    ]
+    assert offered == [(p.network, p.asset, p.amount, p.pay_to, p.token.eip712_extra) for p in route.accepts]
 
 
 def test_v2_multi_offers_several_assets_payees_and_networks(world: WorldInfo) -> None:
@@ -236,13 +230,17 @@ def test_v1_route_without_payment_answers_402_json_body(world: WorldInfo) -> Non
     assert required.x402_version == 1
     (accept,) = required.accepts
     assert (accept.network, accept.asset, accept.max_amount_required, accept.pay_to) == (
-        "base-sepolia", world.usdc.address, "1000", world.payees["v1"],
-    )  # fmt: skip
+        "base-sepolia",
+        world.usdc.address,
+        "1000",
+        world.payees["v1"],
+    )
     assert accept.extra == {"name": "USD Coin", "version": "2"}
 
 
-@pytest.mark.parametrize(("method", "path", "body"), [("GET", "/v1/weather", None),
-                                                     ("POST", "/v1/echo", b"ping")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("method", "path", "body"), [("GET", "/v1/weather", None), ("POST", "/v1/echo", b"ping")]
+)
 def test_v1_sdk_client_pays_and_exactly_the_price_moves(
     world: WorldInfo, method: str, path: str, body: bytes | None
 ) -> None:

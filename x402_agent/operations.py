@@ -6,6 +6,7 @@ imports none of them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ class Agent:
         self.payer = payer
         self._sync = X402Client(payer)
         self._async: AsyncX402Client | None = None
+        self._async_loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def open(cls, home: AgentHome | Path | None = None, signer: PaymentSigner | None = None
@@ -78,8 +80,10 @@ class Agent:
     async def afetch(self, url: str, **options: Any) -> FetchOutcome:
         from .client import AsyncX402Client
 
-        if self._async is None:
-            self._async = AsyncX402Client(self.payer)
+        # httpx's async pool belongs to one event loop; callers may run several in turn.
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async_loop is not loop:
+            self._async, self._async_loop = AsyncX402Client(self.payer), loop
         return await self._async.fetch(self.request(url, **options))
 
     def quote(self, url: str, **options: Any) -> Quote:

@@ -88,9 +88,7 @@ class ManagedProcess:
                 if match(line):
                     return line.strip()
         except queue.Empty:
-            raise ProcessStartError(
-                f"{self.name} not ready after {timeout_s}s:\n" + self.tail()
-            ) from None
+            raise ProcessStartError(f"{self.name} not ready after {timeout_s}s:\n" + self.tail()) from None
         finally:
             # Once ready (or failed), later lines are only kept in the tail.
             self._watching = False

@@ -21,15 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
 from web3 import Web3
-from web3.contract import Contract
+from web3.types import Nonce
 from web3.utils.address import get_create_address
 
 from .proc import PROJECT_ROOT
 
-_ARTIFACTS = (
-    PROJECT_ROOT / "node_modules" / "@offchainlabs" / "stablecoin-evm" / "artifacts" / "hardhat"
-)
+_ARTIFACTS = PROJECT_ROOT / "node_modules" / "@offchainlabs" / "stablecoin-evm" / "artifacts" / "hardhat"
 _TOKEN_ARTIFACT = _ARTIFACTS / "contracts/v2/FiatTokenV2_2.sol/FiatTokenV2_2.json"
 _PROXY_ARTIFACT = _ARTIFACTS / "contracts/v1/FiatTokenProxy.sol/FiatTokenProxy.json"
 _CHECKER_ARTIFACT = _ARTIFACTS / "contracts/util/SignatureChecker.sol/SignatureChecker.json"
@@ -81,7 +80,7 @@ def _artifact(path: Path) -> dict[str, Any]:
 def _linked_implementation_bytecode(checker: str) -> str:
     """FiatTokenV2_2 creation code with the SignatureChecker library address patched in."""
     artifact = _artifact(_TOKEN_ARTIFACT)
-    code = artifact["bytecode"].removeprefix("0x")
+    code: str = artifact["bytecode"].removeprefix("0x")
     library_hex = checker.lower().removeprefix("0x")
     for libraries in artifact["linkReferences"].values():
         for offsets in libraries.values():
@@ -100,8 +99,8 @@ class _Batch:
         self._w3 = w3
         self._sender = sender
         self._chain_id = w3.eth.chain_id
-        self._nonce = w3.eth.get_transaction_count(sender.address, "pending")
-        self._hashes: list[bytes] = []
+        self._nonce = int(w3.eth.get_transaction_count(sender.address, "pending"))
+        self._hashes: list[HexBytes] = []
 
     def send(self, to: str | None, data: str, gas: int, value: int = 0) -> None:
         tx: dict[str, Any] = {
@@ -116,12 +115,12 @@ class _Batch:
         if to is not None:
             tx["to"] = to
         signed = self._sender.sign_transaction(tx)
-        self._hashes.append(bytes(self._w3.eth.send_raw_transaction(signed.raw_transaction)))
+        self._hashes.append(self._w3.eth.send_raw_transaction(signed.raw_transaction))
         self._nonce += 1
 
     def deploy(self, creation_code: str, gas: int) -> str:
         """Send a contract creation and return the address it will have."""
-        address = get_create_address(self._sender.address, self._nonce)
+        address = get_create_address(self._sender.address, Nonce(self._nonce))
         self.send(None, creation_code, gas)
         return Web3.to_checksum_address(address)
 
@@ -133,7 +132,7 @@ class _Batch:
             self._hashes[-1], timeout=_RECEIPT_TIMEOUT_S, poll_latency=0.01
         )
         for tx_hash in self._hashes:
-            receipt = self._w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+            receipt = self._w3.eth.get_transaction_receipt(tx_hash)
             if receipt["status"] != 1:
                 raise RuntimeError(f"token deployment transaction {tx_hash.hex()} reverted")
 
@@ -160,60 +159,35 @@ def deploy_fiat_tokens(
     w3 = Web3(Web3.HTTPProvider(rpc_url))
     batch = _Batch(w3, deployer)
     checker = batch.deploy(_artifact(_CHECKER_ARTIFACT)["bytecode"], _GAS_DEPLOY_SMALL)
-    implementation = batch.deploy(
-        _linked_implementation_bytecode(checker), _GAS_DEPLOY_IMPLEMENTATION
-    )
+    implementation = batch.deploy(_linked_implementation_bytecode(checker), _GAS_DEPLOY_IMPLEMENTATION)
     token_abi = w3.eth.contract(abi=_artifact(_TOKEN_ARTIFACT)["abi"])
-    proxy_abi = w3.eth.contract(
-        abi=_artifact(_PROXY_ARTIFACT)["abi"], bytecode=_artifact(_PROXY_ARTIFACT)["bytecode"]
-    )
-    deployed = [
-        _deploy_one(batch, token_abi, proxy_abi, implementation, spec, deployer.address,
-                    proxy_admin, lost_and_found, holder, holder_amount)
-        for spec in tokens
-    ]  # fmt: skip
+    proxy = _artifact(_PROXY_ARTIFACT)
+    proxy_abi = w3.eth.contract(abi=proxy["abi"], bytecode=proxy["bytecode"])
+    owner, holder = deployer.address, Web3.to_checksum_address(holder)
+
+    def deploy_one(spec: TokenSpec) -> TokenInfo:
+        """Queue one proxy and the calls USDC's own deploy scripts make through it."""
+        address = batch.deploy(proxy_abi.constructor(implementation).data_in_transaction, _GAS_DEPLOY_SMALL)
+        calls: list[tuple[Any, str, list[Any]]] = [
+            # First, while the deployer is still admin: hand the admin role away.
+            (proxy_abi, "changeAdmin", [proxy_admin]),
+            (token_abi, "initialize", [spec.name, spec.symbol, spec.currency, spec.decimals,
+                                       owner, owner, owner, owner]),
+            (token_abi, "initializeV2", [spec.name]),
+            (token_abi, "initializeV2_1", [lost_and_found]),
+            (token_abi, "initializeV2_2", [[], spec.symbol]),
+            (token_abi, "configureMinter", [owner, holder_amount]),
+            (token_abi, "mint", [holder, holder_amount]),
+        ]  # fmt: skip
+        for contract, function, args in calls:
+            batch.send(address, contract.encode_abi(function, args=args), _GAS_CALL)
+        return TokenInfo(address, spec.name, spec.symbol, FIAT_TOKEN_EIP712_VERSION, spec.decimals)
+
+    deployed = [deploy_one(spec) for spec in tokens]
     if holder_eth_wei:
-        batch.send(Web3.to_checksum_address(holder), "0x", 21_000, value=holder_eth_wei)
+        batch.send(holder, "0x", 21_000, value=holder_eth_wei)
     batch.finish()
     return deployed
-
-
-def _deploy_one(
-    batch: _Batch,
-    token_abi: type[Contract] | Contract,
-    proxy_abi: type[Contract] | Contract,
-    implementation: str,
-    spec: TokenSpec,
-    owner: str,
-    proxy_admin: str,
-    lost_and_found: str,
-    holder: str,
-    holder_amount: int,
-) -> TokenInfo:
-    """Queue one proxy and the calls USDC's own deploy scripts make through it."""
-    proxy = batch.deploy(
-        proxy_abi.constructor(implementation).data_in_transaction, _GAS_DEPLOY_SMALL
-    )
-    calls: list[tuple[Any, str, list[Any]]] = [
-        # First, while the deployer is still admin: hand the admin role away.
-        (proxy_abi, "changeAdmin", [proxy_admin]),
-        (token_abi, "initialize",
-         [spec.name, spec.symbol, spec.currency, spec.decimals, owner, owner, owner, owner]),
-        (token_abi, "initializeV2", [spec.name]),
-        (token_abi, "initializeV2_1", [lost_and_found]),
-        (token_abi, "initializeV2_2", [[], spec.symbol]),
-        (token_abi, "configureMinter", [owner, holder_amount]),
-        (token_abi, "mint", [Web3.to_checksum_address(holder), holder_amount]),
-    ]  # fmt: skip
-    for contract, function, args in calls:
-        batch.send(proxy, contract.encode_abi(function, args=args), _GAS_CALL)
-    return TokenInfo(
-        address=proxy,
-        name=spec.name,
-        symbol=spec.symbol,
-        version=FIAT_TOKEN_EIP712_VERSION,
-        decimals=spec.decimals,
-    )
 
 
 _BALANCE_OF_ABI = [

@@ -60,8 +60,9 @@ class V1Server:
                 "X402_EXIT_ON_STDIN_EOF": "1",
             }
         )
-        process = ManagedProcess("x402 v1 server (node)", [node, str(V1_SCRIPT)], env=env,
-                                 cwd=PROJECT_ROOT, keep_stdin_open=True)  # fmt: skip
+        process = ManagedProcess(
+            "x402 v1 server (node)", [node, str(V1_SCRIPT)], env=env, cwd=PROJECT_ROOT, keep_stdin_open=True
+        )
         try:
             line = process.wait_for_line(_is_ready_line, _READY_TIMEOUT_S)
             ready: dict[str, Any] = json.loads(line)
@@ -80,8 +81,7 @@ class V1Server:
             )
             for route in ready["routes"]
         )
-        return cls(process=process, url=url, facilitator_address=ready["facilitator"],
-                   routes=routes)  # fmt: skip
+        return cls(process=process, url=url, facilitator_address=ready["facilitator"], routes=routes)
 
     def stop(self) -> None:
         """Stop the node process (idempotent)."""

@@ -105,7 +105,7 @@ class LocalWorld:
 
     def _start_all(self, stack: ExitStack) -> WorldInfo:
         payer: LocalAccount = Account.create()
-        payees = {role: dev_account(index).address for role, index in _PAYEES.items()}
+        payees: dict[str, str] = {role: dev_account(index).address for role, index in _PAYEES.items()}
 
         def main_chain() -> tuple[Anvil, list[TokenInfo]]:
             return _chain_with_tokens(stack, CHAIN_ID, [USDC_SPEC, EURC_SPEC], payer.address)
@@ -116,14 +116,26 @@ class LocalWorld:
         (anvil, (usdc, eurc)), (alt_anvil, (alt_usdc,)) = _in_parallel(main_chain, alt_chain)
 
         api = _started(stack, PaidApiServer())
-        routes = v2_routes(api.url, network=NETWORK, usdc=usdc, eurc=eurc,
-                           alt_network=ALT_NETWORK, alt_usdc=alt_usdc, payees=payees)  # fmt: skip
+        routes = v2_routes(
+            api.url,
+            network=NETWORK,
+            usdc=usdc,
+            eurc=eurc,
+            alt_network=ALT_NETWORK,
+            alt_usdc=alt_usdc,
+            payees=payees,
+        )
         facilitator_key = key_hex(dev_account(_FACILITATOR))
 
         def start_v1() -> V1Server:
-            return _started(stack, V1Server.start(
-                rpc_url=anvil.rpc_url, network=V1_NETWORK, token=usdc, pay_to=payees["v1"],
-                facilitator_key=key_hex(dev_account(_V1_FACILITATOR))))  # fmt: skip
+            v1 = V1Server.start(
+                rpc_url=anvil.rpc_url,
+                network=V1_NETWORK,
+                token=usdc,
+                pay_to=payees["v1"],
+                facilitator_key=key_hex(dev_account(_V1_FACILITATOR)),
+            )
+            return _started(stack, v1)
 
         def start_v2() -> None:
             facilitators = build_facilitators(

@@ -1,0 +1,137 @@
+"""Paid fetches against the local world: x402-agent versus the official SDK's httpx client.
+
+Both clients pay the same route of the same server (the SDK's FastAPI middleware and its own
+facilitator settling on anvil), from the same payer, in the same run, in alternating rounds so
+drift hits both alike. The world runs in its own process (`x402-agent devnet`) so the servers
+do not share an interpreter with the clients being measured.
+
+x402-agent does more per payment: policy check, a ledger reservation before signing, state
+changes, a stored receipt, and an on-chain check of the settlement transaction receipt.
+
+    .venv/bin/python bench/bench_pay_and_fetch.py [--rounds 5] [--per-round 20] [--concurrency 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from eth_account import Account
+from x402 import x402Client
+from x402.http.clients.httpx import x402HttpxClient
+from x402.mechanisms.evm import EthAccountSigner
+from x402.mechanisms.evm.exact import ExactEvmScheme
+
+from x402_agent.home import open_home
+from x402_agent.operations import Agent
+
+ROUTE = "/v2/weather"
+
+
+def start_world(home: Path) -> tuple[subprocess.Popen[str], dict[str, object]]:
+    proc = subprocess.Popen([sys.executable, "-m", "x402_agent.cli", "--home", str(home),
+                             "devnet"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, json.loads(proc.stdout.readline())
+
+
+def sdk_client(home: Path, network: str, token: str) -> x402Client:
+    agent_home = open_home(home)
+    keystore = json.loads(agent_home.path(agent_home.config.signer.keystore).read_text())
+    account = Account.from_key(Account.decrypt(keystore, agent_home.keystore_password()))
+    client = x402Client()
+    client.register(network, ExactEvmScheme(signer=EthAccountSigner(account)))
+    client.set_spend_controls({"allowed_assets": [{"network": network, "asset": token}]})
+    return client
+
+
+async def timed(calls: int, concurrency: int, one: Callable[[], Awaitable[int]]) -> list[float]:
+    """Per-request latencies (s) of ``calls`` paid fetches, ``concurrency`` at a time."""
+    gate = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+
+    async def run() -> None:
+        async with gate:
+            began = time.perf_counter()
+            status = await one()
+            latencies.append(time.perf_counter() - began)
+            assert status == 200, status
+
+    await asyncio.gather(*(run() for _ in range(calls)))
+    return latencies
+
+
+async def measure(url: str, agent: Agent, sdk: x402Client, rounds: int, per_round: int,
+                  concurrency: int) -> dict[str, dict[str, float]]:
+    results: dict[str, list[float]] = {"x402-agent": [], "x402 SDK": []}
+    walls: dict[str, float] = {"x402-agent": 0.0, "x402 SDK": 0.0}
+    async with x402HttpxClient(sdk, timeout=60) as http:
+        async def ours() -> int:
+            return (await agent.afetch(url)).status
+
+        async def theirs() -> int:
+            response = await http.get(url)
+            await response.aread()
+            return response.status_code
+
+        await timed(4, 1, ours)  # warm both: connection pools, imports, caches
+        await timed(4, 1, theirs)
+        for round_no in range(rounds):
+            order = [("x402-agent", ours), ("x402 SDK", theirs)]
+            for name, call in order if round_no % 2 == 0 else order[::-1]:
+                began = time.perf_counter()
+                results[name] += await timed(per_round, concurrency, call)
+                walls[name] += time.perf_counter() - began
+    total = rounds * per_round
+    return {name: {"mean_ms": 1000 * statistics.fmean(lat),
+                   "p50_ms": 1000 * statistics.median(lat),
+                   "p99_ms": 1000 * statistics.quantiles(lat, n=100)[98],
+                   "per_request_wall_ms": 1000 * walls[name] / total,
+                   "requests": total}
+            for name, lat in results.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--per-round", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        home = Path(scratch) / "home"
+        proc, ready = start_world(home)
+        try:
+            agent = Agent.open(home)
+            sdk = sdk_client(home, str(ready["network"]), str(ready["token"]))
+            url = f"{ready['api_url']}{ROUTE}"
+            report = {}
+            for label, concurrency in (("sequential", 1), ("concurrent", args.concurrency)):
+                figures = asyncio.run(measure(url, agent, sdk, args.rounds, args.per_round,
+                                              concurrency))
+                ratio = (figures["x402-agent"]["per_request_wall_ms"]
+                         / figures["x402 SDK"]["per_request_wall_ms"])
+                report[label] = {"concurrency": concurrency, **figures,
+                                 "ratio_ours_over_sdk": round(ratio, 3)}
+            agent.close()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    print(json.dumps(report, indent=2))
+    for label, data in report.items():
+        ours, theirs = data["x402-agent"], data["x402 SDK"]
+        print(f"{label:>10} (x{data['concurrency']}): x402-agent {ours['per_request_wall_ms']:.2f} "
+              f"ms/request (p50 {ours['p50_ms']:.1f}), SDK {theirs['per_request_wall_ms']:.2f} "
+              f"ms/request (p50 {theirs['p50_ms']:.1f}); ratio {data['ratio_ours_over_sdk']:.3f}",
+              file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
