@@ -122,3 +122,11 @@ def test_devnet_command_runs_a_world_a_fetch_can_pay(tmp_path: Path) -> None:
     for url in (ready["rpc_url"], ready["api_url"], ready["v1_api_url"]):
         with pytest.raises(httpx.ConnectError):  # nothing left listening
             httpx.get(url, timeout=5)
+
+
+def test_demo_pays_refuses_and_leaves_nothing_running() -> None:
+    done = subprocess.run([*CLI, "demo"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("settled") == 4
+    assert "refused GET /v2/premium" in done.stdout and "per_request_cap_exceeded" in done.stdout

@@ -67,12 +67,15 @@ def parse_challenge(headers: Mapping[str, str], body: bytes, request_url: str) -
     required = _from_header(header) if header is not None else _from_body(body)
     accepts: list[Requirement] = list(required.accepts)
     offers = tuple(_offer(i, required.x402_version, r) for i, r in enumerate(accepts))
+    # Every resource the challenge names must be on the requested host (v1 names one per offer:
+    # a second offer naming another resource must not switch the check off).
+    for named in _resource_urls(required):
+        if _host(named) != _host(request_url):
+            raise ChallengeError(
+                f"challenge is for {_host(named)!r}, not the requested host",
+                reason="resource_mismatch", resource=named[:200],
+            )
     resource_url = _resource_url(required)
-    if resource_url is not None and _host(resource_url) != _host(request_url):
-        raise ChallengeError(
-            f"challenge is for {_host(resource_url)!r}, not the requested host",
-            reason="resource_mismatch", resource=resource_url,
-        )
     return Challenge(required.x402_version, offers, resource_url, required.error, required)
 
 
@@ -159,6 +162,12 @@ def _offer(index: int, version: int, req: Requirement) -> Offer:
         max_timeout_seconds=req.max_timeout_seconds, extra=dict(req.extra or {}),
         requirement=req,
     )
+
+
+def _resource_urls(required: PaymentRequired | PaymentRequiredV1) -> list[str]:
+    if isinstance(required, PaymentRequired):
+        return [required.resource.url] if required.resource else []
+    return [r.resource for r in required.accepts if r.resource]
 
 
 def _resource_url(required: PaymentRequired | PaymentRequiredV1) -> str | None:

@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     receipts.add_argument("--format", choices=("table", "json", "csv"), default="table")
     receipts.add_argument("--limit", type=int, default=50)
     sub.add_parser("devnet", help="run a local x402 world (anvil, USDC, paid API) until Ctrl-C")
+    sub.add_parser("demo", help="start the local world, pay several x402 APIs, show receipts")
     return parser
 
 
@@ -143,12 +144,18 @@ def _devnet(args: argparse.Namespace) -> int:
     return run_devnet(args.home)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .devnet.demo import run_demo
+
+    return run_demo()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .errors import ConfigError, InvalidRequest, X402AgentError
 
     handler: dict[str, Callable[[argparse.Namespace], int]] = {
-        "fetch": _fetch, "quote": _quote, "receipts": _receipts, "devnet": _devnet}
+        "fetch": _fetch, "quote": _quote, "receipts": _receipts, "devnet": _devnet, "demo": _demo}
     try:
         return handler[args.command](args)
     except X402AgentError as exc:

@@ -9,6 +9,7 @@ must record a reservation before anything is signed).
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 from collections.abc import Callable, Generator, Mapping
@@ -47,6 +48,9 @@ from .spendgate import PaymentContext, SpendGate
 ALLOWED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _RESERVED_HEADERS = frozenset({PAYMENT_SIGNATURE_HEADER.lower(), X_PAYMENT_HEADER.lower()})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# RFC 9110 field-name token; values: printable ASCII, space and tab (httpx encodes ASCII only).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 # An authorization this close to expiry is not worth resending: it may expire in flight.
 _RESUME_MARGIN_SECONDS = 10
 # A reservation older than this without being sent belongs to a crashed attempt: nothing signed
@@ -126,6 +130,9 @@ def validate_request(req: FetchRequest) -> None:
         if any(c in name + value for c in "\r\n\0") or not name.strip():
             raise InvalidRequest("header names and values may not contain line breaks",
                                  reason="header_injection")
+        if not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value):
+            raise InvalidRequest(f"header {name[:40]!r} is not a valid HTTP header (token name, "
+                                 "printable ASCII value)", reason="invalid_header")
         if name.lower() in _RESERVED_HEADERS:
             raise InvalidRequest(f"header {name} is set by the payment flow",
                                  reason="reserved_header")

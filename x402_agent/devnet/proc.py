@@ -61,11 +61,6 @@ class ManagedProcess:
         self._reader = threading.Thread(target=self._drain, name=f"{name}-stdout", daemon=True)
         self._reader.start()
 
-    @property
-    def pid(self) -> int:
-        """Operating-system id of the child."""
-        return self._proc.pid
-
     def _drain(self) -> None:
         stream = self._proc.stdout
         assert stream is not None
@@ -96,10 +91,6 @@ class ManagedProcess:
     def tail(self) -> str:
         """The last lines the child printed (for error messages)."""
         return "\n".join(self._tail)
-
-    def is_running(self) -> bool:
-        """True while the child has not exited."""
-        return self._proc.poll() is None
 
     def stop(self) -> None:
         """Terminate, wait, and kill if the child ignores SIGTERM."""

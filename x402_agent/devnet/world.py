@@ -87,7 +87,7 @@ class LocalWorld:
         self.stop()
 
     def start(self) -> WorldInfo:
-        """Bring every part up (about half a second); on any failure, stop what started."""
+        """Bring every part up (about a second); on any failure, stop what started."""
         if self._stack is not None:
             raise RuntimeError("the local world is already running")
         began = time.perf_counter()
