@@ -128,5 +128,5 @@ def test_demo_pays_refuses_and_leaves_nothing_running() -> None:
     done = subprocess.run([*CLI, "demo"], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("settled") == 4
+    assert done.stdout.count("│ settled │") == 4
     assert "refused GET /v2/premium" in done.stdout and "per_request_cap_exceeded" in done.stdout
