@@ -1,0 +1,171 @@
+"""Paid but not delivered, against the real SDK server and facilitator behind a faulty proxy.
+
+The proxy forwards to the local world's paid API and misbehaves in the ways a real deployment
+can: it lets the payment settle and then answers 500, or it swallows the payment and answers
+402 again (keeping the signed authorization, as a hostile middlebox would).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from chain_reads import token_balance
+
+from x402_agent.devnet.info import WorldInfo
+from x402_agent.devnet.provision import provision_devnet_home
+from x402_agent.devnet.served import ServedApp
+from x402_agent.errors import PaidNotDelivered
+from x402_agent.ledger import PaymentState
+from x402_agent.operations import Agent
+
+PAYMENT_HEADERS = ("payment-signature", "x-payment")
+
+
+class FaultyProxy:
+    """Forwards to ``upstream``; ``mode`` says how it misbehaves once a payment arrives."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.mode = "forward"
+        self.captured: list[tuple[str, str]] = []  # payment headers it kept
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"] if k.decode() != "host"}
+        payment = [(k, v) for k, v in headers.items() if k in PAYMENT_HEADERS]
+        if payment and self.mode == "swallow":
+            self.captured += payment
+            headers = {k: v for k, v in headers.items() if k not in PAYMENT_HEADERS}
+        status, out_headers, content = await self.forward(scope["method"], scope["path"],
+                                                          headers, body)
+        if payment and self.mode == "fail_after_settle":
+            assert "payment-response" in out_headers, "upstream did not settle"
+            status, out_headers, content = 500, {}, b"internal error after settlement"
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(k.encode(), v.encode()) for k, v in out_headers.items()]})
+        await send({"type": "http.response.body", "body": content})
+
+    async def forward(self, method: str, path: str, headers: dict[str, str], body: bytes
+                      ) -> tuple[int, dict[str, str], bytes]:
+        async with httpx.AsyncClient() as client:
+            answer = await client.request(method, self.upstream + path, headers=headers,
+                                          content=body)
+        kept = {k: v for k, v in answer.headers.items()
+                if k not in ("content-length", "content-encoding", "transfer-encoding")}
+        return answer.status_code, kept, answer.content
+
+
+@pytest.fixture
+def proxy(world: WorldInfo) -> Iterator[tuple[FaultyProxy, str]]:
+    faulty = FaultyProxy(world.api_url)
+    with ServedApp(faulty, "faulty-proxy") as served:
+        yield faulty, served.url
+
+
+@pytest.fixture
+def agent(world: WorldInfo, tmp_path: Path) -> Iterator[Agent]:
+    agent = Agent.open(provision_devnet_home(world, tmp_path / "home"))
+    yield agent
+    agent.close()
+
+
+def test_server_error_after_settlement_is_paid_not_delivered(
+        world: WorldInfo, agent: Agent, proxy: tuple[FaultyProxy, str]) -> None:
+    faulty, url = proxy
+    faulty.mode = "fail_after_settle"
+    route = world.route("GET", "/v2/report")
+    before = token_balance(world.rpc_url, world.usdc.address, route.pay_to)
+
+    with pytest.raises(PaidNotDelivered) as failed:
+        agent.fetch(url + route.path)
+
+    record = agent.payer.gate.ledger.get(failed.value.details["payment_id"])
+    assert record is not None
+    # The chain proves the nonce was used: it is settled (counted), with the evidence kept.
+    assert record.state == PaymentState.SETTLED
+    assert record.response_status == 500
+    evidence = record.to_receipt()["evidence"]
+    assert evidence["delivered"] is False and evidence["status"] == 500
+    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (
+        route.price_atomic)
+
+
+def test_payment_swallowed_stays_counted_and_a_retry_resends_the_same_authorization(
+        world: WorldInfo, agent: Agent, proxy: tuple[FaultyProxy, str]) -> None:
+    faulty, url = proxy
+    faulty.mode = "swallow"
+    route = world.route("GET", "/v2/report")
+    before = token_balance(world.rpc_url, world.usdc.address, route.pay_to)
+
+    with pytest.raises(PaidNotDelivered) as failed:
+        agent.fetch(url + route.path, idempotency_key="job-1")
+    record = agent.payer.gate.ledger.get(failed.value.details["payment_id"])
+    assert record is not None and record.state == PaymentState.UNKNOWN  # still counted
+    assert record.to_receipt()["evidence"]["status"] == 402
+    assert len(faulty.captured) == 1
+
+    faulty.mode = "forward"
+    outcome = agent.fetch(url + route.path, idempotency_key="job-1")
+
+    assert outcome.status == 200 and outcome.payment is not None
+    assert outcome.payment.id == record.id and outcome.payment.nonce == record.nonce
+    assert outcome.payment.state == PaymentState.SETTLED
+    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (
+        route.price_atomic)
+
+
+def test_authorization_settled_behind_our_back_is_recognised_not_repaid(
+        world: WorldInfo, agent: Agent, proxy: tuple[FaultyProxy, str]) -> None:
+    faulty, url = proxy
+    faulty.mode = "swallow"
+    route = world.route("GET", "/v2/weather")
+    before = token_balance(world.rpc_url, world.usdc.address, route.pay_to)
+    with pytest.raises(PaidNotDelivered):
+        agent.fetch(url + route.path, idempotency_key="job-2")
+    # The middlebox cashes the captured authorization itself.
+    name, value = faulty.captured[0]
+    assert httpx.get(world.api_url + route.path, headers={name: value}).status_code == 200
+
+    with pytest.raises(PaidNotDelivered) as again:
+        agent.fetch(url + route.path, idempotency_key="job-2")
+
+    assert again.value.details["state"] == "settled"
+    (record,) = agent.receipts()
+    assert record.state == PaymentState.SETTLED
+    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (
+        route.price_atomic)
+
+
+def test_expired_unused_authorization_is_released_and_the_key_can_pay_once(
+        world: WorldInfo, agent: Agent, proxy: tuple[FaultyProxy, str]) -> None:
+    faulty, url = proxy
+    faulty.mode = "swallow"
+    route = world.route("GET", "/v2/weather")
+    before = token_balance(world.rpc_url, world.usdc.address, route.pay_to)
+    # Our clock an hour slow: the authorization is already past validBefore on chain, so the
+    # chain can prove it will never settle.
+    agent.payer.clock = lambda: time.time() - 3600
+    with pytest.raises(PaidNotDelivered) as failed:
+        agent.fetch(url + route.path, idempotency_key="job-3")
+    assert failed.value.details["state"] == "released"
+
+    agent.payer.clock = time.time
+    faulty.mode = "forward"
+    outcome = agent.fetch(url + route.path, idempotency_key="job-3")
+    assert outcome.status == 200 and outcome.payment is not None
+    states = sorted(str(r.state) for r in agent.receipts())
+    assert states == ["released", "settled"]
+    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (
+        route.price_atomic)
