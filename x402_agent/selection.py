@@ -11,7 +11,6 @@ from fractions import Fraction
 
 from .challenge import Challenge, Offer
 from .errors import InvalidRequest, NoAcceptableRequirement, PolicyDenied
-from .money import to_atomic
 from .policy import AssetRule
 from .spendgate import Decision, PaymentContext, SpendGate
 
@@ -41,7 +40,10 @@ class PriceLimit:
         """The limit in this asset's atomic units, or None if it names another asset."""
         if self.symbol is not None and self.symbol.upper() != rule.symbol.upper():
             return None
-        return to_atomic(self.amount, rule.decimals)
+        # A ceiling finer than the token's precision rounds down: it can only refuse more.
+        scale: int = 10**rule.decimals
+        ceiling = Fraction(self.amount) * scale
+        return ceiling.numerator // ceiling.denominator
 
 
 @dataclass(frozen=True)
