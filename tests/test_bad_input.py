@@ -466,6 +466,14 @@ HOSTILE_CASES: dict[str, Case] = {
                                      CHALLENGE_ERR, "unsupported_x402_version"),
     "body_x402Version_string": Case(on_402(lambda url: body_402(v1_doc(url, x402Version="1"))),
                                     CHALLENGE_ERR, "unsupported_x402_version"),
+    "body_x402Version_true": Case(on_402(lambda url: body_402(v1_doc(url, x402Version=True))),
+                                  CHALLENGE_ERR, "unsupported_x402_version"),
+    "header_without_x402Version": Case(
+        on_402(lambda url: header_402(v2_doc(url, x402Version=_DROP))),
+        CHALLENGE_ERR, "unsupported_x402_version"),
+    "header_x402Version_string": Case(
+        on_402(lambda url: header_402(v2_doc(url, x402Version="2"))),
+        CHALLENGE_ERR, "unsupported_x402_version"),
     # -- the accepts list
     "empty_accepts": Case(on_402(lambda url: header_402(v2_doc(url, []))),
                           CHALLENGE_ERR, "empty_challenge"),
@@ -494,7 +502,7 @@ HOSTILE_CASES: dict[str, Case] = {
     "amount_2^256_overflow": offer_case(CHALLENGE_ERR, "amount_overflow", amount=str(2**256)),
     # Longer than any uint256 (79+ digits): refused by the digit-count check before the
     # overflow check, hence invalid_amount rather than amount_overflow.
-    "amount_100_digits": offer_case(CHALLENGE_ERR, "invalid_amount", amount="9" * 100),
+    "amount_100_digits": offer_case(CHALLENGE_ERR, "amount_overflow", amount="9" * 100),
     "amount_json_number": offer_case(CHALLENGE_ERR, "undecodable_challenge", amount=PRICE),
     "amount_2^255_above_cap": offer_case(PolicyDenied, "per_request_cap_exceeded",
                                          amount=str(2**255)),
@@ -582,6 +590,9 @@ HOSTILE_CASES: dict[str, Case] = {
     "max_price_invalid_text": Case(None, InvalidRequest, "invalid_max_price",
                                    request=lambda url: FetchRequest(
                                        url=url, max_price=PriceLimit.parse("abc"))),
+    "max_price_exponent": Case(None, InvalidRequest, "invalid_max_price",
+                               request=lambda url: FetchRequest(
+                                   url=url, max_price=PriceLimit.parse("1e3"))),
     "max_price_negative": Case(None, InvalidRequest, "invalid_max_price",
                                request=lambda url: FetchRequest(
                                    url=url, max_price=PriceLimit.parse("-1"))),
@@ -772,7 +783,7 @@ def test_paid_but_not_delivered_stays_counted(name: str, driver: str, env: Env,
     assert row.payment_header == sent[0][2]
     evidence = json.loads(row.evidence_json or "{}")
     if status is None:
-        assert set(evidence) == {"transport_error"}, evidence
+        assert set(evidence) == {"transport_error", "cause"}, evidence
     else:
         assert (evidence["status"], evidence["delivered"], row.response_status) == (
             status, False, status), evidence

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from eth_utils.address import is_hex_address, to_checksum_address
 from pydantic import ValidationError
-from x402.http import PAYMENT_REQUIRED_HEADER, decode_payment_required_header
+from x402.http import PAYMENT_REQUIRED_HEADER, safe_base64_decode
 from x402.schemas import PaymentRequired, PaymentRequirements
 from x402.schemas.v1 import PaymentRequiredV1, PaymentRequirementsV1
 
@@ -84,41 +84,40 @@ def _from_header(header: str) -> PaymentRequired | PaymentRequiredV1:
         raise ChallengeError("PAYMENT-REQUIRED header is too large", reason="oversized_challenge",
                              size=len(header), limit=MAX_HEADER_BYTES)
     try:
-        required = decode_payment_required_header(header)
-    except (ValueError, UnicodeError, TypeError, AttributeError, ValidationError) as exc:
-        raise ChallengeError("PAYMENT-REQUIRED header is not a valid x402 challenge",
-                             reason="undecodable_challenge", cause=type(exc).__name__) from exc
-    if not isinstance(required, PaymentRequired) or required.x402_version != 2:
-        raise ChallengeError("PAYMENT-REQUIRED header must carry x402Version 2",
-                             reason="unsupported_x402_version", version=required.x402_version)
-    _check_accepts(required)
-    return required
+        text = safe_base64_decode(header)
+    except (ValueError, UnicodeError) as exc:
+        raise ChallengeError("PAYMENT-REQUIRED header is not base64 of UTF-8 text",
+                             reason="undecodable_challenge") from exc
+    return _validated(text, versions=(2,), where="PAYMENT-REQUIRED header")
 
 
 def _from_body(body: bytes) -> PaymentRequired | PaymentRequiredV1:
     if len(body) > MAX_BODY_BYTES:
         raise ChallengeError("402 body is too large to be a challenge", reason="oversized_challenge",
                              size=len(body), limit=MAX_BODY_BYTES)
+    return _validated(body, versions=(1, 2), where="402 body")
+
+
+def _validated(raw: str | bytes, versions: tuple[int, ...], where: str
+               ) -> PaymentRequired | PaymentRequiredV1:
+    """JSON object, an integer x402Version we accept here, then the SDK's model."""
     try:
-        data = json.loads(body)
+        data = json.loads(raw)
     except (ValueError, UnicodeError) as exc:
-        raise ChallengeError("402 without PAYMENT-REQUIRED header and without a JSON challenge",
+        raise ChallengeError(f"{where} is not a JSON challenge",
                              reason="undecodable_challenge") from exc
     if not isinstance(data, dict):
-        raise ChallengeError("402 body is not a JSON object", reason="undecodable_challenge")
+        raise ChallengeError(f"{where} is not a JSON object", reason="undecodable_challenge")
     version = data.get("x402Version")
-    model: type[PaymentRequired] | type[PaymentRequiredV1]
-    if version == 1:
-        model = PaymentRequiredV1
-    elif version == 2:
-        model = PaymentRequired
-    else:
-        raise ChallengeError(f"unsupported x402Version {version!r}",
+    # type() rather than isinstance: JSON true must not pass for version 1.
+    if type(version) is not int or version not in versions:
+        raise ChallengeError(f"{where} has unsupported x402Version {version!r}"[:120],
                              reason="unsupported_x402_version", version=repr(version)[:20])
+    model = PaymentRequiredV1 if version == 1 else PaymentRequired
     try:
         required = model.model_validate(data)
     except ValidationError as exc:
-        raise ChallengeError("402 body is not a valid x402 challenge",
+        raise ChallengeError(f"{where} is not a valid x402 challenge",
                              reason="undecodable_challenge", problems=exc.error_count()) from exc
     _check_accepts(required)
     return required

@@ -335,7 +335,8 @@ def _deliver(payer: Payer, req: FetchRequest, url: str, record: PaymentRecord,
         response: HttpAnswer = yield HttpCall(_build_request(req, url,
                                                                  {header_name: header_value}))
     except UpstreamError as exc:
-        ledger.mark_unknown(record.id, evidence={"transport_error": exc.reason})
+        ledger.mark_unknown(record.id, evidence={"transport_error": exc.reason,
+                                                 "cause": exc.details.get("cause")})
         raise PaidNotDelivered("the paid request failed in transit; the payment may settle",
                                payment_id=record.id, cause=exc.reason) from exc
 

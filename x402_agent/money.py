@@ -12,7 +12,7 @@ UINT256_MAX = 2**256 - 1
 # The ledger stores amounts in SQLite INTEGER columns; nothing above this is ever reserved.
 LEDGER_AMOUNT_MAX = 2**63 - 1
 
-_ATOMIC = re.compile(r"[0-9]{1,78}")
+_ATOMIC = re.compile(r"[0-9]+")
 _DISPLAY = re.compile(r"[0-9]{1,40}(\.[0-9]{1,40})?")
 
 
@@ -20,10 +20,9 @@ def parse_atomic(text: object) -> int:
     """Parse a wire amount: a base-10 string of digits that fits uint256. Raises ValueError."""
     if not isinstance(text, str) or not _ATOMIC.fullmatch(text):
         raise ValueError("amount must be a string of decimal digits")
-    value = int(text)
-    if value > UINT256_MAX:
+    if len(text.lstrip("0")) > 78 or int(text) > UINT256_MAX:
         raise OverflowError("amount does not fit uint256")
-    return value
+    return int(text)
 
 
 def to_atomic(display: str, decimals: int) -> int:

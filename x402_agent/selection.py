@@ -18,7 +18,7 @@ SUPPORTED_SCHEME = "exact"
 # Codes that mean "the policy said no" (as opposed to "we cannot pay this offer at all").
 _POLICY_CODES = {"per_request_cap_exceeded", "host_not_allowed", "price_above_max"}
 
-_PRICE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z][A-Za-z0-9.]{0,15})?\s*")
+_PRICE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)(?:\s+([A-Za-z][A-Za-z0-9.]{0,15}))?\s*")
 
 
 @dataclass(frozen=True)
