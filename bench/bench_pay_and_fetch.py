@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from eth_account import Account
 from x402 import x402Client
@@ -69,10 +70,21 @@ async def timed(calls: int, concurrency: int, one: Callable[[], Awaitable[int]])
     return latencies
 
 
+def summary(latencies: list[float], wall: float) -> dict[str, float]:
+    return {"mean_ms": 1000 * statistics.fmean(latencies),
+            "p50_ms": 1000 * statistics.median(latencies),
+            "p99_ms": 1000 * statistics.quantiles(latencies, n=100)[98],
+            "per_request_wall_ms": 1000 * wall / len(latencies), "requests": len(latencies)}
+
+
 async def measure(url: str, agent: Agent, sdk: x402Client, rounds: int, per_round: int,
-                  concurrency: int) -> dict[str, dict[str, float]]:
-    results: dict[str, list[float]] = {"x402-agent": [], "x402 SDK": []}
-    walls: dict[str, float] = {"x402-agent": 0.0, "x402 SDK": 0.0}
+                  concurrency: int) -> dict[str, Any]:
+    """Sequential: strictly alternating single requests (ratio of medians). Concurrent:
+    alternating rounds of ``per_round`` requests, ``concurrency`` at a time (ratio of
+    per-request wall time)."""
+    names = ("x402-agent", "x402 SDK")
+    latencies: dict[str, list[float]] = {name: [] for name in names}
+    walls = dict.fromkeys(names, 0.0)
     async with x402HttpxClient(sdk, timeout=60) as http:
         async def ours() -> int:
             return (await agent.afetch(url)).status
@@ -82,21 +94,21 @@ async def measure(url: str, agent: Agent, sdk: x402Client, rounds: int, per_roun
             await response.aread()
             return response.status_code
 
+        calls = dict(zip(names, (ours, theirs), strict=True))
         await timed(4, 1, ours)  # warm both: connection pools, imports, caches
         await timed(4, 1, theirs)
-        for round_no in range(rounds):
-            order = [("x402-agent", ours), ("x402 SDK", theirs)]
-            for name, call in order if round_no % 2 == 0 else order[::-1]:
+        batches = rounds * per_round if concurrency == 1 else rounds
+        size = 1 if concurrency == 1 else per_round
+        for batch in range(batches):
+            for name in names if batch % 2 == 0 else names[::-1]:
                 began = time.perf_counter()
-                results[name] += await timed(per_round, concurrency, call)
+                latencies[name] += await timed(size, concurrency, calls[name])
                 walls[name] += time.perf_counter() - began
-    total = rounds * per_round
-    return {name: {"mean_ms": 1000 * statistics.fmean(lat),
-                   "p50_ms": 1000 * statistics.median(lat),
-                   "p99_ms": 1000 * statistics.quantiles(lat, n=100)[98],
-                   "per_request_wall_ms": 1000 * walls[name] / total,
-                   "requests": total}
-            for name, lat in results.items()}
+    figures = {name: summary(latencies[name], walls[name]) for name in names}
+    key = "p50_ms" if concurrency == 1 else "per_request_wall_ms"
+    ratio = figures[names[0]][key] / figures[names[1]][key]
+    return {"concurrency": concurrency, **figures, "ratio_basis": key,
+            "ratio_ours_over_sdk": round(ratio, 3)}
 
 
 def main() -> None:
@@ -114,12 +126,8 @@ def main() -> None:
             url = f"{ready['api_url']}{ROUTE}"
             report = {}
             for label, concurrency in (("sequential", 1), ("concurrent", args.concurrency)):
-                figures = asyncio.run(measure(url, agent, sdk, args.rounds, args.per_round,
-                                              concurrency))
-                ratio = (figures["x402-agent"]["per_request_wall_ms"]
-                         / figures["x402 SDK"]["per_request_wall_ms"])
-                report[label] = {"concurrency": concurrency, **figures,
-                                 "ratio_ours_over_sdk": round(ratio, 3)}
+                report[label] = asyncio.run(measure(url, agent, sdk, args.rounds,
+                                                    args.per_round, concurrency))
             agent.close()
         finally:
             proc.terminate()
@@ -129,7 +137,8 @@ def main() -> None:
         ours, theirs = data["x402-agent"], data["x402 SDK"]
         print(f"{label:>10} (x{data['concurrency']}): x402-agent {ours['per_request_wall_ms']:.2f} "
               f"ms/request (p50 {ours['p50_ms']:.1f}), SDK {theirs['per_request_wall_ms']:.2f} "
-              f"ms/request (p50 {theirs['p50_ms']:.1f}); ratio {data['ratio_ours_over_sdk']:.3f}",
+              f"ms/request (p50 {theirs['p50_ms']:.1f}); ratio {data['ratio_ours_over_sdk']:.3f} "
+              f"({data['ratio_basis']})",
               file=sys.stderr)
 
 

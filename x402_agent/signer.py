@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
+
+from eth_utils.crypto import keccak
 
 from .errors import ConfigError
 
@@ -28,6 +31,25 @@ class TokenDomain:
     verifying_contract: str
 
 
+_DOMAIN_TYPEHASH = keccak(
+    b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)")
+_AUTHORIZATION_TYPEHASH = keccak(
+    b"TransferWithAuthorization(address from,address to,uint256 value,uint256 validAfter,"
+    b"uint256 validBefore,bytes32 nonce)")
+
+
+def _word(value: int | str) -> bytes:
+    """ABI-encode a uint256 or an address as one 32-byte word."""
+    number = int(value, 16) if isinstance(value, str) else value
+    return number.to_bytes(32, "big")
+
+
+@cache
+def _domain_separator(token: TokenDomain) -> bytes:
+    return keccak(_DOMAIN_TYPEHASH + keccak(token.name.encode()) + keccak(token.version.encode())
+                  + _word(token.chain_id) + _word(token.verifying_contract))
+
+
 @dataclass(frozen=True)
 class TransferAuthorization:
     """EIP-3009 TransferWithAuthorization fields, integers kept as integers."""
@@ -41,19 +63,11 @@ class TransferAuthorization:
     nonce: str  # 0x + 64 hex digits
 
     def digest(self) -> bytes:
-        """EIP-712 digest, computed by the x402 SDK's own hashing."""
-        from x402.mechanisms.evm.eip712 import hash_eip3009_authorization
-        from x402.mechanisms.evm.types import ExactEIP3009Authorization
-
-        return hash_eip3009_authorization(
-            ExactEIP3009Authorization(
-                from_address=self.from_address, to=self.to, value=str(self.value),
-                valid_after=str(self.valid_after), valid_before=str(self.valid_before),
-                nonce=self.nonce,
-            ),
-            self.token.chain_id, self.token.verifying_contract, self.token.name,
-            self.token.version,
-        )
+        """EIP-712 digest of TransferWithAuthorization (equal to the x402 SDK's; tested)."""
+        struct = keccak(_AUTHORIZATION_TYPEHASH + _word(self.from_address) + _word(self.to)
+                        + _word(self.value) + _word(self.valid_after) + _word(self.valid_before)
+                        + bytes.fromhex(self.nonce.removeprefix("0x")))
+        return keccak(b"\x19\x01" + _domain_separator(self.token) + struct)
 
 
 @dataclass(frozen=True)
@@ -75,7 +89,10 @@ class LocalKeySigner:
     """Signs with a secp256k1 key held in memory (decrypted from an eth-account keystore)."""
 
     def __init__(self, account: LocalAccount) -> None:
-        self._account = account
+        from coincurve import PrivateKey
+
+        self._address = str(account.address)
+        self._key = PrivateKey(bytes(account.key))
 
     @classmethod
     def from_keystore(cls, path: Path, password: str) -> LocalKeySigner:
@@ -95,13 +112,14 @@ class LocalKeySigner:
 
     @property
     def address(self) -> str:
-        return str(self._account.address)
+        return self._address
 
     def sign_authorization(self, authorization: TransferAuthorization) -> SignedAuthorization:
-        from eth_typing import Hash32
-
-        signed = self._account.unsafe_sign_hash(Hash32(authorization.digest()))
-        return SignedAuthorization(authorization, "0x" + bytes(signed.signature).hex())
+        # coincurve signs the digest as given (hasher=None) and returns r || s || recid, with s
+        # already low (libsecp256k1 normalises); Ethereum wants v = 27 + recid.
+        raw = self._key.sign_recoverable(authorization.digest(), hasher=None)
+        signature = raw[:64] + bytes([27 + raw[64]])
+        return SignedAuthorization(authorization, "0x" + signature.hex())
 
     def __repr__(self) -> str:
         return f"LocalKeySigner({self.address})"
