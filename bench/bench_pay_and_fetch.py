@@ -35,6 +35,9 @@ from x402_agent.home import open_home
 from x402_agent.operations import Agent
 
 ROUTE = "/v2/weather"
+SDK = "x402 SDK httpx client"
+OURS = "x402-agent"
+OURS_NO_CHAIN = "x402-agent without on-chain check"
 
 
 def start_world(home: Path) -> tuple[subprocess.Popen[str], dict[str, object]]:
@@ -77,38 +80,40 @@ def summary(latencies: list[float], wall: float) -> dict[str, float]:
             "per_request_wall_ms": 1000 * wall / len(latencies), "requests": len(latencies)}
 
 
-async def measure(url: str, agent: Agent, sdk: x402Client, rounds: int, per_round: int,
-                  concurrency: int) -> dict[str, Any]:
+async def measure(url: str, agents: dict[str, Agent], sdk: x402Client, rounds: int,
+                  per_round: int, concurrency: int) -> dict[str, Any]:
     """Sequential: strictly alternating single requests (ratio of medians). Concurrent:
     alternating rounds of ``per_round`` requests, ``concurrency`` at a time (ratio of
     per-request wall time)."""
-    names = ("x402-agent", "x402 SDK")
-    latencies: dict[str, list[float]] = {name: [] for name in names}
-    walls = dict.fromkeys(names, 0.0)
     async with x402HttpxClient(sdk, timeout=60) as http:
-        async def ours() -> int:
-            return (await agent.afetch(url)).status
-
         async def theirs() -> int:
             response = await http.get(url)
             await response.aread()
             return response.status_code
 
-        calls = dict(zip(names, (ours, theirs), strict=True))
-        await timed(4, 1, ours)  # warm both: connection pools, imports, caches
-        await timed(4, 1, theirs)
+        def ours(agent: Agent) -> Callable[[], Awaitable[int]]:
+            async def fetch() -> int:
+                return (await agent.afetch(url)).status
+            return fetch
+
+        calls = {SDK: theirs, **{name: ours(agent) for name, agent in agents.items()}}
+        latencies: dict[str, list[float]] = {name: [] for name in calls}
+        walls = dict.fromkeys(calls, 0.0)
+        for call in calls.values():  # warm up: connection pools, imports, caches
+            await timed(4, 1, call)
         batches = rounds * per_round if concurrency == 1 else rounds
         size = 1 if concurrency == 1 else per_round
+        names = list(calls)
         for batch in range(batches):
-            for name in names if batch % 2 == 0 else names[::-1]:
+            for name in names[batch % len(names):] + names[:batch % len(names)]:
                 began = time.perf_counter()
                 latencies[name] += await timed(size, concurrency, calls[name])
                 walls[name] += time.perf_counter() - began
-    figures = {name: summary(latencies[name], walls[name]) for name in names}
+    figures = {name: summary(latencies[name], walls[name]) for name in calls}
     key = "p50_ms" if concurrency == 1 else "per_request_wall_ms"
-    ratio = figures[names[0]][key] / figures[names[1]][key]
-    return {"concurrency": concurrency, **figures, "ratio_basis": key,
-            "ratio_ours_over_sdk": round(ratio, 3)}
+    for name in agents:
+        figures[name]["ratio_over_sdk"] = round(figures[name][key] / figures[SDK][key], 3)
+    return {"concurrency": concurrency, "ratio_basis": key, **figures}
 
 
 def main() -> None:
@@ -121,25 +126,29 @@ def main() -> None:
         home = Path(scratch) / "home"
         proc, ready = start_world(home)
         try:
-            agent = Agent.open(home)
+            agent, unchecked = Agent.open(home), Agent.open(home)
+            unchecked.payer.rpc_urls = {}  # policy, ledger and receipts, but no chain RPC
+            agents = {OURS: agent, OURS_NO_CHAIN: unchecked}
             sdk = sdk_client(home, str(ready["network"]), str(ready["token"]))
             url = f"{ready['api_url']}{ROUTE}"
             report = {}
             for label, concurrency in (("sequential", 1), ("concurrent", args.concurrency)):
-                report[label] = asyncio.run(measure(url, agent, sdk, args.rounds,
+                report[label] = asyncio.run(measure(url, agents, sdk, args.rounds,
                                                     args.per_round, concurrency))
             agent.close()
+            unchecked.close()
         finally:
             proc.terminate()
             proc.wait(timeout=30)
     print(json.dumps(report, indent=2))
     for label, data in report.items():
-        ours, theirs = data["x402-agent"], data["x402 SDK"]
-        print(f"{label:>10} (x{data['concurrency']}): x402-agent {ours['per_request_wall_ms']:.2f} "
-              f"ms/request (p50 {ours['p50_ms']:.1f}), SDK {theirs['per_request_wall_ms']:.2f} "
-              f"ms/request (p50 {theirs['p50_ms']:.1f}); ratio {data['ratio_ours_over_sdk']:.3f} "
-              f"({data['ratio_basis']})",
+        key = data["ratio_basis"]
+        print(f"{label} (x{data['concurrency']}, {key}): SDK {data[SDK][key]:.2f} ms", end="",
               file=sys.stderr)
+        for name in (OURS, OURS_NO_CHAIN):
+            print(f"; {name} {data[name][key]:.2f} ms = {data[name]['ratio_over_sdk']:.3f}x",
+                  end="", file=sys.stderr)
+        print(file=sys.stderr)
 
 
 if __name__ == "__main__":
