@@ -62,7 +62,7 @@ from x402_agent.signer import (
     TokenDomain,
     TransferAuthorization,
 )
-from x402_agent.spendgate import CapSpendGate
+from x402_agent.spendgate import PolicyGate
 
 # ---- the world these tests live in ---------------------------------------------------------
 NETWORK = "eip155:84532"
@@ -174,7 +174,7 @@ class Env:
 def make_env(tmp_path: Path, signer: CountingSigner | None = None) -> Env:
     ledger = SQLiteLedger(tmp_path / "ledger.sqlite3")
     signer = signer or CountingSigner()
-    payer = Payer(gate=CapSpendGate(POLICY, ledger), signer=signer, rpc_urls={})
+    payer = Payer(gate=PolicyGate(POLICY, ledger), signer=signer, rpc_urls={})
     return Env(payer, signer, ledger)
 
 
@@ -639,7 +639,7 @@ HOSTILE_CASES: dict[str, Case] = {
         "unsupported_scheme"])),
     "all_offers_refused_one_by_policy": Case(on_402(lambda url: header_402(v2_doc(url, [
         v2_offer(scheme="upto"), v2_offer(amount=str(CAP + 1)), v2_offer(asset=OTHER_TOKEN),
-    ]))), PolicyDenied, "policy_denied", check=rejected_reasons([
+    ]))), PolicyDenied, "per_request_cap_exceeded", check=rejected_reasons([
         "unsupported_scheme", "per_request_cap_exceeded", "unknown_asset"])),
     "all_offers_above_cap": Case(on_402(lambda url: header_402(v2_doc(url, [
         v2_offer(amount=str(CAP + 1)), v2_offer(amount=str(CAP * 10), payTo=PAY_TO_B),
@@ -647,7 +647,7 @@ HOSTILE_CASES: dict[str, Case] = {
         "per_request_cap_exceeded", "per_request_cap_exceeded"])),
     "cheap_offer_above_max_price_other_unpayable": Case(on_402(lambda url: header_402(v2_doc(
         url, [v2_offer(amount="600"), v2_offer(amount="1", scheme="upto")]))),
-        PolicyDenied, "policy_denied",
+        PolicyDenied, "price_above_max",
         request=lambda url: FetchRequest(url=url, max_price=PriceLimit.parse("0.0005 USDC")),
         check=rejected_reasons(["price_above_max", "unsupported_scheme"])),
 }

@@ -7,14 +7,17 @@ counted) before the error reaches the caller.
 
 from __future__ import annotations
 
+import inspect
 import itertools
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, TypeVar
 
 import httpx
 
 from .errors import ChainError, UpstreamError
 from .flow import (
+    ApprovalCall,
+    ApprovalRequest,
     FetchOutcome,
     FetchRequest,
     HttpAnswer,
@@ -28,6 +31,8 @@ from .flow import (
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 T = TypeVar("T")
+Approver = Callable[[ApprovalRequest], bool | None]
+AsyncApprover = Callable[[ApprovalRequest], Awaitable[bool | None] | bool | None]
 _rpc_ids = itertools.count(1)
 
 
@@ -56,8 +61,10 @@ def _too_large(size: int) -> UpstreamError:
 class X402Client:
     """Synchronous pay-and-fetch over one pooled httpx.Client."""
 
-    def __init__(self, payer: Payer, http: httpx.Client | None = None) -> None:
+    def __init__(self, payer: Payer, http: httpx.Client | None = None,
+                 approver: Approver | None = None) -> None:
         self.payer = payer
+        self.approver = approver
         self._http = http or httpx.Client(timeout=DEFAULT_TIMEOUT, follow_redirects=False)
 
     def __enter__(self) -> X402Client:
@@ -86,6 +93,8 @@ class X402Client:
             return done.value  # type: ignore[no-any-return]
 
     def _execute(self, step: Step) -> Any:
+        if isinstance(step, ApprovalCall):
+            return None if self.approver is None else self.approver(step.request)
         if isinstance(step, RpcCall):
             try:
                 response = self._http.post(step.url, json=_rpc_body(step))
@@ -115,8 +124,10 @@ class X402Client:
 class AsyncX402Client:
     """Asynchronous pay-and-fetch over one pooled httpx.AsyncClient."""
 
-    def __init__(self, payer: Payer, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, payer: Payer, http: httpx.AsyncClient | None = None,
+                 approver: AsyncApprover | None = None) -> None:
         self.payer = payer
+        self.approver = approver
         self._http = http or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, follow_redirects=False)
 
     async def __aenter__(self) -> AsyncX402Client:
@@ -145,6 +156,11 @@ class AsyncX402Client:
             return done.value  # type: ignore[no-any-return]
 
     async def _execute(self, step: Step) -> Any:
+        if isinstance(step, ApprovalCall):
+            if self.approver is None:
+                return None
+            answer = self.approver(step.request)
+            return await answer if inspect.isawaitable(answer) else answer
         if isinstance(step, RpcCall):
             try:
                 response = await self._http.post(step.url, json=_rpc_body(step))

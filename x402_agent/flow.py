@@ -28,6 +28,7 @@ from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements
 from x402.schemas.v1 import PaymentPayloadV1
 
 from .challenge import Challenge, Offer, parse_challenge
+from .decision import PaymentContext
 from .errors import (
     ChainError,
     IdempotencyConflict,
@@ -35,15 +36,18 @@ from .errors import (
     PaidNotDelivered,
     PaymentInFlight,
     PaymentMismatch,
+    PolicyDenied,
     RedirectRefused,
     SettlementMismatch,
     UpstreamError,
 )
 from .ledger import PaymentRecord, PaymentState
+from .money import format_units
+from .policy import AssetRule
 from .selection import PriceLimit, choose
 from .settlement import check_settlement, check_transaction_receipt, read_settlement_header
 from .signer import PaymentSigner, SignedAuthorization, TokenDomain, TransferAuthorization
-from .spendgate import PaymentContext, SpendGate
+from .spendgate import SpendGate
 
 ALLOWED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _RESERVED_HEADERS = frozenset({PAYMENT_SIGNATURE_HEADER.lower(), X_PAYMENT_HEADER.lower()})
@@ -79,7 +83,37 @@ class RpcCall:
     params: tuple[Any, ...]
 
 
-Step = HttpCall | RpcCall
+@dataclass(frozen=True)
+class ApprovalRequest:
+    """What a human is asked to approve: one payment above the policy's approval threshold."""
+
+    method: str
+    url: str
+    amount: int
+    symbol: str
+    decimals: int
+    network: str
+    pay_to: str
+    policy_version: int
+
+    @property
+    def price(self) -> str:
+        return f"{format_units(self.amount, self.decimals)} {self.symbol}"
+
+    def prompt(self) -> str:
+        return (f"Approve paying {self.price} on {self.network} to {self.pay_to} "
+                f"for {self.method} {self.url}?")
+
+
+@dataclass(frozen=True)
+class ApprovalCall:
+    """Ask the driver's approver; the answer is True (approved), False (rejected) or None
+    (nobody can be asked)."""
+
+    request: ApprovalRequest
+
+
+Step = HttpCall | RpcCall | ApprovalCall
 
 
 @dataclass(frozen=True)
@@ -91,6 +125,7 @@ class FetchRequest:
     max_price: PriceLimit | None = None
     idempotency_key: str | None = None
     session: str | None = None
+    session_profile: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +147,9 @@ class Payer:
     rpc_urls: Mapping[str, str] = field(default_factory=dict)
     clock: Callable[[], float] = time.time
     max_redirects: int = 5
+    # Check each settlement's transaction receipt before committing (needs an RPC); without it
+    # the server's settlement header is trusted and the RPC serves only reconciliation.
+    verify_on_chain: bool = True
 
 
 def sha256_hex(data: bytes | None) -> str:
@@ -144,7 +182,8 @@ def _context(req: FetchRequest, url: str) -> PaymentContext:
     return PaymentContext(method=req.method.upper(), url=url,
                           host=(urlsplit(url).hostname or "").lower(),
                           request_body_sha256=body_hash, request_fingerprint=fingerprint,
-                          idempotency_key=req.idempotency_key, session=req.session)
+                          idempotency_key=req.idempotency_key, session=req.session,
+                          session_profile=req.session_profile)
 
 
 def _build_request(req: FetchRequest, url: str, extra: Mapping[str, str] | None = None
@@ -181,7 +220,10 @@ def fetch_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, FetchOut
     challenge = parse_challenge(response.headers, response.content, url)
     context = _context(req, url)
     choice = choose(challenge, payer.gate, context, req.max_price)
-    record = payer.gate.reserve(choice.offer, context)
+    approved = False
+    if choice.decision.needs_approval:
+        approved = yield from _ask_approval(payer, req, url, choice.offer, choice.asset)
+    record = payer.gate.reserve(choice.offer, context, approved=approved)
     try:
         signed = _sign(payer, choice.offer, choice.asset.eip712_name,
                        choice.asset.eip712_version, record)
@@ -194,6 +236,22 @@ def fetch_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, FetchOut
         payer.gate.ledger.release(record.id, reason="not_sent")
         raise
     return (yield from _deliver(payer, req, url, record, signed, header_name, header_value))
+
+
+def _ask_approval(payer: Payer, req: FetchRequest, url: str, offer: Offer, asset: AssetRule
+                  ) -> Generator[Step, Any, bool]:
+    answer = yield ApprovalCall(ApprovalRequest(
+        method=req.method.upper(), url=url, amount=offer.amount, symbol=asset.symbol,
+        decimals=asset.decimals, network=offer.network, pay_to=offer.pay_to,
+        policy_version=payer.gate.policy.version))
+    if answer is None:
+        raise PolicyDenied(f"paying {format_units(offer.amount, asset.decimals)} {asset.symbol} "
+                           "needs a human approval and no one can be asked here",
+                           reason="approval_required", offer=offer.describe())
+    if not answer:
+        raise PolicyDenied("the payment was rejected by the approver", reason="approval_denied",
+                           offer=offer.describe())
+    return True
 
 
 def _send_following_redirects(payer: Payer, req: FetchRequest
@@ -336,7 +394,8 @@ def _deliver(payer: Payer, req: FetchRequest, url: str, record: PaymentRecord,
                                                                  {header_name: header_value}))
     except UpstreamError as exc:
         ledger.mark_unknown(record.id, evidence={"transport_error": exc.reason,
-                                                 "cause": exc.details.get("cause")})
+                                                 "cause": exc.details.get("cause")},
+                            delivered=False)
         raise PaidNotDelivered("the paid request failed in transit; the payment may settle",
                                payment_id=record.id, cause=exc.reason) from exc
 
@@ -350,7 +409,8 @@ def _deliver(payer: Payer, req: FetchRequest, url: str, record: PaymentRecord,
     delivered = 200 <= response.status_code < 300
     if not delivered:
         evidence["delivered"] = False
-        ledger.mark_unknown(record.id, evidence=evidence, response_status=response.status_code)
+        ledger.mark_unknown(record.id, evidence=evidence, response_status=response.status_code,
+                            delivered=False)
         state = yield from reconcile(payer, ledger.get(record.id) or record)
         raise PaidNotDelivered(
             f"paid, but the server answered {response.status_code}; the amount stays counted "
@@ -365,17 +425,18 @@ def _deliver(payer: Payer, req: FetchRequest, url: str, record: PaymentRecord,
         confirmed = yield from _confirm_on_chain(payer, record, auth, tx)
     except SettlementMismatch as exc:
         ledger.mark_unknown(record.id, evidence={**evidence, "mismatch": exc.message},
-                            response_status=response.status_code)
+                            response_status=response.status_code, delivered=True)
         exc.details["payment_id"] = record.id
         raise
     if confirmed is False or (tx is None and confirmed is None):
         # Delivered, but nothing proves the payment settled: it stays counted as unknown.
         record = ledger.mark_unknown(record.id, evidence=evidence,
-                                     response_status=response.status_code)
+                                     response_status=response.status_code, delivered=True)
     else:
         record = ledger.settle(record.id, settlement_tx=tx, response_status=response.status_code,
                                response_content_type=response.headers.get("content-type"),
-                               response_body_sha256=evidence["body_sha256"], evidence=evidence)
+                               response_body_sha256=evidence["body_sha256"], delivered=True,
+                               evidence=evidence)
     return FetchOutcome(response.status_code, response.content,
                         response.headers.get("content-type"), payment=record,
                         confirmed_on_chain=bool(confirmed))
@@ -385,7 +446,7 @@ def _confirm_on_chain(payer: Payer, record: PaymentRecord, auth: TransferAuthori
                       tx: str | None) -> Generator[Step, Any, bool | None]:
     """True: the chain shows our transfer. False: it could not be shown. None: no RPC."""
     rpc = payer.rpc_urls.get(record.network)
-    if rpc is None:
+    if rpc is None or (tx is not None and not payer.verify_on_chain):
         return None
     try:
         if tx is None:
@@ -420,8 +481,7 @@ def reconcile(payer: Payer, record: PaymentRecord) -> Generator[Step, Any, Payme
     ledger = payer.gate.ledger
     try:
         if (yield from nonce_used(rpc, record)):
-            ledger.settle(record.id, settlement_tx=record.settlement_tx, response_status=None,
-                          response_content_type=None, response_body_sha256=None)
+            ledger.settle(record.id, settlement_tx=record.settlement_tx)
             return PaymentState.SETTLED
         block = yield RpcCall(rpc, "eth_getBlockByNumber", ("latest", False))
     except ChainError:
@@ -433,7 +493,6 @@ def reconcile(payer: Payer, record: PaymentRecord) -> Generator[Step, Any, Payme
         if not (yield from nonce_used(rpc, record)):
             ledger.release(record.id, reason="expired_unused")
             return PaymentState.RELEASED
-        ledger.settle(record.id, settlement_tx=record.settlement_tx, response_status=None,
-                      response_content_type=None, response_body_sha256=None)
+        ledger.settle(record.id, settlement_tx=record.settlement_tx)
         return PaymentState.SETTLED
     return record.state

@@ -39,7 +39,9 @@ class HomeConfig(BaseModel):
     schema_id: Literal["x402-agent/config/1"] = Field("x402-agent/config/1", alias="schema")
     signer: SignerConfig = SignerConfig()
     policy: str = "policy.json"
-    ledger: str = "ledger.sqlite3"
+    ledger: str = Field("ledger.sqlite3",
+                        description="SQLite file in the home, or a postgresql:// URL for fleets")
+    verify_on_chain: bool = Field(True, description="check each settlement's tx receipt")
     rpc_urls: dict[str, str] = Field(default_factory=dict,
                                      description="CAIP-2 network -> JSON-RPC URL")
 
@@ -55,10 +57,6 @@ class AgentHome:
     @property
     def policy_path(self) -> Path:
         return self.path(self.config.policy)
-
-    @property
-    def ledger_path(self) -> Path:
-        return self.path(self.config.ledger)
 
     def load_policy(self) -> Policy:
         return load_policy(self.policy_path)

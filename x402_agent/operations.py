@@ -7,18 +7,20 @@ imports none of them.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .flow import FetchOutcome, FetchRequest, Payer
+from .budget import budget_view
+from .flow import STALE_RESERVATION_SECONDS, FetchOutcome, FetchRequest, Payer, reconcile
 from .home import AgentHome, open_home
-from .ledger import PaymentRecord, PaymentState, SQLiteLedger
+from .ledger import PaymentRecord, PaymentState, open_ledger
 from .policy import Policy, load_policy
 from .quote import Quote, quote_flow
 from .selection import PriceLimit
 from .signer import LocalKeySigner, PaymentSigner
-from .spendgate import CapSpendGate
+from .spendgate import PolicyGate
 
 
 class PolicyFile:
@@ -54,25 +56,60 @@ class Agent:
         home = home if isinstance(home, AgentHome) else open_home(home)
         policy = PolicyFile(home.policy_path)
         policy()  # fail at start, with a clear error, on a missing or invalid policy
-        ledger = SQLiteLedger(home.ledger_path)
+        ledger = open_ledger(home.config.ledger, home.root)
         if signer is None:
             signer = LocalKeySigner.from_keystore(home.path(home.config.signer.keystore),
                                                   home.keystore_password())
-        return cls(Payer(gate=CapSpendGate(policy, ledger), signer=signer,
-                         rpc_urls=dict(home.config.rpc_urls)))
+        agent = cls(Payer(gate=PolicyGate(policy, ledger), signer=signer,
+                          rpc_urls=dict(home.config.rpc_urls),
+                          verify_on_chain=home.config.verify_on_chain))
+        agent.reconcile()
+        return agent
 
     def close(self) -> None:
         self._sync.close()
+        self.payer.gate.ledger.close()
+
+    def reconcile(self) -> dict[str, int]:
+        """Resolve what a previous run left open: unsent reservations are released (nothing
+        signed ever left them), sent and unknown payments are checked against the chain."""
+        counts: dict[str, int] = {}
+        now = self.payer.clock()
+        for record in self.payer.gate.ledger.unresolved():
+            if record.state == PaymentState.RESERVED:
+                if now - record.created_at < STALE_RESERVATION_SECONDS:
+                    continue  # possibly another live process, about to sign
+                self.payer.gate.ledger.release(record.id, reason="abandoned_before_sending")
+                state = PaymentState.RELEASED
+            else:
+                state = self._sync.run(reconcile(self.payer, record))
+            counts[str(state)] = counts.get(str(state), 0) + 1
+        return counts
+
+    def open_session(self, profile: str | None = None, session: str | None = None) -> str:
+        """Start a session (one MCP connection, one toolkit, one named CLI session): its
+        allowance and lifetime count from now."""
+        session = session or uuid.uuid4().hex
+        self.payer.gate.ledger.open_session(session, profile, self.payer.clock())
+        return session
+
+    def budget(self, session: str | None = None, profile: str | None = None) -> dict[str, Any]:
+        return budget_view(self.payer.gate.policy, self.payer.gate.ledger, self.payer.clock(),
+                           session, profile)
+
+    def reset_breaker(self) -> None:
+        self.payer.gate.ledger.reset_breaker(self.payer.clock())
 
     @staticmethod
     def request(url: str, method: str = "GET", headers: Mapping[str, str] | None = None,
                 body: bytes | str | None = None, max_price: str | None = None,
-                idempotency_key: str | None = None, session: str | None = None) -> FetchRequest:
+                idempotency_key: str | None = None, session: str | None = None,
+                session_profile: str | None = None) -> FetchRequest:
         return FetchRequest(
             url=url, method=method.upper(), headers=dict(headers or {}),
             body=body.encode() if isinstance(body, str) else body,
             max_price=PriceLimit.parse(max_price) if max_price is not None else None,
-            idempotency_key=idempotency_key, session=session)
+            idempotency_key=idempotency_key, session=session, session_profile=session_profile)
 
     def fetch(self, url: str, **options: Any) -> FetchOutcome:
         return self._sync.fetch(self.request(url, **options))

@@ -1,18 +1,26 @@
 """The spending policy document: versioned, canonically serialised, identified by its digest.
 
-This module is pure data and validation: no HTTP, chain or device imports. The policy engine
-(cumulative limits, sessions, approvals) builds on these types.
+Pure data and validation: no HTTP, chain or device imports. Amounts are integers in the
+asset's atomic units. A policy that contradicts itself (a cap above its own daily limit, an
+approval threshold that can never trigger, a session allowance for an asset it does not list)
+is rejected when it is loaded, with the path of the offending field.
+
+The day of a daily limit is stated in the policy: ``rolling_24h`` (the 24 hours before the
+payment) or ``calendar`` (midnight to midnight in ``day.timezone``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from eth_utils.address import is_checksum_address, is_hex_address, to_checksum_address
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -26,6 +34,7 @@ from .money import LEDGER_AMOUNT_MAX
 from .networks import caip2
 
 POLICY_SCHEMA_ID = "x402-agent/policy/1"
+DEFAULT_SESSION = "default"
 
 AtomicAmount = Annotated[int, Field(ge=0, le=LEDGER_AMOUNT_MAX, strict=True)]
 
@@ -38,67 +47,203 @@ def _checksummed(value: str) -> str:
     return str(to_checksum_address(value))
 
 
-class AssetRule(BaseModel):
-    """An asset the agent may pay with, and what a single request may cost in it."""
+def _network(value: str) -> str:
+    if caip2(value) != value:
+        raise ValueError(f"network must be a CAIP-2 EVM id like eip155:8453, got {value!r}")
+    return value
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    network: str = Field(description="CAIP-2 network id, e.g. eip155:8453")
-    address: str = Field(description="Token contract address")
-    symbol: str = Field(min_length=1, max_length=16)
+def _host_pattern(value: str) -> str:
+    host = value.lower()
+    bare = host.removeprefix("*.")
+    if not bare or any(c in bare for c in "/:@ *") or bare.startswith("."):
+        raise ValueError(f"not a host name or *.domain pattern: {value!r}")
+    return host
+
+
+def _url_prefix(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"URL prefix must start with http:// or https://: {value!r}")
+    return value
+
+
+Address = Annotated[str, AfterValidator(_checksummed)]
+Network = Annotated[str, AfterValidator(_network)]
+HostPattern = Annotated[str, AfterValidator(_host_pattern)]
+UrlPrefix = Annotated[str, AfterValidator(_url_prefix)]
+
+
+def host_matches(host: str, patterns: tuple[str, ...]) -> bool:
+    """Exact host, or ``*.example.com`` for any subdomain of example.com (not itself)."""
+    host = host.lower().rstrip(".")
+    return any(host.endswith(p[1:]) if p.startswith("*.") else host == p for p in patterns)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class AssetRule(_Model):
+    """An asset the agent may pay with (the asset allowlist) and its limits."""
+
+    network: Network = Field(description="CAIP-2 network id, e.g. eip155:8453")
+    address: Address = Field(description="Token contract address")
+    symbol: str = Field(min_length=1, max_length=16, pattern=r"^[A-Za-z][A-Za-z0-9.]*$")
     decimals: int = Field(ge=0, le=36, strict=True)
     eip712_name: str = Field(min_length=1, description="Token EIP-712 domain name")
     eip712_version: str = Field(min_length=1, description="Token EIP-712 domain version")
-    per_request_max: AtomicAmount = Field(description="Largest single payment, atomic units")
+    per_request_max: AtomicAmount = Field(description="Largest single payment")
+    daily_max: AtomicAmount | None = Field(default=None, description="Cumulative per day")
+    approval_above: AtomicAmount | None = Field(
+        default=None, description="Payments above this need a human yes, else are refused")
 
-    @field_validator("network")
+    @property
+    def asset_id(self) -> str:
+        return f"{self.network}/{self.address}"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AssetRule:
+        if self.daily_max is not None and self.per_request_max > self.daily_max:
+            raise ValueError(f"{self.symbol}: per_request_max {self.per_request_max} exceeds "
+                             f"daily_max {self.daily_max}")
+        if self.approval_above is not None and self.approval_above >= self.per_request_max:
+            raise ValueError(f"{self.symbol}: approval_above {self.approval_above} can never "
+                             f"trigger below per_request_max {self.per_request_max}")
+        return self
+
+
+class AllowDeny(_Model):
+    """``allow`` null means anything not denied; deny always wins."""
+
+    allow: tuple[str, ...] | None = None
+    deny: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> AllowDeny:
+        both = set(self.allow or ()) & set(self.deny)
+        if both:
+            raise ValueError(f"listed as both allowed and denied: {sorted(both)}")
+        return self
+
+
+class HostLists(AllowDeny):
+    allow: tuple[HostPattern, ...] | None = None
+    deny: tuple[HostPattern, ...] = ()
+
+
+class PayeeLists(AllowDeny):
+    allow: tuple[Address, ...] | None = None
+    deny: tuple[Address, ...] = ()
+
+
+class NetworkLists(AllowDeny):
+    allow: tuple[Network, ...] | None = None
+    deny: tuple[Network, ...] = ()
+
+
+class Scope(_Model):
+    """What a session may pay for; null fields do not narrow."""
+
+    hosts: tuple[HostPattern, ...] | None = None
+    url_prefixes: tuple[UrlPrefix, ...] | None = None
+    payees: tuple[Address, ...] | None = None
+    networks: tuple[Network, ...] | None = None
+    assets: tuple[str, ...] | None = Field(default=None, description="symbols or asset ids")
+
+
+class SessionRule(_Model):
+    """An allowance for one session (an MCP connection, a toolkit instance, a CLI session)."""
+
+    lifetime_seconds: int = Field(gt=0, le=30 * 86_400, strict=True)
+    allowance: dict[str, AtomicAmount] = Field(
+        min_length=1, description="asset symbol or id -> atomic amount per session")
+    scope: Scope = Scope()
+
+
+class DayRule(_Model):
+    kind: Literal["rolling_24h", "calendar"] = "rolling_24h"
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
     @classmethod
-    def _network_is_caip2(cls, value: str) -> str:
-        if caip2(value) != value:
-            raise ValueError(f"network must be a CAIP-2 EVM id like eip155:8453, got {value!r}")
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
         return value
 
-    @field_validator("address")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        return _checksummed(value)
+    def start(self, now: float) -> float:
+        """Start of the day window containing ``now`` (a Unix time)."""
+        if self.kind == "rolling_24h":
+            return now - 86_400
+        local = datetime.fromtimestamp(now, ZoneInfo(self.timezone))
+        # timestamp() applies midnight's own UTC offset, which on DST days differs from now's.
+        return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 
-class Policy(BaseModel):
+class CircuitBreaker(_Model):
+    max_consecutive_failures: int = Field(ge=1, le=1000, strict=True)
+
+
+class Policy(_Model):
     """A complete spending policy. Any change to it changes its digest."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     schema_id: Literal["x402-agent/policy/1"] = Field(default="x402-agent/policy/1", alias="schema")
     version: int = Field(ge=1, strict=True, description="Monotonic; higher replaces lower")
+    account: Address | None = Field(default=None, description="The paying account it governs")
+    chain_id: int | None = Field(default=None, ge=1, strict=True)
+    day: DayRule = DayRule()
     assets: tuple[AssetRule, ...] = Field(min_length=1)
-    allowed_hosts: tuple[str, ...] | None = Field(
-        default=None, description="Hosts that may be paid; null means any host not denied"
-    )
-    denied_hosts: tuple[str, ...] = ()
+    hosts: HostLists = HostLists()
+    payees: PayeeLists = PayeeLists()
+    networks: NetworkLists = NetworkLists()
+    max_payments_per_minute: int | None = Field(default=None, ge=1, strict=True)
+    circuit_breaker: CircuitBreaker | None = None
+    sessions: dict[str, SessionRule] = Field(
+        default_factory=dict, description=f"by profile name; {DEFAULT_SESSION!r} when unnamed")
     max_authorization_seconds: int = Field(
         default=300, ge=10, le=86_400, strict=True,
-        description="Upper bound on an authorization's validity window",
-    )
+        description="Upper bound on an authorization's validity window")
 
     @model_validator(mode="after")
-    def _unique_assets(self) -> Policy:
-        keys = [(a.network, a.address) for a in self.assets]
-        if len(set(keys)) != len(keys):
+    def _consistent(self) -> Policy:
+        ids = [a.asset_id for a in self.assets]
+        if len(set(ids)) != len(ids):
             raise ValueError("an asset is listed twice")
+        for name, session in self.sessions.items():
+            for key, amount in session.allowance.items():
+                rule = self.asset(key)
+                if rule is None:
+                    raise ValueError(f"session {name!r}: allowance for {key!r}, which is not "
+                                     "an asset of this policy (or its symbol is ambiguous)")
+                if rule.daily_max is not None and amount > rule.daily_max and (
+                        session.lifetime_seconds <= 86_400):
+                    raise ValueError(f"session {name!r}: allowance {amount} for {key} exceeds "
+                                     f"its daily_max {rule.daily_max}")
+            for key in session.scope.assets or ():
+                if self.asset(key) is None:
+                    raise ValueError(f"session {name!r}: scope names unknown asset {key!r}")
+        for rule in self.assets:
+            if rule.network in self.networks.deny or (
+                    self.networks.allow is not None and rule.network not in self.networks.allow):
+                raise ValueError(f"asset {rule.symbol} is on network {rule.network}, "
+                                 "which the network lists refuse")
         return self
+
+    def asset(self, key: str) -> AssetRule | None:
+        """An asset by id (``network/address``) or by symbol if the symbol is unique."""
+        by_id = [a for a in self.assets if a.asset_id.lower() == key.lower()]
+        if by_id:
+            return by_id[0]
+        by_symbol = [a for a in self.assets if a.symbol.upper() == key.upper()]
+        return by_symbol[0] if len(by_symbol) == 1 else None
 
     def find_asset(self, network: str, address: str) -> AssetRule | None:
         for rule in self.assets:
-            if rule.network == network and rule.address == address:
+            if rule.network == network and rule.address.lower() == address.lower():
                 return rule
         return None
-
-    def host_allowed(self, host: str) -> bool:
-        host = host.lower()
-        if host in (h.lower() for h in self.denied_hosts):
-            return False
-        return self.allowed_hosts is None or host in (h.lower() for h in self.allowed_hosts)
 
     def canonical_json(self) -> bytes:
         """Sorted keys, no whitespace, aliases: the bytes the digest (and signatures) bind."""
@@ -110,16 +255,26 @@ class Policy(BaseModel):
         return "sha256:" + hashlib.sha256(self.canonical_json()).hexdigest()
 
 
-def load_policy(path: Path) -> Policy:
-    """Read and validate a policy file; every problem becomes one clear ConfigError."""
-    try:
-        raw = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read policy {path}: {exc.strerror}", reason="policy_missing") from exc
+def parse_policy(raw: str | bytes, source: str = "policy") -> Policy:
+    """Validate a policy document; every problem becomes one clear ConfigError."""
     try:
         return Policy.model_validate_json(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
         )
-        raise ConfigError(f"invalid policy {path}: {problems}", reason="policy_invalid") from exc
+        raise ConfigError(f"invalid policy {source}: {problems}", reason="policy_invalid") from exc
+
+
+def load_policy(path: Path) -> Policy:
+    try:
+        raw = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read policy {path}: {exc.strerror}",
+                          reason="policy_missing") from exc
+    return parse_policy(raw, str(path))
+
+
+def json_schema() -> dict[str, object]:
+    """The JSON schema of policy documents (exported to policies/policy.schema.json)."""
+    return Policy.model_json_schema(by_alias=True)

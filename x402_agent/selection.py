@@ -10,13 +10,15 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from .challenge import Challenge, Offer
+from .decision import Decision, PaymentContext
 from .errors import InvalidRequest, NoAcceptableRequirement, PolicyDenied
+from .money import format_units
 from .policy import AssetRule
-from .spendgate import Decision, PaymentContext, SpendGate
+from .spendgate import SpendGate
 
 SUPPORTED_SCHEME = "exact"
-# Codes that mean "the policy said no" (as opposed to "we cannot pay this offer at all").
-_POLICY_CODES = {"per_request_cap_exceeded", "host_not_allowed", "price_above_max"}
+# Codes that mean "we cannot pay this offer at all", as opposed to "the policy said no".
+_UNPAYABLE = {"unsupported_scheme", "unknown_network", "asset_domain_mismatch", "unknown_asset"}
 
 _PRICE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)(?:\s+([A-Za-z][A-Za-z0-9.]{0,15}))?\s*")
 
@@ -79,8 +81,8 @@ def assess(offer: Offer, gate: SpendGate, context: PaymentContext,
         ceiling = limit.atomic_for(rule)
         if ceiling is None or offer.amount > ceiling:
             return Decision(False, "price_above_max",
-                            f"price {offer.amount} {rule.symbol} (atomic) is above the max price",
-                            rule)
+                            f"price {format_units(offer.amount, rule.decimals)} {rule.symbol} "
+                            f"is above the max price {limit.amount}", rule)
     return decision
 
 
@@ -97,11 +99,16 @@ def choose(challenge: Challenge, gate: SpendGate, context: PaymentContext,
         assert decision.asset is not None
         return Choice(offer, decision.asset, decision)
     rejected = [{**o.describe(), "reason": d.reason, "message": d.message} for o, d in verdicts]
+    by_policy = [d for _, d in verdicts if d.reason not in _UNPAYABLE]
+    if by_policy:
+        # The offers we could pay were refused by the policy (or the caller's max price): say
+        # why for the first of them, with the budgets that remain.
+        first = by_policy[0]
+        message = first.message if len(verdicts) == 1 else (
+            f"{first.message} ({len(verdicts)} offers refused)")
+        raise PolicyDenied(message, reason=first.reason, rejected=rejected,
+                           remaining=first.remaining)
     reasons = {d.reason for _, d in verdicts}
     reason = reasons.pop() if len(reasons) == 1 else "no_acceptable_requirement"
-    if any(d.reason in _POLICY_CODES for _, d in verdicts):
-        policy_reason = reason if reason in _POLICY_CODES else "policy_denied"
-        raise PolicyDenied(f"no offer is within policy and max price ({len(verdicts)} refused)",
-                           reason=policy_reason, rejected=rejected)
     raise NoAcceptableRequirement(f"none of the {len(verdicts)} offers can be paid",
                                   reason=reason, rejected=rejected)

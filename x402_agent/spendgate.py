@@ -1,43 +1,22 @@
 """The spend gate: the only door through which a payment gets permission to be signed.
 
-``evaluate`` answers "would this be allowed?" without side effects (quotes, choosing an offer);
-``reserve`` re-checks and records the reservation atomically, so nothing is signed unless the
-ledger holds it first. The minimal gate here enforces the policy's per-request caps, asset list
-and host lists; the policy engine (cumulative limits, sessions) implements the same interface.
+``evaluate`` answers "would this be allowed now?" without side effects (quotes, choosing an
+offer). ``reserve`` decides again inside the ledger transaction that records the reservation,
+with the policy as it is at that moment, so a concurrent payment, a crash or a policy change in
+between cannot lead to a payment the policy does not cover.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from .challenge import Offer
+from .decision import Decision, PaymentContext, Usage, decide
 from .errors import PolicyDenied
-from .ledger import Ledger, NewPayment, PaymentRecord
-from .policy import AssetRule, Policy
-
-
-@dataclass(frozen=True)
-class PaymentContext:
-    """Who asks to pay for what: everything the policy may look at besides the offer."""
-
-    method: str
-    url: str
-    host: str
-    request_body_sha256: str
-    request_fingerprint: str
-    idempotency_key: str | None = None
-    session: str | None = None
-
-
-@dataclass(frozen=True)
-class Decision:
-    allowed: bool
-    reason: str  # "allowed" or a refusal code
-    message: str
-    asset: AssetRule | None = None
-    remaining: dict[str, Any] | None = None
+from .ledger import Ledger, NewPayment, PaymentRecord, UsageQuery
+from .policy import Policy
 
 
 class SpendGate(Protocol):
@@ -46,16 +25,24 @@ class SpendGate(Protocol):
     @property
     def ledger(self) -> Ledger: ...
     def evaluate(self, offer: Offer, context: PaymentContext) -> Decision: ...
-    def reserve(self, offer: Offer, context: PaymentContext) -> PaymentRecord: ...
+    def reserve(self, offer: Offer, context: PaymentContext, *, approved: bool = False
+                ) -> PaymentRecord: ...
 
 
-class CapSpendGate:
-    """Per-request caps, asset allowlist and host lists from the current policy."""
+def refusal(decision: Decision, offer: Offer) -> PolicyDenied:
+    return PolicyDenied(decision.message, reason=decision.reason, offer=offer.describe(),
+                        remaining=decision.remaining)
 
-    def __init__(self, policy: Policy | Callable[[], Policy], ledger: Ledger) -> None:
+
+class PolicyGate:
+    """Enforces a policy over a ledger; the policy source is read at every decision."""
+
+    def __init__(self, policy: Policy | Callable[[], Policy], ledger: Ledger,
+                 clock: Callable[[], float] = time.time) -> None:
         # A callable lets a running agent pick up a newly accepted policy at the next payment.
         self._policy_source = policy if callable(policy) else (lambda: policy)
         self._ledger = ledger
+        self._clock = clock
 
     @property
     def policy(self) -> Policy:
@@ -65,15 +52,34 @@ class CapSpendGate:
     def ledger(self) -> Ledger:
         return self._ledger
 
-    def evaluate(self, offer: Offer, context: PaymentContext) -> Decision:
-        return decide(self.policy, offer, context)
+    @staticmethod
+    def _query(policy: Policy, offer: Offer, context: PaymentContext, now: float) -> UsageQuery:
+        return UsageQuery(network=offer.network, asset=offer.asset,
+                          day_start=policy.day.start(now), now=now, session=context.session)
 
-    def reserve(self, offer: Offer, context: PaymentContext) -> PaymentRecord:
-        policy = self.policy
-        decision = decide(policy, offer, context)
-        if not decision.allowed or decision.asset is None:
-            raise PolicyDenied(decision.message, reason=decision.reason, offer=offer.describe())
-        rule = decision.asset
+    def evaluate(self, offer: Offer, context: PaymentContext) -> Decision:
+        policy, now = self.policy, self._clock()
+        if policy.find_asset(offer.network, offer.asset) is None:
+            return decide(policy, offer, context, Usage(), now)
+        usage = self._ledger.usage(self._query(policy, offer, context, now))
+        return decide(policy, offer, context, usage, now)
+
+    def reserve(self, offer: Offer, context: PaymentContext, *, approved: bool = False
+                ) -> PaymentRecord:
+        policy, now = self.policy, self._clock()
+        rule = policy.find_asset(offer.network, offer.asset)
+        if rule is None:
+            raise refusal(decide(policy, offer, context, Usage(), now), offer)
+
+        def check(usage: Usage) -> None:
+            decision = decide(policy, offer, context, usage, now)
+            if not decision.allowed:
+                raise refusal(decision, offer)
+            if decision.needs_approval and not approved:
+                raise PolicyDenied("this payment needs a human approval, which was not given",
+                                   reason="approval_required", offer=offer.describe(),
+                                   remaining=decision.remaining)
+
         return self._ledger.reserve(NewPayment(
             idempotency_key=context.idempotency_key,
             request_fingerprint=context.request_fingerprint,
@@ -84,20 +90,5 @@ class CapSpendGate:
             pay_to=offer.pay_to,
             requirement_json=offer.requirement.model_dump_json(by_alias=True, exclude_none=True),
             policy_version=policy.version, policy_digest=policy.digest,
-        ))
-
-
-def decide(policy: Policy, offer: Offer, context: PaymentContext) -> Decision:
-    """Pure per-payment decision: no I/O, same inputs give the same answer."""
-    if not policy.host_allowed(context.host):
-        return Decision(False, "host_not_allowed", f"paying {context.host} is not allowed")
-    rule = policy.find_asset(offer.network, offer.asset)
-    if rule is None:
-        return Decision(False, "unknown_asset",
-                        f"asset {offer.asset} on {offer.network} is not in the policy")
-    if offer.amount > rule.per_request_max:
-        return Decision(False, "per_request_cap_exceeded",
-                        f"price {offer.amount} exceeds the per-request cap {rule.per_request_max}",
-                        rule, {"per_request_max": str(rule.per_request_max)})
-    return Decision(True, "allowed", "allowed", rule,
-                    {"per_request_max": str(rule.per_request_max)})
+            session=context.session,
+        ), self._query(policy, offer, context, now), check)

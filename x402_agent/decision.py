@@ -1,0 +1,169 @@
+"""The policy decision: a pure function of the policy, the offer, who asks, what is already
+counted, and the time. No I/O: the ledger gathers ``Usage`` inside the same transaction that
+records the reservation, so the decision and the reservation cannot be raced apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .money import format_units
+from .policy import DEFAULT_SESSION, AssetRule, Policy, SessionRule, host_matches
+
+
+class OfferLike(Protocol):
+    @property
+    def network(self) -> str: ...
+    @property
+    def asset(self) -> str: ...
+    @property
+    def amount(self) -> int: ...
+    @property
+    def pay_to(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class PaymentContext:
+    """Who asks to pay for what: everything the policy may look at besides the offer."""
+
+    method: str
+    url: str
+    host: str
+    request_body_sha256: str
+    request_fingerprint: str
+    idempotency_key: str | None = None
+    session: str | None = None  # id of one MCP connection / toolkit / named CLI session
+    session_profile: str | None = None  # which SessionRule applies (DEFAULT_SESSION if None)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the ledger counts against the limits (reserved + sent + unknown + settled)."""
+
+    daily_spent: int = 0
+    session_spent: int = 0
+    session_started_at: float | None = None
+    payments_last_minute: int = 0
+    consecutive_failures: int = 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str  # "allowed" or a refusal code
+    message: str
+    asset: AssetRule | None = None
+    needs_approval: bool = False
+    remaining: dict[str, str] = field(default_factory=dict)
+
+
+def session_rule(policy: Policy, context: PaymentContext) -> SessionRule | None:
+    if context.session is None:
+        return None
+    return policy.sessions.get(context.session_profile or DEFAULT_SESSION)
+
+
+def _lists_refuse(value: str, allow: tuple[str, ...] | None, deny: tuple[str, ...],
+                  kind: str, matches: bool = False) -> tuple[str, str] | None:
+    def hit(items: tuple[str, ...]) -> bool:
+        return host_matches(value, items) if matches else value.lower() in {
+            i.lower() for i in items}
+
+    if hit(deny):
+        return f"{kind}_denied", f"{kind} {value} is on the deny list"
+    if allow is not None and not hit(allow):
+        return f"{kind}_not_allowed", f"{kind} {value} is not on the allow list"
+    return None
+
+
+def _session_refusal(policy: Policy, rule: SessionRule, offer: OfferLike,
+                     context: PaymentContext, asset: AssetRule, usage: Usage, now: float
+                     ) -> tuple[str, str] | None:
+    if usage.session_started_at is not None and (
+            now - usage.session_started_at >= rule.lifetime_seconds):
+        return "session_expired", f"session ended after {rule.lifetime_seconds}s"
+    scope = rule.scope
+    if scope.hosts is not None and not host_matches(context.host, scope.hosts):
+        return "session_scope", f"host {context.host} is outside this session's scope"
+    if scope.url_prefixes is not None and not context.url.startswith(scope.url_prefixes):
+        return "session_scope", "URL is outside this session's scope"
+    if scope.payees is not None and offer.pay_to not in scope.payees:
+        return "session_scope", f"payee {offer.pay_to} is outside this session's scope"
+    if scope.networks is not None and offer.network not in scope.networks:
+        return "session_scope", f"network {offer.network} is outside this session's scope"
+    if scope.assets is not None and asset not in [policy.asset(k) for k in scope.assets]:
+        return "session_scope", f"{asset.symbol} is outside this session's scope"
+    return None
+
+
+def _allowance(policy: Policy, rule: SessionRule, asset: AssetRule) -> int | None:
+    for key, amount in rule.allowance.items():
+        if policy.asset(key) == asset:
+            return amount
+    return None
+
+
+def decide(policy: Policy, offer: OfferLike, context: PaymentContext, usage: Usage,
+           now: float) -> Decision:
+    """Allow or refuse one payment, with a reason code and the budgets that would remain."""
+    breaker = policy.circuit_breaker
+    if breaker is not None and usage.consecutive_failures >= breaker.max_consecutive_failures:
+        return Decision(False, "circuit_open",
+                        f"{usage.consecutive_failures} consecutive failed or unknown settlements;"
+                        " paying is stopped until the breaker is reset")
+    refusal = (_lists_refuse(context.host, policy.hosts.allow, policy.hosts.deny, "host", True)
+               or _lists_refuse(offer.network, policy.networks.allow, policy.networks.deny,
+                                "network"))
+    if refusal:
+        return Decision(False, *refusal)
+    asset = policy.find_asset(offer.network, offer.asset)
+    if asset is None:
+        return Decision(False, "unknown_asset",
+                        f"asset {offer.asset} on {offer.network} is not in the policy")
+    refusal = _lists_refuse(offer.pay_to, policy.payees.allow, policy.payees.deny, "payee")
+    if refusal:
+        return Decision(False, *refusal, asset=asset)
+
+    def units(value: int) -> str:
+        return f"{format_units(value, asset.decimals)} {asset.symbol}"
+
+    remaining = {"per_request": units(asset.per_request_max)}
+    if asset.daily_max is not None:
+        remaining["daily"] = units(max(asset.daily_max - usage.daily_spent, 0))
+    rule = session_rule(policy, context)
+    allowance = _allowance(policy, rule, asset) if rule is not None else None
+    if rule is not None:
+        remaining["session"] = units(max((allowance or 0) - usage.session_spent, 0))
+
+    def refuse(reason: str, message: str) -> Decision:
+        return Decision(False, reason, message, asset, remaining=remaining)
+
+    if offer.amount > asset.per_request_max:
+        return refuse("per_request_cap_exceeded",
+                      f"price {units(offer.amount)} exceeds the per-request cap "
+                      f"{units(asset.per_request_max)}")
+    if policy.max_payments_per_minute is not None and (
+            usage.payments_last_minute >= policy.max_payments_per_minute):
+        return refuse("rate_limited",
+                      f"already {usage.payments_last_minute} payments in the last minute")
+    if asset.daily_max is not None and usage.daily_spent + offer.amount > asset.daily_max:
+        return refuse("daily_limit_exceeded",
+                      f"price {units(offer.amount)} exceeds what remains today "
+                      f"({remaining['daily']})")
+    if context.session is not None and policy.sessions and rule is None:
+        return refuse("session_unknown",
+                      f"no session rule {context.session_profile or DEFAULT_SESSION!r}")
+    if rule is not None:
+        refusal = _session_refusal(policy, rule, offer, context, asset, usage, now)
+        if refusal:
+            return refuse(*refusal)
+        if allowance is None:
+            return refuse("session_asset_not_allowed",
+                          f"this session has no allowance in {asset.symbol}")
+        if usage.session_spent + offer.amount > allowance:
+            return refuse("session_allowance_exceeded",
+                          f"price {units(offer.amount)} exceeds what remains of this session's "
+                          f"allowance ({remaining['session']})")
+    needs_approval = asset.approval_above is not None and offer.amount > asset.approval_above
+    return Decision(True, "allowed", "allowed", asset, needs_approval, remaining)

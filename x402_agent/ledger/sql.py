@@ -1,0 +1,338 @@
+"""The ledger in SQL, shared by the SQLite and PostgreSQL stores.
+
+A reservation is one transaction: take the budget lock, read what is counted, let the policy
+decide, insert. SQLite's ``BEGIN IMMEDIATE`` and PostgreSQL's transaction-scoped advisory lock
+both serialise reservations across threads, processes and (for PostgreSQL) hosts. Every usage
+read is an index range scan over the day window, the session or the last minute, so its cost
+does not grow with the ledger's history.
+
+DDL and queries use types and syntax both engines accept (BIGINT, DOUBLE PRECISION,
+ON CONFLICT DO NOTHING, partial indexes); placeholders are written ``?`` and translated.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import asdict, fields
+from typing import Any
+
+from ..decision import Usage
+from ..errors import LedgerError, PaymentInFlight
+from .records import (
+    AssetUsage,
+    BudgetSnapshot,
+    NewPayment,
+    PaymentRecord,
+    PaymentState,
+    UsageCheck,
+    UsageQuery,
+)
+
+COLUMNS = [f.name for f in fields(PaymentRecord)]
+_STATES = ", ".join(f"'{s}'" for s in PaymentState)
+
+SCHEMA = (
+    f"""CREATE TABLE IF NOT EXISTS payments (
+        id TEXT PRIMARY KEY,
+        idempotency_key TEXT,
+        request_fingerprint TEXT NOT NULL,
+        method TEXT NOT NULL,
+        url TEXT NOT NULL,
+        request_body_sha256 TEXT NOT NULL,
+        x402_version SMALLINT NOT NULL,
+        network TEXT NOT NULL,
+        asset TEXT NOT NULL,
+        symbol TEXT NOT NULL,
+        decimals SMALLINT NOT NULL,
+        amount BIGINT NOT NULL CHECK (amount > 0),
+        pay_to TEXT NOT NULL,
+        requirement_json TEXT NOT NULL,
+        policy_version BIGINT NOT NULL,
+        policy_digest TEXT NOT NULL,
+        session TEXT,
+        state TEXT NOT NULL CHECK (state IN ({_STATES})),
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        payer TEXT,
+        nonce TEXT UNIQUE,
+        valid_after BIGINT,
+        valid_before BIGINT,
+        payment_header TEXT,
+        sent_at DOUBLE PRECISION,
+        settlement_tx TEXT,
+        response_status SMALLINT,
+        response_content_type TEXT,
+        response_body_sha256 TEXT,
+        delivered SMALLINT,
+        evidence_json TEXT,
+        finished_at DOUBLE PRECISION
+    )""",
+    """CREATE TABLE IF NOT EXISTS sessions (
+        id TEXT PRIMARY KEY, profile TEXT, started_at DOUBLE PRECISION NOT NULL)""",
+    "CREATE TABLE IF NOT EXISTS ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # One live payment per idempotency key; a released attempt frees the key.
+    """CREATE UNIQUE INDEX IF NOT EXISTS payments_live_key ON payments (idempotency_key)
+        WHERE idempotency_key IS NOT NULL AND state <> 'released'""",
+    """CREATE INDEX IF NOT EXISTS payments_asset_day
+        ON payments (asset, network, created_at, state, amount)""",
+    """CREATE INDEX IF NOT EXISTS payments_session ON payments (session, asset, network)
+        WHERE session IS NOT NULL""",
+    "CREATE INDEX IF NOT EXISTS payments_created ON payments (created_at)",
+    """CREATE INDEX IF NOT EXISTS payments_open ON payments (state)
+        WHERE state IN ('reserved', 'sent', 'unknown')""",
+)
+
+# Which states a transition may start from: a settled or released row never moves again.
+_FROM = {
+    PaymentState.SENT: (PaymentState.RESERVED,),
+    PaymentState.SETTLED: (PaymentState.SENT, PaymentState.UNKNOWN),
+    PaymentState.UNKNOWN: (PaymentState.SENT, PaymentState.UNKNOWN),
+    PaymentState.RELEASED: (PaymentState.RESERVED, PaymentState.SENT, PaymentState.UNKNOWN),
+}
+BREAKER_KEY = "breaker_reset_at"
+# How many recent outcomes the circuit breaker looks at, at most.
+FAILURE_SCAN = 1000
+# Sessions listed by the budget view: those started within the longest allowed lifetime.
+SESSION_HORIZON = 30 * 86_400
+
+
+class SqlLedger(ABC):
+    """Ledger logic over a DB-API connection; subclasses supply transactions and dialect."""
+
+    placeholder = "?"
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+
+    # ---- what a backend provides -----------------------------------------------------------
+    @abstractmethod
+    def _transaction(self) -> AbstractContextManager[Any]:
+        """A write transaction holding the budget lock; yields a DB-API cursor."""
+
+    @abstractmethod
+    def _reading(self) -> AbstractContextManager[Any]:
+        """A consistent read; yields a DB-API cursor."""
+
+    @abstractmethod
+    def _is_conflict(self, exc: BaseException) -> bool:
+        """True if ``exc`` is a unique-constraint violation."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _sql(self, text: str) -> str:
+        return text if self.placeholder == "?" else text.replace("?", self.placeholder)
+
+    def _run(self, cur: Any, text: str, params: Sequence[Any] = ()) -> Any:
+        cur.execute(self._sql(text), tuple(params))
+        return cur
+
+    def _records(self, cur: Any, where: str, params: Sequence[Any]) -> list[PaymentRecord]:
+        rows = self._run(cur, f"SELECT {', '.join(COLUMNS)} FROM payments {where}",
+                         params).fetchall()
+        return [self._record(row) for row in rows]
+
+    @staticmethod
+    def _record(row: Sequence[Any]) -> PaymentRecord:
+        data = dict(zip(COLUMNS, row, strict=True))
+        data["state"] = PaymentState(data["state"])
+        data["amount"] = int(data["amount"])
+        if data["delivered"] is not None:
+            data["delivered"] = bool(data["delivered"])
+        return PaymentRecord(**data)
+
+    def _select(self, where: str, params: Sequence[Any]) -> list[PaymentRecord]:
+        with self._reading() as cur:
+            return self._records(cur, where, params)
+
+    # ---- reservations ----------------------------------------------------------------------
+    def reserve(self, payment: NewPayment, query: UsageQuery, check: UsageCheck
+                ) -> PaymentRecord:
+        now = self._clock()
+        record = PaymentRecord(**asdict(payment), id=uuid.uuid4().hex,
+                               state=PaymentState.RESERVED, created_at=now, updated_at=now)
+        row = {**asdict(record), "state": str(record.state)}
+        try:
+            with self._transaction() as cur:
+                check(self._usage(cur, query))
+                if payment.session is not None:
+                    self._run(cur, "INSERT INTO sessions (id, profile, started_at) "
+                                   "VALUES (?, NULL, ?) ON CONFLICT (id) DO NOTHING",
+                              (payment.session, now))
+                self._run(cur, f"INSERT INTO payments ({', '.join(row)}) "
+                               f"VALUES ({', '.join('?' for _ in row)})", tuple(row.values()))
+        except LedgerError:
+            raise
+        except Exception as exc:
+            if self._is_conflict(exc) and payment.idempotency_key:
+                raise PaymentInFlight("a payment with this idempotency key is in progress",
+                                      idempotency_key=payment.idempotency_key) from exc
+            if type(exc).__module__.startswith(("sqlite3", "psycopg")):
+                raise LedgerError(f"ledger write failed: {exc}") from exc
+            raise
+        return record
+
+    def open_session(self, session: str, profile: str | None, now: float) -> None:
+        with self._transaction() as cur:
+            self._run(cur, "INSERT INTO sessions (id, profile, started_at) VALUES (?, ?, ?) "
+                           "ON CONFLICT (id) DO NOTHING", (session, profile, now))
+
+    def usage(self, query: UsageQuery) -> Usage:
+        with self._reading() as cur:
+            return self._usage(cur, query)
+
+    def _usage(self, cur: Any, q: UsageQuery) -> Usage:
+        def scalar(text: str, params: Sequence[Any]) -> Any:
+            row = self._run(cur, text, params).fetchone()
+            return None if row is None else row[0]
+
+        daily = scalar("SELECT COALESCE(SUM(amount), 0) FROM payments WHERE asset = ? AND "
+                       "network = ? AND created_at >= ? AND state <> 'released'",
+                       (q.asset, q.network, q.day_start))
+        session_spent, started = 0, None
+        if q.session is not None:
+            session_spent = scalar(
+                "SELECT COALESCE(SUM(amount), 0) FROM payments WHERE session = ? AND asset = ? "
+                "AND network = ? AND state <> 'released'", (q.session, q.asset, q.network))
+            started = scalar("SELECT started_at FROM sessions WHERE id = ?", (q.session,))
+        last_minute = scalar("SELECT COUNT(*) FROM payments WHERE created_at >= ? AND "
+                             "state <> 'released'", (q.now - 60,))
+        return Usage(daily_spent=int(daily), session_spent=int(session_spent),
+                     session_started_at=started, payments_last_minute=int(last_minute),
+                     consecutive_failures=self._consecutive_failures(cur))
+
+    def _consecutive_failures(self, cur: Any) -> int:
+        reset = self._run(cur, "SELECT value FROM ledger_meta WHERE key = ?",
+                          (BREAKER_KEY,)).fetchone()
+        since = float(reset[0]) if reset else 0.0
+        rows = self._run(cur, "SELECT state, delivered FROM payments WHERE created_at > ? AND "
+                              "state IN ('settled', 'unknown') ORDER BY created_at DESC LIMIT ?",
+                         (since, FAILURE_SCAN)).fetchall()
+        failures = 0
+        for state, delivered in rows:
+            if state == "settled" and delivered != 0:
+                break
+            failures += 1
+        return failures
+
+    def reset_breaker(self, now: float) -> None:
+        with self._transaction() as cur:
+            self._run(cur, "DELETE FROM ledger_meta WHERE key = ?", (BREAKER_KEY,))
+            self._run(cur, "INSERT INTO ledger_meta (key, value) VALUES (?, ?)",
+                      (BREAKER_KEY, repr(now)))
+
+    # ---- transitions -----------------------------------------------------------------------
+    def _transition(self, payment_id: str, to: PaymentState, **values: Any) -> PaymentRecord:
+        now = self._clock()
+        values = {**values, "state": str(to), "updated_at": now}
+        if to in (PaymentState.SETTLED, PaymentState.RELEASED):
+            values["finished_at"] = now
+        allowed = _FROM[to]
+        with self._transaction() as cur:
+            self._run(cur, f"UPDATE payments SET {', '.join(f'{k} = ?' for k in values)} "
+                           f"WHERE id = ? AND state IN ({', '.join('?' for _ in allowed)})",
+                      (*values.values(), payment_id, *map(str, allowed)))
+            if cur.rowcount != 1:
+                raise LedgerError(f"payment {payment_id} cannot move to {to}",
+                                  reason="invalid_transition", payment_id=payment_id)
+            (record,) = self._records(cur, "WHERE id = ?", (payment_id,))
+        return record
+
+    def mark_sent(self, payment_id: str, *, payer: str, nonce: str, valid_after: int,
+                  valid_before: int, payment_header: str) -> PaymentRecord:
+        return self._transition(payment_id, PaymentState.SENT, payer=payer, nonce=nonce,
+                                valid_after=valid_after, valid_before=valid_before,
+                                payment_header=payment_header, sent_at=self._clock())
+
+    def settle(self, payment_id: str, *, settlement_tx: str | None,
+               response_status: int | None = None, response_content_type: str | None = None,
+               response_body_sha256: str | None = None, delivered: bool | None = None,
+               evidence: dict[str, Any] | None = None) -> PaymentRecord:
+        values: dict[str, Any] = {}
+        if settlement_tx is not None:
+            values["settlement_tx"] = settlement_tx
+        if response_status is not None:
+            values.update(response_status=response_status,
+                          response_content_type=response_content_type,
+                          response_body_sha256=response_body_sha256)
+        if delivered is not None:
+            values["delivered"] = int(delivered)
+        if evidence is not None:
+            values["evidence_json"] = json.dumps(evidence, sort_keys=True)
+        return self._transition(payment_id, PaymentState.SETTLED, **values)
+
+    def mark_unknown(self, payment_id: str, *, evidence: dict[str, Any],
+                     response_status: int | None = None, delivered: bool | None = None
+                     ) -> PaymentRecord:
+        values: dict[str, Any] = {"evidence_json": json.dumps(evidence, sort_keys=True)}
+        if response_status is not None:
+            values["response_status"] = response_status
+        if delivered is not None:
+            values["delivered"] = int(delivered)
+        return self._transition(payment_id, PaymentState.UNKNOWN, **values)
+
+    def release(self, payment_id: str, *, reason: str) -> PaymentRecord:
+        return self._transition(payment_id, PaymentState.RELEASED,
+                                evidence_json=json.dumps({"released": reason}))
+
+    # ---- reads -----------------------------------------------------------------------------
+    def get(self, payment_id: str) -> PaymentRecord | None:
+        rows = self._select("WHERE id = ?", (payment_id,))
+        return rows[0] if rows else None
+
+    def find_by_idempotency_key(self, key: str) -> PaymentRecord | None:
+        rows = self._select("WHERE idempotency_key = ? ORDER BY CASE WHEN state = 'released' "
+                            "THEN 1 ELSE 0 END, created_at DESC LIMIT 1", (key,))
+        return rows[0] if rows else None
+
+    def recent(self, limit: int = 50, states: Sequence[PaymentState] | None = None
+               ) -> list[PaymentRecord]:
+        if states:
+            marks = ", ".join("?" for _ in states)
+            return self._select(f"WHERE state IN ({marks}) ORDER BY created_at DESC LIMIT ?",
+                                (*map(str, states), limit))
+        return self._select("ORDER BY created_at DESC LIMIT ?", (limit,))
+
+    def unresolved(self) -> list[PaymentRecord]:
+        return self._select("WHERE state IN ('reserved', 'sent', 'unknown') "
+                            "ORDER BY created_at", ())
+
+    def budget(self, day_start: float, now: float) -> BudgetSnapshot:
+        with self._reading() as cur:
+            day = self._run(cur, "SELECT network, asset, SUM(amount) FROM payments WHERE "
+                                 "created_at >= ? AND state <> 'released' GROUP BY network, asset",
+                            (day_start,)).fetchall()
+            open_rows = self._run(cur, "SELECT network, asset, state, SUM(amount), COUNT(*) FROM "
+                                       "payments WHERE state IN ('reserved', 'sent', 'unknown') "
+                                       "GROUP BY network, asset, state", ()).fetchall()
+            sessions = self._run(cur, "SELECT p.session, p.network, p.asset, SUM(p.amount) FROM "
+                                      "payments p JOIN sessions s ON s.id = p.session WHERE "
+                                      "s.started_at >= ? AND p.state <> 'released' "
+                                      "GROUP BY p.session, p.network, p.asset",
+                             (now - SESSION_HORIZON,)).fetchall()
+            failures = self._consecutive_failures(cur)
+            reset = self._run(cur, "SELECT value FROM ledger_meta WHERE key = ?",
+                              (BREAKER_KEY,)).fetchone()
+        keys = {(n, a) for n, a, _ in day} | {(n, a) for n, a, *_ in open_rows}
+        assets = []
+        for network, asset in sorted(keys):
+            def total(states: tuple[str, ...], column: int, n: str = network,
+                      a: str = asset) -> int:
+                return sum(int(r[column]) for r in open_rows
+                           if r[0] == n and r[1] == a and r[2] in states)
+            assets.append(AssetUsage(
+                network, asset,
+                day_counted=sum(int(s) for n, a, s in day if (n, a) == (network, asset)),
+                in_flight=total(("reserved", "sent"), 3), unknown=total(("unknown",), 3),
+                unknown_count=total(("unknown",), 4)))
+        by_session: dict[str, dict[str, int]] = {}
+        for session, network, asset, spent in sessions:
+            by_session.setdefault(session, {})[f"{network}/{asset}"] = int(spent)
+        return BudgetSnapshot(assets, by_session, failures,
+                              float(reset[0]) if reset else None)
+
