@@ -130,3 +130,19 @@ def test_demo_pays_refuses_and_leaves_nothing_running() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("│ settled │") == 4
     assert "refused GET /v2/premium" in done.stdout and "per_request_cap_exceeded" in done.stdout
+
+
+def test_budget_and_named_session(world: WorldInfo, home: Path) -> None:
+    route = world.route("GET", "/v2/report")  # 0.01 USDC
+    for _ in range(2):
+        assert run(home, "fetch", route.url, "--session", "job-a").returncode == 0
+    view = json.loads(run(home, "budget", "--session", "job-a", "--json").stdout)
+    usdc = next(a for a in view["assets"] if a["network"] == world.network)
+    assert usdc["counted_today"] == "20000" and usdc["daily_remaining"] == str(2_000_000 - 20_000)
+    assert usdc["in_flight"] == "0" and usdc["unknown"] == "0"
+    (allowance,) = view["session"]["allowance"]
+    assert allowance["spent"] == "20000" and allowance["remaining_display"] == "0.48"
+    assert view["circuit_breaker"]["open"] is False
+    text = run(home, "budget", "--session", "job-a").stdout
+    assert "1.98 of 2 left today" in text and "0.48 USDC left" in text
+    assert run(home, "breaker", "reset").returncode == 0

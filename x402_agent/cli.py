@@ -27,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("-H", "--header", action="append", default=[], metavar="NAME: VALUE")
         p.add_argument("--max-price", help="ceiling for this request, e.g. 0.05 or '0.05 USDC'")
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        session_args(p)
+
+    def session_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--session", help="named session: its allowance and lifetime apply")
+        p.add_argument("--session-profile", help="session rule of the policy (default 'default')")
 
     fetch = sub.add_parser("fetch", help="fetch a URL, paying if it asks for payment")
     request_args(fetch)
@@ -36,6 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     receipts = sub.add_parser("receipts", help="list payment receipts")
     receipts.add_argument("--format", choices=("table", "json", "csv"), default="table")
     receipts.add_argument("--limit", type=int, default=50)
+    budget = sub.add_parser("budget", help="what remains: daily and session allowances, "
+                                           "payments in flight, unknown outcomes, breaker")
+    session_args(budget)
+    budget.add_argument("--json", action="store_true")
+    breaker = sub.add_parser("breaker", help="the circuit breaker")
+    breaker.add_argument("action", choices=("reset",))
+    policy = sub.add_parser("policy", help="policy documents")
+    policy.add_argument("action", choices=("schema",), help="schema: print the JSON schema")
     sub.add_parser("devnet", help="run a local x402 world (anvil, USDC, paid API) until Ctrl-C")
     sub.add_parser("demo", help="start the local world, pay several x402 APIs, show receipts")
     return parser
@@ -64,7 +77,17 @@ def _body(data: str | None) -> bytes | None:
 
 def _request_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"method": args.method, "headers": _headers(args.header), "body": _body(args.data),
-            "max_price": args.max_price}
+            "max_price": args.max_price, "session": args.session,
+            "session_profile": args.session_profile}
+
+
+def _open_agent(args: argparse.Namespace) -> Any:
+    from .operations import Agent
+
+    agent = Agent.open(args.home)
+    if getattr(args, "session", None):
+        agent.open_session(args.session_profile, session=args.session)
+    return agent
 
 
 def _print_json(data: Any) -> None:
@@ -72,10 +95,9 @@ def _print_json(data: Any) -> None:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from .operations import Agent
     from .receipts import receipt
 
-    agent = Agent.open(args.home)
+    agent = _open_agent(args)
     try:
         outcome = agent.fetch(args.url, idempotency_key=args.idempotency_key,
                               **_request_options(args))
@@ -104,9 +126,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _quote(args: argparse.Namespace) -> int:
-    from .operations import Agent
-
-    agent = Agent.open(args.home)
+    agent = _open_agent(args)
     try:
         quote = agent.quote(args.url, **_request_options(args))
     finally:
@@ -138,6 +158,58 @@ def _receipts(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _budget(args: argparse.Namespace) -> int:
+    agent = _open_agent(args)
+    try:
+        view = agent.budget(args.session, args.session_profile)
+    finally:
+        agent.close()
+    if args.json:
+        _print_json(view)
+        return EXIT_OK
+    print(f"policy v{view['policy_version']} ({view['policy_digest'][:19]}...), "
+          f"day: {view['day']['kind']} {view['day']['timezone']}")
+    for a in view["assets"]:
+        daily = (f"{a['daily_remaining_display']} of {_units(a['daily_max'], a)} left today"
+                 if a["daily_max"] is not None else "no daily limit")
+        print(f"  {a['symbol']:6} {a['network']:14} {daily}; per request "
+              f"{_units(a['per_request_max'], a)}; in flight {_units(a['in_flight'], a)}; "
+              f"unknown {_units(a['unknown'], a)} ({a['unknown_payments']})")
+    breaker = view["circuit_breaker"]
+    state = "OPEN: paying stopped" if breaker["open"] else "closed"
+    print(f"  circuit breaker {state} ({breaker['consecutive_failures']} consecutive failures, "
+          f"threshold {breaker['threshold']})")
+    session = view.get("session")
+    if session:
+        for allowance in session["allowance"] or []:
+            print(f"  session {session['id']}: {allowance['remaining_display']} "
+                  f"{allowance['symbol']} left of its allowance")
+    return EXIT_OK
+
+
+def _units(atomic: str, asset: dict[str, Any]) -> str:
+    from .money import format_units
+
+    return format_units(int(atomic), asset["decimals"])
+
+
+def _breaker(args: argparse.Namespace) -> int:
+    agent = _open_agent(args)
+    try:
+        agent.reset_breaker()
+    finally:
+        agent.close()
+    print("circuit breaker reset")
+    return EXIT_OK
+
+
+def _policy(args: argparse.Namespace) -> int:
+    from .policy import json_schema
+
+    _print_json(json_schema())
+    return EXIT_OK
+
+
 def _devnet(args: argparse.Namespace) -> int:
     from .devnet.cli import run_devnet
 
@@ -155,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import ConfigError, InvalidRequest, X402AgentError
 
     handler: dict[str, Callable[[argparse.Namespace], int]] = {
-        "fetch": _fetch, "quote": _quote, "receipts": _receipts, "devnet": _devnet, "demo": _demo}
+        "fetch": _fetch, "quote": _quote, "receipts": _receipts, "devnet": _devnet, "demo": _demo,
+        "budget": _budget, "breaker": _breaker, "policy": _policy}
     try:
         return handler[args.command](args)
     except X402AgentError as exc:

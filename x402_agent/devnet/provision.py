@@ -12,6 +12,8 @@ from .usdc import TokenInfo
 
 # 0.10 of a 6-decimal token: the world's 0.25 "premium" route is refused by this cap.
 DEVNET_PER_REQUEST_MAX = 100_000
+DEVNET_DAILY_MAX = 2_000_000  # 2.00 per token per calendar day (UTC)
+DEVNET_SESSION_ALLOWANCE = 500_000  # 0.50 USDC per session, for one hour
 # scrypt at n=2**14 instead of eth-account's 2**18: a throwaway devnet key must not cost every
 # CLI start a second. Real homes use the default.
 DEVNET_SCRYPT_N = 2**14
@@ -20,15 +22,23 @@ DEVNET_SCRYPT_N = 2**14
 def _rule(network: str, token: TokenInfo) -> AssetRule:
     return AssetRule(network=network, address=token.address, symbol=token.symbol,
                      decimals=token.decimals, eip712_name=token.name,
-                     eip712_version=token.version, per_request_max=DEVNET_PER_REQUEST_MAX)
+                     eip712_version=token.version, per_request_max=DEVNET_PER_REQUEST_MAX,
+                     daily_max=DEVNET_DAILY_MAX)
 
 
 def devnet_policy(world: WorldInfo, *, include_eurc: bool = False, version: int = 1) -> Policy:
-    """USDC on both local chains (and optionally EURC), 0.10 per request."""
+    """USDC on both local chains (and optionally EURC): 0.10 per request, 2.00 a day, 0.50 of
+    main-chain USDC per session (an hour), a circuit breaker after 5 failed settlements."""
     assets = [_rule(world.network, world.usdc), _rule(world.alt_network, world.alt_usdc)]
     if include_eurc:
         assets.append(_rule(world.network, world.eurc))
-    return Policy(version=version, assets=tuple(assets))
+    return Policy.model_validate({
+        "version": version, "assets": assets,
+        "day": {"kind": "calendar", "timezone": "UTC"},
+        "circuit_breaker": {"max_consecutive_failures": 5},
+        "sessions": {"default": {"lifetime_seconds": 3600, "allowance": {
+            f"{world.network}/{world.usdc.address}": DEVNET_SESSION_ALLOWANCE}}},
+    })
 
 
 def provision_devnet_home(world: WorldInfo, root: Path, policy: Policy | None = None
