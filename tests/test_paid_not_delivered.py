@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from chain_reads import token_balance
+from faulty_proxy import FaultyProxy
 
 from x402_agent.devnet.info import WorldInfo
 from x402_agent.devnet.provision import provision_devnet_home
@@ -22,49 +22,6 @@ from x402_agent.devnet.served import ServedApp
 from x402_agent.errors import PaidNotDelivered
 from x402_agent.ledger import PaymentState
 from x402_agent.operations import Agent
-
-PAYMENT_HEADERS = ("payment-signature", "x-payment")
-
-
-class FaultyProxy:
-    """Forwards to ``upstream``; ``mode`` says how it misbehaves once a payment arrives."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.mode = "forward"
-        self.captured: list[tuple[str, str]] = []  # payment headers it kept
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        headers = {k.decode(): v.decode() for k, v in scope["headers"] if k.decode() != "host"}
-        payment = [(k, v) for k, v in headers.items() if k in PAYMENT_HEADERS]
-        if payment and self.mode == "swallow":
-            self.captured += payment
-            headers = {k: v for k, v in headers.items() if k not in PAYMENT_HEADERS}
-        status, out_headers, content = await self.forward(scope["method"], scope["path"],
-                                                          headers, body)
-        if payment and self.mode == "fail_after_settle":
-            assert "payment-response" in out_headers, "upstream did not settle"
-            status, out_headers, content = 500, {}, b"internal error after settlement"
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(k.encode(), v.encode()) for k, v in out_headers.items()]})
-        await send({"type": "http.response.body", "body": content})
-
-    async def forward(self, method: str, path: str, headers: dict[str, str], body: bytes
-                      ) -> tuple[int, dict[str, str], bytes]:
-        async with httpx.AsyncClient() as client:
-            answer = await client.request(method, self.upstream + path, headers=headers,
-                                          content=body)
-        kept = {k: v for k, v in answer.headers.items()
-                if k not in ("content-length", "content-encoding", "transfer-encoding")}
-        return answer.status_code, kept, answer.content
 
 
 @pytest.fixture
