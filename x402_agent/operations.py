@@ -7,13 +7,21 @@ imports none of them.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .budget import budget_view
-from .flow import STALE_RESERVATION_SECONDS, FetchOutcome, FetchRequest, Payer, reconcile
+from .flow import (
+    STALE_RESERVATION_SECONDS,
+    ApprovalRequest,
+    FetchOutcome,
+    FetchRequest,
+    Payer,
+    reconcile,
+)
 from .home import AgentHome, open_home
 from .ledger import PaymentRecord, PaymentState, open_ledger
 from .policy import Policy, load_policy
@@ -21,6 +29,9 @@ from .quote import Quote, quote_flow
 from .selection import PriceLimit
 from .signer import LocalKeySigner, PaymentSigner
 from .spendgate import PolicyGate
+
+if TYPE_CHECKING:
+    from .client import AsyncApprover
 
 
 class PolicyFile:
@@ -42,17 +53,30 @@ class PolicyFile:
 class Agent:
     """One paying agent: a payer (policy gate, ledger, signer) and pooled HTTP clients."""
 
-    def __init__(self, payer: Payer) -> None:
+    def __init__(self, payer: Payer, approver: AsyncApprover | None = None) -> None:
         from .client import AsyncX402Client, X402Client
 
         self.payer = payer
-        self._sync = X402Client(payer)
+        # Who says yes to payments above the approval threshold (a CLI prompt, an MCP
+        # elicitation, a LangChain callback); without one such payments are refused.
+        self.approver = approver
+        self._sync = X402Client(payer, approver=self._sync_approver)
         self._async: AsyncX402Client | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
 
+    def _sync_approver(self, request: ApprovalRequest) -> bool | None:
+        if self.approver is None:
+            return None
+        answer = self.approver(request)
+        if inspect.isawaitable(answer):
+            if inspect.iscoroutine(answer):
+                answer.close()
+            raise TypeError("an async approver needs the async fetch")
+        return answer
+
     @classmethod
-    def open(cls, home: AgentHome | Path | None = None, signer: PaymentSigner | None = None
-             ) -> Agent:
+    def open(cls, home: AgentHome | Path | None = None, signer: PaymentSigner | None = None,
+             approver: AsyncApprover | None = None) -> Agent:
         home = home if isinstance(home, AgentHome) else open_home(home)
         policy = PolicyFile(home.policy_path)
         policy()  # fail at start, with a clear error, on a missing or invalid policy
@@ -62,7 +86,7 @@ class Agent:
                                                   home.keystore_password())
         agent = cls(Payer(gate=PolicyGate(policy, ledger), signer=signer,
                           rpc_urls=dict(home.config.rpc_urls),
-                          verify_on_chain=home.config.verify_on_chain))
+                          verify_on_chain=home.config.verify_on_chain), approver)
         agent.reconcile()
         return agent
 
@@ -120,7 +144,8 @@ class Agent:
         # httpx's async pool belongs to one event loop; callers may run several in turn.
         loop = asyncio.get_running_loop()
         if self._async is None or self._async_loop is not loop:
-            self._async, self._async_loop = AsyncX402Client(self.payer), loop
+            self._async = AsyncX402Client(self.payer, approver=self.approver)
+            self._async_loop = loop
         return await self._async.fetch(self.request(url, **options))
 
     def quote(self, url: str, **options: Any) -> Quote:
