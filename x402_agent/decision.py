@@ -11,6 +11,10 @@ from typing import Protocol
 from .money import format_units
 from .policy import DEFAULT_SESSION, AssetRule, Policy, SessionRule, host_matches
 
+# Hosts sharing one ledger may disagree on the time by a little; more than this before a
+# session's recorded start means a clock was set back.
+SESSION_CLOCK_TOLERANCE_SECONDS = 30
+
 
 class OfferLike(Protocol):
     @property
@@ -77,16 +81,32 @@ def _lists_refuse(value: str, allow: tuple[str, ...] | None, deny: tuple[str, ..
     return None
 
 
+def _under_prefix(url: str, prefix: str) -> bool:
+    """``url`` starts with ``prefix``; a prefix that ends inside the host part only matches at
+    the host's end, so ``https://api.example.com`` does not admit ``https://api.example.com.evil``
+    nor ``https://api.example.com@evil.net/``."""
+    if not url.startswith(prefix):
+        return False
+    if "/" in prefix.partition("://")[2]:
+        return True
+    return url[len(prefix):len(prefix) + 1] in ("", "/", "?", "#")
+
+
 def _session_refusal(policy: Policy, rule: SessionRule, offer: OfferLike,
                      context: PaymentContext, asset: AssetRule, usage: Usage, now: float
                      ) -> tuple[str, str] | None:
-    if usage.session_started_at is not None and (
-            now - usage.session_started_at >= rule.lifetime_seconds):
-        return "session_expired", f"session ended after {rule.lifetime_seconds}s"
+    if usage.session_started_at is not None:
+        elapsed = now - usage.session_started_at
+        if elapsed >= rule.lifetime_seconds:
+            return "session_expired", f"session ended after {rule.lifetime_seconds}s"
+        if elapsed < -SESSION_CLOCK_TOLERANCE_SECONDS:
+            # A clock set back before the session began must not give it a second life.
+            return "session_expired", "the clock is before this session's start"
     scope = rule.scope
     if scope.hosts is not None and not host_matches(context.host, scope.hosts):
         return "session_scope", f"host {context.host} is outside this session's scope"
-    if scope.url_prefixes is not None and not context.url.startswith(scope.url_prefixes):
+    if scope.url_prefixes is not None and not any(
+            _under_prefix(context.url, p) for p in scope.url_prefixes):
         return "session_scope", "URL is outside this session's scope"
     if scope.payees is not None and offer.pay_to not in scope.payees:
         return "session_scope", f"payee {offer.pay_to} is outside this session's scope"

@@ -16,7 +16,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from eth_utils.address import is_checksum_address, is_hex_address, to_checksum_address
 from pydantic import (
@@ -34,6 +34,7 @@ from .money import LEDGER_AMOUNT_MAX
 from .networks import caip2
 
 POLICY_SCHEMA_ID = "x402-agent/policy/1"
+_MACHINE_DEPENDENT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
 DEFAULT_SESSION = "default"
 
 AtomicAmount = Annotated[int, Field(ge=0, le=LEDGER_AMOUNT_MAX, strict=True)]
@@ -54,9 +55,10 @@ def _network(value: str) -> str:
 
 
 def _host_pattern(value: str) -> str:
-    host = value.lower()
+    # host_matches() ignores a host's trailing dot, so a pattern's must go too (else never matches).
+    host = value.lower().removesuffix(".")
     bare = host.removeprefix("*.")
-    if not bare or any(c in bare for c in "/:@ *") or bare.startswith("."):
+    if not bare or any(c in bare for c in "/:@ *") or "" in bare.split("."):
         raise ValueError(f"not a host name or *.domain pattern: {value!r}")
     return host
 
@@ -167,6 +169,9 @@ class DayRule(_Model):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
+        # Only IANA names that mean the same on every machine (not "localtime" and kin).
+        if value not in available_timezones() or value in _MACHINE_DEPENDENT_ZONES:
+            raise ValueError(f"unknown or machine-dependent time zone {value!r}")
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -179,7 +184,9 @@ class DayRule(_Model):
             return now - 86_400
         local = datetime.fromtimestamp(now, ZoneInfo(self.timezone))
         # timestamp() applies midnight's own UTC offset, which on DST days differs from now's.
-        return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+        # fold=0: in a repeated hour that contains midnight (America/Havana), ``now`` may carry
+        # fold=1, which would start the day at the second midnight and drop the first hour.
+        return local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0).timestamp()
 
 
 class CircuitBreaker(_Model):
@@ -209,26 +216,35 @@ class Policy(_Model):
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
         ids = [a.asset_id for a in self.assets]
-        if len(set(ids)) != len(ids):
-            raise ValueError("an asset is listed twice")
+        for i, asset_id in enumerate(ids):
+            if asset_id in ids[:i]:
+                raise ValueError(f"assets.{i}: asset {asset_id} is listed twice")
         for name, session in self.sessions.items():
+            seen: dict[str, str] = {}
             for key, amount in session.allowance.items():
+                where = f"sessions.{name}.allowance.{key}"
                 rule = self.asset(key)
                 if rule is None:
-                    raise ValueError(f"session {name!r}: allowance for {key!r}, which is not "
+                    raise ValueError(f"{where}: allowance for {key!r}, which is not "
                                      "an asset of this policy (or its symbol is ambiguous)")
+                # Two keys for one asset: which one applied would depend on key order, which the
+                # canonical JSON (and so the digest) does not keep.
+                if rule.asset_id in seen:
+                    raise ValueError(f"{where}: {rule.asset_id} already has an allowance "
+                                     f"under {seen[rule.asset_id]!r}")
+                seen[rule.asset_id] = key
                 if rule.daily_max is not None and amount > rule.daily_max and (
                         session.lifetime_seconds <= 86_400):
-                    raise ValueError(f"session {name!r}: allowance {amount} for {key} exceeds "
-                                     f"its daily_max {rule.daily_max}")
-            for key in session.scope.assets or ():
+                    raise ValueError(f"{where}: allowance {amount} exceeds its daily_max "
+                                     f"{rule.daily_max} (session lifetime <= 24 h)")
+            for i, key in enumerate(session.scope.assets or ()):
                 if self.asset(key) is None:
-                    raise ValueError(f"session {name!r}: scope names unknown asset {key!r}")
-        for rule in self.assets:
+                    raise ValueError(f"sessions.{name}.scope.assets.{i}: unknown asset {key!r}")
+        for i, rule in enumerate(self.assets):
             if rule.network in self.networks.deny or (
                     self.networks.allow is not None and rule.network not in self.networks.allow):
-                raise ValueError(f"asset {rule.symbol} is on network {rule.network}, "
-                                 "which the network lists refuse")
+                raise ValueError(f"assets.{i}.network: asset {rule.symbol} is on network "
+                                 f"{rule.network}, which the network lists refuse")
         return self
 
     def asset(self, key: str) -> AssetRule | None:
@@ -268,7 +284,7 @@ def parse_policy(raw: str | bytes, source: str = "policy") -> Policy:
 
 def load_policy(path: Path) -> Policy:
     try:
-        raw = path.read_text()
+        raw = path.read_bytes()  # bytes: bad UTF-8 is a policy_invalid, not a UnicodeDecodeError
     except OSError as exc:
         raise ConfigError(f"cannot read policy {path}: {exc.strerror}",
                           reason="policy_missing") from exc
