@@ -6,13 +6,21 @@ from collections.abc import Iterator
 
 import pytest
 
+from x402_agent.device.simulator import DeviceSimulator
 from x402_agent.devnet import LocalWorld, WorldInfo
 
 
 @pytest.fixture(scope="session")
-def local_world() -> Iterator[LocalWorld]:
+def device_simulator() -> Iterator[DeviceSimulator]:
+    """The session's device simulator on 127.0.0.1:21324, where HWI looks for it."""
+    with DeviceSimulator(confirm="auto") as simulator:
+        yield simulator
+
+
+@pytest.fixture(scope="session")
+def local_world(device_simulator: DeviceSimulator) -> Iterator[LocalWorld]:
     """The running ``LocalWorld`` (for its start time); most tests want ``world``."""
-    local = LocalWorld()
+    local = LocalWorld(device=device_simulator)
     local.start()
     try:
         yield local
@@ -24,3 +32,26 @@ def local_world() -> Iterator[LocalWorld]:
 def world(local_world: LocalWorld) -> WorldInfo:
     """Where the session's local x402 world runs and what its routes cost."""
     return local_world.info
+
+
+# ---- PostgreSQL: one private cluster per test session, a fresh database per test -------------
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """Base URL (database ``postgres``) of a private PostgreSQL cluster. Fails, never skips,
+    when PostgreSQL cannot run."""
+    from pg_server import PostgresServer
+
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    """URL of a new empty database on the session's cluster."""
+    from pg_server import create_database
+
+    return create_database(postgres_server)

@@ -4,7 +4,6 @@ human, sessions and daily limits hold, against the local world."""
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,9 @@ from x402_agent.devnet.provision import devnet_policy, provision_devnet_home
 from x402_agent.errors import PolicyDenied
 from x402_agent.flow import ApprovalRequest
 from x402_agent.home import AgentHome
-from x402_agent.operations import Agent
+from x402_agent.operations import Agent, expectations
 from x402_agent.policy import Policy
+from x402_agent.policy_store import PolicyStore
 
 
 def edited(policy: Policy, **changes: object) -> Policy:
@@ -26,8 +26,8 @@ def edited(policy: Policy, **changes: object) -> Policy:
     return Policy.model_validate(data)
 
 
-def write(home: AgentHome, policy: Policy) -> None:
-    home.policy_path.write_text(json.dumps(policy.model_dump(mode="json", by_alias=True)))
+def tighten(home: AgentHome, policy: Policy) -> None:
+    PolicyStore(home.root, expectations(home)).install_tightening(policy)
 
 
 def test_tightening_takes_effect_at_the_next_payment(world: WorldInfo, tmp_path: Path) -> None:
@@ -37,7 +37,7 @@ def test_tightening_takes_effect_at_the_next_payment(world: WorldInfo, tmp_path:
     try:
         first = agent.fetch(url).payment
         assert first is not None and first.policy_version == 1
-        write(home, edited(agent.payer.gate.policy, version=2, per_request_max=5_000))
+        tighten(home, edited(agent.payer.gate.policy, version=2, per_request_max=5_000))
         with pytest.raises(PolicyDenied) as refused:
             agent.fetch(url)
         assert refused.value.reason == "per_request_cap_exceeded"

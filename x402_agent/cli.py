@@ -47,8 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     budget.add_argument("--json", action="store_true")
     breaker = sub.add_parser("breaker", help="the circuit breaker")
     breaker.add_argument("action", choices=("reset",))
-    policy = sub.add_parser("policy", help="policy documents")
-    policy.add_argument("action", choices=("schema",), help="schema: print the JSON schema")
+    from .cli_policy import register
+
+    register(sub)
     sub.add_parser("devnet", help="run a local x402 world (anvil, USDC, paid API) until Ctrl-C")
     sub.add_parser("demo", help="start the local world, pay several x402 APIs, show receipts")
     return parser
@@ -204,10 +205,15 @@ def _breaker(args: argparse.Namespace) -> int:
 
 
 def _policy(args: argparse.Namespace) -> int:
-    from .policy import json_schema
+    from .cli_policy import run_policy
 
-    _print_json(json_schema())
-    return EXIT_OK
+    return run_policy(args)
+
+
+def _device(args: argparse.Namespace) -> int:
+    from .cli_policy import run_device
+
+    return run_device(args)
 
 
 def _devnet(args: argparse.Namespace) -> int:
@@ -224,11 +230,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from .approval import PolicyRejected
     from .errors import ConfigError, InvalidRequest, X402AgentError
 
     handler: dict[str, Callable[[argparse.Namespace], int]] = {
         "fetch": _fetch, "quote": _quote, "receipts": _receipts, "devnet": _devnet, "demo": _demo,
-        "budget": _budget, "breaker": _breaker, "policy": _policy}
+        "budget": _budget, "breaker": _breaker, "policy": _policy, "device": _device}
     try:
         return handler[args.command](args)
     except X402AgentError as exc:
@@ -236,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print_json(exc.to_dict())
         else:
             print(f"x402-agent: {exc.message} [{exc.reason}]", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, ConfigError | InvalidRequest) else EXIT_FAILED
+        return EXIT_USAGE if isinstance(exc, ConfigError | InvalidRequest | PolicyRejected
+                                        ) else EXIT_FAILED
     except KeyboardInterrupt:
         return 130
 

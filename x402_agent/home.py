@@ -1,9 +1,9 @@
 """The agent home: one directory holding configuration, the encrypted key, policy and ledger.
 
 Layout (all paths inside the home unless absolute):
-    config.json          which signer, policy, ledger and RPC endpoints to use
+    config.json          which signer, ledger and RPC endpoints to use
     payer.keystore.json  eth-account v3 keystore (scrypt), mode 0600
-    policy.json          the spending policy
+    device.json, policy*.json   the enrolled device and the policy it approved (policy_store.py)
     ledger.sqlite3       payments and receipts
 The keystore password comes from $X402_AGENT_KEY_PASSWORD, else from the configured
 password file (mode 0600). Neither is ever logged or echoed.
@@ -20,7 +20,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
-from .policy import Policy, load_policy
 
 HOME_ENV = "X402_AGENT_HOME"
 PASSWORD_ENV = "X402_AGENT_KEY_PASSWORD"
@@ -38,10 +37,10 @@ class HomeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     schema_id: Literal["x402-agent/config/1"] = Field("x402-agent/config/1", alias="schema")
     signer: SignerConfig = SignerConfig()
-    policy: str = "policy.json"
     ledger: str = Field("ledger.sqlite3",
                         description="SQLite file in the home, or a postgresql:// URL for fleets")
     verify_on_chain: bool = Field(True, description="check each settlement's tx receipt")
+    chain_id: int | None = Field(None, description="the chain an accepted policy must name")
     rpc_urls: dict[str, str] = Field(default_factory=dict,
                                      description="CAIP-2 network -> JSON-RPC URL")
 
@@ -54,12 +53,14 @@ class AgentHome:
     def path(self, name: str) -> Path:
         return (self.root / name).resolve()
 
-    @property
-    def policy_path(self) -> Path:
-        return self.path(self.config.policy)
-
-    def load_policy(self) -> Policy:
-        return load_policy(self.policy_path)
+    def payer_address(self) -> str:
+        """The payer's address, read from the keystore without decrypting it."""
+        try:
+            keystore = json.loads(self.path(self.config.signer.keystore).read_text())
+            return "0x" + str(keystore["address"]).lower().removeprefix("0x")
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError("cannot read the payer keystore", reason="keystore_unreadable"
+                              ) from exc
 
     def keystore_password(self) -> str:
         password = os.environ.get(PASSWORD_ENV)
@@ -97,10 +98,11 @@ def open_home(root: Path | None = None) -> AgentHome:
     return AgentHome(root, config)
 
 
-def provision_home(root: Path, *, private_key: str, policy: Policy, rpc_urls: dict[str, str],
-                   password: str, store_password: bool, kdf_iterations: int | None = None
-                   ) -> AgentHome:
-    """Create a home with an encrypted payer key and a policy. Returns the opened home.
+def provision_home(root: Path, *, private_key: str, rpc_urls: dict[str, str], password: str,
+                   store_password: bool, chain_id: int | None = None,
+                   kdf_iterations: int | None = None) -> AgentHome:
+    """Create a home with an encrypted payer key. Returns the opened home; a device must then
+    be enrolled and a policy approved on it before the agent pays anything.
 
     ``store_password`` writes the password to a 0600 file beside the keystore, for unattended
     local worlds only; real homes take it from the environment.
@@ -116,8 +118,7 @@ def provision_home(root: Path, *, private_key: str, policy: Policy, rpc_urls: di
         secret = root / signer.password_file
         secret.write_text(password)
         secret.chmod(0o600)
-    (root / "policy.json").write_text(json.dumps(
-        policy.model_dump(mode="json", by_alias=True), indent=2) + "\n")
-    config = HomeConfig.model_validate({"signer": signer, "rpc_urls": rpc_urls})
+    config = HomeConfig.model_validate({"signer": signer, "rpc_urls": rpc_urls,
+                                        "chain_id": chain_id})
     (root / CONFIG_FILE).write_text(config.model_dump_json(by_alias=True, indent=2) + "\n")
     return AgentHome(root, config)

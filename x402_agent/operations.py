@@ -24,7 +24,7 @@ from .flow import (
 )
 from .home import AgentHome, open_home
 from .ledger import PaymentRecord, PaymentState, open_ledger
-from .policy import Policy, load_policy
+from .policy_store import ApprovedPolicy, Expectations, PolicyStore
 from .quote import Quote, quote_flow
 from .selection import PriceLimit
 from .signer import LocalKeySigner, PaymentSigner
@@ -34,20 +34,9 @@ if TYPE_CHECKING:
     from .client import AsyncApprover
 
 
-class PolicyFile:
-    """The policy on disk, re-read when the file changes so a running agent follows it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._stamp: tuple[int, int] | None = None
-        self._policy: Policy | None = None
-
-    def __call__(self) -> Policy:
-        stat = self.path.stat()
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if self._policy is None or stamp != self._stamp:
-            self._policy, self._stamp = load_policy(self.path), stamp
-        return self._policy
+def expectations(home: AgentHome, account: str | None = None) -> Expectations:
+    """An acceptable policy names the paying account and the home's chain."""
+    return Expectations(account=account or home.payer_address(), chain_id=home.config.chain_id)
 
 
 class Agent:
@@ -78,12 +67,14 @@ class Agent:
     def open(cls, home: AgentHome | Path | None = None, signer: PaymentSigner | None = None,
              approver: AsyncApprover | None = None) -> Agent:
         home = home if isinstance(home, AgentHome) else open_home(home)
-        policy = PolicyFile(home.policy_path)
-        policy()  # fail at start, with a clear error, on a missing or invalid policy
-        ledger = open_ledger(home.config.ledger, home.root)
         if signer is None:
             signer = LocalKeySigner.from_keystore(home.path(home.config.signer.keystore),
                                                   home.keystore_password())
+        # Pay only under a policy the enrolled device approved for this account and chain;
+        # anything else fails here, at start, with a clear error.
+        policy = ApprovedPolicy(PolicyStore(home.root, expectations(home, signer.address)))
+        policy()
+        ledger = open_ledger(home.config.ledger, home.root)
         agent = cls(Payer(gate=PolicyGate(policy, ledger), signer=signer,
                           rpc_urls=dict(home.config.rpc_urls),
                           verify_on_chain=home.config.verify_on_chain), approver)

@@ -97,6 +97,7 @@ class WorldInfo:
     facilitator_address: str
     v1_facilitator_address: str
     routes: tuple[RouteInfo, ...]
+    device_path: str  # HWI path of the device simulator that approves policies
 
     def route(self, method: str, path: str) -> RouteInfo:
         """The route served at ``method path`` (e.g. ``("GET", "/v2/weather")``)."""

@@ -1,12 +1,17 @@
-"""An agent home wired to a running local world: funded payer key, policy, RPC endpoints."""
+"""An agent home wired to a running local world: funded payer key, RPC endpoints, and a
+policy approved on a hardware device (by default the simulator, through HWI)."""
 
 from __future__ import annotations
 
 import secrets
 from pathlib import Path
 
+from ..device.approve import approve, enroll
+from ..device.hwi import DEFAULT_APPROVAL_PATH, HardwareDevice, HwiDevice
 from ..home import AgentHome, provision_home
+from ..operations import expectations
 from ..policy import AssetRule, Policy
+from ..policy_store import PolicyStore
 from .info import WorldInfo
 from .usdc import TokenInfo
 
@@ -34,6 +39,7 @@ def devnet_policy(world: WorldInfo, *, include_eurc: bool = False, version: int 
         assets.append(_rule(world.network, world.eurc))
     return Policy.model_validate({
         "version": version, "assets": assets,
+        "account": world.payer_address, "chain_id": world.chain_id,
         "day": {"kind": "calendar", "timezone": "UTC"},
         "circuit_breaker": {"max_consecutive_failures": 5},
         "sessions": {"default": {"lifetime_seconds": 3600, "allowance": {
@@ -41,10 +47,21 @@ def devnet_policy(world: WorldInfo, *, include_eurc: bool = False, version: int 
     })
 
 
-def provision_devnet_home(world: WorldInfo, root: Path, policy: Policy | None = None
-                          ) -> AgentHome:
-    """A ready home whose keystore password sits in a 0600 file: devnet only."""
-    return provision_home(
-        root, private_key=world.payer_private_key, policy=policy or devnet_policy(world),
+def provision_devnet_home(world: WorldInfo, root: Path, policy: Policy | None = None,
+                          device: HardwareDevice | None = None) -> AgentHome:
+    """A ready home: the keystore password sits in a 0600 file (devnet only); the device
+    (default: the simulator through HWI) is enrolled and approves the policy."""
+    home = provision_home(
+        root, private_key=world.payer_private_key,
         rpc_urls={world.network: world.rpc_url, world.alt_network: world.alt_rpc_url},
-        password=secrets.token_urlsafe(24), store_password=True, kdf_iterations=DEVNET_SCRYPT_N)
+        password=secrets.token_urlsafe(24), store_password=True, chain_id=world.chain_id,
+        kdf_iterations=DEVNET_SCRYPT_N)
+    store = PolicyStore(home.root, expectations(home))
+    opened = device or HwiDevice.at("trezor", world.device_path)
+    try:
+        enroll(store, opened, DEFAULT_APPROVAL_PATH)
+        approve(store, opened, policy or devnet_policy(world))
+    finally:
+        if device is None:
+            opened.close()
+    return home

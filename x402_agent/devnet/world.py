@@ -23,6 +23,7 @@ from typing import Protocol, TypeVar
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+from ..device.simulator import DeviceSimulator
 from .anvil import Anvil, dev_account
 from .info import WorldInfo
 from .paid_api import ChainSettlement, PaidApiServer, build_facilitators, create_app, v2_routes
@@ -30,6 +31,7 @@ from .usdc import TokenInfo, TokenSpec, deploy_fiat_tokens
 from .v1_server import V1Server
 
 CHAIN_ID = 84532
+_SIMULATOR_PATH = "udp:127.0.0.1:21324"
 NETWORK = f"eip155:{CHAIN_ID}"
 V1_NETWORK = "base-sepolia"
 ALT_CHAIN_ID = 31337
@@ -63,7 +65,11 @@ class LocalWorld:
     ``start()`` returns the ``WorldInfo``; ``startup_seconds`` records how long it took.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, device: DeviceSimulator | None = None) -> None:
+        # The device simulator approves policies through HWI, which looks for Trezor emulators
+        # only at 127.0.0.1:21324: a world starts one there unless it is given a running one.
+        self._given_device = device
+        self.device: DeviceSimulator | None = device
         self._stack: ExitStack | None = None
         self._info: WorldInfo | None = None
         self.startup_seconds: float | None = None
@@ -104,6 +110,15 @@ class LocalWorld:
             stack.close()
 
     def _start_all(self, stack: ExitStack) -> WorldInfo:
+        device_path = _SIMULATOR_PATH
+        if self._given_device is None:
+            try:
+                self.device = _started(stack, DeviceSimulator(confirm="auto")).start()
+            except OSError:
+                # A device (emulator or simulator) already listens there: use that one.
+                self.device = None
+        else:
+            device_path = self._given_device.path
         payer: LocalAccount = Account.create()
         payees: dict[str, str] = {role: dev_account(index).address for role, index in _PAYEES.items()}
 
@@ -166,6 +181,7 @@ class LocalWorld:
             facilitator_address=dev_account(_FACILITATOR).address,
             v1_facilitator_address=v1.facilitator_address,
             routes=routes + v1.routes,
+            device_path=device_path,
         )
 
 

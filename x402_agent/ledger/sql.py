@@ -3,8 +3,14 @@
 A reservation is one transaction: take the budget lock, read what is counted, let the policy
 decide, insert. SQLite's ``BEGIN IMMEDIATE`` and PostgreSQL's transaction-scoped advisory lock
 both serialise reservations across threads, processes and (for PostgreSQL) hosts. Every usage
-read is an index range scan over the day window, the session or the last minute, so its cost
-does not grow with the ledger's history.
+read is an index range scan over the session, the last minute or a small table of counters, so
+its cost grows neither with the ledger's history nor with the number of payments in the day.
+
+The daily usage comes from ``usage_buckets``: counted amounts per asset and 10-minute bucket of
+``created_at``, updated in the same transaction as the rows they count (added at reservation,
+subtracted at release, the only move out of the counted states). A day window is the buckets
+after the one holding its start, plus the rows of that one bucket. A ledger written before the
+counters existed gets them built at its first write (``ledger_meta`` marks them built).
 
 DDL and queries use types and syntax both engines accept (BIGINT, DOUBLE PRECISION,
 ON CONFLICT DO NOTHING, partial indexes); placeholders are written ``?`` and translated.
@@ -13,11 +19,12 @@ ON CONFLICT DO NOTHING, partial indexes); placeholders are written ``?`` and tra
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, fields
+from dataclasses import fields
 from typing import Any
 
 from ..decision import Usage
@@ -74,6 +81,9 @@ SCHEMA = (
     """CREATE TABLE IF NOT EXISTS sessions (
         id TEXT PRIMARY KEY, profile TEXT, started_at DOUBLE PRECISION NOT NULL)""",
     "CREATE TABLE IF NOT EXISTS ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS usage_buckets (
+        network TEXT NOT NULL, asset TEXT NOT NULL, bucket BIGINT NOT NULL,
+        amount BIGINT NOT NULL, PRIMARY KEY (network, asset, bucket))""",
     # One live payment per idempotency key; a released attempt frees the key.
     """CREATE UNIQUE INDEX IF NOT EXISTS payments_live_key ON payments (idempotency_key)
         WHERE idempotency_key IS NOT NULL AND state <> 'released'""",
@@ -98,15 +108,32 @@ BREAKER_KEY = "breaker_reset_at"
 FAILURE_SCAN = 1000
 # Sessions listed by the budget view: those started within the longest allowed lifetime.
 SESSION_HORIZON = 30 * 86_400
+# Width of a usage bucket; ledger_meta[BUCKETS_KEY] holds the width the counters were built with.
+BUCKET_SECONDS = 600
+BUCKETS_KEY = "usage_buckets"
+
+
+def bucket_of(created_at: float) -> int:
+    """The usage bucket of a row: floor(created_at) // BUCKET_SECONDS, so that a row is in a
+    bucket after bucket b exactly when created_at >= (b + 1) * BUCKET_SECONDS."""
+    return math.floor(created_at) // BUCKET_SECONDS
+
+
+def _values(item: NewPayment) -> dict[str, Any]:
+    return {f.name: getattr(item, f.name) for f in fields(item)}
 
 
 class SqlLedger(ABC):
     """Ledger logic over a DB-API connection; subclasses supply transactions and dialect."""
 
     placeholder = "?"
+    # floor() of a DOUBLE PRECISION column as an integer. SQLite's CAST truncates, which is floor
+    # for the (positive) times stored here; PostgreSQL's rounds, so its backend overrides this.
+    floor_sql = "CAST({} AS INTEGER)"
 
     def __init__(self, clock: Any) -> None:
         self._clock = clock
+        self._buckets_ready = False
 
     # ---- what a backend provides -----------------------------------------------------------
     @abstractmethod
@@ -154,11 +181,14 @@ class SqlLedger(ABC):
     def reserve(self, payment: NewPayment, query: UsageQuery, check: UsageCheck
                 ) -> PaymentRecord:
         now = self._clock()
-        record = PaymentRecord(**asdict(payment), id=uuid.uuid4().hex,
+        # Shallow copies (every field is a scalar): asdict() deep-copies, which costs more
+        # than the reservation's SQL on SQLite.
+        record = PaymentRecord(**_values(payment), id=uuid.uuid4().hex,
                                state=PaymentState.RESERVED, created_at=now, updated_at=now)
-        row = {**asdict(record), "state": str(record.state)}
+        row = {**_values(record), "state": str(record.state)}
         try:
             with self._transaction() as cur:
+                self._buckets(cur, build=True)
                 check(self._usage(cur, query))
                 if payment.session is not None:
                     self._run(cur, "INSERT INTO sessions (id, profile, started_at) "
@@ -166,6 +196,10 @@ class SqlLedger(ABC):
                               (payment.session, now))
                 self._run(cur, f"INSERT INTO payments ({', '.join(row)}) "
                                f"VALUES ({', '.join('?' for _ in row)})", tuple(row.values()))
+                self._run(cur, "INSERT INTO usage_buckets (network, asset, bucket, amount) "
+                               "VALUES (?, ?, ?, ?) ON CONFLICT (network, asset, bucket) "
+                               "DO UPDATE SET amount = usage_buckets.amount + excluded.amount",
+                          (payment.network, payment.asset, bucket_of(now), payment.amount))
         except LedgerError:
             raise
         except Exception as exc:
@@ -186,14 +220,45 @@ class SqlLedger(ABC):
         with self._reading() as cur:
             return self._usage(cur, query)
 
+    def _buckets(self, cur: Any, *, build: bool) -> bool:
+        """Whether the usage counters are built; with ``build`` (in a write transaction, so
+        under the budget lock) build them from the rows if this ledger predates them."""
+        if self._buckets_ready:
+            return True
+        row = self._run(cur, "SELECT value FROM ledger_meta WHERE key = ?",
+                        (BUCKETS_KEY,)).fetchone()
+        if row is not None and row[0] == str(BUCKET_SECONDS):
+            self._buckets_ready = True
+        elif build:
+            bucket = f"{self.floor_sql.format('created_at')} / {BUCKET_SECONDS}"
+            self._run(cur, "DELETE FROM usage_buckets")
+            self._run(cur, f"INSERT INTO usage_buckets (network, asset, bucket, amount) "
+                           f"SELECT network, asset, {bucket}, SUM(amount) FROM payments "
+                           f"WHERE state <> 'released' GROUP BY network, asset, {bucket}")
+            self._run(cur, "DELETE FROM ledger_meta WHERE key = ?", (BUCKETS_KEY,))
+            self._run(cur, "INSERT INTO ledger_meta (key, value) VALUES (?, ?)",
+                      (BUCKETS_KEY, str(BUCKET_SECONDS)))
+            self._buckets_ready = True
+        return self._buckets_ready
+
     def _usage(self, cur: Any, q: UsageQuery) -> Usage:
         def scalar(text: str, params: Sequence[Any]) -> Any:
             row = self._run(cur, text, params).fetchone()
             return None if row is None else row[0]
 
-        daily = scalar("SELECT COALESCE(SUM(amount), 0) FROM payments WHERE asset = ? AND "
-                       "network = ? AND created_at >= ? AND state <> 'released'",
-                       (q.asset, q.network, q.day_start))
+        if self._buckets(cur, build=False):
+            first = bucket_of(q.day_start)  # the bucket holding the window's start
+            daily = scalar(
+                "SELECT (SELECT COALESCE(SUM(amount), 0) FROM usage_buckets WHERE network = ? "
+                "AND asset = ? AND bucket > ?) + (SELECT COALESCE(SUM(amount), 0) FROM payments "
+                "WHERE asset = ? AND network = ? AND created_at >= ? AND created_at < ? AND "
+                "state <> 'released')",
+                (q.network, q.asset, first, q.asset, q.network, q.day_start,
+                 float((first + 1) * BUCKET_SECONDS)))
+        else:  # counters not built yet (no write since this ledger was upgraded): scan
+            daily = scalar("SELECT COALESCE(SUM(amount), 0) FROM payments WHERE asset = ? AND "
+                           "network = ? AND created_at >= ? AND state <> 'released'",
+                           (q.asset, q.network, q.day_start))
         session_spent, started = 0, None
         if q.session is not None:
             session_spent = scalar(
@@ -210,15 +275,18 @@ class SqlLedger(ABC):
         reset = self._run(cur, "SELECT value FROM ledger_meta WHERE key = ?",
                           (BREAKER_KEY,)).fetchone()
         since = float(reset[0]) if reset else 0.0
-        rows = self._run(cur, "SELECT state, delivered FROM payments WHERE created_at > ? AND "
-                              "state IN ('settled', 'unknown') ORDER BY created_at DESC LIMIT ?",
-                         (since, FAILURE_SCAN)).fetchall()
-        failures = 0
-        for state, delivered in rows:
-            if state == "settled" and delivered != 0:
-                break
-            failures += 1
-        return failures
+        # Outcomes that failed (unknown, or settled but not delivered) after the latest success
+        # (or the reset), counted in SQL: the latest success is found by walking the created_at
+        # index backwards from the newest row, and the count is a range scan after it (one bound,
+        # so that both engines use it for the index range), so the cost follows the failure
+        # streak, not FAILURE_SCAN rows.
+        row = self._run(cur, "SELECT COUNT(*) FROM (SELECT 1 FROM payments WHERE "
+                             "created_at > COALESCE((SELECT created_at FROM payments WHERE "
+                             "created_at > ? AND state = 'settled' AND (delivered IS NULL OR "
+                             "delivered <> 0) ORDER BY created_at DESC LIMIT 1), ?) AND "
+                             "state IN ('settled', 'unknown') LIMIT ?) AS streak",
+                        (since, since, FAILURE_SCAN)).fetchone()
+        return int(row[0])
 
     def reset_breaker(self, now: float) -> None:
         with self._transaction() as cur:
@@ -233,14 +301,32 @@ class SqlLedger(ABC):
         if to in (PaymentState.SETTLED, PaymentState.RELEASED):
             values["finished_at"] = now
         allowed = _FROM[to]
-        with self._transaction() as cur:
-            self._run(cur, f"UPDATE payments SET {', '.join(f'{k} = ?' for k in values)} "
-                           f"WHERE id = ? AND state IN ({', '.join('?' for _ in allowed)})",
-                      (*values.values(), payment_id, *map(str, allowed)))
-            if cur.rowcount != 1:
-                raise LedgerError(f"payment {payment_id} cannot move to {to}",
-                                  reason="invalid_transition", payment_id=payment_id)
-            (record,) = self._records(cur, "WHERE id = ?", (payment_id,))
+        try:
+            with self._transaction() as cur:
+                counters = to is PaymentState.RELEASED and self._buckets(cur, build=True)
+                self._run(cur, f"UPDATE payments SET {', '.join(f'{k} = ?' for k in values)} "
+                               f"WHERE id = ? AND state IN ({', '.join('?' for _ in allowed)})",
+                          (*values.values(), payment_id, *map(str, allowed)))
+                if cur.rowcount != 1:
+                    raise LedgerError(f"payment {payment_id} cannot move to {to}",
+                                      reason="invalid_transition", payment_id=payment_id)
+                (record,) = self._records(cur, "WHERE id = ?", (payment_id,))
+                if counters:  # leaving the counted states
+                    self._run(cur, "UPDATE usage_buckets SET amount = amount - ? WHERE "
+                                   "network = ? AND asset = ? AND bucket = ?",
+                              (record.amount, record.network, record.asset,
+                               bucket_of(record.created_at)))
+        except LedgerError:
+            raise
+        except Exception as exc:
+            # The same error whatever the engine: the only unique column a transition writes
+            # is the authorization nonce.
+            if self._is_conflict(exc):
+                raise LedgerError(f"payment {payment_id}: nonce already used by another payment",
+                                  reason="nonce_reused", payment_id=payment_id) from exc
+            if type(exc).__module__.startswith(("sqlite3", "psycopg")):
+                raise LedgerError(f"ledger write failed: {exc}", payment_id=payment_id) from exc
+            raise
         return record
 
     def mark_sent(self, payment_id: str, *, payer: str, nonce: str, valid_after: int,

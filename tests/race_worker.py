@@ -1,0 +1,43 @@
+"""One of several agent processes racing for the same budget (run by test_race.py).
+
+    python race_worker.py HOME URL ATTEMPTS   (stdin: a line "go" releases the start)
+
+Prints one JSON line: how many attempts paid and how each refusal was coded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from x402_agent.errors import X402AgentError
+from x402_agent.operations import Agent
+
+
+async def attempt(agent: Agent, url: str) -> str:
+    try:
+        outcome = await agent.afetch(url)
+    except X402AgentError as refused:
+        return refused.reason
+    return "paid" if outcome.payment is not None and outcome.status == 200 else "other"
+
+
+async def race(agent: Agent, url: str, attempts: int) -> Counter[str]:
+    return Counter(await asyncio.gather(*(attempt(agent, url) for _ in range(attempts))))
+
+
+def main() -> None:
+    home, url, attempts = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    agent = Agent.open(home)
+    print("ready", flush=True)
+    sys.stdin.readline()  # every worker starts at once
+    results = asyncio.run(race(agent, url, attempts))
+    agent.close()
+    print(json.dumps(results), flush=True)
+
+
+if __name__ == "__main__":
+    main()

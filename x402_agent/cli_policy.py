@@ -1,0 +1,169 @@
+"""`x402-agent device ...` and `x402-agent policy ...`: enrollment and device-approved policy.
+
+None of these are reachable from the agent-facing tools (MCP, LangChain): only a person at the
+CLI, with the device in hand, can change what the agent may spend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .approval import PolicyApproval, approval_message
+from .home import AgentHome, open_home
+from .policy import Policy
+from .policy_store import PolicyStore, policy_json
+
+
+def register(sub: Any) -> None:
+    device = sub.add_parser("device", help="hardware wallet: list, enroll, simulate")
+    device_sub = device.add_subparsers(dest="device_command", required=True)
+    device_sub.add_parser("list", help="devices HWI can reach (emulators included)")
+    enroll = device_sub.add_parser("enroll", help="pin the device key that approves policies")
+    enroll.add_argument("--fingerprint")
+    enroll.add_argument("--path")
+    simulate = device_sub.add_parser("simulate", help="run the (insecure) device simulator")
+    simulate.add_argument("--reject", action="store_true", help="refuse every confirmation")
+
+    policy = sub.add_parser("policy", help="the spending policy and its approval")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    propose = policy_sub.add_parser("propose", help="validate FILE and show what changes")
+    propose.add_argument("file", type=Path)
+    policy_sub.add_parser("approve", help="sign the proposed policy on the device")
+    tighten = policy_sub.add_parser("tighten", help="apply FILE if it only lowers limits")
+    tighten.add_argument("file", type=Path)
+    policy_sub.add_parser("show", help="the effective policy and its approval")
+    verify = policy_sub.add_parser("verify", help="check the approval (exit 1 if invalid)")
+    verify.add_argument("file", type=Path, nargs="?",
+                        help="a policy file with FILE.approval.json beside it")
+    policy_sub.add_parser("schema", help="print the policy JSON schema")
+
+
+def store_for(home: AgentHome) -> PolicyStore:
+    from .operations import expectations
+
+    return PolicyStore(home.root, expectations(home))
+
+
+def run_device(args: argparse.Namespace) -> int:
+    from .device.hwi import DEFAULT_APPROVAL_PATH, HwiDevice, list_devices
+
+    if args.device_command == "list":
+        for info in list_devices():
+            state = f" ERROR {info.error}" if info.error else ""
+            print(f"{info.device_type:10} {info.fingerprint or '-':9} {info.model or '-':20} "
+                  f"{info.path}{state}")
+        return 0
+    if args.device_command == "simulate":
+        from .device.simulator import run_simulator
+
+        return run_simulator(confirm="reject" if args.reject else "auto")
+    from .device.approve import enroll
+
+    home = open_home(args.home)
+    device = HwiDevice.find(args.fingerprint)
+    try:
+        print("confirm the address on the device...", file=sys.stderr)
+        enrollment = enroll(store_for(home), device, args.path or DEFAULT_APPROVAL_PATH)
+    finally:
+        device.close()
+    print(json.dumps(enrollment.model_dump(), indent=2))
+    return 0
+
+
+def _summary(policy: Policy) -> list[str]:
+    return approval_message(policy).split(": ", 1)[1].rsplit(", sha256:", 1)[0].split("; ")
+
+
+def diff_lines(old: Policy | None, new: Policy) -> list[str]:
+    """A readable diff of the canonical documents, one changed field per line."""
+    def flat(value: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(value, dict):
+            items: dict[str, Any] = {}
+            for key, sub in value.items():
+                items.update(flat(sub, f"{prefix}.{key}" if prefix else str(key)))
+            return items
+        if isinstance(value, list):
+            items = {}
+            for index, sub in enumerate(value):
+                items.update(flat(sub, f"{prefix}[{index}]"))
+            return items
+        return {prefix: value}
+
+    before = flat(policy_json(old)) if old else {}
+    after = flat(policy_json(new))
+    lines = []
+    for key in sorted(before.keys() | after.keys()):
+        if before.get(key, "<absent>") != after.get(key, "<absent>"):
+            lines.append(f"  {key}: {before.get(key, '<absent>')} -> {after.get(key, '<absent>')}")
+    return lines
+
+
+def run_policy(args: argparse.Namespace) -> int:
+    if args.policy_command == "schema":
+        from .policy import json_schema
+
+        print(json.dumps(json_schema(), indent=2, sort_keys=True))
+        return 0
+    home = open_home(args.home)
+    store = store_for(home)
+    if args.policy_command == "propose":
+        try:
+            current: Policy | None = store.load()
+        except Exception:
+            current = None
+        proposed = store.propose(args.file.read_text(), str(args.file))
+        print(f"proposed policy v{proposed.version} ({proposed.digest})")
+        print("\n".join(diff_lines(current, proposed)) or "  (no change)")
+        print(f"the device will show:\n  {approval_message(proposed)}\n"
+              "approve it with: x402-agent policy approve")
+        return 0
+    if args.policy_command == "approve":
+        return _approve(home, store)
+    if args.policy_command == "tighten":
+        from .policy import parse_policy
+
+        store.install_tightening(parse_policy(args.file.read_text(), str(args.file)))
+        print("tightened; no device needed")
+        return 0
+    if args.policy_command == "verify" and args.file is not None:
+        from .policy import load_policy
+
+        policy = load_policy(args.file)
+        approval = PolicyApproval.model_validate_json(
+            args.file.with_name(args.file.name + ".approval.json").read_bytes())
+        store.verify_approved(policy, approval)
+        print(f"ok: policy v{policy.version} approved by device {approval.fingerprint}")
+        return 0
+    policy = store.load()
+    if args.policy_command == "verify":
+        print(f"ok: policy v{policy.version} {policy.digest}")
+        return 0
+    enrollment = store.enrollment()
+    print(f"policy v{policy.version} {policy.digest}")
+    for line in _summary(policy):
+        print(f"  {line}")
+    print(f"approved by device {enrollment.fingerprint} ({enrollment.device_type}) at "
+          f"{enrollment.path}")
+    return 0
+
+
+def _approve(home: AgentHome, store: PolicyStore) -> int:
+    from .device.approve import approve
+    from .device.hwi import HwiDevice
+
+    proposed = store.proposed()
+    device = HwiDevice.find(store.enrollment().fingerprint)
+    began = time.perf_counter()
+    try:
+        print(f"confirm on the device:\n  {approval_message(proposed)}", file=sys.stderr)
+        approve(store, device, proposed)
+    finally:
+        device.close()
+    print(f"policy v{proposed.version} approved on the device in "
+          f"{time.perf_counter() - began:.2f}s and installed")
+    return 0

@@ -1,0 +1,139 @@
+"""Hardware wallets through HWI: list, enroll, sign approval lines.
+
+This package is the only place that imports hwilib or trezorlib. HWI is in maintenance mode
+upstream, so the rest of the project sees only ``HardwareDevice`` and ``DeviceInfo``; another
+backend can replace HWI behind them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..approval import Enrollment
+from ..errors import X402AgentError
+
+# A dedicated BIP32 path for approving policies: hardened "402" account on the testnet coin
+# type, so it never coincides with a path holding funds.
+DEFAULT_APPROVAL_PATH = "m/44'/1'/402'/0/0"
+
+
+class DeviceError(X402AgentError):
+    """The device is missing, locked, disconnected, timed out or said no."""
+
+    reason = "device_error"
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    device_type: str
+    path: str
+    fingerprint: str | None
+    model: str | None
+    label: str | None
+    error: str | None = None
+
+
+class HardwareDevice(Protocol):
+    def enroll(self, path: str) -> Enrollment: ...
+    def sign_message(self, message: str, path: str) -> str:
+        """Bitcoin signed-message signature, base64, made and confirmed on the device."""
+        ...
+    def close(self) -> None: ...
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    from hwilib.errors import HWWError
+
+    return (HWWError, OSError, RuntimeError, ValueError)
+
+
+def _device_error(exc: BaseException, action: str) -> DeviceError:
+    code = getattr(exc, "code", None)
+    from hwilib.errors import ACTION_CANCELED
+
+    if code == ACTION_CANCELED or "cancel" in str(exc).lower():
+        return DeviceError(f"{action}: rejected on the device", reason="device_rejected")
+    if isinstance(exc, OSError | TimeoutError) or "timed out" in str(exc).lower():
+        return DeviceError(f"{action}: the device stopped answering (unplugged or timed out)",
+                           reason="device_unavailable")
+    return DeviceError(f"{action}: {type(exc).__name__}: {str(exc)[:200]}")
+
+
+def list_devices() -> list[DeviceInfo]:
+    """Every device HWI can reach, emulators (and our simulator) included."""
+    from hwilib.commands import enumerate as hwi_enumerate
+
+    found = []
+    for entry in hwi_enumerate(allow_emulators=True):
+        found.append(DeviceInfo(
+            device_type=str(entry.get("type")), path=str(entry.get("path")),
+            fingerprint=entry.get("fingerprint"), model=entry.get("model"),
+            label=entry.get("label"), error=entry.get("error")))
+    return found
+
+
+class HwiDevice:
+    """One device, opened through HWI's client for its type."""
+
+    def __init__(self, info: DeviceInfo) -> None:
+        from hwilib.commands import get_client
+
+        self.info = info
+        try:
+            client = get_client(info.device_type, info.path)
+        except _errors() as exc:
+            raise _device_error(exc, "opening the device") from exc
+        if client is None:
+            raise DeviceError(f"cannot open {info.device_type} at {info.path}")
+        self._client: Any = client
+
+    @classmethod
+    def at(cls, device_type: str, path: str) -> HwiDevice:
+        """Open a device at a known HWI path (e.g. ``udp:127.0.0.1:21324``) without scanning."""
+        return cls(DeviceInfo(device_type, path, None, None, None))
+
+    @classmethod
+    def find(cls, fingerprint: str | None = None) -> HwiDevice:
+        devices = [d for d in list_devices() if d.error is None
+                   and (fingerprint is None or d.fingerprint == fingerprint)]
+        if not devices:
+            wanted = f" with fingerprint {fingerprint}" if fingerprint else ""
+            raise DeviceError(f"no hardware wallet{wanted} found (is it plugged in and unlocked? "
+                              "`x402-agent device simulate` runs a simulator)",
+                              reason="device_not_found")
+        if len(devices) > 1 and fingerprint is None:
+            raise DeviceError("several devices found; pass --fingerprint",
+                              reason="device_ambiguous",
+                              fingerprints=[d.fingerprint for d in devices])
+        return cls(devices[0])
+
+    def enroll(self, path: str) -> Enrollment:
+        """Read the key at ``path`` and show its address on the device for the person to see."""
+        from hwilib.commands import displayaddress, getxpub
+        from hwilib.common import AddressType
+        from hwilib.key import ExtendedKey
+
+        try:
+            fingerprint = self.info.fingerprint or self._client.get_master_fingerprint().hex()
+            xpub = getxpub(self._client, path)["xpub"]
+            displayaddress(self._client, path=path, addr_type=AddressType.LEGACY)
+        except _errors() as exc:
+            raise _device_error(exc, "enrolling") from exc
+        pubkey = ExtendedKey.deserialize(xpub).pubkey.hex()
+        return Enrollment(fingerprint=str(fingerprint), path=path, pubkey=pubkey,
+                          device_type=self.info.device_type, model=self.info.model)
+
+    def sign_message(self, message: str, path: str) -> str:
+        from hwilib.commands import signmessage
+
+        try:
+            return str(signmessage(self._client, message, path)["signature"])
+        except _errors() as exc:
+            raise _device_error(exc, "signing") from exc
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except _errors():
+            pass  # already gone: nothing to release

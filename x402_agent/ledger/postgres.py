@@ -1,0 +1,128 @@
+"""The fleet ledger: one PostgreSQL database shared by agents on many hosts.
+
+Every write transaction first takes one transaction-scoped advisory lock, so reservations
+(read what is counted, decide, insert) serialise across threads, processes and hosts exactly as
+SQLite's ``BEGIN IMMEDIATE`` does on one machine. Transactions run at READ COMMITTED so that each
+statement after the lock sees every reservation committed before the lock was granted.
+
+psycopg (3) is imported here only: the rest of the package never needs it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from ..errors import LedgerError
+from .sql import SCHEMA, SqlLedger
+
+if TYPE_CHECKING:
+    import psycopg
+
+# Key of the budget lock: the bytes "x402ledg" as a signed 64-bit integer. Advisory locks are
+# per database, so ledgers in different databases of one server do not contend.
+LOCK_KEY = int.from_bytes(b"x402ledg", "big", signed=True)
+POOL_SIZE = 4
+CONNECT_TIMEOUT = 10
+
+
+class PostgresLedger(SqlLedger):
+    """Safe across threads (a small connection pool) and processes and hosts (advisory lock)."""
+
+    placeholder = "%s"
+    floor_sql = "CAST(floor({}) AS BIGINT)"  # CAST alone rounds in PostgreSQL
+
+    def __init__(self, url: str, clock: Any = time.time, *, pool_size: int = POOL_SIZE) -> None:
+        super().__init__(clock)
+        import psycopg
+
+        self._psycopg = psycopg
+        self.url = url
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._idle_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(pool_size)
+        self._closed = False
+        try:
+            # DDL under the same lock: CREATE ... IF NOT EXISTS is not safe when several
+            # processes run it at once (they can collide on the catalog's unique indexes).
+            with self._transaction() as cur:
+                for statement in SCHEMA:
+                    cur.execute(statement)
+                self._buckets(cur, build=True)  # a ledger that predates the counters
+        except LedgerError as exc:
+            raise LedgerError(f"cannot open ledger {self._where()}: {exc.message}") from exc
+        except psycopg.Error as exc:
+            raise LedgerError(f"cannot open ledger {self._where()}: {exc}") from exc
+
+    def _where(self) -> str:
+        """The URL without a password, for messages."""
+        try:
+            info = self._psycopg.conninfo.conninfo_to_dict(self.url)
+        except self._psycopg.Error:
+            return "(unparsable PostgreSQL URL)"
+        return (f"postgresql://{info.get('user') or ''}@{info.get('host') or ''}"
+                f":{info.get('port') or 5432}/{info.get('dbname') or ''}")
+
+    # ---- connections -------------------------------------------------------------------------
+    def _connect(self) -> psycopg.Connection[Any]:
+        conn = self._psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+        # Not left to the server's default: a snapshot taken before the advisory lock is
+        # granted (REPEATABLE READ, SERIALIZABLE) would miss the reservations it waited for.
+        conn.isolation_level = self._psycopg.IsolationLevel.READ_COMMITTED
+        return conn
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        if self._closed:
+            raise LedgerError("ledger is closed")
+        self._slots.acquire()
+        conn = None
+        try:
+            with self._idle_lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                try:
+                    conn = self._connect()
+                except self._psycopg.OperationalError as exc:
+                    raise LedgerError(f"cannot reach ledger {self._where()}: {exc}") from exc
+            try:
+                yield conn
+            except self._psycopg.OperationalError as exc:
+                raise LedgerError(f"ledger connection failed: {exc}") from exc
+        finally:
+            if conn is not None:
+                idle = self._psycopg.pq.TransactionStatus.IDLE
+                if conn.closed or conn.info.transaction_status != idle or self._closed:
+                    conn.close()
+                else:
+                    with self._idle_lock:
+                        self._idle.append(conn)
+            self._slots.release()
+
+    def close(self) -> None:
+        self._closed = True
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    # ---- transactions ------------------------------------------------------------------------
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Cursor[Any]]:
+        with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+            yield cur
+
+    @contextmanager
+    def _reading(self) -> Iterator[psycopg.Cursor[Any]]:
+        # One snapshot for all the statements of a read (usage, budget): a short read-only
+        # REPEATABLE READ transaction.
+        with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield cur
+
+    def _is_conflict(self, exc: BaseException) -> bool:
+        return isinstance(exc, self._psycopg.errors.UniqueViolation)

@@ -1,0 +1,214 @@
+"""The policy in the agent home, as the agent may use it: approved by the enrolled device.
+
+Files in the home:
+    device.json            the enrollment (fingerprint, path, public key)
+    policy.json            the effective policy
+    policy.approval.json   the device's signature over the approved policy
+    policy.base.json       when policy.json is a local tightening: the approved policy it tightens
+    policy.proposed.json   a validated proposal waiting for `x402-agent policy approve`
+    policy.state.json      the highest approved version accepted so far (rollback protection)
+
+``ApprovedPolicy`` is what a running agent reads before every payment: it re-verifies when a
+file changes, so a newly approved policy is picked up without restart, and a tampered,
+unsigned, rolled-back or foreign one stops all payments with a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from .approval import Enrollment, PolicyApproval, PolicyRejected, verify_approval
+from .errors import ConfigError
+from .policy import Policy, load_policy, parse_policy
+from .tightening import loosenings
+
+DEVICE_FILE = "device.json"
+POLICY_FILE = "policy.json"
+APPROVAL_FILE = "policy.approval.json"
+BASE_FILE = "policy.base.json"
+PROPOSED_FILE = "policy.proposed.json"
+STATE_FILE = "policy.state.json"
+M = TypeVar("M", bound=BaseModel)
+
+
+class AcceptedState(BaseModel):
+    version: int
+    digest: str
+
+
+def write_json(path: Path, data: object) -> None:
+    """Write atomically (rename), so a reader never sees half a file."""
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    temporary.replace(path)
+
+
+def policy_json(policy: Policy) -> dict[str, object]:
+    return policy.model_dump(mode="json", by_alias=True)
+
+
+def _read_model(path: Path, model: type[M], what: str) -> M:
+    try:
+        return model.model_validate_json(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise PolicyRejected(f"no {what} ({path.name})", reason="policy_unsigned"
+                             if what == "approval" else "device_not_enrolled") from exc
+    except (OSError, ValidationError) as exc:
+        raise PolicyRejected(f"unreadable {what} ({path.name})", reason="policy_tampered") from exc
+
+
+@dataclass(frozen=True)
+class Expectations:
+    """What an acceptable policy must name: this paying account and this chain."""
+
+    account: str | None
+    chain_id: int | None
+
+
+class PolicyStore:
+    def __init__(self, root: Path, expect: Expectations) -> None:
+        self.root = root
+        self.expect = expect
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    # ---- enrollment ------------------------------------------------------------------------
+    def enrollment(self) -> Enrollment:
+        return _read_model(self.path(DEVICE_FILE), Enrollment, "enrolled device")
+
+    def enroll(self, enrollment: Enrollment) -> None:
+        write_json(self.path(DEVICE_FILE), enrollment.model_dump())
+
+    # ---- checks ----------------------------------------------------------------------------
+    def check_names(self, policy: Policy) -> None:
+        if self.expect.account and (policy.account or "").lower() != self.expect.account.lower():
+            raise PolicyRejected(f"the policy governs account {policy.account}, not this agent's "
+                                 f"{self.expect.account}", reason="policy_wrong_account")
+        if self.expect.chain_id and policy.chain_id != self.expect.chain_id:
+            raise PolicyRejected(f"the policy is for chain {policy.chain_id}, not "
+                                 f"{self.expect.chain_id}", reason="policy_wrong_account")
+
+    def accepted(self) -> AcceptedState | None:
+        try:
+            return AcceptedState.model_validate_json(self.path(STATE_FILE).read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValidationError) as exc:
+            raise PolicyRejected("unreadable policy state", reason="policy_tampered") from exc
+
+    def check_not_rolled_back(self, approved: Policy) -> None:
+        state = self.accepted()
+        if state is None:
+            return
+        if approved.version < state.version or (
+                approved.version == state.version and approved.digest != state.digest):
+            raise PolicyRejected(f"policy v{approved.version} is older than the accepted "
+                                 f"v{state.version}", reason="policy_rolled_back")
+
+    def verify_approved(self, policy: Policy, approval: PolicyApproval) -> None:
+        verify_approval(policy, approval, self.enrollment())
+        self.check_names(policy)
+        self.check_not_rolled_back(policy)
+
+    # ---- the effective policy ----------------------------------------------------------------
+    def load(self) -> Policy:
+        """The effective policy, fully verified; raises PolicyRejected or ConfigError."""
+        policy = load_policy(self.path(POLICY_FILE))
+        approval = _read_model(self.path(APPROVAL_FILE), PolicyApproval, "approval")
+        if approval.policy_digest == policy.digest:
+            approved = policy
+        else:
+            # Not the approved document itself: only acceptable as a tightening of it.
+            try:
+                approved = load_policy(self.path(BASE_FILE))
+            except ConfigError as exc:
+                raise PolicyRejected("policy.json is not the approved policy",
+                                     reason="policy_tampered") from exc
+            looser = loosenings(policy, approved)
+            if looser:
+                raise PolicyRejected("policy.json loosens the approved policy: "
+                                     + "; ".join(looser[:5]), reason="policy_tampered")
+        self.verify_approved(approved, approval)
+        self.check_names(policy)
+        self._remember(approved)
+        return policy
+
+    def _remember(self, approved: Policy) -> None:
+        state = self.accepted()
+        if state is None or approved.version > state.version:
+            write_json(self.path(STATE_FILE),
+                       AcceptedState(version=approved.version, digest=approved.digest).model_dump())
+
+    def install_approved(self, policy: Policy, approval: PolicyApproval) -> None:
+        self.verify_approved(policy, approval)
+        write_json(self.path(APPROVAL_FILE), approval.model_dump(by_alias=True))
+        write_json(self.path(POLICY_FILE), policy_json(policy))
+        self.path(BASE_FILE).unlink(missing_ok=True)
+        self.path(PROPOSED_FILE).unlink(missing_ok=True)
+        self._remember(policy)
+
+    def install_tightening(self, policy: Policy) -> None:
+        current = self.load()
+        approval = _read_model(self.path(APPROVAL_FILE), PolicyApproval, "approval")
+        base = current if approval.policy_digest == current.digest else load_policy(
+            self.path(BASE_FILE))
+        looser = loosenings(policy, current)
+        if looser:
+            raise PolicyRejected("not a tightening; approve it on the device instead: "
+                                 + "; ".join(looser), reason="policy_needs_device",
+                                 loosenings=looser)
+        self.check_names(policy)
+        if base is current:
+            write_json(self.path(BASE_FILE), policy_json(base))
+        write_json(self.path(POLICY_FILE), policy_json(policy))
+
+    # ---- proposals -------------------------------------------------------------------------
+    def propose(self, raw: str, source: str) -> Policy:
+        policy = parse_policy(raw, source)
+        self.check_names(policy)
+        self.check_not_rolled_back(policy)
+        state = self.accepted()
+        if state is not None and policy.version <= state.version:
+            raise PolicyRejected(f"a new policy needs a version above v{state.version}",
+                                 reason="policy_rolled_back")
+        write_json(self.path(PROPOSED_FILE), policy_json(policy))
+        return policy
+
+    def proposed(self) -> Policy:
+        path = self.path(PROPOSED_FILE)
+        if not path.exists():
+            raise ConfigError("nothing proposed: run `x402-agent policy propose FILE` first",
+                              reason="no_proposal")
+        return load_policy(path)
+
+
+class ApprovedPolicy:
+    """The effective policy for a running agent, re-verified whenever a policy file changes."""
+
+    def __init__(self, store: PolicyStore) -> None:
+        self.store = store
+        self._stamp: tuple[tuple[int, int], ...] | None = None
+        self._policy: Policy | None = None
+
+    def _files_stamp(self) -> tuple[tuple[int, int], ...]:
+        stamps = []
+        for name in (POLICY_FILE, APPROVAL_FILE, BASE_FILE, DEVICE_FILE):
+            try:
+                stat = self.store.path(name).stat()
+                stamps.append((stat.st_mtime_ns, stat.st_size))
+            except FileNotFoundError:
+                stamps.append((0, -1))
+        return tuple(stamps)
+
+    def __call__(self) -> Policy:
+        stamp = self._files_stamp()
+        if self._policy is None or stamp != self._stamp:
+            self._policy = None  # a failed re-verification must not leave the old one usable
+            self._policy, self._stamp = self.store.load(), stamp
+        return self._policy
