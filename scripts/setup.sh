@@ -9,11 +9,23 @@ need_debs=()
 for pkg in libusb-1.0-0; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_debs+=("$pkg")
 done
+# PostgreSQL server binaries: the ledger tests start a private cluster from them (the machine
+# image may ship them already).
+pg_missing=0
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    need_debs+=(postgresql); pg_missing=1
+fi
 if ((${#need_debs[@]})); then
     echo "setup: installing Debian packages: ${need_debs[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_debs[@]}" >/dev/null
+    if ((pg_missing)); then
+        # The package creates and starts a default cluster, which nothing here uses.
+        while read -r version cluster _; do
+            $SUDO pg_dropcluster --stop "$version" "$cluster" || true
+        done < <(pg_lsclusters -h 2>/dev/null || true)
+    fi
 fi
 
 python=""

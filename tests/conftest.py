@@ -13,8 +13,12 @@ from x402_agent.devnet import LocalWorld, WorldInfo
 @pytest.fixture(scope="session")
 def device_simulator() -> Iterator[DeviceSimulator]:
     """The session's device simulator on 127.0.0.1:21324, where HWI looks for it."""
-    with DeviceSimulator(confirm="auto") as simulator:
+    simulator = DeviceSimulator(confirm="auto")
+    simulator.start(wait=120)  # another test run on this machine may hold the port a while
+    try:
         yield simulator
+    finally:
+        simulator.stop()
 
 
 @pytest.fixture(scope="session")

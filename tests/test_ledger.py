@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -81,7 +84,7 @@ def execute(store: Store, statement: str) -> None:
     import psycopg
 
     with psycopg.connect(store.where, autocommit=True) as conn:
-        conn.execute(statement)  # type: ignore[arg-type]
+        conn.execute(statement.encode())
 
 
 class LedgerFactory:
@@ -624,6 +627,47 @@ def test_budget_snapshot(ledger_factory: LedgerFactory) -> None:
     assert snapshot.sessions == {"s-a": {f"{NETWORK}/{ASSET}": 1 + 2 + 4 + 8}}
     # The newest outcome is a settlement (delivery not recorded): no failure streak.
     assert snapshot.consecutive_failures == 0 and snapshot.breaker_reset_at is None
+
+
+# ---- PostgreSQL specifics ---------------------------------------------------------------------
+def test_postgres_unreachable_is_a_ledger_error() -> None:
+    from x402_agent.ledger.postgres import PostgresLedger
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(LedgerError) as raised:
+        PostgresLedger(f"postgresql://postgres:secret@127.0.0.1:{port}/ledger")
+    assert "cannot open ledger postgresql://postgres@127.0.0.1" in raised.value.message
+    assert "secret" not in raised.value.message
+
+
+def test_postgres_replaces_connections_the_server_dropped(postgres_url: str) -> None:
+    import psycopg
+
+    from x402_agent.ledger.postgres import PostgresLedger
+
+    ledger = PostgresLedger(postgres_url, clock=Clock(tick=1))
+    try:
+        record = reserve(ledger, T0)
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                "datname = current_database() AND pid <> pg_backend_pid()").fetchone()
+        assert killed is not None and killed[0] >= 1
+        assert ledger.get(record.id) == record  # the dead pooled connection was replaced
+        send(ledger, record)
+        assert ledger.usage(query(T0 + 10)).daily_spent == 10
+    finally:
+        ledger.close()
+
+
+def test_only_the_postgres_backend_imports_psycopg() -> None:
+    code = ("import sys, x402_agent.ledger, x402_agent.spendgate, x402_agent.operations; "
+            "assert 'psycopg' not in sys.modules, 'psycopg imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
 
 
 # ---- concurrency with the real gate ----------------------------------------------------------

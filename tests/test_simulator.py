@@ -58,7 +58,24 @@ def _port_free(port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[DeviceSimulator]:
+def sim(request: pytest.FixtureRequest) -> Iterator[DeviceSimulator]:
+    """The simulator on 21324/21325. When conftest provides the session's simulator
+    (``device_simulator``), that one is used: a second one in the same process could never bind."""
+    try:
+        shared: DeviceSimulator | None = request.getfixturevalue("device_simulator")
+    except pytest.FixtureLookupError:
+        shared = None
+    if shared is not None:
+        previous = shared.on_screen
+        shared.on_screen = SCREENS.append
+        try:
+            yield shared
+        finally:
+            shared.on_screen = previous
+            shared.confirm, shared.honor_debuglink = "auto", True
+            if not shared.running:
+                shared.start(wait=PORT_WAIT)
+        return
     simulator = DeviceSimulator(port=PORT, on_screen=SCREENS.append)
     simulator.start(wait=PORT_WAIT)
     try:
@@ -655,6 +672,29 @@ def test_trezorlib_debuglink_decides_in_wait_mode(
         assert call.error is None and call.result.signature.hex() == ETH_MESSAGE_VECTORS[0][1]
     else:
         assert isinstance(call.error, exceptions.Cancelled)
+
+
+def test_legacy_debuglink_no_rejects(sim: DeviceSimulator, session: Session) -> None:
+    # HWI's vendored (older) DebugLink sends the legacy ``yes_no`` field
+    from hwilib.devices.trezorlib.debuglink import DebugLink as LegacyDebugLink
+    from hwilib.devices.trezorlib.transport.udp import UdpTransport as LegacyUdpTransport
+
+    sim.confirm = "wait"
+    call = Background(lambda: ethereum.sign_message(session, parse_path(ETH_PATH), EXAMPLE))
+    assert sim.wait_for_screen(timeout=10) is not None
+    debug = LegacyDebugLink(LegacyUdpTransport(f"{HOST}:{sim.debug_port}"))
+    debug.open()
+    try:
+        debug.press_no()
+    finally:
+        debug.close()
+    assert isinstance(call.join().error, exceptions.Cancelled)
+
+
+def test_label_always_says_insecure() -> None:
+    with DeviceSimulator(port=0, label="Demo device") as other:
+        features = get_default_client("x402-agent-tests", UdpTransport(other.path[len("udp:"):])).features
+        assert features.label == "Demo device (SIMULATOR, insecure)"
 
 
 def test_trezorlib_wait_mode_blocks_until_approved(sim: DeviceSimulator, session: Session) -> None:

@@ -27,13 +27,16 @@ def register(sub: Any) -> None:
     enroll.add_argument("--fingerprint")
     enroll.add_argument("--path")
     simulate = device_sub.add_parser("simulate", help="run the (insecure) device simulator")
-    simulate.add_argument("--reject", action="store_true", help="refuse every confirmation")
+    simulate.add_argument("--confirm", choices=("auto", "reject", "ask"), default="auto",
+                          help="approve everything, refuse everything, or ask here each time")
 
     policy = sub.add_parser("policy", help="the spending policy and its approval")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True)
     propose = policy_sub.add_parser("propose", help="validate FILE and show what changes")
     propose.add_argument("file", type=Path)
-    policy_sub.add_parser("approve", help="sign the proposed policy on the device")
+    approve = policy_sub.add_parser("approve", help="sign the proposed policy on the device")
+    approve.add_argument("--eip712", action="store_true",
+                         help="Trezor: sign EIP-712 typed data (fields shown one by one)")
     tighten = policy_sub.add_parser("tighten", help="apply FILE if it only lowers limits")
     tighten.add_argument("file", type=Path)
     policy_sub.add_parser("show", help="the effective policy and its approval")
@@ -61,7 +64,10 @@ def run_device(args: argparse.Namespace) -> int:
     if args.device_command == "simulate":
         from .device.simulator import run_simulator
 
-        return run_simulator(confirm="reject" if args.reject else "auto")
+        if args.confirm == "ask":
+            # HWI presses "yes" on emulators' debug link by itself: ignore it, ask the person.
+            return run_simulator(confirm="wait", honor_debuglink=False, interactive=True)
+        return run_simulator(confirm=args.confirm)
     from .device.approve import enroll
 
     home = open_home(args.home)
@@ -123,7 +129,7 @@ def run_policy(args: argparse.Namespace) -> int:
               "approve it with: x402-agent policy approve")
         return 0
     if args.policy_command == "approve":
-        return _approve(home, store)
+        return _approve(home, store, typed=args.eip712)
     if args.policy_command == "tighten":
         from .policy import parse_policy
 
@@ -152,16 +158,23 @@ def run_policy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _approve(home: AgentHome, store: PolicyStore) -> int:
+def _approve(home: AgentHome, store: PolicyStore, typed: bool) -> int:
     from .device.approve import approve
     from .device.hwi import HwiDevice
 
     proposed = store.proposed()
     device = HwiDevice.find(store.enrollment().fingerprint)
     began = time.perf_counter()
+    print(f"confirm on the device:\n  {approval_message(proposed)}", file=sys.stderr)
     try:
-        print(f"confirm on the device:\n  {approval_message(proposed)}", file=sys.stderr)
-        approve(store, device, proposed)
+        if typed:
+            from .device.trezor import approve_typed
+
+            path = device.info.path
+            device.close()  # trezorlib opens its own connection to the same device
+            approve_typed(store, proposed, path)
+        else:
+            approve(store, device, proposed)
     finally:
         device.close()
     print(f"policy v{proposed.version} approved on the device in "

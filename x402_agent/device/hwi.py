@@ -7,8 +7,10 @@ backend can replace HWI behind them.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..approval import Enrollment
 from ..errors import X402AgentError
@@ -16,6 +18,9 @@ from ..errors import X402AgentError
 # A dedicated BIP32 path for approving policies: hardened "402" account on the testnet coin
 # type, so it never coincides with a path holding funds.
 DEFAULT_APPROVAL_PATH = "m/44'/1'/402'/0/0"
+# How long a person has to confirm on the device.
+DEFAULT_TIMEOUT_SECONDS = 300.0
+T = TypeVar("T")
 
 
 class DeviceError(X402AgentError):
@@ -43,18 +48,21 @@ class HardwareDevice(Protocol):
 
 
 def _errors() -> tuple[type[BaseException], ...]:
+    from hwilib.devices.trezorlib.exceptions import TrezorException
     from hwilib.errors import HWWError
 
-    return (HWWError, OSError, RuntimeError, ValueError)
+    return (HWWError, TrezorException, OSError, RuntimeError, ValueError)
 
 
 def _device_error(exc: BaseException, action: str) -> DeviceError:
-    code = getattr(exc, "code", None)
+    from hwilib.devices.trezorlib.transport import TransportException
     from hwilib.errors import ACTION_CANCELED
 
+    code = getattr(exc, "code", None)
     if code == ACTION_CANCELED or "cancel" in str(exc).lower():
         return DeviceError(f"{action}: rejected on the device", reason="device_rejected")
-    if isinstance(exc, OSError | TimeoutError) or "timed out" in str(exc).lower():
+    if isinstance(exc, OSError | TimeoutError | TransportException) or (
+            "timed out" in str(exc).lower()):
         return DeviceError(f"{action}: the device stopped answering (unplugged or timed out)",
                            reason="device_unavailable")
     return DeviceError(f"{action}: {type(exc).__name__}: {str(exc)[:200]}")
@@ -76,10 +84,11 @@ def list_devices() -> list[DeviceInfo]:
 class HwiDevice:
     """One device, opened through HWI's client for its type."""
 
-    def __init__(self, info: DeviceInfo) -> None:
+    def __init__(self, info: DeviceInfo, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         from hwilib.commands import get_client
 
         self.info = info
+        self.timeout = timeout
         try:
             client = get_client(info.device_type, info.path)
         except _errors() as exc:
@@ -89,9 +98,10 @@ class HwiDevice:
         self._client: Any = client
 
     @classmethod
-    def at(cls, device_type: str, path: str) -> HwiDevice:
+    def at(cls, device_type: str, path: str, timeout: float = DEFAULT_TIMEOUT_SECONDS
+           ) -> HwiDevice:
         """Open a device at a known HWI path (e.g. ``udp:127.0.0.1:21324``) without scanning."""
-        return cls(DeviceInfo(device_type, path, None, None, None))
+        return cls(DeviceInfo(device_type, path, None, None, None), timeout)
 
     @classmethod
     def find(cls, fingerprint: str | None = None) -> HwiDevice:
@@ -127,10 +137,32 @@ class HwiDevice:
     def sign_message(self, message: str, path: str) -> str:
         from hwilib.commands import signmessage
 
-        try:
-            return str(signmessage(self._client, message, path)["signature"])
-        except _errors() as exc:
-            raise _device_error(exc, "signing") from exc
+        return str(self._with_timeout(lambda: signmessage(self._client, message, path),
+                                      "signing")["signature"])
+
+    def _with_timeout(self, call: Callable[[], T], action: str) -> T:
+        """HWI waits for the person without a deadline; give up after ``self.timeout``."""
+        outcome: list[T] = []
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                outcome.append(call())
+            except BaseException as exc:  # re-raised on the caller's thread
+                failure.append(exc)
+
+        worker = threading.Thread(target=run, name="hwi-call", daemon=True)
+        worker.start()
+        worker.join(self.timeout)
+        if worker.is_alive():
+            self.close()  # abandons the request; the device may still show it until cancelled
+            raise DeviceError(f"{action}: no answer from the device within {self.timeout:.0f}s",
+                              reason="device_timeout")
+        if failure:
+            if isinstance(failure[0], _errors()):
+                raise _device_error(failure[0], action) from failure[0]
+            raise failure[0]
+        return outcome[0]
 
     def close(self) -> None:
         try:

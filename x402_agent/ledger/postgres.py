@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LedgerError
@@ -67,39 +67,36 @@ class PostgresLedger(SqlLedger):
                 f":{info.get('port') or 5432}/{info.get('dbname') or ''}")
 
     # ---- connections -------------------------------------------------------------------------
-    def _connect(self) -> psycopg.Connection[Any]:
-        conn = self._psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
-        # Not left to the server's default: a snapshot taken before the advisory lock is
-        # granted (REPEATABLE READ, SERIALIZABLE) would miss the reservations it waited for.
-        conn.isolation_level = self._psycopg.IsolationLevel.READ_COMMITTED
-        return conn
-
-    @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+    def _acquire(self, *, fresh: bool = False) -> psycopg.Connection[Any]:
+        """A connection from the pool (or a new one); give it back with ``_release``."""
         if self._closed:
             raise LedgerError("ledger is closed")
         self._slots.acquire()
-        conn = None
         try:
-            with self._idle_lock:
-                conn = self._idle.pop() if self._idle else None
-            if conn is None:
-                try:
-                    conn = self._connect()
-                except self._psycopg.OperationalError as exc:
-                    raise LedgerError(f"cannot reach ledger {self._where()}: {exc}") from exc
-            try:
-                yield conn
-            except self._psycopg.OperationalError as exc:
-                raise LedgerError(f"ledger connection failed: {exc}") from exc
+            conn = None
+            if not fresh:
+                with self._idle_lock:
+                    conn = self._idle.pop() if self._idle else None
+            # Autocommit: transactions are begun explicitly, see _in_transaction.
+            return conn or self._psycopg.connect(self.url, autocommit=True,
+                                                 connect_timeout=CONNECT_TIMEOUT)
+        except self._psycopg.OperationalError as exc:
+            self._slots.release()
+            raise LedgerError(f"cannot reach ledger {self._where()}: {exc}") from exc
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _release(self, conn: psycopg.Connection[Any]) -> None:
+        """Back to the pool if it is idle and healthy, else closed."""
+        try:
+            idle = self._psycopg.pq.TransactionStatus.IDLE
+            if conn.closed or conn.info.transaction_status != idle or self._closed:
+                conn.close()
+            else:
+                with self._idle_lock:
+                    self._idle.append(conn)
         finally:
-            if conn is not None:
-                idle = self._psycopg.pq.TransactionStatus.IDLE
-                if conn.closed or conn.info.transaction_status != idle or self._closed:
-                    conn.close()
-                else:
-                    with self._idle_lock:
-                        self._idle.append(conn)
             self._slots.release()
 
     def close(self) -> None:
@@ -110,19 +107,60 @@ class PostgresLedger(SqlLedger):
             conn.close()
 
     # ---- transactions ------------------------------------------------------------------------
+    # Each transaction starts with one round trip: BEGIN (with its isolation level written out,
+    # whatever the server's default) and, for writes, the budget lock. READ COMMITTED for writes:
+    # every statement after the lock sees what was committed before it was granted. A read is
+    # one REPEATABLE READ snapshot for all its statements (usage, budget).
+    _BEGIN_WRITE = (f"BEGIN ISOLATION LEVEL READ COMMITTED; "
+                    f"SELECT pg_advisory_xact_lock({LOCK_KEY})").encode()
+    _BEGIN_READ = b"BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Cursor[Any]]:
-        with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+        with self._in_transaction(self._BEGIN_WRITE) as cur:
             yield cur
 
     @contextmanager
     def _reading(self) -> Iterator[psycopg.Cursor[Any]]:
-        # One snapshot for all the statements of a read (usage, budget): a short read-only
-        # REPEATABLE READ transaction.
-        with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        with self._in_transaction(self._BEGIN_READ) as cur:
             yield cur
+
+    def _begin(self, begin: bytes) -> psycopg.Connection[Any]:
+        """A connection with a transaction begun. A pooled connection the server has dropped
+        (restart, idle timeout) fails here, before anything was done: it is replaced, once."""
+        conn = self._acquire()
+        for last_try in (False, True):
+            try:
+                conn.execute(begin, prepare=False)  # constant text, no parameters
+                return conn
+            except self._psycopg.OperationalError as exc:
+                self._release(conn)  # closes it
+                if last_try:
+                    raise LedgerError(f"ledger connection failed: {exc}") from exc
+                conn = self._acquire(fresh=True)
+            except BaseException:
+                self._release(conn)
+                raise
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def _in_transaction(self, begin: bytes) -> Iterator[psycopg.Cursor[Any]]:
+        conn = self._begin(begin)
+        try:
+            with conn.cursor() as cur:
+                try:
+                    yield cur
+                except BaseException:
+                    # A broken connection cannot roll back; it is closed, not pooled, and the
+                    # server ends its transaction.
+                    with suppress(self._psycopg.Error):
+                        conn.execute(b"ROLLBACK")
+                    raise
+                conn.execute(b"COMMIT")
+        except self._psycopg.OperationalError as exc:
+            raise LedgerError(f"ledger connection failed: {exc}") from exc
+        finally:
+            self._release(conn)
 
     def _is_conflict(self, exc: BaseException) -> bool:
         return isinstance(exc, self._psycopg.errors.UniqueViolation)

@@ -32,7 +32,7 @@ class Device:
 
     def __init__(self, keychain: Keychain, label: str = DEFAULT_LABEL) -> None:
         self.keychain = keychain
-        self.label = label
+        self.label = insecure_label(label)
         self._sessions: OrderedDict[bytes, None] = OrderedDict()
         self._session_id: bytes | None = None
 
@@ -90,6 +90,12 @@ class Device:
         )
 
 
+def insecure_label(label: str) -> str:
+    """The device label always says it is an insecure simulator."""
+    label = label.strip()
+    return label if "insecure" in label.lower() else f"{label} (SIMULATOR, insecure)".strip()
+
+
 def _success(text: str) -> m.Success:
     return m.Success(message=text)
 
@@ -133,8 +139,7 @@ def apply_settings(device: Device, msg: m.ApplySettings) -> Response:
 
     def apply() -> MessageType:
         if msg.label is not None:
-            label = msg.label.strip()
-            device.label = label if "insecure" in label.lower() else f"{label} (SIMULATOR, insecure)"
+            device.label = insecure_label(msg.label)
         return _success("Settings applied")
 
     screen = Screen("apply_settings", "Change settings", fields)

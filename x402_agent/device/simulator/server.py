@@ -59,6 +59,13 @@ class DeviceSimulator:
     ``on_screen(screen)`` is called with what the device displays when a confirmation starts,
     ``on_result(screen, outcome)`` when it ends (approved, rejected, cancelled, interrupted,
     unplugged); both run on the server thread (keep them short) and may be reassigned at any time.
+
+    While a request waits for its confirmation, other hosts (HWI opens a socket per call) are
+    served if they only read (features, addresses and keys without display, Ping, Cancel...);
+    any other request takes over and the waiting host gets Failure(ActionCancelled).
+    ``stop()`` and ``unplug()`` send the waiting host an empty datagram, which HWI and trezorlib
+    report as a transport error (``TransportException``), then close the ports; later calls see
+    ``ConnectionRefusedError``.
     """
 
     def __init__(

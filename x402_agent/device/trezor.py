@@ -1,0 +1,49 @@
+"""Trezor's own path (trezorlib): EIP-712 typed-data approval of a policy.
+
+The device shows the typed data field by field (the approval line, the version, the digest)
+instead of one signed-message string. The signature is verified like any approval
+(``approval.verify_approval``, method ``eip712``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..approval import PolicyApproval, approval_message, eip712_policy_typed_data
+from ..policy import Policy
+from ..policy_store import PolicyStore
+from .hwi import DeviceError
+
+
+def sign_typed_data(typed_data: dict[str, Any], path: str, transport: str | None = None) -> str:
+    """Sign EIP-712 typed data on a Trezor (``transport`` e.g. ``udp:127.0.0.1:21324``; None
+    finds the device). Returns the 65-byte signature as 0x-hex."""
+    from trezorlib import ethereum, tools
+    from trezorlib.client import get_default_client, get_default_session
+    from trezorlib.exceptions import Cancelled, TrezorException
+
+    try:
+        client = get_default_client("x402-agent", transport)
+        session = get_default_session(client)
+        # trezorlib 0.20's session decorator erases the parameter types for mypy.
+        sign: Any = ethereum.sign_typed_data
+        signed = sign(session, tools.parse_path(path), typed_data, metamask_v4_compat=True)
+    except Cancelled as exc:
+        raise DeviceError("signing: rejected on the device", reason="device_rejected") from exc
+    except (TrezorException, OSError) as exc:
+        raise DeviceError(f"signing: {type(exc).__name__}: {str(exc)[:200]}",
+                          reason="device_unavailable") from exc
+    return "0x" + bytes(signed.signature).hex()
+
+
+def approve_typed(store: PolicyStore, policy: Policy, transport: str | None = None
+                  ) -> PolicyApproval:
+    enrollment = store.enrollment()
+    message = approval_message(policy)
+    signature = sign_typed_data(eip712_policy_typed_data(policy, message), enrollment.path,
+                                transport)
+    approval = PolicyApproval(method="eip712", policy_version=policy.version,
+                              policy_digest=policy.digest, message=message, signature=signature,
+                              fingerprint=enrollment.fingerprint, path=enrollment.path)
+    store.install_approved(policy, approval)
+    return approval
