@@ -13,9 +13,9 @@ from x402_agent.devnet.provision import devnet_policy, provision_devnet_home
 from x402_agent.errors import PolicyDenied
 from x402_agent.flow import ApprovalRequest
 from x402_agent.home import AgentHome
-from x402_agent.operations import Agent, expectations
+from x402_agent.operations import Agent
 from x402_agent.policy import Policy
-from x402_agent.policy_store import PolicyStore
+from x402_agent.policy_store import PolicyStore, expectations
 
 
 def edited(policy: Policy, **changes: object) -> Policy:

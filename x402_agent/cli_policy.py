@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
 
 
 def store_for(home: AgentHome) -> PolicyStore:
-    from .operations import expectations
+    from .policy_store import expectations
 
     return PolicyStore(home.root, expectations(home))
 

@@ -24,7 +24,7 @@ from .flow import (
 )
 from .home import AgentHome, open_home
 from .ledger import PaymentRecord, PaymentState, open_ledger
-from .policy_store import ApprovedPolicy, Expectations, PolicyStore
+from .policy_store import ApprovedPolicy, PolicyStore, expectations
 from .quote import Quote, quote_flow
 from .selection import PriceLimit
 from .signer import LocalKeySigner, PaymentSigner
@@ -32,11 +32,6 @@ from .spendgate import PolicyGate
 
 if TYPE_CHECKING:
     from .client import AsyncApprover
-
-
-def expectations(home: AgentHome, account: str | None = None) -> Expectations:
-    """An acceptable policy names the paying account and the home's chain."""
-    return Expectations(account=account or home.payer_address(), chain_id=home.config.chain_id)
 
 
 class Agent:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from .approval import Enrollment, PolicyApproval, PolicyRejected, verify_approval
 from .errors import ConfigError
+from .home import AgentHome
 from .policy import Policy, load_policy, parse_policy
 from .tightening import loosenings
 
@@ -70,6 +71,11 @@ class Expectations:
     chain_id: int | None
 
 
+def expectations(home: AgentHome, account: str | None = None) -> Expectations:
+    """An acceptable policy names the paying account and the home's chain."""
+    return Expectations(account=account or home.payer_address(), chain_id=home.config.chain_id)
+
+
 class PolicyStore:
     def __init__(self, root: Path, expect: Expectations) -> None:
         self.root = root
@@ -108,7 +114,8 @@ class PolicyStore:
             return
         if approved.version < state.version or (
                 approved.version == state.version and approved.digest != state.digest):
-            raise PolicyRejected(f"policy v{approved.version} is older than the accepted "
+            what = "is older than" if approved.version < state.version else "differs from"
+            raise PolicyRejected(f"policy v{approved.version} {what} the accepted "
                                  f"v{state.version}", reason="policy_rolled_back")
 
     def verify_approved(self, policy: Policy, approval: PolicyApproval) -> None:
@@ -172,7 +179,6 @@ class PolicyStore:
     def propose(self, raw: str, source: str) -> Policy:
         policy = parse_policy(raw, source)
         self.check_names(policy)
-        self.check_not_rolled_back(policy)
         state = self.accepted()
         if state is not None and policy.version <= state.version:
             raise PolicyRejected(f"a new policy needs a version above v{state.version}",

@@ -122,14 +122,26 @@ class HwiDevice:
         """Read the key at ``path`` and show its address on the device for the person to see."""
         from hwilib.commands import displayaddress, getxpub
         from hwilib.common import AddressType
+        from hwilib.errors import BadArgumentError
         from hwilib.key import ExtendedKey
 
         try:
             fingerprint = self.info.fingerprint or self._client.get_master_fingerprint().hex()
             xpub = getxpub(self._client, path)["xpub"]
-            displayaddress(self._client, path=path, addr_type=AddressType.LEGACY)
         except _errors() as exc:
             raise _device_error(exc, "enrolling") from exc
+        try:  # the person confirms the address: as long as signing may wait, not for ever
+            self._with_timeout(lambda: displayaddress(self._client, path=path,
+                                                      addr_type=AddressType.LEGACY), "enrolling")
+        except DeviceError as exc:
+            if not isinstance(exc.__cause__, BadArgumentError):
+                raise
+            # HWI's Trezor client reports every failed display (a "no" on the device, a lost
+            # link) as "No path supplied matched device keys", though that key was just read.
+            # Still answering (else this raises device_unavailable)? Then the person said no.
+            self._with_timeout(lambda: getxpub(self._client, path), "enrolling")
+            raise DeviceError("enrolling: the address was rejected on the device",
+                              reason="device_rejected") from exc.__cause__
         pubkey = ExtendedKey.deserialize(xpub).pubkey.hex()
         return Enrollment(fingerprint=str(fingerprint), path=path, pubkey=pubkey,
                           device_type=self.info.device_type, model=self.info.model)

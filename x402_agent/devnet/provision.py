@@ -9,9 +9,8 @@ from pathlib import Path
 from ..device.approve import approve, enroll
 from ..device.hwi import DEFAULT_APPROVAL_PATH, HardwareDevice, HwiDevice
 from ..home import AgentHome, provision_home
-from ..operations import expectations
 from ..policy import AssetRule, Policy
-from ..policy_store import PolicyStore
+from ..policy_store import PolicyStore, expectations
 from .info import WorldInfo
 from .usdc import TokenInfo
 
