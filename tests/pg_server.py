@@ -59,6 +59,7 @@ class PostgresServer:
         self.durable = durable
         self.root: Path | None = None
         self.port = 0
+        self._log_start = 0
         self._as_other_user = os.geteuid() == 0
 
     # ---- process plumbing --------------------------------------------------------------------
@@ -105,6 +106,7 @@ class PostgresServer:
                     f"unix_socket_directories={self.root}", "max_connections=200",
                     *(() if self.durable else FAST_SETTINGS)]
         options = " ".join(f"-c {s}" for s in settings)
+        self._log_start = self._log_size()  # this attempt's part of the log
         done = self._run("pg_ctl", "start", "-W", "-D", str(self.data),
                          "-l", str(self.root / "server.log"), "-o", options)
         if done.returncode != 0:
@@ -122,9 +124,11 @@ class PostgresServer:
         raise PostgresUnavailable(f"postgres not ready after {START_DEADLINE}s: {self._log_tail()}")
 
     def _postmaster_alive(self) -> bool:
-        pid_file = self.data / "postmaster.pid"
+        # The postmaster logs this when it gives up (e.g. the port was taken after all).
+        if "database system is shut down" in self._log_tail(self._log_start):
+            return False
         try:
-            pid = int(pid_file.read_text().split()[0])
+            pid = int((self.data / "postmaster.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return True  # not written yet: still starting
         try:
@@ -133,10 +137,19 @@ class PostgresServer:
             return False
         return True
 
-    def _log_tail(self) -> str:
+    def _log_size(self) -> int:
         assert self.root is not None
         try:
-            return (self.root / "server.log").read_text()[-2000:]
+            return (self.root / "server.log").stat().st_size
+        except OSError:
+            return 0
+
+    def _log_tail(self, start: int = 0) -> str:
+        assert self.root is not None
+        try:
+            with (self.root / "server.log").open("rb") as log:
+                log.seek(start)
+                return log.read().decode(errors="replace")[-2000:]
         except OSError:
             return "(no server log)"
 

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,7 @@ class Store:
 def execute(store: Store, statement: str) -> None:
     """Run raw SQL on a store, behind the ledger's back (to simulate an older ledger)."""
     if store.kind == "sqlite":
-        with sqlite3.connect(store.where) as db:
+        with closing(sqlite3.connect(store.where)) as db, db:
             db.execute(statement)
         return
     import psycopg

@@ -234,7 +234,8 @@ class SqlLedger(ABC):
             self._run(cur, "DELETE FROM usage_buckets")
             self._run(cur, f"INSERT INTO usage_buckets (network, asset, bucket, amount) "
                            f"SELECT network, asset, {bucket}, SUM(amount) FROM payments "
-                           f"WHERE state <> 'released' GROUP BY network, asset, {bucket}")
+                           f"WHERE state <> 'released' GROUP BY network, asset, {bucket} "
+                           f"ORDER BY network, asset, {bucket}")  # a window's rows stay together
             self._run(cur, "DELETE FROM ledger_meta WHERE key = ?", (BUCKETS_KEY,))
             self._run(cur, "INSERT INTO ledger_meta (key, value) VALUES (?, ?)",
                       (BUCKETS_KEY, str(BUCKET_SECONDS)))
