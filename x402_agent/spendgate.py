@@ -43,6 +43,7 @@ class PolicyGate:
         self._policy_source = policy if callable(policy) else (lambda: policy)
         self._ledger = ledger
         self._clock = clock
+        self._digest: tuple[Policy, str] | None = None  # the last policy and its digest
 
     @property
     def policy(self) -> Policy:
@@ -51,6 +52,12 @@ class PolicyGate:
     @property
     def ledger(self) -> Ledger:
         return self._ledger
+
+    def _digest_of(self, policy: Policy) -> str:
+        """The same policy object comes back until its file changes: hash it once."""
+        if self._digest is None or self._digest[0] is not policy:
+            self._digest = (policy, policy.digest)
+        return self._digest[1]
 
     @staticmethod
     def _query(policy: Policy, offer: Offer, context: PaymentContext, now: float) -> UsageQuery:
@@ -89,6 +96,6 @@ class PolicyGate:
             symbol=rule.symbol, decimals=rule.decimals, amount=offer.amount,
             pay_to=offer.pay_to,
             requirement_json=offer.requirement.model_dump_json(by_alias=True, exclude_none=True),
-            policy_version=policy.version, policy_digest=policy.digest,
+            policy_version=policy.version, policy_digest=self._digest_of(policy),
             session=context.session,
         ), self._query(policy, offer, context, now), check)

@@ -305,13 +305,15 @@ class SqlLedger(ABC):
         try:
             with self._transaction() as cur:
                 counters = to is PaymentState.RELEASED and self._buckets(cur, build=True)
-                self._run(cur, f"UPDATE payments SET {', '.join(f'{k} = ?' for k in values)} "
-                               f"WHERE id = ? AND state IN ({', '.join('?' for _ in allowed)})",
-                          (*values.values(), payment_id, *map(str, allowed)))
-                if cur.rowcount != 1:
+                rows = self._run(
+                    cur, f"UPDATE payments SET {', '.join(f'{k} = ?' for k in values)} "
+                         f"WHERE id = ? AND state IN ({', '.join('?' for _ in allowed)}) "
+                         f"RETURNING {', '.join(COLUMNS)}",
+                    (*values.values(), payment_id, *map(str, allowed))).fetchall()
+                if len(rows) != 1:
                     raise LedgerError(f"payment {payment_id} cannot move to {to}",
                                       reason="invalid_transition", payment_id=payment_id)
-                (record,) = self._records(cur, "WHERE id = ?", (payment_id,))
+                record = self._record(rows[0])
                 if counters:  # leaving the counted states
                     self._run(cur, "UPDATE usage_buckets SET amount = amount - ? WHERE "
                                    "network = ? AND asset = ? AND bucket = ?",
