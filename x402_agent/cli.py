@@ -82,10 +82,19 @@ def _request_options(args: argparse.Namespace) -> dict[str, Any]:
             "session_profile": args.session_profile}
 
 
+def _ask_on_terminal(request: Any) -> bool | None:
+    """The CLI's approver: ask the person at the terminal; nobody there means no approval."""
+    if not sys.stdin.isatty():
+        return None
+    # The question goes to stderr so that stdout stays the resource (or --json output).
+    print(f"{request.prompt()} [y/N] ", end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
 def _open_agent(args: argparse.Namespace) -> Any:
     from .operations import Agent
 
-    agent = Agent.open(args.home)
+    agent = Agent.open(args.home, approver=_ask_on_terminal)
     if getattr(args, "session", None):
         agent.open_session(args.session_profile, session=args.session)
     return agent

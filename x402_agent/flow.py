@@ -44,7 +44,7 @@ from .errors import (
 from .ledger import PaymentRecord, PaymentState
 from .money import format_units
 from .policy import AssetRule
-from .selection import PriceLimit, choose
+from .selection import Choice, PriceLimit, rank
 from .settlement import check_settlement, check_transaction_receipt, read_settlement_header
 from .signer import PaymentSigner, SignedAuthorization, TokenDomain, TransferAuthorization
 from .spendgate import SpendGate
@@ -219,11 +219,7 @@ def fetch_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, FetchOut
 
     challenge = parse_challenge(response.headers, response.content, url)
     context = _context(req, url)
-    choice = choose(challenge, payer.gate, context, req.max_price)
-    approved = False
-    if choice.decision.needs_approval:
-        approved = yield from _ask_approval(payer, req, url, choice.offer, choice.asset)
-    record = payer.gate.reserve(choice.offer, context, approved=approved)
+    choice, record = yield from _reserve_cheapest(payer, req, url, challenge, context)
     try:
         signed = _sign(payer, choice.offer, choice.asset.eip712_name,
                        choice.asset.eip712_version, record)
@@ -236,6 +232,23 @@ def fetch_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, FetchOut
         payer.gate.ledger.release(record.id, reason="not_sent")
         raise
     return (yield from _deliver(payer, req, url, record, signed, header_name, header_value))
+
+
+def _reserve_cheapest(payer: Payer, req: FetchRequest, url: str, challenge: Challenge,
+                      context: PaymentContext
+                      ) -> Generator[Step, Any, tuple[Choice, PaymentRecord]]:
+    """Reserve the cheapest offer the policy allows. What the ledger already counts is checked
+    by the reservation itself, atomically; if that refuses the cheapest, try the next."""
+    refusals: list[PolicyDenied] = []
+    for choice in rank(challenge, payer.gate, context, req.max_price, with_usage=False):
+        approved = False
+        if choice.decision.needs_approval:
+            approved = yield from _ask_approval(payer, req, url, choice.offer, choice.asset)
+        try:
+            return choice, payer.gate.reserve(choice.offer, context, approved=approved)
+        except PolicyDenied as refused:
+            refusals.append(refused)
+    raise refusals[0]
 
 
 def _ask_approval(payer: Payer, req: FetchRequest, url: str, offer: Offer, asset: AssetRule

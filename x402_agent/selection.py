@@ -56,15 +56,16 @@ class Choice:
 
 
 def assess(offer: Offer, gate: SpendGate, context: PaymentContext,
-           limit: PriceLimit | None) -> Decision:
-    """Why this one offer can or cannot be paid."""
+           limit: PriceLimit | None, *, with_usage: bool = True) -> Decision:
+    """Why this one offer can or cannot be paid (``with_usage=False``: ignoring what the ledger
+    already counts, which the reservation checks anyway)."""
     method = offer.extra.get("assetTransferMethod", "eip3009")
     if offer.scheme != SUPPORTED_SCHEME or method != "eip3009":
         return Decision(False, "unsupported_scheme",
                         f"scheme {offer.scheme!r}/{method!r} is not supported")
     if offer.chain_id is None:
         return Decision(False, "unknown_network", f"network {offer.network!r} is not supported")
-    decision = gate.evaluate(offer, context)
+    decision = gate.evaluate(offer, context, with_usage=with_usage)
     rule = decision.asset
     if rule is None:
         return decision
@@ -88,16 +89,20 @@ def assess(offer: Offer, gate: SpendGate, context: PaymentContext,
 
 def choose(challenge: Challenge, gate: SpendGate, context: PaymentContext,
            limit: PriceLimit | None) -> Choice:
-    """The cheapest acceptable offer; raise with every offer's reason if there is none."""
-    verdicts = [(offer, assess(offer, gate, context, limit)) for offer in challenge.offers]
-    payable = [(o, d) for o, d in verdicts if d.allowed and d.asset is not None]
+    """The cheapest offer allowed now, counting what the ledger holds (quotes use this)."""
+    return rank(challenge, gate, context, limit)[0]
+
+
+def rank(challenge: Challenge, gate: SpendGate, context: PaymentContext,
+         limit: PriceLimit | None, *, with_usage: bool = True) -> list[Choice]:
+    """Acceptable offers, cheapest first; raise with every offer's reason if there is none."""
+    verdicts = [(offer, assess(offer, gate, context, limit, with_usage=with_usage))
+                for offer in challenge.offers]
+    payable = [Choice(o, d.asset, d) for o, d in verdicts if d.allowed and d.asset is not None]
     if payable:
         # Compare in display units so 6- and 18-decimal tokens rank sensibly; ties: server order.
-        offer, decision = min(payable, key=lambda od: (
-            Fraction(od[0].amount, 10 ** od[1].asset.decimals),  # type: ignore[union-attr]
-            od[0].index))
-        assert decision.asset is not None
-        return Choice(offer, decision.asset, decision)
+        return sorted(payable, key=lambda c: (Fraction(c.offer.amount, 10 ** c.asset.decimals),
+                                              c.offer.index))
     rejected = [{**o.describe(), "reason": d.reason, "message": d.message} for o, d in verdicts]
     by_policy = [d for _, d in verdicts if d.reason not in _UNPAYABLE]
     if by_policy:

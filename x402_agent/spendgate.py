@@ -24,7 +24,8 @@ class SpendGate(Protocol):
     def policy(self) -> Policy: ...
     @property
     def ledger(self) -> Ledger: ...
-    def evaluate(self, offer: Offer, context: PaymentContext) -> Decision: ...
+    def evaluate(self, offer: Offer, context: PaymentContext, *, with_usage: bool = True
+                 ) -> Decision: ...
     def reserve(self, offer: Offer, context: PaymentContext, *, approved: bool = False
                 ) -> PaymentRecord: ...
 
@@ -64,9 +65,10 @@ class PolicyGate:
         return UsageQuery(network=offer.network, asset=offer.asset,
                           day_start=policy.day.start(now), now=now, session=context.session)
 
-    def evaluate(self, offer: Offer, context: PaymentContext) -> Decision:
+    def evaluate(self, offer: Offer, context: PaymentContext, *, with_usage: bool = True
+                 ) -> Decision:
         policy, now = self.policy, self._clock()
-        if policy.find_asset(offer.network, offer.asset) is None:
+        if not with_usage or policy.find_asset(offer.network, offer.asset) is None:
             return decide(policy, offer, context, Usage(), now)
         usage = self._ledger.usage(self._query(policy, offer, context, now))
         return decide(policy, offer, context, usage, now)
