@@ -50,6 +50,7 @@ from x402_agent.errors import (
     PolicyDenied,
     RedirectRefused,
     SettlementMismatch,
+    UpstreamError,
     X402AgentError,
 )
 from x402_agent.flow import FetchOutcome, FetchRequest, Payer, _context
@@ -830,3 +831,19 @@ def test_unreadable_settlement_header_is_no_evidence(value: str, env: Env,
     # Delivered, but nothing proves settlement: counted as unknown, never settled.
     assert outcome.payment.state == PaymentState.UNKNOWN and outcome.payment.settlement_tx is None
     assert json.loads(outcome.payment.evidence_json or "{}")["settlement"] is None
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_dropped_unpaid_get_is_sent_once_more(env: Env, hostile: Servers, driver: str) -> None:
+    """The server drops the connection before the 402: nothing was paid, a GET is sent again
+    once; a POST is not (it may have had an effect)."""
+    main = hostile.main
+    main.program("/drop", Canned.make(200, abort_after_first_chunk=True),
+                 Canned.make(200, {"content-type": "text/plain"}, b"second try"))
+    outcome = env.fetch(FetchRequest(url=main.url("/drop")), driver)
+    assert outcome.status == 200 and outcome.content == b"second try"
+    main.program("/drop-post", Canned.make(200, abort_after_first_chunk=True),
+                 Canned.make(200, body=b"never"))
+    with pytest.raises(UpstreamError):
+        env.fetch(FetchRequest(url=main.url("/drop-post"), method="POST", body=b"x"), driver)
+    assert env.signer.count == 0 and env.counted() == []

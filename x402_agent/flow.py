@@ -271,7 +271,15 @@ def _send_following_redirects(payer: Payer, req: FetchRequest
                               ) -> Generator[Step, Any, tuple[str, HttpAnswer]]:
     url = req.url
     for _ in range(payer.max_redirects + 1):
-        response: HttpAnswer = yield HttpCall(_build_request(req, url))
+        try:
+            response: HttpAnswer = yield HttpCall(_build_request(req, url))
+        except UpstreamError as exc:
+            # A pooled connection the server closed as we used it: nothing was paid, and a
+            # safe method may be sent again, once.
+            if exc.details.get("cause") != "RemoteProtocolError" or req.method.upper() not in (
+                    "GET", "HEAD", "OPTIONS"):
+                raise
+            response = yield HttpCall(_build_request(req, url))
         if response.status_code not in _REDIRECTS or "location" not in response.headers:
             return url, response
         target = urljoin(url, response.headers["location"])
