@@ -323,14 +323,19 @@ class DeviceSimulator:
                 return
             self._on_main(*item)
 
-    def _on_main(self, data: bytes, peer: Address | None) -> None:
+    def _accept(self, data: bytes, peer: Address | None, sock: socket.socket | None,
+                rx: framing.Reassembler) -> MessageType | None:
+        """Answer the PINGPING handshake; return a complete decoded message, else None."""
         if peer is None:
-            return
+            return None
         if data == framing.PING:
-            self._send_raw(self._main, framing.PONG, peer)
-            return
-        msg = self._decode(self._main_rx, data, peer, self._main)
-        if msg is None:
+            self._send_raw(sock, framing.PONG, peer)
+            return None
+        return self._decode(rx, data, peer, sock)
+
+    def _on_main(self, data: bytes, peer: Address | None) -> None:
+        msg = self._accept(data, peer, self._main, self._main_rx)
+        if msg is None or peer is None:
             return
         with self._lock:
             if self._stopping.is_set():
@@ -351,13 +356,8 @@ class DeviceSimulator:
             self._emit(self._engine.handle(msg), peer)
 
     def _on_debug(self, data: bytes, peer: Address | None) -> None:
-        if peer is None:
-            return
-        if data == framing.PING:
-            self._send_raw(self._debug, framing.PONG, peer)
-            return
-        msg = self._decode(self._debug_rx, data, peer, self._debug)
-        if msg is None:
+        msg = self._accept(data, peer, self._debug, self._debug_rx)
+        if msg is None or peer is None:
             return
         with self._lock:
             if self._stopping.is_set():
