@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from ..errors import X402AgentError
 from ..money import format_units
 from ..operations import Agent
+from ..policy_store import PolicyStore, expectations
 from .provision import provision_devnet_home
 from .world import LocalWorld
 
@@ -38,11 +39,13 @@ def run_demo() -> int:
         try:
             console.print(f"[green]local world up[/] in {local.startup_seconds:.1f}s: "
                           f"chain {world.chain_id}, USDC {world.usdc.address}")
-            agent = Agent.open(provision_devnet_home(world, Path(scratch) / "home"))
+            home = provision_devnet_home(world, Path(scratch) / "home")
+            agent = Agent.open(home)
             policy = agent.payer.gate.policy
-            console.print(f"policy v{policy.version} {policy.digest[:19]}...: "
-                          f"per-request cap {format_units(policy.assets[0].per_request_max, 6)} "
-                          f"USDC")
+            device = PolicyStore(home.root, expectations(home)).enrollment()
+            console.print(f"policy v{policy.version} {policy.digest[:19]}... approved on device "
+                          f"{device.fingerprint} (simulator, through HWI): per-request cap "
+                          f"{format_units(policy.assets[0].per_request_max, 6)} USDC")
             for method, path, body, what in STEPS:
                 url = world.route(method, path).url
                 try:
