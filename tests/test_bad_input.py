@@ -55,7 +55,7 @@ from x402_agent.errors import (
 )
 from x402_agent.flow import FetchOutcome, FetchRequest, Payer, _context
 from x402_agent.ledger import COUNTED_STATES, PaymentRecord, PaymentState, SQLiteLedger
-from x402_agent.policy import AssetRule, Policy
+from x402_agent.policy import AssetRule, HostLists, Policy
 from x402_agent.selection import PriceLimit, choose
 from x402_agent.signer import (
     LocalKeySigner,
@@ -847,3 +847,18 @@ def test_a_dropped_unpaid_get_is_sent_once_more(env: Env, hostile: Servers, driv
     with pytest.raises(UpstreamError):
         env.fetch(FetchRequest(url=main.url("/drop-post"), method="POST", body=b"x"), driver)
     assert env.signer.count == 0 and env.counted() == []
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_denied_host_is_never_contacted(tmp_path: Path, hostile: Servers, driver: str) -> None:
+    """Host lists are checked before the first request: an agent cannot use the payment tool
+    to reach a host the policy refuses (loopback here), not even for a free resource."""
+    env = make_env(tmp_path)
+    env.payer.gate = PolicyGate(POLICY.model_copy(update={"hosts": HostLists(deny=("127.0.0.1",))}),
+                                env.ledger)
+    hostile.main.program("/free", Canned.make(200, body=b"internal"))
+    with pytest.raises(PolicyDenied) as refused:
+        env.fetch(FetchRequest(url=hostile.main.url("/free")), driver)
+    assert refused.value.reason == "host_denied"
+    assert hostile.main.received == []
+    env.ledger.close()

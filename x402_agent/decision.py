@@ -92,6 +92,12 @@ def _under_prefix(url: str, prefix: str) -> bool:
     return url[len(prefix):len(prefix) + 1] in ("", "/", "?", "#")
 
 
+def host_refusal(policy: Policy, host: str) -> tuple[str, str] | None:
+    """The host lists alone: checked before any request is sent, so a refused host (say an
+    internal address) is never even contacted."""
+    return _lists_refuse(host, policy.hosts.allow, policy.hosts.deny, "host", True)
+
+
 def _session_refusal(policy: Policy, rule: SessionRule, offer: OfferLike,
                      context: PaymentContext, asset: AssetRule, usage: Usage, now: float
                      ) -> tuple[str, str] | None:
@@ -132,7 +138,7 @@ def decide(policy: Policy, offer: OfferLike, context: PaymentContext, usage: Usa
         return Decision(False, "circuit_open",
                         f"{usage.consecutive_failures} consecutive failed or unknown settlements;"
                         " paying is stopped until the breaker is reset")
-    refusal = (_lists_refuse(context.host, policy.hosts.allow, policy.hosts.deny, "host", True)
+    refusal = (host_refusal(policy, context.host)
                or _lists_refuse(offer.network, policy.networks.allow, policy.networks.deny,
                                 "network"))
     if refusal:

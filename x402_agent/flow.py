@@ -28,7 +28,7 @@ from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements
 from x402.schemas.v1 import PaymentPayloadV1
 
 from .challenge import Challenge, Offer, parse_challenge
-from .decision import PaymentContext
+from .decision import PaymentContext, host_refusal
 from .errors import (
     ChainError,
     IdempotencyConflict,
@@ -197,9 +197,16 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return parts.scheme, (parts.hostname or "").lower(), parts.port
 
 
+def check_host(payer: Payer, url: str) -> None:
+    refusal = host_refusal(payer.gate.policy, (urlsplit(url).hostname or "").lower())
+    if refusal is not None:
+        raise PolicyDenied(refusal[1], reason=refusal[0])
+
+
 def fetch_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, FetchOutcome]:
     """Fetch ``req``; pay for it if the server answers 402 and everything allows it."""
     validate_request(req)
+    check_host(payer, req.url)
     context = _context(req, req.url)
     prior = None
     if req.idempotency_key:

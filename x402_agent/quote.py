@@ -8,7 +8,15 @@ from typing import Any
 
 from .challenge import parse_challenge
 from .errors import X402AgentError
-from .flow import FetchRequest, Payer, Step, _context, _send_following_redirects, validate_request
+from .flow import (
+    FetchRequest,
+    Payer,
+    Step,
+    _context,
+    _send_following_redirects,
+    check_host,
+    validate_request,
+)
 from .money import format_units
 from .selection import assess, choose
 
@@ -28,6 +36,7 @@ class Quote:
 
 def quote_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, Quote]:
     validate_request(req)
+    check_host(payer, req.url)
     policy = payer.gate.policy
     url, response = yield from _send_following_redirects(payer, req)
     if response.status_code != 402:
