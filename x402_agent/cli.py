@@ -50,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     from .cli_policy import register
 
     register(sub)
+    mcp = sub.add_parser("mcp", help="serve the agent tools over MCP (stdio by default)")
+    mcp.add_argument("--transport", choices=("stdio", "http"), default="stdio",
+                     help="stdio, or streamable HTTP (bearer token required)")
+    mcp.add_argument("--host", default="127.0.0.1", help="HTTP listen address (loopback)")
+    mcp.add_argument("--port", type=int, default=8402, help="HTTP port")
+    mcp.add_argument("--token", help="HTTP bearer token (default $X402_AGENT_MCP_TOKEN, "
+                                     "else generated and printed to stderr)")
+    mcp.add_argument("--session-profile", help="session rule of the policy for each connection")
     sub.add_parser("devnet", help="run a local x402 world (anvil, USDC, paid API) until Ctrl-C")
     sub.add_parser("demo", help="start the local world, pay several x402 APIs, show receipts")
     return parser
@@ -225,6 +233,20 @@ def _device(args: argparse.Namespace) -> int:
     return run_device(args)
 
 
+def _mcp(args: argparse.Namespace) -> int:
+    from .home import open_home
+    from .mcp_server import serve
+    from .policy_store import PolicyStore, expectations
+
+    # Refuse to start (non-zero exit) without a device-approved policy; the payment code
+    # itself loads lazily, at the first tool call, so that tools/list answers fast.
+    home = open_home(args.home)
+    PolicyStore(home.root, expectations(home)).load()
+
+    return serve(args.home, transport=args.transport, host=args.host, port=args.port,
+                 token=args.token, session_profile=args.session_profile)
+
+
 def _devnet(args: argparse.Namespace) -> int:
     from .devnet.cli import run_devnet
 
@@ -244,7 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     handler: dict[str, Callable[[argparse.Namespace], int]] = {
         "fetch": _fetch, "quote": _quote, "receipts": _receipts, "devnet": _devnet, "demo": _demo,
-        "budget": _budget, "breaker": _breaker, "policy": _policy, "device": _device}
+        "budget": _budget, "breaker": _breaker, "policy": _policy, "device": _device,
+        "mcp": _mcp}
     try:
         return handler[args.command](args)
     except X402AgentError as exc:

@@ -1,0 +1,170 @@
+"""The LangChain toolkit in an agent loop driven by a scripted chat model (no network model):
+tool calls until the model answers; it pays, spends its session allowance and reads the
+refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chain_reads import token_balance
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.tools import BaseTool
+from pydantic import Field
+
+from x402_agent.devnet.info import WorldInfo
+from x402_agent.devnet.provision import devnet_policy, provision_devnet_home
+from x402_agent.langchain_tools import X402Toolkit
+from x402_agent.policy import Policy
+
+SESSION_ALLOWANCE = 25_000  # 0.025 USDC: two 0.01 reports, the third is refused
+
+
+class ScriptedBuyer(BaseChatModel):
+    """Asks for its budget, then buys ``url`` until a tool refuses, then answers with the
+    refusal's reason. It decides from the ToolMessages it reads, like a model would."""
+
+    url: str
+    bound: list[str] = Field(default_factory=list)
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted-buyer"
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
+        return self.model_copy(update={"bound": [t.name for t in tools]})
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: Any = None, **kwargs: Any) -> ChatResult:
+        assert {"x402_fetch", "x402_budget"} <= set(self.bound), "tools were not bound"
+        results = [m for m in messages if isinstance(m, ToolMessage)]
+        turn = len(results)
+        if turn == 0:
+            message = AIMessage("", tool_calls=[{"name": "x402_budget", "args": {},
+                                                 "id": "call-0"}])
+        elif results[-1].status == "error":
+            refusal = json.loads(str(results[-1].content))
+            message = AIMessage(f"Stopped: {refusal['reason']} ({refusal['next_step']})")
+        else:
+            message = AIMessage("", tool_calls=[{"name": "x402_fetch", "args": {
+                "url": self.url, "max_price": "0.02"}, "id": f"call-{turn}"}])
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def run_loop(model: Any, tools: list[BaseTool]) -> list[BaseMessage]:
+    by_name = {t.name: t for t in tools}
+    messages: list[BaseMessage] = [HumanMessage("Buy reports until you cannot.")]
+    for _ in range(10):
+        answer = model.invoke(messages)
+        messages.append(answer)
+        if not answer.tool_calls:
+            return messages
+        messages.extend(by_name[call["name"]].invoke(call) for call in answer.tool_calls)
+    raise AssertionError("the loop did not end")
+
+
+async def arun_loop(model: Any, tools: list[BaseTool]) -> list[BaseMessage]:
+    by_name = {t.name: t for t in tools}
+    messages: list[BaseMessage] = [HumanMessage("Buy reports until you cannot.")]
+    for _ in range(10):
+        answer = await model.ainvoke(messages)
+        messages.append(answer)
+        if not answer.tool_calls:
+            return messages
+        for call in answer.tool_calls:
+            messages.append(await by_name[call["name"]].ainvoke(call))
+    raise AssertionError("the loop did not end")
+
+
+@pytest.fixture
+def home(world: WorldInfo, tmp_path: Path) -> Path:
+    data = devnet_policy(world).model_dump(by_alias=True)
+    data["sessions"]["default"]["allowance"] = {
+        f"{world.network}/{world.usdc.address}": SESSION_ALLOWANCE}
+    return provision_devnet_home(world, tmp_path / "home",
+                                 policy=Policy.model_validate(data)).root
+
+
+def check_conversation(messages: list[BaseMessage], price: int) -> None:
+    results = [m for m in messages if isinstance(m, ToolMessage)]
+    budget, *fetches = results
+    assert json.loads(str(budget.content))["session"]["allowance"][0]["remaining"] == str(
+        SESSION_ALLOWANCE)
+    assert [m.status for m in fetches] == ["success", "success", "error"]
+    for paid in fetches[:2]:
+        data = json.loads(str(paid.content))
+        assert data["paid"] is True and data["amount"] == str(price) and data["receipt_id"]
+        assert paid.artifact["receipt_id"] == data["receipt_id"]
+    refusal = json.loads(str(fetches[2].content))
+    assert refusal["reason"] == "session_allowance_exceeded"
+    assert refusal["budget"]["session"]["allowance"][0]["remaining"] == str(
+        SESSION_ALLOWANCE - 2 * price)
+    final = messages[-1]
+    assert isinstance(final, AIMessage) and "session_allowance_exceeded" in str(final.content)
+
+
+def test_agent_loop_pays_until_the_session_allowance_refuses(world: WorldInfo,
+                                                             home: Path) -> None:
+    route = world.route("GET", "/v2/report")
+    before = token_balance(world.rpc_url, world.usdc.address, route.pay_to)
+    toolkit = X402Toolkit.open(home)
+    try:
+        tools = toolkit.get_tools()
+        assert {t.name for t in tools} == {"x402_fetch", "x402_quote", "x402_budget",
+                                           "x402_receipts"}
+        assert all(t.coroutine is not None and t.func is not None for t in tools)  # type: ignore[attr-defined]
+        model = ScriptedBuyer(url=route.url).bind_tools(tools)
+        check_conversation(run_loop(model, tools), route.price_atomic)
+        assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (
+            2 * route.price_atomic)
+
+        # A second toolkit on the same agent home is a new session with its own allowance,
+        # driven through the async coroutines this time.
+        second = X402Toolkit.open(home)
+        try:
+            assert second.session != toolkit.session
+            messages = asyncio.run(arun_loop(ScriptedBuyer(url=route.url).bind_tools(
+                second.get_tools()), second.get_tools()))
+            check_conversation(messages, route.price_atomic)
+        finally:
+            second.close()
+        receipts = {t.name: t for t in tools}["x402_receipts"].invoke({"limit": 10})
+        assert len(json.loads(receipts)["receipts"]) == 4
+    finally:
+        toolkit.close()
+
+
+def test_hostile_arguments_come_back_as_readable_refusals(world: WorldInfo, home: Path) -> None:
+    toolkit = X402Toolkit.open(home)
+    try:
+        fetch = {t.name: t for t in toolkit.get_tools()}["x402_fetch"]
+        for args, reason in (({"url": "file:///etc/passwd"}, "unsupported_url"),
+                             ({"url": world.api_url, "max_price": "-5"}, "invalid_max_price"),
+                             ({"url": world.api_url, "headers": {"a": "b\r\nc: d"}},
+                              "header_injection")):
+            message = fetch.invoke({"name": "x402_fetch", "args": args, "id": "c1",
+                                    "type": "tool_call"})
+            assert message.status == "error"
+            assert json.loads(message.content)["reason"] == reason
+    finally:
+        toolkit.close()
+
+
+def test_adapters_never_import_each_other() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, x402_agent.{0}; bad = [m for m in sys.modules if m.split('.')[0] "
+            "in {1!r}]; assert not bad, bad")
+    for module, forbidden in (("agent_tools", ("mcp", "langchain_core")),
+                              ("langchain_tools", ("mcp",)),
+                              ("mcp_server", ("langchain_core",))):
+        done = subprocess.run([sys.executable, "-c", code.format(module, forbidden)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr

@@ -1,0 +1,133 @@
+"""LangChain toolkit: the agent tools (fetch, quote, budget, receipts) as ``StructuredTool``s.
+
+One ``X402Toolkit`` is one agent session (its own session allowance), shared by all its tools
+through one ``AgentTools``. Each tool has a sync ``func`` and an async ``coroutine``. A refusal
+becomes a ``ToolException`` whose text is the refusal as JSON (``reason``, ``message``,
+``next_step``, and ``budget`` for spending refusals), so the model reads it in the ToolMessage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from langchain_core.tools import BaseTool, BaseToolkit, StructuredTool, ToolException
+from pydantic import BaseModel, ConfigDict, Field
+
+from .agent_tools import (
+    MAX_BODY_BYTES,
+    NEXT_STEP,
+    AgentTools,
+    Approver,
+    ReceiptState,
+    ToolRefusal,
+    refusal,
+)
+
+
+class FetchArgs(BaseModel):
+    url: str = Field(description="http(s) URL to fetch")
+    method: str = Field("GET", description="HTTP method")
+    headers: dict[str, str] | None = Field(None, description="extra request headers")
+    body: str | None = Field(None, description="request body (text)")
+    max_price: str | None = Field(None, description="most you accept to pay, e.g. '0.01' or "
+                                                    "'0.01 USDC'; the policy's caps apply anyway")
+    idempotency_key: str | None = Field(None, description="repeat with the same key to never "
+                                                          "pay twice")
+
+
+class QuoteArgs(BaseModel):
+    url: str = Field(description="http(s) URL to price")
+    method: str = "GET"
+    headers: dict[str, str] | None = None
+    body: str | None = None
+    max_price: str | None = None
+
+
+class BudgetArgs(BaseModel):
+    pass
+
+
+class ReceiptsArgs(BaseModel):
+    limit: int = Field(20, ge=1, le=200, description="how many, newest first")
+    state: ReceiptState | None = Field(None, description="only payments in this state")
+
+
+REASONS = ", ".join(sorted(NEXT_STEP))
+DESCRIPTIONS = {
+    "fetch": ("Fetch an HTTP(S) URL, paying for it if the server answers 402 Payment Required "
+              "and the spending policy allows it. Returns JSON: status, body (text or base64, "
+              f"cut at {MAX_BODY_BYTES} bytes: see truncated), paid, amount (atomic units), "
+              "price, receipt_id, replayed. A refusal is JSON with `reason` (one of "
+              f"{REASONS}), `message`, `next_step` and the remaining `budget`: follow "
+              "next_step, do not retry a refusal unchanged."),
+    "quote": ("What a URL costs and whether the policy would pay it; pays nothing. `allowed` "
+              "false comes with the reason fetch would refuse with."),
+    "budget": ("What remains to spend: daily allowance per asset, this session's allowance, "
+               "payments in flight or unknown, and whether the circuit breaker stopped "
+               "payments."),
+    "receipts": ("Recent payment receipts, newest first: amount, payee, request, settlement "
+                 "transaction, state (settled, unknown, released...)."),
+}
+
+
+def _sync(call: Callable[..., BaseModel]) -> Callable[..., tuple[str, dict[str, Any]]]:
+    def run(**kwargs: Any) -> tuple[str, dict[str, Any]]:
+        try:
+            result = call(**kwargs)
+        except Exception as exc:
+            raise ToolException(str(refusal(exc))) from exc
+        return result.model_dump_json(), result.model_dump(mode="json")
+    return run
+
+
+def _async(call: Callable[..., Awaitable[BaseModel]]
+           ) -> Callable[..., Awaitable[tuple[str, dict[str, Any]]]]:
+    async def run(**kwargs: Any) -> tuple[str, dict[str, Any]]:
+        try:
+            result = await call(**kwargs)
+        except Exception as exc:
+            raise ToolException(str(refusal(exc))) from exc
+        return result.model_dump_json(), result.model_dump(mode="json")
+    return run
+
+
+class X402Toolkit(BaseToolkit):
+    """The x402 wallet tools for a LangChain agent, over one agent session."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    tools_impl: AgentTools
+
+    @classmethod
+    def open(cls, home: Path | str | None = None, *, approver: Approver | None = None,
+             session_profile: str | None = None) -> X402Toolkit:
+        """Open the agent in ``home`` (default ``$X402_AGENT_HOME``) and start a session."""
+        return cls(tools_impl=AgentTools.open(home, approver=approver,
+                                              session_profile=session_profile))
+
+    @property
+    def session(self) -> str:
+        return self.tools_impl.session
+
+    def close(self) -> None:
+        self.tools_impl.close()
+
+    def get_tools(self) -> list[BaseTool]:
+        t = self.tools_impl
+        specs: list[tuple[str, type[BaseModel], Any, Any]] = [
+            ("fetch", FetchArgs, t.fetch, t.afetch),
+            ("quote", QuoteArgs, t.quote, t.aquote),
+            ("budget", BudgetArgs, t.budget, t.abudget),
+            ("receipts", ReceiptsArgs, t.receipts, t.areceipts),
+        ]
+        return [StructuredTool.from_function(
+            func=_sync(sync), coroutine=_async(coro), name=f"x402_{name}",
+            description=DESCRIPTIONS[name], args_schema=schema,
+            response_format="content_and_artifact", handle_tool_error=True,
+            handle_validation_error=True)
+            for name, schema, sync, coro in specs]
+
+
+__all__ = ["ToolRefusal", "X402Toolkit"]
