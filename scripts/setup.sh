@@ -47,6 +47,16 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 fi
 
+# langchain-mcp-adapters (a test client of our MCP server) needs mcp<2: its own environment.
+adapters_stamp=.venv-adapters/.installed
+if [ ! -f "$adapters_stamp" ] || [ tests/adapters-requirements.txt -nt "$adapters_stamp" ]; then
+    echo "setup: installing the langchain-mcp-adapters test environment"
+    [ -x .venv-adapters/bin/python ] || "$python" -m venv .venv-adapters
+    .venv-adapters/bin/python -m pip install -q --disable-pip-version-check \
+        -r tests/adapters-requirements.txt
+    touch "$adapters_stamp"
+fi
+
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
     echo "setup: installing pinned npm packages"
     npm ci --no-audit --no-fund --loglevel=error

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -168,3 +171,25 @@ def test_adapters_never_import_each_other() -> None:
         done = subprocess.run([sys.executable, "-c", code.format(module, forbidden)],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
+
+
+def test_langchain_mcp_adapters_load_our_mcp_tools(world: WorldInfo, home: Path) -> None:
+    """langchain-mcp-adapters (in its own environment: it needs mcp<2) loads the tools of
+    `x402-agent mcp` over stdio and pays with them."""
+    root = Path(__file__).resolve().parents[1]
+    adapters_python = root / ".venv-adapters" / "bin" / "python"
+    assert adapters_python.exists(), "run scripts/setup.sh: it creates .venv-adapters"
+    route = world.route("GET", "/v2/weather")
+    before = token_balance(world.rpc_url, world.usdc.address, route.pay_to)
+    done = subprocess.run(
+        [str(adapters_python), str(root / "tests" / "adapters_client.py"), sys.executable,
+         route.url], env={**os.environ, "X402_AGENT_HOME": str(home)}, capture_output=True,
+        text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["tools"] == ["budget", "fetch", "quote", "receipts"]
+    assert result["fetch"]["paid"] is True and result["fetch"]["payment_state"] == "settled"
+    assert result["fetch"]["amount"] == str(route.price_atomic)
+    assert result["budget"]["session"]["allowance"][0]["spent"] == "0"
+    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (
+        route.price_atomic)
