@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,9 +24,26 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 SERVER = [sys.executable, "-m", "x402_agent.cli", "mcp"]
 
 
-async def cold_start(home: str) -> float:
-    params = StdioServerParameters(command=SERVER[0], args=SERVER[1:],
-                                   env={**os.environ, "X402_AGENT_HOME": home})
+# The peer: PyPI's x402-mcp, in its own environment (its dependencies are not ours).
+PEER_ENV = Path(__file__).resolve().parent / ".peer-x402-mcp"
+PEER_PIN = "x402-mcp==0.5.0"
+
+
+def peer_server() -> str:
+    """Path of the x402-mcp console script, installed on first use."""
+    script = PEER_ENV / "bin" / "x402-mcp"
+    if not script.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(PEER_ENV)], check=True)
+        subprocess.run([str(PEER_ENV / "bin" / "python"), "-m", "pip", "install", "-q",
+                        "--disable-pip-version-check", PEER_PIN], check=True)
+    return str(script)
+
+
+async def cold_start(home: str, command: list[str] | None = None) -> float:
+    command = command or SERVER
+    env = {**os.environ, "X402_AGENT_HOME": home,
+           "EVM_PRIVATE_KEY": "0x" + secrets.token_hex(32)}  # a throwaway key for the peer
+    params = StdioServerParameters(command=command[0], args=command[1:], env=env)
     started = time.perf_counter()
     with open(os.devnull, "w") as err:
         async with stdio_client(params, errlog=err) as (read, write), \
@@ -85,10 +104,16 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:
             home = provision_devnet_home(world.info, Path(scratch) / "home").root
             # The server verifies the device-approved policy before it serves: a real home.
-            starts = [asyncio.run(cold_start(str(home))) for _ in range(args.runs)]
-            print(f"cold start to first tools/list: p50 {statistics.median(starts) * 1000:.0f} "
-                  f"ms, min {min(starts) * 1000:.0f} ms, max {max(starts) * 1000:.0f} ms "
-                  f"({args.runs} runs)")
+            peer = [peer_server()]
+            starts: list[float] = []
+            peer_starts: list[float] = []
+            for _ in range(args.runs):  # alternate, so drift hits both alike
+                starts.append(asyncio.run(cold_start(str(home))))
+                peer_starts.append(asyncio.run(cold_start(str(home), peer)))
+            for name, values in (("x402-agent mcp", starts), (PEER_PIN, peer_starts)):
+                print(f"{name} cold start to first tools/list: p50 "
+                      f"{statistics.median(values) * 1000:.0f} ms, min {min(values) * 1000:.0f} "
+                      f"ms, max {max(values) * 1000:.0f} ms ({args.runs} runs)")
             url = world.info.route("GET", "/v2/weather").url
             mcp_times, local_times = asyncio.run(per_call(home, url, args.calls))
     finally:

@@ -273,3 +273,20 @@ def test_server_refuses_to_start_without_an_approved_policy(world: WorldInfo,
                           env={**os.environ, "X402_AGENT_HOME": str(home)}, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "policy_unsigned" in done.stderr
+
+
+def test_loopback_refused_when_the_policy_denies_it(world: WorldInfo, tmp_path: Path) -> None:
+    """A policy that denies loopback keeps the tool from reaching it at all (the local world's
+    API listens on 127.0.0.1; here it is reached as `localhost`, which the policy denies)."""
+    data = devnet_policy(world).model_dump(by_alias=True)
+    data["hosts"] = {"deny": ["localhost", "*.localhost"]}
+    home = provision_devnet_home(world, tmp_path / "home", policy=Policy.model_validate(data)).root
+    url = world.route("GET", "/free").url.replace("127.0.0.1", "localhost")
+
+    async def main() -> None:
+        async with stdio_session(home, tmp_path / "err.log") as session:
+            for tool in ("fetch", "quote"):
+                result = await call(session, tool, url=url)
+                assert result.is_error and structured(result)["reason"] == "host_denied", result
+
+    asyncio.run(main())
