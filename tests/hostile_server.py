@@ -14,11 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
+from x402_agent.devnet.served import ServedApp
 
 PAYMENT_HEADER_NAMES = frozenset({"payment-signature", "x-payment"})
-_START_TIMEOUT = 10.0
-_STOP_TIMEOUT = 10.0
 
 HeaderItems = Mapping[str, str] | Iterable[tuple[str, str]]
 
@@ -70,20 +68,6 @@ class _Route:
     fallback: Canned | None = None
 
 
-class _Server(uvicorn.Server):
-    """uvicorn.Server that reports the end of its start-up through an Event."""
-
-    def __init__(self, config: uvicorn.Config, ready: threading.Event) -> None:
-        super().__init__(config)
-        self._ready = ready
-
-    async def startup(self, sockets: Any = None) -> None:
-        try:
-            await super().startup(sockets=sockets)
-        finally:
-            self._ready.set()
-
-
 class HostileServer:
     """Programmable HTTP server on 127.0.0.1:<free port>; one instance is one origin."""
 
@@ -92,44 +76,16 @@ class HostileServer:
         self._lock = threading.Lock()
         self._routes: dict[str, _Route] = {}
         self._received: list[Received] = []
-        self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._server: _Server | None = None
-        self._error: BaseException | None = None
-        self.port: int | None = None
+        self._served = ServedApp(self._app, name)
+        self.port: int = self._served.port
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> HostileServer:
-        config = uvicorn.Config(self._app, host="127.0.0.1", port=0, lifespan="off", interface="asgi3",
-                                log_level="critical", access_log=False, ws="none",
-                                timeout_graceful_shutdown=2)
-        self._server = _Server(config, self._ready)
-        self._thread = threading.Thread(target=self._run, name=f"uvicorn-{self.name}", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(_START_TIMEOUT) or not self._server.started:
-            self.stop()
-            raise RuntimeError(f"{self.name} server did not start: {self._error!r}")
-        sockets = self._server.servers[0].sockets
-        self.port = int(sockets[0].getsockname()[1])
+        self._served.start()
         return self
 
-    def _run(self) -> None:
-        assert self._server is not None
-        try:
-            self._server.run()
-        except BaseException as exc:  # reported by start()
-            self._error = exc
-        finally:
-            self._ready.set()
-
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(_STOP_TIMEOUT)
-            if self._thread.is_alive():
-                raise RuntimeError(f"{self.name} server did not stop within {_STOP_TIMEOUT}s")
-        self._thread = None
+        self._served.stop()
 
     def __enter__(self) -> HostileServer:
         return self.start()
@@ -140,7 +96,6 @@ class HostileServer:
     # ---- programming -----------------------------------------------------------------------
     @property
     def origin(self) -> str:
-        assert self.port is not None, "server not started"
         return f"http://127.0.0.1:{self.port}"
 
     def url(self, path: str = "/") -> str:

@@ -14,15 +14,11 @@ so the port is known before start and nothing else can grab it.
 from __future__ import annotations
 
 import hashlib
-import socket
 import struct
-import threading
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-import httpx
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from x402 import AssetAmount, x402Facilitator, x402ResourceServer
 from x402.http.middleware.fastapi import payment_middleware
@@ -37,9 +33,6 @@ from x402.mechanisms.evm.exact import (
 
 from .info import PriceInfo, RouteInfo
 from .usdc import TokenInfo
-
-_READY_TIMEOUT_S = 10.0
-_STOP_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -202,46 +195,3 @@ def _png(width: int, height: int) -> bytes:
 
 
 PNG_IMAGE = _png(8, 8)
-
-
-class PaidApiServer:
-    """The FastAPI app served by uvicorn in a daemon thread on a pre-bound loopback socket."""
-
-    def __init__(self) -> None:
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.bind(("127.0.0.1", 0))
-        # Listening now lets early connections queue until uvicorn accepts them,
-        # which is what makes "one real request" a race-free readiness check.
-        self._socket.listen(128)
-        port = self._socket.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self, app: FastAPI) -> None:
-        """Serve ``app`` and return once it answers ``GET /free``."""
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._serve, name="x402-paid-api", daemon=True)
-        self._thread.start()
-        response = httpx.get(self.url + "/free", timeout=_READY_TIMEOUT_S)
-        response.raise_for_status()
-
-    def _serve(self) -> None:
-        assert self._server is not None
-        try:
-            self._server.run(sockets=[self._socket])
-        finally:
-            # If uvicorn dies at start, closing the socket fails the readiness
-            # request at once instead of leaving it to time out.
-            self._socket.close()
-
-    def stop(self) -> None:
-        """Ask uvicorn to exit, wait for its thread, release the socket (idempotent)."""
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=_STOP_TIMEOUT_S)
-            if self._thread.is_alive():
-                raise RuntimeError("the paid API thread did not stop")
-        self._socket.close()

@@ -31,9 +31,11 @@ class _Server(uvicorn.Server):
 
 
 class ServedApp:
-    """``with ServedApp(app, "name") as served: httpx.get(served.url + "/")``."""
+    """``with ServedApp(app, "name") as served: httpx.get(served.url + "/")``, or
+    ``served = ServedApp(name=...)``, read ``served.url``, then ``served.start(app)``."""
 
-    def __init__(self, app: Any, name: str = "asgi") -> None:
+    def __init__(self, app: Any = None, name: str = "asgi") -> None:
+        # The app may come at start(): the URL is known first, so routes can name it.
         self.app = app
         self.name = name
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -44,9 +46,10 @@ class ServedApp:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> ServedApp:
+    def start(self, app: Any = None) -> ServedApp:
+        self.app = app if app is not None else self.app
         ready = threading.Event()
-        config = uvicorn.Config(self.app, log_level="critical", access_log=False,
+        config = uvicorn.Config(self.app, interface="asgi3", log_level="critical", access_log=False,
                                 lifespan="off", ws="none", timeout_graceful_shutdown=2)
         self._server = _Server(config, ready)
         self._thread = threading.Thread(target=self._serve, name=f"uvicorn-{self.name}",

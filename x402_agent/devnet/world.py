@@ -26,7 +26,8 @@ from eth_account.signers.local import LocalAccount
 from ..device.simulator import DeviceSimulator
 from .anvil import Anvil, dev_account
 from .info import WorldInfo
-from .paid_api import ChainSettlement, PaidApiServer, build_facilitators, create_app, v2_routes
+from .paid_api import ChainSettlement, build_facilitators, create_app, v2_routes
+from .served import ServedApp
 from .usdc import TokenInfo, TokenSpec, deploy_fiat_tokens
 from .v1_server import V1Server
 
@@ -130,7 +131,7 @@ class LocalWorld:
 
         (anvil, (usdc, eurc)), (alt_anvil, (alt_usdc,)) = _in_parallel(main_chain, alt_chain)
 
-        api = _started(stack, PaidApiServer())
+        api = _started(stack, ServedApp(name="x402-paid-api"))
         routes = v2_routes(
             api.url,
             network=NETWORK,
