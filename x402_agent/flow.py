@@ -9,6 +9,7 @@ must record a reservation before anything is signed).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import secrets
 import time
@@ -395,21 +396,15 @@ def _signed_from_record(record: PaymentRecord) -> SignedAuthorization:
     assert record.payment_header is not None
     payload = decode_payment_signature_header(record.payment_header).payload
     auth = payload["authorization"]
-    chain_id = int(record.network.split(":")[1])
-    requirement_extra = _extra(record)
+    # The domain's name and version are not needed after signing (the settlement checks use
+    # the token address, payer, value and nonce); the recorded requirement still names them.
+    extra = json.loads(record.requirement_json).get("extra") or {}
     return SignedAuthorization(TransferAuthorization(
-        token=TokenDomain(requirement_extra.get("name", ""), requirement_extra.get("version", ""),
-                          chain_id, record.asset),
+        token=TokenDomain(str(extra.get("name", "")), str(extra.get("version", "")),
+                          int(record.network.split(":")[1]), record.asset),
         from_address=auth["from"], to=auth["to"], value=int(auth["value"]),
         valid_after=int(auth["validAfter"]), valid_before=int(auth["validBefore"]),
         nonce=auth["nonce"]), payload["signature"])
-
-
-def _extra(record: PaymentRecord) -> dict[str, Any]:
-    import json
-
-    extra = json.loads(record.requirement_json).get("extra") or {}
-    return extra if isinstance(extra, dict) else {}
 
 
 def _deliver(payer: Payer, req: FetchRequest, url: str, record: PaymentRecord,

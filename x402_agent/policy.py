@@ -33,7 +33,6 @@ from .errors import ConfigError
 from .money import LEDGER_AMOUNT_MAX
 from .networks import caip2
 
-POLICY_SCHEMA_ID = "x402-agent/policy/1"
 _MACHINE_DEPENDENT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
 DEFAULT_SESSION = "default"
 
