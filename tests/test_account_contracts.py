@@ -32,6 +32,7 @@ from x402_agent.chain import (
     pack_gas_fees,
     user_op_hash_v07,
 )
+from x402_agent.chain.factory import AccountConfig, create_account, deploy_factory, factory_address
 from x402_agent.devnet.anvil import Anvil, dev_account
 from x402_agent.devnet.proc import PROJECT_ROOT
 from x402_agent.devnet.usdc import TokenInfo, TokenSpec, deploy_fiat_tokens
@@ -65,6 +66,7 @@ class World:
     eurc: Contract
     usdc_info: TokenInfo
     account: Contract
+    vault: Contract
     payee: str
     other_payee: str
 
@@ -91,13 +93,6 @@ def transact(w3: Web3, sender: LocalAccount, fn: Any) -> Any:
         {"from": sender.address, "gas": 3_000_000, "nonce": 0, "maxFeePerGas": 1, "maxPriorityFeePerGas": 1}
     )
     return send(w3, sender, {"to": built["to"], "data": built["data"], "value": built.get("value", 0)})
-
-
-def deploy(w3: Web3, sender: LocalAccount, name: str, *args: Any) -> tuple[Contract, int]:
-    art = _artifact(name)
-    factory = w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
-    receipt = send(w3, sender, {"data": factory.constructor(*args).data_in_transaction})
-    return w3.eth.contract(address=receipt["contractAddress"], abi=art["abi"]), receipt["gasUsed"]
 
 
 def now(w3: Web3) -> int:
@@ -279,15 +274,21 @@ def w() -> Iterator[World]:
         usdc = w3.eth.contract(address=Web3.to_checksum_address(usdc_info.address), abi=_FIAT_ABI)
         eurc = w3.eth.contract(address=Web3.to_checksum_address(eurc_info.address), abi=_FIAT_ABI)
         owner, session = Account.create(), Account.create()
-        account, gas = deploy(w3, dev_account(0), "X402Account", ENTRY_POINT_V07, owner.address)
-        GAS["deploy X402Account"] = gas
+        deploy_factory(w3, dev_account(0))
+        config = AccountConfig(owner.address, session.address, now(w3) + 30 * 86400, usdc.address,
+                               max_value=CAP, max_window=WINDOW, allowance=3 * CAP, period=86400)
+        account_address, vault_address, gas = create_account(w3, config, dev_account(0))
+        GAS["create X402Account + AllowanceVault (clones)"] = gas
+        account = w3.eth.contract(address=account_address, abi=_artifact("X402Account")["abi"])
+        vault = w3.eth.contract(address=vault_address, abi=_artifact("AllowanceVault")["abi"])
+        assert create_account(w3, config, dev_account(0)) == (account_address, vault_address, 0)
+        assert account.functions.owner().call() == owner.address
+        assert account.functions.vault().call() == vault_address
+        assert vault.functions.account().call() == account_address
         for token in (usdc, eurc):
             transact(w3, holder, token.functions.transfer(account.address, FUNDED))
-        world = World(anvil, w3, owner, session, usdc, eurc, usdc_info, account,
+        world = World(anvil, w3, owner, session, usdc, eurc, usdc_info, account, vault,
                       payee=Account.create().address, other_payee=Account.create().address)  # fmt: skip
-        acct_call(world, "setPolicy", CAP, WINDOW, False)
-        acct_call(world, "setToken", usdc.address, True)
-        acct_call(world, "setSessionKey", session.address, now(w3) + 30 * 86400)
         yield world
         print("\nGAS:", json.dumps(GAS, indent=1))
     finally:
@@ -504,13 +505,9 @@ def test_user_operations_signed_by_owner_only(w: World) -> None:
 
 
 def test_vault_bounds_what_a_session_key_can_move(w: World) -> None:
-    w3, acct = w.w3, w.account
+    w3, acct, vault = w.w3, w.account, w.vault
     allowance, period = 3 * CAP, 86400
-    vault, gas = deploy(w3, dev_account(0), "AllowanceVault", w.owner.address, w.usdc.address, acct.address,
-                        allowance, period)  # fmt: skip
-    GAS["deploy AllowanceVault"] = gas
     transact(w3, dev_account(1), w.usdc.functions.transfer(vault.address, 100 * CAP))
-    acct_call(w, "setVault", vault.address)
     # empty the hot account down to 2 payments' worth (the owner withdraws the rest)
     hot = w.usdc.functions.balanceOf(acct.address).call()
     acct_call(w, "withdraw", w.usdc.address, dev_account(1).address, hot - 2 * CAP)
@@ -557,3 +554,43 @@ def test_vault_bounds_what_a_session_key_can_move(w: World) -> None:
     owner_call(w, vault, "x402-vault", bytes.fromhex(vault.encode_abi("withdraw", args=[safe, 94 * CAP])[2:]))
     assert w.usdc.functions.balanceOf(safe).call() == 94 * CAP
     assert w.usdc.functions.balanceOf(vault.address).call() == 0
+
+
+# ---- clones and session-key user operations ----
+
+
+def test_session_key_user_operations_can_only_refill(w: World) -> None:
+    ep = w.w3.eth.contract(address=ENTRY_POINT_V07, abi=entry_point_v07_abi())
+    send(w.w3, dev_account(5), {"to": w.account.address, "value": 10**18})
+    transact(w.w3, dev_account(1), w.usdc.functions.transfer(w.vault.address, CAP))
+    warp(w.w3, 86400)  # a fresh allowance period
+    bundler = dev_account(6)
+    refill = bytes.fromhex(w.account.encode_abi("refill", args=[1])[2:])
+    hot = w.usdc.functions.balanceOf(w.account.address).call()
+    op = _user_op(w, refill, w.session).as_tuple()
+    transact(w.w3, bundler, ep.functions.handleOps([op], bundler.address))
+    assert w.usdc.functions.balanceOf(w.account.address).call() == hot + 1
+    stranger = Account.create()  # not a session key: refused even for a refill
+    with pytest.raises(ContractLogicError, match="41413234"):
+        ep.functions.handleOps([_user_op(w, refill, stranger).as_tuple()], bundler.address).call(
+            {"from": bundler.address})
+
+
+def test_clones_are_initialised_once_and_addresses_commit_to_the_config(w: World) -> None:
+    with pytest.raises(ContractLogicError):  # the clone was initialised by the factory
+        w.account.functions.initialize(w.owner.address, w.vault.address, w.usdc.address, w.owner.address,
+                                       2**40, 10**18, 10**6).call({"from": dev_account(3).address})
+    with pytest.raises(ContractLogicError):
+        w.vault.functions.initialize(dev_account(3).address, w.usdc.address, dev_account(3).address,
+                                     10**18, 1).call({"from": dev_account(3).address})
+    factory = w.w3.eth.contract(address=factory_address(), abi=_artifact("X402AccountFactory")["abi"])
+    impl = w.w3.eth.contract(address=factory.functions.accountImplementation().call(),
+                             abi=_artifact("X402Account")["abi"])
+    with pytest.raises(ContractLogicError):  # the implementation is locked
+        impl.functions.initialize(w.owner.address, w.vault.address, w.usdc.address, w.owner.address,
+                                  2**40, 10**18, 10**6).call({"from": dev_account(3).address})
+    # an attacker creating "the same" account with their own session key gets another address
+    config = AccountConfig(w.owner.address, dev_account(3).address, 2**40, w.usdc.address,
+                           max_value=CAP, max_window=WINDOW, allowance=3 * CAP, period=86400)
+    other, other_vault, _ = create_account(w.w3, config, dev_account(3))
+    assert {other, other_vault}.isdisjoint({w.account.address, w.vault.address})

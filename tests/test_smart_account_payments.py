@@ -17,7 +17,6 @@ from web3.exceptions import ContractLogicError
 from x402_agent.approval import Enrollment
 from x402_agent.chain.account import (
     account_contract,
-    deploy_account,
     encode_action,
     owner_action_line,
     owner_call,
@@ -25,6 +24,7 @@ from x402_agent.chain.account import (
     send_transaction,
     sign_owner_action,
 )
+from x402_agent.chain.factory import AccountConfig, create_account, deploy_factory
 from x402_agent.chain.session_signer import SessionKeySigner
 from x402_agent.client import X402Client
 from x402_agent.device.hwi import DEFAULT_APPROVAL_PATH, HwiDevice
@@ -70,7 +70,12 @@ def sw(world: WorldInfo, device_simulator: object) -> Iterator[SmartWorld]:
     try:
         enrollment = device.enroll(DEFAULT_APPROVAL_PATH)
         owner = enrollment.eth_address
-        account = deploy_account(w3, owner, dev_account(0))
+        session_key = Account.create()
+        now = w3.eth.get_block("latest")["timestamp"]
+        deploy_factory(w3, dev_account(0))
+        config = AccountConfig(owner, session_key.address, now + 7 * 86400, world.usdc.address,
+                               max_value=10, max_window=60, allowance=0, period=86400)
+        account, _, _ = create_account(w3, config, dev_account(0))
         assert account_contract(w3, account).functions.owner().call().lower() == owner.lower()
         # fund the account with USDC from the world's payer: a plain ERC-20 transfer
         usdc = w3.eth.contract(address=Web3.to_checksum_address(world.usdc.address), abi=[{
@@ -80,11 +85,9 @@ def sw(world: WorldInfo, device_simulator: object) -> Iterator[SmartWorld]:
         data = usdc.encode_abi("transfer", args=[account, FUNDING])
         send_transaction(w3, world.payer_private_key, {"to": usdc.address, "data": data})
         assert token_balance(world.rpc_url, world.usdc.address, account) == FUNDING
-        session_key = Account.create()
         sw = SmartWorld(w3, account, enrollment, SessionKeySigner(account, bytes(session_key.key)),
                         device)
         assert sw.session.session_address == session_key.address
-        now = w3.eth.get_block("latest")["timestamp"]
         # each owner action signed on the simulator through unmodified HWI signmessage
         sw.act("setPolicy", CAP, WINDOW, False)
         sw.act("setToken", usdc.address, True)

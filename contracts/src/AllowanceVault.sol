@@ -13,8 +13,8 @@ import {IAllowanceVaultPull} from "./Interfaces.sol";
 contract AllowanceVault is OwnerCalls, IAllowanceVaultPull {
     using SafeERC20 for IERC20;
 
-    IERC20 public immutable token;
-    address public immutable account;
+    IERC20 public token;
+    address public account;
 
     uint128 public allowance;
     uint64 public period;
@@ -27,11 +27,19 @@ contract AllowanceVault is OwnerCalls, IAllowanceVaultPull {
     error NotAccount();
     error AllowanceExceeded(uint256 requested, uint256 available);
 
-    constructor(address owner_, IERC20 token_, address account_, uint128 allowance_, uint64 period_)
-        OwnerCalls(owner_)
+    /// The implementation behind the clones: locked, never initialised.
+    constructor() {
+        _initOwner(address(1));
+    }
+
+    /// Called once by the factory, in the transaction that creates this clone.
+    function initialize(address owner_, IERC20 token_, address account_, uint128 allowance_, uint64 period_)
+        external
     {
+        _initOwner(owner_);
         (token, account, allowance, period, periodStart) =
             (token_, account_, allowance_, period_, uint64(block.timestamp));
+        emit AllowanceSet(allowance_, period_);
     }
 
     function _ownerTag() internal pure override returns (string memory) {

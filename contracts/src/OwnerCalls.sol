@@ -4,7 +4,8 @@ pragma solidity 0.8.23;
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {Strings} from "@openzeppelin/contracts/utils/Strings.sol";
 
-/// Owner actions authorised by a signature of the immutable owner key, verified on chain.
+/// Owner actions authorised by a signature of the owner key, verified on chain. The owner is set
+/// once, when a clone is initialised (implementations lock themselves in their constructor).
 ///
 /// The owner signs, for `ownerCall(data, nonce, signature)`, either
 ///  (a) a Bitcoin signed message (HWI's 65-byte header||r||s) of the ASCII line
@@ -18,7 +19,7 @@ abstract contract OwnerCalls {
     bytes32 private constant DOMAIN_TYPEHASH =
         keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
 
-    address public immutable owner;
+    address public owner;
     uint256 public ownerNonce;
 
     event OwnerCallExecuted(uint256 indexed nonce, bytes4 indexed selector);
@@ -28,8 +29,11 @@ abstract contract OwnerCalls {
     error BadOwnerSignature();
     error UnknownAction();
     error OwnerCallFailed(bytes reason);
+    error AlreadyInitialized();
 
-    constructor(address owner_) {
+    /// Set the owner, once; a zero owner would leave the contract open to initialisation.
+    function _initOwner(address owner_) internal {
+        if (owner != address(0) || owner_ == address(0)) revert AlreadyInitialized();
         owner = owner_;
     }
 

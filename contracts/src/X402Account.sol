@@ -4,7 +4,11 @@ pragma solidity 0.8.23;
 import {BaseAccount} from "@account-abstraction/contracts/core/BaseAccount.sol";
 import {IEntryPoint} from "@account-abstraction/contracts/interfaces/IEntryPoint.sol";
 import {PackedUserOperation} from "@account-abstraction/contracts/interfaces/PackedUserOperation.sol";
-import {SIG_VALIDATION_FAILED, SIG_VALIDATION_SUCCESS} from "@account-abstraction/contracts/core/Helpers.sol";
+import {
+    SIG_VALIDATION_FAILED,
+    SIG_VALIDATION_SUCCESS,
+    _packValidationData
+} from "@account-abstraction/contracts/core/Helpers.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {MessageHashUtils} from "@openzeppelin/contracts/utils/cryptography/MessageHashUtils.sol";
 import {IERC1271} from "@openzeppelin/contracts/interfaces/IERC1271.sol";
@@ -13,9 +17,10 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {OwnerCalls} from "./OwnerCalls.sol";
 import {IEIP712Token, IAllowanceVaultPull} from "./Interfaces.sol";
 
-/// x402 hot wallet. The immutable owner (a hardware key) sets policy through signed owner calls;
-/// session keys (the agent's hot keys) can only sign EIP-3009 TransferWithAuthorization payments
-/// within that policy, which this account approves through ERC-1271.
+/// x402 hot wallet. The owner (a hardware key) sets policy through signed owner calls; session keys
+/// (the agent's hot keys) can only sign EIP-3009 TransferWithAuthorization payments within that
+/// policy, which this account approves through ERC-1271, and user operations that refill the
+/// account from its allowance vault. Accounts are clones made by X402AccountFactory.
 contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
     using SafeERC20 for IERC20;
 
@@ -45,8 +50,31 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
 
     error NotFromEntryPoint();
 
-    constructor(IEntryPoint entryPoint_, address owner_) OwnerCalls(owner_) {
+    /// The implementation behind the clones: locked, never initialised.
+    constructor(IEntryPoint entryPoint_) {
         _entryPoint = entryPoint_;
+        _initOwner(address(1));
+    }
+
+    /// Called once by the factory, in the transaction that creates this clone, with the
+    /// configuration its address commits to.
+    function initialize(
+        address owner_,
+        address vault_,
+        address token,
+        address sessionKey,
+        uint64 sessionExpiry,
+        uint256 maxValue_,
+        uint64 maxWindow_
+    ) external {
+        _initOwner(owner_);
+        (maxValue, maxWindow, vault) = (maxValue_, maxWindow_, vault_);
+        tokenAllowed[token] = true;
+        sessionKeyExpiry[sessionKey] = sessionExpiry;
+        emit PolicySet(maxValue_, maxWindow_, false);
+        emit TokenAllowed(token, true);
+        emit SessionKeySet(sessionKey, sessionExpiry);
+        emit VaultSet(vault_);
     }
 
     receive() external payable {}
@@ -130,7 +158,8 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
         IAllowanceVaultPull(vault).pull(amount);
     }
 
-    // ---- ERC-4337: user operations must be signed by the owner (EIP-191 over the userOpHash) ----
+    // ---- ERC-4337: user operations are signed (EIP-191 over the userOpHash) by the owner, or by a
+    // live session key when all they do is `refill` (valid until the key's expiry) ----
 
     function _validateSignature(PackedUserOperation calldata userOp, bytes32 userOpHash)
         internal
@@ -140,7 +169,13 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
     {
         (address signer, ECDSA.RecoverError err,) =
             ECDSA.tryRecover(MessageHashUtils.toEthSignedMessageHash(userOpHash), userOp.signature);
-        return err == ECDSA.RecoverError.NoError && signer == owner ? SIG_VALIDATION_SUCCESS : SIG_VALIDATION_FAILED;
+        if (err != ECDSA.RecoverError.NoError) return SIG_VALIDATION_FAILED;
+        if (signer == owner) return SIG_VALIDATION_SUCCESS;
+        uint64 expiry = sessionKeyExpiry[signer];
+        if (expiry == 0 || userOp.callData.length < 4 || bytes4(userOp.callData[:4]) != this.refill.selector) {
+            return SIG_VALIDATION_FAILED;
+        }
+        return _packValidationData(false, uint48(expiry), 0);
     }
 
     // ---- ERC-1271: session-key signed EIP-3009 payments within policy ----

@@ -1,4 +1,5 @@
-"""Deploy an X402Account and drive its owner actions with Bitcoin-message signatures.
+"""Drive the owner actions of an X402Account (or its AllowanceVault) with Bitcoin-message
+signatures.
 
 The owner of an account is a hardware key: each owner action is an ASCII line the device signs
 as a Bitcoin signed message (HWI's base64 ``header || r || s``); anyone may relay the signed
@@ -16,38 +17,48 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_typing import ChecksumAddress
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from web3 import Web3
 from web3.contract import Contract
 
 from ..devnet.proc import PROJECT_ROOT
-from .entrypoint import ENTRY_POINT_V07, deploy_entry_point_v07
 
 ACCOUNT_TAG = "x402-account"
+VAULT_TAG = "x402-vault"
 _BUILD = PROJECT_ROOT / "contracts" / "build"
 _TX_GAS = 3_000_000
-# The owner actions the contract names (its ``_actionName``), by function name.
-ACCOUNT_ACTIONS = frozenset({"setPolicy", "setToken", "setPayee", "setSessionKey",
-                             "revokeSessionKey", "setVault", "withdraw", "execute"})
+# The owner actions each contract names (its ``_actionName``), by tag.
+OWNER_ACTIONS = {
+    ACCOUNT_TAG: frozenset({"setPolicy", "setToken", "setPayee", "setSessionKey", "revokeSessionKey",
+                            "setVault", "withdraw", "execute"}),
+    VAULT_TAG: frozenset({"setAllowance", "withdraw"}),
+}
+_CONTRACT_OF_TAG = {ACCOUNT_TAG: "X402Account", VAULT_TAG: "AllowanceVault"}
 
 SignLine = Callable[[str], str]
 
 
 @cache
-def _artifact(name: str) -> dict[str, Any]:
-    artifact: dict[str, Any] = json.loads((_BUILD / f"{name}.json").read_text())
-    return artifact
+def artifact(name: str) -> dict[str, Any]:
+    """A built contract (abi, bytecode) from contracts/build."""
+    built: dict[str, Any] = json.loads((_BUILD / f"{name}.json").read_text())
+    return built
 
 
 def account_abi() -> list[dict[str, Any]]:
-    abi: list[dict[str, Any]] = _artifact("X402Account")["abi"]
+    abi: list[dict[str, Any]] = artifact("X402Account")["abi"]
     return abi
 
 
 def account_contract(w3: Web3, address: str) -> Contract:
     return w3.eth.contract(address=to_checksum_address(address), abi=account_abi())
+
+
+def owned_contract(w3: Web3, address: str, tag: str = ACCOUNT_TAG) -> Contract:
+    """The account (tag ``x402-account``) or vault (``x402-vault``) at ``address``."""
+    return w3.eth.contract(address=to_checksum_address(address),
+                           abi=artifact(_CONTRACT_OF_TAG[tag])["abi"])
 
 
 def _as_account(key: LocalAccount | str | bytes) -> LocalAccount:
@@ -74,26 +85,12 @@ def send_transaction(w3: Web3, sender: LocalAccount | str | bytes, tx: dict[str,
     return receipt
 
 
-def deploy_account(w3: Web3, owner_address: str, funder_key: LocalAccount | str | bytes
-                   ) -> ChecksumAddress:
-    """Deploy an X402Account owned by ``owner_address`` (EntryPoint v0.7 first, if missing)."""
-    funder = _as_account(funder_key)
-    entry_point = deploy_entry_point_v07(w3, funder)
-    artifact = _artifact("X402Account")
-    factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
-    data = factory.constructor(entry_point, to_checksum_address(owner_address)).data_in_transaction
-    receipt = send_transaction(w3, funder, {"data": data})
-    address = to_checksum_address(receipt["contractAddress"])
-    if not w3.eth.get_code(address):
-        raise RuntimeError("X402Account deployment left no code")
-    return address
-
-
-def encode_action(w3: Web3, account: str, action: str, args: Sequence[Any]) -> bytes:
-    """The calldata of owner action ``action(args...)`` on the account."""
-    if action not in ACCOUNT_ACTIONS:
-        raise ValueError(f"{action!r} is not an X402Account owner action")
-    encoded = account_contract(w3, account).encode_abi(action, args=list(args))
+def encode_action(w3: Web3, target: str, action: str, args: Sequence[Any], tag: str = ACCOUNT_TAG
+                  ) -> bytes:
+    """The calldata of owner action ``action(args...)`` on the account or vault ``target``."""
+    if action not in OWNER_ACTIONS[tag]:
+        raise ValueError(f"{action!r} is not an owner action of {_CONTRACT_OF_TAG[tag]}")
+    encoded = owned_contract(w3, target, tag).encode_abi(action, args=list(args))
     return bytes.fromhex(encoded.removeprefix("0x"))
 
 
@@ -112,19 +109,20 @@ def decode_hwi_signature(signature: str) -> bytes:
     return raw
 
 
-def sign_owner_action(w3: Web3, account: str, action: str, data: bytes, sign_line: SignLine,
-                      nonce: int | None = None) -> tuple[int, bytes]:
+def sign_owner_action(w3: Web3, target: str, action: str, data: bytes, sign_line: SignLine,
+                      nonce: int | None = None, tag: str = ACCOUNT_TAG) -> tuple[int, bytes]:
     """(nonce, 65-byte signature) for an owner action, the line signed by ``sign_line``."""
     if nonce is None:
-        nonce = int(account_contract(w3, account).functions.ownerNonce().call())
-    line = owner_action_line(action, data, nonce, w3.eth.chain_id, account)
+        nonce = int(owned_contract(w3, target, tag).functions.ownerNonce().call())
+    line = owner_action_line(action, data, nonce, w3.eth.chain_id, target, tag)
     return nonce, decode_hwi_signature(sign_line(line))
 
 
-def owner_call(w3: Web3, account: str, action: str, data: bytes, signature: bytes,
-               relayer: LocalAccount | str | bytes, nonce: int | None = None) -> Any:
+def owner_call(w3: Web3, target: str, action: str, data: bytes, signature: bytes,
+               relayer: LocalAccount | str | bytes, nonce: int | None = None,
+               tag: str = ACCOUNT_TAG) -> Any:
     """Relay a signed owner action (``action`` is checked against ``data``); the receipt."""
-    contract = account_contract(w3, account)
+    contract = owned_contract(w3, target, tag)
     fn, _ = contract.decode_function_input(data)
     if fn.fn_name != action:
         raise ValueError(f"calldata is {fn.fn_name}, not {action}")
@@ -136,16 +134,28 @@ def owner_call(w3: Web3, account: str, action: str, data: bytes, signature: byte
     return send_transaction(w3, relayer, {"to": contract.address, "data": calldata})
 
 
-def run_owner_action(w3: Web3, account: str, action: str, args: Sequence[Any],
-                     sign_line: SignLine, relayer: LocalAccount | str | bytes) -> Any:
+def run_owner_action(w3: Web3, target: str, action: str, args: Sequence[Any],
+                     sign_line: SignLine, relayer: LocalAccount | str | bytes,
+                     tag: str = ACCOUNT_TAG) -> Any:
     """Encode, have the owner sign (e.g. on the device), and relay one owner action."""
-    data = encode_action(w3, account, action, args)
-    nonce, signature = sign_owner_action(w3, account, action, data, sign_line)
-    return owner_call(w3, account, action, data, signature, relayer, nonce=nonce)
+    data = encode_action(w3, target, action, args, tag)
+    nonce, signature = sign_owner_action(w3, target, action, data, sign_line, tag=tag)
+    return owner_call(w3, target, action, data, signature, relayer, nonce=nonce, tag=tag)
 
 
 __all__ = [
-    "ACCOUNT_ACTIONS", "ACCOUNT_TAG", "ENTRY_POINT_V07", "account_abi", "account_contract",
-    "decode_hwi_signature", "deploy_account", "encode_action", "owner_action_line", "owner_call",
-    "run_owner_action", "send_transaction", "sign_owner_action",
+    "ACCOUNT_TAG",
+    "OWNER_ACTIONS",
+    "VAULT_TAG",
+    "account_abi",
+    "account_contract",
+    "artifact",
+    "decode_hwi_signature",
+    "encode_action",
+    "owned_contract",
+    "owner_action_line",
+    "owner_call",
+    "run_owner_action",
+    "send_transaction",
+    "sign_owner_action",
 ]

@@ -1,0 +1,104 @@
+"""X402AccountFactory: the account and its vault as clones at addresses that commit to their config.
+
+The factory itself sits at a deterministic address (CREATE2 deployer, zero salt, bound to
+EntryPoint v0.7), so an ERC-6492 facilitator can list it once per chain. An account can pay
+before it exists: its signatures are wrapped in ERC-6492 with the factory call that deploys it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from eth_abi.abi import encode
+from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
+from eth_utils.address import to_checksum_address
+from web3 import Web3
+from web3.contract import Contract
+
+from .account import artifact, send_transaction
+from .entrypoint import CREATE2_DEPLOYER, ENTRY_POINT_V07, create2_address, deploy_entry_point_v07
+
+FACTORY_SALT = bytes(32)
+# ERC-6492's magic suffix: a signature from a contract that may not be deployed yet.
+ERC6492_MAGIC = bytes.fromhex("6492" * 16)
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    """Everything an account is created with; its address commits to all of it."""
+
+    owner: str  # the hardware key's address
+    session_key: str
+    session_expiry: int
+    token: str
+    max_value: int  # per payment, atomic units
+    max_window: int  # seconds
+    allowance: int  # per period, atomic units
+    period: int  # seconds
+    salt: bytes = bytes(32)
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return (to_checksum_address(self.owner), to_checksum_address(self.session_key),
+                self.session_expiry, to_checksum_address(self.token), self.max_value,
+                self.max_window, self.allowance, self.period)
+
+
+def factory_init_code() -> bytes:
+    art = artifact("X402AccountFactory")
+    return bytes.fromhex(art["bytecode"].removeprefix("0x")) + encode(["address"], [ENTRY_POINT_V07])
+
+
+def factory_address() -> ChecksumAddress:
+    return create2_address(CREATE2_DEPLOYER, FACTORY_SALT, factory_init_code())
+
+
+def factory_contract(w3: Web3) -> Contract:
+    return w3.eth.contract(address=factory_address(), abi=artifact("X402AccountFactory")["abi"])
+
+
+def deploy_factory(w3: Web3, funder: LocalAccount) -> ChecksumAddress:
+    """Deploy EntryPoint v0.7 and the factory unless they are there; return the factory address."""
+    deploy_entry_point_v07(w3, funder)
+    address = factory_address()
+    if not w3.eth.get_code(address):
+        send_transaction(w3, funder, {"to": CREATE2_DEPLOYER, "data": FACTORY_SALT + factory_init_code(),
+                                      "gas": 8_000_000})
+        if not w3.eth.get_code(address):
+            raise RuntimeError("the account factory deployment left no code")
+    return address
+
+
+def predicted_addresses(w3: Web3, config: AccountConfig) -> tuple[ChecksumAddress, ChecksumAddress]:
+    """(account, vault) for ``config``, deployed or not (the factory must be deployed)."""
+    account, vault = factory_contract(w3).functions.addresses(config.as_tuple(), config.salt).call()
+    return to_checksum_address(account), to_checksum_address(vault)
+
+
+def create_account_calldata(w3: Web3, config: AccountConfig) -> bytes:
+    encoded = factory_contract(w3).encode_abi("createAccount", args=[config.as_tuple(), config.salt])
+    return bytes.fromhex(encoded.removeprefix("0x"))
+
+
+def create_account(w3: Web3, config: AccountConfig, funder: LocalAccount
+                   ) -> tuple[ChecksumAddress, ChecksumAddress, int]:
+    """Deploy the account and its vault (idempotent); (account, vault, gas used, 0 if present)."""
+    account, vault = predicted_addresses(w3, config)
+    if w3.eth.get_code(account):
+        return account, vault, 0
+    receipt = send_transaction(w3, funder, {"to": factory_address(),
+                                            "data": create_account_calldata(w3, config)})
+    return account, vault, int(receipt["gasUsed"])
+
+
+def erc6492_wrap(factory: str, factory_calldata: bytes, signature: bytes) -> bytes:
+    """``abi.encode(factory, calldata, signature) ++ magic``: a counterfactual account's signature."""
+    return encode(["address", "bytes", "bytes"],
+                  [to_checksum_address(factory), factory_calldata, signature]) + ERC6492_MAGIC
+
+
+__all__ = [
+    "ERC6492_MAGIC", "FACTORY_SALT", "AccountConfig", "create_account", "create_account_calldata",
+    "deploy_factory", "erc6492_wrap", "factory_address", "factory_contract", "predicted_addresses",
+]
