@@ -7,6 +7,7 @@ counted) before the error reaches the caller.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import itertools
 from collections.abc import Awaitable, Callable, Generator
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from .errors import ChainError, UpstreamError
+from .errors import ChainError, UpstreamError, X402AgentError
 from .flow import (
     ApprovalCall,
     ApprovalRequest,
@@ -25,6 +26,7 @@ from .flow import (
     Payer,
     RpcCall,
     Step,
+    WalletCall,
     fetch_flow,
 )
 
@@ -55,6 +57,17 @@ def _rpc_result(response: httpx.Response, step: RpcCall) -> Any:
         raise ChainError(f"RPC {step.method} failed", status=response.status_code,
                          rpc_error=str(error)[:200])
     return data.get("result")
+
+
+def run_wallet_call(step: WalletCall) -> Any:
+    """Run a blocking wallet call; anything untyped it raises is a chain failure."""
+    try:
+        return step.run()
+    except X402AgentError:
+        raise
+    except Exception as exc:
+        raise ChainError(f"the wallet's {step.name} failed: {type(exc).__name__}",
+                         cause=type(exc).__name__) from exc
 
 
 def _too_large(size: int) -> UpstreamError:
@@ -90,7 +103,7 @@ class X402Client:
             while True:
                 try:
                     answer = self._execute(step)
-                except (UpstreamError, ChainError) as exc:
+                except X402AgentError as exc:
                     step = flow.throw(exc)
                 else:
                     step = flow.send(answer)
@@ -100,6 +113,8 @@ class X402Client:
     def _execute(self, step: Step) -> Any:
         if isinstance(step, ApprovalCall):
             return None if self.approver is None else self.approver(step.request)
+        if isinstance(step, WalletCall):
+            return run_wallet_call(step)
         if isinstance(step, RpcCall):
             try:
                 response = self._http.post(step.url, json=_rpc_body(step))
@@ -154,7 +169,7 @@ class AsyncX402Client:
             while True:
                 try:
                     answer = await self._execute(step)
-                except (UpstreamError, ChainError) as exc:
+                except X402AgentError as exc:
                     step = flow.throw(exc)
                 else:
                     step = flow.send(answer)
@@ -167,6 +182,8 @@ class AsyncX402Client:
                 return None
             answer = self.approver(step.request)
             return await answer if inspect.isawaitable(answer) else answer
+        if isinstance(step, WalletCall):
+            return await asyncio.to_thread(run_wallet_call, step)
         if isinstance(step, RpcCall):
             try:
                 response = await self._http.post(step.url, json=_rpc_body(step))

@@ -15,6 +15,7 @@ import secrets
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -47,7 +48,13 @@ from .money import format_units
 from .policy import AssetRule
 from .selection import Choice, PriceLimit, rank
 from .settlement import check_settlement, check_transaction_receipt, read_settlement_header
-from .signer import PaymentSigner, SignedAuthorization, TokenDomain, TransferAuthorization
+from .signer import (
+    OnChainGuard,
+    PaymentSigner,
+    SignedAuthorization,
+    TokenDomain,
+    TransferAuthorization,
+)
 from .spendgate import SpendGate
 
 ALLOWED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -114,7 +121,16 @@ class ApprovalCall:
     request: ApprovalRequest
 
 
-Step = HttpCall | RpcCall | ApprovalCall
+@dataclass(frozen=True)
+class WalletCall:
+    """A blocking call into a smart-account payer (its on-chain bound check, a top-up); the
+    async driver runs it in a worker thread."""
+
+    name: str
+    run: Callable[[], Any]
+
+
+Step = HttpCall | RpcCall | ApprovalCall | WalletCall
 
 
 @dataclass(frozen=True)
@@ -229,6 +245,9 @@ def fetch_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, FetchOut
     context = _context(req, url)
     choice, record = yield from _reserve_cheapest(payer, req, url, challenge, context)
     try:
+        if isinstance(payer.signer, OnChainGuard):
+            yield WalletCall("top-up", partial(payer.signer.ensure_funds,
+                                               _in_flight(payer, choice.offer.asset)))
         signed = _sign(payer, choice.offer, choice.asset.eip712_name,
                        choice.asset.eip712_version, record)
         header_name, header_value = _payment_header(challenge, choice.offer, signed)
@@ -248,7 +267,16 @@ def _reserve_cheapest(payer: Payer, req: FetchRequest, url: str, challenge: Chal
     """Reserve the cheapest offer the policy allows. What the ledger already counts is checked
     by the reservation itself, atomically; if that refuses the cheapest, try the next."""
     refusals: list[PolicyDenied] = []
+    guard = payer.signer if isinstance(payer.signer, OnChainGuard) else None
     for choice in rank(challenge, payer.gate, context, req.max_price, with_usage=False):
+        if guard is not None:
+            offer = choice.offer
+            try:
+                yield WalletCall("bound check", partial(guard.check_payment, offer.asset, offer.pay_to,
+                                                        offer.amount, _window(payer, offer)))
+            except PolicyDenied as refused:
+                refusals.append(refused)
+                continue
         approved = False
         if choice.decision.needs_approval:
             approved = yield from _ask_approval(payer, req, url, choice.offer, choice.asset)
@@ -298,11 +326,21 @@ def _send_following_redirects(payer: Payer, req: FetchRequest
     raise RedirectRefused("too many redirects", reason="too_many_redirects")
 
 
+def _window(payer: Payer, offer: Offer) -> int:
+    """How long a signed authorization for ``offer`` stays valid, from now."""
+    return min(offer.max_timeout_seconds, payer.gate.policy.max_authorization_seconds)
+
+
+def _in_flight(payer: Payer, asset: str) -> int:
+    """What the payer owes in ``asset`` for payments not yet settled, this one included."""
+    return sum(r.amount for r in payer.gate.ledger.unresolved() if r.asset.lower() == asset.lower())
+
+
 def _sign(payer: Payer, offer: Offer, token_name: str, token_version: str,
           record: PaymentRecord) -> SignedAuthorization:
     assert offer.chain_id is not None
     now = int(payer.clock())
-    window = min(offer.max_timeout_seconds, payer.gate.policy.max_authorization_seconds)
+    window = _window(payer, offer)
     wanted = TransferAuthorization(
         token=TokenDomain(token_name, token_version, offer.chain_id, offer.asset),
         from_address=payer.signer.address, to=offer.pay_to, value=offer.amount,

@@ -27,16 +27,50 @@ CONFIG_FILE = "config.json"
 
 
 class SignerConfig(BaseModel):
+    """A plain key pays (an EOA)."""
+
     model_config = ConfigDict(extra="forbid")
     kind: Literal["keystore"] = "keystore"
     keystore: str = "payer.keystore.json"
     password_file: str | None = None
 
 
+class AccountSetup(BaseModel):
+    """What the smart account was (or will be) created with: its address commits to it."""
+
+    model_config = ConfigDict(extra="forbid")
+    owner: str
+    session_key: str
+    session_expiry: int
+    token: str
+    max_value: int
+    max_window: int
+    allowance: int
+    period: int
+    salt: str = "0x" + "00" * 32
+
+
+class SmartAccountConfig(BaseModel):
+    """An ERC-4337 smart account pays; the keystore holds its session key."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["smart_account"] = "smart_account"
+    keystore: str = "session.keystore.json"
+    password_file: str | None = None
+    network: str = Field(description="CAIP-2 network of the account")
+    account: str
+    vault: str
+    setup: AccountSetup
+    bundler_url: str | None = None
+    relayer_keystore: str | None = Field(
+        None, description="a key with ETH that sends handleOps when no bundler answers")
+    top_up_to: int = Field(0, description="refill the hot balance up to this (atomic units)")
+
+
 class HomeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     schema_id: Literal["x402-agent/config/1"] = Field("x402-agent/config/1", alias="schema")
-    signer: SignerConfig = SignerConfig()
+    signer: SignerConfig | SmartAccountConfig = Field(SignerConfig(), discriminator="kind")
     ledger: str = Field("ledger.sqlite3",
                         description="SQLite file in the home, or a postgresql:// URL for fleets")
     verify_on_chain: bool = Field(True, description="check each settlement's tx receipt")
@@ -54,7 +88,9 @@ class AgentHome:
         return (self.root / name).resolve()
 
     def payer_address(self) -> str:
-        """The payer's address, read from the keystore without decrypting it."""
+        """The payer's address: the smart account, or the key's (read without decrypting it)."""
+        if isinstance(self.config.signer, SmartAccountConfig):
+            return self.config.signer.account.lower()
         try:
             keystore = json.loads(self.path(self.config.signer.keystore).read_text())
             return "0x" + str(keystore["address"]).lower().removeprefix("0x")

@@ -62,7 +62,11 @@ class Agent:
     def open(cls, home: AgentHome | Path | None = None, signer: PaymentSigner | None = None,
              approver: AsyncApprover | None = None) -> Agent:
         home = home if isinstance(home, AgentHome) else open_home(home)
-        if signer is None:
+        if signer is None and home.config.signer.kind == "smart_account":
+            from .chain.wallet import open_hot_wallet  # web3 loads only for smart accounts
+
+            signer = open_hot_wallet(home)
+        elif signer is None:
             signer = LocalKeySigner.from_keystore(home.path(home.config.signer.keystore),
                                                   home.keystore_password())
         # Pay only under a policy the enrolled device approved for this account and chain;

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from eth_utils.crypto import keccak
 
@@ -85,6 +85,17 @@ class PaymentSigner(Protocol):
     def sign_authorization(self, authorization: TransferAuthorization) -> SignedAuthorization: ...
 
 
+@runtime_checkable
+class OnChainGuard(Protocol):
+    """A payer whose account enforces bounds on chain (the smart-account hot wallet). The flow
+    asks it before reserving, so what the chain would refuse is never counted or signed, and
+    after reserving, so the hot balance covers every payment in flight."""
+
+    def check_payment(self, asset: str, pay_to: str, amount: int, window: int) -> None: ...
+
+    def ensure_funds(self, needed: int) -> None: ...
+
+
 class LocalKeySigner:
     """Signs with a secp256k1 key held in memory (decrypted from an eth-account keystore)."""
 
@@ -113,6 +124,10 @@ class LocalKeySigner:
     @property
     def address(self) -> str:
         return self._address
+
+    def private_key_bytes(self) -> bytes:
+        """The raw key, for a signer built on it (a smart account's session key); never log it."""
+        return bytes(self._key.secret)
 
     def sign_authorization(self, authorization: TransferAuthorization) -> SignedAuthorization:
         # coincurve signs the digest as given (hasher=None) and returns r || s || recid, with s

@@ -53,13 +53,19 @@ class SessionKeySigner:
     def address(self) -> str:
         return self._address
 
+    def _sign_digest(self, digest: bytes) -> bytes:
+        raw = self._key.sign_recoverable(digest, hasher=None)  # r || s || recid
+        return raw[:64] + bytes([27 + raw[64]])
+
     def sign_authorization(self, authorization: TransferAuthorization) -> SignedAuthorization:
         if authorization.from_address.lower() != self._address.lower():
             raise ValueError("this session key only signs payments from its own account")
-        raw = self._key.sign_recoverable(authorization.digest(), hasher=None)  # r||s||recid
-        signature = raw[:64] + bytes([27 + raw[64]])
-        envelope = authorization_envelope(authorization, signature)
+        envelope = authorization_envelope(authorization, self._sign_digest(authorization.digest()))
         return SignedAuthorization(authorization, "0x" + envelope.hex())
+
+    def sign_user_op_hash(self, user_op_hash: bytes) -> bytes:
+        """EIP-191 signature of a userOpHash (the account accepts it for refills only)."""
+        return self._sign_digest(keccak(b"\x19Ethereum Signed Message:\n32" + user_op_hash))
 
     def __repr__(self) -> str:
         return f"SessionKeySigner(account={self._address}, key={self.session_address})"

@@ -77,6 +77,15 @@ class Anvil:
         host, port = found.groups()
         return cls(process=process, rpc_url=f"http://{host}:{port}", chain_id=chain_id)
 
+    def set_balance(self, address: str, wei: int) -> None:
+        """Give ``address`` exactly ``wei`` of ETH (anvil's cheat code)."""
+        import httpx
+
+        answer = httpx.post(self.rpc_url, json={"jsonrpc": "2.0", "id": 1, "method": "anvil_setBalance",
+                                                "params": [address, hex(wei)]}).json()
+        if "error" in answer:
+            raise RuntimeError(f"anvil_setBalance failed: {answer['error']}")
+
     def stop(self) -> None:
         """Stop anvil (idempotent)."""
         self.process.stop()

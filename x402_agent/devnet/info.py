@@ -98,6 +98,8 @@ class WorldInfo:
     v1_facilitator_address: str
     routes: tuple[RouteInfo, ...]
     device_path: str  # HWI path of the device simulator that approves policies
+    factory_address: str  # X402AccountFactory on the main chain (ERC-6492 allowlisted)
+    bundler_url: str | None = None  # alto on the main chain, when the world runs one
 
     def route(self, method: str, path: str) -> RouteInfo:
         """The route served at ``method path`` (e.g. ``("GET", "/v2/weather")``)."""

@@ -42,6 +42,8 @@ class ChainSettlement:
     network: str
     rpc_url: str
     facilitator_key: str
+    # Factories the facilitator may call to deploy a counterfactual payer (ERC-6492).
+    account_factories: tuple[str, ...] = ()
 
 
 def v2_routes(
@@ -92,7 +94,8 @@ def build_facilitators(main: ChainSettlement, alt: ChainSettlement) -> list[x402
     """
     main_facilitator = x402Facilitator()
     register_exact_evm_facilitator(
-        main_facilitator, FacilitatorWeb3Signer(main.facilitator_key, main.rpc_url), main.network
+        main_facilitator, FacilitatorWeb3Signer(main.facilitator_key, main.rpc_url), main.network,
+        eip6492_allowed_factories=list(main.account_factories),
     )
     alt_facilitator = x402Facilitator()
     alt_signer = FacilitatorWeb3Signer(alt.facilitator_key, alt.rpc_url)

@@ -64,3 +64,84 @@ def provision_devnet_home(world: WorldInfo, root: Path, policy: Policy | None = 
         if device is None:
             opened.close()
     return home
+
+
+DEVNET_VAULT_FUNDING = 20_000_000  # 20 USDC in the vault
+DEVNET_ACCOUNT_ETH = 10**18  # gas for the account's own user operations (top-ups)
+DEVNET_SESSION_DAYS = 30
+
+
+def smart_account_policy(world: WorldInfo, account: str, *, version: int = 1) -> Policy:
+    """The devnet policy for a smart account: it pays main-chain USDC only (its one token)."""
+    base = devnet_policy(world, version=version)
+    return base.model_copy(update={"account": account, "assets": (base.assets[0],)})
+
+
+def provision_smart_account_home(world: WorldInfo, root: Path, *, deploy: bool = True,
+                                 device: HardwareDevice | None = None,
+                                 policy: Policy | None = None) -> AgentHome:
+    """A home paying from an X402Account owned by the device: the session key is encrypted in
+    the home, the vault holds the funds, the policy names the account and is device-approved.
+
+    ``deploy=False`` leaves the account counterfactual (its first payment or top-up deploys it).
+    """
+    from eth_account import Account
+    from web3 import Web3
+
+    from ..chain.account import send_transaction
+    from ..chain.factory import AccountConfig, create_account, predicted_addresses
+    from ..home import CONFIG_FILE, AccountSetup, HomeConfig, SmartAccountConfig
+    from ..signer import write_keystore
+
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o700)
+    password = secrets.token_urlsafe(24)
+    (root / "session.password").write_text(password)
+    (root / "session.password").chmod(0o600)
+    session, relayer = Account.create(), Account.create()
+    write_keystore(root / "session.keystore.json", "0x" + bytes(session.key).hex(), password,
+                   iterations=DEVNET_SCRYPT_N)
+    write_keystore(root / "relayer.keystore.json", "0x" + bytes(relayer.key).hex(), password,
+                   iterations=DEVNET_SCRYPT_N)
+    opened = device or HwiDevice.at("trezor", world.device_path)
+    try:
+        owner = opened.enroll(DEFAULT_APPROVAL_PATH).eth_address
+        w3 = Web3(Web3.HTTPProvider(world.rpc_url))
+        now = int(w3.eth.get_block("latest")["timestamp"])
+        base = devnet_policy(world)
+        setup = AccountSetup(owner=owner, session_key=session.address,
+                             session_expiry=now + DEVNET_SESSION_DAYS * 86400, token=world.usdc.address,
+                             max_value=DEVNET_PER_REQUEST_MAX, max_window=base.max_authorization_seconds + 60,
+                             allowance=DEVNET_DAILY_MAX, period=86400)
+        config = AccountConfig(owner, session.address, setup.session_expiry, setup.token, setup.max_value,
+                               setup.max_window, setup.allowance, setup.period)
+        account, vault = predicted_addresses(w3, config)
+        payer = world.payer_private_key
+        if deploy:
+            create_account(w3, config, Account.from_key(payer))
+        usdc = w3.eth.contract(address=Web3.to_checksum_address(world.usdc.address), abi=_TRANSFER_ABI)
+        send_transaction(w3, payer, {"to": usdc.address,
+                                     "data": usdc.encode_abi("transfer", args=[vault, DEVNET_VAULT_FUNDING])})
+        for to in (account, relayer.address):
+            send_transaction(w3, payer, {"to": to, "value": DEVNET_ACCOUNT_ETH, "gas": 60_000})
+        signer = SmartAccountConfig(
+            password_file="session.password", network=world.network, account=account, vault=vault,
+            setup=setup, bundler_url=world.bundler_url, relayer_keystore="relayer.keystore.json",
+            top_up_to=DEVNET_SESSION_ALLOWANCE)
+        config_doc = HomeConfig.model_validate({
+            "signer": signer, "chain_id": world.chain_id,
+            "rpc_urls": {world.network: world.rpc_url, world.alt_network: world.alt_rpc_url}})
+        (root / CONFIG_FILE).write_text(config_doc.model_dump_json(by_alias=True, indent=2) + "\n")
+        home = AgentHome(root, config_doc)
+        store = PolicyStore(home.root, expectations(home))
+        enroll(store, opened, DEFAULT_APPROVAL_PATH)
+        approve(store, opened, policy or smart_account_policy(world, account))
+    finally:
+        if device is None:
+            opened.close()
+    return home
+
+
+_TRANSFER_ABI = [{"name": "transfer", "type": "function", "stateMutability": "nonpayable",
+                  "inputs": [{"name": "to", "type": "address"}, {"name": "value", "type": "uint256"}],
+                  "outputs": [{"name": "", "type": "bool"}]}]

@@ -23,8 +23,11 @@ from typing import Protocol, TypeVar
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+from ..chain.factory import factory_address
 from ..device.simulator import DeviceSimulator
+from .aa import install_account_abstraction
 from .anvil import Anvil, dev_account
+from .bundler import AltoBundler
 from .info import WorldInfo
 from .paid_api import ChainSettlement, build_facilitators, create_app, v2_routes
 from .served import ServedApp
@@ -66,10 +69,12 @@ class LocalWorld:
     ``start()`` returns the ``WorldInfo``; ``startup_seconds`` records how long it took.
     """
 
-    def __init__(self, device: DeviceSimulator | None = None) -> None:
+    def __init__(self, device: DeviceSimulator | None = None, *, bundler: bool = False) -> None:
         # The device simulator approves policies through HWI, which looks for Trezor emulators
         # only at 127.0.0.1:21324: a world starts one there unless it is given a running one.
         self._given_device = device
+        # The alto bundler takes ~3 s to start: only worlds that send user operations want it.
+        self._with_bundler = bundler
         self.device: DeviceSimulator | None = device
         self._stack: ExitStack | None = None
         self._info: WorldInfo | None = None
@@ -124,12 +129,15 @@ class LocalWorld:
         payees: dict[str, str] = {role: dev_account(index).address for role, index in _PAYEES.items()}
 
         def main_chain() -> tuple[Anvil, list[TokenInfo]]:
-            return _chain_with_tokens(stack, CHAIN_ID, [USDC_SPEC, EURC_SPEC], payer.address)
+            anvil, tokens = _chain_with_tokens(stack, CHAIN_ID, [USDC_SPEC, EURC_SPEC], payer.address)
+            install_account_abstraction(anvil.rpc_url, dev_account(_DEPLOYER))
+            return anvil, tokens
 
         def alt_chain() -> tuple[Anvil, list[TokenInfo]]:
             return _chain_with_tokens(stack, ALT_CHAIN_ID, [USDC_SPEC], payer.address)
 
         (anvil, (usdc, eurc)), (alt_anvil, (alt_usdc,)) = _in_parallel(main_chain, alt_chain)
+        bundler_url = _start_bundler(stack, anvil) if self._with_bundler else None
 
         api = _started(stack, ServedApp(name="x402-paid-api"))
         routes = v2_routes(
@@ -155,7 +163,7 @@ class LocalWorld:
 
         def start_v2() -> None:
             facilitators = build_facilitators(
-                ChainSettlement(NETWORK, anvil.rpc_url, facilitator_key),
+                ChainSettlement(NETWORK, anvil.rpc_url, facilitator_key, (factory_address(),)),
                 ChainSettlement(ALT_NETWORK, alt_anvil.rpc_url, facilitator_key),
             )
             api.start(create_app(routes, facilitators))
@@ -183,7 +191,18 @@ class LocalWorld:
             v1_facilitator_address=v1.facilitator_address,
             routes=routes + v1.routes,
             device_path=device_path,
+            factory_address=factory_address(),
+            bundler_url=bundler_url,
         )
+
+
+def _start_bundler(stack: ExitStack, anvil: Anvil) -> str:
+    """alto on the main chain, its executor and utility keys fresh and funded."""
+    executor, utility = Account.create(), Account.create()
+    for key in (executor, utility):
+        anvil.set_balance(key.address, 100 * 10**18)
+    return _started(stack, AltoBundler(anvil.rpc_url, executor_key=bytes(executor.key),
+                                       utility_key=bytes(utility.key))).start().url
 
 
 def _chain_with_tokens(

@@ -1,0 +1,252 @@
+"""The hot wallet as the payment flow sees it: a smart account, its vault and a session key.
+
+Before a payment is reserved the wallet checks the account's on-chain bounds (token, per-payment
+cap, window, payee list, session-key expiry), so a payment the chain would refuse is never
+signed and never counted. After the reservation it makes sure the hot balance covers every
+payment in flight, refilling from the vault (a user operation signed by the session key, sent
+through the bundler or, failing that, straight to ``EntryPoint.handleOps``) within the period's
+allowance. The account may not exist yet: its address commits to its configuration, so until it
+is deployed the bounds are the configuration's and signatures carry ERC-6492 deployment data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from eth_utils.address import to_checksum_address
+from web3 import Web3
+
+from ..errors import ChainError, ConfigError, PolicyDenied
+from ..home import AccountSetup, AgentHome, SmartAccountConfig
+from ..signer import LocalKeySigner, SignedAuthorization, TransferAuthorization
+from .account import account_contract, owned_contract
+from .bundler import BundlerClient, UserOpResult, submit_user_op
+from .entrypoint import ENTRY_POINT_V07, entry_point_v07_abi
+from .factory import AccountConfig, create_account_calldata, erc6492_wrap, factory_address
+from .session_signer import SessionKeySigner
+from .userop import PackedUserOperation, pack_account_gas_limits, pack_gas_fees, user_op_hash_v07
+
+_BALANCE_OF = [{"name": "balanceOf", "type": "function", "stateMutability": "view",
+                "inputs": [{"name": "a", "type": "address"}],
+                "outputs": [{"name": "", "type": "uint256"}]}]
+# Gas for a refill user operation: validation (with a first deployment) and the pull itself.
+_VERIFICATION_GAS = 600_000
+_CALL_GAS = 150_000
+_PRE_VERIFICATION_GAS = 60_000
+
+
+class WalletRefused(PolicyDenied):
+    """The smart account's on-chain bounds or funds would refuse this payment; nothing was signed."""
+
+    reason = "onchain_bound"
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What the account enforces for one session key and one token (read on chain)."""
+
+    deployed: bool
+    max_value: int
+    max_window: int
+    payees_restricted: bool
+    token_allowed: bool
+    session_expiry: int  # 0: unknown to the account (revoked or never added)
+
+
+@dataclass(frozen=True)
+class Funds:
+    hot_balance: int  # in the account
+    vault_balance: int
+    vault_available: int  # what the account may still pull this period
+
+
+class HotWallet:
+    """A session key's view of its smart account; also its ``PaymentSigner``."""
+
+    def __init__(self, w3: Web3, config: AccountConfig, account: str, vault: str, session_key: bytes,
+                 *, bundler: BundlerClient | None = None, relayer: LocalAccount | None = None,
+                 top_up_to: int = 0, clock: Callable[[], float] = time.time,
+                 bounds_ttl: float = 30.0) -> None:
+        self.w3 = w3
+        self.config = config
+        self.account = to_checksum_address(account)
+        self.vault = to_checksum_address(vault)
+        self.token = to_checksum_address(config.token)
+        self._session = SessionKeySigner(self.account, session_key)
+        self._bundler = bundler
+        self._relayer = relayer
+        self.top_up_to = top_up_to
+        self._clock = clock
+        self._bounds_ttl = bounds_ttl
+        self._bounds: tuple[float, Bounds] | None = None
+        self._funding = threading.Lock()
+        self.top_ups: list[UserOpResult] = []
+
+    # ---- PaymentSigner ----
+
+    @property
+    def address(self) -> str:
+        return self.account
+
+    @property
+    def session_address(self) -> str:
+        return self._session.session_address
+
+    def sign_authorization(self, authorization: TransferAuthorization) -> SignedAuthorization:
+        signed = self._session.sign_authorization(authorization)
+        if self.bounds().deployed:
+            return signed
+        # Not deployed yet: ERC-6492 lets the facilitator deploy the account before settling.
+        envelope = bytes.fromhex(signed.signature.removeprefix("0x"))
+        wrapped = erc6492_wrap(factory_address(), create_account_calldata(self.w3, self.config),
+                               envelope)
+        return dataclasses.replace(signed, signature="0x" + wrapped.hex())
+
+    # ---- on-chain reads ----
+
+    def is_deployed(self) -> bool:
+        return bool(self.w3.eth.get_code(self.account))
+
+    def bounds(self, *, fresh: bool = False) -> Bounds:
+        now = time.monotonic()
+        if not fresh and self._bounds is not None and now - self._bounds[0] < self._bounds_ttl:
+            return self._bounds[1]
+        try:
+            bounds = self._read_bounds()
+        except (OSError, ValueError) as exc:
+            raise ChainError("cannot read the smart account's bounds", reason="chain_unavailable",
+                             account=self.account) from exc
+        if bounds.deployed:  # a counterfactual account's bounds cannot change until it exists
+            self._bounds = (now, bounds)
+        return bounds
+
+    def _read_bounds(self) -> Bounds:
+        if not self.is_deployed():
+            session_ok = self.config.session_key.lower() == self.session_address.lower()
+            return Bounds(False, self.config.max_value, self.config.max_window, False, True,
+                          self.config.session_expiry if session_ok else 0)
+        acct = account_contract(self.w3, self.account).functions
+        return Bounds(True, int(acct.maxValue().call()), int(acct.maxWindow().call()),
+                      bool(acct.payeesRestricted().call()), bool(acct.tokenAllowed(self.token).call()),
+                      int(acct.sessionKeyExpiry(self.session_address).call()))
+
+    def funds(self) -> Funds:
+        token = self.w3.eth.contract(address=self.token, abi=_BALANCE_OF)
+        hot = int(token.functions.balanceOf(self.account).call())
+        vault_balance = int(token.functions.balanceOf(self.vault).call())
+        if self.w3.eth.get_code(self.vault):
+            available = int(owned_contract(self.w3, self.vault, "x402-vault").functions.available().call())
+        else:
+            available = self.config.allowance  # a fresh vault starts a full period
+        return Funds(hot, vault_balance, min(available, vault_balance))
+
+    # ---- the payment flow's hooks ----
+
+    def check_payment(self, asset: str, pay_to: str, amount: int, window: int) -> None:
+        """Refuse, before anything is reserved or signed, what the account would refuse."""
+        bounds = self.bounds()
+        details = {"account": self.account, "amount": amount}
+        if to_checksum_address(asset) != self.token or not bounds.token_allowed:
+            raise WalletRefused("the smart account does not pay with this token",
+                                reason="onchain_token", asset=asset, **details)
+        if amount > bounds.max_value:
+            raise WalletRefused(f"the smart account caps one payment at {bounds.max_value} atomic units",
+                                reason="onchain_cap", onchain_max=bounds.max_value, **details)
+        if window > bounds.max_window:
+            raise WalletRefused("the payment's validity window is longer than the account allows",
+                                reason="onchain_window", onchain_max_window=bounds.max_window, **details)
+        if bounds.session_expiry <= self._clock() + window:
+            raise WalletRefused("this session key is revoked or expires before the payment would",
+                                reason="session_key_expired", **details)
+        if bounds.payees_restricted and not bool(
+                account_contract(self.w3, self.account).functions.payeeAllowed(pay_to).call()):
+            raise WalletRefused("the smart account does not pay this payee", reason="onchain_payee",
+                                pay_to=pay_to, **details)
+
+    def ensure_funds(self, needed: int) -> None:
+        """Make the hot balance cover ``needed`` (every payment in flight), refilling from the
+        vault up to ``top_up_to`` within the period's allowance; refuse if it cannot."""
+        with self._funding:
+            funds = self.funds()
+            if funds.hot_balance >= needed:
+                return
+            shortfall = needed - funds.hot_balance
+            if funds.vault_available < shortfall:
+                raise WalletRefused(
+                    "the hot balance and what the vault still allows this period do not cover "
+                    "this payment", reason="hot_wallet_exhausted", account=self.account,
+                    hot_balance=funds.hot_balance, vault_available=funds.vault_available,
+                    needed=needed)
+            amount = min(funds.vault_available, max(shortfall, self.top_up_to - funds.hot_balance))
+            self.top_up(amount)
+
+    # ---- top-up through a user operation signed by the session key ----
+
+    def refill_operation(self, amount: int) -> PackedUserOperation:
+        entry_point = self.w3.eth.contract(address=ENTRY_POINT_V07, abi=entry_point_v07_abi())
+        deployed = self.is_deployed()
+        init_code = b"" if deployed else (bytes.fromhex(factory_address()[2:])
+                                          + create_account_calldata(self.w3, self.config))
+        call = account_contract(self.w3, self.account).encode_abi("refill", args=[amount])
+        base_fee = int(self.w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0)
+        priority = 10**9
+        op = PackedUserOperation(
+            sender=self.account, nonce=int(entry_point.functions.getNonce(self.account, 0).call()),
+            initCode=init_code, callData=bytes.fromhex(call[2:]),
+            accountGasLimits=pack_account_gas_limits(_VERIFICATION_GAS, _CALL_GAS),
+            preVerificationGas=_PRE_VERIFICATION_GAS,
+            gasFees=pack_gas_fees(priority, 2 * base_fee + priority), paymasterAndData=b"",
+            signature=b"")
+        digest = user_op_hash_v07(op, ENTRY_POINT_V07, self.w3.eth.chain_id)
+        return dataclasses.replace(op, signature=self._session.sign_user_op_hash(digest))
+
+    def top_up(self, amount: int) -> UserOpResult:
+        """Pull ``amount`` from the vault into the hot account (deploying it first if needed)."""
+        result = submit_user_op(self.w3, self.refill_operation(amount), bundler=self._bundler,
+                                relayer_key=self._relayer)
+        self._bounds = None
+        self.top_ups.append(result)
+        return result
+
+    def status(self) -> dict[str, Any]:
+        bounds, funds = self.bounds(fresh=True), self.funds()
+        return {"account": self.account, "vault": self.vault, "token": self.token,
+                "session_key": self.session_address, **dataclasses.asdict(bounds),
+                **dataclasses.asdict(funds)}
+
+
+def account_config(setup: AccountSetup) -> AccountConfig:
+    return AccountConfig(setup.owner, setup.session_key, setup.session_expiry, setup.token,
+                         setup.max_value, setup.max_window, setup.allowance, setup.period,
+                         bytes.fromhex(setup.salt.removeprefix("0x")))
+
+
+def open_hot_wallet(home: AgentHome) -> HotWallet:
+    """The home's smart account with its session key decrypted (the password never leaves)."""
+    from eth_account import Account
+
+    signer = home.config.signer
+    if not isinstance(signer, SmartAccountConfig):
+        raise ConfigError("this agent home pays from a plain key, not a smart account",
+                          reason="not_a_smart_account")
+    rpc_url = home.config.rpc_urls.get(signer.network)
+    if rpc_url is None:
+        raise ConfigError(f"no RPC URL for {signer.network} in the home's rpc_urls",
+                          reason="config_invalid")
+    password = home.keystore_password()
+    session = LocalKeySigner.from_keystore(home.path(signer.keystore), password)
+    relayer = None
+    if signer.relayer_keystore is not None:
+        relayer = Account.from_key(LocalKeySigner.from_keystore(
+            home.path(signer.relayer_keystore), password).private_key_bytes())
+    w3 = Web3(Web3.HTTPProvider(rpc_url))
+    bundler = BundlerClient(signer.bundler_url, ENTRY_POINT_V07) if signer.bundler_url else None
+    return HotWallet(w3, account_config(signer.setup), signer.account, signer.vault,
+                     session.private_key_bytes(), bundler=bundler, relayer=relayer,
+                     top_up_to=signer.top_up_to)
