@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,24 @@ def unpack_128x2(packed: bytes) -> tuple[int, int]:
     return value >> 128, value & _UINT128_MAX
 
 
+# paymaster (20 bytes) | paymasterVerificationGasLimit (16) | paymasterPostOpGasLimit (16) | data
+_PAYMASTER_DATA_OFFSET = 52
+
+
+def _hex(data: bytes) -> str:
+    return "0x" + data.hex()
+
+
+def _bytes(value: str | None) -> bytes:
+    return bytes.fromhex(value.removeprefix("0x")) if value else b""
+
+
+def _quantity(value: str | int | None) -> int:
+    if value is None:
+        return 0
+    return value if isinstance(value, int) else int(value, 16)
+
+
 @dataclass(frozen=True)
 class PackedUserOperation:
     """The v0.7 ``PackedUserOperation`` struct (field names as in Solidity)."""
@@ -57,6 +76,79 @@ class PackedUserOperation:
         for name in ("nonce", "preVerificationGas"):
             if not 0 <= getattr(self, name) < 1 << 256:
                 raise ValueError(f"{name} is a uint256")
+
+    @property
+    def verification_gas_limit(self) -> int:
+        return unpack_128x2(self.accountGasLimits)[0]
+
+    @property
+    def call_gas_limit(self) -> int:
+        return unpack_128x2(self.accountGasLimits)[1]
+
+    @property
+    def max_priority_fee_per_gas(self) -> int:
+        return unpack_128x2(self.gasFees)[0]
+
+    @property
+    def max_fee_per_gas(self) -> int:
+        return unpack_128x2(self.gasFees)[1]
+
+    def to_rpc(self) -> dict[str, str]:
+        """The v0.7 JSON-RPC form bundlers take (ERC-7769): unpacked fields, hex quantities.
+
+        ``initCode`` splits into ``factory`` + ``factoryData`` and ``paymasterAndData`` into
+        ``paymaster``, its two gas limits and ``paymasterData``; both are left out when empty.
+        """
+        rpc = {
+            "sender": to_checksum_address(self.sender),
+            "nonce": hex(self.nonce),
+            "callData": _hex(self.callData),
+            "callGasLimit": hex(self.call_gas_limit),
+            "verificationGasLimit": hex(self.verification_gas_limit),
+            "preVerificationGas": hex(self.preVerificationGas),
+            "maxFeePerGas": hex(self.max_fee_per_gas),
+            "maxPriorityFeePerGas": hex(self.max_priority_fee_per_gas),
+            "signature": _hex(self.signature),
+        }
+        if self.initCode:
+            if len(self.initCode) < 20:
+                raise ValueError("initCode is a 20-byte factory address followed by its calldata")
+            rpc["factory"] = to_checksum_address(self.initCode[:20])
+            rpc["factoryData"] = _hex(self.initCode[20:])
+        if self.paymasterAndData:
+            pad = self.paymasterAndData
+            if len(pad) < _PAYMASTER_DATA_OFFSET:
+                raise ValueError("paymasterAndData is paymaster (20 bytes), two uint128 gas limits, data")
+            rpc["paymaster"] = to_checksum_address(pad[:20])
+            rpc["paymasterVerificationGasLimit"] = hex(int.from_bytes(pad[20:36], "big"))
+            rpc["paymasterPostOpGasLimit"] = hex(int.from_bytes(pad[36:52], "big"))
+            rpc["paymasterData"] = _hex(pad[_PAYMASTER_DATA_OFFSET:])
+        return rpc
+
+    @classmethod
+    def from_rpc(cls, rpc: Mapping[str, Any]) -> PackedUserOperation:
+        """The inverse of ``to_rpc``."""
+        factory = rpc.get("factory")
+        init_code = _bytes(factory) + _bytes(rpc.get("factoryData")) if factory else b""
+        paymaster = rpc.get("paymaster")
+        paymaster_and_data = (
+            _bytes(paymaster)
+            + _quantity(rpc.get("paymasterVerificationGasLimit")).to_bytes(16, "big")
+            + _quantity(rpc.get("paymasterPostOpGasLimit")).to_bytes(16, "big")
+            + _bytes(rpc.get("paymasterData"))
+        ) if paymaster else b""  # fmt: skip
+        return cls(
+            sender=to_checksum_address(rpc["sender"]),
+            nonce=_quantity(rpc["nonce"]),
+            initCode=init_code,
+            callData=_bytes(rpc["callData"]),
+            accountGasLimits=pack_account_gas_limits(
+                _quantity(rpc["verificationGasLimit"]), _quantity(rpc["callGasLimit"])),
+            preVerificationGas=_quantity(rpc["preVerificationGas"]),
+            gasFees=pack_gas_fees(_quantity(rpc["maxPriorityFeePerGas"]), _quantity(rpc["maxFeePerGas"])),
+            paymasterAndData=paymaster_and_data,
+            signature=_bytes(rpc.get("signature")),
+        )
 
     def as_tuple(self) -> tuple[Any, ...]:
         """The struct as an ABI tuple, in field order (for contract calls)."""
