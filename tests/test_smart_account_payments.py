@@ -207,3 +207,26 @@ def test_envelope_is_the_abi_encoding_the_account_accepts(world: WorldInfo, sw: 
     with pytest.raises(ValueError):
         sw.session.sign_authorization(TransferAuthorization(**{**auth.__dict__,
                                                                "from_address": dev_account(4).address}))
+
+
+def test_owner_action_signed_as_eip712_through_trezorlib(world: WorldInfo, sw: SmartWorld) -> None:
+    from x402_agent.chain.account import owner_action_typed_data
+    from x402_agent.device.trezor import sign_typed_data
+
+    contract = account_contract(sw.w3, sw.account)
+    payee = dev_account(7).address
+    data = encode_action(sw.w3, sw.account, "setPayee", [payee, True])
+    nonce = contract.functions.ownerNonce().call()
+    typed = owner_action_typed_data("setPayee", data, nonce, world.chain_id, sw.account)
+    signature = bytes.fromhex(sign_typed_data(typed, DEFAULT_APPROVAL_PATH, world.device_path)[2:])
+    # the digest the device signed is the one the contract rebuilds
+    from eth_account.messages import encode_typed_data
+    from eth_utils.crypto import keccak
+    encoded = encode_typed_data(full_message=typed)
+    assert keccak(b"\x19" + encoded.version + encoded.header + encoded.body) == \
+        contract.functions.ownerTypedDigest(data, nonce).call()
+    with pytest.raises(ContractLogicError):  # bound to its nonce: useless at the next one
+        contract.functions.ownerCall(data, nonce + 1, signature).call()
+    owner_call(sw.w3, sw.account, "setPayee", data, signature, dev_account(0), nonce=nonce)
+    assert contract.functions.payeeAllowed(payee).call()
+    assert contract.functions.ownerNonce().call() == nonce + 1

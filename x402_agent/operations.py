@@ -80,6 +80,12 @@ class Agent:
         agent.reconcile()
         return agent
 
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self._sync.close()
         self.payer.gate.ledger.close()

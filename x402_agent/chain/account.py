@@ -101,6 +101,24 @@ def owner_action_line(action: str, data: bytes, nonce: int, chain_id: int, accou
             f"account {account.lower()}")
 
 
+def owner_action_typed_data(action: str, data: bytes, nonce: int, chain_id: int, target: str,
+                            tag: str = ACCOUNT_TAG) -> dict[str, Any]:
+    """The EIP-712 ``OwnerCall`` the owner may sign instead of the line (``ownerTypedDigest``)."""
+    return {
+        "types": {
+            "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
+                             {"name": "chainId", "type": "uint256"},
+                             {"name": "verifyingContract", "type": "address"}],
+            "OwnerCall": [{"name": "action", "type": "string"}, {"name": "data", "type": "bytes"},
+                          {"name": "nonce", "type": "uint256"}],
+        },
+        "primaryType": "OwnerCall",
+        "domain": {"name": tag, "version": "1", "chainId": chain_id,
+                   "verifyingContract": to_checksum_address(target)},
+        "message": {"action": action, "data": "0x" + data.hex(), "nonce": nonce},
+    }
+
+
 def decode_hwi_signature(signature: str) -> bytes:
     """HWI's base64 Bitcoin message signature as the 65 bytes ``header || r || s``."""
     raw = base64.b64decode(signature, validate=True)
@@ -154,6 +172,7 @@ __all__ = [
     "encode_action",
     "owned_contract",
     "owner_action_line",
+    "owner_action_typed_data",
     "owner_call",
     "run_owner_action",
     "send_transaction",

@@ -67,7 +67,7 @@ def provision_devnet_home(world: WorldInfo, root: Path, policy: Policy | None = 
 
 
 DEVNET_VAULT_FUNDING = 20_000_000  # 20 USDC in the vault
-DEVNET_ACCOUNT_ETH = 10**18  # gas for the account's own user operations (top-ups)
+DEVNET_ACCOUNT_ETH = 10**17  # 0.1 ETH: gas for the account's own user operations (top-ups)
 DEVNET_SESSION_DAYS = 30
 
 
