@@ -34,8 +34,8 @@ from x402_agent.chain import (
 )
 from x402_agent.chain.factory import AccountConfig, create_account, deploy_factory, factory_address
 from x402_agent.devnet.anvil import Anvil, dev_account
-from x402_agent.devnet.proc import PROJECT_ROOT
 from x402_agent.devnet.usdc import TokenInfo, TokenSpec, deploy_fiat_tokens
+from x402_agent.paths import PROJECT_ROOT
 
 CHAIN_ID = 43371
 BUILD_DIR = PROJECT_ROOT / "contracts" / "build"

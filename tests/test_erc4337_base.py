@@ -30,7 +30,7 @@ from x402_agent.chain import (
 from x402_agent.chain.entrypoint import entry_point_v07_creation_code
 from x402_agent.chain.userop import unpack_128x2, user_op_inner_hash_v07
 from x402_agent.devnet.anvil import Anvil, dev_account
-from x402_agent.devnet.proc import PROJECT_ROOT
+from x402_agent.paths import PROJECT_ROOT
 
 CHAIN_ID = 43370
 BUILD_DIR = PROJECT_ROOT / "contracts" / "build"

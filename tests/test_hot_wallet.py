@@ -5,6 +5,10 @@ account's on-chain bounds checked before anything is reserved or signed."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +16,7 @@ import pytest
 from chain_reads import rpc, token_balance, transfer_logs
 from web3 import Web3
 
-from x402_agent.chain.account import run_owner_action
+from x402_agent.chain.account import account_contract, run_owner_action
 from x402_agent.chain.wallet import HotWallet, WalletRefused
 from x402_agent.device.hwi import DEFAULT_APPROVAL_PATH, HwiDevice
 from x402_agent.devnet import LocalWorld, WorldInfo
@@ -20,7 +24,9 @@ from x402_agent.devnet.anvil import dev_account
 from x402_agent.devnet.provision import (
     DEVNET_SESSION_ALLOWANCE,
     DEVNET_VAULT_FUNDING,
+    provision_devnet_home,
     provision_smart_account_home,
+    smart_account_policy,
 )
 from x402_agent.home import AgentHome, open_home
 from x402_agent.ledger import PaymentState
@@ -154,3 +160,81 @@ def test_revoked_session_key_refuses_and_vault_exhaustion_releases(
         with pytest.raises(WalletRefused) as revoked:
             agent.fetch(route.url)
         assert revoked.value.reason == "session_key_expired"
+
+
+# ---- the `x402-agent wallet` commands, each a separate process as users run them ----
+
+CLI = [sys.executable, "-m", "x402_agent.cli"]
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([*CLI, *args], env={**os.environ, "X402_AGENT_HOME": str(home)},
+                          capture_output=True, text=True, timeout=120)
+    return done
+
+
+def test_wallet_create_fund_approve_and_pay_from_a_fresh_home(aa_world: WorldInfo, tmp_path: Path) -> None:
+    """The newcomer's path: a home with an enrolled device gets a counterfactual account; it is
+    funded; a policy naming it is approved on the device; the first payment deploys it."""
+    home = provision_devnet_home(aa_world, tmp_path / "home").root  # device enrolled, key home
+    created = _cli(home, "wallet", "create", "--network", aa_world.network, "--token",
+                   aa_world.usdc.address, "--max-value", "100000", "--allowance", "2000000",
+                   "--top-up-to", "300000", "--bundler-url", str(aa_world.bundler_url))
+    assert created.returncode == 0, created.stderr
+    made = json.loads(created.stdout[:created.stdout.rindex("}") + 1])
+    config = open_home(home).config
+    assert config.signer.kind == "smart_account" and config.signer.account == made["account"]
+    keystore = json.loads((home / "session.keystore.json").read_text())
+    assert keystore["address"].lower() == made["session_key"][2:].lower() and "crypto" in keystore
+    w3 = Web3(Web3.HTTPProvider(aa_world.rpc_url))
+    assert w3.eth.get_code(made["account"]) == b""  # counterfactual until its first top-up
+    _fund(aa_world, made["vault"], usdc=5_000_000)
+    _fund(aa_world, made["account"], eth=10**17)
+    assert _cli(home, "fetch", aa_world.route("GET", "/v2/weather").url).returncode == 2  # old policy
+    policy = smart_account_policy(aa_world, made["account"], version=2)
+    (tmp_path / "policy.json").write_text(policy.model_dump_json(by_alias=True))
+    assert _cli(home, "policy", "propose", str(tmp_path / "policy.json")).returncode == 0
+    assert _cli(home, "policy", "approve").returncode == 0
+    paid = _cli(home, "fetch", aa_world.route("GET", "/v2/weather").url)
+    assert paid.returncode == 0, paid.stderr
+    assert w3.eth.get_code(made["account"]) != b""
+    status = json.loads(_cli(home, "wallet", "status", "--json").stdout)
+    assert status["deployed"] and status["hot_balance"] == 300_000 - 1_000
+    assert status["vault_available"] == 2_000_000 - 300_000
+
+
+def test_wallet_status_topup_rotate_and_revoke(aa_world: WorldInfo, tmp_path: Path) -> None:
+    home = _home(aa_world, tmp_path).root
+    before = json.loads(_cli(home, "wallet", "status", "--json").stdout)
+    assert before["hot_balance"] == 0 and before["vault_available"] == 2_000_000
+    topped = _cli(home, "wallet", "topup", "250000")
+    assert topped.returncode == 0, topped.stderr
+    assert json.loads(topped.stdout)["hot_balance"] == 250_000
+    rotated = _cli(home, "wallet", "session-key", "rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    after = json.loads(_cli(home, "wallet", "status", "--json").stdout)
+    assert after["session_key"] != before["session_key"] and after["session_expiry"] > 0
+    account = account_contract(Web3(Web3.HTTPProvider(aa_world.rpc_url)), after["account"])
+    assert account.functions.sessionKeyExpiry(before["session_key"]).call() == 0  # old key revoked
+    assert _cli(home, "fetch", aa_world.route("GET", "/v2/weather").url).returncode == 0
+    revoked = _cli(home, "wallet", "session-key", "revoke")
+    assert revoked.returncode == 0, revoked.stderr
+    refused = _cli(home, "fetch", aa_world.route("GET", "/v2/weather").url)
+    assert refused.returncode != 0 and "session_key_expired" in refused.stderr
+    secret = open_home(home).keystore_password()
+    assert all(secret not in done.stdout + done.stderr for done in (topped, rotated, revoked))
+
+
+def _fund(world: WorldInfo, to: str, *, usdc: int = 0, eth: int = 0) -> None:
+    from x402_agent.chain.account import send_transaction
+
+    w3 = Web3(Web3.HTTPProvider(world.rpc_url))
+    if usdc:
+        token = w3.eth.contract(address=Web3.to_checksum_address(world.usdc.address), abi=[{
+            "name": "transfer", "type": "function", "stateMutability": "nonpayable",
+            "inputs": [{"name": "to", "type": "address"}, {"name": "value", "type": "uint256"}],
+            "outputs": [{"name": "", "type": "bool"}]}])
+        send_transaction(w3, world.payer_private_key, {"to": token.address, "data": token.encode_abi(
+            "transfer", args=[to, usdc])})
+    if eth:
+        send_transaction(w3, world.payer_private_key, {"to": to, "value": eth, "gas": 60_000})

@@ -48,8 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     breaker = sub.add_parser("breaker", help="the circuit breaker")
     breaker.add_argument("action", choices=("reset",))
     from .cli_policy import register
+    from .cli_wallet import register as register_wallet
 
     register(sub)
+    register_wallet(sub)
     mcp = sub.add_parser("mcp", help="serve the agent tools over MCP (stdio by default)")
     mcp.add_argument("--transport", choices=("stdio", "http"), default="stdio",
                      help="stdio, or streamable HTTP (bearer token required)")
@@ -58,7 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     mcp.add_argument("--token", help="HTTP bearer token (default $X402_AGENT_MCP_TOKEN, "
                                      "else generated and printed to stderr)")
     mcp.add_argument("--session-profile", help="session rule of the policy for each connection")
-    sub.add_parser("devnet", help="run a local x402 world (anvil, USDC, paid API) until Ctrl-C")
+    devnet = sub.add_parser("devnet", help="run a local x402 world (anvil, USDC, bundler, paid API, "
+                            "device simulator) and an agent home for it, until Ctrl-C")
+    devnet.add_argument("--wallet", choices=("smart-account", "key"), default="smart-account",
+                        help="pay from a device-owned smart account (default) or a plain key")
     sub.add_parser("demo", help="start the local world, pay several x402 APIs, show receipts")
     return parser
 
@@ -233,6 +238,12 @@ def _device(args: argparse.Namespace) -> int:
     return run_device(args)
 
 
+def _wallet(args: argparse.Namespace) -> int:
+    from .cli_wallet import run_wallet
+
+    return run_wallet(args)
+
+
 def _mcp(args: argparse.Namespace) -> int:
     from .home import open_home
     from .mcp_server import serve
@@ -250,7 +261,7 @@ def _mcp(args: argparse.Namespace) -> int:
 def _devnet(args: argparse.Namespace) -> int:
     from .devnet.cli import run_devnet
 
-    return run_devnet(args.home)
+    return run_devnet(args.home, args.wallet)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -267,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: dict[str, Callable[[argparse.Namespace], int]] = {
         "fetch": _fetch, "quote": _quote, "receipts": _receipts, "devnet": _devnet, "demo": _demo,
         "budget": _budget, "breaker": _breaker, "policy": _policy, "device": _device,
-        "mcp": _mcp}
+        "mcp": _mcp, "wallet": _wallet}
     try:
         return handler[args.command](args)
     except X402AgentError as exc:

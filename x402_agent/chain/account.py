@@ -22,7 +22,7 @@ from eth_utils.crypto import keccak
 from web3 import Web3
 from web3.contract import Contract
 
-from ..devnet.proc import PROJECT_ROOT
+from ..paths import PROJECT_ROOT
 
 ACCOUNT_TAG = "x402-account"
 VAULT_TAG = "x402-vault"

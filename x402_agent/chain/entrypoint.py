@@ -17,7 +17,7 @@ from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from web3 import Web3
 
-from ..devnet.proc import PROJECT_ROOT
+from ..paths import PROJECT_ROOT
 
 CREATE2_DEPLOYER = to_checksum_address("0x4e59b44847b379578588920cA78FbF26c0B4956C")
 ENTRY_POINT_V07 = to_checksum_address("0x0000000071727De22E5E9d8BAf0edAc6f37da032")

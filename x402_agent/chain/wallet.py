@@ -80,7 +80,7 @@ class HotWallet:
         self.token = to_checksum_address(config.token)
         self._session = SessionKeySigner(self.account, session_key)
         self._bundler = bundler
-        self._relayer = relayer
+        self.relayer = relayer
         self.top_up_to = top_up_to
         self._clock = clock
         self._bounds_ttl = bounds_ttl
@@ -209,7 +209,7 @@ class HotWallet:
     def top_up(self, amount: int) -> UserOpResult:
         """Pull ``amount`` from the vault into the hot account (deploying it first if needed)."""
         result = submit_user_op(self.w3, self.refill_operation(amount), bundler=self._bundler,
-                                relayer_key=self._relayer)
+                                relayer_key=self.relayer)
         self._bounds = None
         self.top_ups.append(result)
         return result

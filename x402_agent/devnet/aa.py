@@ -18,7 +18,7 @@ from web3 import Web3
 
 from ..chain.account import send_transaction
 from ..chain.factory import deploy_factory
-from .proc import PROJECT_ROOT
+from ..paths import PROJECT_ROOT
 
 MULTICALL3 = to_checksum_address("0xcA11bde05977b3631167028862bE2a173976CA11")
 _VIEM_CONTRACTS = PROJECT_ROOT / "node_modules" / "viem" / "_cjs" / "constants" / "contracts.js"

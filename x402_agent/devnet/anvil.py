@@ -16,7 +16,8 @@ from eth_account import Account
 from eth_account.hdaccount import key_from_seed, seed_from_mnemonic
 from eth_account.signers.local import LocalAccount
 
-from .proc import PROJECT_ROOT, ManagedProcess
+from ..paths import PROJECT_ROOT
+from .proc import ManagedProcess
 
 ANVIL_BIN = PROJECT_ROOT / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
 

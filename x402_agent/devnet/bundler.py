@@ -36,7 +36,8 @@ from typing import IO, Any
 import httpx
 
 from ..chain.entrypoint import ENTRY_POINT_V07
-from .proc import PROJECT_ROOT, ProcessStartError, child_env
+from ..paths import PROJECT_ROOT
+from .proc import ProcessStartError, child_env
 
 ALTO_JS = PROJECT_ROOT / "node_modules" / "@pimlico" / "alto" / "esm" / "cli" / "alto.js"
 

@@ -10,11 +10,13 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from .provision import provision_devnet_home
+from .provision import provision_devnet_home, provision_smart_account_home
 from .world import LocalWorld
 
 
-def run_devnet(home: Path | None) -> int:
+def run_devnet(home: Path | None, wallet: str = "smart-account") -> int:
+    """``wallet``: ``smart-account`` (an X402Account owned by the simulator, topped up through
+    the bundler) or ``key`` (a plain funded key pays)."""
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -22,9 +24,12 @@ def run_devnet(home: Path | None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    with tempfile.TemporaryDirectory(prefix="x402-devnet-") as scratch, LocalWorld() as world:
+    smart = wallet == "smart-account"
+    with tempfile.TemporaryDirectory(prefix="x402-devnet-") as scratch, \
+            LocalWorld(bundler=smart) as world:
         root = home or Path(scratch) / "agent-home"
-        provision_devnet_home(world, root)
+        agent_home = (provision_smart_account_home if smart else provision_devnet_home)(world, root)
+        signer = agent_home.config.signer
         ready = {
             "ready": True,
             "rpc_url": world.rpc_url,
@@ -35,7 +40,10 @@ def run_devnet(home: Path | None) -> int:
             "api_url": world.api_url,
             "v1_api_url": world.v1_api_url,
             "agent_home": str(root),
-            "payer": world.payer_address,
+            "payer": agent_home.payer_address(),
+            "funder": world.payer_address,
+            "wallet": signer.model_dump(include={"kind", "account", "vault", "bundler_url"}),
+            "factory": world.factory_address,
             "routes": [{"method": r.method, "url": r.url, "x402_version": r.version,
                         "price_atomic": str(r.price_atomic)} for r in world.routes],
         }

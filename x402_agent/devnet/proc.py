@@ -17,10 +17,6 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-# The checkout root: node_modules/ (anvil, the node v1 server's packages) and
-# localworld/ live beside the x402_agent package.
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
 _TAIL_LINES = 40
 _STOP_TIMEOUT_S = 5.0
 

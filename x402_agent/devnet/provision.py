@@ -89,53 +89,42 @@ def provision_smart_account_home(world: WorldInfo, root: Path, *, deploy: bool =
     from web3 import Web3
 
     from ..chain.account import send_transaction
-    from ..chain.factory import AccountConfig, create_account, predicted_addresses
-    from ..home import CONFIG_FILE, AccountSetup, HomeConfig, SmartAccountConfig
+    from ..chain.setup import WalletBounds, create_wallet
     from ..signer import write_keystore
 
-    root.mkdir(parents=True, exist_ok=True)
-    root.chmod(0o700)
-    password = secrets.token_urlsafe(24)
-    (root / "session.password").write_text(password)
-    (root / "session.password").chmod(0o600)
-    session, relayer = Account.create(), Account.create()
-    write_keystore(root / "session.keystore.json", "0x" + bytes(session.key).hex(), password,
-                   iterations=DEVNET_SCRYPT_N)
+    home = provision_home(
+        root, private_key=world.payer_private_key,
+        rpc_urls={world.network: world.rpc_url, world.alt_network: world.alt_rpc_url},
+        password=secrets.token_urlsafe(24), store_password=True, chain_id=world.chain_id,
+        kdf_iterations=DEVNET_SCRYPT_N)
+    (root / home.config.signer.keystore).unlink()  # the world's payer only funds this home
+    password = home.keystore_password()
+    relayer = Account.create()
     write_keystore(root / "relayer.keystore.json", "0x" + bytes(relayer.key).hex(), password,
                    iterations=DEVNET_SCRYPT_N)
     opened = device or HwiDevice.at("trezor", world.device_path)
     try:
         owner = opened.enroll(DEFAULT_APPROVAL_PATH).eth_address
         w3 = Web3(Web3.HTTPProvider(world.rpc_url))
-        now = int(w3.eth.get_block("latest")["timestamp"])
-        base = devnet_policy(world)
-        setup = AccountSetup(owner=owner, session_key=session.address,
-                             session_expiry=now + DEVNET_SESSION_DAYS * 86400, token=world.usdc.address,
-                             max_value=DEVNET_PER_REQUEST_MAX, max_window=base.max_authorization_seconds + 60,
-                             allowance=DEVNET_DAILY_MAX, period=86400)
-        config = AccountConfig(owner, session.address, setup.session_expiry, setup.token, setup.max_value,
-                               setup.max_window, setup.allowance, setup.period)
-        account, vault = predicted_addresses(w3, config)
-        payer = world.payer_private_key
-        if deploy:
-            create_account(w3, config, Account.from_key(payer))
+        payer = Account.from_key(world.payer_private_key)
+        bounds = WalletBounds(world.usdc.address, max_value=DEVNET_PER_REQUEST_MAX,
+                              max_window=devnet_policy(world).max_authorization_seconds + 60,
+                              allowance=DEVNET_DAILY_MAX)
+        home = create_wallet(home, w3, network=world.network, owner=owner, bounds=bounds,
+                             session_seconds=DEVNET_SESSION_DAYS * 86400, password=password,
+                             bundler_url=world.bundler_url, relayer_keystore="relayer.keystore.json",
+                             top_up_to=DEVNET_SESSION_ALLOWANCE,
+                             deploy_with=payer if deploy else None, kdf_iterations=DEVNET_SCRYPT_N)
+        wallet = home.config.signer
+        assert wallet.kind == "smart_account"
         usdc = w3.eth.contract(address=Web3.to_checksum_address(world.usdc.address), abi=_TRANSFER_ABI)
-        send_transaction(w3, payer, {"to": usdc.address,
-                                     "data": usdc.encode_abi("transfer", args=[vault, DEVNET_VAULT_FUNDING])})
-        for to in (account, relayer.address):
+        send_transaction(w3, payer, {"to": usdc.address, "data": usdc.encode_abi(
+            "transfer", args=[wallet.vault, DEVNET_VAULT_FUNDING])})
+        for to in (wallet.account, relayer.address):
             send_transaction(w3, payer, {"to": to, "value": DEVNET_ACCOUNT_ETH, "gas": 60_000})
-        signer = SmartAccountConfig(
-            password_file="session.password", network=world.network, account=account, vault=vault,
-            setup=setup, bundler_url=world.bundler_url, relayer_keystore="relayer.keystore.json",
-            top_up_to=DEVNET_SESSION_ALLOWANCE)
-        config_doc = HomeConfig.model_validate({
-            "signer": signer, "chain_id": world.chain_id,
-            "rpc_urls": {world.network: world.rpc_url, world.alt_network: world.alt_rpc_url}})
-        (root / CONFIG_FILE).write_text(config_doc.model_dump_json(by_alias=True, indent=2) + "\n")
-        home = AgentHome(root, config_doc)
         store = PolicyStore(home.root, expectations(home))
         enroll(store, opened, DEFAULT_APPROVAL_PATH)
-        approve(store, opened, policy or smart_account_policy(world, account))
+        approve(store, opened, policy or smart_account_policy(world, wallet.account))
     finally:
         if device is None:
             opened.close()

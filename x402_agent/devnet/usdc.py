@@ -26,7 +26,7 @@ from web3 import Web3
 from web3.types import Nonce
 from web3.utils.address import get_create_address
 
-from .proc import PROJECT_ROOT
+from ..paths import PROJECT_ROOT
 
 _ARTIFACTS = PROJECT_ROOT / "node_modules" / "@offchainlabs" / "stablecoin-evm" / "artifacts" / "hardhat"
 _TOKEN_ARTIFACT = _ARTIFACTS / "contracts/v2/FiatTokenV2_2.sol/FiatTokenV2_2.json"

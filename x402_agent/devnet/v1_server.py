@@ -14,8 +14,9 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
+from ..paths import PROJECT_ROOT
 from .info import PriceInfo, RouteInfo
-from .proc import PROJECT_ROOT, ManagedProcess, child_env
+from .proc import ManagedProcess, child_env
 from .usdc import TokenInfo
 
 V1_SCRIPT = PROJECT_ROOT / "localworld" / "v1-server.mjs"

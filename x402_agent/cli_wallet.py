@@ -1,0 +1,130 @@
+"""`x402-agent wallet ...`: the smart-account hot wallet (create, status, top-up, session key).
+
+Rotating or revoking the session key is an owner action: the enrolled device signs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .errors import ConfigError
+from .home import AgentHome, open_home
+
+DAY = 86_400
+
+
+def register(sub: Any) -> None:
+    wallet = sub.add_parser("wallet", help="the smart-account hot wallet and its session key")
+    wallet_sub = wallet.add_subparsers(dest="wallet_command", required=True)
+    create = wallet_sub.add_parser(
+        "create", help="give this home a smart account owned by the enrolled device")
+    create.add_argument("--network", required=True, help="CAIP-2 network, e.g. eip155:84532")
+    create.add_argument("--token", required=True, help="the token the account pays with")
+    create.add_argument("--max-value", type=int, required=True, help="per payment, atomic units")
+    create.add_argument("--allowance", type=int, required=True,
+                        help="what the account may pull from its vault per period, atomic units")
+    create.add_argument("--period", type=int, default=DAY, help="allowance period, seconds")
+    create.add_argument("--max-window", type=int, default=360,
+                        help="longest authorization validity, seconds")
+    create.add_argument("--session-days", type=int, default=30)
+    create.add_argument("--top-up-to", type=int, default=0,
+                        help="refill the hot balance up to this (atomic units)")
+    create.add_argument("--bundler-url")
+    create.add_argument("--relayer-keystore",
+                        help="keystore (same password) of a key with ETH for handleOps and owner calls")
+    status = wallet_sub.add_parser("status", help="bounds, balances and what the vault still allows")
+    status.add_argument("--json", action="store_true")
+    topup = wallet_sub.add_parser("topup", help="refill the hot balance from the vault now")
+    topup.add_argument("amount", type=int, nargs="?", help="atomic units (default: up to top-up-to)")
+    key = wallet_sub.add_parser("session-key", help="rotate or revoke the session key (on the device)")
+    key.add_argument("action", choices=("rotate", "revoke"))
+    key.add_argument("--session-days", type=int, default=30)
+
+
+@contextmanager
+def _device_signer(home: AgentHome) -> Iterator[Any]:
+    """``sign_line`` for owner actions: the enrolled device, at its enrolled path."""
+    from .cli_policy import store_for
+    from .device.hwi import HwiDevice
+
+    enrollment = store_for(home).enrollment()
+    device = HwiDevice.find(enrollment.fingerprint)
+    try:
+        yield lambda line: device.sign_message(line, enrollment.path)
+    finally:
+        device.close()
+
+
+def run_wallet(args: argparse.Namespace) -> int:
+    from .chain.wallet import open_hot_wallet
+
+    home = open_home(args.home)
+    if args.wallet_command == "create":
+        return _create(home, args)
+    wallet = open_hot_wallet(home)
+    if args.wallet_command == "status":
+        status = wallet.status()
+        if args.json:
+            print(json.dumps(status, indent=2))
+        else:
+            for name, value in status.items():
+                print(f"{name:18} {value}")
+        return 0
+    if args.wallet_command == "topup":
+        funds = wallet.funds()
+        amount = args.amount if args.amount is not None else min(
+            funds.vault_available, max(wallet.top_up_to - funds.hot_balance, 0))
+        if amount <= 0:
+            print("nothing to top up (hot balance at its target, or the vault allows nothing)")
+            return 0
+        result = wallet.top_up(amount)
+        print(json.dumps({"topped_up": amount, "via": result.via, "transaction": result.transaction_hash,
+                          "hot_balance": wallet.funds().hot_balance}))
+        return 0
+    if wallet.relayer is None:
+        raise ConfigError("owner actions need a relayer key with ETH (wallet.relayer_keystore)",
+                          reason="relayer_missing")
+    from .chain.setup import revoke_session_key, rotate_session_key
+
+    with _device_signer(home) as sign_line:
+        print("confirm on the device...")
+        if args.action == "revoke":
+            revoke_session_key(wallet, sign_line, wallet.relayer)
+            print(f"session key {wallet.session_address} revoked: this home can no longer pay")
+            return 0
+        new = rotate_session_key(home, wallet, sign_line, wallet.relayer,
+                                 session_seconds=args.session_days * DAY,
+                                 password=home.keystore_password())
+    print(f"session key rotated: {wallet.session_address} revoked, {new} active")
+    return 0
+
+
+def _create(home: AgentHome, args: argparse.Namespace) -> int:
+    from web3 import Web3
+
+    from .chain.setup import WalletBounds, create_wallet
+    from .cli_policy import store_for
+
+    owner = store_for(home).enrollment().eth_address
+    rpc_url = home.config.rpc_urls.get(args.network)
+    if rpc_url is None:
+        raise ConfigError(f"no RPC URL for {args.network} in the home's rpc_urls",
+                          reason="config_invalid")
+    bounds = WalletBounds(Web3.to_checksum_address(args.token), args.max_value, args.max_window,
+                          args.allowance, args.period)
+    home = create_wallet(home, Web3(Web3.HTTPProvider(rpc_url)), network=args.network, owner=owner,
+                         bounds=bounds, session_seconds=args.session_days * DAY,
+                         password=home.keystore_password(), bundler_url=args.bundler_url,
+                         relayer_keystore=args.relayer_keystore, top_up_to=args.top_up_to)
+    signer = home.config.signer
+    assert signer.kind == "smart_account"
+    print(json.dumps({"account": signer.account, "vault": signer.vault, "owner": owner,
+                      "session_key": signer.setup.session_key}, indent=2))
+    print("next: fund the vault with the token, send the account a little ETH for top-up gas,\n"
+          "then approve a policy naming the account: x402-agent policy propose FILE && "
+          "x402-agent policy approve")
+    return 0
