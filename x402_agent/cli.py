@@ -64,7 +64,10 @@ def _parser() -> argparse.ArgumentParser:
                             "device simulator) and an agent home for it, until Ctrl-C")
     devnet.add_argument("--wallet", choices=("smart-account", "key"), default="smart-account",
                         help="pay from a device-owned smart account (default) or a plain key")
-    sub.add_parser("demo", help="start the local world, pay several x402 APIs, show receipts")
+    demo = sub.add_parser("demo", help="the whole story in one command: local world, device, smart "
+                          "account, an MCP agent paying until refused, a device-approved change")
+    demo.add_argument("--interactive", action="store_true",
+                      help="approve or reject each device screen yourself")
     return parser
 
 
@@ -267,7 +270,7 @@ def _devnet(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .devnet.demo import run_demo
 
-    return run_demo()
+    return run_demo(interactive=args.interactive)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,7 @@ policy approved on a hardware device (by default the simulator, through HWI)."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from ..device.approve import approve, enroll
@@ -79,11 +80,12 @@ def smart_account_policy(world: WorldInfo, account: str, *, version: int = 1) ->
 
 def provision_smart_account_home(world: WorldInfo, root: Path, *, deploy: bool = True,
                                  device: HardwareDevice | None = None,
-                                 policy: Policy | None = None) -> AgentHome:
+                                 policy: Callable[[str], Policy] | None = None) -> AgentHome:
     """A home paying from an X402Account owned by the device: the session key is encrypted in
     the home, the vault holds the funds, the policy names the account and is device-approved.
 
     ``deploy=False`` leaves the account counterfactual (its first payment or top-up deploys it).
+    ``policy`` makes the policy for the account's address (default: ``smart_account_policy``).
     """
     from eth_account import Account
     from web3 import Web3
@@ -124,7 +126,8 @@ def provision_smart_account_home(world: WorldInfo, root: Path, *, deploy: bool =
             send_transaction(w3, payer, {"to": to, "value": DEVNET_ACCOUNT_ETH, "gas": 60_000})
         store = PolicyStore(home.root, expectations(home))
         enroll(store, opened, DEFAULT_APPROVAL_PATH)
-        approve(store, opened, policy or smart_account_policy(world, wallet.account))
+        approve(store, opened, policy(wallet.account) if policy else
+                smart_account_policy(world, wallet.account))
     finally:
         if device is None:
             opened.close()

@@ -1,0 +1,81 @@
+"""`x402-agent demo` end to end (non-interactive): its final table checked against the chain and
+the ledger while the world still runs, then nothing left running."""
+
+from __future__ import annotations
+
+import io
+from decimal import Decimal
+
+import httpx
+import pytest
+from chain_reads import token_balance, transfer_logs
+from rich.console import Console
+
+from x402_agent.devnet.demo import (
+    DEMO_DAILY_MAX_RAISED,
+    DEMO_SESSION_ALLOWANCE,
+    DemoSummary,
+    run_demo,
+)
+from x402_agent.devnet.info import WorldInfo
+from x402_agent.devnet.provision import DEVNET_DAILY_MAX, DEVNET_SESSION_ALLOWANCE
+from x402_agent.home import AgentHome
+from x402_agent.ledger import PaymentState, open_ledger
+
+PRICE = 10_000  # /v2/report
+
+
+def test_demo_table_matches_chain_and_ledger() -> None:
+    seen: dict[str, object] = {}
+
+    def inspect(world: WorldInfo, home: AgentHome, summary: DemoSummary) -> None:
+        seen["world"] = world
+        account = home.payer_address()
+        # the script: 5 paid then the session allowance; 3 paid then the daily limit; v2; 2 paid
+        # then session 2's allowance
+        refusals = [c.refused for c in summary.calls if c.refused]
+        assert refusals == ["session_allowance_exceeded", "daily_limit_exceeded",
+                            "session_allowance_exceeded"]
+        assert [c.paid for c in summary.calls].count(True) == 10
+        assert summary.policy_versions == [1, 2]
+        ledger = open_ledger(home.config.ledger, home.root)
+        try:
+            settled = {r.id: r for r in ledger.recent(100) if r.state == PaymentState.SETTLED}
+            assert len(ledger.recent(100)) == 10  # refusals never reserved anything
+        finally:
+            ledger.close()
+        assert len(summary.receipts) == 10 and {r["id"] for r in summary.receipts} == set(settled)
+        versions = [r["policy_version"] for r in reversed(summary.receipts)]
+        assert versions == [1] * 8 + [2] * 2
+        for receipt in summary.receipts:
+            record = settled[receipt["id"]]
+            assert int(receipt["amount"]) == record.amount == PRICE
+            assert receipt["settlement_tx"] == record.settlement_tx
+            assert transfer_logs(world.rpc_url, record.settlement_tx) == [
+                (world.usdc.address, _checksum(account), record.pay_to, PRICE)]
+        [asset] = summary.budget["assets"]
+        assert int(asset["daily_remaining"]) == DEMO_DAILY_MAX_RAISED - 10 * PRICE
+        [allowance] = summary.budget["session"]["allowance"]
+        assert int(allowance["spent"]) == DEMO_SESSION_ALLOWANCE
+        # on chain: one top-up of top_up_to, then ten payments out of the hot balance
+        hot = token_balance(world.rpc_url, world.usdc.address, account)
+        assert summary.wallet["hot_balance"] == hot == DEVNET_SESSION_ALLOWANCE - 10 * PRICE
+        assert summary.wallet["vault_available"] == DEVNET_DAILY_MAX - DEVNET_SESSION_ALLOWANCE
+
+    console = Console(file=io.StringIO(), width=220)
+    assert run_demo(console=console, inspect=inspect) == 0
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "policy v2 approved on the device" in text
+    assert text.count("│ settled │") == 10
+    assert f"{Decimal(DEMO_DAILY_MAX_RAISED - 10 * PRICE) / 10**6} of 0.2 USDC" in text
+    world = seen["world"]
+    assert isinstance(world, WorldInfo)
+    for url in (world.rpc_url, world.api_url, world.v1_api_url, str(world.bundler_url)):
+        with pytest.raises(httpx.ConnectError):  # nothing left listening
+            httpx.get(url, timeout=5)
+
+
+def _checksum(address: str) -> str:
+    from eth_utils.address import to_checksum_address
+
+    return to_checksum_address(address)
