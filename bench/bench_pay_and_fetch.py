@@ -42,7 +42,7 @@ OURS_NO_CHAIN = "x402-agent without on-chain check"
 
 def start_world(home: Path) -> tuple[subprocess.Popen[str], dict[str, object]]:
     proc = subprocess.Popen([sys.executable, "-m", "x402_agent.cli", "--home", str(home),
-                             "devnet"], stdout=subprocess.PIPE, text=True)
+                             "devnet", "--wallet", "key"], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     return proc, json.loads(proc.stdout.readline())
 

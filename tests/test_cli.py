@@ -129,9 +129,9 @@ def test_demo_command_runs_to_the_end() -> None:
     done = subprocess.run([*CLI, "demo"], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("│ settled │") == 10
-    assert ("refusals, in order: session_allowance_exceeded, daily_limit_exceeded, "
-            "session_allowance_exceeded") in done.stdout
+    assert done.stdout.count("│ settled │") == 11
+    assert ("refusals, in order: per_request_cap_exceeded, session_allowance_exceeded, "
+            "daily_limit_exceeded, session_allowance_exceeded") in done.stdout
     assert "nothing left running" in done.stdout
 
 

@@ -22,7 +22,9 @@ from x402_agent.devnet.provision import DEVNET_DAILY_MAX, DEVNET_SESSION_ALLOWAN
 from x402_agent.home import AgentHome
 from x402_agent.ledger import PaymentState, open_ledger
 
-PRICE = 10_000  # /v2/report
+PRICES = {"v2/weather": 1_000, "v2/image": 2_000, "v2/report": 10_000}
+PAID = 11
+SPENT = 1_000 + 2_000 + 9 * 10_000  # weather, image, nine reports
 
 
 def test_demo_table_matches_chain_and_ledger() -> None:
@@ -31,43 +33,45 @@ def test_demo_table_matches_chain_and_ledger() -> None:
     def inspect(world: WorldInfo, home: AgentHome, summary: DemoSummary) -> None:
         seen["world"] = world
         account = home.payer_address()
-        # the script: 5 paid then the session allowance; 3 paid then the daily limit; v2; 2 paid
-        # then session 2's allowance
+        # the script: weather and an image paid, premium refused, the report paid four times
+        # (0.043 spent), then the session allowance; 3 reports then the daily limit (0.073 +
+        # 0.01 > 0.08); v2; 2 reports (session 2 at 0.05), then session 2's allowance
         refusals = [c.refused for c in summary.calls if c.refused]
-        assert refusals == ["session_allowance_exceeded", "daily_limit_exceeded",
-                            "session_allowance_exceeded"]
-        assert [c.paid for c in summary.calls].count(True) == 10
+        assert refusals == ["per_request_cap_exceeded", "session_allowance_exceeded",
+                            "daily_limit_exceeded", "session_allowance_exceeded"]
+        assert [c.paid for c in summary.calls].count(True) == PAID
         assert summary.policy_versions == [1, 2]
         ledger = open_ledger(home.config.ledger, home.root)
         try:
             settled = {r.id: r for r in ledger.recent(100) if r.state == PaymentState.SETTLED}
-            assert len(ledger.recent(100)) == 10  # refusals never reserved anything
+            assert len(ledger.recent(100)) == PAID  # refusals never reserved anything
         finally:
             ledger.close()
-        assert len(summary.receipts) == 10 and {r["id"] for r in summary.receipts} == set(settled)
+        assert len(summary.receipts) == PAID and {r["id"] for r in summary.receipts} == set(settled)
         versions = [r["policy_version"] for r in reversed(summary.receipts)]
-        assert versions == [1] * 8 + [2] * 2
+        assert versions == [1] * 9 + [2] * 2
         for receipt in summary.receipts:
             record = settled[receipt["id"]]
-            assert int(receipt["amount"]) == record.amount == PRICE
+            price = PRICES[receipt["url"].split("/", 3)[-1]]
+            assert int(receipt["amount"]) == record.amount == price
             assert receipt["settlement_tx"] == record.settlement_tx
             assert transfer_logs(world.rpc_url, record.settlement_tx) == [
-                (world.usdc.address, _checksum(account), record.pay_to, PRICE)]
+                (world.usdc.address, _checksum(account), record.pay_to, price)]
         [asset] = summary.budget["assets"]
-        assert int(asset["daily_remaining"]) == DEMO_DAILY_MAX_RAISED - 10 * PRICE
+        assert int(asset["daily_remaining"]) == DEMO_DAILY_MAX_RAISED - SPENT
         [allowance] = summary.budget["session"]["allowance"]
         assert int(allowance["spent"]) == DEMO_SESSION_ALLOWANCE
         # on chain: one top-up of top_up_to, then ten payments out of the hot balance
         hot = token_balance(world.rpc_url, world.usdc.address, account)
-        assert summary.wallet["hot_balance"] == hot == DEVNET_SESSION_ALLOWANCE - 10 * PRICE
+        assert summary.wallet["hot_balance"] == hot == DEVNET_SESSION_ALLOWANCE - SPENT
         assert summary.wallet["vault_available"] == DEVNET_DAILY_MAX - DEVNET_SESSION_ALLOWANCE
 
     console = Console(file=io.StringIO(), width=220)
     assert run_demo(console=console, inspect=inspect) == 0
     text = console.file.getvalue()  # type: ignore[attr-defined]
     assert "policy v2 approved on the device" in text
-    assert text.count("│ settled │") == 10
-    assert f"{Decimal(DEMO_DAILY_MAX_RAISED - 10 * PRICE) / 10**6} of 0.2 USDC" in text
+    assert text.count("│ settled │") == PAID
+    assert f"{Decimal(DEMO_DAILY_MAX_RAISED - SPENT) / 10**6} of 0.2 USDC" in text
     world = seen["world"]
     assert isinstance(world, WorldInfo)
     for url in (world.rpc_url, world.api_url, world.v1_api_url, str(world.bundler_url)):

@@ -143,7 +143,9 @@ def _fetch(args: argparse.Namespace) -> int:
         if paid is not None:
             from .money import format_units
 
-            print(f"paid {format_units(paid.amount, paid.decimals)} {paid.symbol} "
+            verb = "already paid (idempotent replay, nothing paid again):" if outcome.replayed \
+                else "paid"
+            print(f"{verb} {format_units(paid.amount, paid.decimals)} {paid.symbol} "
                   f"({paid.state}, tx {paid.settlement_tx or '-'}, receipt {paid.id})",
                   file=sys.stderr)
         sys.stdout.buffer.write(outcome.content or b"")

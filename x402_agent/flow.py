@@ -344,7 +344,9 @@ def _sign(payer: Payer, offer: Offer, token_name: str, token_version: str,
     wanted = TransferAuthorization(
         token=TokenDomain(token_name, token_version, offer.chain_id, offer.asset),
         from_address=payer.signer.address, to=offer.pay_to, value=offer.amount,
-        valid_after=now - 60,  # tolerate a chain clock slightly behind ours
+        # Valid at once, as the SDK's own client signs it: a bound in the past only breaks when
+        # the chain's latest block is older than it (an idle chain); validBefore bounds the life.
+        valid_after=0,
         valid_before=now + window, nonce="0x" + secrets.token_hex(32),
     )
     if (record.amount, record.pay_to, record.asset) != (offer.amount, offer.pay_to, offer.asset):

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from eth_account.signers.local import LocalAccount
 from eth_utils.address import to_checksum_address
 from web3 import Web3
@@ -86,6 +87,8 @@ class HotWallet:
         self._bounds_ttl = bounds_ttl
         self._bounds: tuple[float, Bounds] | None = None
         self._funding = threading.Lock()
+        self._rpc_url = str(getattr(w3.provider, "endpoint_uri", ""))
+        self._rpc = httpx.Client(timeout=10.0)
         self.top_ups: list[UserOpResult] = []
 
     # ---- PaymentSigner ----
@@ -136,6 +139,18 @@ class HotWallet:
                       bool(acct.payeesRestricted().call()), bool(acct.tokenAllowed(self.token).call()),
                       int(acct.sessionKeyExpiry(self.session_address).call()))
 
+    def hot_balance(self) -> int:
+        """The account's token balance: one raw ``eth_call`` (this runs before every payment, and
+        web3's contract machinery costs milliseconds more than the call itself)."""
+        data = "0x70a08231" + self.account[2:].lower().rjust(64, "0")  # balanceOf(account)
+        answer = self._rpc.post(self._rpc_url, json={
+            "jsonrpc": "2.0", "id": 1, "method": "eth_call",
+            "params": [{"to": self.token, "data": data}, "latest"]}).json()
+        if "result" not in answer:
+            raise ChainError("cannot read the hot balance", reason="chain_unavailable",
+                             account=self.account)
+        return int(answer["result"], 16)
+
     def funds(self) -> Funds:
         token = self.w3.eth.contract(address=self.token, abi=_BALANCE_OF)
         hot = int(token.functions.balanceOf(self.account).call())
@@ -173,6 +188,8 @@ class HotWallet:
         """Make the hot balance cover ``needed`` (every payment in flight), refilling from the
         vault up to ``top_up_to`` within the period's allowance; refuse if it cannot."""
         with self._funding:
+            if self.hot_balance() >= needed:  # the common case: one RPC call
+                return
             funds = self.funds()
             if funds.hot_balance >= needed:
                 return
@@ -184,7 +201,13 @@ class HotWallet:
                     hot_balance=funds.hot_balance, vault_available=funds.vault_available,
                     needed=needed)
             amount = min(funds.vault_available, max(shortfall, self.top_up_to - funds.hot_balance))
-            self.top_up(amount)
+            try:
+                self.top_up(amount)
+            except ChainError:
+                # Another process of this agent may have refilled at the same moment (same
+                # session key, same user-operation nonce): only then is the payment covered.
+                if self.hot_balance() < needed:
+                    raise
 
     # ---- top-up through a user operation signed by the session key ----
 

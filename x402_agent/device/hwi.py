@@ -20,6 +20,8 @@ from ..errors import X402AgentError
 DEFAULT_APPROVAL_PATH = "m/44'/1'/402'/0/0"
 # How long a person has to confirm on the device.
 DEFAULT_TIMEOUT_SECONDS = 300.0
+# A request that needs no person (reading a key) gets this long before the device counts as gone.
+_PROBE_SECONDS = 5.0
 T = TypeVar("T")
 
 
@@ -139,7 +141,10 @@ class HwiDevice:
             # HWI's Trezor client reports every failed display (a "no" on the device, a lost
             # link) as "No path supplied matched device keys", though that key was just read.
             # Still answering (else this raises device_unavailable)? Then the person said no.
-            self._with_timeout(lambda: getxpub(self._client, path), "enrolling")
+            # Reading a key needs no person: a device that does not answer at once is gone (a
+            # UDP emulator link has no error to give, so HWI would wait for ever).
+            self._with_timeout(lambda: getxpub(self._client, path), "enrolling",
+                               limit=_PROBE_SECONDS, silence="device_unavailable")
             raise DeviceError("enrolling: the address was rejected on the device",
                               reason="device_rejected") from exc.__cause__
         pubkey = ExtendedKey.deserialize(xpub).pubkey.hex()
@@ -152,8 +157,11 @@ class HwiDevice:
         return str(self._with_timeout(lambda: signmessage(self._client, message, path),
                                       "signing")["signature"])
 
-    def _with_timeout(self, call: Callable[[], T], action: str) -> T:
-        """HWI waits for the person without a deadline; give up after ``self.timeout``."""
+    def _with_timeout(self, call: Callable[[], T], action: str, *, limit: float | None = None,
+                      silence: str = "device_timeout") -> T:
+        """HWI waits for the person without a deadline; give up after ``self.timeout`` (or
+        ``limit``), with the reason ``silence``."""
+        limit = self.timeout if limit is None else limit
         outcome: list[T] = []
         failure: list[BaseException] = []
 
@@ -165,11 +173,11 @@ class HwiDevice:
 
         worker = threading.Thread(target=run, name="hwi-call", daemon=True)
         worker.start()
-        worker.join(self.timeout)
+        worker.join(limit)
         if worker.is_alive():
             self.close()  # abandons the request; the device may still show it until cancelled
-            raise DeviceError(f"{action}: no answer from the device within {self.timeout:.0f}s",
-                              reason="device_timeout")
+            raise DeviceError(f"{action}: no answer from the device within {limit:.0f}s",
+                              reason=silence)
         if failure:
             if isinstance(failure[0], _errors()):
                 raise _device_error(failure[0], action) from failure[0]

@@ -24,6 +24,11 @@ def run_devnet(home: Path | None, wallet: str = "smart-account") -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    if home is not None and (home / "config.json").exists():
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{home} is already an agent home; devnet provisions a new one",
+                          reason="home_exists")
     smart = wallet == "smart-account"
     with tempfile.TemporaryDirectory(prefix="x402-devnet-") as scratch, \
             LocalWorld(bundler=smart) as world:

@@ -40,6 +40,8 @@ DEMO_DAILY_MAX_RAISED = 200_000  # 0.20 USDC: the change the device approves
 DEMO_SESSION_ALLOWANCE = 50_000  # 0.05 USDC per session (one MCP connection)
 DEMO_PER_REQUEST_MAX = 20_000  # 0.02 USDC: the 0.25 "premium" route stays out of reach
 RESOURCE = ("GET", "/v2/report")  # 0.01 USDC
+# Session 1 starts with these: 0.001 (JSON), 0.002 (a PNG), 0.25 (refused: above the cap).
+EXTRAS = (("GET", "/v2/weather"), ("GET", "/v2/image"), ("GET", "/v2/premium"))
 
 
 @dataclass
@@ -154,13 +156,18 @@ async def _agent(world: WorldInfo, home: AgentHome, scratch: Path, out: Console,
 
     def report(call: ToolCall) -> None:
         summary.calls.append(call)
+        path = call.url.split("/", 3)[-1]
         if call.refused:
-            out.print(f"  [yellow]refused[/] ({call.session}): [bold]{call.refused}[/]")
+            out.print(f"  [yellow]refused[/] /{path} ({call.session}): [bold]{call.refused}[/]")
         else:
-            out.print(f"  [green]paid[/] {call.price} ({call.session}) tx {str(call.settlement_tx)[:14]}...")
+            out.print(f"  [green]paid[/] {call.price} for /{path} ({call.session}) "
+                      f"tx {str(call.settlement_tx)[:14]}...")
 
-    out.print(f"[bold]agent session 1[/] (an MCP client over stdio) fetches {RESOURCE[1]} until refused")
+    out.print("[bold]agent session 1[/] (an MCP client over stdio): weather, an image, the premium "
+              f"data, then {RESOURCE[1]} until refused")
     async with mcp_session(home.root, log) as session:
+        for extra in EXTRAS:
+            await fetch_until_refused(session, "session 1", world.route(*extra).url, 1, report)
         await fetch_until_refused(session, "session 1", url, 10, report)
         receipts = await tool(session, "receipts", limit=3)
         out.print(f"  the agent reads its receipts: {len(receipts['receipts'])} latest, all "
