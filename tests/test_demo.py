@@ -63,8 +63,10 @@ def test_demo_table_matches_chain_and_ledger() -> None:
         assert int(allowance["spent"]) == DEMO_SESSION_ALLOWANCE
         # on chain: one top-up of top_up_to, then ten payments out of the hot balance
         hot = token_balance(world.rpc_url, world.usdc.address, account)
-        assert summary.wallet["hot_balance"] == hot == DEVNET_SESSION_ALLOWANCE - SPENT
-        assert summary.wallet["vault_available"] == DEVNET_DAILY_MAX - DEVNET_SESSION_ALLOWANCE
+        wallet = summary.budget["wallet"]  # the budget tool reads the account's state on chain
+        assert int(wallet["hot_balance"]) == hot == DEVNET_SESSION_ALLOWANCE - SPENT
+        assert int(wallet["vault_available"]) == DEVNET_DAILY_MAX - DEVNET_SESSION_ALLOWANCE
+        assert wallet["account"] == _checksum(account) and wallet["deployed"] is True
 
     console = Console(file=io.StringIO(), width=220)
     assert run_demo(console=console, inspect=inspect) == 0

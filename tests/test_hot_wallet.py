@@ -210,6 +210,8 @@ def test_wallet_status_topup_rotate_and_revoke(aa_world: WorldInfo, tmp_path: Pa
     topped = _cli(home, "wallet", "topup", "250000")
     assert topped.returncode == 0, topped.stderr
     assert json.loads(topped.stdout)["hot_balance"] == 250_000
+    budget = _cli(home, "budget")
+    assert "0.25 held, 1.75 more from the vault this period, at most 0.1 per payment" in budget.stdout
     rotated = _cli(home, "wallet", "session-key", "rotate")
     assert rotated.returncode == 0, rotated.stderr
     after = json.loads(_cli(home, "wallet", "status", "--json").stdout)

@@ -183,6 +183,24 @@ class BreakerState(BaseModel):
     threshold: int | None
 
 
+class WalletBudget(BaseModel):
+    """The smart account's own bounds, read on chain (amounts in atomic units)."""
+
+    account: str
+    vault: str
+    token: str
+    session_key: str
+    deployed: bool
+    max_value: str = Field(description="the most one payment may move, enforced on chain")
+    max_window: str
+    payees_restricted: bool
+    token_allowed: bool
+    session_expiry: str = Field(description="unix time after which this session key signs nothing")
+    hot_balance: str = Field(description="what the account holds now")
+    vault_balance: str
+    vault_available: str = Field(description="what the account may still pull this period")
+
+
 class BudgetResult(BaseModel):
     """What remains to spend (amounts in atomic units, ``*_display`` for humans)."""
 
@@ -191,6 +209,8 @@ class BudgetResult(BaseModel):
     assets: list[AssetBudget]
     session: SessionBudget | None = None
     circuit_breaker: BreakerState
+    wallet: WalletBudget | None = Field(
+        None, description="a smart-account payer's on-chain bounds and balances")
 
 
 class Receipt(BaseModel):
@@ -384,11 +404,12 @@ class AgentTools:
     # ---- budget -------------------------------------------------------------------------------
     def budget(self) -> BudgetResult:
         try:
-            view = self._budget_dict()
+            view = self.agent.budget(self.session, self.session_profile, on_chain=True)
         except Exception as exc:
             raise refusal(exc) from exc
         breaker = view["circuit_breaker"]
         return BudgetResult(
+            wallet=WalletBudget(**view["wallet"]) if view.get("wallet") else None,
             policy_version=view["policy_version"], policy_digest=view["policy_digest"],
             assets=[AssetBudget(**a) for a in view["assets"]],
             session=SessionBudget(**view["session"]) if view.get("session") else None,

@@ -189,7 +189,7 @@ def _receipts(args: argparse.Namespace) -> int:
 def _budget(args: argparse.Namespace) -> int:
     agent = _open_agent(args)
     try:
-        view = agent.budget(args.session, args.session_profile)
+        view = agent.budget(args.session, args.session_profile, on_chain=True)
     finally:
         agent.close()
     if args.json:
@@ -212,6 +212,13 @@ def _budget(args: argparse.Namespace) -> int:
         for allowance in session["allowance"] or []:
             print(f"  session {session['id']}: {allowance['remaining_display']} "
                   f"{allowance['symbol']} left of its allowance")
+    wallet = view.get("wallet")
+    if wallet:
+        token = {"decimals": next((a["decimals"] for a in view["assets"]
+                                   if a["asset"].lower() == wallet["token"].lower()), 0)}
+        print(f"  smart account {wallet['account']} (on chain): {_units(wallet['hot_balance'], token)}"
+              f" held, {_units(wallet['vault_available'], token)} more from the vault this period, "
+              f"at most {_units(wallet['max_value'], token)} per payment")
     return EXIT_OK
 
 

@@ -113,9 +113,16 @@ class Agent:
         self.payer.gate.ledger.open_session(session, profile, self.payer.clock())
         return session
 
-    def budget(self, session: str | None = None, profile: str | None = None) -> dict[str, Any]:
-        return budget_view(self.payer.gate.policy, self.payer.gate.ledger, self.payer.clock(),
+    def budget(self, session: str | None = None, profile: str | None = None, *,
+               on_chain: bool = False) -> dict[str, Any]:
+        """What remains; ``on_chain`` adds a smart account's bounds and balances (RPC reads)."""
+        view = budget_view(self.payer.gate.policy, self.payer.gate.ledger, self.payer.clock(),
                            session, profile)
+        status = getattr(self.payer.signer, "status", None)
+        if on_chain and callable(status):
+            view["wallet"] = {key: str(value) if isinstance(value, int) and not isinstance(
+                value, bool) else value for key, value in status().items()}
+        return view
 
     def reset_breaker(self) -> None:
         self.payer.gate.ledger.reset_breaker(self.payer.clock())

@@ -50,8 +50,7 @@ class DemoSummary:
 
     calls: list[ToolCall] = field(default_factory=list)
     receipts: list[dict[str, Any]] = field(default_factory=list)
-    budget: dict[str, Any] = field(default_factory=dict)
-    wallet: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, Any] = field(default_factory=dict)  # the budget tool's answer
     policy_versions: list[int] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -110,7 +109,6 @@ def run_demo(interactive: bool = False, console: Console | None = None,
                 home = _provision(world, Path(scratch), out, interactive)
                 summary.policy_versions.append(1)
                 asyncio.run(_agent(world, home, Path(scratch), out, summary))
-                summary.wallet = _wallet_status(home)
                 summary.seconds = time.perf_counter() - began
                 _final_tables(out, summary)
                 if inspect is not None:
@@ -200,12 +198,6 @@ def _raise_daily_limit(world: WorldInfo, home: AgentHome, out: Console) -> None:
     out.print("  [green]policy v2 approved on the device[/]")
 
 
-def _wallet_status(home: AgentHome) -> dict[str, Any]:
-    from ..chain.wallet import open_hot_wallet
-
-    return open_hot_wallet(home).status()
-
-
 def _final_tables(out: Console, summary: DemoSummary) -> None:
     from rich.table import Table
 
@@ -229,13 +221,14 @@ def _final_tables(out: Console, summary: DemoSummary) -> None:
     session = summary.budget.get("session") or {}
     for allowance in session.get("allowance") or []:
         budgets.add_row("session 2 allowance", f"{allowance['remaining_display']} USDC")
-    budgets.add_row("hot balance (on chain)", f"{format_units(summary.wallet['hot_balance'], 6)} USDC")
+    wallet = summary.budget["wallet"]
+    budgets.add_row("hot balance (on chain)", f"{format_units(int(wallet['hot_balance']), 6)} USDC")
     budgets.add_row("vault, still pullable today (on chain)",
-                    f"{format_units(summary.wallet['vault_available'], 6)} USDC")
+                    f"{format_units(int(wallet['vault_available']), 6)} USDC")
     out.print(budgets)
     refusals = [c.refused for c in summary.calls if c.refused]
     out.print(f"refusals, in order: {', '.join(str(r) for r in refusals)}")
-    pulled = DEVNET_VAULT_FUNDING - summary.wallet["vault_balance"]
+    pulled = DEVNET_VAULT_FUNDING - int(wallet["vault_balance"])
     out.print(f"the hot account pulled {format_units(pulled, 6)} USDC from its vault, in user operations "
               "signed by the session key and sent through the alto bundler")
 
