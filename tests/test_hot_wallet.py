@@ -240,3 +240,19 @@ def _fund(world: WorldInfo, to: str, *, usdc: int = 0, eth: int = 0) -> None:
             "transfer", args=[to, usdc])})
     if eth:
         send_transaction(w3, world.payer_private_key, {"to": to, "value": eth, "gas": 60_000})
+
+
+def test_agents_sharing_an_account_top_up_concurrently(aa_world: WorldInfo, tmp_path: Path) -> None:
+    """Two processes' worth of wallets on one account refill at once: each has its own
+    user-operation nonce key, so both land (the vault's allowance bounds them together)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from x402_agent.chain.wallet import open_hot_wallet
+
+    home = _home(aa_world, tmp_path)
+    first, second = open_hot_wallet(home), open_hot_wallet(home)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda wallet: wallet.top_up(100_000), (first, second)))
+    assert all(r.success for r in results)
+    assert first.hot_balance() == 200_000
+    assert first.funds().vault_available == 2_000_000 - 200_000

@@ -12,6 +12,7 @@ is deployed the bounds are the configuration's and signatures carry ERC-6492 dep
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -87,6 +88,9 @@ class HotWallet:
         self._bounds_ttl = bounds_ttl
         self._bounds: tuple[float, Bounds] | None = None
         self._funding = threading.Lock()
+        # A user-operation nonce key of its own (EntryPoint v0.7 keeps one sequence per 192-bit
+        # key), so agents sharing this account do not race for one sequence when topping up.
+        self._nonce_key = secrets.randbits(192)
         self._rpc_url = str(getattr(w3.provider, "endpoint_uri", ""))
         self._rpc = httpx.Client(timeout=10.0)
         self.top_ups: list[UserOpResult] = []
@@ -204,8 +208,8 @@ class HotWallet:
             try:
                 self.top_up(amount)
             except ChainError:
-                # Another process of this agent may have refilled at the same moment (same
-                # session key, same user-operation nonce): only then is the payment covered.
+                # Another agent of this account may have taken the allowance at the same moment:
+                # the payment is covered only if the balance says so.
                 if self.hot_balance() < needed:
                     raise
 
@@ -220,7 +224,8 @@ class HotWallet:
         base_fee = int(self.w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0)
         priority = 10**9
         op = PackedUserOperation(
-            sender=self.account, nonce=int(entry_point.functions.getNonce(self.account, 0).call()),
+            sender=self.account,
+            nonce=int(entry_point.functions.getNonce(self.account, self._nonce_key).call()),
             initCode=init_code, callData=bytes.fromhex(call[2:]),
             accountGasLimits=pack_account_gas_limits(_VERIFICATION_GAS, _CALL_GAS),
             preVerificationGas=_PRE_VERIFICATION_GAS,
