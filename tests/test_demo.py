@@ -11,6 +11,8 @@ import pytest
 from chain_reads import token_balance, transfer_logs
 from rich.console import Console
 
+from x402_agent.device.simulator import DeviceSimulator
+from x402_agent.device.simulator.workflow import Screen
 from x402_agent.devnet.demo import (
     DEMO_DAILY_MAX_RAISED,
     DEMO_SESSION_ALLOWANCE,
@@ -85,3 +87,29 @@ def _checksum(address: str) -> str:
     from eth_utils.address import to_checksum_address
 
     return to_checksum_address(address)
+
+
+def test_interactive_demo_when_the_device_rejects_the_raise(device_simulator: DeviceSimulator) -> None:
+    """--interactive: every device screen is put to the person (here a script); a "no" to policy
+    v2 keeps v1, and the agent stays refused by the daily limit."""
+    shown: list[str] = []
+
+    def answer(screen: Screen) -> bool:
+        shown.append(screen.text())
+        return "policy v2" not in screen.text()
+
+    def inspect(world: WorldInfo, home: AgentHome, summary: DemoSummary) -> None:
+        assert [c.refused for c in summary.calls if c.refused] == [
+            "per_request_cap_exceeded", "session_allowance_exceeded", "daily_limit_exceeded",
+            "daily_limit_exceeded"]
+        assert summary.policy_versions == [1] and summary.budget["policy_version"] == 1
+        assert len(summary.receipts) == PAID - 2
+
+    console = Console(file=io.StringIO(), width=220)
+    assert run_demo(interactive=True, console=console, inspect=inspect, answer=answer,
+                    device=device_simulator) == 0
+    assert sum(text.startswith("Receive address") for text in shown) == 1  # enrolled once
+    assert sum("policy v1" in text for text in shown) == 1
+    assert sum("policy v2" in text for text in shown) == 1
+    assert "policy v2 rejected on the device" in console.file.getvalue()  # type: ignore[attr-defined]
+    assert device_simulator.confirm == "auto" and device_simulator.honor_debuglink

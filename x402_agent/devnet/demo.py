@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ..device.simulator import DeviceSimulator
+    from ..device.simulator.workflow import Screen
     from ..home import AgentHome
 
 DEMO_DAILY_MAX = 80_000  # 0.08 USDC: reached by the agent's second session
@@ -72,8 +73,12 @@ def demo_policy(world: WorldInfo, account: str, *, version: int = 1,
 
 
 def run_demo(interactive: bool = False, console: Console | None = None,
-             inspect: Callable[[WorldInfo, AgentHome, DemoSummary], None] | None = None) -> int:
-    """Run the demo; ``inspect`` (tests) sees the world, home and summary before teardown."""
+             inspect: Callable[[WorldInfo, AgentHome, DemoSummary], None] | None = None,
+             answer: Callable[[Screen], bool] | None = None,
+             device: DeviceSimulator | None = None) -> int:
+    """Run the demo. ``interactive``: each device screen is answered by ``answer`` (default: the
+    person at this terminal). Tests pass ``inspect`` (sees the world, home and summary before
+    teardown) and may lend the simulator already on HWI's port as ``device``."""
     from rich.console import Console
 
     from ..device.hwi import DeviceError
@@ -82,11 +87,14 @@ def run_demo(interactive: bool = False, console: Console | None = None,
 
     out = console or Console()
     began = time.perf_counter()
-    own = DeviceSimulator(confirm="wait", honor_debuglink=False) if interactive \
-        else DeviceSimulator(confirm="auto")
-    simulator: DeviceSimulator | None = own
+    simulator = device or (DeviceSimulator(confirm="wait", honor_debuglink=False) if interactive
+                           else DeviceSimulator(confirm="auto"))
+    lent = (simulator.confirm, simulator.honor_debuglink)
+    if interactive:
+        simulator.confirm, simulator.honor_debuglink = "wait", False
     try:
-        own.start()
+        if device is None:
+            simulator.start()
     except OSError:
         if interactive:
             out.print("[red]another device (a devnet or simulator) holds 127.0.0.1:21324: stop it "
@@ -94,9 +102,9 @@ def run_demo(interactive: bool = False, console: Console | None = None,
             return 1
         out.print("[yellow]a device already listens at 127.0.0.1:21324 (HWI's emulator port); the "
                   "demo uses it[/]")
-        simulator = None
     try:
-        with _device_prompts(simulator, out, interactive), tempfile.TemporaryDirectory(
+        with _device_prompts(simulator, out, answer if interactive else None, interactive), \
+                tempfile.TemporaryDirectory(
                 prefix="x402-demo-") as scratch:
             with _step(out, interactive, "starting the local world: anvil x2, USDC, EntryPoint, "
                                          "alto bundler, x402 servers"):
@@ -119,8 +127,10 @@ def run_demo(interactive: bool = False, console: Console | None = None,
         out.print(f"[red]stopped: {exc.message} [{exc.reason}][/]")
         return 1
     finally:
-        if simulator is not None:
+        if device is None:
             simulator.stop()
+        else:
+            simulator.confirm, simulator.honor_debuglink = lent
     out.print(f"done in {time.perf_counter() - began:.1f}s; nothing left running")
     return 0
 
@@ -173,18 +183,21 @@ async def _agent(world: WorldInfo, home: AgentHome, scratch: Path, out: Console,
     out.print("[bold]agent session 2[/] (a new connection, a fresh session allowance)")
     async with mcp_session(home.root, log) as session:
         await fetch_until_refused(session, "session 2", url, 10, report)
-        _raise_daily_limit(world, home, out)
-        summary.policy_versions.append(2)
-        out.print("  the agent carries on under policy v2")
+        if _raise_daily_limit(world, home, out):
+            summary.policy_versions.append(2)
+            out.print("  the agent carries on under policy v2")
+        else:
+            out.print("  the agent tries again under policy v1")
         await fetch_until_refused(session, "session 2", url, 10, report)
         summary.receipts = (await tool(session, "receipts", limit=50))["receipts"]
         summary.budget = await tool(session, "budget")
 
 
-def _raise_daily_limit(world: WorldInfo, home: AgentHome, out: Console) -> None:
+def _raise_daily_limit(world: WorldInfo, home: AgentHome, out: Console) -> bool:
+    """Propose policy v2 and have the device approve it; False when it is rejected there."""
     from ..cli_policy import store_for
     from ..device.approve import approve
-    from ..device.hwi import HwiDevice
+    from ..device.hwi import DeviceError, HwiDevice
 
     store = store_for(home)
     account = home.payer_address()
@@ -193,9 +206,15 @@ def _raise_daily_limit(world: WorldInfo, home: AgentHome, out: Console) -> None:
     device = HwiDevice.at("trezor", world.device_path)
     try:
         approve(store, device, raised)
+    except DeviceError as refused:
+        if refused.reason != "device_rejected":
+            raise
+        out.print("  [yellow]policy v2 rejected on the device[/]: the limits stay as they were")
+        return False
     finally:
         device.close()
     out.print("  [green]policy v2 approved on the device[/]")
+    return True
 
 
 def _final_tables(out: Console, summary: DemoSummary) -> None:
@@ -245,24 +264,33 @@ def _step(out: Console, interactive: bool, text: str) -> Iterator[None]:
 
 
 @contextmanager
-def _device_prompts(simulator: DeviceSimulator | None, out: Console, interactive: bool
-                    ) -> Iterator[None]:
-    """With ``interactive``, each screen of the simulated device is asked on this terminal."""
-    if not interactive or simulator is None:
+def _device_prompts(simulator: DeviceSimulator, out: Console, answer: Callable[[Screen], bool] | None,
+                    interactive: bool) -> Iterator[None]:
+    """With ``interactive``, each screen of the simulated device is answered as it appears: by
+    ``answer``, or by the person at this terminal."""
+    if not interactive:
         yield
         return
+
+    def ask_here(screen: Screen) -> bool:
+        return out.input("approve on the device? [y/N] ").strip().lower() in ("y", "yes")
+
+    decide = answer or ask_here
     stop = threading.Event()
 
-    def ask() -> None:
+    def serve() -> None:
+        answered: Screen | None = None  # stays displayed until the device acts on the answer
         while not stop.is_set():
             screen = simulator.wait_for_screen(timeout=0.2)
-            if screen is None or stop.is_set():
+            if screen is None or screen is answered or stop.is_set():
+                if screen is answered:
+                    stop.wait(0.01)
                 continue
             out.print(f"\n[bold magenta]device screen[/] {screen.text()}")
-            answer = out.input("approve on the device? [y/N] ")
-            (simulator.approve if answer.strip().lower() in ("y", "yes") else simulator.reject)()
+            (simulator.approve if decide(screen) else simulator.reject)()
+            answered = screen
 
-    prompter = threading.Thread(target=ask, name="device-prompts", daemon=True)
+    prompter = threading.Thread(target=serve, name="device-prompts", daemon=True)
     prompter.start()
     try:
         yield

@@ -106,7 +106,8 @@ def provision_smart_account_home(world: WorldInfo, root: Path, *, deploy: bool =
                    iterations=DEVNET_SCRYPT_N)
     opened = device or HwiDevice.at("trezor", world.device_path)
     try:
-        owner = opened.enroll(DEFAULT_APPROVAL_PATH).eth_address
+        enrollment = opened.enroll(DEFAULT_APPROVAL_PATH)  # the person confirms the address once
+        owner = enrollment.eth_address
         w3 = Web3(Web3.HTTPProvider(world.rpc_url))
         payer = Account.from_key(world.payer_private_key)
         bounds = WalletBounds(world.usdc.address, max_value=DEVNET_PER_REQUEST_MAX,
@@ -125,7 +126,7 @@ def provision_smart_account_home(world: WorldInfo, root: Path, *, deploy: bool =
         for to in (wallet.account, relayer.address):
             send_transaction(w3, payer, {"to": to, "value": DEVNET_ACCOUNT_ETH, "gas": 60_000})
         store = PolicyStore(home.root, expectations(home))
-        enroll(store, opened, DEFAULT_APPROVAL_PATH)
+        store.enroll(enrollment)
         approve(store, opened, policy(wallet.account) if policy else
                 smart_account_policy(world, wallet.account))
     finally:
