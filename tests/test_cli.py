@@ -149,3 +149,26 @@ def test_budget_and_named_session(world: WorldInfo, home: Path) -> None:
     text = run(home, "budget", "--session", "job-a").stdout
     assert "1.98 of 2 left today" in text and "0.48 USDC left" in text
     assert run(home, "breaker", "reset").returncode == 0
+
+
+def test_init_makes_a_home_with_an_encrypted_key(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k != "X402_AGENT_KEY_PASSWORD"}
+    args = [*CLI, "--home", str(home), "init", "--network", "eip155:84532", "--rpc-url",
+            "http://127.0.0.1:8545", "--new-key"]
+    refused = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "keystore_password_missing" in refused.stderr
+    assert not (home / "config.json").exists()  # nothing written before the password is known
+    password = "correct horse battery staple"
+    done = subprocess.run(args, env={**env, "X402_AGENT_KEY_PASSWORD": password},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    config = json.loads((home / "config.json").read_text())
+    assert config["chain_id"] == 84532 and config["rpc_urls"] == {"eip155:84532": "http://127.0.0.1:8545"}
+    keystore = json.loads((home / "payer.keystore.json").read_text())
+    assert keystore["address"].lower() in done.stdout.lower() and "crypto" in keystore
+    assert password not in done.stdout + done.stderr
+    assert oct((home / "payer.keystore.json").stat().st_mode & 0o777) == "0o600"
+    bad = subprocess.run([*CLI, "--home", str(tmp_path / "other"), "init", "--network", "solana:x",
+                          "--rpc-url", "http://x"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "config_invalid" in bad.stderr

@@ -24,7 +24,6 @@ from x402_agent.devnet.anvil import dev_account
 from x402_agent.devnet.provision import (
     DEVNET_SESSION_ALLOWANCE,
     DEVNET_VAULT_FUNDING,
-    provision_devnet_home,
     provision_smart_account_home,
     smart_account_policy,
 )
@@ -168,15 +167,25 @@ CLI = [sys.executable, "-m", "x402_agent.cli"]
 
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([*CLI, *args], env={**os.environ, "X402_AGENT_HOME": str(home)},
-                          capture_output=True, text=True, timeout=120)
-    return done
+    # Homes made by `init` take the keystore password from the environment; devnet homes from a
+    # file (and the environment wins): give them the one they already use.
+    password_file = home / "payer.password"
+    password = password_file.read_text() if password_file.exists() else "a passphrase for tests"
+    env = {**os.environ, "X402_AGENT_HOME": str(home), "X402_AGENT_KEY_PASSWORD": password}
+    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_wallet_create_fund_approve_and_pay_from_a_fresh_home(aa_world: WorldInfo, tmp_path: Path) -> None:
-    """The newcomer's path: a home with an enrolled device gets a counterfactual account; it is
-    funded; a policy naming it is approved on the device; the first payment deploys it."""
-    home = provision_devnet_home(aa_world, tmp_path / "home").root  # device enrolled, key home
+    """The newcomer's path, all on the CLI: init a home, enroll the device, create a
+    counterfactual account owned by it, fund it, approve a policy naming it on the device; the
+    first payment deploys it."""
+    home = tmp_path / "home"
+    assert _cli(home, "init", "--network", aa_world.network, "--rpc-url", aa_world.rpc_url,
+                ).returncode == 0
+    assert _cli(home, "init", "--network", aa_world.network, "--rpc-url", aa_world.rpc_url,
+                ).returncode == 2  # never over an existing home
+    enrolled = _cli(home, "device", "enroll")
+    assert enrolled.returncode == 0, enrolled.stderr
     created = _cli(home, "wallet", "create", "--network", aa_world.network, "--token",
                    aa_world.usdc.address, "--max-value", "100000", "--allowance", "2000000",
                    "--top-up-to", "300000", "--bundler-url", str(aa_world.bundler_url))
@@ -190,8 +199,8 @@ def test_wallet_create_fund_approve_and_pay_from_a_fresh_home(aa_world: WorldInf
     assert w3.eth.get_code(made["account"]) == b""  # counterfactual until its first top-up
     _fund(aa_world, made["vault"], usdc=5_000_000)
     _fund(aa_world, made["account"], eth=10**17)
-    assert _cli(home, "fetch", aa_world.route("GET", "/v2/weather").url).returncode == 2  # old policy
-    policy = smart_account_policy(aa_world, made["account"], version=2)
+    assert _cli(home, "fetch", aa_world.route("GET", "/v2/weather").url).returncode == 2  # no policy
+    policy = smart_account_policy(aa_world, made["account"])
     (tmp_path / "policy.json").write_text(policy.model_dump_json(by_alias=True))
     assert _cli(home, "policy", "propose", str(tmp_path / "policy.json")).returncode == 0
     assert _cli(home, "policy", "approve").returncode == 0

@@ -33,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--session", help="named session: its allowance and lifetime apply")
         p.add_argument("--session-profile", help="session rule of the policy (default 'default')")
 
+    init = sub.add_parser("init", help="create an agent home for a network (then: device enroll, "
+                          "wallet create, policy propose/approve)")
+    init.add_argument("--network", required=True, help="CAIP-2 id, e.g. eip155:84532 (Base Sepolia)")
+    init.add_argument("--rpc-url", required=True)
+    init.add_argument("--ledger", help="postgresql://... for a fleet sharing one budget")
+    init.add_argument("--new-key", action="store_true",
+                      help="also create a plain payer key (encrypted with $X402_AGENT_KEY_PASSWORD)")
     fetch = sub.add_parser("fetch", help="fetch a URL, paying if it asks for payment")
     request_args(fetch)
     fetch.add_argument("--idempotency-key", help="never pay twice for the same key")
@@ -151,6 +158,30 @@ def _fetch(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(outcome.content or b"")
         sys.stdout.flush()
     return EXIT_OK if outcome.status < 400 else EXIT_FAILED
+
+
+def _init(args: argparse.Namespace) -> int:
+    import os
+
+    from .errors import ConfigError
+    from .home import PASSWORD_ENV, default_home, init_home
+
+    root = (args.home or default_home()).expanduser()
+    if args.new_key and PASSWORD_ENV not in os.environ:
+        raise ConfigError(f"set {PASSWORD_ENV}: it encrypts the new key", reason="keystore_password_missing")
+    home = init_home(root, network=args.network, rpc_url=args.rpc_url, ledger=args.ledger)
+    print(f"agent home {root} for {args.network}")
+    if args.new_key:
+        import secrets
+
+        from .signer import write_keystore
+
+        address = write_keystore(home.path(home.config.signer.keystore),
+                                 "0x" + secrets.token_bytes(32).hex(), home.keystore_password())
+        print(f"payer key {address} (encrypted in {home.config.signer.keystore}): fund it with USDC")
+    print("next: x402-agent device enroll; x402-agent wallet create ... (a smart account) or "
+          "--new-key (a plain key); then x402-agent policy propose FILE && x402-agent policy approve")
+    return EXIT_OK
 
 
 def _quote(args: argparse.Namespace) -> int:
@@ -290,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: dict[str, Callable[[argparse.Namespace], int]] = {
         "fetch": _fetch, "quote": _quote, "receipts": _receipts, "devnet": _devnet, "demo": _demo,
         "budget": _budget, "breaker": _breaker, "policy": _policy, "device": _device,
-        "mcp": _mcp, "wallet": _wallet}
+        "mcp": _mcp, "wallet": _wallet, "init": _init}
     try:
         return handler[args.command](args)
     except X402AgentError as exc:

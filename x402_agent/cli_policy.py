@@ -46,9 +46,13 @@ def register(sub: Any) -> None:
     policy_sub.add_parser("schema", help="print the policy JSON schema")
 
 
-def store_for(home: AgentHome) -> PolicyStore:
-    from .policy_store import expectations
+def store_for(home: AgentHome, *, for_enrollment: bool = False) -> PolicyStore:
+    """The home's policy store. Enrolling a device needs no payer yet (a new home gets its
+    wallet after the device that owns it): only then is the account not pinned."""
+    from .policy_store import Expectations, expectations
 
+    if for_enrollment:
+        return PolicyStore(home.root, Expectations(account=None, chain_id=home.config.chain_id))
     return PolicyStore(home.root, expectations(home))
 
 
@@ -74,7 +78,8 @@ def run_device(args: argparse.Namespace) -> int:
     device = HwiDevice.find(args.fingerprint)
     try:
         print("confirm the address on the device...", file=sys.stderr)
-        enrollment = enroll(store_for(home), device, args.path or DEFAULT_APPROVAL_PATH)
+        enrollment = enroll(store_for(home, for_enrollment=True), device,
+                            args.path or DEFAULT_APPROVAL_PATH)
     finally:
         device.close()
     print(json.dumps(enrollment.model_dump(), indent=2))

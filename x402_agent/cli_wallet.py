@@ -51,7 +51,7 @@ def _device_signer(home: AgentHome) -> Iterator[Any]:
     from .cli_policy import store_for
     from .device.hwi import HwiDevice
 
-    enrollment = store_for(home).enrollment()
+    enrollment = store_for(home, for_enrollment=True).enrollment()
     device = HwiDevice.find(enrollment.fingerprint)
     try:
         yield lambda line: device.sign_message(line, enrollment.path)
@@ -109,7 +109,7 @@ def _create(home: AgentHome, args: argparse.Namespace) -> int:
     from .chain.setup import WalletBounds, create_wallet
     from .cli_policy import store_for
 
-    owner = store_for(home).enrollment().eth_address
+    owner = store_for(home, for_enrollment=True).enrollment().eth_address
     rpc_url = home.config.rpc_urls.get(args.network)
     if rpc_url is None:
         raise ConfigError(f"no RPC URL for {args.network} in the home's rpc_urls",

@@ -158,3 +158,22 @@ def provision_home(root: Path, *, private_key: str, rpc_urls: dict[str, str], pa
                                         "chain_id": chain_id})
     (root / CONFIG_FILE).write_text(config.model_dump_json(by_alias=True, indent=2) + "\n")
     return AgentHome(root, config)
+
+
+def init_home(root: Path, *, network: str, rpc_url: str, ledger: str | None = None) -> AgentHome:
+    """A new, empty home for ``network``: configuration only. A payer comes next (a smart
+    account through ``x402-agent wallet create``, or a key), then the device and its policy."""
+    if (root / CONFIG_FILE).exists():
+        raise ConfigError(f"{root} is already an agent home", reason="home_exists")
+    namespace, _, reference = network.partition(":")
+    if namespace != "eip155" or not reference.isdigit():
+        raise ConfigError(f"{network!r} is not an EVM network id like eip155:8453",
+                          reason="config_invalid")
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o700)
+    fields: dict[str, object] = {"rpc_urls": {network: rpc_url}, "chain_id": int(reference)}
+    if ledger is not None:
+        fields["ledger"] = ledger
+    config = HomeConfig.model_validate(fields)
+    (root / CONFIG_FILE).write_text(config.model_dump_json(by_alias=True, indent=2) + "\n")
+    return AgentHome(root, config)
