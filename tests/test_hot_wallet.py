@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from chain_reads import rpc, token_balance, transfer_logs
+from eth_account import Account
 from web3 import Web3
 
 from x402_agent.chain.account import account_contract, run_owner_action
@@ -265,3 +266,20 @@ def test_agents_sharing_an_account_top_up_concurrently(aa_world: WorldInfo, tmp_
     assert all(r.success for r in results)
     assert first.hot_balance() == 200_000
     assert first.funds().vault_available == 2_000_000 - 200_000
+
+
+def test_wallet_withdraw_and_bounds_are_signed_on_the_device(aa_world: WorldInfo, tmp_path: Path) -> None:
+    """After a stolen session key, the owner lowers the bounds and takes the funds out: each an
+    owner action the device signs (through HWI), relayed by the home's relayer key."""
+    home = _home(aa_world, tmp_path, deploy=False).root
+    safe = Account.create().address
+    lowered = _cli(home, "wallet", "bounds", "--max-value", "5000", "--allowance", "100000")
+    assert lowered.returncode == 0, lowered.stderr
+    status = json.loads(_cli(home, "wallet", "status", "--json").stdout)
+    assert status["deployed"] and status["max_value"] == 5000 and status["vault_available"] == 100_000
+    refused = _cli(home, "fetch", aa_world.route("GET", "/v2/report").url)  # 0.01 > 0.005 on chain
+    assert refused.returncode == 1 and "onchain_cap" in refused.stderr
+    moved = _cli(home, "wallet", "withdraw", str(DEVNET_VAULT_FUNDING), "--to", safe)
+    assert moved.returncode == 0, moved.stderr
+    assert token_balance(aa_world.rpc_url, aa_world.usdc.address, safe) == DEVNET_VAULT_FUNDING
+    assert json.loads(_cli(home, "wallet", "status", "--json").stdout)["vault_balance"] == 0

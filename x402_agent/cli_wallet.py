@@ -43,6 +43,15 @@ def register(sub: Any) -> None:
     key = wallet_sub.add_parser("session-key", help="rotate or revoke the session key (on the device)")
     key.add_argument("action", choices=("rotate", "revoke"))
     key.add_argument("--session-days", type=int, default=30)
+    withdraw = wallet_sub.add_parser("withdraw", help="move funds out to an address (on the device)")
+    withdraw.add_argument("amount", type=int, help="atomic units")
+    withdraw.add_argument("--to", required=True)
+    withdraw.add_argument("--source", choices=("vault", "account"), default="vault")
+    bounds = wallet_sub.add_parser("bounds", help="change the on-chain bounds (on the device)")
+    bounds.add_argument("--max-value", type=int, help="per payment, atomic units")
+    bounds.add_argument("--max-window", type=int, help="longest authorization validity, seconds")
+    bounds.add_argument("--allowance", type=int, help="what the vault releases per period")
+    bounds.add_argument("--period", type=int, help="allowance period, seconds")
 
 
 @contextmanager
@@ -88,6 +97,8 @@ def run_wallet(args: argparse.Namespace) -> int:
     if wallet.relayer is None:
         raise ConfigError("owner actions need a relayer key with ETH (wallet.relayer_keystore)",
                           reason="relayer_missing")
+    if args.wallet_command in ("withdraw", "bounds"):
+        return _owner_actions(home, wallet, args)
     from .chain.setup import revoke_session_key, rotate_session_key
 
     with _device_signer(home) as sign_line:
@@ -127,4 +138,41 @@ def _create(home: AgentHome, args: argparse.Namespace) -> int:
     print("next: fund the vault with the token, send the account a little ETH for top-up gas,\n"
           "then approve a policy naming the account: x402-agent policy propose FILE && "
           "x402-agent policy approve")
+    return 0
+
+
+def _owner_actions(home: AgentHome, wallet: Any, args: argparse.Namespace) -> int:
+    """Withdraw or change bounds: each action is one line the device shows and signs."""
+    from .chain.account import ACCOUNT_TAG, VAULT_TAG, run_owner_action
+    from .chain.factory import create_account
+
+    if not wallet.is_deployed():
+        create_account(wallet.w3, wallet.config, wallet.relayer)  # owner actions need the contracts
+    actions: list[tuple[str, str, str, list[Any]]] = []  # (target, tag, action, args)
+    if args.wallet_command == "withdraw":
+        if args.source == "vault":
+            actions.append((wallet.vault, VAULT_TAG, "withdraw", [args.to, args.amount]))
+        else:
+            actions.append((wallet.account, ACCOUNT_TAG, "withdraw", [wallet.token, args.to, args.amount]))
+    else:
+        bounds = wallet.bounds(fresh=True)
+        if args.max_value is not None or args.max_window is not None:
+            actions.append((wallet.account, ACCOUNT_TAG, "setPolicy", [
+                bounds.max_value if args.max_value is None else args.max_value,
+                bounds.max_window if args.max_window is None else args.max_window,
+                bounds.payees_restricted]))
+        if args.allowance is not None or args.period is not None:
+            vault = wallet.vault_terms()
+            actions.append((wallet.vault, VAULT_TAG, "setAllowance", [
+                vault[0] if args.allowance is None else args.allowance,
+                vault[1] if args.period is None else args.period]))
+        if not actions:
+            raise ConfigError("name a bound to change (--max-value, --max-window, --allowance, "
+                              "--period)", reason="invalid_request")
+    with _device_signer(home) as sign_line:
+        for target, tag, action, action_args in actions:
+            print(f"confirm {action} on the device...")
+            receipt = run_owner_action(wallet.w3, target, action, action_args, sign_line,
+                                       wallet.relayer, tag=tag)
+            print(json.dumps({"action": action, "transaction": receipt["transactionHash"].hex()}))
     return 0

@@ -165,6 +165,11 @@ class HotWallet:
             available = self.config.allowance  # a fresh vault starts a full period
         return Funds(hot, vault_balance, min(available, vault_balance))
 
+    def vault_terms(self) -> tuple[int, int]:
+        """(allowance, period) of the vault, read on chain."""
+        vault = owned_contract(self.w3, self.vault, "x402-vault").functions
+        return int(vault.allowance().call()), int(vault.period().call())
+
     # ---- the payment flow's hooks ----
 
     def check_payment(self, asset: str, pay_to: str, amount: int, window: int) -> None:
