@@ -574,6 +574,16 @@ def test_session_key_user_operations_can_only_refill(w: World) -> None:
     with pytest.raises(ContractLogicError, match="41413234"):
         ep.functions.handleOps([_user_op(w, refill, stranger).as_tuple()], bundler.address).call(
             {"from": bundler.address})
+    # the session key signing anything else: owner actions, withdrawals, arbitrary calls
+    thief = Account.create().address
+    for call in (w.account.encode_abi("withdraw", args=[w.usdc.address, thief, 1]),
+                 w.account.encode_abi("setSessionKey", args=[thief, 2**40]),
+                 w.account.encode_abi("ownerCall", args=[b"", 0, b""]),
+                 w.account.encode_abi("execute", args=[w.usdc.address, 0, w.usdc.encode_abi(
+                     "transfer", args=[thief, 1])])):
+        with pytest.raises(ContractLogicError, match="41413234"):  # AA24 signature error
+            ep.functions.handleOps([_user_op(w, bytes.fromhex(call[2:]), w.session).as_tuple()],
+                                   bundler.address).call({"from": bundler.address})
 
 
 def test_clones_are_initialised_once_and_addresses_commit_to_the_config(w: World) -> None:
