@@ -88,6 +88,9 @@ class Agent:
 
     def close(self) -> None:
         self._sync.close()
+        close_signer = getattr(self.payer.signer, "close", None)  # a smart account's RPC clients
+        if callable(close_signer):
+            close_signer()
         self.payer.gate.ledger.close()
 
     def reconcile(self) -> dict[str, int]:

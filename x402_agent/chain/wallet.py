@@ -247,6 +247,11 @@ class HotWallet:
         self.top_ups.append(result)
         return result
 
+    def close(self) -> None:
+        self._rpc.close()
+        if self._bundler is not None:
+            self._bundler.close()
+
     def status(self) -> dict[str, Any]:
         bounds, funds = self.bounds(fresh=True), self.funds()
         return {"account": self.account, "vault": self.vault, "token": self.token,
