@@ -115,9 +115,9 @@ def run_wallet(args: argparse.Namespace) -> int:
 
 
 def _create(home: AgentHome, args: argparse.Namespace) -> int:
-    from web3 import Web3
+    from eth_utils.address import to_checksum_address
 
-    from .chain.setup import WalletBounds, create_wallet
+    from .chain.setup import WalletBounds, connect, create_wallet
     from .cli_policy import store_for
 
     owner = store_for(home, for_enrollment=True).enrollment().eth_address
@@ -125,9 +125,9 @@ def _create(home: AgentHome, args: argparse.Namespace) -> int:
     if rpc_url is None:
         raise ConfigError(f"no RPC URL for {args.network} in the home's rpc_urls",
                           reason="config_invalid")
-    bounds = WalletBounds(Web3.to_checksum_address(args.token), args.max_value, args.max_window,
+    bounds = WalletBounds(to_checksum_address(args.token), args.max_value, args.max_window,
                           args.allowance, args.period)
-    home = create_wallet(home, Web3(Web3.HTTPProvider(rpc_url)), network=args.network, owner=owner,
+    home = create_wallet(home, connect(rpc_url), network=args.network, owner=owner,
                          bounds=bounds, session_seconds=args.session_days * DAY,
                          password=home.keystore_password(), bundler_url=args.bundler_url,
                          relayer_keystore=args.relayer_keystore, top_up_to=args.top_up_to)

@@ -24,6 +24,10 @@ from .wallet import HotWallet, account_config
 SESSION_KEYSTORE = "session.keystore.json"
 
 
+def connect(rpc_url: str) -> Web3:
+    return Web3(Web3.HTTPProvider(rpc_url))
+
+
 @dataclass(frozen=True)
 class WalletBounds:
     """What the account enforces on chain, in the token's atomic units and seconds."""
