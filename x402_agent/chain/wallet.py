@@ -34,9 +34,6 @@ from .factory import AccountConfig, create_account_calldata, erc6492_wrap, facto
 from .session_signer import SessionKeySigner
 from .userop import PackedUserOperation, pack_account_gas_limits, pack_gas_fees, user_op_hash_v07
 
-_BALANCE_OF = [{"name": "balanceOf", "type": "function", "stateMutability": "view",
-                "inputs": [{"name": "a", "type": "address"}],
-                "outputs": [{"name": "", "type": "uint256"}]}]
 # Gas for a refill user operation: validation (with a first deployment) and the pull itself.
 _VERIFICATION_GAS = 600_000
 _CALL_GAS = 150_000
@@ -144,21 +141,26 @@ class HotWallet:
                       int(acct.sessionKeyExpiry(self.session_address).call()))
 
     def hot_balance(self) -> int:
-        """The account's token balance: one raw ``eth_call`` (this runs before every payment, and
-        web3's contract machinery costs milliseconds more than the call itself)."""
-        data = "0x70a08231" + self.account[2:].lower().rjust(64, "0")  # balanceOf(account)
+        """What the account holds (read before every payment)."""
+        return self._token_balance(self.account)
+
+    def _token_balance(self, holder: str) -> int:
+        """``balanceOf(holder)`` as one raw ``eth_call``: web3's contract machinery costs
+        milliseconds more than the call itself, and this is on the payment path."""
+        data = "0x70a08231" + holder[2:].lower().rjust(64, "0")
         answer = self._rpc.post(self._rpc_url, json={
             "jsonrpc": "2.0", "id": 1, "method": "eth_call",
             "params": [{"to": self.token, "data": data}, "latest"]}).json()
         if "result" not in answer:
-            raise ChainError("cannot read the hot balance", reason="chain_unavailable",
+            raise ChainError("cannot read a token balance", reason="chain_unavailable",
                              account=self.account)
         return int(answer["result"], 16)
 
-    def funds(self) -> Funds:
-        token = self.w3.eth.contract(address=self.token, abi=_BALANCE_OF)
-        hot = int(token.functions.balanceOf(self.account).call())
-        vault_balance = int(token.functions.balanceOf(self.vault).call())
+    def funds(self, hot_balance: int | None = None) -> Funds:
+        """The hot balance (``hot_balance`` when the caller just read it), the vault's balance and
+        what the account may still pull from it this period."""
+        hot = self.hot_balance() if hot_balance is None else hot_balance
+        vault_balance = self._token_balance(self.vault)
         if self.w3.eth.get_code(self.vault):
             available = int(owned_contract(self.w3, self.vault, "x402-vault").functions.available().call())
         else:
@@ -197,11 +199,10 @@ class HotWallet:
         """Make the hot balance cover ``needed`` (every payment in flight), refilling from the
         vault up to ``top_up_to`` within the period's allowance; refuse if it cannot."""
         with self._funding:
-            if self.hot_balance() >= needed:  # the common case: one RPC call
+            hot = self.hot_balance()
+            if hot >= needed:  # the common case: one RPC call
                 return
-            funds = self.funds()
-            if funds.hot_balance >= needed:
-                return
+            funds = self.funds(hot)
             shortfall = needed - funds.hot_balance
             if funds.vault_available < shortfall:
                 raise WalletRefused(
