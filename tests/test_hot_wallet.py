@@ -25,6 +25,7 @@ from x402_agent.devnet.anvil import dev_account
 from x402_agent.devnet.provision import (
     DEVNET_SESSION_ALLOWANCE,
     DEVNET_VAULT_FUNDING,
+    fund,
     provision_smart_account_home,
     smart_account_policy,
 )
@@ -111,14 +112,7 @@ def test_counterfactual_account_pays_through_erc6492(aa_world: WorldInfo, tmp_pa
     with Agent.open(home) as agent:
         wallet = _wallet(agent)
         assert not wallet.is_deployed()
-        usdc = Web3(Web3.HTTPProvider(aa_world.rpc_url)).eth.contract(
-            address=Web3.to_checksum_address(aa_world.usdc.address), abi=[{
-                "name": "transfer", "type": "function", "stateMutability": "nonpayable",
-                "inputs": [{"name": "to", "type": "address"}, {"name": "value", "type": "uint256"}],
-                "outputs": [{"name": "", "type": "bool"}]}])
-        from x402_agent.chain.account import send_transaction
-        send_transaction(usdc.w3, aa_world.payer_private_key, {"to": usdc.address, "data": usdc.encode_abi(
-            "transfer", args=[wallet.account, 10 * route.price_atomic])})
+        fund(aa_world, wallet.account, usdc=10 * route.price_atomic)
         outcome = agent.fetch(route.url)
         assert outcome.status == 200 and outcome.payment is not None
         assert outcome.payment.state == PaymentState.SETTLED
@@ -198,8 +192,8 @@ def test_wallet_create_fund_approve_and_pay_from_a_fresh_home(aa_world: WorldInf
     assert keystore["address"].lower() == made["session_key"][2:].lower() and "crypto" in keystore
     w3 = Web3(Web3.HTTPProvider(aa_world.rpc_url))
     assert w3.eth.get_code(made["account"]) == b""  # counterfactual until its first top-up
-    _fund(aa_world, made["vault"], usdc=5_000_000)
-    _fund(aa_world, made["account"], eth=10**17)
+    fund(aa_world, made["vault"], usdc=5_000_000)
+    fund(aa_world, made["account"], eth=10**17)
     assert _cli(home, "fetch", aa_world.route("GET", "/v2/weather").url).returncode == 2  # no policy
     policy = smart_account_policy(aa_world, made["account"])
     (tmp_path / "policy.json").write_text(policy.model_dump_json(by_alias=True))
@@ -235,21 +229,6 @@ def test_wallet_status_topup_rotate_and_revoke(aa_world: WorldInfo, tmp_path: Pa
     assert refused.returncode != 0 and "session_key_expired" in refused.stderr
     secret = open_home(home).keystore_password()
     assert all(secret not in done.stdout + done.stderr for done in (topped, rotated, revoked))
-
-
-def _fund(world: WorldInfo, to: str, *, usdc: int = 0, eth: int = 0) -> None:
-    from x402_agent.chain.account import send_transaction
-
-    w3 = Web3(Web3.HTTPProvider(world.rpc_url))
-    if usdc:
-        token = w3.eth.contract(address=Web3.to_checksum_address(world.usdc.address), abi=[{
-            "name": "transfer", "type": "function", "stateMutability": "nonpayable",
-            "inputs": [{"name": "to", "type": "address"}, {"name": "value", "type": "uint256"}],
-            "outputs": [{"name": "", "type": "bool"}]}])
-        send_transaction(w3, world.payer_private_key, {"to": token.address, "data": token.encode_abi(
-            "transfer", args=[to, usdc])})
-    if eth:
-        send_transaction(w3, world.payer_private_key, {"to": to, "value": eth, "gas": 60_000})
 
 
 def test_agents_sharing_an_account_top_up_concurrently(aa_world: WorldInfo, tmp_path: Path) -> None:

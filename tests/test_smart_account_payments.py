@@ -21,7 +21,6 @@ from x402_agent.chain.account import (
     owner_action_line,
     owner_call,
     run_owner_action,
-    send_transaction,
     sign_owner_action,
 )
 from x402_agent.chain.factory import AccountConfig, create_account, deploy_factory
@@ -30,7 +29,7 @@ from x402_agent.client import X402Client
 from x402_agent.device.hwi import DEFAULT_APPROVAL_PATH, HwiDevice
 from x402_agent.devnet.anvil import dev_account
 from x402_agent.devnet.info import WorldInfo
-from x402_agent.devnet.provision import devnet_policy
+from x402_agent.devnet.provision import devnet_policy, fund
 from x402_agent.errors import X402AgentError
 from x402_agent.flow import FetchRequest, Payer
 from x402_agent.ledger import PaymentState
@@ -78,23 +77,18 @@ def sw(world: WorldInfo, device_simulator: object) -> Iterator[SmartWorld]:
         account, _, _ = create_account(w3, config, dev_account(0))
         assert account_contract(w3, account).functions.owner().call().lower() == owner.lower()
         # fund the account with USDC from the world's payer: a plain ERC-20 transfer
-        usdc = w3.eth.contract(address=Web3.to_checksum_address(world.usdc.address), abi=[{
-            "name": "transfer", "type": "function", "stateMutability": "nonpayable",
-            "inputs": [{"name": "to", "type": "address"}, {"name": "value", "type": "uint256"}],
-            "outputs": [{"name": "", "type": "bool"}]}])
-        data = usdc.encode_abi("transfer", args=[account, FUNDING])
-        send_transaction(w3, world.payer_private_key, {"to": usdc.address, "data": data})
+        fund(world, account, usdc=FUNDING)
         assert token_balance(world.rpc_url, world.usdc.address, account) == FUNDING
         sw = SmartWorld(w3, account, enrollment, SessionKeySigner(account, bytes(session_key.key)),
                         device)
         assert sw.session.session_address == session_key.address
         # each owner action signed on the simulator through unmodified HWI signmessage
         sw.act("setPolicy", CAP, WINDOW, False)
-        sw.act("setToken", usdc.address, True)
+        sw.act("setToken", world.usdc.address, True)
         sw.act("setSessionKey", session_key.address, now + 7 * 86400)
         contract = account_contract(w3, account)
         assert contract.functions.maxValue().call() == CAP
-        assert contract.functions.tokenAllowed(usdc.address).call()
+        assert contract.functions.tokenAllowed(world.usdc.address).call()
         assert contract.functions.sessionKeyExpiry(session_key.address).call() == now + 7 * 86400
         assert contract.functions.ownerNonce().call() == 3
         yield sw

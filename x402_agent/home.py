@@ -134,11 +134,12 @@ def open_home(root: Path | None = None) -> AgentHome:
     return AgentHome(root, config)
 
 
-def provision_home(root: Path, *, private_key: str, rpc_urls: dict[str, str], password: str,
+def provision_home(root: Path, *, private_key: str | None, rpc_urls: dict[str, str], password: str,
                    store_password: bool, chain_id: int | None = None,
                    kdf_iterations: int | None = None) -> AgentHome:
-    """Create a home with an encrypted payer key. Returns the opened home; a device must then
-    be enrolled and a policy approved on it before the agent pays anything.
+    """Create a home with an encrypted payer key (``private_key`` None: no key yet, e.g. for a
+    smart account). Returns the opened home; a device must then be enrolled and a policy
+    approved on it before the agent pays anything.
 
     ``store_password`` writes the password to a 0600 file beside the keystore, for unattended
     local worlds only; real homes take it from the environment.
@@ -148,7 +149,8 @@ def provision_home(root: Path, *, private_key: str, rpc_urls: dict[str, str], pa
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)
     signer = SignerConfig()
-    write_keystore(root / signer.keystore, private_key, password, iterations=kdf_iterations)
+    if private_key is not None:
+        write_keystore(root / signer.keystore, private_key, password, iterations=kdf_iterations)
     if store_password:
         signer.password_file = "payer.password"
         secret = root / signer.password_file

@@ -90,16 +90,12 @@ def provision_smart_account_home(world: WorldInfo, root: Path, *, deploy: bool =
     from eth_account import Account
     from web3 import Web3
 
-    from ..chain.account import send_transaction
     from ..chain.setup import WalletBounds, create_wallet
     from ..signer import write_keystore
 
-    home = provision_home(
-        root, private_key=world.payer_private_key,
-        rpc_urls={world.network: world.rpc_url, world.alt_network: world.alt_rpc_url},
-        password=secrets.token_urlsafe(24), store_password=True, chain_id=world.chain_id,
-        kdf_iterations=DEVNET_SCRYPT_N)
-    (root / home.config.signer.keystore).unlink()  # the world's payer only funds this home
+    home = provision_home(  # no payer key: the world's payer only funds this home
+        root, private_key=None, rpc_urls={world.network: world.rpc_url},
+        password=secrets.token_urlsafe(24), store_password=True, chain_id=world.chain_id)
     password = home.keystore_password()
     relayer = Account.create()
     write_keystore(root / "relayer.keystore.json", "0x" + bytes(relayer.key).hex(), password,
@@ -120,11 +116,9 @@ def provision_smart_account_home(world: WorldInfo, root: Path, *, deploy: bool =
                              deploy_with=payer if deploy else None, kdf_iterations=DEVNET_SCRYPT_N)
         wallet = home.config.signer
         assert wallet.kind == "smart_account"
-        usdc = w3.eth.contract(address=Web3.to_checksum_address(world.usdc.address), abi=_TRANSFER_ABI)
-        send_transaction(w3, payer, {"to": usdc.address, "data": usdc.encode_abi(
-            "transfer", args=[wallet.vault, DEVNET_VAULT_FUNDING])})
+        fund(world, wallet.vault, usdc=DEVNET_VAULT_FUNDING)
         for to in (wallet.account, relayer.address):
-            send_transaction(w3, payer, {"to": to, "value": DEVNET_ACCOUNT_ETH, "gas": 60_000})
+            fund(world, to, eth=DEVNET_ACCOUNT_ETH)
         store = PolicyStore(home.root, expectations(home))
         store.enroll(enrollment)
         approve(store, opened, policy(wallet.account) if policy else
@@ -135,6 +129,19 @@ def provision_smart_account_home(world: WorldInfo, root: Path, *, deploy: bool =
     return home
 
 
-_TRANSFER_ABI = [{"name": "transfer", "type": "function", "stateMutability": "nonpayable",
-                  "inputs": [{"name": "to", "type": "address"}, {"name": "value", "type": "uint256"}],
-                  "outputs": [{"name": "", "type": "bool"}]}]
+def fund(world: WorldInfo, to: str, *, usdc: int = 0, eth: int = 0) -> None:
+    """Send main-chain USDC and/or ETH (wei) from the world's funded payer to ``to``."""
+    from web3 import Web3
+
+    from ..chain.account import send_transaction
+
+    w3 = Web3(Web3.HTTPProvider(world.rpc_url))
+    if usdc:
+        token = w3.eth.contract(address=Web3.to_checksum_address(world.usdc.address), abi=[{
+            "name": "transfer", "type": "function", "stateMutability": "nonpayable",
+            "inputs": [{"name": "to", "type": "address"}, {"name": "value", "type": "uint256"}],
+            "outputs": [{"name": "", "type": "bool"}]}])
+        send_transaction(w3, world.payer_private_key, {
+            "to": token.address, "data": token.encode_abi("transfer", args=[to, usdc])})
+    if eth:
+        send_transaction(w3, world.payer_private_key, {"to": to, "value": eth, "gas": 60_000})
