@@ -144,10 +144,9 @@ def _create(home: AgentHome, args: argparse.Namespace) -> int:
 def _owner_actions(home: AgentHome, wallet: Any, args: argparse.Namespace) -> int:
     """Withdraw or change bounds: each action is one line the device shows and signs."""
     from .chain.account import ACCOUNT_TAG, VAULT_TAG, run_owner_action
-    from .chain.factory import create_account
+    from .chain.setup import ensure_deployed
 
-    if not wallet.is_deployed():
-        create_account(wallet.w3, wallet.config, wallet.relayer)  # owner actions need the contracts
+    ensure_deployed(wallet, wallet.relayer)
     actions: list[tuple[str, str, str, list[Any]]] = []  # (target, tag, action, args)
     if args.wallet_command == "withdraw":
         if args.source == "vault":

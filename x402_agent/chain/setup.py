@@ -62,7 +62,7 @@ def create_wallet(home: AgentHome, w3: Web3, *, network: str, owner: str, bounds
     if deploy_with is not None:
         create_account(w3, config, deploy_with)
     signer = SmartAccountConfig(
-        password_file=getattr(home.config.signer, "password_file", None), network=network,
+        password_file=home.config.signer.password_file, network=network,
         account=account, vault=vault, setup=setup, bundler_url=bundler_url,
         relayer_keystore=relayer_keystore, top_up_to=top_up_to)
     updated = home.config.model_copy(update={"signer": signer})
@@ -70,13 +70,18 @@ def create_wallet(home: AgentHome, w3: Web3, *, network: str, owner: str, bounds
     return AgentHome(home.root, HomeConfig.model_validate_json((home.root / CONFIG_FILE).read_text()))
 
 
+def ensure_deployed(wallet: HotWallet, relayer: LocalAccount) -> None:
+    """Owner actions need the contracts: deploy a counterfactual account (and vault) first."""
+    if not wallet.is_deployed():
+        create_account(wallet.w3, wallet.config, relayer)
+
+
 def rotate_session_key(home: AgentHome, wallet: HotWallet, sign_line: SignLine, relayer: LocalAccount,
                        *, session_seconds: int, password: str, kdf_iterations: int | None = None
                        ) -> str:
     """Add a new session key and revoke the current one (two owner actions signed on the
     device); the new key replaces the old one in the home. Returns the new key's address."""
-    if not wallet.is_deployed():
-        create_account(wallet.w3, wallet.config, relayer)  # owner actions need the contract
+    ensure_deployed(wallet, relayer)
     old = wallet.session_address
     previous = (home.root / SESSION_KEYSTORE).read_bytes()
     new = _write_session_key(home.root, password, kdf_iterations)
