@@ -53,7 +53,6 @@ class DemoSummary:
     receipts: list[dict[str, Any]] = field(default_factory=list)
     budget: dict[str, Any] = field(default_factory=dict)  # the budget tool's answer
     policy_versions: list[int] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 def demo_policy(world: WorldInfo, account: str, *, version: int = 1,
@@ -104,8 +103,7 @@ def run_demo(interactive: bool = False, console: Console | None = None,
                   "demo uses it[/]")
     try:
         with _device_prompts(simulator, out, answer if interactive else None, interactive), \
-                tempfile.TemporaryDirectory(
-                prefix="x402-demo-") as scratch:
+                tempfile.TemporaryDirectory(prefix="x402-demo-") as scratch:
             with _step(out, interactive, "starting the local world: anvil x2, USDC, EntryPoint, "
                                          "alto bundler, x402 servers"):
                 local = LocalWorld(device=simulator, bundler=True)
@@ -117,7 +115,6 @@ def run_demo(interactive: bool = False, console: Console | None = None,
                 home = _provision(world, Path(scratch), out, interactive)
                 summary.policy_versions.append(1)
                 asyncio.run(_agent(world, home, Path(scratch), out, summary))
-                summary.seconds = time.perf_counter() - began
                 _final_tables(out, summary)
                 if inspect is not None:
                     inspect(world, home, summary)
