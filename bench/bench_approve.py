@@ -1,12 +1,12 @@
 """Latency of approving a policy on the device, with auto-approval (nobody reading the screen).
 
-A device simulator (confirm="auto") is started on 127.0.0.1:21324, where HWI finds Trezor
-emulators, and a scratch agent home is provisioned and enrolled through HWI. Then, for N new
+A device simulator (confirm="auto") is started on a free UDP port pair, and a scratch agent home
+that records its path is provisioned and enrolled through HWI. Then, for N new
 policy versions each:
 
 - ``cli``: ``x402-agent policy propose FILE`` and ``x402-agent policy approve`` as two
-  subprocesses, as a person runs them (each pays for a Python start, HWI's device scan and the
-  signing); ``propose`` and ``approve`` are also reported apart;
+  subprocesses, as a person runs them (each pays for a Python start, opening the device at the
+  path the home recorded and the signing); ``propose`` and ``approve`` are also reported apart;
 - ``inprocess``: ``x402_agent.device.approve.approve`` through one open ``HwiDevice`` (sign the
   approval line, verify it, install the policy);
 - ``inprocess_eip712`` (unless --no-eip712): ``device.trezor.approve_typed`` through trezorlib.
@@ -36,7 +36,7 @@ from x402_agent.device.approve import approve, enroll
 from x402_agent.device.hwi import DEFAULT_APPROVAL_PATH, HwiDevice
 from x402_agent.device.simulator import DeviceSimulator
 from x402_agent.device.trezor import approve_typed
-from x402_agent.home import AgentHome, provision_home
+from x402_agent.home import AgentHome, DeviceLocation, provision_home
 from x402_agent.operations import expectations
 from x402_agent.policy import Policy
 from x402_agent.policy_store import PolicyStore, policy_json
@@ -89,13 +89,13 @@ def main() -> int:
     if args.n < 2:
         parser.error("--n must be at least 2")
 
-    simulator = DeviceSimulator(confirm="auto")
-    simulator.start(wait=120)  # a test run may hold the emulator port for a while
+    simulator = DeviceSimulator(confirm="auto", port=0).start()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-approve-") as scratch:
             home = provision_home(Path(scratch) / "home", private_key=PAYER_KEY, rpc_urls={},
                                   password="bench", store_password=True, chain_id=CHAIN_ID,
-                                  kdf_iterations=2**14)
+                                  kdf_iterations=2**14,
+                                  device=DeviceLocation(path=simulator.path))
             store = PolicyStore(home.root, expectations(home))
             device = HwiDevice.at("trezor", simulator.path)
             try:

@@ -96,8 +96,7 @@ def main() -> None:
     from x402_agent.devnet import LocalWorld
     from x402_agent.devnet.provision import provision_devnet_home
 
-    simulator = DeviceSimulator(confirm="auto")
-    simulator.start(wait=120)
+    simulator = DeviceSimulator(confirm="auto", port=0).start()
     world = LocalWorld(device=simulator)
     world.start()
     try:

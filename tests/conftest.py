@@ -12,9 +12,10 @@ from x402_agent.devnet import LocalWorld, WorldInfo
 
 @pytest.fixture(scope="session")
 def device_simulator() -> Iterator[DeviceSimulator]:
-    """The session's device simulator on 127.0.0.1:21324, where HWI looks for it."""
-    simulator = DeviceSimulator(confirm="auto")
-    simulator.start(wait=120)  # another test run on this machine may hold the port a while
+    """The session's device simulator on a free port pair (other test sessions, devnets and
+    demos run beside it); homes provisioned from the world record its path."""
+    simulator = DeviceSimulator(confirm="auto", port=0)
+    simulator.start()
     try:
         yield simulator
     finally:

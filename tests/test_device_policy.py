@@ -2,7 +2,8 @@
 them (a process per command), the session's device simulator reached through real, unmodified
 HWI and trezorlib, and agents paying the local x402 world.
 
-Every test shares the one simulator HWI can find (127.0.0.1:21324); the ``screens`` fixture
+Every test shares the session's simulator (on a free port pair; provisioned homes record its
+path, as a devnet's do, so the CLI finds it without HWI's scan); the ``screens`` fixture
 records what it displays and puts it back to auto-approval (and plugged in) afterwards.
 """
 
@@ -41,7 +42,7 @@ from x402_agent.device.simulator import TEST_MNEMONIC, DeviceSimulator, Screen
 from x402_agent.devnet.info import WorldInfo
 from x402_agent.devnet.provision import DEVNET_SCRYPT_N, provision_devnet_home
 from x402_agent.errors import ConfigError, PolicyDenied
-from x402_agent.home import open_home, provision_home
+from x402_agent.home import DeviceLocation, open_home, provision_home
 from x402_agent.operations import Agent
 from x402_agent.policy import Policy, load_policy
 from x402_agent.policy_store import (
@@ -59,7 +60,6 @@ from x402_agent.policy_store import (
 from x402_agent.receipts import receipt
 
 CLI = [sys.executable, "-m", "x402_agent.cli"]
-SIMULATOR_PATH = "udp:127.0.0.1:21324"  # the only place HWI looks for a Trezor emulator
 FINGERPRINT = "5c9e228d"  # master fingerprint of the standard test seed ("all" x12)
 OTHER_PATH = "m/44'/1'/402'/0/1"  # a real key of the same device, but not the enrolled one
 PORT_WAIT = 120.0
@@ -125,9 +125,10 @@ def store_of(root: Path) -> PolicyStore:
     return PolicyStore(home.root, expectations(home))
 
 
-def device_signed(policy: Policy, path: str = DEFAULT_APPROVAL_PATH) -> PolicyApproval:
+def device_signed(world: WorldInfo, policy: Policy, path: str = DEFAULT_APPROVAL_PATH
+                  ) -> PolicyApproval:
     """A real signature of the simulator, made through HWI at ``path``, over the policy's line."""
-    device = HwiDevice.at("trezor", SIMULATOR_PATH)
+    device = HwiDevice.at("trezor", world.device_path)
     try:
         message = approval_message(policy)
         signature = device.sign_message(message, path)
@@ -157,23 +158,26 @@ def shown_line(propose_output: str) -> str:
 
 
 # ---- 1. device list and enrollment ----------------------------------------------------------
-def test_device_list_shows_the_simulator(device_simulator: DeviceSimulator, tmp_path: Path) -> None:
+def test_device_list_shows_the_simulator(world: WorldInfo, device_simulator: DeviceSimulator,
+                                        tmp_path: Path) -> None:
     assert device_simulator.fingerprint == FINGERPRINT
-    done = run(tmp_path, "device", "list")
+    done = run(fresh_home(world, tmp_path / "fresh"), "device", "list")  # its recorded device
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.splitlines()]
-    simulator = [row for row in rows if row and row[-1] == SIMULATOR_PATH]
+    simulator = [row for row in rows if row and row[-1] == device_simulator.path]
     assert len(simulator) == 1, done.stdout
     assert simulator[0][0] == "trezor" and simulator[0][1] == FINGERPRINT
     assert "ERROR" not in done.stdout
 
 
 def fresh_home(world: WorldInfo, root: Path) -> Path:
-    """A home with the payer key and nothing else: no device enrolled, no policy."""
+    """A home with the payer key and where the simulator answers; no device enrolled, no
+    policy."""
     return provision_home(root, private_key=world.payer_private_key,
                           rpc_urls={world.network: world.rpc_url}, password="pw",
                           store_password=True, chain_id=world.chain_id,
-                          kdf_iterations=DEVNET_SCRYPT_N).root
+                          kdf_iterations=DEVNET_SCRYPT_N,
+                          device=DeviceLocation(path=world.device_path)).root
 
 
 def test_device_enroll_pins_the_default_path_key_after_showing_its_address(
@@ -216,7 +220,7 @@ def test_enrollment_refused_unanswered_or_unplugged_enrolls_nothing(
     assert not (root / DEVICE_FILE).exists()
 
     device_simulator.confirm, device_simulator.honor_debuglink = "wait", False
-    device = HwiDevice.at("trezor", SIMULATOR_PATH, timeout=1.0)
+    device = HwiDevice.at("trezor", device_simulator.path, timeout=1.0)
     try:
         with pytest.raises(DeviceError) as timed_out:
             enroll(store_of(root), device, DEFAULT_APPROVAL_PATH)
@@ -229,7 +233,7 @@ def test_enrollment_refused_unanswered_or_unplugged_enrolls_nothing(
     assert not (root / DEVICE_FILE).exists()
 
     device_simulator.confirm, device_simulator.honor_debuglink = "unplug", True
-    device = HwiDevice.at("trezor", SIMULATOR_PATH)
+    device = HwiDevice.at("trezor", device_simulator.path)
     try:
         with pytest.raises(DeviceError) as unplugged:
             enroll(store_of(root), device, DEFAULT_APPROVAL_PATH)
@@ -363,7 +367,7 @@ def _rolled_back(root: Path, world: WorldInfo) -> None:
     saved = {name: (root / name).read_bytes() for name in (POLICY_FILE, APPROVAL_FILE)}
     store = store_of(root)
     v2 = with_limits(store.load(), version=2, per_request_max=50_000)
-    device = HwiDevice.at("trezor", SIMULATOR_PATH)
+    device = HwiDevice.at("trezor", world.device_path)
     try:
         approve(store, device, v2)  # v2 accepted: v1 is history now
     finally:
@@ -375,26 +379,26 @@ def _rolled_back(root: Path, world: WorldInfo) -> None:
 def _same_version_swapped(root: Path, world: WorldInfo) -> None:
     # Another v1, even one the enrolled device really signed, cannot replace the accepted v1.
     other = with_limits(load_policy(root / POLICY_FILE), per_request_max=90_000)
-    install_by_hand(root, other, device_signed(other))
+    install_by_hand(root, other, device_signed(world, other))
 
 
 def _wrong_key(root: Path, world: WorldInfo) -> None:
     policy = load_policy(root / POLICY_FILE)
-    write_json(root / APPROVAL_FILE, device_signed(policy, OTHER_PATH).model_dump(by_alias=True))
+    write_json(root / APPROVAL_FILE, device_signed(world, policy, OTHER_PATH).model_dump(by_alias=True))
 
 
 def _wrong_account(root: Path, world: WorldInfo) -> None:
     data = policy_json(with_limits(load_policy(root / POLICY_FILE), version=2))
     data["account"] = "0x" + "ab" * 20
     other = Policy.model_validate(data)
-    install_by_hand(root, other, device_signed(other))  # genuinely approved, for someone else
+    install_by_hand(root, other, device_signed(world, other))  # genuinely approved, for someone else
 
 
 def _wrong_chain(root: Path, world: WorldInfo) -> None:
     data = policy_json(with_limits(load_policy(root / POLICY_FILE), version=2))
     data["chain_id"] = world.alt_chain_id
     other = Policy.model_validate(data)
-    install_by_hand(root, other, device_signed(other))
+    install_by_hand(root, other, device_signed(world, other))
 
 
 def _not_enrolled(root: Path, world: WorldInfo) -> None:
@@ -456,7 +460,7 @@ def test_propose_refuses_old_versions_and_other_accounts(world: WorldInfo, home:
 
     # Once v3 is approved, v2 is a lower version and is refused too.
     store = store_of(home)
-    device = HwiDevice.at("trezor", SIMULATOR_PATH)
+    device = HwiDevice.at("trezor", world.device_path)
     try:
         approve(store, device, with_limits(v1, version=3))
     finally:
@@ -534,7 +538,7 @@ def test_rejected_on_the_device(home: Path, device_simulator: DeviceSimulator,
     assert [s.field("Message") for s in screens] == [approval_message(v2)]  # seen, refused
     assert snapshot(home) == before
 
-    device = HwiDevice.at("trezor", SIMULATOR_PATH)
+    device = HwiDevice.at("trezor", device_simulator.path)
     try:
         with pytest.raises(DeviceError) as rejected:
             approve(store_of(home), device, v2)
@@ -549,7 +553,7 @@ def test_device_unplugged_mid_signing(home: Path, device_simulator: DeviceSimula
                                       screens: list[Screen], tmp_path: Path) -> None:
     v2 = _propose_v2(home, tmp_path)
     before = snapshot(home)
-    device = HwiDevice.at("trezor", SIMULATOR_PATH)
+    device = HwiDevice.at("trezor", device_simulator.path)
     device_simulator.confirm = "unplug"
     try:
         with pytest.raises(DeviceError) as unplugged:
@@ -574,7 +578,7 @@ def test_device_timeout(home: Path, device_simulator: DeviceSimulator, screens: 
     before = snapshot(home)
     # Nobody presses anything: HWI's debug-link "yes" is ignored, only approve()/reject() count.
     device_simulator.confirm, device_simulator.honor_debuglink = "wait", False
-    device = HwiDevice.at("trezor", SIMULATOR_PATH, timeout=1.0)
+    device = HwiDevice.at("trezor", device_simulator.path, timeout=1.0)
     try:
         with pytest.raises(DeviceError) as timed_out:
             approve(store_of(home), device, v2)

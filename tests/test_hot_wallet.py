@@ -38,7 +38,7 @@ PULLED = "0x" + Web3.keccak(text="Pulled(uint256,uint128)").hex()
 
 @pytest.fixture(scope="module")
 def aa_world() -> Iterator[WorldInfo]:
-    # The world uses the device already at HWI's port (the session's simulator) or starts one.
+    # A world of its own, with its own simulator on a free port pair.
     with LocalWorld(bundler=True) as info:
         assert info.bundler_url is not None
         yield info
@@ -71,7 +71,7 @@ def test_pays_from_the_smart_account_topping_up_through_the_bundler(
     with Agent.open(home) as agent:
         wallet = _wallet(agent)
         assert wallet.funds().hot_balance == 0
-        outcome = agent.fetch(route.url)
+        outcome = agent.verified(agent.fetch(route.url))  # on-chain check done
         assert outcome.status == 200 and outcome.payment is not None
         assert outcome.payment.state == PaymentState.SETTLED and outcome.confirmed_on_chain
         [top_up] = wallet.top_ups
@@ -179,7 +179,9 @@ def test_wallet_create_fund_approve_and_pay_from_a_fresh_home(aa_world: WorldInf
                 ).returncode == 0
     assert _cli(home, "init", "--network", aa_world.network, "--rpc-url", aa_world.rpc_url,
                 ).returncode == 2  # never over an existing home
-    enrolled = _cli(home, "device", "enroll")
+    # The simulator runs on a port of its own, which HWI's scan does not look at: the person
+    # names it once and the home remembers it for the approvals and owner actions below.
+    enrolled = _cli(home, "device", "enroll", "--device-path", aa_world.device_path)
     assert enrolled.returncode == 0, enrolled.stderr
     created = _cli(home, "wallet", "create", "--network", aa_world.network, "--token",
                    aa_world.usdc.address, "--max-value", "100000", "--allowance", "2000000",

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from hwilib import commands as hwi
 from hwilib.common import AddressType, Chain
+from hwilib.devices.trezor import TrezorClient
 from hwilib.errors import ACTION_CANCELED, ActionCanceledError
 from trezorlib import btc, ethereum, exceptions, messages
 from trezorlib.client import Session, get_default_client, get_default_session
@@ -34,9 +35,11 @@ from trezorlib.transport.udp import UdpTransport
 from x402_agent.device.simulator import DeviceSimulator, Screen, run_simulator
 
 HOST = "127.0.0.1"
-PORT = 21324  # HWI and trezorlib look for the Trezor emulator here
-SIM_PATH = f"udp:{HOST}:{PORT}"
-PORT_WAIT = 120.0  # another test process may hold the emulator ports for a while: queue behind it
+EMULATOR_PORT = 21324  # the only place HWI's scan (enumerate) looks for a Trezor emulator
+EMULATOR_PATH = f"udp:{HOST}:{EMULATOR_PORT}"
+# Only the scan tests bind HWI's port, for a moment each; another test process or a
+# `device simulate` may hold it meanwhile: queue behind it.
+PORT_WAIT = 120.0
 TEST_SEED_FINGERPRINT = "5c9e228d"
 EXAMPLE = "This is an example of a signed message."
 ETH_PATH = "m/44h/60h/0h/0/0"
@@ -59,8 +62,8 @@ def _port_free(port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def sim(request: pytest.FixtureRequest) -> Iterator[DeviceSimulator]:
-    """The simulator on 21324/21325. When conftest provides the session's simulator
-    (``device_simulator``), that one is used: a second one in the same process could never bind."""
+    """A simulator on a free port pair, reached by path. When conftest provides the session's
+    simulator (``device_simulator``), that one is used."""
     try:
         shared: DeviceSimulator | None = request.getfixturevalue("device_simulator")
     except pytest.FixtureLookupError:
@@ -74,16 +77,24 @@ def sim(request: pytest.FixtureRequest) -> Iterator[DeviceSimulator]:
             shared.on_screen = previous
             shared.confirm, shared.honor_debuglink = "auto", True
             if not shared.running:
-                shared.start(wait=PORT_WAIT)
+                shared.start()
         return
-    simulator = DeviceSimulator(port=PORT, on_screen=SCREENS.append)
-    simulator.start(wait=PORT_WAIT)
+    simulator = DeviceSimulator(port=0, on_screen=SCREENS.append)
+    simulator.start()
     try:
         yield simulator
     finally:
+        port = simulator.port
         simulator.stop()
         assert not simulator.running
-        assert _port_free(PORT) and _port_free(PORT + 1)
+        assert _port_free(port) and _port_free(port + 1)
+
+
+@pytest.fixture
+def at_emulator_port() -> Iterator[DeviceSimulator]:
+    """A simulator on HWI's emulator port, for the tests of HWI's scan (only they need it)."""
+    with DeviceSimulator(port=EMULATOR_PORT).start(wait=PORT_WAIT) as simulator:
+        yield simulator
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +104,7 @@ def _fresh_device(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     simulator: DeviceSimulator = request.getfixturevalue("sim")
     if not simulator.running:
-        simulator.start(wait=PORT_WAIT)
+        simulator.start()
     simulator.confirm = "auto"
     simulator.honor_debuglink = True
     SCREENS.clear()
@@ -102,10 +113,15 @@ def _fresh_device(request: pytest.FixtureRequest) -> Iterator[None]:
         simulator.reject()
 
 
+def hwi_open(sim: DeviceSimulator, chain: Chain = Chain.MAIN) -> TrezorClient:
+    """HWI's own Trezor client for the simulator at its port. (``hwi.get_client`` finds an
+    emulator only at HWI's port; its Trezor client takes the emulator's address.)"""
+    return TrezorClient(sim.path, chain=chain, sim_path=f"{HOST}:{sim.port}")
+
+
 @pytest.fixture
 def hwi_client(sim: DeviceSimulator) -> Iterator[Any]:
-    client = hwi.get_client("trezor", SIM_PATH)
-    assert client is not None
+    client = hwi_open(sim)
     try:
         yield client
     finally:
@@ -114,8 +130,11 @@ def hwi_client(sim: DeviceSimulator) -> Iterator[Any]:
 
 @pytest.fixture
 def session(sim: DeviceSimulator) -> Session:
-    client = get_default_client("x402-agent-tests", UdpTransport(f"{HOST}:{PORT}"))
-    return get_default_session(client)
+    return _session_at(sim)
+
+
+def _session_at(sim: DeviceSimulator) -> Session:
+    return get_default_session(get_default_client("x402-agent-tests", UdpTransport(f"{HOST}:{sim.port}")))
 
 
 class Background:
@@ -337,17 +356,18 @@ BIP84_ADDRESS = "bc1qcr8te4kr609gcawutmrza0j4xv80jy8z306fyu"
 
 # ---- lifecycle --------------------------------------------------------------------------------
 def test_stop_frees_ports_and_start_again_works(sim: DeviceSimulator) -> None:
+    port = sim.port
     sim.stop()
     assert not sim.running
-    assert _port_free(PORT) and _port_free(PORT + 1)
-    sim.start(wait=PORT_WAIT)
-    assert sim.running and not _port_free(PORT)
-    assert [d["path"] for d in hwi.enumerate(allow_emulators=True)].count(SIM_PATH) == 1
+    assert _port_free(port) and _port_free(port + 1)
+    sim.start()
+    assert sim.running and sim.port == port and not _port_free(port)
+    assert UdpTransport(f"{HOST}:{port}").find_by_path(sim.path)
 
 
 def test_free_port_pair_ping_and_restart() -> None:
     with DeviceSimulator(port=0) as other:
-        assert other.port != PORT and other.debug_port == other.port + 1
+        assert other.port != EMULATOR_PORT and other.debug_port == other.port + 1
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.settimeout(2)
             probe.sendto(b"PINGPING", (HOST, other.port))
@@ -393,24 +413,24 @@ def test_run_simulator_foreground_prints_and_stops() -> None:
 
 
 # ---- HWI ------------------------------------------------------------------------------------------
-def test_hwi_enumerate_lists_the_simulator(sim: DeviceSimulator) -> None:
-    found = [d for d in hwi.enumerate(allow_emulators=True) if d["path"] == SIM_PATH]
+def test_hwi_enumerate_lists_the_simulator(at_emulator_port: DeviceSimulator) -> None:
+    found = [d for d in hwi.enumerate(allow_emulators=True) if d["path"] == EMULATOR_PATH]
     assert len(found) == 1
     entry = found[0]
     assert entry["type"] == "trezor"
-    assert entry["fingerprint"] == TEST_SEED_FINGERPRINT == sim.fingerprint
+    assert entry["fingerprint"] == TEST_SEED_FINGERPRINT == at_emulator_port.fingerprint
     assert entry["model"] == "trezor_t_simulator"
     assert "SIMULATOR" in entry["label"] and "insecure" in entry["label"]
     assert "error" not in entry
 
 
-def test_hwi_cli_with_emulators(sim: DeviceSimulator) -> None:
+def test_hwi_cli_with_emulators(at_emulator_port: DeviceSimulator) -> None:
     hwi_cli = str(Path(sys.executable).parent / "hwi")
     listed = json.loads(subprocess.run([hwi_cli, "--emulators", "enumerate"], capture_output=True,
                                        text=True, timeout=60, check=True).stdout)
-    assert any(d["path"] == SIM_PATH and d["fingerprint"] == TEST_SEED_FINGERPRINT for d in listed)
-    signed = json.loads(subprocess.run(
-        [hwi_cli, "-t", "trezor", "-d", SIM_PATH, "signmessage", EXAMPLE, "m/44h/0h/0h/0/0"],
+    assert any(d["path"] == EMULATOR_PATH and d["fingerprint"] == TEST_SEED_FINGERPRINT for d in listed)
+    signed = json.loads(subprocess.run(  # HWI's CLI finds a path only among what it scans
+        [hwi_cli, "-t", "trezor", "-d", EMULATOR_PATH, "signmessage", EXAMPLE, "m/44h/0h/0h/0/0"],
         capture_output=True, text=True, timeout=60, check=True).stdout)
     assert signed == EXAMPLE_SIGNATURE
 
@@ -421,8 +441,7 @@ def test_hwi_getxpub(hwi_client: Any, path: str, xpub: str) -> None:
 
 
 def test_hwi_getxpub_testnet(sim: DeviceSimulator) -> None:
-    client = hwi.get_client("trezor", SIM_PATH, chain=Chain.TEST)
-    assert client is not None
+    client = hwi_open(sim, Chain.TEST)
     try:
         assert hwi.getxpub(client, TESTNET_XPUB[0]) == {"xpub": TESTNET_XPUB[1]}
     finally:
@@ -431,8 +450,7 @@ def test_hwi_getxpub_testnet(sim: DeviceSimulator) -> None:
 
 @pytest.mark.parametrize(("chain", "path", "message", "signature"), HWI_SIGN_VECTORS)
 def test_hwi_signmessage(sim: DeviceSimulator, chain: Chain, path: str, message: str, signature: str) -> None:
-    client = hwi.get_client("trezor", SIM_PATH, chain=chain)
-    assert client is not None
+    client = hwi_open(sim, chain)
     try:
         assert hwi.signmessage(client, message, path) == {"signature": b64(signature)}
     finally:
@@ -506,11 +524,10 @@ def test_hwi_unplug_mid_signing(sim: DeviceSimulator, hwi_client: Any) -> None:
     started = time.monotonic()
     call = Background(lambda: hwi.signmessage(hwi_client, EXAMPLE, "m/44h/0h/0h/0/0")).join(timeout=10)
     assert call.error is not None and time.monotonic() - started < 5
-    assert not sim.running and _port_free(PORT)
+    assert not sim.running and _port_free(sim.port)
     sim.confirm = "auto"
-    sim.replug(wait=PORT_WAIT)
-    client = hwi.get_client("trezor", SIM_PATH)
-    assert client is not None
+    sim.replug()
+    client = hwi_open(sim)
     try:
         assert hwi.signmessage(client, EXAMPLE, "m/44h/0h/0h/0/0") == EXAMPLE_SIGNATURE
     finally:
@@ -530,10 +547,14 @@ def test_other_hosts_are_served_while_a_confirmation_waits(sim: DeviceSimulator,
     sim.confirm, sim.honor_debuglink = "wait", False
     call = Background(lambda: hwi.signmessage(hwi_client, EXAMPLE, "m/44h/0h/0h/0/0"))
     assert sim.wait_for_screen(timeout=10) is not None
-    # HWI enumeration and a new trezorlib client (probe: Cancel, Initialize...) from other sockets
-    listed = [d for d in hwi.enumerate(allow_emulators=True) if d["path"] == SIM_PATH]
-    assert listed and listed[0]["fingerprint"] == TEST_SEED_FINGERPRINT
-    other = get_default_session(get_default_client("x402-agent-tests", UdpTransport(f"{HOST}:{PORT}")))
+    # A new HWI client (what its scan does: features, fingerprint) and a new trezorlib client
+    # (probe: Cancel, Initialize...), each from another socket
+    reader = hwi_open(sim)
+    try:
+        assert reader.get_master_fingerprint().hex() == TEST_SEED_FINGERPRINT
+    finally:
+        reader.close()
+    other = _session_at(sim)
     assert ethereum.get_address(other, parse_path(ETH_PATH)) == ETH_ADDRESS
     assert call.running and sim.pending_screen is not None
     assert sim.approve()
@@ -729,7 +750,7 @@ def test_cancel_while_waiting_ends_the_workflow(sim: DeviceSimulator) -> None:
     results: list[str] = []
     sim.on_result = lambda screen, outcome: results.append(outcome)
     try:
-        transport = UdpTransport(f"{HOST}:{PORT}")
+        transport = UdpTransport(f"{HOST}:{sim.port}")
         client = get_default_client("x402-agent-tests", transport)
         session = get_default_session(client)
         with session:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .approval import PolicyApproval, approval_message
-from .home import AgentHome, open_home
+from .errors import ConfigError
+from .home import AgentHome, DeviceLocation, open_home, record_device
 from .policy import Policy
 from .policy_store import PolicyStore, policy_json
 
@@ -26,7 +27,15 @@ def register(sub: Any) -> None:
     enroll = device_sub.add_parser("enroll", help="pin the device key that approves policies")
     enroll.add_argument("--fingerprint")
     enroll.add_argument("--path")
+    enroll.add_argument("--device-path",
+                        help="HWI path of a device the scan misses, e.g. a simulator on its own "
+                             "port (udp:127.0.0.1:PORT); the home remembers it")
+    enroll.add_argument("--device-type", default="trezor")
     simulate = device_sub.add_parser("simulate", help="run the (insecure) device simulator")
+    simulate.add_argument("--port", type=int,
+                          help="UDP port, debug link on the next (default 21324, the only one "
+                               "HWI's scan finds; 0 = a free pair); give the path it prints to "
+                               "`device enroll --device-path`")
     simulate.add_argument("--confirm", choices=("auto", "reject", "ask"), default="auto",
                           help="approve everything, refuse everything, or ask here each time")
 
@@ -46,6 +55,12 @@ def register(sub: Any) -> None:
     policy_sub.add_parser("schema", help="print the policy JSON schema")
 
 
+def known_devices(home: AgentHome) -> list[tuple[str, str]]:
+    """The device location the home recorded, tried before HWI's scan."""
+    device = home.config.device
+    return [(device.type, device.path)] if device is not None else []
+
+
 def store_for(home: AgentHome, *, for_enrollment: bool = False) -> PolicyStore:
     """The home's policy store. Enrolling a device needs no payer yet (a new home gets its
     wallet after the device that owns it): only then is the account not pinned."""
@@ -60,22 +75,30 @@ def run_device(args: argparse.Namespace) -> int:
     from .device.hwi import DEFAULT_APPROVAL_PATH, HwiDevice, list_devices
 
     if args.device_command == "list":
-        for info in list_devices():
+        try:
+            known = known_devices(open_home(args.home))
+        except ConfigError:
+            known = []  # no home here: the scan alone
+        for info in list_devices(known):
             state = f" ERROR {info.error}" if info.error else ""
             print(f"{info.device_type:10} {info.fingerprint or '-':9} {info.model or '-':20} "
                   f"{info.path}{state}")
         return 0
     if args.device_command == "simulate":
-        from .device.simulator import run_simulator
+        from .device.simulator import DEFAULT_PORT, run_simulator
 
+        port = DEFAULT_PORT if args.port is None else args.port
         if args.confirm == "ask":
             # HWI presses "yes" on emulators' debug link by itself: ignore it, ask the person.
-            return run_simulator(confirm="wait", honor_debuglink=False, interactive=True)
-        return run_simulator(confirm=args.confirm)
+            return run_simulator(port=port, confirm="wait", honor_debuglink=False,
+                                 interactive=True)
+        return run_simulator(port=port, confirm=args.confirm)
     from .device.approve import enroll
 
     home = open_home(args.home)
-    device = HwiDevice.find(args.fingerprint)
+    if args.device_path:
+        home = record_device(home, DeviceLocation(type=args.device_type, path=args.device_path))
+    device = HwiDevice.find(args.fingerprint, known_devices(home))
     try:
         print("confirm the address on the device...", file=sys.stderr)
         enrollment = enroll(store_for(home, for_enrollment=True), device,
@@ -168,7 +191,7 @@ def _approve(home: AgentHome, store: PolicyStore, typed: bool) -> int:
     from .device.hwi import HwiDevice
 
     proposed = store.proposed()
-    device = HwiDevice.find(store.enrollment().fingerprint)
+    device = HwiDevice.find(store.enrollment().fingerprint, known_devices(home))
     began = time.perf_counter()
     print(f"confirm on the device:\n  {approval_message(proposed)}", file=sys.stderr)
     try:

@@ -57,11 +57,11 @@ def register(sub: Any) -> None:
 @contextmanager
 def _device_signer(home: AgentHome) -> Iterator[Any]:
     """``sign_line`` for owner actions: the enrolled device, at its enrolled path."""
-    from .cli_policy import store_for
+    from .cli_policy import known_devices, store_for
     from .device.hwi import HwiDevice
 
     enrollment = store_for(home, for_enrollment=True).enrollment()
-    device = HwiDevice.find(enrollment.fingerprint)
+    device = HwiDevice.find(enrollment.fingerprint, known_devices(home))
     try:
         yield lambda line: device.sign_message(line, enrollment.path)
     finally:

@@ -5,6 +5,7 @@ Layout (all paths inside the home unless absolute):
     payer.keystore.json  eth-account v3 keystore (scrypt), mode 0600
     device.json, policy*.json   the enrolled device and the policy it approved (policy_store.py)
     ledger.sqlite3       payments and receipts
+    content/ab/<sha256>  paid bodies, named by their hash (content_store.py)
 The keystore password comes from $X402_AGENT_KEY_PASSWORD, else from the configured
 password file (mode 0600). Neither is ever logged or echoed.
 """
@@ -67,6 +68,16 @@ class SmartAccountConfig(BaseModel):
     top_up_to: int = Field(0, description="refill the hot balance up to this (atomic units)")
 
 
+class DeviceLocation(BaseModel):
+    """Where to reach a device that HWI's scan does not find: HWI looks for a Trezor emulator
+    only at ``udp:127.0.0.1:21324``, so a simulator on a port of its own (a devnet's, a test
+    session's) is recorded here. A real device needs no entry: the scan finds it."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: str = "trezor"
+    path: str = Field(description="HWI device path, e.g. udp:127.0.0.1:40123")
+
+
 class HomeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     schema_id: Literal["x402-agent/config/1"] = Field("x402-agent/config/1", alias="schema")
@@ -77,6 +88,8 @@ class HomeConfig(BaseModel):
     chain_id: int | None = Field(None, description="the chain an accepted policy must name")
     rpc_urls: dict[str, str] = Field(default_factory=dict,
                                      description="CAIP-2 network -> JSON-RPC URL")
+    device: DeviceLocation | None = Field(
+        None, description="a device path tried before HWI's scan (a simulator on its own port)")
 
 
 @dataclass(frozen=True)
@@ -136,7 +149,8 @@ def open_home(root: Path | None = None) -> AgentHome:
 
 def provision_home(root: Path, *, private_key: str | None, rpc_urls: dict[str, str], password: str,
                    store_password: bool, chain_id: int | None = None,
-                   kdf_iterations: int | None = None) -> AgentHome:
+                   kdf_iterations: int | None = None,
+                   device: DeviceLocation | None = None) -> AgentHome:
     """Create a home with an encrypted payer key (``private_key`` None: no key yet, e.g. for a
     smart account). Returns the opened home; a device must then be enrolled and a policy
     approved on it before the agent pays anything.
@@ -157,9 +171,16 @@ def provision_home(root: Path, *, private_key: str | None, rpc_urls: dict[str, s
         secret.write_text(password)
         secret.chmod(0o600)
     config = HomeConfig.model_validate({"signer": signer, "rpc_urls": rpc_urls,
-                                        "chain_id": chain_id})
+                                        "chain_id": chain_id, "device": device})
     (root / CONFIG_FILE).write_text(config.model_dump_json(by_alias=True, indent=2) + "\n")
     return AgentHome(root, config)
+
+
+def record_device(home: AgentHome, device: DeviceLocation) -> AgentHome:
+    """Remember where the home's device answers (``device enroll --device-path``)."""
+    config = home.config.model_copy(update={"device": device})
+    (home.root / CONFIG_FILE).write_text(config.model_dump_json(by_alias=True, indent=2) + "\n")
+    return AgentHome(home.root, config)
 
 
 def init_home(root: Path, *, network: str, rpc_url: str, ledger: str | None = None) -> AgentHome:

@@ -8,8 +8,8 @@ backend can replace HWI behind them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from ..approval import Enrollment
@@ -70,12 +70,20 @@ def _device_error(exc: BaseException, action: str) -> DeviceError:
     return DeviceError(f"{action}: {type(exc).__name__}: {str(exc)[:200]}")
 
 
-def list_devices() -> list[DeviceInfo]:
-    """Every device HWI can reach, emulators (and our simulator) included."""
+# (device type, HWI path) of a device the scan cannot find, e.g. a simulator on its own port.
+Known = tuple[str, str]
+
+
+def list_devices(known: Sequence[Known] = ()) -> list[DeviceInfo]:
+    """The ``known`` devices (each probed; ``error`` says why one does not answer), then every
+    device HWI's scan reaches, emulators (and our simulator at HWI's port) included."""
     from hwilib.commands import enumerate as hwi_enumerate
 
-    found = []
+    found = [_probe(device_type, path) for device_type, path in known]
+    seen = {path for _, path in known}
     for entry in hwi_enumerate(allow_emulators=True):
+        if entry.get("path") in seen:
+            continue
         found.append(DeviceInfo(
             device_type=str(entry.get("type")), path=str(entry.get("path")),
             fingerprint=entry.get("fingerprint"), model=entry.get("model"),
@@ -83,21 +91,57 @@ def list_devices() -> list[DeviceInfo]:
     return found
 
 
+def _probe(device_type: str, path: str) -> DeviceInfo:
+    try:
+        device = HwiDevice.at(device_type, path)
+    except DeviceError as exc:
+        return DeviceInfo(device_type, path, None, None, None, error=exc.message)
+    try:
+        device.fingerprint()
+        return device.info
+    except DeviceError as exc:
+        return DeviceInfo(device_type, path, None, None, None, error=exc.message)
+    finally:
+        device.close()
+
+
+def _client(device_type: str, path: str) -> Any:
+    """HWI's client for the device at ``path``. HWI's ``get_client`` looks for a Trezor
+    emulator only at 127.0.0.1:21324; its Trezor client takes the emulator's address, so a
+    simulator on any port opens through the same, unmodified client."""
+    if device_type == "trezor" and path.startswith("udp:"):
+        from hwilib.devices.trezor import TrezorClient
+
+        return TrezorClient(path, sim_path=path.removeprefix("udp:"))
+    from hwilib.commands import get_client
+
+    return get_client(device_type, path)
+
+
 class HwiDevice:
     """One device, opened through HWI's client for its type."""
 
     def __init__(self, info: DeviceInfo, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
-        from hwilib.commands import get_client
-
         self.info = info
         self.timeout = timeout
         try:
-            client = get_client(info.device_type, info.path)
+            client = _client(info.device_type, info.path)
         except _errors() as exc:
             raise _device_error(exc, "opening the device") from exc
         if client is None:
             raise DeviceError(f"cannot open {info.device_type} at {info.path}")
         self._client: Any = client
+
+    def fingerprint(self) -> str:
+        """The master key fingerprint (hex): from the scan, else asked of the device."""
+        fingerprint = self.info.fingerprint
+        if fingerprint is None:  # opened by path: learn which device answers there
+            try:
+                fingerprint = str(self._client.get_master_fingerprint().hex())
+            except _errors() as exc:
+                raise _device_error(exc, "reading the device's fingerprint") from exc
+            self.info = replace(self.info, fingerprint=fingerprint)
+        return fingerprint
 
     @classmethod
     def at(cls, device_type: str, path: str, timeout: float = DEFAULT_TIMEOUT_SECONDS
@@ -106,7 +150,21 @@ class HwiDevice:
         return cls(DeviceInfo(device_type, path, None, None, None), timeout)
 
     @classmethod
-    def find(cls, fingerprint: str | None = None) -> HwiDevice:
+    def find(cls, fingerprint: str | None = None, known: Sequence[Known] = ()) -> HwiDevice:
+        """The device with ``fingerprint`` (any single one when None): a ``known`` path that
+        answers is used without scanning (the device recorded in the home, e.g. a simulator on
+        its own port, which HWI's scan would miss); otherwise HWI scans."""
+        for device_type, path in known:
+            try:
+                device = cls.at(device_type, path)
+            except DeviceError:
+                continue  # gone (a stopped simulator): a scan may still find the device
+            try:
+                if fingerprint is None or device.fingerprint() == fingerprint:
+                    return device
+            except DeviceError:
+                pass  # not answering after all: scan
+            device.close()
         devices = [d for d in list_devices() if d.error is None
                    and (fingerprint is None or d.fingerprint == fingerprint)]
         if not devices:
@@ -128,7 +186,7 @@ class HwiDevice:
         from hwilib.key import ExtendedKey
 
         try:
-            fingerprint = self.info.fingerprint or self._client.get_master_fingerprint().hex()
+            fingerprint = self.fingerprint()
             xpub = getxpub(self._client, path)["xpub"]
         except _errors() as exc:
             raise _device_error(exc, "enrolling") from exc

@@ -66,7 +66,8 @@ def demo_policy(world: WorldInfo, account: str, *, version: int = 1,
                  eip712_version=world.usdc.version, daily_max=daily_max,
                  per_request_max=DEMO_PER_REQUEST_MAX, approval_above=None)
     document.update(version=version, account=account, chain_id=world.chain_id,
-                    hosts={"allow": None, "deny": []}, max_payments_per_minute=60)
+                    hosts={"allow": None, "deny": []}, max_payments_per_minute=60,
+                    private_network=world.own_apis())
     document["sessions"]["default"]["allowance"] = {"USDC": DEMO_SESSION_ALLOWANCE}
     return Policy.model_validate(document)
 
@@ -77,7 +78,7 @@ def run_demo(interactive: bool = False, console: Console | None = None,
              device: DeviceSimulator | None = None) -> int:
     """Run the demo. ``interactive``: each device screen is answered by ``answer`` (default: the
     person at this terminal). Tests pass ``inspect`` (sees the world, home and summary before
-    teardown) and may lend the simulator already on HWI's port as ``device``."""
+    teardown) and may lend a running simulator as ``device``."""
     from rich.console import Console
 
     from ..device.hwi import DeviceError
@@ -86,21 +87,13 @@ def run_demo(interactive: bool = False, console: Console | None = None,
 
     out = console or Console()
     began = time.perf_counter()
-    simulator = device or (DeviceSimulator(confirm="wait", honor_debuglink=False) if interactive
-                           else DeviceSimulator(confirm="auto"))
+    # A free port pair: the demo runs beside devnets and other demos (the home records the path).
+    simulator = device or DeviceSimulator(confirm="auto", port=0)
     lent = (simulator.confirm, simulator.honor_debuglink)
     if interactive:
         simulator.confirm, simulator.honor_debuglink = "wait", False
-    try:
-        if device is None:
-            simulator.start()
-    except OSError:
-        if interactive:
-            out.print("[red]another device (a devnet or simulator) holds 127.0.0.1:21324: stop it "
-                      "to answer the device's screens here[/]")
-            return 1
-        out.print("[yellow]a device already listens at 127.0.0.1:21324 (HWI's emulator port); the "
-                  "demo uses it[/]")
+    if device is None:
+        simulator.start()
     try:
         with _device_prompts(simulator, out, answer if interactive else None, interactive), \
                 tempfile.TemporaryDirectory(prefix="x402-demo-") as scratch:

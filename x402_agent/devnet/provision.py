@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..device.approve import approve, enroll
 from ..device.hwi import DEFAULT_APPROVAL_PATH, HardwareDevice, HwiDevice
-from ..home import AgentHome, provision_home
+from ..home import AgentHome, DeviceLocation, provision_home
 from ..policy import AssetRule, Policy
 from ..policy_store import PolicyStore, expectations
 from .info import WorldInfo
@@ -44,7 +44,14 @@ def devnet_policy(world: WorldInfo, *, include_eurc: bool = False, version: int 
         "circuit_breaker": {"max_consecutive_failures": 5},
         "sessions": {"default": {"lifetime_seconds": 3600, "allowance": {
             f"{world.network}/{world.usdc.address}": DEVNET_SESSION_ALLOWANCE}}},
+        "private_network": world.own_apis(),
     })
+
+
+def _simulator(world: WorldInfo) -> DeviceLocation:
+    """The world's simulator, on a port HWI's scan does not look at: the home records it so
+    `x402-agent policy approve` and the wallet's owner actions find it."""
+    return DeviceLocation(type="trezor", path=world.device_path)
 
 
 def provision_devnet_home(world: WorldInfo, root: Path, policy: Policy | None = None,
@@ -55,7 +62,7 @@ def provision_devnet_home(world: WorldInfo, root: Path, policy: Policy | None = 
         root, private_key=world.payer_private_key,
         rpc_urls={world.network: world.rpc_url, world.alt_network: world.alt_rpc_url},
         password=secrets.token_urlsafe(24), store_password=True, chain_id=world.chain_id,
-        kdf_iterations=DEVNET_SCRYPT_N)
+        kdf_iterations=DEVNET_SCRYPT_N, device=_simulator(world))
     store = PolicyStore(home.root, expectations(home))
     opened = device or HwiDevice.at("trezor", world.device_path)
     try:
@@ -95,7 +102,8 @@ def provision_smart_account_home(world: WorldInfo, root: Path, *, deploy: bool =
 
     home = provision_home(  # no payer key: the world's payer only funds this home
         root, private_key=None, rpc_urls={world.network: world.rpc_url},
-        password=secrets.token_urlsafe(24), store_password=True, chain_id=world.chain_id)
+        password=secrets.token_urlsafe(24), store_password=True, chain_id=world.chain_id,
+        device=_simulator(world))
     password = home.keystore_password()
     relayer = Account.create()
     write_keystore(root / "relayer.keystore.json", "0x" + bytes(relayer.key).hex(), password,

@@ -35,7 +35,6 @@ from .usdc import TokenInfo, TokenSpec, deploy_fiat_tokens
 from .v1_server import V1Server
 
 CHAIN_ID = 84532
-_SIMULATOR_PATH = "udp:127.0.0.1:21324"
 NETWORK = f"eip155:{CHAIN_ID}"
 V1_NETWORK = "base-sepolia"
 ALT_CHAIN_ID = 31337
@@ -70,8 +69,9 @@ class LocalWorld:
     """
 
     def __init__(self, device: DeviceSimulator | None = None, *, bundler: bool = False) -> None:
-        # The device simulator approves policies through HWI, which looks for Trezor emulators
-        # only at 127.0.0.1:21324: a world starts one there unless it is given a running one.
+        # The device simulator approves policies through HWI. It takes a free port pair, so
+        # worlds (devnets, demos, test sessions) run side by side; HWI's scan looks only at
+        # 21324, so homes provisioned here record the path (``HomeConfig.device``).
         self._given_device = device
         # The alto bundler takes ~3 s to start: only worlds that send user operations want it.
         self._with_bundler = bundler
@@ -116,15 +116,9 @@ class LocalWorld:
             stack.close()
 
     def _start_all(self, stack: ExitStack) -> WorldInfo:
-        device_path = _SIMULATOR_PATH
-        if self._given_device is None:
-            try:
-                self.device = _started(stack, DeviceSimulator(confirm="auto")).start()
-            except OSError:
-                # A device (emulator or simulator) already listens there: use that one.
-                self.device = None
-        else:
-            device_path = self._given_device.path
+        device = self._given_device or _started(
+            stack, DeviceSimulator(confirm="auto", port=0)).start()
+        self.device = device
         payer: LocalAccount = Account.create()
         payees: dict[str, str] = {role: dev_account(index).address for role, index in _PAYEES.items()}
 
@@ -190,7 +184,7 @@ class LocalWorld:
             facilitator_address=dev_account(_FACILITATOR).address,
             v1_facilitator_address=v1.facilitator_address,
             routes=routes + v1.routes,
-            device_path=device_path,
+            device_path=device.path,
             factory_address=factory_address(),
             bundler_url=bundler_url,
         )

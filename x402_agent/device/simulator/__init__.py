@@ -1,8 +1,9 @@
 """A Trezor Model T SIMULATOR for tests and demos -- NOT SECURE.
 
-It speaks Trezor wire protocol v1 over UDP on 127.0.0.1:21324 (debug link on 21325), where
-unmodified HWI (``hwi --emulators``, ``hwilib.commands``) and trezorlib look for the Trezor
-emulator. Its keys come from a BIP-39 mnemonic held in this process's memory (default: the
+It speaks Trezor wire protocol v1 over UDP, by default on 127.0.0.1:21324 (debug link on
+21325), where unmodified HWI (``hwi --emulators``, ``hwilib.commands``) and trezorlib look for
+the Trezor emulator; ``port=0`` takes a free pair (local worlds do, so several run at once), to
+be opened by path. Its keys come from a BIP-39 mnemonic held in this process's memory (default: the
 standard test seed "all" x12) and anything on the machine can ask it to sign: never give it a
 mnemonic that guards real funds. Its label says "SIMULATOR (insecure)" and it logs no secrets.
 
