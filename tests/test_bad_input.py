@@ -55,7 +55,7 @@ from x402_agent.errors import (
 )
 from x402_agent.flow import FetchOutcome, FetchRequest, Payer, _context
 from x402_agent.ledger import COUNTED_STATES, PaymentRecord, PaymentState, SQLiteLedger
-from x402_agent.policy import AssetRule, HostLists, Policy
+from x402_agent.policy import AssetRule, HostLists, Policy, PrivateNetwork
 from x402_agent.selection import PriceLimit, choose
 from x402_agent.signer import (
     LocalKeySigner,
@@ -172,16 +172,23 @@ class Env:
         return [r for r in self.rows() if r.state in COUNTED_STATES]
 
 
-def make_env(tmp_path: Path, signer: CountingSigner | None = None) -> Env:
+def opted_in(policy: Policy, servers: Servers) -> Policy:
+    """``policy`` with the two test servers' own loopback addresses (and nothing else local)
+    opted in to the private-network guard."""
+    allow = tuple(s.origin.removeprefix("http://") for s in (servers.main, servers.other))
+    return policy.model_copy(update={"private_network": PrivateNetwork(allow=allow)})
+
+
+def make_env(tmp_path: Path, servers: Servers, signer: CountingSigner | None = None) -> Env:
     ledger = SQLiteLedger(tmp_path / "ledger.sqlite3")
     signer = signer or CountingSigner()
-    payer = Payer(gate=PolicyGate(POLICY, ledger), signer=signer, rpc_urls={})
+    payer = Payer(gate=PolicyGate(opted_in(POLICY, servers), ledger), signer=signer, rpc_urls={})
     return Env(payer, signer, ledger)
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    made = make_env(tmp_path)
+def env(tmp_path: Path, _servers: Servers) -> Iterator[Env]:
+    made = make_env(tmp_path, _servers)
     yield made
     made.ledger.close()
 
@@ -581,7 +588,7 @@ HOSTILE_CASES: dict[str, Case] = {
     "price_above_max_price": Case(on_402(valid_v2_402), PolicyDenied, "price_above_max",
                                   request=lambda url: FetchRequest(
                                       url=url, max_price=PriceLimit.parse("0.0005"))),
-    "max_price_other_symbol": Case(on_402(valid_v2_402), PolicyDenied, "price_above_max",
+    "max_price_other_symbol": Case(on_402(valid_v2_402), PolicyDenied, "max_price_asset_mismatch",
                                    request=lambda url: FetchRequest(
                                        url=url, max_price=PriceLimit.parse("0.01 EURC"))),
     # A ceiling finer than the token's 6 decimals rounds down to 0 atomic units: refused.
@@ -681,7 +688,7 @@ def test_there_are_enough_hostile_cases() -> None:
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_signer_that_changes_payee_is_caught_before_sending(tmp_path: Path, hostile: Servers,
                                                             driver: str) -> None:
-    env = make_env(tmp_path, CountingSigner(tamper=lambda a: dataclasses.replace(a, to=EVIL)))
+    env = make_env(tmp_path, hostile, CountingSigner(tamper=lambda a: dataclasses.replace(a, to=EVIL)))
     hostile.main.program(PATH, valid_v2_402(hostile.url), Canned.make(200, body="never"))
 
     exc = expect_refusal(lambda: env.fetch(FetchRequest(url=hostile.url), driver))
@@ -698,7 +705,7 @@ def test_signer_that_changes_payee_is_caught_before_sending(tmp_path: Path, host
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_signer_failure_releases_the_reservation(tmp_path: Path, hostile: Servers,
                                                  driver: str) -> None:
-    env = make_env(tmp_path, CountingSigner(fail=RuntimeError("device unplugged")))
+    env = make_env(tmp_path, hostile, CountingSigner(fail=RuntimeError("device unplugged")))
     hostile.main.program(PATH, valid_v2_402(hostile.url))
 
     with pytest.raises(RuntimeError, match="device unplugged"):
@@ -853,9 +860,9 @@ def test_a_dropped_unpaid_get_is_sent_once_more(env: Env, hostile: Servers, driv
 def test_a_denied_host_is_never_contacted(tmp_path: Path, hostile: Servers, driver: str) -> None:
     """Host lists are checked before the first request: an agent cannot use the payment tool
     to reach a host the policy refuses (loopback here), not even for a free resource."""
-    env = make_env(tmp_path)
-    env.payer.gate = PolicyGate(POLICY.model_copy(update={"hosts": HostLists(deny=("127.0.0.1",))}),
-                                env.ledger)
+    env = make_env(tmp_path, hostile)
+    denying = opted_in(POLICY, hostile).model_copy(update={"hosts": HostLists(deny=("127.0.0.1",))})
+    env.payer.gate = PolicyGate(denying, env.ledger)
     hostile.main.program("/free", Canned.make(200, body=b"internal"))
     with pytest.raises(PolicyDenied) as refused:
         env.fetch(FetchRequest(url=hostile.main.url("/free")), driver)

@@ -20,15 +20,19 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from . import request_limits as limits
 from .errors import InvalidRequest, PolicyDenied, X402AgentError
 
 if TYPE_CHECKING:
     from .flow import ApprovalRequest, FetchOutcome
     from .operations import Agent
+    from .quote import Quote
 
 # The body handed to a model is cut here; ``truncated`` says so and ``body_bytes`` is the size.
 MAX_BODY_BYTES = 64 * 1024
 MAX_RECEIPTS = 200
+# Shown in the tools' schemas; ``receipts`` enforces it with an ``invalid_limit`` refusal.
+RECEIPTS_LIMIT_HINT: dict[str, Any] = {"minimum": 1, "maximum": MAX_RECEIPTS}
 RECEIPT_STATES = ("reserved", "sent", "settled", "released", "unknown")
 ReceiptState = Literal["reserved", "sent", "settled", "released", "unknown"]
 
@@ -52,20 +56,67 @@ NEXT_STEP: dict[str, str] = {
                        "toolkit",
     "session_asset_not_allowed": "this session may not pay in that asset",
     "host_not_allowed": "the policy does not allow paying this host",
+    "private_address": "the URL points into the machine's own or a private network, which the "
+                       "agent never fetches: do not retry with another spelling; only the user "
+                       "can opt the address in (policy private_network.allow, device-approved)",
     "payee_not_allowed": "the policy does not allow paying this payee",
     "rate_limited": "too many payments in the last minute: wait, then retry",
     "invalid_max_price": "max_price must be a positive decimal like '0.05' or '0.05 USDC'",
     "unsupported_url": "only http:// and https:// URLs with a host can be fetched",
     "header_injection": "header names and values may not contain line breaks",
     "invalid_header": "headers must be valid HTTP tokens with printable ASCII values",
-    "reserved_header": "payment headers are set by the wallet, never by the caller",
+    "reserved_header": "Host, Content-Length, Transfer-Encoding, Connection, other hop-by-hop "
+                       "and Proxy-* headers are set by the HTTP client, payment headers by the "
+                       "wallet: leave them out",
+    "invalid_url": "the URL could not be parsed: check brackets, port and characters",
+    "url_too_long": f"URLs are limited to {limits.MAX_URL_CHARS} characters: send large "
+                    "parameters in a POST body",
+    "invalid_method": f"use one of {', '.join(sorted(limits.ALLOWED_METHODS))}",
+    "too_many_headers": f"send at most {limits.MAX_HEADERS} headers",
+    "header_too_large": f"a header value may have {limits.MAX_HEADER_VALUE_CHARS} characters, "
+                        f"all headers together {limits.MAX_HEADERS_TOTAL_CHARS}",
+    "invalid_body": "the body must be text",
+    "body_too_large": f"request bodies are limited to {limits.MAX_BODY_BYTES} bytes",
+    "invalid_idempotency_key": f"use 1 to {limits.MAX_KEY_CHARS} letters, digits or ._:~+/=@- "
+                               "(a UUID works), or leave the key out",
+    "invalid_session": f"session names are 1 to {limits.MAX_KEY_CHARS} letters, digits or "
+                       "._:~+/=@-",
+    "invalid_limit": "ask for a whole number of receipts within the stated range",
+    "invalid_state": f"state must be one of {', '.join(RECEIPT_STATES)}",
+    "invalid_arguments": "the arguments do not fit the tool's schema: fix their names and "
+                         "types",
+    "body_file_unreadable": "the body file could not be read: give a readable file, not a "
+                            "directory",
+    "max_price_asset_mismatch": "max_price names an asset this resource is not sold in: give "
+                                "the ceiling in the offered asset (see quote) or as a bare number",
     "paid_not_delivered": "the payment was sent but the resource was not delivered; the amount "
                           "stays counted: report it to the user with the receipt id, do not "
                           "pay again",
+    "payment_rejected": "the server refused the payment (details.server_reason) and nothing "
+                        "settled; it stays counted until details.expires_at_iso: tell the user "
+                        "the reason; do not retry until it is fixed",
+    "payment_not_settled": "the server failed without taking the payment; it stays counted "
+                           "until details.expires_at_iso: retry with the same idempotency_key "
+                           "(the same payment is resent), or report the receipt id",
+    "deadline_exceeded": "the server did not answer within the timeout and nothing was paid: "
+                         "retry later, or with a larger timeout_seconds if it is known to be slow",
+    "paid_deadline_exceeded": "the payment was sent but the answer did not arrive in time; it "
+                              "stays counted: retry with the same idempotency_key (the same "
+                              "payment is resent, never a second one); without a key do not "
+                              "fetch again, report the receipt id",
+    "invalid_timeout": "timeout_seconds must be a number from 1 to 600",
     "idempotency_key_conflict": "that idempotency key was used for another request: use a new "
                                 "key",
     "payment_in_flight": "a payment with this idempotency key is still in flight: retry later "
                          "with the same key",
+    "settlement_mismatch": "the server's settlement does not match what was paid: the amount "
+                           "stays counted; report the receipt id to the user, do not pay again",
+    "settlement_not_ours": "the transaction the server named did not move this payment: the "
+                           "breaker is open; report the receipt id to the user",
+    "settlement_reverted": "the settlement transaction reverted: the breaker is open; report "
+                           "the receipt id to the user",
+    "settlement_tx_not_found": "the transaction the server named does not exist on chain: the "
+                               "breaker is open; report the receipt id to the user",
 }
 
 
@@ -117,8 +168,24 @@ class FetchResult(BaseModel):
     receipt_id: str | None = Field(None, description="the receipt of the payment (see receipts)")
     payment_state: str | None = None
     settlement_tx: str | None = None
+    verification: str | None = Field(None, description="the on-chain check of the settlement: "
+                                     "pending (runs after the body is returned), verified, or "
+                                     "mismatch")
     replayed: bool = Field(False, description="an idempotent repeat answered from the ledger: "
                                               "nothing was paid again")
+    content_uri: str | None = Field(
+        None, description="a paid body kept whole: read it with resources/read (append "
+                          "/<offset> for the next part after a truncated body)")
+    content_sha256: str | None = Field(None, description="sha256 of the kept body (the receipt's)")
+    content_path: str | None = Field(None, description="where the kept body is on this machine")
+    content_complete: bool = Field(
+        True, description="false when a paid body went past the policy's max_paid_body_bytes "
+                          "and only its first body_bytes were kept")
+    location: str | None = Field(None, description="a redirect after payment to another origin, "
+                                                   "not followed (the payment settled)")
+    alerts: list[dict[str, Any]] = Field(
+        default_factory=list, description="earlier payments whose settlement the chain "
+        "contradicted, found since the last call: tell the user (the breaker is open)")
 
 
 class QuoteOption(BaseModel):
@@ -181,6 +248,8 @@ class BreakerState(BaseModel):
     open: bool
     consecutive_failures: int
     threshold: int | None
+    settlement_mismatch: str | None = Field(
+        None, description="receipt id of a payment the chain contradicted (opens the breaker)")
 
 
 class WalletBudget(BaseModel):
@@ -226,6 +295,7 @@ class Receipt(BaseModel):
     price: str
     pay_to: str
     settlement_tx: str | None = None
+    verification: str | None = None
     response_status: int | None = None
     policy_version: int | None = None
     policy_digest: str | None = None
@@ -262,61 +332,70 @@ def _safe(details: Mapping[str, Any]) -> dict[str, Any]:
     return safe
 
 
-def _check_max_price(max_price: str | None) -> None:
-    if max_price is None:
-        return
-    from fractions import Fraction
-
+def _check_arguments(url: object, method: object, headers: object, body: object,
+                     max_price: object, idempotency_key: object = None) -> None:
+    """The same limits as every other way in (request_limits), before anything is opened."""
+    from .request_limits import check_request
     from .selection import PriceLimit
 
-    limit = PriceLimit.parse(max_price.strip())
-    try:
-        value = Fraction(limit.amount)
-    except (ValueError, ZeroDivisionError):
-        value = Fraction(-1)
-    if value <= 0 or value > 10**12:
-        raise InvalidRequest(f"max price must be positive and sensible, got {max_price!r}",
-                             reason="invalid_max_price")
+    check_request(url, method, headers, body, idempotency_key)
+    if max_price is not None:
+        if not isinstance(max_price, str):
+            raise InvalidRequest("max_price must be a string like '0.05' or '0.05 USDC'",
+                                 reason="invalid_max_price")
+        PriceLimit.parse(max_price.strip())
 
 
-def _check_arguments(url: str, method: str, headers: Mapping[str, str] | None,
-                     max_price: str | None) -> None:
-    if not isinstance(url, str) or len(url) > 8192:
-        raise InvalidRequest("url must be a string of at most 8192 characters",
-                             reason="unsupported_url")
-    if headers is not None and not isinstance(headers, Mapping):
-        raise InvalidRequest("headers must be an object of name: value strings",
-                             reason="invalid_header")
-    for name, value in (headers or {}).items():
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise InvalidRequest("header names and values must be strings",
-                                 reason="invalid_header")
-    _check_max_price(max_price)
-
-
-def fetch_result(url: str, outcome: FetchOutcome, limit: int = MAX_BODY_BYTES) -> FetchResult:
+def fetch_result(url: str, outcome: FetchOutcome, limit: int = MAX_BODY_BYTES,
+                 alerts: list[dict[str, Any]] | None = None) -> FetchResult:
     from .money import format_units
 
     content = outcome.content or b""
+    stored = outcome.stored
+    size = stored.size if stored is not None else len(content)
     cut = content[:limit]
     try:
         body, encoding = cut.decode("utf-8"), "text"
     except UnicodeDecodeError as exc:
         # Text cut in the middle of a character stays text; anything else is binary.
-        if len(cut) < len(content) and exc.start >= len(cut) - 3:
+        if len(cut) < size and exc.start >= len(cut) - 3:
             body, encoding = cut[:exc.start].decode("utf-8", "replace"), "text"
         else:
             body, encoding = base64.b64encode(cut).decode(), "base64"
     paid = outcome.payment
     return FetchResult(
         url=url, status=outcome.status, content_type=outcome.content_type, body=body,
-        body_encoding=encoding, body_bytes=len(content), truncated=len(content) > limit,
+        body_encoding=encoding, body_bytes=size, truncated=size > len(cut),
         paid=paid is not None,
         amount=str(paid.amount) if paid else None,
         price=f"{format_units(paid.amount, paid.decimals)} {paid.symbol}" if paid else None,
         network=paid.network if paid else None, pay_to=paid.pay_to if paid else None,
         receipt_id=paid.id if paid else None, payment_state=str(paid.state) if paid else None,
-        settlement_tx=paid.settlement_tx if paid else None, replayed=outcome.replayed)
+        settlement_tx=paid.settlement_tx if paid else None, replayed=outcome.replayed,
+        content_uri=content_uri(stored.sha256) if stored else None,
+        content_sha256=stored.sha256 if stored else None,
+        content_path=str(stored.path) if stored else None,
+        content_complete=stored.complete if stored else True, location=outcome.location,
+        verification=str(paid.verification) if paid and paid.verification else None,
+        alerts=[{**alert, "next_step": NEXT_STEP.get(str(alert.get("reason")), "")}
+                for alert in alerts or []])
+
+
+def content_uri(sha256: str) -> str:
+    """The MCP resource of a stored paid body."""
+    return f"x402://content/{sha256}"
+
+
+def quote_result(quote: Quote) -> QuoteResult:
+    chosen = quote.chosen or {}
+    price = f"{chosen['price']} {chosen['symbol']}" if "price" in chosen else None
+    options = [QuoteOption(**{k: option.get(k) for k in QuoteOption.model_fields
+                              if option.get(k) is not None})
+               for option in quote.options]
+    return QuoteResult(url=quote.url, status=quote.status,
+                       payment_required=quote.payment_required, allowed=quote.allowed,
+                       reason=quote.reason, price=price, options=options,
+                       policy_version=quote.policy_version)
 
 
 class AgentTools:
@@ -349,57 +428,63 @@ class AgentTools:
         return refusal(exc, self._budget_dict)
 
     def _options(self, method: str, headers: Mapping[str, str] | None, body: str | None,
-                 max_price: str | None) -> dict[str, Any]:
+                 max_price: str | None, timeout_seconds: float | None) -> dict[str, Any]:
         return {"method": method, "headers": dict(headers or {}), "body": body,
                 "max_price": max_price.strip() if max_price is not None else None,
-                "session": self.session, "session_profile": self.session_profile}
+                "session": self.session, "session_profile": self.session_profile,
+                "timeout_seconds": timeout_seconds}
 
     # ---- fetch --------------------------------------------------------------------------------
     def fetch(self, url: str, method: str = "GET", headers: dict[str, str] | None = None,
               body: str | None = None, max_price: str | None = None,
-              idempotency_key: str | None = None) -> FetchResult:
+              idempotency_key: str | None = None, timeout_seconds: float | None = None
+              ) -> FetchResult:
         try:
-            _check_arguments(url, method, headers, max_price)
+            _check_arguments(url, method, headers, body, max_price, idempotency_key)
             outcome = self.agent.fetch(url, idempotency_key=idempotency_key,
-                                       **self._options(method, headers, body, max_price))
+                                       **self._options(method, headers, body, max_price,
+                                                       timeout_seconds))
         except BaseException as exc:
             if not isinstance(exc, Exception):
                 raise
             raise self._refusal(exc) from exc
-        return fetch_result(url, outcome)
+        return fetch_result(url, outcome, alerts=self.agent.take_alerts())
 
     async def afetch(self, url: str, method: str = "GET", headers: dict[str, str] | None = None,
                      body: str | None = None, max_price: str | None = None,
-                     idempotency_key: str | None = None) -> FetchResult:
+                     idempotency_key: str | None = None, timeout_seconds: float | None = None
+                     ) -> FetchResult:
         try:
-            _check_arguments(url, method, headers, max_price)
+            _check_arguments(url, method, headers, body, max_price, idempotency_key)
             outcome = await self.agent.afetch(url, idempotency_key=idempotency_key,
-                                              **self._options(method, headers, body, max_price))
+                                              **self._options(method, headers, body, max_price,
+                                                              timeout_seconds))
         except Exception as exc:
             raise await asyncio.to_thread(self._refusal, exc) from exc
-        return fetch_result(url, outcome)
+        return fetch_result(url, outcome, alerts=self.agent.take_alerts())
 
     # ---- quote --------------------------------------------------------------------------------
     def quote(self, url: str, method: str = "GET", headers: dict[str, str] | None = None,
-              body: str | None = None, max_price: str | None = None) -> QuoteResult:
+              body: str | None = None, max_price: str | None = None,
+              timeout_seconds: float | None = None) -> QuoteResult:
         try:
-            _check_arguments(url, method, headers, max_price)
-            quote = self.agent.quote(url, **self._options(method, headers, body, max_price))
+            _check_arguments(url, method, headers, body, max_price)
+            quote = self.agent.quote(url, **self._options(method, headers, body, max_price,
+                                                          timeout_seconds))
         except Exception as exc:
             raise self._refusal(exc) from exc
-        chosen = quote.chosen or {}
-        price = f"{chosen['price']} {chosen['symbol']}" if "price" in chosen else None
-        options = [QuoteOption(**{k: option.get(k) for k in QuoteOption.model_fields
-                                  if option.get(k) is not None})
-                   for option in quote.options]
-        return QuoteResult(url=quote.url, status=quote.status,
-                           payment_required=quote.payment_required, allowed=quote.allowed,
-                           reason=quote.reason, price=price, options=options,
-                           policy_version=quote.policy_version)
+        return quote_result(quote)
 
     async def aquote(self, url: str, method: str = "GET", headers: dict[str, str] | None = None,
-                     body: str | None = None, max_price: str | None = None) -> QuoteResult:
-        return await asyncio.to_thread(self.quote, url, method, headers, body, max_price)
+                     body: str | None = None, max_price: str | None = None,
+                     timeout_seconds: float | None = None) -> QuoteResult:
+        try:
+            _check_arguments(url, method, headers, body, max_price)
+            quote = await self.agent.aquote(url, **self._options(method, headers, body,
+                                                                 max_price, timeout_seconds))
+        except Exception as exc:
+            raise await asyncio.to_thread(self._refusal, exc) from exc
+        return quote_result(quote)
 
     # ---- budget -------------------------------------------------------------------------------
     def budget(self) -> BudgetResult:
@@ -415,7 +500,8 @@ class AgentTools:
             session=SessionBudget(**view["session"]) if view.get("session") else None,
             circuit_breaker=BreakerState(open=breaker["open"],
                                          consecutive_failures=breaker["consecutive_failures"],
-                                         threshold=breaker["threshold"]))
+                                         threshold=breaker["threshold"],
+                                         settlement_mismatch=breaker.get("settlement_mismatch")))
 
     async def abudget(self) -> BudgetResult:
         return await asyncio.to_thread(self.budget)
@@ -424,12 +510,10 @@ class AgentTools:
     def receipts(self, limit: int = 20, state: str | None = None) -> ReceiptsResult:
         from .ledger import PaymentState
         from .receipts import receipt
+        from .request_limits import check_limit
 
         try:
-            if not isinstance(limit, int) or isinstance(limit, bool) or not (
-                    1 <= limit <= MAX_RECEIPTS):
-                raise InvalidRequest(f"limit must be between 1 and {MAX_RECEIPTS}",
-                                     reason="invalid_limit")
+            check_limit(limit, MAX_RECEIPTS)
             if state is not None and state not in RECEIPT_STATES:
                 raise InvalidRequest(f"state must be one of {', '.join(RECEIPT_STATES)}",
                                      reason="invalid_state")

@@ -10,11 +10,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import time
 from collections.abc import Awaitable, Callable, Generator
+from functools import partial
 from typing import Any, TypeVar
 
 import httpx
 
+from .content_store import INLINE_BYTES
+from .deadline import Deadline
 from .errors import ChainError, UpstreamError, X402AgentError
 from .flow import (
     ApprovalCall,
@@ -29,6 +33,7 @@ from .flow import (
     WalletCall,
     fetch_flow,
 )
+from .netguard import NetworkGuard, Resolver
 
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -75,13 +80,77 @@ def _too_large(size: int) -> UpstreamError:
                          limit=MAX_RESPONSE_BYTES, size=size)
 
 
+def _limit_time(step: HttpCall, deadline: Deadline | None) -> None:
+    """Give every operation of this request (pool, connect, write, each read) the time left."""
+    if deadline is not None:
+        step.request.extensions["timeout"] = deadline.timeouts()
+
+
+def _failed(host: str, exc: Exception, deadline: Deadline | None, status: int | None,
+            size: int) -> UpstreamError:
+    if deadline is not None and isinstance(exc, TimeoutError | httpx.TimeoutException):
+        # Every operation was given only the time left: its timeout is the deadline.
+        return deadline.exceeded(host, status, size)
+    return UpstreamError(f"request to {host} failed: {type(exc).__name__}",
+                         cause=type(exc).__name__)
+
+
+def _advance(resume: Callable[[], Step]) -> tuple[bool, Any]:
+    """Run the flow to its next step: (False, step), or (True, result) when it is done.
+    StopIteration cannot cross a future, so the result travels as a value."""
+    try:
+        return False, resume()
+    except StopIteration as done:
+        return True, done.value
+
+
+class _Body:
+    """A response body as it arrives: in memory up to the limit, or, for a paid 2xx answer,
+    streamed to the content store (its first INLINE_BYTES also kept in memory). The async
+    driver writes the file on the event loop: chunk-sized writes to a local file, like a log."""
+
+    def __init__(self, step: HttpCall, status: int) -> None:
+        paid_content = step.sink is not None and 200 <= status < 300
+        self._writer = step.sink.open() if paid_content and step.sink is not None else None
+        self._chunks: list[bytes] = []
+        self._kept = 0
+
+    def add(self, chunk: bytes) -> bool:
+        """Take ``chunk``; False: stop reading (the paid body reached the policy's cap)."""
+        if self._writer is None:
+            self._kept += len(chunk)
+            if self._kept > MAX_RESPONSE_BYTES:
+                raise _too_large(self._kept)
+            self._chunks.append(chunk)
+            return True
+        if self._kept < INLINE_BYTES:
+            part = chunk[:INLINE_BYTES - self._kept]
+            self._chunks.append(part)
+            self._kept += len(part)
+        return self._writer.write(chunk)
+
+    def answer(self, response: httpx.Response) -> HttpAnswer:
+        stored = self._writer.commit() if self._writer is not None else None
+        self._writer = None
+        return HttpAnswer(response.status_code, response.headers, b"".join(self._chunks), stored)
+
+    def discard(self) -> None:
+        """Drop a partial file (the read failed); nothing once ``answer`` kept it."""
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+
+
 class X402Client:
     """Synchronous pay-and-fetch over one pooled httpx.Client."""
 
     def __init__(self, payer: Payer, http: httpx.Client | None = None,
-                 approver: Approver | None = None) -> None:
+                 approver: Approver | None = None, resolver: Resolver | None = None) -> None:
         self.payer = payer
         self.approver = approver
+        # Every request goes to an address checked against the policy in force (read per
+        # request); ``resolver`` replaces the system's only in tests.
+        self._guard = NetworkGuard(lambda: payer.gate.policy.private_allow, resolver)
         self._http = http or httpx.Client(timeout=DEFAULT_TIMEOUT, limits=DEFAULT_LIMITS,
                                           follow_redirects=False)
 
@@ -95,14 +164,17 @@ class X402Client:
         self._http.close()
 
     def fetch(self, request: FetchRequest) -> FetchOutcome:
-        return self.run(fetch_flow(self.payer, request))
+        return self.run(fetch_flow(self.payer, request), request.timeout_seconds)
 
-    def run(self, flow: Generator[Step, Any, T]) -> T:
+    def run(self, flow: Generator[Step, Any, T], timeout: float | None = None) -> T:
+        """Drive ``flow``; its HTTP steps together get ``timeout`` seconds (None: no deadline,
+        the client's per-operation timeouts only)."""
+        deadline = Deadline(timeout) if timeout is not None else None
         try:
             step = next(flow)
             while True:
                 try:
-                    answer = self._execute(step)
+                    answer = self._execute(step, deadline)
                 except X402AgentError as exc:
                     step = flow.throw(exc)
                 else:
@@ -110,9 +182,16 @@ class X402Client:
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
-    def _execute(self, step: Step) -> Any:
+    def _execute(self, step: Step, deadline: Deadline | None) -> Any:
         if isinstance(step, ApprovalCall):
-            return None if self.approver is None else self.approver(step.request)
+            if self.approver is None:
+                return None
+            asked = time.monotonic()
+            try:
+                return self.approver(step.request)
+            finally:
+                if deadline is not None:
+                    deadline.extend(time.monotonic() - asked)
         if isinstance(step, WalletCall):
             return run_wallet_call(step)
         if isinstance(step, RpcCall):
@@ -121,33 +200,60 @@ class X402Client:
             except httpx.HTTPError as exc:
                 raise ChainError(f"RPC {step.method} unreachable", cause=type(exc).__name__) from exc
             return _rpc_result(response, step)
-        return self._send(step)
+        return self._send(step, deadline)
 
-    def _send(self, step: HttpCall) -> HttpAnswer:
+    def _send(self, step: HttpCall, deadline: Deadline | None) -> HttpAnswer:
+        _limit_time(step, deadline)
+        host, status, size = step.request.url.host, None, 0
+        request = self._guard.pin(step.request)  # refused here, before any connection
         try:
-            response = self._http.send(step.request, stream=True, follow_redirects=False)
+            response = self._http.send(request, stream=True, follow_redirects=False)
+            status = response.status_code
+            body = _Body(step, status)
             try:
-                chunks, size = [], 0
                 for chunk in response.iter_bytes():
                     size += len(chunk)
-                    if size > MAX_RESPONSE_BYTES:
-                        raise _too_large(size)
-                    chunks.append(chunk)
+                    if not body.add(chunk):
+                        break
+                    # A trickle never trips a per-read timeout: the deadline is checked here.
+                    if deadline is not None:
+                        deadline.check(host, status, size)
+                answer = body.answer(response)
             finally:
+                body.discard()
                 response.close()
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"request to {step.request.url.host} failed: {type(exc).__name__}",
-                                cause=type(exc).__name__) from exc
-        return HttpAnswer(response.status_code, response.headers, b"".join(chunks))
+            raise _failed(host, exc, deadline, status, size) from exc
+        return answer
+
+
+class _Progress:
+    paid = False  # a request carrying a payment was (or is being) sent
+
+
+async def _outlive_cancellation(task: asyncio.Future[Any]) -> None:
+    """Wait for ``task`` however often the caller is cancelled meanwhile (an anyio scope, as the
+    MCP server's, would re-deliver its cancellation at every wait: the shield stops that)."""
+    import anyio
+
+    with anyio.CancelScope(shield=True):
+        while not task.done():
+            try:
+                await asyncio.wait({task})
+            except asyncio.CancelledError:
+                continue
+    if not task.cancelled():
+        task.exception()  # retrieved: its outcome is in the ledger, the caller was cancelled
 
 
 class AsyncX402Client:
     """Asynchronous pay-and-fetch over one pooled httpx.AsyncClient."""
 
     def __init__(self, payer: Payer, http: httpx.AsyncClient | None = None,
-                 approver: AsyncApprover | None = None) -> None:
+                 approver: AsyncApprover | None = None, resolver: Resolver | None = None) -> None:
         self.payer = payer
         self.approver = approver
+        self._guard = NetworkGuard(lambda: payer.gate.policy.private_allow, resolver)
         self._http = http or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=DEFAULT_LIMITS,
                                                follow_redirects=False)
 
@@ -161,27 +267,53 @@ class AsyncX402Client:
         await self._http.aclose()
 
     async def fetch(self, request: FetchRequest) -> FetchOutcome:
-        return await self.run(fetch_flow(self.payer, request))
+        return await self.run(fetch_flow(self.payer, request), request.timeout_seconds)
 
-    async def run(self, flow: Generator[Step, Any, T]) -> T:
+    async def run(self, flow: Generator[Step, Any, T], timeout: float | None = None) -> T:
+        """Drive ``flow`` without ever blocking the event loop: the flow's own code between
+        two steps (ledger reads and writes, signing) runs in a worker thread, one hop per step,
+        so a ledger waiting on a lock stalls this fetch only, not the loop's other sessions."""
+        deadline = Deadline(timeout) if timeout is not None else None
+        progress = _Progress()
+        drive = asyncio.ensure_future(self._drive(flow, deadline, progress))
         try:
-            step = next(flow)
-            while True:
-                try:
-                    answer = await self._execute(step)
-                except X402AgentError as exc:
-                    step = flow.throw(exc)
-                else:
-                    step = flow.send(answer)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+            return await asyncio.shield(drive)
+        except asyncio.CancelledError:
+            if not progress.paid:
+                drive.cancel()  # nothing was sent with a payment: stop at once
+                raise
+            # The payment left: finish the exchange (ledger record, stored body), then let the
+            # caller see its cancellation.
+            await _outlive_cancellation(drive)
+            raise
 
-    async def _execute(self, step: Step) -> Any:
+    async def _drive(self, flow: Generator[Step, Any, T], deadline: Deadline | None,
+                     progress: _Progress) -> T:
+        resume: Callable[[], Step] = partial(next, flow)
+        while True:
+            done, value = await asyncio.to_thread(_advance, resume)
+            if done:
+                return value  # type: ignore[no-any-return]
+            if isinstance(value, HttpCall) and value.paid:
+                progress.paid = True
+            try:
+                answer = await self._execute(value, deadline)
+            except X402AgentError as exc:
+                resume = partial(flow.throw, exc)
+            else:
+                resume = partial(flow.send, answer)
+
+    async def _execute(self, step: Step, deadline: Deadline | None) -> Any:
         if isinstance(step, ApprovalCall):
             if self.approver is None:
                 return None
-            answer = self.approver(step.request)
-            return await answer if inspect.isawaitable(answer) else answer
+            asked = time.monotonic()
+            try:
+                answer = self.approver(step.request)
+                return await answer if inspect.isawaitable(answer) else answer
+            finally:
+                if deadline is not None:
+                    deadline.extend(time.monotonic() - asked)
         if isinstance(step, WalletCall):
             return await asyncio.to_thread(run_wallet_call, step)
         if isinstance(step, RpcCall):
@@ -190,21 +322,27 @@ class AsyncX402Client:
             except httpx.HTTPError as exc:
                 raise ChainError(f"RPC {step.method} unreachable", cause=type(exc).__name__) from exc
             return _rpc_result(response, step)
-        return await self._send(step)
+        return await self._send(step, deadline)
 
-    async def _send(self, step: HttpCall) -> HttpAnswer:
+    async def _send(self, step: HttpCall, deadline: Deadline | None) -> HttpAnswer:
+        _limit_time(step, deadline)
+        host, status, size = step.request.url.host, None, 0
         try:
-            response = await self._http.send(step.request, stream=True, follow_redirects=False)
-            try:
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > MAX_RESPONSE_BYTES:
-                        raise _too_large(size)
-                    chunks.append(chunk)
-            finally:
-                await response.aclose()
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"request to {step.request.url.host} failed: {type(exc).__name__}",
-                                cause=type(exc).__name__) from exc
-        return HttpAnswer(response.status_code, response.headers, b"".join(chunks))
+            # The whole exchange is cancelled at the deadline, however the server paces it.
+            async with asyncio.timeout(None if deadline is None else deadline.remaining()):
+                request = await self._guard.apin(step.request)  # before any connection
+                response = await self._http.send(request, stream=True, follow_redirects=False)
+                status = response.status_code
+                body = _Body(step, status)
+                try:
+                    async for chunk in response.aiter_bytes():
+                        size += len(chunk)
+                        if not body.add(chunk):
+                            break
+                    answer = body.answer(response)
+                finally:
+                    body.discard()
+                    await response.aclose()
+        except (TimeoutError, httpx.HTTPError) as exc:
+            raise _failed(host, exc, deadline, status, size) from exc
+        return answer

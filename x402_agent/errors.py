@@ -57,6 +57,17 @@ class PolicyDenied(X402AgentError):
     reason = "policy_denied"
 
 
+class PrivateAddressRefused(PolicyDenied):
+    """The request would reach a loopback, private, link-local, metadata or other non-public
+    address the policy does not opt in; refused before any connection is opened.
+
+    ``details``: rule (loopback, private, link_local, unique_local, unspecified, multicast,
+    metadata, reserved), host, port, address, policy_field (where an opt-in goes).
+    """
+
+    reason = "private_address"
+
+
 class RedirectRefused(X402AgentError):
     """A redirect would have taken the request (and a payment) to another origin."""
 
@@ -90,6 +101,24 @@ class PaidNotDelivered(X402AgentError):
     reason = "paid_not_delivered"
 
 
+class PaymentNotSettled(X402AgentError):
+    """The server answered the paid request without delivering, and nothing shows money moved:
+    no settlement header, and the chain has not used the authorization. It stays counted until
+    it expires (``details['expires_at']``) unless the chain shows it settled.
+
+    ``details``: payment_id, status, state, expires_at (Unix time), expires_at_iso.
+    """
+
+    reason = "payment_not_settled"
+
+
+class PaymentRejected(PaymentNotSettled):
+    """The server answered the paid request with 402: it refused the payment (``details``
+    ``server_reason`` says why, as the server stated it). Nothing settled yet."""
+
+    reason = "payment_rejected"
+
+
 class SettlementMismatch(X402AgentError):
     """The server's settlement does not match what we signed, or the chain disagrees."""
 
@@ -106,6 +135,15 @@ class UpstreamError(X402AgentError):
     """The server could not be reached or answered something unusable at the HTTP level."""
 
     reason = "upstream_unreachable"
+
+
+class DeadlineExceeded(UpstreamError):
+    """The fetch's overall deadline passed before the server finished answering.
+
+    ``details``: host, deadline_seconds, status (when the headers came), received_bytes.
+    """
+
+    reason = "deadline_exceeded"
 
 
 class ChainError(X402AgentError):

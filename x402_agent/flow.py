@@ -9,14 +9,15 @@ must record a reservation before anything is signed).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import re
 import secrets
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -26,26 +27,38 @@ from x402.http import (
     decode_payment_signature_header,
     encode_payment_signature_header,
 )
-from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements
+from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements, SettleResponse
 from x402.schemas.v1 import PaymentPayloadV1
 
-from .challenge import Challenge, Offer, parse_challenge
+from .challenge import Challenge, Offer, parse_challenge, refusal_reason
+from .content_store import (
+    DEFAULT_MAX_PAID_BODY_BYTES,
+    INLINE_BYTES,
+    BodySink,
+    ContentStore,
+    StoredBody,
+)
+from .deadline import DEFAULT_TIMEOUT_SECONDS, check_timeout
 from .decision import PaymentContext, host_refusal
 from .errors import (
     ChainError,
+    DeadlineExceeded,
     IdempotencyConflict,
-    InvalidRequest,
     PaidNotDelivered,
     PaymentInFlight,
     PaymentMismatch,
+    PaymentNotSettled,
+    PaymentRejected,
     PolicyDenied,
     RedirectRefused,
     SettlementMismatch,
     UpstreamError,
 )
-from .ledger import PaymentRecord, PaymentState
+from .ledger import Ownership, PaymentRecord, PaymentState, Verification
 from .money import format_units
+from .netguard import check_literal
 from .policy import AssetRule
+from .request_limits import check_request
 from .selection import Choice, PriceLimit, rank
 from .settlement import check_settlement, check_transaction_receipt, read_settlement_header
 from .signer import (
@@ -57,22 +70,22 @@ from .signer import (
 )
 from .spendgate import SpendGate
 
-ALLOWED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_RESERVED_HEADERS = frozenset({PAYMENT_SIGNATURE_HEADER.lower(), X_PAYMENT_HEADER.lower()})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-# RFC 9110 field-name token; values: printable ASCII, space and tab (httpx encodes ASCII only).
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 # An authorization this close to expiry is not worth resending: it may expire in flight.
 _RESUME_MARGIN_SECONDS = 10
-# A reservation older than this without being sent belongs to a crashed attempt: nothing signed
-# ever left it (the ledger records the signed payment before sending it).
+# A reservation that names no owner (written by a release before owners were recorded) and is
+# older than this belongs to a crashed attempt: nothing signed ever left it (the ledger records
+# the signed payment before sending it). Rows with an owner need no such guess (ledger.owners).
 STALE_RESERVATION_SECONDS = 60
 
 
 @dataclass(frozen=True)
 class HttpCall:
     request: httpx.Request
+    # The request carries a payment (or follows one): money may move from here on.
+    paid: bool = False
+    # Where the driver streams the body instead of memory (a paid body is never discarded).
+    sink: BodySink | None = None
 
 
 @dataclass(frozen=True)
@@ -81,7 +94,8 @@ class HttpAnswer:
 
     status_code: int
     headers: httpx.Headers
-    content: bytes
+    content: bytes  # with ``stored``: the first INLINE_BYTES of it
+    stored: StoredBody | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +157,8 @@ class FetchRequest:
     idempotency_key: str | None = None
     session: str | None = None
     session_profile: str | None = None
+    # The whole fetch's HTTP exchanges (connect, send, first byte, whole body) end by then.
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
 
 
 @dataclass(frozen=True)
@@ -153,6 +169,24 @@ class FetchOutcome:
     payment: PaymentRecord | None = None
     replayed: bool = False  # an idempotent repeat answered from the ledger, nothing re-sent
     confirmed_on_chain: bool = False
+    # A paid body kept in the agent home; ``content`` then holds its first part only.
+    stored: StoredBody | None = None
+    # A redirect after payment to another origin, reported and not followed.
+    location: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """True when ``content`` is the whole body."""
+        return self.stored is None or len(self.content or b"") >= self.stored.size
+
+    def open_body(self) -> BinaryIO:
+        """The whole body as a binary file (stored paid bodies are read from the home)."""
+        return self.stored.open() if self.stored is not None else io.BytesIO(self.content or b"")
+
+    def read_body(self) -> bytes:
+        """The whole body (a stored paid body may be large: prefer ``open_body``)."""
+        with self.open_body() as body:
+            return body.read()
 
 
 @dataclass
@@ -164,9 +198,15 @@ class Payer:
     rpc_urls: Mapping[str, str] = field(default_factory=dict)
     clock: Callable[[], float] = time.time
     max_redirects: int = 5
-    # Check each settlement's transaction receipt before committing (needs an RPC); without it
-    # the server's settlement header is trusted and the RPC serves only reconciliation.
+    # Check each settlement's transaction receipt (needs an RPC); without it the server's
+    # settlement header is trusted and the RPC serves only reconciliation.
     verify_on_chain: bool = True
+    # Where the receipt check goes when it runs off the critical path (the Agent's verifier):
+    # the payment is committed settled with verification pending and handed over. Without
+    # one, the receipt is checked before committing.
+    defer_verification: Callable[[PaymentRecord], None] | None = None
+    # Where paid bodies are kept (the agent home's); without one they are read into memory.
+    content_store: ContentStore | None = None
 
 
 def sha256_hex(data: bytes | None) -> str:
@@ -174,23 +214,9 @@ def sha256_hex(data: bytes | None) -> str:
 
 
 def validate_request(req: FetchRequest) -> None:
-    """Refuse what must never reach the network: odd schemes, injected or reserved headers."""
-    parts = urlsplit(req.url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest("only http and https URLs with a host can be fetched",
-                             reason="unsupported_url")
-    if req.method.upper() not in ALLOWED_METHODS:
-        raise InvalidRequest(f"method {req.method!r} is not allowed", reason="invalid_method")
-    for name, value in req.headers.items():
-        if any(c in name + value for c in "\r\n\0") or not name.strip():
-            raise InvalidRequest("header names and values may not contain line breaks",
-                                 reason="header_injection")
-        if not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value):
-            raise InvalidRequest(f"header {name[:40]!r} is not a valid HTTP header (token name, "
-                                 "printable ASCII value)", reason="invalid_header")
-        if name.lower() in _RESERVED_HEADERS:
-            raise InvalidRequest(f"header {name} is set by the payment flow",
-                                 reason="reserved_header")
+    """Refuse what must never reach the network (limits and reserved headers: request_limits)."""
+    check_request(req.url, req.method, req.headers, req.body, req.idempotency_key, req.session)
+    check_timeout(req.timeout_seconds)
 
 
 def _context(req: FetchRequest, url: str) -> PaymentContext:
@@ -215,6 +241,9 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 
 def check_host(payer: Payer, url: str) -> None:
+    # A host written as an address is refused here, before anything is built; names are checked
+    # on their resolved addresses by the driver (netguard), at every hop.
+    check_literal(url, payer.gate.policy.private_allow)
     refusal = host_refusal(payer.gate.policy, (urlsplit(url).hostname or "").lower())
     if refusal is not None:
         raise PolicyDenied(refusal[1], reason=refusal[0])
@@ -316,14 +345,53 @@ def _send_following_redirects(payer: Payer, req: FetchRequest
                     "GET", "HEAD", "OPTIONS"):
                 raise
             response = yield HttpCall(_build_request(req, url))
-        if response.status_code not in _REDIRECTS or "location" not in response.headers:
+        target = _redirect_target(payer, url, response)
+        if target is None:
             return url, response
-        target = urljoin(url, response.headers["location"])
         if _origin(target) != _origin(url):
             raise RedirectRefused("refusing a redirect to another origin",
                                   location=target[:200], origin=url[:200])
         url = target
     raise RedirectRefused("too many redirects", reason="too_many_redirects")
+
+
+def _location(url: str, response: HttpAnswer) -> str | None:
+    """Where a redirect points; None when it is not one."""
+    if response.status_code not in _REDIRECTS or "location" not in response.headers:
+        return None
+    return urljoin(url, response.headers["location"])
+
+
+def _redirect_target(payer: Payer, url: str, response: HttpAnswer) -> str | None:
+    target = _location(url, response)
+    if target is not None:
+        check_literal(target, payer.gate.policy.private_allow)  # says why, before the origin
+    return target
+
+
+def _follow_after_payment(payer: Payer, req: FetchRequest, url: str, response: HttpAnswer,
+                          sink: BodySink | None
+                          ) -> Generator[Step, Any, tuple[HttpAnswer, str | None]]:
+    """The paid request was answered with a redirect: the content is at the target. Same-origin
+    targets are fetched without the payment header (it was taken already); another origin is
+    not followed, and its location is returned instead."""
+    for _ in range(payer.max_redirects):
+        # Same origin is the same host the guard passed already; another origin is not followed.
+        target = _location(url, response)
+        if target is None:
+            return response, None
+        if _origin(target) != _origin(url):
+            return response, target[:2000]
+        url = target
+        response = yield HttpCall(_build_request(req, url), paid=True, sink=sink)
+    raise RedirectRefused("too many redirects after the payment", reason="too_many_redirects")
+
+
+def _sink(payer: Payer) -> BodySink | None:
+    if payer.content_store is None:
+        return None
+    cap = payer.gate.policy.max_paid_body_bytes or DEFAULT_MAX_PAID_BODY_BYTES
+    return BodySink(payer.content_store, cap)
 
 
 def _window(payer: Payer, offer: Offer) -> int:
@@ -406,16 +474,26 @@ def _resume(payer: Payer, req: FetchRequest, prior: PaymentRecord
             ) -> Generator[Step, Any, FetchOutcome | None]:
     """Continue an earlier attempt with the same idempotency key; never pay it twice."""
     now = payer.clock()
-    if prior.state == PaymentState.SETTLED:
-        return FetchOutcome(prior.response_status or 0, None, prior.response_content_type,
-                            payment=prior, replayed=True)
+    ownership = Ownership.MINE
+    if prior.state not in (PaymentState.SETTLED, PaymentState.RELEASED):
+        # Re-read, and take the row over if the process that made it is gone.
+        claim = payer.gate.ledger.claim(prior.id)
+        prior, ownership = claim.record, claim.ownership
+    if prior.state == PaymentState.SETTLED or prior.delivered:
+        return _replayed(payer, prior)
     if prior.state == PaymentState.RELEASED:
         return None
+    if ownership is Ownership.LIVE:
+        raise PaymentInFlight("a payment with this idempotency key is in progress in another "
+                              "process", payment_id=prior.id)
     if prior.state == PaymentState.RESERVED:
-        if now - prior.created_at < STALE_RESERVATION_SECONDS:
+        # Reserved here, or by a previous release's process (no owner recorded) recently:
+        # possibly about to be signed. A gone owner's reservation was never sent.
+        if ownership is Ownership.MINE or (ownership is Ownership.OWNERLESS and
+                                           now - prior.created_at < STALE_RESERVATION_SECONDS):
             raise PaymentInFlight("a payment with this idempotency key is in progress",
                                   payment_id=prior.id)
-        payer.gate.ledger.release(prior.id, reason="stale_reservation")
+        payer.gate.ledger.release(prior.id, reason="abandoned_before_sending")
         return None
     # sent or unknown: the signed authorization may be in flight or settled already.
     assert prior.valid_before is not None and prior.payment_header is not None
@@ -430,6 +508,17 @@ def _resume(payer: Payer, req: FetchRequest, prior: PaymentRecord
         return None
     raise PaidNotDelivered("this idempotency key already paid and the resource was not delivered",
                            payment_id=prior.id, state=str(state))
+
+
+def _replayed(payer: Payer, prior: PaymentRecord) -> FetchOutcome:
+    """What an earlier attempt delivered, from the content store (nothing is sent again)."""
+    evidence = json.loads(prior.evidence_json or "{}")
+    sha256 = prior.response_body_sha256 or evidence.get("body_sha256")
+    stored = payer.content_store.get(sha256) if payer.content_store and sha256 else None
+    return FetchOutcome(prior.response_status or 0,
+                        stored.read(0, INLINE_BYTES) if stored is not None else None,
+                        prior.response_content_type, payment=prior, replayed=True,
+                        stored=stored, location=evidence.get("location"))
 
 
 def _signed_from_record(record: PaymentRecord) -> SignedAuthorization:
@@ -447,45 +536,86 @@ def _signed_from_record(record: PaymentRecord) -> SignedAuthorization:
         nonce=auth["nonce"]), payload["signature"])
 
 
+def _lost_in_transit(payer: Payer, req: FetchRequest, record: PaymentRecord,
+                     exc: UpstreamError) -> PaidNotDelivered:
+    """Record a paid request that failed on its way (connection lost, deadline passed): the
+    payment may settle, so it stays counted as unknown with what was seen of the answer."""
+    evidence: dict[str, Any] = {"transport_error": exc.reason, "cause": exc.details.get("cause")}
+    if not isinstance(exc, DeadlineExceeded):
+        payer.gate.ledger.mark_unknown(record.id, evidence=evidence, delivered=False)
+        return PaidNotDelivered("the paid request failed in transit; the payment may settle",
+                                payment_id=record.id, cause=exc.reason)
+    seen = {key: exc.details.get(key) for key in ("deadline_seconds", "status", "received_bytes")}
+    payer.gate.ledger.mark_unknown(record.id, evidence={**evidence, **seen},
+                                   response_status=seen["status"], delivered=False)
+    # Resending the recorded authorization can never pay twice (the token accepts its nonce
+    # once); without a key a new fetch would sign a new one.
+    retry = (f"retry with the same idempotency key ({req.idempotency_key}): the same signed "
+             "payment is resent, never a second one" if req.idempotency_key else
+             "a new fetch without an idempotency key would pay again")
+    return PaidNotDelivered(
+        f"the payment was sent but {exc.details.get('host')} did not finish answering within "
+        f"the {exc.details.get('deadline_seconds')} s deadline; payment {record.id} stays "
+        f"counted until it is proven settled or expired; {retry}",
+        reason="paid_deadline_exceeded", payment_id=record.id,
+        idempotency_key=req.idempotency_key, **seen)
+
+
 def _deliver(payer: Payer, req: FetchRequest, url: str, record: PaymentRecord,
              signed: SignedAuthorization, header_name: str, header_value: str
              ) -> Generator[Step, Any, FetchOutcome]:
     """Send the paid request, then settle the ledger entry from the evidence."""
     ledger = payer.gate.ledger
+    auth = signed.authorization
+    sink = _sink(payer)
+    location = None
     try:
-        response: HttpAnswer = yield HttpCall(_build_request(req, url,
-                                                                 {header_name: header_value}))
+        response: HttpAnswer = yield HttpCall(
+            _build_request(req, url, {header_name: header_value}), paid=True, sink=sink)
+        settle_response = read_settlement_header(response.headers, record.x402_version)
+        if response.status_code in _REDIRECTS:
+            response, location = yield from _follow_after_payment(payer, req, url, response, sink)
     except UpstreamError as exc:
-        ledger.mark_unknown(record.id, evidence={"transport_error": exc.reason,
-                                                 "cause": exc.details.get("cause")},
-                            delivered=False)
-        raise PaidNotDelivered("the paid request failed in transit; the payment may settle",
-                               payment_id=record.id, cause=exc.reason) from exc
+        raise _lost_in_transit(payer, req, record, exc) from exc
 
-    settle_response = read_settlement_header(response.headers, record.x402_version)
     evidence: dict[str, Any] = {
         "status": response.status_code,
         "settlement": settle_response.model_dump(by_alias=True, exclude_none=True)
         if settle_response else None,
-        "body_sha256": sha256_hex(response.content),
+        "body_sha256": response.stored.sha256 if response.stored
+        else sha256_hex(response.content),
     }
-    delivered = 200 <= response.status_code < 300
-    if not delivered:
+    if response.stored is not None and not response.stored.complete:
+        evidence["body_cut_at_bytes"] = response.stored.size  # the policy's cap
+    if location is not None:
+        evidence["location"] = location
+    settled_by_server = _proves_settlement(settle_response, auth, record.network)
+    if not (200 <= response.status_code < 300 or (location and settled_by_server)):
         evidence["delivered"] = False
+        refused = refusal_reason(response.headers, response.content, settle_response) \
+            if response.status_code == 402 else None
+        if refused is not None:
+            evidence["server_reason"] = refused
         ledger.mark_unknown(record.id, evidence=evidence, response_status=response.status_code,
                             delivered=False)
         state = yield from reconcile(payer, ledger.get(record.id) or record)
-        raise PaidNotDelivered(
-            f"paid, but the server answered {response.status_code}; the amount stays counted "
-            "until the payment is proven settled or expired",
-            payment_id=record.id, status=response.status_code, state=str(state))
+        if settled_by_server or state == PaymentState.SETTLED:
+            raise PaidNotDelivered(
+                f"paid, but the server answered {response.status_code}; the payment settled "
+                "and the resource was not delivered",
+                payment_id=record.id, status=response.status_code, state=str(state))
+        raise _not_settled(record, response.status_code, state, refused)
 
-    auth = signed.authorization
     tx: str | None = None
+    defer = None
+    confirmed: bool | None = None
     try:
         if settle_response is not None:
             tx = check_settlement(settle_response, auth, record.network).transaction
-        confirmed = yield from _confirm_on_chain(payer, record, auth, tx)
+        if tx is not None and payer.verify_on_chain and record.network in payer.rpc_urls:
+            defer = payer.defer_verification
+        if defer is None:
+            confirmed = yield from _confirm_on_chain(payer, record, auth, tx)
     except SettlementMismatch as exc:
         ledger.mark_unknown(record.id, evidence={**evidence, "mismatch": exc.message},
                             response_status=response.status_code, delivered=True)
@@ -499,10 +629,48 @@ def _deliver(payer: Payer, req: FetchRequest, url: str, record: PaymentRecord,
         record = ledger.settle(record.id, settlement_tx=tx, response_status=response.status_code,
                                response_content_type=response.headers.get("content-type"),
                                response_body_sha256=evidence["body_sha256"], delivered=True,
-                               evidence=evidence)
+                               evidence=evidence, verification=Verification.PENDING
+                               if defer else Verification.VERIFIED if confirmed else None)
+        if defer is not None:
+            defer(record)
     return FetchOutcome(response.status_code, response.content,
                         response.headers.get("content-type"), payment=record,
-                        confirmed_on_chain=bool(confirmed))
+                        confirmed_on_chain=bool(confirmed), stored=response.stored,
+                        location=location)
+
+
+def _proves_settlement(settle_response: SettleResponse | None, auth: TransferAuthorization,
+                       network: str) -> bool:
+    """The server's settlement header states that this very payment moved money."""
+    if settle_response is None:
+        return False
+    try:
+        check_settlement(settle_response, auth, network)
+    except SettlementMismatch:
+        return False
+    return True
+
+
+def _not_settled(record: PaymentRecord, status: int, state: PaymentState,
+                 refused: str | None) -> PaymentNotSettled:
+    """The server did not deliver and nothing shows the payment moved: say what it is."""
+    assert record.valid_before is not None
+    expires = datetime.fromtimestamp(record.valid_before, UTC).isoformat(timespec="seconds")
+    price = f"{format_units(record.amount, record.decimals)} {record.symbol}"
+    if state == PaymentState.RELEASED:
+        counted = (f"the authorization expired unused, so nothing was paid and the {price} "
+                   "no longer counts")
+    else:
+        counted = (f"nothing has settled; the {price} stays counted until the authorization "
+                   f"expires at {expires} unless the chain shows it settled")
+    details: dict[str, Any] = {"payment_id": record.id, "status": status, "state": str(state),
+               "expires_at": record.valid_before, "expires_at_iso": expires}
+    if status == 402:
+        return PaymentRejected(f"the server refused the payment: {refused or 'no reason given'}; "
+                               f"{counted} (receipt {record.id})",
+                               server_reason=refused, **details)
+    return PaymentNotSettled(f"the server answered {status} and did not take the payment; "
+                             f"{counted} (receipt {record.id})", **details)
 
 
 def _confirm_on_chain(payer: Payer, record: PaymentRecord, auth: TransferAuthorization,
@@ -544,8 +712,8 @@ def reconcile(payer: Payer, record: PaymentRecord) -> Generator[Step, Any, Payme
     ledger = payer.gate.ledger
     try:
         if (yield from nonce_used(rpc, record)):
-            ledger.settle(record.id, settlement_tx=record.settlement_tx)
-            return PaymentState.SETTLED
+            # The state the row has now: the paying process may have finished it meanwhile.
+            return ledger.settle(record.id, settlement_tx=record.settlement_tx).state
         block = yield RpcCall(rpc, "eth_getBlockByNumber", ("latest", False))
     except ChainError:
         return record.state
@@ -554,8 +722,6 @@ def reconcile(payer: Payer, record: PaymentRecord) -> Generator[Step, Any, Payme
         # Past validBefore the token rejects the authorization forever; check the nonce again
         # at that block so a settlement in between cannot slip through.
         if not (yield from nonce_used(rpc, record)):
-            ledger.release(record.id, reason="expired_unused")
-            return PaymentState.RELEASED
-        ledger.settle(record.id, settlement_tx=record.settlement_tx)
-        return PaymentState.SETTLED
+            return ledger.release(record.id, reason="expired_unused").state
+        return ledger.settle(record.id, settlement_tx=record.settlement_tx).state
     return record.state

@@ -29,12 +29,16 @@ from pydantic import (
     model_validator,
 )
 
+from .addresses import parse_allow_entry
 from .errors import ConfigError
 from .money import LEDGER_AMOUNT_MAX
 from .networks import caip2
 
 _MACHINE_DEPENDENT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
 DEFAULT_SESSION = "default"
+# Fields added after policies were first signed: left out of the canonical form while unset, so
+# every policy that does not use them keeps the digest its device approved.
+_ADDED_LATER = ("private_network", "max_paid_body_bytes")
 
 AtomicAmount = Annotated[int, Field(ge=0, le=LEDGER_AMOUNT_MAX, strict=True)]
 
@@ -68,10 +72,15 @@ def _url_prefix(value: str) -> str:
     return value
 
 
+def _private_allow(value: str) -> str:
+    return parse_allow_entry(value).text
+
+
 Address = Annotated[str, AfterValidator(_checksummed)]
 Network = Annotated[str, AfterValidator(_network)]
 HostPattern = Annotated[str, AfterValidator(_host_pattern)]
 UrlPrefix = Annotated[str, AfterValidator(_url_prefix)]
+PrivateAllow = Annotated[str, AfterValidator(_private_allow)]
 
 
 def host_matches(host: str, patterns: tuple[str, ...]) -> bool:
@@ -152,6 +161,14 @@ class Scope(_Model):
     assets: tuple[str, ...] | None = Field(default=None, description="symbols or asset ids")
 
 
+class PrivateNetwork(_Model):
+    """Non-public addresses the agent may fetch from; every other one is refused (see netguard)."""
+
+    allow: tuple[PrivateAllow, ...] = Field(
+        default=(), description="host names (*.domain for subdomains), addresses or CIDR ranges, "
+                                "each optionally with :port, e.g. 127.0.0.1:4021, 10.0.0.0/8")
+
+
 class SessionRule(_Model):
     """An allowance for one session (an MCP connection, a toolkit instance, a CLI session)."""
 
@@ -211,6 +228,11 @@ class Policy(_Model):
     max_authorization_seconds: int = Field(
         default=300, ge=10, le=86_400, strict=True,
         description="Upper bound on an authorization's validity window")
+    private_network: PrivateNetwork | None = Field(
+        default=None, description="Opt-ins to loopback, private, link-local... addresses")
+    max_paid_body_bytes: int | None = Field(
+        default=None, ge=1, le=1 << 40, strict=True,
+        description="Largest paid body kept in the agent home (default 256 MiB)")
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
@@ -260,9 +282,16 @@ class Policy(_Model):
                 return rule
         return None
 
+    @property
+    def private_allow(self) -> tuple[str, ...]:
+        return self.private_network.allow if self.private_network is not None else ()
+
     def canonical_json(self) -> bytes:
         """Sorted keys, no whitespace, aliases: the bytes the digest (and signatures) bind."""
         data = self.model_dump(mode="json", by_alias=True)
+        for name in _ADDED_LATER:
+            if data.get(name) is None:
+                del data[name]
         return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
     @property

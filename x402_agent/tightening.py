@@ -96,4 +96,6 @@ def loosenings(new: Policy, base: Policy) -> list[str]:
             found.extend(_session(name, session, base.sessions[name], new, base))
     if new.max_authorization_seconds > base.max_authorization_seconds:
         found.append("max_authorization_seconds raised")
+    if not set(new.private_allow) <= set(base.private_allow):
+        found.append("private_network.allow admits more than before")
     return found
