@@ -5,18 +5,32 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from .deadline import DEFAULT_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# Receipts are read into memory to be printed: enough for any export, bounded all the same.
+RECEIPTS_LIMIT_MAX = 100_000
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are typed (reason ``invalid_arguments``) like every other
+    refusal, so that main() reports them in one way."""
+
+    def error(self, message: str) -> NoReturn:
+        from .errors import InvalidRequest
+
+        raise InvalidRequest(f"{self.prog}: {message} (see --help)", reason="invalid_arguments")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="x402-agent",
-                                     description="Pay for HTTP 402 resources within limits.")
+    parser = _Parser(prog="x402-agent", description="Pay for HTTP 402 resources within limits.")
     parser.add_argument("--home", type=Path, help="agent home (default $X402_AGENT_HOME)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -27,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("-H", "--header", action="append", default=[], metavar="NAME: VALUE")
         p.add_argument("--max-price", help="ceiling for this request, e.g. 0.05 or '0.05 USDC'")
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS,
+                       metavar="SECONDS", help="overall deadline of the request, connect to last "
+                       f"byte (default {DEFAULT_TIMEOUT_SECONDS:g}, at most "
+                       f"{MAX_TIMEOUT_SECONDS:g})")
         session_args(p)
 
     def session_args(p: argparse.ArgumentParser) -> None:
@@ -81,28 +99,63 @@ def _parser() -> argparse.ArgumentParser:
 def _headers(pairs: Sequence[str]) -> dict[str, str]:
     from .errors import InvalidRequest
 
-    headers = {}
+    headers: dict[str, str] = {}
     for pair in pairs:
         name, sep, value = pair.partition(":")
         if not sep:
-            raise InvalidRequest(f"header must be 'Name: value', got {pair!r}",
+            raise InvalidRequest(f"header must be 'Name: value', got {pair[:60]!r}",
                                  reason="invalid_header")
-        headers[name.strip()] = value.strip()
+        name = name.strip()
+        if name.lower() in (n.lower() for n in headers):
+            raise InvalidRequest(f"header {name[:40]!r} is given twice", reason="invalid_header")
+        headers[name] = value.strip()
     return headers
 
 
 def _body(data: str | None) -> bytes | None:
+    import os
+
+    from .errors import InvalidRequest
+    from .request_limits import MAX_BODY_BYTES
+
     if data is None:
         return None
-    if data.startswith("@"):
-        return Path(data[1:]).read_bytes()
-    return data.encode()
+    if not data.startswith("@"):
+        return os.fsencode(data)  # the bytes given, even when they are not UTF-8
+    name = data[1:]
+    try:
+        with open(name, "rb") as file:
+            # One byte past the limit tells "too large" without reading a huge file (or
+            # /dev/zero) into memory.
+            body = file.read(MAX_BODY_BYTES + 1)
+    except (OSError, ValueError) as exc:
+        problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InvalidRequest(f"cannot read the body file {name[:200]!r}: {problem}",
+                             reason="body_file_unreadable") from None
+    if len(body) > MAX_BODY_BYTES:
+        raise InvalidRequest(f"the body file {name[:200]!r} is larger than the limit of "
+                             f"{MAX_BODY_BYTES} bytes", reason="body_too_large",
+                             limit=MAX_BODY_BYTES)
+    return body
 
 
 def _request_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"method": args.method, "headers": _headers(args.header), "body": _body(args.data),
-            "max_price": args.max_price, "session": args.session,
-            "session_profile": args.session_profile}
+    """The request as the operations take it, refused here if it breaks any limit: before
+    the agent opens (no ledger, no wallet, no network)."""
+    from .deadline import check_timeout
+    from .request_limits import check_request
+    from .selection import PriceLimit
+
+    options = {"method": args.method, "headers": _headers(args.header), "body": _body(args.data),
+               "max_price": args.max_price, "session": args.session,
+               "session_profile": args.session_profile,
+               "idempotency_key": getattr(args, "idempotency_key", None),
+               "timeout_seconds": check_timeout(args.timeout)}
+    check_request(args.url, options["method"], options["headers"], options["body"],
+                  options["idempotency_key"], options["session"])
+    if args.max_price is not None:
+        PriceLimit.parse(args.max_price)
+    return options
 
 
 def _ask_on_terminal(request: Any) -> bool | None:
@@ -116,10 +169,13 @@ def _ask_on_terminal(request: Any) -> bool | None:
 
 def _open_agent(args: argparse.Namespace) -> Any:
     from .operations import Agent
+    from .request_limits import check_key
 
+    session = getattr(args, "session", None)
+    check_key(session, "session", "invalid_session")
     agent = Agent.open(args.home, approver=_ask_on_terminal)
-    if getattr(args, "session", None):
-        agent.open_session(args.session_profile, session=args.session)
+    if session is not None:
+        agent.open_session(args.session_profile, session=session)
     return agent
 
 
@@ -130,20 +186,18 @@ def _print_json(data: Any) -> None:
 def _fetch(args: argparse.Namespace) -> int:
     from .receipts import receipt
 
+    options = _request_options(args)
     agent = _open_agent(args)
     try:
-        outcome = agent.fetch(args.url, idempotency_key=args.idempotency_key,
-                              **_request_options(args))
+        outcome = agent.fetch(args.url, **options)
+        # This process exits next: finish the on-chain check (one RPC) so that it can be told.
+        outcome = agent.verified(outcome)
     finally:
         agent.close()
     paid = outcome.payment
     if args.json:
-        content = outcome.content or b""
-        try:
-            body: dict[str, Any] = {"text": content.decode()}
-        except UnicodeDecodeError:
-            body = {"base64": base64.b64encode(content).decode()}
-        _print_json({"status": outcome.status, "content_type": outcome.content_type, **body,
+        _print_json({"status": outcome.status, "content_type": outcome.content_type,
+                     **_json_body(outcome), "location": outcome.location,
                      "replayed": outcome.replayed, "confirmed_on_chain": outcome.confirmed_on_chain,
                      "receipt": receipt(paid) if paid else None})
     else:
@@ -155,9 +209,38 @@ def _fetch(args: argparse.Namespace) -> int:
             print(f"{verb} {format_units(paid.amount, paid.decimals)} {paid.symbol} "
                   f"({paid.state}, tx {paid.settlement_tx or '-'}, receipt {paid.id})",
                   file=sys.stderr)
-        sys.stdout.buffer.write(outcome.content or b"")
+        if outcome.location is not None:
+            print(f"redirected after payment to another origin, not followed: {outcome.location}",
+                  file=sys.stderr)
+        with outcome.open_body() as body:  # a kept paid body: the whole file
+            shutil.copyfileobj(body, sys.stdout.buffer)
         sys.stdout.flush()
+    if paid is not None and paid.verification == "mismatch":
+        print(f"warning: payment {paid.id}: the chain does not show the settlement the server "
+              "claimed; it stays counted and the circuit breaker is open "
+              "(x402-agent receipts --format json shows the evidence)", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK if outcome.status < 400 else EXIT_FAILED
+
+
+def _json_body(outcome: Any) -> dict[str, Any]:
+    """The body for --json: whole when it is in memory; a kept paid body is referenced by its
+    path and hash, with its first part inline."""
+    from .agent_tools import MAX_BODY_BYTES
+
+    stored = outcome.stored
+    content = outcome.content or b""
+    if stored is not None:
+        content = content[:MAX_BODY_BYTES]
+    try:
+        body: dict[str, Any] = {"text": content.decode()}
+    except UnicodeDecodeError:
+        body = {"base64": base64.b64encode(content).decode()}
+    if stored is not None:
+        body.update(body_path=str(stored.path), body_sha256=stored.sha256,
+                    body_bytes=stored.size, body_complete=stored.complete,
+                    truncated=len(content) < stored.size)
+    return body
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -185,9 +268,10 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _quote(args: argparse.Namespace) -> int:
+    options = _request_options(args)
     agent = _open_agent(args)
     try:
-        quote = agent.quote(args.url, **_request_options(args))
+        quote = agent.quote(args.url, **options)
     finally:
         agent.close()
     if args.json:
@@ -208,7 +292,9 @@ def _quote(args: argparse.Namespace) -> int:
 def _receipts(args: argparse.Namespace) -> int:
     from .operations import Agent
     from .receipts import render
+    from .request_limits import check_limit
 
+    check_limit(args.limit, RECEIPTS_LIMIT_MAX)
     agent = Agent.open(args.home)
     try:
         print(render(agent.receipts(args.limit), args.format))
@@ -314,9 +400,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    from .errors import InvalidRequest
+
+    try:
+        args = _parser().parse_args(argv)
+    except InvalidRequest as exc:  # the message starts with the (sub)command's name
+        print(f"{exc.message} [{exc.reason}]", file=sys.stderr)
+        return EXIT_USAGE
     from .approval import PolicyRejected
-    from .errors import ConfigError, InvalidRequest, X402AgentError
+    from .errors import ConfigError, X402AgentError
 
     handler: dict[str, Callable[[argparse.Namespace], int]] = {
         "fetch": _fetch, "quote": _quote, "receipts": _receipts, "devnet": _devnet, "demo": _demo,

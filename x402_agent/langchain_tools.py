@@ -18,31 +18,43 @@ from pydantic import BaseModel, ConfigDict, Field
 from .agent_tools import (
     MAX_BODY_BYTES,
     NEXT_STEP,
+    RECEIPTS_LIMIT_HINT,
     AgentTools,
     Approver,
     ReceiptState,
     ToolRefusal,
     refusal,
 )
+from .deadline import TIMEOUT_DOC, TIMEOUT_HINT
+from .request_limits import SCHEMA_HINTS
 
 
+# The schemas show request_limits' limits to the model; the tools enforce them, so a violation
+# is a refusal with its reason (not a validator's text).
 class FetchArgs(BaseModel):
-    url: str = Field(description="http(s) URL to fetch")
+    url: str = Field(description="http(s) URL to fetch", json_schema_extra=SCHEMA_HINTS["url"])
     method: str = Field("GET", description="HTTP method")
-    headers: dict[str, str] | None = Field(None, description="extra request headers")
-    body: str | None = Field(None, description="request body (text)")
+    headers: dict[str, str] | None = Field(None, description="extra request headers",
+                                           json_schema_extra=SCHEMA_HINTS["headers"])
+    body: str | None = Field(None, description="request body (text)",
+                             json_schema_extra=SCHEMA_HINTS["body"])
     max_price: str | None = Field(None, description="most you accept to pay, e.g. '0.01' or "
                                                     "'0.01 USDC'; the policy's caps apply anyway")
     idempotency_key: str | None = Field(None, description="repeat with the same key to never "
-                                                          "pay twice")
+                                                          "pay twice",
+                                        json_schema_extra=SCHEMA_HINTS["idempotency_key"])
+    timeout_seconds: float | None = Field(None, description=TIMEOUT_DOC,
+                                          json_schema_extra=TIMEOUT_HINT)
 
 
 class QuoteArgs(BaseModel):
-    url: str = Field(description="http(s) URL to price")
+    url: str = Field(description="http(s) URL to price", json_schema_extra=SCHEMA_HINTS["url"])
     method: str = "GET"
-    headers: dict[str, str] | None = None
-    body: str | None = None
+    headers: dict[str, str] | None = Field(None, json_schema_extra=SCHEMA_HINTS["headers"])
+    body: str | None = Field(None, json_schema_extra=SCHEMA_HINTS["body"])
     max_price: str | None = None
+    timeout_seconds: float | None = Field(None, description=TIMEOUT_DOC,
+                                          json_schema_extra=TIMEOUT_HINT)
 
 
 class BudgetArgs(BaseModel):
@@ -50,7 +62,8 @@ class BudgetArgs(BaseModel):
 
 
 class ReceiptsArgs(BaseModel):
-    limit: int = Field(20, ge=1, le=200, description="how many, newest first")
+    limit: int = Field(20, description="how many, newest first",
+                       json_schema_extra=RECEIPTS_LIMIT_HINT)
     state: ReceiptState | None = Field(None, description="only payments in this state")
 
 
@@ -70,6 +83,13 @@ DESCRIPTIONS = {
     "receipts": ("Recent payment receipts, newest first: amount, payee, request, settlement "
                  "transaction, state (settled, unknown, released...)."),
 }
+
+
+def _invalid_arguments(error: Exception) -> str:
+    """Arguments that do not fit the schema (a wrong type, a missing url): a refusal too."""
+    fields = sorted({".".join(str(p) for p in e["loc"]) for e in getattr(error, "errors", list)()})
+    return str(ToolRefusal("invalid_arguments", f"invalid arguments: {', '.join(fields)}",
+                           error="ValidationError"))
 
 
 def _sync(call: Callable[..., BaseModel]) -> Callable[..., tuple[str, dict[str, Any]]]:
@@ -126,7 +146,7 @@ class X402Toolkit(BaseToolkit):
             func=_sync(sync), coroutine=_async(coro), name=f"x402_{name}",
             description=DESCRIPTIONS[name], args_schema=schema,
             response_format="content_and_artifact", handle_tool_error=True,
-            handle_validation_error=True)
+            handle_validation_error=_invalid_arguments)
             for name, schema, sync, coro in specs]
 
 

@@ -22,14 +22,17 @@ import os
 import secrets
 import sys
 import weakref
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from .agent_tools import (
+    RECEIPTS_LIMIT_HINT,
     AgentTools,
     BudgetResult,
     FetchResult,
@@ -39,6 +42,8 @@ from .agent_tools import (
     ToolRefusal,
     refusal,
 )
+from .deadline import TIMEOUT_DOC, TIMEOUT_HINT
+from .request_limits import SCHEMA_HINTS
 
 if TYPE_CHECKING:
     from .flow import ApprovalRequest
@@ -60,17 +65,25 @@ spending refusals):
 - approval_required / approval_denied: a human must approve / said no. Do not retry.
 - circuit_open: payments stopped after failures; a human must reset it.
 - rate_limited: wait, then retry.
-- unsupported_url, invalid_header, header_injection, reserved_header, invalid_max_price,
-  invalid_method: fix the arguments.
+- unsupported_url, invalid_url, url_too_long, invalid_header, header_injection,
+  reserved_header, too_many_headers, header_too_large, body_too_large, invalid_max_price,
+  max_price_asset_mismatch, invalid_idempotency_key, invalid_method, invalid_limit: fix the
+  arguments (the limits are in the argument schema).
 - paid_not_delivered: paid but the resource did not arrive; report the receipt, do not repay.
+- payment_rejected / payment_not_settled: the server refused (`server_reason`) or failed
+  without taking the payment; nothing settled; counted until `expires_at_iso`.
 - upstream_unreachable: the server could not be reached; nothing was paid.
+- deadline_exceeded: no answer within timeout_seconds; nothing was paid. Retry later.
+- paid_deadline_exceeded: paid, but the answer did not arrive in time; it stays counted. Retry
+  with the same idempotency_key (the same payment is resent, never a second one).
 """
 
 FETCH_DOC = """Fetch an HTTP(S) URL, paying for it if the server asks for payment (HTTP 402 /
 x402) and the spending policy allows it. Use it to get paid APIs and content; use `quote` first
 if you only want the price. Returns the status, the body (text, or base64 when binary; cut at
-64 KiB, see `truncated`), and what was paid (`amount` in atomic units, `price` for humans) with
-its `receipt_id`. An HTTP error status from the server is a normal result, not a refusal.
+64 KiB, see `truncated`; a paid body is kept whole: read the rest from the resource
+`content_uri`), and what was paid (`amount` in atomic units, `price` for humans) with its
+`receipt_id`. An HTTP error status from the server is a normal result, not a refusal.
 Pass an `idempotency_key` when retrying a call that might have paid."""
 
 _current_ctx: contextvars.ContextVar[Context[Any, Any] | None] = contextvars.ContextVar(
@@ -103,8 +116,9 @@ class _Sessions:
         self.session_profile = session_profile
         self._agent: Agent | None = None
         self._lock = asyncio.Lock()
-        self._by_session: weakref.WeakKeyDictionary[Any, AgentTools] = weakref.WeakKeyDictionary()
-        self._by_id: dict[str, AgentTools] = {}
+        self._by_session: weakref.WeakKeyDictionary[Any, asyncio.Future[AgentTools]] = (
+            weakref.WeakKeyDictionary())
+        self._by_id: dict[str, asyncio.Future[AgentTools]] = {}
 
     async def agent(self) -> Agent:
         async with self._lock:
@@ -122,15 +136,24 @@ class _Sessions:
         connection = getattr(ctx.session, "_connection", None)
         if connection is None:
             key = (ctx.headers or {}).get("mcp-session-id") or "default"
-            tools = self._by_id.get(key)
-            if tools is None:
-                tools = self._by_id[key] = AgentTools(agent, session_profile=self.session_profile)
-            return tools
-        tools = self._by_session.get(connection)
-        if tools is None:
-            tools = AgentTools(agent, session_profile=self.session_profile)
-            self._by_session[connection] = tools
-        return tools
+            return await self._opened(self._by_id, key, agent)
+        return await self._opened(self._by_session, connection, agent)
+
+    async def _opened(self, table: MutableMapping[Any, asyncio.Future[AgentTools]], key: Any,
+                      agent: Agent) -> AgentTools:
+        """The agent session of ``key``, opened once for the calls that arrive meanwhile.
+        Opening writes to the ledger: in a worker thread, so that a ledger waiting on a lock
+        holds up this connection only."""
+        opening = table.get(key)
+        if opening is None:
+            opening = table[key] = asyncio.ensure_future(asyncio.to_thread(
+                AgentTools, agent, session_profile=self.session_profile))
+        try:
+            return await asyncio.shield(opening)  # one caller cancelled: the others still wait
+        except Exception:
+            if table.get(key) is opening:
+                del table[key]  # the next call tries again
+            raise
 
     def close(self) -> None:
         if self._agent is not None:
@@ -166,35 +189,46 @@ def build_server(home: Path | None = None, session_profile: str | None = None
                  annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False,
                                              idempotent_hint=False, open_world_hint=True))
     async def fetch(
-        url: Annotated[str, Field(description="http(s) URL to fetch")],
+        url: Annotated[str, Field(description="http(s) URL to fetch",
+                                  json_schema_extra=SCHEMA_HINTS["url"])],
         ctx: Context[Any, Any],
         method: Annotated[str, Field(description="HTTP method")] = "GET",
         headers: Annotated[dict[str, str] | None,
-                           Field(description="extra request headers, name: value")] = None,
-        body: Annotated[str | None, Field(description="request body (text)")] = None,
+                           Field(description="extra request headers, name: value",
+                                 json_schema_extra=SCHEMA_HINTS["headers"])] = None,
+        body: Annotated[str | None, Field(description="request body (text)",
+                                          json_schema_extra=SCHEMA_HINTS["body"])] = None,
         max_price: Annotated[str | None, Field(
             description="most you accept to pay for this request, e.g. '0.01' or '0.01 USDC'; "
                         "the policy's caps apply anyway")] = None,
         idempotency_key: Annotated[str | None, Field(
-            description="repeat a call with the same key to never pay twice")] = None,
+            description="repeat a call with the same key to never pay twice",
+            json_schema_extra=SCHEMA_HINTS["idempotency_key"])] = None,
+        timeout_seconds: Annotated[float | None, Field(
+            description=TIMEOUT_DOC, json_schema_extra=TIMEOUT_HINT)] = None,
     ) -> Annotated[CallToolResult, FetchResult]:
         async def call(tools: AgentTools) -> Any:
-            return await tools.afetch(url, method, headers, body, max_price, idempotency_key)
+            return await tools.afetch(url, method, headers, body, max_price, idempotency_key,
+                                      timeout_seconds)
         return await run(ctx, call)
 
     @server.tool(annotations=read_only)
     async def quote(
-        url: Annotated[str, Field(description="http(s) URL to price")],
+        url: Annotated[str, Field(description="http(s) URL to price",
+                                  json_schema_extra=SCHEMA_HINTS["url"])],
         ctx: Context[Any, Any],
         method: str = "GET",
-        headers: dict[str, str] | None = None,
-        body: str | None = None,
+        headers: Annotated[dict[str, str] | None,
+                           Field(json_schema_extra=SCHEMA_HINTS["headers"])] = None,
+        body: Annotated[str | None, Field(json_schema_extra=SCHEMA_HINTS["body"])] = None,
         max_price: str | None = None,
+        timeout_seconds: Annotated[float | None, Field(
+            description=TIMEOUT_DOC, json_schema_extra=TIMEOUT_HINT)] = None,
     ) -> Annotated[CallToolResult, QuoteResult]:
         """What a URL costs and whether the policy would pay it. Pays nothing. `allowed` false
         comes with the `reason` fetch would refuse with (e.g. per_request_cap_exceeded)."""
         async def call(tools: AgentTools) -> Any:
-            return await tools.aquote(url, method, headers, body, max_price)
+            return await tools.aquote(url, method, headers, body, max_price, timeout_seconds)
         return await run(ctx, call)
 
     @server.tool(annotations=read_only)
@@ -210,7 +244,8 @@ def build_server(home: Path | None = None, session_profile: str | None = None
     @server.tool(annotations=read_only)
     async def receipts(
         ctx: Context[Any, Any],
-        limit: Annotated[int, Field(ge=1, le=200, description="how many, newest first")] = 20,
+        limit: Annotated[int, Field(description="how many, newest first",
+                                    json_schema_extra=RECEIPTS_LIMIT_HINT)] = 20,
         state: Annotated[ReceiptState | None, Field(
             description="only payments in this state")] = None,
     ) -> Annotated[CallToolResult, ReceiptsResult]:
@@ -241,7 +276,44 @@ def build_server(home: Path | None = None, session_profile: str | None = None
         records = await asyncio.to_thread(agent.receipts, 50)
         return json.dumps([receipt(r) for r in records], sort_keys=True, default=str)
 
+    @server.resource("x402://content/{sha256}", name="paid-content",
+                     description="A paid body kept in the agent home, whole (up to "
+                                 f"{CONTENT_READ_BYTES >> 20} MiB; larger ones by parts). "
+                                 "Text when it is UTF-8, else binary.")
+    async def content_resource(sha256: str) -> str | bytes:
+        return await _read_content(sessions, sha256, None)
+
+    @server.resource("x402://content/{sha256}/{offset}", name="paid-content-part",
+                     description=f"Up to {CONTENT_PART_BYTES >> 20} MiB of a kept paid body "
+                                 "from byte <offset>: the next part is at offset + its size.")
+    async def content_part_resource(sha256: str, offset: str) -> str | bytes:
+        if not offset.isdigit():
+            raise ResourceError("offset must be a byte offset (a non-negative integer)")
+        return await _read_content(sessions, sha256, int(offset))
+
     return server, sessions
+
+
+# Reading a kept body through MCP: whole up to the first bound, else in parts of the second.
+CONTENT_READ_BYTES = 16 * 1024 * 1024
+CONTENT_PART_BYTES = 4 * 1024 * 1024
+
+
+async def _read_content(sessions: _Sessions, sha256: str, offset: int | None) -> str | bytes:
+    agent = await sessions.agent()
+    store = agent.payer.content_store
+    stored = store.get(sha256) if store is not None else None
+    if stored is None:
+        raise ResourceNotFoundError(f"no paid body {sha256[:64]!r} is kept here")
+    if offset is None and stored.size > CONTENT_READ_BYTES:
+        raise ResourceError(f"the body has {stored.size} bytes: read it in parts, "
+                         f"x402://content/{stored.sha256}/0 first")
+    data = await asyncio.to_thread(stored.read, offset or 0,
+                                   None if offset is None else CONTENT_PART_BYTES)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
 
 
 class BearerAuth:

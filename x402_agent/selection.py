@@ -20,6 +20,9 @@ SUPPORTED_SCHEME = "exact"
 # Codes that mean "we cannot pay this offer at all", as opposed to "the policy said no".
 _UNPAYABLE = {"unsupported_scheme", "unknown_network", "asset_domain_mismatch", "unknown_asset"}
 
+# A ceiling above a trillion units of anything is a typo, not a limit.
+_MAX_PRICE = 10**12
+_MAX_PRICE_CHARS = 64
 _PRICE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)(?:\s+([A-Za-z][A-Za-z0-9.]{0,15}))?\s*")
 
 
@@ -32,10 +35,13 @@ class PriceLimit:
 
     @classmethod
     def parse(cls, text: str) -> PriceLimit:
-        match = _PRICE.fullmatch(text)
+        match = _PRICE.fullmatch(text) if len(text) <= _MAX_PRICE_CHARS else None
         if not match:
-            raise InvalidRequest(f"max price must look like '0.05' or '0.05 USDC', got {text!r}",
-                                 reason="invalid_max_price")
+            raise InvalidRequest(f"max price must look like '0.05' or '0.05 USDC', got "
+                                 f"{text[:_MAX_PRICE_CHARS]!r}", reason="invalid_max_price")
+        if not 0 < Fraction(match.group(1)) <= _MAX_PRICE:
+            raise InvalidRequest(f"max price must be positive and at most {_MAX_PRICE}, got "
+                                 f"{match.group(1)!r}", reason="invalid_max_price")
         return cls(match.group(1), match.group(2))
 
     def atomic_for(self, rule: AssetRule) -> int | None:
@@ -80,7 +86,11 @@ def assess(offer: Offer, gate: SpendGate, context: PaymentContext,
                         f"{rule.eip712_name!r} v{rule.eip712_version!r}")
     if limit is not None:
         ceiling = limit.atomic_for(rule)
-        if ceiling is None or offer.amount > ceiling:
+        if ceiling is None:
+            return Decision(False, "max_price_asset_mismatch",
+                            f"the max price is in {limit.symbol}, but this offer is paid in "
+                            f"{rule.symbol}", rule)
+        if offer.amount > ceiling:
             return Decision(False, "price_above_max",
                             f"price {format_units(offer.amount, rule.decimals)} {rule.symbol} "
                             f"is above the max price {limit.amount}", rule)
