@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -208,8 +208,15 @@ def free_port() -> int:
 
 @pytest.fixture
 def http_server(home: Path, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    with running_http_server(home, tmp_path / "http.log") as served:
+        yield served
+
+
+@contextmanager
+def running_http_server(home: Path, log: Path) -> Iterator[tuple[str, str]]:
+    """`x402-agent mcp --transport http` on a free port: (its URL, its bearer token)."""
     port, token = free_port(), "test-token-" + os.urandom(8).hex()
-    err = (tmp_path / "http.log").open("w")
+    err = log.open("w")
     proc = subprocess.Popen([*SERVER, "--transport", "http", "--port", str(port)],
                             env={**os.environ, "X402_AGENT_HOME": str(home),
                                  "X402_AGENT_MCP_TOKEN": token},
@@ -222,7 +229,7 @@ def http_server(home: Path, tmp_path: Path) -> Iterator[tuple[str, str]]:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
-                assert proc.poll() is None, (tmp_path / "http.log").read_text()
+                assert proc.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, "MCP HTTP server did not start"
                 time.sleep(0.05)
         yield url, token

@@ -10,10 +10,13 @@ import asyncio
 import inspect
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .budget import budget_view
+from .deadline import DEFAULT_TIMEOUT_SECONDS
+from .content_store import CONTENT_DIR, ContentStore
 from .flow import (
     STALE_RESERVATION_SECONDS,
     ApprovalRequest,
@@ -23,24 +26,31 @@ from .flow import (
     reconcile,
 )
 from .home import AgentHome, open_home
-from .ledger import PaymentRecord, PaymentState, open_ledger
+from .ledger import Ownership, PaymentRecord, PaymentState, Verification, open_ledger
 from .policy_store import ApprovedPolicy, PolicyStore, expectations
 from .quote import Quote, quote_flow
 from .selection import PriceLimit
 from .signer import LocalKeySigner, PaymentSigner
 from .spendgate import PolicyGate
+from .verifier import Verifier
 
 if TYPE_CHECKING:
-    from .client import AsyncApprover
+    from .client import AsyncApprover, AsyncX402Client
 
 
 class Agent:
     """One paying agent: a payer (policy gate, ledger, signer) and pooled HTTP clients."""
 
     def __init__(self, payer: Payer, approver: AsyncApprover | None = None) -> None:
-        from .client import AsyncX402Client, X402Client
+        from .client import X402Client
 
         self.payer = payer
+        # The on-chain receipt check runs off the paid request's path, in this agent's
+        # verifier; a mismatch it finds opens the breaker and is reported by ``take_alerts``.
+        self.verifier: Verifier | None = None
+        if payer.verify_on_chain and payer.rpc_urls and payer.defer_verification is None:
+            self.verifier = Verifier(payer.gate.ledger, payer.rpc_urls, clock=payer.clock)
+            payer.defer_verification = self.verifier.submit
         # Who says yes to payments above the approval threshold (a CLI prompt, an MCP
         # elicitation, a LangChain callback); without one such payments are refused.
         self.approver = approver
@@ -76,8 +86,11 @@ class Agent:
         ledger = open_ledger(home.config.ledger, home.root)
         agent = cls(Payer(gate=PolicyGate(policy, ledger), signer=signer,
                           rpc_urls=dict(home.config.rpc_urls),
-                          verify_on_chain=home.config.verify_on_chain), approver)
+                          verify_on_chain=home.config.verify_on_chain,
+                          content_store=ContentStore(home.path(CONTENT_DIR))), approver)
         agent.reconcile()
+        if agent.verifier is not None:
+            agent.verifier.check_pending()  # what an earlier process left unchecked
         return agent
 
     def __enter__(self) -> Agent:
@@ -88,22 +101,27 @@ class Agent:
 
     def close(self) -> None:
         self._sync.close()
+        if self.verifier is not None:  # check what this process paid before it exits
+            self.verifier.close()
         close_signer = getattr(self.payer.signer, "close", None)  # a smart account's RPC clients
         if callable(close_signer):
             close_signer()
         self.payer.gate.ledger.close()
 
     def reconcile(self) -> dict[str, int]:
-        """Resolve what a previous run left open: unsent reservations are released (nothing
-        signed ever left them), sent and unknown payments are checked against the chain."""
+        """Resolve what processes that are gone left open (a live process's payments are its
+        own to finish): unsent reservations are released (nothing signed ever left them), sent
+        and unknown payments are checked against the chain."""
         counts: dict[str, int] = {}
         now = self.payer.clock()
-        for record in self.payer.gate.ledger.unresolved():
+        for claim in self.payer.gate.ledger.claim_orphans():
+            record = claim.record
             if record.state == PaymentState.RESERVED:
-                if now - record.created_at < STALE_RESERVATION_SECONDS:
-                    continue  # possibly another live process, about to sign
-                self.payer.gate.ledger.release(record.id, reason="abandoned_before_sending")
-                state = PaymentState.RELEASED
+                if claim.ownership is Ownership.OWNERLESS and (
+                        now - record.created_at < STALE_RESERVATION_SECONDS):
+                    continue  # a previous release's process may be about to sign it
+                state = self.payer.gate.ledger.release(
+                    record.id, reason="abandoned_before_sending").state
             else:
                 state = self._sync.run(reconcile(self.payer, record))
             counts[str(state)] = counts.get(str(state), 0) + 1
@@ -134,17 +152,20 @@ class Agent:
     def request(url: str, method: str = "GET", headers: Mapping[str, str] | None = None,
                 body: bytes | str | None = None, max_price: str | None = None,
                 idempotency_key: str | None = None, session: str | None = None,
-                session_profile: str | None = None) -> FetchRequest:
+                session_profile: str | None = None, timeout_seconds: float | None = None
+                ) -> FetchRequest:
         return FetchRequest(
             url=url, method=method.upper(), headers=dict(headers or {}),
             body=body.encode() if isinstance(body, str) else body,
             max_price=PriceLimit.parse(max_price) if max_price is not None else None,
-            idempotency_key=idempotency_key, session=session, session_profile=session_profile)
+            idempotency_key=idempotency_key, session=session, session_profile=session_profile,
+            timeout_seconds=DEFAULT_TIMEOUT_SECONDS if timeout_seconds is None
+            else timeout_seconds)
 
     def fetch(self, url: str, **options: Any) -> FetchOutcome:
         return self._sync.fetch(self.request(url, **options))
 
-    async def afetch(self, url: str, **options: Any) -> FetchOutcome:
+    def _async_client(self) -> AsyncX402Client:
         from .client import AsyncX402Client
 
         # httpx's async pool belongs to one event loop; callers may run several in turn.
@@ -152,10 +173,35 @@ class Agent:
         if self._async is None or self._async_loop is not loop:
             self._async = AsyncX402Client(self.payer, approver=self.approver)
             self._async_loop = loop
-        return await self._async.fetch(self.request(url, **options))
+        return self._async
+
+    async def afetch(self, url: str, **options: Any) -> FetchOutcome:
+        return await self._async_client().fetch(self.request(url, **options))
 
     def quote(self, url: str, **options: Any) -> Quote:
-        return self._sync.run(quote_flow(self.payer, self.request(url, **options)))
+        request = self.request(url, **options)
+        return self._sync.run(quote_flow(self.payer, request), request.timeout_seconds)
+
+    async def aquote(self, url: str, **options: Any) -> Quote:
+        """``quote`` on the event loop's HTTP pool, its ledger reads in a worker thread."""
+        request = self.request(url, **options)
+        return await self._async_client().run(quote_flow(self.payer, request),
+                                              request.timeout_seconds)
+
+    def verified(self, outcome: FetchOutcome, timeout: float | None = None) -> FetchOutcome:
+        """``outcome`` once its payment's on-chain check is done (a CLI about to exit, a test);
+        its payment's ``verification`` says how it ended (pending: not found yet)."""
+        paid = outcome.payment
+        if paid is None or self.verifier is None or paid.verification != Verification.PENDING:
+            return outcome
+        self.verifier.wait_idle(timeout)
+        record = self.payer.gate.ledger.get(paid.id) or paid
+        return replace(outcome, payment=record,
+                       confirmed_on_chain=record.verification == Verification.VERIFIED)
+
+    def take_alerts(self) -> list[dict[str, Any]]:
+        """Settlements the chain contradicted, found since the last call (each reported once)."""
+        return self.verifier.take_alerts() if self.verifier is not None else []
 
     def receipts(self, limit: int = 50, states: Sequence[PaymentState] | None = None
                  ) -> list[PaymentRecord]:
