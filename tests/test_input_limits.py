@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from eth_account import Account
-from hostile_server import HostileServer
+from hostile_server import Canned, HostileServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_mcp import stdio_session, structured
@@ -30,10 +30,11 @@ from x402_agent import request_limits as limits
 from x402_agent.agent_tools import NEXT_STEP, AgentTools, ToolRefusal
 from x402_agent.cli import main
 from x402_agent.devnet.info import WorldInfo
-from x402_agent.devnet.provision import provision_devnet_home
+from x402_agent.devnet.provision import devnet_policy, provision_devnet_home
 from x402_agent.errors import InvalidRequest, PolicyDenied, X402AgentError
 from x402_agent.langchain_tools import X402Toolkit
 from x402_agent.operations import Agent
+from x402_agent.policy import PrivateNetwork
 
 MiB = 1024 * 1024
 PATH = "/counted"
@@ -96,8 +97,13 @@ def counting() -> Iterator[HostileServer]:
 
 
 @pytest.fixture(scope="module")
-def home(world: WorldInfo, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return provision_devnet_home(world, tmp_path_factory.mktemp("limits") / "home").root
+def home(world: WorldInfo, counting: HostileServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A devnet home whose policy opts the counting server in to the private-network guard, so
+    that only the limits can keep a request from it."""
+    policy = devnet_policy(world)
+    allow = (*policy.private_allow, counting.origin.removeprefix("http://"))
+    policy = policy.model_copy(update={"private_network": PrivateNetwork(allow=allow)})
+    return provision_devnet_home(world, tmp_path_factory.mktemp("limits") / "home", policy=policy).root
 
 
 def ledger_rows(home: Path) -> list[Any]:
@@ -111,10 +117,13 @@ def assert_nothing_sent(counting: HostileServer, home: Path) -> None:
 
 
 def run_main(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
+    """The CLI's main() in this process: exit code, stdout, stderr."""
+    raw = io.BytesIO()
+    out, err = io.TextIOWrapper(raw, encoding="utf-8"), io.StringIO()  # stdout has a buffer
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(list(argv))
-    return code, out.getvalue(), err.getvalue()
+    out.flush()
+    return code, raw.getvalue().decode(), err.getvalue()
 
 
 def assert_refused(code: int, stderr: str, reason: str, exit_code: int = 2) -> None:
@@ -197,6 +206,34 @@ def test_reserved_payment_headers_are_the_sdks() -> None:
     from x402.http import PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER
 
     assert {PAYMENT_SIGNATURE_HEADER.lower(), X_PAYMENT_HEADER.lower()} <= limits.RESERVED_HEADERS
+
+
+# ---- controls: what is valid does reach the counting server -------------------------------
+def test_control_valid_requests_reach_the_counting_server(counting: HostileServer, home: Path) -> None:
+    """So that "nothing arrived" below means the limits stopped the request, not the guard."""
+    fine = Canned.make(200, {"content-type": "text/plain"}, b"fine")
+    counting.program("/ok", fine, fine)
+    try:
+        with Agent.open(home) as agent:
+            assert agent.fetch(counting.url("/ok"), headers={"X-Ok": "1"}).content == b"fine"
+        code, out, err = run_main("--home", str(home), "fetch", counting.url("/ok"), "-H", "X-Ok: 1")
+        assert (code, out) == (0, "fine"), err
+        assert [r.path for r in counting.received] == ["/ok", "/ok"]
+    finally:
+        counting.reset()
+
+
+@pytest.mark.parametrize("location", ["http://127.0.0.1:99999/", "//[x"])
+def test_an_unusable_redirect_location_is_not_followed(
+    location: str, counting: HostileServer, home: Path
+) -> None:
+    """A server's Location that cannot be a request is an answer, not a traceback."""
+    counting.program("/moved", Canned.make(302, {"location": location}))
+    try:
+        with Agent.open(home) as agent:
+            assert agent.fetch(counting.url("/moved")).status == 302
+    finally:
+        counting.reset()
 
 
 # ---- the CLI ----------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, BinaryIO
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 from x402.http import (
@@ -58,7 +58,7 @@ from .ledger import Ownership, PaymentRecord, PaymentState, Verification
 from .money import format_units
 from .netguard import check_literal
 from .policy import AssetRule
-from .request_limits import check_request
+from .request_limits import check_request, redirect_target
 from .selection import Choice, PriceLimit, rank
 from .settlement import check_settlement, check_transaction_receipt, read_settlement_header
 from .signer import (
@@ -241,9 +241,6 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 
 def check_host(payer: Payer, url: str) -> None:
-    # A host written as an address is refused here, before anything is built; names are checked
-    # on their resolved addresses by the driver (netguard), at every hop.
-    check_literal(url, payer.gate.policy.private_allow)
     refusal = host_refusal(payer.gate.policy, (urlsplit(url).hostname or "").lower())
     if refusal is not None:
         raise PolicyDenied(refusal[1], reason=refusal[0])
@@ -251,6 +248,9 @@ def check_host(payer: Payer, url: str) -> None:
 
 def fetch_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, FetchOutcome]:
     """Fetch ``req``; pay for it if the server answers 402 and everything allows it."""
+    # A host written as a private address is refused first, as such; names are checked on their
+    # resolved addresses by the driver (netguard), at every hop.
+    check_literal(req.url, payer.gate.policy.private_allow)
     validate_request(req)
     check_host(payer, req.url)
     context = _context(req, req.url)
@@ -356,10 +356,10 @@ def _send_following_redirects(payer: Payer, req: FetchRequest
 
 
 def _location(url: str, response: HttpAnswer) -> str | None:
-    """Where a redirect points; None when it is not one."""
+    """Where a redirect points; None when it is not one (or points nowhere usable)."""
     if response.status_code not in _REDIRECTS or "location" not in response.headers:
         return None
-    return urljoin(url, response.headers["location"])
+    return redirect_target(url, response.headers["location"])
 
 
 def _redirect_target(payer: Payer, url: str, response: HttpAnswer) -> str | None:

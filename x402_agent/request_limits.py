@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from .errors import InvalidRequest
 
@@ -115,6 +115,20 @@ def check_url(url: object) -> None:
         raise InvalidRequest(f"the URL cannot be parsed: {str(exc)[:120]}", reason="invalid_url") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest("only http and https URLs with a host can be fetched", reason="unsupported_url")
+
+
+def redirect_target(url: str, location: str) -> str | None:
+    """The URL a server's ``Location`` points to, or None when it cannot be a request (an
+    unclosed IPv6 bracket, a port out of range, too long): such an answer is not followed."""
+    try:
+        target = urljoin(url, location)
+        check_url(target)
+    except ValueError:
+        return None
+    except InvalidRequest as exc:
+        if exc.reason != "unsupported_url":  # another scheme is another origin: refused as such
+            return None
+    return target
 
 
 def check_headers(headers: object) -> None:
