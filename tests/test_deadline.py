@@ -196,6 +196,41 @@ def test_cli_fetch_of_a_trickle_ends_at_its_timeout(world: WorldInfo, tmp_path: 
         assert agent.receipts() == []
 
 
+
+def test_tool_adapters_take_the_timeout(world: WorldInfo, tmp_path: Path,
+                                        trickling: tuple[TricklingServer, str]) -> None:
+    """LangChain (its async path, as agent frameworks call it) and MCP pass timeout_seconds
+    through; the refusal says what happened and what to do next."""
+    from langchain_core.messages import ToolMessage
+    from test_mcp import stdio_session
+
+    from x402_agent.langchain_tools import X402Toolkit
+
+    app, url = trickling
+    home = home_allowing(world, tmp_path / "home", url)
+    toolkit = X402Toolkit.open(home)
+    try:
+        tools = {t.name: t for t in toolkit.get_tools()}
+        for name in ("x402_fetch", "x402_quote"):
+            call = {"name": name, "args": {"url": url, "timeout_seconds": TIMEOUT}, "id": "c1",
+                    "type": "tool_call"}
+            message = asyncio.run(tools[name].ainvoke(call))
+            assert isinstance(message, ToolMessage) and message.status == "error"
+            refused = json.loads(str(message.content))
+            assert refused["reason"] == "deadline_exceeded" and "next_step" in refused
+    finally:
+        toolkit.close()
+
+    async def over_mcp() -> dict[str, Any]:
+        async with stdio_session(home, tmp_path / "mcp.log") as session:
+            result = await session.call_tool("fetch", {"url": url, "timeout_seconds": TIMEOUT})
+            assert result.is_error
+            return structured(result)
+
+    assert asyncio.run(over_mcp())["reason"] == "deadline_exceeded"
+    assert app.requests == 3
+
+
 @pytest.mark.parametrize("bad", [0, 0.5, 601, -1, float("nan"), "10", True])
 def test_a_timeout_out_of_bounds_is_refused_before_any_request(
         world: WorldInfo, tmp_path: Path, trickling: tuple[TricklingServer, str],

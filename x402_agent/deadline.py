@@ -4,6 +4,11 @@ A per-read timeout never stops a server that trickles one byte a second, so the 
 each HTTP operation at most the time left and check the deadline after every chunk. The clock
 is monotonic: a wall-clock jump neither cuts a fetch short nor extends it. Time spent waiting
 for a human's approval does not count: a person deciding is not the server being slow.
+
+The async driver cancels the exchange at the deadline exactly. The sync driver cannot change a
+read's timeout once the request started: a server that sends a byte just before the deadline
+and then stalls holds it for at most one more read timeout (the time that was left when the
+request began), so its worst case is twice the deadline, never unbounded.
 """
 
 from __future__ import annotations

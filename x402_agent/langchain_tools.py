@@ -40,8 +40,9 @@ class FetchArgs(BaseModel):
                              json_schema_extra=SCHEMA_HINTS["body"])
     max_price: str | None = Field(None, description="most you accept to pay, e.g. '0.01' or "
                                                     "'0.01 USDC'; the policy's caps apply anyway")
-    idempotency_key: str | None = Field(None, description="repeat with the same key to never "
-                                                          "pay twice",
+    idempotency_key: str | None = Field(None, description="give one (a UUID) to every call "
+                                                          "that may pay; retry with the same key "
+                                                          "to never pay twice",
                                         json_schema_extra=SCHEMA_HINTS["idempotency_key"])
     timeout_seconds: float | None = Field(None, description=TIMEOUT_DOC,
                                           json_schema_extra=TIMEOUT_HINT)

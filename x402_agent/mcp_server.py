@@ -84,7 +84,8 @@ if you only want the price. Returns the status, the body (text, or base64 when b
 64 KiB, see `truncated`; a paid body is kept whole: read the rest from the resource
 `content_uri`), and what was paid (`amount` in atomic units, `price` for humans) with its
 `receipt_id`. An HTTP error status from the server is a normal result, not a refusal.
-Pass an `idempotency_key` when retrying a call that might have paid."""
+Give every call that may pay an `idempotency_key` (a UUID) and reuse it to retry: a retry then
+never pays twice."""
 
 _current_ctx: contextvars.ContextVar[Context[Any, Any] | None] = contextvars.ContextVar(
     "x402_mcp_ctx", default=None)

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .budget import budget_view
-from .deadline import DEFAULT_TIMEOUT_SECONDS
 from .content_store import CONTENT_DIR, ContentStore
+from .deadline import DEFAULT_TIMEOUT_SECONDS
 from .flow import (
     STALE_RESERVATION_SECONDS,
     ApprovalRequest,
