@@ -13,8 +13,9 @@ policy sees is exactly what the server asks, with no dollar-string rounding:
 Against the local world (what this example was run with):
 
     .venv/bin/x402-agent --home /tmp/x402-home devnet > /tmp/world.json &   # one JSON line
-    .venv/bin/python examples/paid_api.py --world /tmp/world.json           # prints its URLs
-    .venv/bin/x402-agent --home /tmp/x402-home fetch http://127.0.0.1:<port>/api/fortune
+    .venv/bin/python examples/paid_api.py --world /tmp/world.json --port 4402
+    # opt 127.0.0.1:4402 in (below), then:
+    .venv/bin/x402-agent --home /tmp/x402-home fetch http://127.0.0.1:4402/api/fortune
 
 ``--world`` is the JSON line ``x402-agent devnet`` prints when it is ready: this script takes
 ``rpc_url``, ``network`` and ``tokens.USDC`` from it, reads the token's EIP-712 name, version
@@ -30,10 +31,16 @@ arrive from an account not deployed yet, the SDK facilitator deploys it (ERC-649
 factories it is given: the ready line's ``factory`` (the local world's ``X402AccountFactory``)
 when it has one, else each ``--account-factory``.
 
-The devnet's agent policy allows any host and any payee (``hosts.allow`` and ``payees.allow``
-are null there), so it pays this server as it is. A policy that lists hosts or payees must also
-list ``127.0.0.1`` (or the host you serve on) and this server's ``pay_to`` address (printed at
-start; fix it with ``--pay-to``), and its ``assets`` must name the token this server asks for.
+The agent never fetches from the machine's own or private addresses unless its policy opts them
+in, and the devnet's policy opts in only the local world's own APIs. So this server's address
+goes into ``private_network.allow``, a change the device approves (the devnet's simulator says
+yes by itself): copy ``/tmp/x402-home/policy.json``, raise its ``version``, add
+``"private_network": {"allow": [<the world's entries>, "127.0.0.1:4402"]}``, then
+``x402-agent --home /tmp/x402-home policy propose FILE`` and ``policy approve``.
+The devnet's policy allows any host and any payee (``hosts.allow`` and ``payees.allow`` are null
+there); a policy that lists hosts or payees must also list ``127.0.0.1`` (or the host you serve
+on) and this server's ``pay_to`` address (printed at start; fix it with ``--pay-to``), and its
+``assets`` must name the token this server asks for.
 
 ----------------------------------------------------------------------------------------------
 Pointing it at Base Sepolia with a hosted facilitator instead

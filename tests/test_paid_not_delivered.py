@@ -17,9 +17,9 @@ from chain_reads import token_balance
 from faulty_proxy import FaultyProxy
 
 from x402_agent.devnet.info import WorldInfo
-from x402_agent.devnet.provision import provision_devnet_home
+from x402_agent.devnet.provision import devnet_policy, provision_devnet_home
 from x402_agent.devnet.served import ServedApp
-from x402_agent.errors import PaidNotDelivered
+from x402_agent.errors import PaidNotDelivered, PaymentRejected
 from x402_agent.ledger import PaymentState
 from x402_agent.operations import Agent
 
@@ -32,8 +32,9 @@ def proxy(world: WorldInfo) -> Iterator[tuple[FaultyProxy, str]]:
 
 
 @pytest.fixture
-def agent(world: WorldInfo, tmp_path: Path) -> Iterator[Agent]:
-    agent = Agent.open(provision_devnet_home(world, tmp_path / "home"))
+def agent(world: WorldInfo, tmp_path: Path, proxy: tuple[FaultyProxy, str]) -> Iterator[Agent]:
+    policy = devnet_policy(world, also_fetch=[proxy[1]])  # the proxy's own loopback port too
+    agent = Agent.open(provision_devnet_home(world, tmp_path / "home", policy))
     yield agent
     agent.close()
 
@@ -66,11 +67,13 @@ def test_payment_swallowed_stays_counted_and_a_retry_resends_the_same_authorizat
     route = world.route("GET", "/v2/report")
     before = token_balance(world.rpc_url, world.usdc.address, route.pay_to)
 
-    with pytest.raises(PaidNotDelivered) as failed:
+    # The server saw no payment and asked again: a refusal, not a payment (nothing moved).
+    with pytest.raises(PaymentRejected) as failed:
         agent.fetch(url + route.path, idempotency_key="job-1")
     record = agent.payer.gate.ledger.get(failed.value.details["payment_id"])
     assert record is not None and record.state == PaymentState.UNKNOWN  # still counted
     assert record.to_receipt()["evidence"]["status"] == 402
+    assert failed.value.details["expires_at"] == record.valid_before
     assert len(faulty.captured) == 1
 
     faulty.mode = "forward"
@@ -89,7 +92,7 @@ def test_authorization_settled_behind_our_back_is_recognised_not_repaid(
     faulty.mode = "swallow"
     route = world.route("GET", "/v2/weather")
     before = token_balance(world.rpc_url, world.usdc.address, route.pay_to)
-    with pytest.raises(PaidNotDelivered):
+    with pytest.raises(PaymentRejected):
         agent.fetch(url + route.path, idempotency_key="job-2")
     # The middlebox cashes the captured authorization itself.
     name, value = faulty.captured[0]
@@ -114,9 +117,10 @@ def test_expired_unused_authorization_is_released_and_the_key_can_pay_once(
     # Our clock an hour slow: the authorization is already past validBefore on chain, so the
     # chain can prove it will never settle.
     agent.payer.clock = lambda: time.time() - 3600
-    with pytest.raises(PaidNotDelivered) as failed:
+    with pytest.raises(PaymentRejected) as failed:
         agent.fetch(url + route.path, idempotency_key="job-3")
     assert failed.value.details["state"] == "released"
+    assert "nothing was paid" in failed.value.message
 
     agent.payer.clock = time.time
     faulty.mode = "forward"

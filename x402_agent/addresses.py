@@ -20,6 +20,7 @@ from ipaddress import (
     ip_address,
     ip_network,
 )
+from urllib.parse import urlsplit
 
 from .errors import PrivateAddressRefused
 
@@ -114,6 +115,14 @@ class AllowEntry:
         inner = embedded_ipv4(address) if isinstance(address, IPv6Address) else None
         return any(a.version == self.network.version and a in self.network
                    for a in (address, inner) if a is not None)
+
+
+def allow_entry_for(url: str) -> str:
+    """The ``private_network.allow`` entry admitting exactly this URL's host and port."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _port(text: str, entry: str) -> int:

@@ -35,17 +35,22 @@ def _target(url: httpx.URL) -> tuple[str, int]:
     return host, url.port or (443 if url.scheme == "https" else 80)
 
 
-def check_literal(url: str, allow: Sequence[str]) -> None:
-    """Refuse a host written as a private address, whatever its spelling; no lookup is made
-    (names are checked on their resolved addresses when the request is sent)."""
+def check_literal(url: object, allow: Sequence[str]) -> None:
+    """Refuse a host written as a private address, whatever its spelling, even one the URL
+    parser rejects (octal ``0177.0.0.1``). No lookup is made: names are checked on their
+    resolved addresses when the request is sent. Anything else wrong with ``url`` is left to
+    the request's validation."""
+    if not isinstance(url, str):
+        return
     try:
-        parsed = httpx.URL(url)
-        host, port = _target(parsed)
+        host, port = _target(httpx.URL(url))
     except (httpx.InvalidURL, ValueError):
-        # httpx refuses some forms the C resolver accepts (octal 0177.0.0.1): say what they are.
-        parts = urlsplit(url)
-        host = (parts.hostname or "").removesuffix(".")
-        port = parts.port if parts.port is not None else (443 if parts.scheme == "https" else 80)
+        try:
+            parts = urlsplit(url)
+            host = (parts.hostname or "").removesuffix(".")
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            return
     address = literal_address(host)
     if address is not None:
         check_addresses(host, port, [address], allow)

@@ -18,6 +18,7 @@ from .flow import (
     validate_request,
 )
 from .money import format_units
+from .netguard import check_literal
 from .selection import assess, choose
 
 
@@ -35,6 +36,7 @@ class Quote:
 
 
 def quote_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, Quote]:
+    check_literal(req.url, payer.gate.policy.private_allow)  # as fetch_flow: first
     validate_request(req)
     check_host(payer, req.url)
     policy = payer.gate.policy

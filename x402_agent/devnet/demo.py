@@ -67,7 +67,7 @@ def demo_policy(world: WorldInfo, account: str, *, version: int = 1,
                  per_request_max=DEMO_PER_REQUEST_MAX, approval_above=None)
     document.update(version=version, account=account, chain_id=world.chain_id,
                     hosts={"allow": None, "deny": []}, max_payments_per_minute=60,
-                    private_network=world.own_apis())
+                    private_network={"allow": world.own_apis()})
     document["sessions"]["default"]["allowance"] = {"USDC": DEMO_SESSION_ALLOWANCE}
     return Policy.model_validate(document)
 

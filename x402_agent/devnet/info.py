@@ -8,8 +8,8 @@ servers, and so the servers can share the route vocabulary without cycles.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
+from ..addresses import allow_entry_for
 from .usdc import TokenInfo
 
 
@@ -109,12 +109,7 @@ class WorldInfo:
                 return candidate
         raise KeyError(f"no route {method.upper()} {path} in this world")
 
-    def own_apis(self) -> dict[str, list[str]]:
-        """A policy's ``private_network`` opting in the world's own paid APIs (v2 and v1), each
-        at its loopback address and port only: its chain RPC and all else local stay refused."""
-        allow = []
-        for url in (self.api_url, self.v1_api_url):
-            parts = urlsplit(url)
-            host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
-            allow.append(f"{host}:{parts.port}")
-        return {"allow": allow}
+    def own_apis(self) -> list[str]:
+        """``private_network.allow`` entries for the world's own paid APIs (v2 and v1), each at
+        its loopback address and port only: its chain RPC and all else local stay refused."""
+        return [allow_entry_for(self.api_url), allow_entry_for(self.v1_api_url)]

@@ -4,9 +4,10 @@ policy approved on a hardware device (by default the simulator, through HWI)."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..addresses import allow_entry_for
 from ..device.approve import approve, enroll
 from ..device.hwi import DEFAULT_APPROVAL_PATH, HardwareDevice, HwiDevice
 from ..home import AgentHome, DeviceLocation, provision_home
@@ -31,9 +32,12 @@ def _rule(network: str, token: TokenInfo) -> AssetRule:
                      daily_max=DEVNET_DAILY_MAX)
 
 
-def devnet_policy(world: WorldInfo, *, include_eurc: bool = False, version: int = 1) -> Policy:
+def devnet_policy(world: WorldInfo, *, include_eurc: bool = False, version: int = 1,
+                  also_fetch: Sequence[str] = ()) -> Policy:
     """USDC on both local chains (and optionally EURC): 0.10 per request, 2.00 a day, 0.50 of
-    main-chain USDC per session (an hour), a circuit breaker after 5 failed settlements."""
+    main-chain USDC per session (an hour), a circuit breaker after 5 failed settlements. Of
+    the machine's own addresses it may fetch the world's APIs only, and the URLs ``also_fetch``
+    names (their exact host and port: a test's own server)."""
     assets = [_rule(world.network, world.usdc), _rule(world.alt_network, world.alt_usdc)]
     if include_eurc:
         assets.append(_rule(world.network, world.eurc))
@@ -44,7 +48,8 @@ def devnet_policy(world: WorldInfo, *, include_eurc: bool = False, version: int 
         "circuit_breaker": {"max_consecutive_failures": 5},
         "sessions": {"default": {"lifetime_seconds": 3600, "allowance": {
             f"{world.network}/{world.usdc.address}": DEVNET_SESSION_ALLOWANCE}}},
-        "private_network": world.own_apis(),
+        "private_network": {"allow": [*world.own_apis(),
+                                      *(allow_entry_for(url) for url in also_fetch)]},
     })
 
 
