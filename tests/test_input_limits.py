@@ -259,6 +259,7 @@ def test_cli_refuses_unreadable_or_oversized_body_files_and_empty_sessions(
         (["fetch", target, "--session="], "invalid_session"),
         (["quote", target, "--session", ""], "invalid_session"),
         (["budget", "--session="], "invalid_session"),
+        (["budget", "--session-profile="], "invalid_session"),
         (["fetch", target, "-H", "X-A: 1", "-H", "x-a: 2"], "invalid_header"),
         (["receipts", "--limit", str(10**30)], "invalid_limit"),
         (["receipts", "--limit", "-5"], "invalid_limit"),

@@ -173,6 +173,8 @@ def _open_agent(args: argparse.Namespace) -> Any:
 
     session = getattr(args, "session", None)
     check_key(session, "session", "invalid_session")
+    # An empty profile would silently mean the default one.
+    check_key(getattr(args, "session_profile", None), "session profile", "invalid_session")
     agent = Agent.open(args.home, approver=_ask_on_terminal)
     if session is not None:
         agent.open_session(args.session_profile, session=session)
