@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,12 +42,15 @@ from x402.schemas.v1 import PaymentPayloadV1
 
 from x402_agent.challenge import parse_challenge
 from x402_agent.client import MAX_RESPONSE_BYTES, AsyncX402Client, X402Client
+from x402_agent.content_store import INLINE_BYTES, ContentStore
 from x402_agent.errors import (
     ChallengeError,
     InvalidRequest,
     NoAcceptableRequirement,
     PaidNotDelivered,
     PaymentMismatch,
+    PaymentNotSettled,
+    PaymentRejected,
     PolicyDenied,
     RedirectRefused,
     SettlementMismatch,
@@ -758,16 +762,18 @@ def _again_402(srv: Servers) -> Canned:
     return valid_v2_402(srv.url)
 
 
-PAID_NOT_DELIVERED: dict[str, tuple[Callable[[Servers], Canned], int | None]] = {
-    "402_again_after_payment": (_again_402, 402),
-    "500_after_payment": (lambda srv: Canned.make(500, body="oops"), 500),
+# What each answer to a paid request is called: nothing here proves money moved (no
+# settlement header, no chain), so a refusal or a failure is not "paid_not_delivered"; a lost
+# connection may still settle.
+PAID_NOT_DELIVERED: dict[str, tuple[Callable[[Servers], Canned], int | None,
+                                    type[X402AgentError], str]] = {
+    "402_again_after_payment": (_again_402, 402, PaymentRejected, "payment_rejected"),
+    "500_after_payment": (lambda srv: Canned.make(500, body="oops"), 500, PaymentNotSettled,
+                          "payment_not_settled"),
     "redirect_after_payment": (lambda srv: Canned.make(302, {"location": srv.other.url(PATH)}),
-                               302),
+                               302, PaymentNotSettled, "payment_not_settled"),
     "connection_dropped_mid_body": (lambda srv: Canned.make(200, abort_after_first_chunk=True),
-                                    None),
-    "body_over_client_limit": (lambda srv: Canned.make(
-        200, {"content-type": "application/octet-stream"}, stream_bytes=MAX_RESPONSE_BYTES + 1),
-        None),
+                                    None, PaidNotDelivered, "paid_not_delivered"),
 }
 
 
@@ -775,12 +781,12 @@ PAID_NOT_DELIVERED: dict[str, tuple[Callable[[Servers], Canned], int | None]] = 
 @pytest.mark.parametrize("name", list(PAID_NOT_DELIVERED))
 def test_paid_but_not_delivered_stays_counted(name: str, driver: str, env: Env,
                                               hostile: Servers) -> None:
-    build, status = PAID_NOT_DELIVERED[name]
+    build, status, error, reason = PAID_NOT_DELIVERED[name]
     hostile.main.program(PATH, valid_v2_402(hostile.url), build(hostile))
 
     exc = expect_refusal(lambda: env.fetch(FetchRequest(url=hostile.url), driver))
 
-    assert_error(exc, PaidNotDelivered, "paid_not_delivered")
+    assert_error(exc, error, reason)
     assert env.signer.count == 1
     sent = hostile.main.payment_headers()
     assert [k for _, k, _ in sent] == [PAYMENT_SIGNATURE_HEADER.lower()], hostile.describe()
@@ -796,6 +802,27 @@ def test_paid_but_not_delivered_stays_counted(name: str, driver: str, env: Env,
         assert (evidence["status"], evidence["delivered"], row.response_status) == (
             status, False, status), evidence
         assert exc.details["status"] == status
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_paid_body_over_the_memory_limit_is_kept_in_the_store(driver: str, env: Env,
+                                                                 hostile: Servers,
+                                                                 tmp_path: Path) -> None:
+    env.payer.content_store = ContentStore(tmp_path / "content")
+    size = MAX_RESPONSE_BYTES + 1
+    hostile.main.program(PATH, valid_v2_402(hostile.url), Canned.make(
+        200, {"content-type": "application/octet-stream"}, stream_bytes=size))
+
+    outcome = env.fetch(FetchRequest(url=hostile.url), driver)
+
+    assert outcome.status == 200 and outcome.stored is not None
+    assert outcome.stored.size == size and outcome.stored.complete and not outcome.complete
+    assert len(outcome.content or b"") == INLINE_BYTES
+    [row] = env.rows()  # delivered; no settlement header: unknown, still counted
+    assert row.state == PaymentState.UNKNOWN and row.delivered
+    assert json.loads(row.evidence_json or "{}")["body_sha256"] == outcome.stored.sha256
+    with outcome.open_body() as body:
+        assert hashlib.sha256(body.read()).hexdigest() == outcome.stored.sha256
 
 
 # ---- settlement that is not ours -------------------------------------------------------------

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from eth_utils.address import is_hex_address, to_checksum_address
 from pydantic import ValidationError
 from x402.http import PAYMENT_REQUIRED_HEADER, safe_base64_decode
-from x402.schemas import PaymentRequired, PaymentRequirements
+from x402.schemas import PaymentRequired, PaymentRequirements, SettleResponse
 from x402.schemas.v1 import PaymentRequiredV1, PaymentRequirementsV1
 
 from .errors import ChallengeError
@@ -184,3 +184,21 @@ def _resource_url(required: PaymentRequired | PaymentRequiredV1) -> str | None:
 
 def _host(url: str) -> str:
     return (urlsplit(url).hostname or "").lower()
+
+
+def refusal_reason(headers: Mapping[str, str], body: bytes,
+                   settlement: SettleResponse | None = None) -> str | None:
+    """Why a server answered a paid request with 402, as it states it: a failed settlement's
+    ``errorReason``, else the challenge's ``error`` (v2 PAYMENT-REQUIRED header, v1 JSON body).
+    Server text reaches the user and the model: printable ASCII only, and short."""
+    stated = settlement.error_reason if settlement is not None and not settlement.success else None
+    if not stated:
+        header = headers.get(PAYMENT_REQUIRED_HEADER) or headers.get(
+            PAYMENT_REQUIRED_HEADER.lower())
+        try:
+            required = _from_header(header) if header is not None else _from_body(body)
+        except ChallengeError:
+            return None
+        stated = required.error
+    cleaned = "".join(c for c in stated or "" if " " <= c <= "~").strip()
+    return cleaned[:200] or None
