@@ -804,6 +804,34 @@ def test_paid_but_not_delivered_stays_counted(name: str, driver: str, env: Env,
         assert exc.details["status"] == status
 
 
+REFUSALS: dict[str, tuple[Callable[[Servers], tuple[Canned, Canned]], str]] = {
+    "v2_header_error": (lambda srv: (valid_v2_402(srv.url), header_402(v2_doc(
+        srv.url, error="invalid_exact_evm_payload_signature\r\n\x07"))),
+        "invalid_exact_evm_payload_signature"),
+    "v1_body_error": (lambda srv: (body_402(v1_doc(srv.url)), body_402(v1_doc(
+        srv.url, error="insufficient_funds"))), "insufficient_funds"),
+}
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("name", list(REFUSALS))
+def test_a_402_to_the_paid_request_reports_the_servers_reason(name: str, driver: str, env: Env,
+                                                              hostile: Servers) -> None:
+    build, stated = REFUSALS[name]
+    hostile.main.program(PATH, *build(hostile))
+
+    exc = expect_refusal(lambda: env.fetch(FetchRequest(url=hostile.url), driver))
+
+    assert_error(exc, PaymentRejected, "payment_rejected")
+    # The server's words, printable and short; nothing was paid: no "paid" claim.
+    assert exc.details["server_reason"] == stated
+    assert f"the server refused the payment: {stated};" in exc.message
+    assert "paid," not in exc.message
+    [row] = env.rows()
+    assert row.state == PaymentState.UNKNOWN and exc.details["expires_at"] == row.valid_before
+    assert json.loads(row.evidence_json or "{}")["server_reason"] == stated
+
+
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_a_paid_body_over_the_memory_limit_is_kept_in_the_store(driver: str, env: Env,
                                                                  hostile: Servers,
