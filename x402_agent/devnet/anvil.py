@@ -53,8 +53,13 @@ class Anvil:
     chain_id: int
 
     @classmethod
-    def start(cls, chain_id: int, *, hardfork: str = "prague") -> Anvil:
-        """Start anvil and return once it listens (a few hundred ms at most)."""
+    def start(cls, chain_id: int, *, hardfork: str = "prague",
+              idle_block_seconds: int | None = None) -> Anvil:
+        """Start anvil and return once it listens (a few hundred ms at most).
+
+        ``idle_block_seconds``: also mine a block every that many seconds, so the chain's time
+        keeps up with the clock while nobody transacts (None: blocks only for transactions).
+        """
         if not ANVIL_BIN.exists():
             raise FileNotFoundError(f"{ANVIL_BIN} is missing: run `npm ci` in {PROJECT_ROOT}")
         argv = [
@@ -65,6 +70,13 @@ class Anvil:
             "--hardfork", hardfork,
             "--accounts", str(DEV_ACCOUNT_COUNT),
         ]  # fmt: skip
+        if idle_block_seconds is not None:
+            # Mixed mining: every transaction is still mined the moment it arrives (automine, no
+            # added latency), and a block also comes every ``idle_block_seconds``. Automine alone
+            # leaves an idle chain at its last block's timestamp, which contracts (the smart
+            # account's window check) compare against; interval mining alone would hold every
+            # transaction until the next tick.
+            argv += ["--mixed-mining", "--block-time", str(idle_block_seconds)]
         process = ManagedProcess(f"anvil(chain {chain_id})", argv)
         try:
             line = process.wait_for_line(lambda text: "Listening on" in text, _READY_TIMEOUT_S)

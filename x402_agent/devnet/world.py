@@ -39,6 +39,7 @@ NETWORK = f"eip155:{CHAIN_ID}"
 V1_NETWORK = "base-sepolia"
 ALT_CHAIN_ID = 31337
 ALT_NETWORK = f"eip155:{ALT_CHAIN_ID}"
+IDLE_BLOCK_SECONDS = 1
 
 USDC_SPEC = TokenSpec(name="USD Coin", symbol="USDC", currency="USD")
 EURC_SPEC = TokenSpec(name="Euro Coin", symbol="EURC", currency="EUR")
@@ -202,7 +203,9 @@ def _start_bundler(stack: ExitStack, anvil: Anvil) -> str:
 def _chain_with_tokens(
     stack: ExitStack, chain_id: int, specs: list[TokenSpec], payer: str
 ) -> tuple[Anvil, list[TokenInfo]]:
-    anvil = _started(stack, Anvil.start(chain_id))
+    # A block every second even when idle: the chain's time never lags the clock by more, as on
+    # a live network, so time-bound checks (authorization windows) hold an hour later too.
+    anvil = _started(stack, Anvil.start(chain_id, idle_block_seconds=IDLE_BLOCK_SECONDS))
     tokens = deploy_fiat_tokens(
         anvil.rpc_url,
         deployer=dev_account(_DEPLOYER),
