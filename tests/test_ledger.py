@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -300,9 +300,11 @@ MOVES: dict[str, Callable[[Ledger, str], PaymentRecord]] = {
     "mark_unknown": lambda ledger, pid: ledger.mark_unknown(pid, evidence={}),
     "release": lambda ledger, pid: ledger.release(pid, reason="again"),
 }
-ILLEGAL = [("reserved", "settle"), ("reserved", "mark_unknown"), ("sent", "mark_sent"),
-           ("unknown", "mark_sent"), *[(end, move) for end in ("settled", "released")
-                                       for move in MOVES]]
+ILLEGAL = [("reserved", "settle"), ("reserved", "mark_unknown"), *[
+    (state, "mark_sent") for state in ("sent", "unknown", "settled", "released")]]
+# A finished row never moves: a change asked of it lost a race and is answered with the row.
+LOST_RACES = [(end, move) for end in ("settled", "released") for move in MOVES
+              if move != "mark_sent"]
 
 
 @pytest.mark.parametrize(("state", "move"), ILLEGAL, ids=[f"{s}-{m}" for s, m in ILLEGAL])
@@ -314,6 +316,41 @@ def test_illegal_transitions_raise_and_change_nothing(ledger_factory: LedgerFact
         MOVES[move](ledger, record.id)
     assert raised.value.reason == "invalid_transition"
     assert ledger.get(record.id) == record
+
+
+@pytest.mark.parametrize(("state", "move"), LOST_RACES, ids=[f"{s}-{m}" for s, m in LOST_RACES])
+def test_a_finished_row_answers_with_its_true_state(ledger_factory: LedgerFactory, state: str,
+                                                    move: str) -> None:
+    ledger = ledger_factory(Clock(tick=1))
+    record = _bring_to(ledger, state)
+    answer = MOVES[move](ledger, record.id)
+    assert answer.state == record.state
+    unchanged = ledger.get(record.id)
+    if state == "settled" and move == "mark_unknown":  # its evidence was missing: filled in
+        assert unchanged == answer and answer.evidence_json == "{}"
+        unchanged = replace(answer, evidence_json=None)
+    assert unchanged == record
+
+
+def test_a_late_settle_fills_in_only_missing_evidence(ledger_factory: LedgerFactory) -> None:
+    """A reconciler settles from the chain's nonce alone; the paying process's settle, which
+    lost the race, completes the receipt with its transaction and response, keeping the rest."""
+    ledger = ledger_factory(Clock(tick=1))
+    record = send(ledger, reserve(ledger, T0))
+    by_reconciler = ledger.settle(record.id, settlement_tx=None, evidence={"by": "reconcile"})
+    by_payer = ledger.settle(record.id, settlement_tx="0xtx", response_status=200,
+                             response_content_type="application/json",
+                             response_body_sha256="ab" * 32, delivered=True,
+                             evidence={"by": "payer"})
+    assert by_payer == ledger.get(record.id)
+    assert (by_payer.state, by_payer.settlement_tx, by_payer.response_status,
+            by_payer.response_body_sha256, by_payer.delivered) == (
+        S.SETTLED, "0xtx", 200, "ab" * 32, True)
+    assert json.loads(by_payer.evidence_json or "") == {"by": "reconcile"}  # kept
+    assert (by_payer.finished_at, by_payer.updated_at) == (by_reconciler.finished_at,
+                                                           by_reconciler.updated_at)
+    again = ledger.settle(record.id, settlement_tx="0xother", response_body_sha256="cd" * 32)
+    assert again == by_payer  # nothing missing any more: nothing changes
 
 
 def test_unknown_payment_cannot_move(ledger_factory: LedgerFactory) -> None:
@@ -865,6 +902,8 @@ def apply_transition(ledger: Ledger, payment: Tracked, step: Step, now: float) -
         kind = "release"
     target, sources = _TRANSITIONS[kind]
     valid_before = int(now) + step.offset
+    # A finished payment never moves; any change but a send answers with it as it is.
+    answers = payment.state in (S.SETTLED, S.RELEASED) and kind != "send"
     try:
         if kind == "send":
             record = ledger.mark_sent(payment.id, payer=PAYER, nonce=f"0x{payment.id}",
@@ -878,9 +917,12 @@ def apply_transition(ledger: Ledger, payment: Tracked, step: Step, now: float) -
         else:
             record = ledger.release(payment.id, reason=step.kind)
     except LedgerError as exc:
-        if payment.state in sources or exc.reason != "invalid_transition":
+        if payment.state in sources or answers or exc.reason != "invalid_transition":
             return f"{kind} of a {payment.state} payment raised {exc.reason}: {exc}"
         return None
+    if answers:
+        return None if record.state is payment.state else (
+            f"{kind} of a {payment.state} payment answered {record.state}")
     if payment.state not in sources:
         return f"{kind} moved a {payment.state} payment to {record.state}"
     if record.state is not target:

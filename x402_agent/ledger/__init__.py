@@ -10,12 +10,15 @@ from .records import (
     COUNTED_STATES,
     AssetUsage,
     BudgetSnapshot,
+    Claim,
     Ledger,
     NewPayment,
+    Ownership,
     PaymentRecord,
     PaymentState,
     UsageCheck,
     UsageQuery,
+    Verification,
 )
 from .sqlite import SQLiteLedger
 
@@ -33,12 +36,15 @@ __all__ = [
     "COUNTED_STATES",
     "AssetUsage",
     "BudgetSnapshot",
+    "Claim",
     "Ledger",
     "NewPayment",
+    "Ownership",
     "PaymentRecord",
     "PaymentState",
     "SQLiteLedger",
     "UsageCheck",
     "UsageQuery",
+    "Verification",
     "open_ledger",
 ]

@@ -5,6 +5,11 @@ Every write transaction first takes one transaction-scoped advisory lock, so res
 SQLite's ``BEGIN IMMEDIATE`` does on one machine. Transactions run at READ COMMITTED so that each
 statement after the lock sees every reservation committed before the lock was granted.
 
+Each opener holds a session advisory lock keyed by its owner id (``ledger.owners``) on a
+connection of its own for its whole life: the server drops it when the process dies (or, for a
+host that vanished, when its TCP keepalives give up), and ``pg_locks`` tells other openers which
+owners are still there.
+
 psycopg (3) is imported here only: the rest of the package never needs it.
 """
 
@@ -17,7 +22,8 @@ from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LedgerError
-from .sql import SCHEMA, SqlLedger
+from .owners import advisory_key
+from .sql import SqlLedger, create_schema
 
 if TYPE_CHECKING:
     import psycopg
@@ -27,6 +33,15 @@ if TYPE_CHECKING:
 LOCK_KEY = int.from_bytes(b"x402ledg", "big", signed=True)
 POOL_SIZE = 4
 CONNECT_TIMEOUT = 10
+# The owner's session: the server probes an idle client after 30 s, then every 10 s, 3 times,
+# so the lock of an agent whose host vanished is freed in about a minute.
+_OWNER_SESSION = (b"SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; "
+                  b"SET tcp_keepalives_count = 3")
+# Advisory locks held on this database: a bigint key shows as classid (high 32 bits) and objid
+# (low 32 bits) with objsubid 1; the shift wraps into the sign bit, giving the signed key back.
+_HELD_KEYS = ("SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks WHERE "
+              "locktype = 'advisory' AND objsubid = 1 AND granted AND database = "
+              "(SELECT oid FROM pg_database WHERE datname = current_database())")
 
 
 class PostgresLedger(SqlLedger):
@@ -45,16 +60,22 @@ class PostgresLedger(SqlLedger):
         self._idle_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(pool_size)
         self._closed = False
+        self._owner_conn: psycopg.Connection[Any] | None = None
         try:
+            self._owner_conn = psycopg.connect(url, autocommit=True,
+                                               connect_timeout=CONNECT_TIMEOUT)
+            self._owner_conn.execute(_OWNER_SESSION, prepare=False)
+            self._owner_conn.execute("SELECT pg_advisory_lock(%s)", (advisory_key(self.owner),))
             # DDL under the same lock: CREATE ... IF NOT EXISTS is not safe when several
             # processes run it at once (they can collide on the catalog's unique indexes).
             with self._transaction() as cur:
-                for statement in SCHEMA:
-                    cur.execute(statement)
+                create_schema(cur)
                 self._buckets(cur, build=True)  # a ledger that predates the counters
         except LedgerError as exc:
+            self.close()
             raise LedgerError(f"cannot open ledger {self._where()}: {exc.message}") from exc
         except psycopg.Error as exc:
+            self.close()
             raise LedgerError(f"cannot open ledger {self._where()}: {exc}") from exc
 
     def _where(self) -> str:
@@ -105,6 +126,18 @@ class PostgresLedger(SqlLedger):
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+        if self._owner_conn is not None:  # frees the owner's lock: its rows are anyone's now
+            # Unlocked before closing: the server ends a closed session a moment later, and
+            # the next opener must not find this owner still there.
+            with suppress(self._psycopg.Error):
+                self._owner_conn.execute("SELECT pg_advisory_unlock(%s)",
+                                         (advisory_key(self.owner),))
+            self._owner_conn.close()
+
+    def _live_owners(self, owners: set[str]) -> set[str]:
+        with self._reading() as cur:
+            held = {key for (key,) in cur.execute(_HELD_KEYS).fetchall()}
+        return {owner for owner in owners if advisory_key(owner) in held}
 
     # ---- transactions ------------------------------------------------------------------------
     # Each transaction starts with one round trip: BEGIN (with its isolation level written out,

@@ -2,7 +2,9 @@
 
 States: reserved -> sent -> settled, or released, or unknown (sent, outcome not proven; it
 stays counted until the chain proves it settled or that it can never settle). A row is also
-the payment's receipt.
+the payment's receipt. A row in flight belongs to the opener (process) that made it until that
+opener is gone; settled and released rows never move again, and a change asked of one reports
+the row as it is (a race lost to another process is not an error).
 """
 
 from __future__ import annotations
@@ -22,6 +24,16 @@ class PaymentState(StrEnum):
     SETTLED = "settled"
     RELEASED = "released"
     UNKNOWN = "unknown"
+
+
+class Verification(StrEnum):
+    """The on-chain check of a settled payment's transaction, done after the body was returned:
+    pending until the receipt is read, then verified or mismatch (the transaction did not move
+    this payment; the row stays settled and counted, and the circuit breaker opens)."""
+
+    PENDING = "pending"
+    VERIFIED = "verified"
+    MISMATCH = "mismatch"
 
 
 # What counts against limits: everything that is or may become a transfer.
@@ -72,6 +84,7 @@ class PaymentRecord(NewPayment):
     delivered: bool | None = None
     evidence_json: str | None = None
     finished_at: float | None = None
+    verification: Verification | None = None
 
     def to_receipt(self) -> dict[str, Any]:
         """The receipt view: everything except the bearer payment header."""
@@ -82,6 +95,7 @@ class PaymentRecord(NewPayment):
         data["requirement"] = json.loads(data.pop("requirement_json"))
         evidence = data.pop("evidence_json")
         data["evidence"] = json.loads(evidence) if evidence else None
+        data["verification"] = None if self.verification is None else str(self.verification)
         return data
 
 
@@ -112,9 +126,26 @@ class BudgetSnapshot:
     sessions: dict[str, dict[str, int]] = field(default_factory=dict)  # id -> asset id -> spent
     consecutive_failures: int = 0
     breaker_reset_at: float | None = None
+    # The payment whose settlement the chain contradicted since the last reset (breaker open).
+    settlement_mismatch: str | None = None
 
 
 UsageCheck = Callable[[Usage], None]  # raises PolicyDenied to refuse
+
+
+class Ownership(StrEnum):
+    """Whose a payment in flight is, seen from one ledger opener (see ``ledger.owners``)."""
+
+    MINE = "mine"  # this opener's own: it may be in progress here
+    LIVE = "live"  # another live opener's: left alone
+    ORPHANED = "orphaned"  # its owner is gone: now this opener's
+    OWNERLESS = "ownerless"  # written by a release that recorded no owner: now this opener's
+
+
+@dataclass(frozen=True)
+class Claim:
+    record: PaymentRecord  # as read when claimed
+    ownership: Ownership
 
 
 class Ledger(Protocol):
@@ -131,7 +162,16 @@ class Ledger(Protocol):
     def settle(self, payment_id: str, *, settlement_tx: str | None,
                response_status: int | None = None, response_content_type: str | None = None,
                response_body_sha256: str | None = None, delivered: bool | None = None,
-               evidence: dict[str, Any] | None = None) -> PaymentRecord: ...
+               evidence: dict[str, Any] | None = None,
+               verification: Verification | None = None) -> PaymentRecord: ...
+    def mark_verified(self, payment_id: str, *, mismatch: dict[str, Any] | None = None
+                      ) -> PaymentRecord | None:
+        """End a pending verification: verified, or mismatch with its evidence (which opens
+        the circuit breaker). None if the payment was not pending (checked already)."""
+        ...
+    def unverified(self) -> list[PaymentRecord]:
+        """Settled payments whose transaction was not checked on chain yet."""
+        ...
     def mark_unknown(self, payment_id: str, *, evidence: dict[str, Any],
                      response_status: int | None = None, delivered: bool | None = None
                      ) -> PaymentRecord: ...
@@ -141,7 +181,15 @@ class Ledger(Protocol):
     def recent(self, limit: int = 50, states: Sequence[PaymentState] | None = None
                ) -> list[PaymentRecord]: ...
     def unresolved(self) -> list[PaymentRecord]:
-        """Reserved, sent and unknown rows: what start-up reconciliation looks at."""
+        """Reserved, sent and unknown rows, whoever owns them (all are counted)."""
+        ...
+    def claim_orphans(self) -> list[Claim]:
+        """Take over the rows in flight that no live opener owns (their owner is gone, or
+        they name none): what start-up reconciliation may resolve."""
+        ...
+    def claim(self, payment_id: str) -> Claim:
+        """Whose the payment is; an orphaned or ownerless row in flight becomes this
+        opener's. A live opener's row is reported ``LIVE`` and left alone."""
         ...
     def reset_breaker(self, now: float) -> None: ...
     def budget(self, day_start: float, now: float) -> BudgetSnapshot: ...

@@ -29,18 +29,24 @@ from typing import Any
 
 from ..decision import Usage
 from ..errors import LedgerError, PaymentInFlight
+from .owners import new_owner_id
 from .records import (
     AssetUsage,
     BudgetSnapshot,
+    Claim,
     NewPayment,
+    Ownership,
     PaymentRecord,
     PaymentState,
     UsageCheck,
     UsageQuery,
+    Verification,
 )
 
 COLUMNS = [f.name for f in fields(PaymentRecord)]
 _STATES = ", ".join(f"'{s}'" for s in PaymentState)
+_VERIFICATION = (f"TEXT CHECK (verification IN "
+                 f"({', '.join(repr(str(v)) for v in Verification)}))")
 
 SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS payments (
@@ -76,7 +82,8 @@ SCHEMA = (
         response_body_sha256 TEXT,
         delivered SMALLINT,
         evidence_json TEXT,
-        finished_at DOUBLE PRECISION
+        finished_at DOUBLE PRECISION,
+        verification {_VERIFICATION}
     )""",
     """CREATE TABLE IF NOT EXISTS sessions (
         id TEXT PRIMARY KEY, profile TEXT, started_at DOUBLE PRECISION NOT NULL)""",
@@ -95,14 +102,50 @@ SCHEMA = (
     """CREATE INDEX IF NOT EXISTS payments_open ON payments (state)
         WHERE state IN ('reserved', 'sent', 'unknown')""",
 )
+# Columns added after the first release: (name, type), added to older ledgers when opened.
+ADDED_COLUMNS = (("verification", _VERIFICATION),
+                 # The opener (process) a row in flight belongs to; NULL in rows written
+                 # before owners were recorded (see ledger.owners).
+                 ("owner", "TEXT"))
+# Indexes over added columns, created once the columns exist.
+LATE_INDEXES = (
+    # Pending checks (the verifier's queue after a restart) and mismatches (the breaker).
+    """CREATE INDEX IF NOT EXISTS payments_unverified ON payments (updated_at)
+        WHERE verification = 'pending'""",
+    """CREATE INDEX IF NOT EXISTS payments_mismatch ON payments (updated_at)
+        WHERE verification = 'mismatch'""",
+)
+
+
+def create_schema(cur: Any) -> None:
+    """Create the tables, or bring an older ledger's up to date (under the budget lock)."""
+    for statement in SCHEMA:
+        cur.execute(statement)
+    cur.execute("SELECT * FROM payments WHERE 1 = 0")
+    present = {column[0] for column in cur.description}
+    for name, kind in ADDED_COLUMNS:
+        if name not in present:
+            cur.execute(f"ALTER TABLE payments ADD COLUMN {name} {kind}")
+    for statement in LATE_INDEXES:
+        cur.execute(statement)
 
 # Which states a transition may start from: a settled or released row never moves again.
+# A change asked of a finished row lost a race (another process, or the paying process, got
+# there first): it answers with the row as it is (see _finished), except ``mark_sent``, whose
+# caller must not send a payment whose reservation is gone.
 _FROM = {
     PaymentState.SENT: (PaymentState.RESERVED,),
     PaymentState.SETTLED: (PaymentState.SENT, PaymentState.UNKNOWN),
     PaymentState.UNKNOWN: (PaymentState.SENT, PaymentState.UNKNOWN),
     PaymentState.RELEASED: (PaymentState.RESERVED, PaymentState.SENT, PaymentState.UNKNOWN),
 }
+_FINAL = (PaymentState.SETTLED, PaymentState.RELEASED)
+# Evidence a later settle (or unknown) brings to a row another process already settled, kept
+# only where the row has none: the payer's transaction and response hashes complete a row that
+# a reconciler settled from the chain's nonce alone.
+_FILLABLE = ("settlement_tx", "response_status", "response_content_type",
+             "response_body_sha256", "delivered", "evidence_json", "verification")
+_IN_FLIGHT = "state IN ('reserved', 'sent', 'unknown')"
 BREAKER_KEY = "breaker_reset_at"
 # How many recent outcomes the circuit breaker looks at, at most.
 FAILURE_SCAN = 1000
@@ -132,6 +175,8 @@ class SqlLedger(ABC):
     floor_sql = "CAST({} AS INTEGER)"
 
     def __init__(self, clock: Any) -> None:
+        # The backend takes this owner's liveness lock before it writes anything.
+        self.owner = new_owner_id()
         self._clock = clock
         self._buckets_ready = False
 
@@ -147,6 +192,10 @@ class SqlLedger(ABC):
     @abstractmethod
     def _is_conflict(self, exc: BaseException) -> bool:
         """True if ``exc`` is a unique-constraint violation."""
+
+    @abstractmethod
+    def _live_owners(self, owners: set[str]) -> set[str]:
+        """Which of ``owners`` (other openers) still hold their liveness lock."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -171,6 +220,8 @@ class SqlLedger(ABC):
         data["amount"] = int(data["amount"])
         if data["delivered"] is not None:
             data["delivered"] = bool(data["delivered"])
+        if data["verification"] is not None:
+            data["verification"] = Verification(data["verification"])
         return PaymentRecord(**data)
 
     def _select(self, where: str, params: Sequence[Any]) -> list[PaymentRecord]:
@@ -185,7 +236,7 @@ class SqlLedger(ABC):
         # than the reservation's SQL on SQLite.
         record = PaymentRecord(**_values(payment), id=uuid.uuid4().hex,
                                state=PaymentState.RESERVED, created_at=now, updated_at=now)
-        row = {**_values(record), "state": str(record.state)}
+        row = {**_values(record), "state": str(record.state), "owner": self.owner}
         try:
             with self._transaction() as cur:
                 self._buckets(cur, build=True)
@@ -268,15 +319,25 @@ class SqlLedger(ABC):
             started = scalar("SELECT started_at FROM sessions WHERE id = ?", (q.session,))
         last_minute = scalar("SELECT COUNT(*) FROM payments WHERE created_at >= ? AND "
                              "state <> 'released'", (q.now - 60,))
+        failures, mismatch = self._breaker(cur)
         return Usage(daily_spent=int(daily), session_spent=int(session_spent),
                      session_started_at=started, payments_last_minute=int(last_minute),
-                     consecutive_failures=self._consecutive_failures(cur))
+                     consecutive_failures=failures, settlement_mismatch=mismatch)
 
-    def _consecutive_failures(self, cur: Any) -> int:
+    def _breaker(self, cur: Any) -> tuple[int, str | None]:
+        """The failure streak, and the latest payment whose settlement the chain contradicted
+        (both since the breaker's last reset)."""
         reset = self._run(cur, "SELECT value FROM ledger_meta WHERE key = ?",
                           (BREAKER_KEY,)).fetchone()
         since = float(reset[0]) if reset else 0.0
-        # Outcomes that failed (unknown, or settled but not delivered) after the latest success
+        mismatch = self._run(cur, "SELECT id FROM payments WHERE verification = 'mismatch' AND "
+                                  "updated_at > ? ORDER BY updated_at DESC LIMIT 1",
+                             (since,)).fetchone()
+        return self._consecutive_failures(cur, since), mismatch[0] if mismatch else None
+
+    def _consecutive_failures(self, cur: Any, since: float) -> int:
+        # Outcomes that failed (unknown, or settled but not delivered, or sent, refused and
+        # released once expired: a refused signature is a failure) after the latest success
         # (or the reset), counted in SQL: the latest success is found by walking the created_at
         # index backwards from the newest row, and the count is a range scan after it (one bound,
         # so that both engines use it for the index range), so the cost follows the failure
@@ -284,8 +345,10 @@ class SqlLedger(ABC):
         row = self._run(cur, "SELECT COUNT(*) FROM (SELECT 1 FROM payments WHERE "
                              "created_at > COALESCE((SELECT created_at FROM payments WHERE "
                              "created_at > ? AND state = 'settled' AND (delivered IS NULL OR "
-                             "delivered <> 0) ORDER BY created_at DESC LIMIT 1), ?) AND "
-                             "state IN ('settled', 'unknown') LIMIT ?) AS streak",
+                             "delivered <> 0) AND (verification IS NULL OR verification <> "
+                             "'mismatch') ORDER BY created_at DESC LIMIT 1), ?) AND "
+                             "(state IN ('settled', 'unknown') OR (state = 'released' AND "
+                             "delivered = 0)) LIMIT ?) AS streak",
                         (since, since, FAILURE_SCAN)).fetchone()
         return int(row[0])
 
@@ -311,8 +374,7 @@ class SqlLedger(ABC):
                          f"RETURNING {', '.join(COLUMNS)}",
                     (*values.values(), payment_id, *map(str, allowed))).fetchall()
                 if len(rows) != 1:
-                    raise LedgerError(f"payment {payment_id} cannot move to {to}",
-                                      reason="invalid_transition", payment_id=payment_id)
+                    return self._finished(cur, payment_id, to, values)
                 record = self._record(rows[0])
                 if counters:  # leaving the counted states
                     self._run(cur, "UPDATE usage_buckets SET amount = amount - ? WHERE "
@@ -332,6 +394,25 @@ class SqlLedger(ABC):
             raise
         return record
 
+    def _finished(self, cur: Any, payment_id: str, to: PaymentState, values: dict[str, Any]
+                  ) -> PaymentRecord:
+        """The answer to a transition that found the row elsewhere: a finished row as it is,
+        a settled one completed with the evidence it lacks; anything else is an error."""
+        rows = self._records(cur, "WHERE id = ?", (payment_id,))
+        if not rows or to is PaymentState.SENT or rows[0].state not in _FINAL:
+            raise LedgerError(f"payment {payment_id} cannot move to {to}",
+                              reason="invalid_transition", payment_id=payment_id)
+        record = rows[0]
+        missing = {name: values[name] for name in _FILLABLE
+                   if values.get(name) is not None and getattr(record, name) is None}
+        if record.state is PaymentState.SETTLED and to is not PaymentState.RELEASED and missing:
+            # COALESCE: a value another writer filled in meanwhile is kept.
+            fill = ", ".join(f"{name} = COALESCE({name}, ?)" for name in missing)
+            record = self._record(self._run(
+                cur, f"UPDATE payments SET {fill} WHERE id = ? RETURNING {', '.join(COLUMNS)}",
+                (*missing.values(), payment_id)).fetchone())
+        return record
+
     def mark_sent(self, payment_id: str, *, payer: str, nonce: str, valid_after: int,
                   valid_before: int, payment_header: str) -> PaymentRecord:
         return self._transition(payment_id, PaymentState.SENT, payer=payer, nonce=nonce,
@@ -341,8 +422,11 @@ class SqlLedger(ABC):
     def settle(self, payment_id: str, *, settlement_tx: str | None,
                response_status: int | None = None, response_content_type: str | None = None,
                response_body_sha256: str | None = None, delivered: bool | None = None,
-               evidence: dict[str, Any] | None = None) -> PaymentRecord:
+               evidence: dict[str, Any] | None = None,
+               verification: Verification | None = None) -> PaymentRecord:
         values: dict[str, Any] = {}
+        if verification is not None:
+            values["verification"] = str(verification)
         if settlement_tx is not None:
             values["settlement_tx"] = settlement_tx
         if response_status is not None:
@@ -354,6 +438,30 @@ class SqlLedger(ABC):
         if evidence is not None:
             values["evidence_json"] = json.dumps(evidence, sort_keys=True)
         return self._transition(payment_id, PaymentState.SETTLED, **values)
+
+    def mark_verified(self, payment_id: str, *, mismatch: dict[str, Any] | None = None
+                      ) -> PaymentRecord | None:
+        now = self._clock()
+        verification = Verification.VERIFIED if mismatch is None else Verification.MISMATCH
+        try:
+            with self._transaction() as cur:
+                row = self._run(cur, "SELECT evidence_json FROM payments WHERE id = ? AND "
+                                     "verification = 'pending'", (payment_id,)).fetchone()
+                if row is None:
+                    return None  # checked already (by another process or an earlier run)
+                evidence = json.loads(row[0]) if row[0] else {}
+                if mismatch is not None:
+                    evidence["mismatch"] = mismatch
+                rows = self._run(cur, f"UPDATE payments SET verification = ?, updated_at = ?, "
+                                      f"evidence_json = ? WHERE id = ? AND verification = "
+                                      f"'pending' RETURNING {', '.join(COLUMNS)}",
+                                 (str(verification), now, json.dumps(evidence, sort_keys=True),
+                                  payment_id)).fetchall()
+        except Exception as exc:
+            if type(exc).__module__.startswith(("sqlite3", "psycopg")):
+                raise LedgerError(f"ledger write failed: {exc}", payment_id=payment_id) from exc
+            raise
+        return self._record(rows[0])
 
     def mark_unknown(self, payment_id: str, *, evidence: dict[str, Any],
                      response_status: int | None = None, delivered: bool | None = None
@@ -387,9 +495,62 @@ class SqlLedger(ABC):
                                 (*map(str, states), limit))
         return self._select("ORDER BY created_at DESC LIMIT ?", (limit,))
 
+    def unverified(self) -> list[PaymentRecord]:
+        return self._select("WHERE verification = 'pending' ORDER BY updated_at", ())
+
     def unresolved(self) -> list[PaymentRecord]:
-        return self._select("WHERE state IN ('reserved', 'sent', 'unknown') "
-                            "ORDER BY created_at", ())
+        return self._select(f"WHERE {_IN_FLIGHT} ORDER BY created_at", ())
+
+    # ---- owners ----------------------------------------------------------------------------
+    def claim_orphans(self) -> list[Claim]:
+        with self._reading() as cur:
+            owners = self._run(cur, f"SELECT DISTINCT owner FROM payments WHERE {_IN_FLIGHT}",
+                               ()).fetchall()
+        others = {owner for (owner,) in owners if owner is not None and owner != self.owner}
+        gone = others - self._live_owners(others)
+        if not gone and all(owner is not None for (owner,) in owners):
+            return []  # the usual start: every row in flight has a live owner (or none is)
+        return self._take_over(gone, None)
+
+    def claim(self, payment_id: str) -> Claim:
+        with self._reading() as cur:
+            row = self._run(cur, f"SELECT owner, {', '.join(COLUMNS)} FROM payments WHERE id = ?",
+                            (payment_id,)).fetchone()
+        if row is None:
+            raise LedgerError(f"no payment {payment_id}", reason="invalid_transition",
+                              payment_id=payment_id)
+        owner, record = row[0], self._record(row[1:])
+        if owner == self.owner:
+            return Claim(record, Ownership.MINE)
+        if owner is not None and self._live_owners({owner}):
+            return Claim(record, Ownership.LIVE)
+        taken = self._take_over({owner} if owner else set(), payment_id)
+        if taken:
+            return taken[0]
+        # Not taken: it finished meanwhile (re-read it), or another opener took it over first.
+        final = self.get(payment_id) or record
+        return Claim(final, Ownership.ORPHANED if final.state in _FINAL else Ownership.LIVE)
+
+    def _take_over(self, gone: set[str], payment_id: str | None) -> list[Claim]:
+        """Make this opener the owner of the rows in flight owned by ``gone`` or by nobody
+        (only ``payment_id``'s, if given). Under the budget lock, so that of several openers
+        taking over at once exactly one gets each row."""
+        where = f"WHERE {_IN_FLIGHT} AND (owner IS NULL"
+        params: list[Any] = list(gone)
+        if gone:
+            where += f" OR owner IN ({', '.join('?' for _ in gone)})"
+        where += ")"
+        if payment_id is not None:
+            where += " AND id = ?"
+            params.append(payment_id)
+        with self._transaction() as cur:
+            rows = self._run(cur, f"SELECT owner, {', '.join(COLUMNS)} FROM payments {where} "
+                                  f"ORDER BY created_at", params).fetchall()
+            if rows:
+                self._run(cur, f"UPDATE payments SET owner = ? {where}", (self.owner, *params))
+        return [Claim(self._record(row[1:]),
+                      Ownership.OWNERLESS if row[0] is None else Ownership.ORPHANED)
+                for row in rows]
 
     def budget(self, day_start: float, now: float) -> BudgetSnapshot:
         with self._reading() as cur:
@@ -404,7 +565,7 @@ class SqlLedger(ABC):
                                       "s.started_at >= ? AND p.state <> 'released' "
                                       "GROUP BY p.session, p.network, p.asset",
                              (now - SESSION_HORIZON,)).fetchall()
-            failures = self._consecutive_failures(cur)
+            failures, mismatch = self._breaker(cur)
             reset = self._run(cur, "SELECT value FROM ledger_meta WHERE key = ?",
                               (BREAKER_KEY,)).fetchone()
         keys = {(n, a) for n, a, _ in day} | {(n, a) for n, a, *_ in open_rows}
@@ -423,5 +584,5 @@ class SqlLedger(ABC):
         for session, network, asset, spent in sessions:
             by_session.setdefault(session, {})[f"{network}/{asset}"] = int(spent)
         return BudgetSnapshot(assets, by_session, failures,
-                              float(reset[0]) if reset else None)
+                              float(reset[0]) if reset else None, mismatch)
 

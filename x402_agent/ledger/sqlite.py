@@ -1,4 +1,5 @@
-"""The embedded ledger: one SQLite file in WAL mode in the agent home."""
+"""The embedded ledger: one SQLite file in WAL mode in the agent home; its openers' liveness
+locks are files beside it (``ledger.owners``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LedgerError
-from .sql import SCHEMA, SqlLedger
+from .owners import OwnerFiles
+from .sql import SqlLedger, create_schema
 
 CHECKPOINT_INTERVAL_SECONDS = 0.25
 
@@ -24,6 +26,11 @@ class SQLiteLedger(SqlLedger):
         super().__init__(clock)
         self.path = path
         self._lock = threading.Lock()
+        self._owners = OwnerFiles(path)
+        try:
+            self._owners.hold(self.owner)
+        except OSError as exc:
+            raise LedgerError(f"cannot open ledger {path}: owner lock: {exc}") from exc
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                        timeout=60)
@@ -35,9 +42,9 @@ class SQLiteLedger(SqlLedger):
             # that happened to trigger one waited several ms for the disk.
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             with self._transaction() as cur:
-                for statement in SCHEMA:
-                    cur.execute(statement)
+                create_schema(cur)
         except sqlite3.Error as exc:
+            self._owners.release(self.owner)
             raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
         self._closing = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, daemon=True,
@@ -62,6 +69,10 @@ class SQLiteLedger(SqlLedger):
         with contextlib.suppress(sqlite3.Error):  # busy: another process checkpoints later
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         self._db.close()
+        self._owners.release(self.owner)  # what it left in flight is now anyone's to resolve
+
+    def _live_owners(self, owners: set[str]) -> set[str]:
+        return self._owners.live(owners)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
