@@ -37,7 +37,7 @@ from x402_agent.approval import (
     verify_approval,
 )
 from x402_agent.device.approve import approve, enroll
-from x402_agent.device.hwi import DEFAULT_APPROVAL_PATH, DeviceError, HwiDevice
+from x402_agent.device.hwi import DEFAULT_APPROVAL_PATH, DeviceError, HwiDevice, list_devices
 from x402_agent.device.simulator import TEST_MNEMONIC, DeviceSimulator, Screen
 from x402_agent.devnet.info import WorldInfo
 from x402_agent.devnet.provision import DEVNET_SCRYPT_N, provision_devnet_home
@@ -249,6 +249,25 @@ def test_enrollment_refused_unanswered_or_unplugged_enrolls_nothing(
     assert Enrollment.model_validate_json((root / DEVICE_FILE).read_bytes()).pubkey == (
         seed_pubkey(DEFAULT_APPROVAL_PATH))
     assert [s.kind for s in screens] == ["show_address"] * 4
+
+
+def test_the_recorded_device_path_comes_before_the_scan_and_a_stale_one_is_skipped(
+        device_simulator: DeviceSimulator) -> None:
+    gone = DeviceSimulator(port=0).start()  # a simulator whose world has stopped
+    stale = gone.path
+    gone.stop()
+    device = HwiDevice.find(FINGERPRINT, [("trezor", stale), ("trezor", device_simulator.path)])
+    try:
+        assert device.info.path == device_simulator.path
+        assert device.fingerprint() == FINGERPRINT
+    finally:
+        device.close()
+    listed = list_devices([("trezor", stale)])
+    assert listed[0].path == stale and listed[0].error is not None
+    # A recorded device with another key is not the enrolled one: HWI's scan decides.
+    with pytest.raises(DeviceError) as missing:
+        HwiDevice.find("00000000", [("trezor", device_simulator.path)])
+    assert missing.value.reason == "device_not_found"
 
 
 # ---- 2. propose -> approve -> show -> verify ------------------------------------------------
