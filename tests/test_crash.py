@@ -16,6 +16,7 @@ from faulty_proxy import FaultyProxy
 from x402_agent.devnet.info import WorldInfo
 from x402_agent.devnet.provision import devnet_policy, provision_devnet_home
 from x402_agent.devnet.served import ServedApp
+from x402_agent.errors import PaymentInFlight
 from x402_agent.ledger import PaymentState
 from x402_agent.operations import Agent
 
@@ -91,6 +92,45 @@ def test_killed_at_each_step_then_restarted(world: WorldInfo, tmp_path: Path,
         usdc = next(a for a in agent.budget()["assets"] if a["network"] == world.network)
         assert usdc["counted_today"] == str(route.price_atomic)
         assert agent.payer.gate.ledger.unresolved() == []
+    finally:
+        agent.close()
+    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (
+        route.price_atomic), "paid exactly once"
+
+
+def test_a_live_process_keeps_its_payment_until_it_dies(world: WorldInfo, tmp_path: Path,
+                                                       proxy: tuple[FaultyProxy, str]) -> None:
+    """A process starting while another is mid-payment leaves that payment alone (although
+    the chain already shows it settled) and refuses an idempotent retry of it as in progress;
+    once the paying process is killed, the retry takes the payment over: paid once."""
+    faulty, base = proxy
+    home = provision_devnet_home(world, tmp_path / "home",
+                                 devnet_policy(world, also_fetch=[base])).root
+    route = world.route("GET", "/v2/report")
+    url, key = base + route.path, "live-owner"
+    before = token_balance(world.rpc_url, world.usdc.address, route.pay_to)
+    faulty.mode = "hold_after_settle"
+    child = spawn(home, url, key, "none")
+    try:
+        assert faulty.held.wait(timeout=60), "the paid request never reached the server"
+        agent = Agent.open(home)  # its start-up reconciliation runs now
+    finally:
+        if not faulty.held.is_set():
+            child.kill()
+    try:
+        (row,) = agent.receipts()
+        assert row.state == PaymentState.SENT and row.settlement_tx is None  # not touched
+        with pytest.raises(PaymentInFlight) as in_flight:
+            agent.fetch(url, idempotency_key=key)
+        assert in_flight.value.details["payment_id"] == row.id
+        assert agent.payer.gate.ledger.get(row.id) == row
+
+        child.kill()
+        killed(child)
+        faulty.mode = "forward"
+        again = agent.fetch(url, idempotency_key=key)
+        assert again.payment is not None and again.payment.id == row.id
+        assert again.payment.state == PaymentState.SETTLED
     finally:
         agent.close()
     assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (

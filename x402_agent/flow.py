@@ -496,6 +496,13 @@ def _resume(payer: Payer, req: FetchRequest, prior: PaymentRecord
         payer.gate.ledger.release(prior.id, reason="abandoned_before_sending")
         return None
     # sent or unknown: the signed authorization may be in flight or settled already.
+    if ownership is not Ownership.MINE:
+        # Taken over from a process that is gone: the chain may show it settled already (a
+        # resend would then only be refused), or expired.
+        state = yield from reconcile(payer, prior)
+        if state != prior.state:
+            prior = payer.gate.ledger.get(prior.id) or prior
+            return None if state == PaymentState.RELEASED else _replayed(payer, prior)
     assert prior.valid_before is not None and prior.payment_header is not None
     if prior.valid_before - now > _RESUME_MARGIN_SECONDS:
         # Resending the same authorization cannot pay twice: the token accepts a nonce once.
