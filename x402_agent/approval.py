@@ -111,9 +111,6 @@ def approval_message(policy: Policy) -> str:
                     limits.append(f"{label} {_money(amount, asset.decimals)}/"
                                   f"{_lifetime(session.lifetime_seconds)}")
         parts.append(", ".join(limits))
-    if policy.private_allow:
-        # The person approving sees that the agent may reach private addresses at all.
-        parts.append(f"private net {len(policy.private_allow)}")
     return f"{head}: {'; '.join(parts)}, {policy.digest}"
 
 
