@@ -131,7 +131,7 @@ def test_mcp_returns_the_first_part_and_the_whole_body_as_a_resource(
         async with stdio_session(home, tmp_path / "err.log") as session:
             templates = await session.list_resource_templates()
             assert any(t.uri_template.startswith("x402://content/") for t in templates.resource_templates)
-            result = await session.call_tool("fetch", {"url": content.url + "/big"})
+            result = await call(session, "fetch", {"url": content.url + "/big"})
             assert not result.is_error, result.content
             fetched = result.structured_content
             assert fetched is not None and fetched["paid"] is True
@@ -150,7 +150,7 @@ def test_mcp_returns_the_first_part_and_the_whole_body_as_a_resource(
                 whole.update(part)
                 offset += len(part)
             assert offset == BIG
-            receipts = (await session.call_tool("receipts", {"limit": 1})).structured_content
+            receipts = (await call(session, "receipts", {"limit": 1})).structured_content
             assert receipts is not None
             (receipt,) = receipts["receipts"]
             assert receipt["id"] == fetched["receipt_id"] and receipt["state"] == "settled"
@@ -217,12 +217,12 @@ def test_a_cancelled_mcp_call_after_payment_settles_and_keeps_the_body(
 
     async def main() -> None:
         async with stdio_session(home, tmp_path / "err.log") as session:
-            call = asyncio.create_task(session.call_tool("fetch", {"url": content.url + "/slow"}))
+            pending = asyncio.create_task(call(session, "fetch", {"url": content.url + "/slow"}))
             # The paid request reached the handler: the payment has left the agent.
             assert await asyncio.to_thread(content.slow_entered.wait, 60)
-            call.cancel()  # the client abandons the call: notifications/cancelled
+            pending.cancel()  # the client abandons the call: notifications/cancelled
             with pytest.raises(asyncio.CancelledError):
-                await call
+                await pending
             content.slow_release.set()
             record = await wait_for_receipt(session, home, "settled")
             assert record.response_body_sha256 is not None
@@ -304,6 +304,13 @@ def test_a_refused_signature_is_reported_counted_until_expiry_then_released(
 
 
 # ---- helpers ---------------------------------------------------------------------------------
+async def call(session: ClientSession, tool: str, arguments: dict[str, Any]) -> mcp_types.CallToolResult:
+    """Call our tool by its role (fetch, receipts), whatever prefix the server names it with."""
+    names = [t.name for t in (await session.list_tools()).tools]
+    (name,) = [n for n in names if n == tool or n.endswith("_" + tool)]
+    return await session.call_tool(name, arguments)
+
+
 async def read_bytes(session: ClientSession, uri: str) -> bytes:
     (item,) = (await session.read_resource(uri)).contents
     if isinstance(item, mcp_types.BlobResourceContents):
@@ -327,7 +334,7 @@ async def wait_for_receipt(session: ClientSession, home: Path, state: str) -> An
     after the cancelled call returned), read through the receipts tool."""
     async with asyncio.timeout(60):
         while True:
-            listed = (await session.call_tool("receipts", {"limit": 1})).structured_content
+            listed = (await call(session, "receipts", {"limit": 1})).structured_content
             assert listed is not None
             rows = listed["receipts"]
             if rows and rows[0]["state"] == state:
