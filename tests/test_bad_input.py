@@ -853,6 +853,26 @@ def test_a_paid_body_over_the_memory_limit_is_kept_in_the_store(driver: str, env
         assert hashlib.sha256(body.read()).hexdigest() == outcome.stored.sha256
 
 
+def test_a_paid_body_past_the_policy_cap_keeps_its_first_part(env: Env, hostile: Servers,
+                                                                tmp_path: Path,
+                                                                _servers: Servers) -> None:
+    cap = 3 * 1024 * 1024 + 5
+    capped = opted_in(POLICY, _servers).model_copy(update={"max_paid_body_bytes": cap})
+    env.payer.gate = PolicyGate(capped, env.ledger)
+    env.payer.content_store = ContentStore(tmp_path / "content")
+    hostile.main.program(PATH, valid_v2_402(hostile.url), Canned.make(
+        200, {"content-type": "application/octet-stream"}, stream_bytes=8 * 1024 * 1024))
+
+    outcome = env.fetch(FetchRequest(url=hostile.url))
+
+    stored = outcome.stored
+    assert stored is not None and stored.size == cap and not stored.complete
+    [row] = env.rows()  # what was paid for is kept, and the receipt says it was cut
+    evidence = json.loads(row.evidence_json or "{}")
+    assert evidence["body_cut_at_bytes"] == cap and evidence["body_sha256"] == stored.sha256
+    assert hashlib.sha256(stored.read()).hexdigest() == stored.sha256
+
+
 # ---- settlement that is not ours -------------------------------------------------------------
 SETTLEMENT_LIES: dict[str, dict[str, Any]] = {
     "payer_differs": {"payer": EVIL},
