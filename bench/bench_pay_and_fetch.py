@@ -6,9 +6,17 @@ drift hits both alike. The world runs in its own process (`x402-agent devnet`) s
 do not share an interpreter with the clients being measured.
 
 x402-agent does more per payment: policy check, a ledger reservation before signing, state
-changes, a stored receipt, and an on-chain check of the settlement transaction receipt.
+changes, a stored receipt, and an on-chain check of the settlement transaction receipt (done by
+the agent's verifier after the body is returned).
 
-    .venv/bin/python bench/bench_pay_and_fetch.py [--rounds 5] [--per-round 20] [--concurrency 32]
+Latency: sequential (strictly alternating single requests, ratio of medians; our verifier's
+check is let finish after each of our requests, outside the timing, so that it does not run
+into the next client's request) and ``--concurrency`` at a time (alternating rounds, ratio of
+wall time per request; our rounds include waiting for the verifier to finish).
+Client CPU: ``time.process_time()`` of this process (all its threads) per paid request, the
+world in its own process, alternating requests; ours includes the verifier's check.
+
+    .venv/bin/python bench/bench_pay_and_fetch.py [--rounds 6] [--per-round 32] [--concurrency 32]
 """
 
 from __future__ import annotations
@@ -57,6 +65,12 @@ def sdk_client(home: Path, network: str, token: str) -> x402Client:
     return client
 
 
+def settle_checks(agent: Agent | None) -> None:
+    """Wait until the agent's verifier has checked every payment it was given."""
+    if agent is not None and agent.verifier is not None:
+        assert agent.verifier.wait_idle(60)
+
+
 async def timed(calls: int, concurrency: int, one: Callable[[], Awaitable[int]]) -> list[float]:
     """Per-request latencies (s) of ``calls`` paid fetches, ``concurrency`` at a time."""
     gate = asyncio.Semaphore(concurrency)
@@ -99,20 +113,31 @@ async def measure(url: str, agents: dict[str, Agent], sdk: x402Client, rounds: i
         calls = {SDK: theirs, **{name: ours(agent) for name, agent in agents.items()}}
         latencies: dict[str, list[float]] = {name: [] for name in calls}
         walls = dict.fromkeys(calls, 0.0)
+        cpu: dict[str, list[float]] = {name: [] for name in calls}
         for call in calls.values():  # warm up: connection pools, imports, caches
             await timed(4, 1, call)
+        for agent in agents.values():
+            settle_checks(agent)
         batches = rounds * per_round if concurrency == 1 else rounds
         size = 1 if concurrency == 1 else per_round
         names = list(calls)
         for batch in range(batches):
             for name in names[batch % len(names):] + names[:batch % len(names)]:
-                began = time.perf_counter()
+                began, began_cpu = time.perf_counter(), time.process_time()
                 latencies[name] += await timed(size, concurrency, calls[name])
+                if concurrency > 1:
+                    settle_checks(agents.get(name))
                 walls[name] += time.perf_counter() - began
-    figures = {name: summary(latencies[name], walls[name]) for name in calls}
+                settle_checks(agents.get(name))
+                cpu[name].append((time.process_time() - began_cpu) / size)
+    figures = {name: {**summary(latencies[name], walls[name]),
+                      "cpu_ms_per_request": 1000 * statistics.fmean(cpu[name])}
+               for name in calls}
     key = "p50_ms" if concurrency == 1 else "per_request_wall_ms"
     for name in agents:
         figures[name]["ratio_over_sdk"] = round(figures[name][key] / figures[SDK][key], 3)
+        figures[name]["cpu_ratio_over_sdk"] = round(
+            figures[name]["cpu_ms_per_request"] / figures[SDK]["cpu_ms_per_request"], 3)
     return {"concurrency": concurrency, "ratio_basis": key, **figures}
 
 
@@ -148,6 +173,12 @@ def main() -> None:
         for name in (OURS, OURS_NO_CHAIN):
             print(f"; {name} {data[name][key]:.2f} ms = {data[name]['ratio_over_sdk']:.3f}x",
                   end="", file=sys.stderr)
+        print(file=sys.stderr)
+        print(f"  client CPU per request: SDK {data[SDK]['cpu_ms_per_request']:.2f} ms", end="",
+              file=sys.stderr)
+        for name in (OURS, OURS_NO_CHAIN):
+            print(f"; {name} {data[name]['cpu_ms_per_request']:.2f} ms = "
+                  f"{data[name]['cpu_ratio_over_sdk']:.3f}x", end="", file=sys.stderr)
         print(file=sys.stderr)
 
 

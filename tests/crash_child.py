@@ -2,7 +2,8 @@
 
     python crash_child.py HOME URL IDEMPOTENCY_KEY STEP
 
-STEP: after_reserve | after_mark_sent | before_settle | none (the test kills it from outside).
+STEP: after_reserve | after_mark_sent | before_settle | after_settle | none (the test kills it
+from outside).
 The kill is instrumentation around the real ledger methods; everything else is the product.
 """
 
@@ -48,6 +49,8 @@ def main() -> None:
         kill_after("mark_sent")
     elif step == "before_settle":
         kill_before("settle")
+    elif step == "after_settle":  # before the background check of the settlement's receipt
+        kill_after("settle")
     agent = Agent.open(Path(home))
     agent.fetch(url, idempotency_key=key)
     print("finished without being killed", file=sys.stderr)

@@ -2,11 +2,15 @@
 
 Modes: ``forward`` (honest), ``fail_after_settle`` (lets the payment settle, then answers 500),
 ``swallow`` (keeps the payment, forwards without it: the server answers 402 again),
-``hold_after_settle`` (lets it settle, signals ``held``, never answers).
+``hold_after_settle`` (lets it settle, signals ``held``, never answers), ``claim_settled``
+(keeps the payment, never settles it, and answers 200 with a settlement header naming
+``claimed_tx``, a transaction that did not move this payment).
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 from typing import Any
 
@@ -23,6 +27,7 @@ class FaultyProxy:
         self.mode = "forward"
         self.captured: list[tuple[str, str]] = []  # payment headers it kept
         self.held = threading.Event()
+        self.claimed_tx = ""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -35,6 +40,12 @@ class FaultyProxy:
                 break
         headers = {k.decode(): v.decode() for k, v in scope["headers"] if k.decode() != "host"}
         payment = [(k, v) for k, v in headers.items() if k in PAYMENT_HEADERS]
+        if payment and self.mode == "claim_settled":
+            self.captured += payment
+            await self.answer(send, 200, {"content-type": "text/plain",
+                                          "payment-response": self.false_claim(payment[0][1])},
+                              b"content that was never paid for")
+            return
         if payment and self.mode == "swallow":
             self.captured += payment
             headers = {k: v for k, v in headers.items() if k not in PAYMENT_HEADERS}
@@ -49,9 +60,22 @@ class FaultyProxy:
         if payment and self.mode == "fail_after_settle":
             assert "payment-response" in out_headers, "upstream did not settle"
             status, out_headers, content = 500, {}, b"internal error after settlement"
+        await self.answer(send, status, out_headers, content)
+
+    @staticmethod
+    async def answer(send: Any, status: int, headers: dict[str, str], content: bytes) -> None:
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(k.encode(), v.encode()) for k, v in out_headers.items()]})
+                    "headers": [(k.encode(), v.encode()) for k, v in headers.items()]})
         await send({"type": "http.response.body", "body": content})
+
+    def false_claim(self, payment_header: str) -> str:
+        """A v2 settle response that matches the signed payment in every field but names
+        ``claimed_tx``: only the chain can tell it is false."""
+        paid = json.loads(base64.b64decode(payment_header))
+        auth = paid["payload"]["authorization"]
+        claim = {"success": True, "payer": auth["from"], "transaction": self.claimed_tx,
+                 "network": paid["accepted"]["network"], "amount": auth["value"]}
+        return base64.b64encode(json.dumps(claim).encode()).decode()
 
     async def forward(self, method: str, path: str, headers: dict[str, str], body: bytes
                       ) -> tuple[int, dict[str, str], bytes]:

@@ -28,7 +28,7 @@ def test_v2_get_pays_exactly_the_price_and_keeps_a_receipt(world: WorldInfo, age
     route = world.route("GET", "/v2/weather")
     before = token_balance(world.rpc_url, world.usdc.address, route.pay_to)
 
-    outcome = agent.fetch(route.url)
+    outcome = agent.verified(agent.fetch(route.url))  # on-chain check done
 
     assert outcome.status == 200
     assert json.loads(outcome.content or b"{}")
@@ -67,7 +67,7 @@ def test_v2_post_binds_the_request_body(world: WorldInfo, agent: Agent) -> None:
 def test_v1_route_pays_through_the_official_v1_server(world: WorldInfo, agent: Agent) -> None:
     route = world.route("GET", "/v1/weather")
     before = token_balance(world.rpc_url, world.usdc.address, route.pay_to)
-    outcome = agent.fetch(route.url)
+    outcome = agent.verified(agent.fetch(route.url))  # on-chain check done
     assert outcome.status == 200, outcome.content
     assert outcome.payment is not None and outcome.payment.x402_version == 1
     assert outcome.payment.state == PaymentState.SETTLED and outcome.confirmed_on_chain

@@ -54,6 +54,9 @@ NEXT_STEP: dict[str, str] = {
                             "the breaker",
     "session_unknown": "this session has expired or is unknown: start a new MCP connection or "
                        "toolkit",
+    "session_expired": "this session's lifetime ended: over MCP a new session (with a fresh "
+                       "allowance) starts at your next call, so tell the user, then retry the "
+                       "call with the same idempotency_key; a toolkit needs a new session",
     "session_asset_not_allowed": "this session may not pay in that asset",
     "host_not_allowed": "the policy does not allow paying this host",
     "private_address": "the URL points into the machine's own or a private network, which the "
@@ -72,6 +75,8 @@ NEXT_STEP: dict[str, str] = {
     "url_too_long": f"URLs are limited to {limits.MAX_URL_CHARS} characters: send large "
                     "parameters in a POST body",
     "invalid_method": f"use one of {', '.join(sorted(limits.ALLOWED_METHODS))}",
+    "read_only_method": "quoting sends only GET or HEAD: to price another method, fetch it "
+                        "with a max_price (nothing is paid above it)",
     "too_many_headers": f"send at most {limits.MAX_HEADERS} headers",
     "header_too_large": f"a header value may have {limits.MAX_HEADER_VALUE_CHARS} characters, "
                         f"all headers together {limits.MAX_HEADERS_TOTAL_CHARS}",
@@ -134,14 +139,16 @@ class ToolRefusal(Exception):
         self.budget = budget
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"refused": True, "reason": self.reason, "error": self.error,
-                                "message": self.message}
+        """Reason, message and next step first (what a model reads first), then the rest; the
+        budget cut to what bears on the decision (the full view is the budget tool's)."""
+        data: dict[str, Any] = {"reason": self.reason, "message": self.message}
         if self.reason in NEXT_STEP:
             data["next_step"] = NEXT_STEP[self.reason]
+        data.update(refused=True, error=self.error)
         if self.details:
             data["details"] = self.details
         if self.budget is not None:
-            data["budget"] = self.budget
+            data["budget"] = short_budget(self.budget)
         return data
 
     def __str__(self) -> str:
@@ -150,14 +157,32 @@ class ToolRefusal(Exception):
         return json.dumps(self.to_dict(), default=str, sort_keys=True)
 
 
+def short_budget(view: Mapping[str, Any]) -> dict[str, Any]:
+    """What remains, in brief: per asset the daily remainder and per-request cap, and the
+    session's remaining allowance (atomic units with a display form)."""
+    assets = [{k: a.get(k) for k in ("symbol", "network", "per_request_max", "daily_remaining",
+                                     "daily_remaining_display")}
+              for a in view.get("assets") or []]
+    short: dict[str, Any] = {"assets": assets}
+    session = view.get("session")
+    if session:
+        short["session"] = {"id": session.get("id"), "allowance": [
+            {k: a.get(k) for k in ("symbol", "remaining", "remaining_display")}
+            for a in session.get("allowance") or []]}
+    return short
+
+
 class FetchResult(BaseModel):
     """The resource, and what (if anything) was paid for it."""
 
     url: str
     status: int = Field(description="HTTP status of the final response")
     content_type: str | None = None
-    body: str = Field(description="the response body: text, or base64 when it is binary")
-    body_encoding: Literal["text", "base64"] = "text"
+    body: str = Field(description="the response body: text, or base64 when it is binary "
+                                  "(empty when `body_encoding` is `content`)")
+    body_encoding: Literal["text", "base64", "content"] = Field(
+        "text", description="`content`: a binary body comes as an image or embedded-resource "
+                            "block of the tool result, not in this field")
     body_bytes: int = Field(description="size of the whole body in bytes")
     truncated: bool = Field(description=f"true when the body was cut at {MAX_BODY_BYTES} bytes")
     paid: bool = Field(description="true when a payment was made (or replayed) for this request")

@@ -44,9 +44,10 @@ def budget_view(policy: Policy, ledger: Ledger, now: float, session: str | None 
         "circuit_breaker": {
             "consecutive_failures": snapshot.consecutive_failures,
             "threshold": breaker.max_consecutive_failures if breaker else None,
-            "open": bool(breaker and snapshot.consecutive_failures
-                         >= breaker.max_consecutive_failures),
+            "open": snapshot.settlement_mismatch is not None or bool(
+                breaker and snapshot.consecutive_failures >= breaker.max_consecutive_failures),
             "reset_at": snapshot.breaker_reset_at,
+            "settlement_mismatch": snapshot.settlement_mismatch,
         },
     }
     if session is not None:

@@ -50,6 +50,8 @@ class Usage:
     session_started_at: float | None = None
     payments_last_minute: int = 0
     consecutive_failures: int = 0
+    # A payment whose settlement transaction the chain contradicted (since the breaker's reset).
+    settlement_mismatch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,12 @@ def _allowance(policy: Policy, rule: SessionRule, asset: AssetRule) -> int | Non
 def decide(policy: Policy, offer: OfferLike, context: PaymentContext, usage: Usage,
            now: float) -> Decision:
     """Allow or refuse one payment, with a reason code and the budgets that would remain."""
+    if usage.settlement_mismatch is not None:
+        # A server claimed a settlement the chain does not show: whatever the policy's
+        # threshold, nothing more is paid until a human has looked and reset the breaker.
+        return Decision(False, "circuit_open",
+                        f"payment {usage.settlement_mismatch} was not settled by the transaction"
+                        " the server named; paying is stopped until the breaker is reset")
     breaker = policy.circuit_breaker
     if breaker is not None and usage.consecutive_failures >= breaker.max_consecutive_failures:
         return Decision(False, "circuit_open",

@@ -16,7 +16,7 @@ CSV_FIELDS = (
     "id", "state", "created_at", "method", "url", "request_body_sha256", "x402_version",
     "network", "asset", "symbol", "amount", "price", "pay_to", "payer", "nonce", "valid_after",
     "valid_before", "settlement_tx", "response_status", "response_body_sha256", "policy_version",
-    "policy_digest", "idempotency_key",
+    "policy_digest", "idempotency_key", "verification",
 )
 
 
@@ -45,6 +45,8 @@ def render(records: Sequence[PaymentRecord], fmt: str) -> str:
     lines = [f"{'when':24} {'state':8} {'price':>12}  {'tx':14} url"]
     for r in records:
         tx = (r.settlement_tx or "-")[:12]
-        lines.append(f"{_iso(r.created_at)[:23]:24} {r.state:8} "
+        # A settled payment whose transaction the chain contradicted shows as such.
+        state = "mismatch" if r.verification == "mismatch" else r.state
+        lines.append(f"{_iso(r.created_at)[:23]:24} {state:8} "
                      f"{format_units(r.amount, r.decimals) + ' ' + r.symbol:>12}  {tx:14} {r.url}")
     return "\n".join(lines)
