@@ -23,8 +23,8 @@ async def main(server_python: str, url: str) -> None:
         "env": {**os.environ},
     }})
     tools = {tool.name: tool for tool in await client.get_tools()}
-    budget = await tools["budget"].ainvoke({})
-    paid = await tools["fetch"].ainvoke({"url": url})
+    budget = await tools["x402_budget"].ainvoke({})
+    paid = await tools["x402_fetch"].ainvoke({"url": url})
     print(json.dumps({"tools": sorted(tools), "budget": text_json(budget),
                       "fetch": text_json(paid)}))
 

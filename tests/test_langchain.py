@@ -187,7 +187,7 @@ def test_langchain_mcp_adapters_load_our_mcp_tools(world: WorldInfo, home: Path)
         text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["tools"] == ["budget", "fetch", "quote", "receipts"]
+    assert result["tools"] == ["x402_budget", "x402_fetch", "x402_quote", "x402_receipts"]
     assert result["fetch"]["paid"] is True and result["fetch"]["payment_state"] == "settled"
     assert result["fetch"]["amount"] == str(route.price_atomic)
     assert result["budget"]["session"]["allowance"][0]["spent"] == "0"

@@ -26,7 +26,7 @@ from x402_agent.devnet.provision import devnet_policy, provision_devnet_home
 from x402_agent.policy import Policy
 
 SERVER = [sys.executable, "-m", "x402_agent.cli", "mcp"]
-TOOLS = {"fetch", "quote", "budget", "receipts"}
+TOOLS = {"x402_fetch", "x402_quote", "x402_budget", "x402_receipts"}
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ async def pay_refuse_and_read(session: ClientSession, world: WorldInfo) -> None:
     """The scenario both transports run: list, pay, read receipts, get refused."""
     listed = await session.list_tools()
     assert {t.name for t in listed.tools} == TOOLS
-    fetch_tool = next(t for t in listed.tools if t.name == "fetch")
+    fetch_tool = next(t for t in listed.tools if t.name == "x402_fetch")
     assert {"url", "max_price", "idempotency_key"} <= set(fetch_tool.input_schema["properties"])
     assert "per_request_cap_exceeded" in (fetch_tool.description or "")
     assert fetch_tool.output_schema is not None

@@ -8,6 +8,7 @@ counted) before the error reaches the caller.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import itertools
 import time
@@ -34,6 +35,11 @@ from .flow import (
     fetch_flow,
 )
 from .netguard import NetworkGuard, Resolver
+
+# Told of every step the async driver is about to run (a price request, an approval, a top-up,
+# the paid request, a settlement check): an adapter sets it around one call to report progress.
+STEP_OBSERVER: contextvars.ContextVar[Callable[[Step], Awaitable[None]] | None] = (
+    contextvars.ContextVar("x402_step_observer", default=None))
 
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -141,6 +147,18 @@ class _Body:
             self._writer = None
 
 
+def _record_interruption(flow: Generator[Step, Any, Any]) -> None:
+    """Ctrl-C with the payment sent: the flow records it (unknown, counted, with evidence)
+    before the interrupt goes on; the answer is lost, the chain settles the rest later."""
+    try:
+        flow.throw(UpstreamError("interrupted after the payment was sent", reason="interrupted",
+                                 cause="KeyboardInterrupt"))
+    except X402AgentError:
+        pass  # the flow's own account of it (paid, not delivered): the interrupt wins
+    finally:
+        flow.close()
+
+
 class X402Client:
     """Synchronous pay-and-fetch over one pooled httpx.Client."""
 
@@ -177,6 +195,10 @@ class X402Client:
                     answer = self._execute(step, deadline)
                 except X402AgentError as exc:
                     step = flow.throw(exc)
+                except KeyboardInterrupt:
+                    if isinstance(step, HttpCall) and step.paid:
+                        _record_interruption(flow)
+                    raise
                 else:
                     step = flow.send(answer)
         except StopIteration as done:
@@ -296,6 +318,9 @@ class AsyncX402Client:
                 return value  # type: ignore[no-any-return]
             if isinstance(value, HttpCall) and value.paid:
                 progress.paid = True
+            observer = STEP_OBSERVER.get()
+            if observer is not None:
+                await observer(value)
             try:
                 answer = await self._execute(value, deadline)
             except X402AgentError as exc:
