@@ -40,6 +40,7 @@ class ContentServer:
     pay_to: str = field(default_factory=lambda: Account.create().address)
     slow_entered: threading.Event = field(default_factory=threading.Event)
     slow_release: threading.Event = field(default_factory=threading.Event)
+    slow_settled: threading.Event = field(default_factory=threading.Event)  # answer ready
     log: list[tuple[str, bool]] = field(default_factory=list)  # (path, carried a payment)
     served: ServedApp | None = None
 
@@ -100,8 +101,12 @@ class ContentServer:
         async def x402_guard(
             request: Request, call_next: Callable[[Request], Awaitable[Response]]
         ) -> Response:
-            self.log.append((request.url.path, any(h in request.headers for h in PAYMENT_HEADERS)))
-            return await guard(request, call_next)
+            paid = any(h in request.headers for h in PAYMENT_HEADERS)
+            self.log.append((request.url.path, paid))
+            response = await guard(request, call_next)
+            if paid and request.url.path == "/slow":
+                self.slow_settled.set()  # the middleware settled before answering
+            return response
 
         @app.get("/big")
         async def big() -> Response:

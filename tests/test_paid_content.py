@@ -16,8 +16,10 @@ import base64
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -231,6 +233,44 @@ def test_a_cancelled_mcp_call_after_payment_settles_and_keeps_the_body(
             assert hashlib.sha256(body).hexdigest() == record.response_body_sha256
 
     asyncio.run(main())
+    assert payee_balance(world, content) - before == PRICE
+
+
+def test_ctrl_c_after_payment_records_it_and_the_next_process_settles_it(
+    world: WorldInfo, content: ContentServer, home: Path
+) -> None:
+    before = payee_balance(world, content)
+    content.slow_entered.clear()
+    content.slow_release.clear()
+    content.slow_settled.clear()
+    main = threading.get_ident()
+
+    def interrupt_once_paid() -> None:
+        assert content.slow_entered.wait(60)  # the paid request reached the handler
+        signal.pthread_kill(main, signal.SIGINT)
+
+    agent = Agent.open(home)
+    interrupter = threading.Thread(target=interrupt_once_paid)
+    interrupter.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            agent.fetch(content.url + "/slow")
+        interrupter.join()
+        (record,) = agent.receipts()
+        # Recorded at once, counted, with what happened; never left "sent".
+        assert record.state == PaymentState.UNKNOWN
+        assert json.loads(record.evidence_json or "{}")["cause"] == "KeyboardInterrupt"
+    finally:
+        content.slow_release.set()  # the server settles and answers a closed connection
+        agent.close()
+    assert content.slow_settled.wait(60)
+    # The next process finds the chain used the authorization: settled, paid once.
+    agent = Agent.open(home)
+    try:
+        (record,) = agent.receipts()
+        assert record.state == PaymentState.SETTLED
+    finally:
+        agent.close()
     assert payee_balance(world, content) - before == PRICE
 
 
