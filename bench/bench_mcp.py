@@ -71,11 +71,11 @@ async def per_call(home: Path, url: str, calls: int) -> tuple[list[float], list[
             async with stdio_client(params, errlog=err) as (read, write), \
                     ClientSession(read, write) as session:
                 await session.initialize()
-                await session.call_tool("budget", {})  # opens the agent (first call)
+                await session.call_tool("x402_budget", {})  # opens the agent (first call)
                 await tools.afetch(url)
                 for _ in range(calls):  # alternate, so drift hits both equally
                     t = time.perf_counter()
-                    result = await session.call_tool("fetch", {"url": url})
+                    result = await session.call_tool("x402_fetch", {"url": url})
                     through_mcp.append(time.perf_counter() - t)
                     assert not result.is_error, result.content
                     t = time.perf_counter()

@@ -261,3 +261,95 @@ def test_json_bodies_survive_and_images_are_content(world: WorldInfo, tmp_path: 
 
     asyncio.run(main())
 
+
+
+@pytest.mark.parametrize("revision", sorted(REVISIONS))
+def test_progress_and_logging_reach_python_hosts(world: WorldInfo, tmp_path: Path,
+                                                 revision: str) -> None:
+    home = home_with(world, tmp_path / "home")
+    route = world.route("GET", "/v2/weather")
+    logged: list[str] = []
+    steps: list[str | None] = []
+
+    async def on_log(params: mcp_types.LoggingMessageNotificationParams) -> None:
+        logged.append(str(params.data))
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        steps.append(message)
+
+    async def main() -> None:
+        # On 2026-07-28 a host opts in to log messages per request (log_level).
+        async with python_client(home, revision, logging_callback=on_log,
+                                 log_level="info") as client:
+            paid = await client.call_tool("x402_fetch", {"url": route.url},
+                                          progress_callback=on_progress)
+            assert data(paid)["paid"] is True
+            refused = await client.call_tool("x402_fetch",
+                                             {"url": world.route("GET", "/v2/premium").url})
+            assert data(refused)["reason"] == "per_request_cap_exceeded"
+
+    asyncio.run(main())
+    assert any(step and step.startswith("requesting GET") for step in steps), steps
+    assert any(step and step.startswith("payment sent") for step in steps), steps
+    assert any(line.startswith("paid 0.001 USDC") for line in logged), logged
+    assert any("per_request_cap_exceeded" in line for line in logged), logged
+
+
+def test_an_expired_session_is_renewed_not_stuck(world: WorldInfo, tmp_path: Path) -> None:
+    """A host that outlives the session lifetime is told (session_expired, with a next step)
+    and its next call runs in a new session with a fresh allowance."""
+    lifetime = 2
+    policy_data = devnet_policy(world).model_dump(by_alias=True)
+    policy_data["sessions"]["default"]["lifetime_seconds"] = lifetime
+    home = provision_devnet_home(world, tmp_path / "home",
+                                 policy=Policy.model_validate(policy_data)).root
+    url = world.route("GET", "/v2/weather").url
+
+    async def main() -> None:
+        async with python_client(home, "2025-11-25") as client:
+            first = await client.call_tool("x402_fetch", {"url": url})
+            first_session = data(await client.call_tool("x402_budget", {}))["session"]["id"]
+            assert data(first)["paid"] is True
+            # The condition under test is the passing of wall-clock time itself.
+            await asyncio.sleep(lifetime + 0.2)
+            expired = await client.call_tool("x402_fetch", {"url": url})
+            assert data(expired)["reason"] == "session_expired", expired
+            assert "new session" in data(expired)["next_step"]
+            renewed = await client.call_tool("x402_fetch", {"url": url})
+            assert data(renewed)["paid"] is True, renewed
+            session = data(await client.call_tool("x402_budget", {}))["session"]
+            assert session["id"] != first_session
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("revision", sorted(REVISIONS))
+def test_http_sessions_follow_the_host(world: WorldInfo, tmp_path: Path, revision: str) -> None:
+    """Streamable HTTP: a 2025-11-25 connection is its HTTP session; 2026-07-28 has none, so
+    calls with one bearer token share a session; a session the host names in `_meta` is its
+    own, shared by every connection that names it."""
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    route = world.route("GET", "/v2/weather")
+    home = home_with(world, tmp_path / "home", session_allowance=route.price_atomic)
+    named = {"x402-agent/session": "host-chat-42"}
+
+    async def fetch_on_new_connection(url: str, token: str, meta: Any = None) -> str:
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
+                                      timeout=60) as http, \
+                Client(streamable_http_client(url, http_client=http),
+                       mode=REVISIONS[revision]) as client:
+            result = await client.call_tool("x402_fetch", {"url": route.url}, meta=meta)
+            return "paid" if data(result).get("paid") else str(data(result)["reason"])
+
+    async def main(url: str, token: str) -> None:
+        assert await fetch_on_new_connection(url, token) == "paid"
+        second = await fetch_on_new_connection(url, token)
+        expected = "paid" if revision == "2025-11-25" else "session_allowance_exceeded"
+        assert second == expected
+        assert await fetch_on_new_connection(url, token, named) == "paid"
+        assert await fetch_on_new_connection(url, token, named) == "session_allowance_exceeded"
+
+    with running_http_server(home, tmp_path / "http.log") as (url, token):
+        asyncio.run(main(url, token))

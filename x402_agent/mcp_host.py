@@ -33,6 +33,7 @@ from mcp_types import (
     EmbeddedResource,
     ImageContent,
     InputRequiredResult,
+    LoggingLevel,
     TextContent,
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -232,6 +233,16 @@ def progress_observer(ctx: Context[Any, Any]) -> Callable[[Step], Awaitable[None
             return
 
     return observe
+
+
+# ---- logging ---------------------------------------------------------------------------------
+async def log(ctx: Context[Any, Any], level: LoggingLevel, message: str) -> None:
+    """An MCP log message for the host (on 2026-07-28 only to hosts that opted in); logging is
+    a courtesy and never fails the call."""
+    try:
+        await ctx.log(level, message, logger_name="x402-agent")
+    except Exception:
+        return
 
 
 # ---- fetch results ---------------------------------------------------------------------------

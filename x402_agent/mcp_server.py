@@ -48,6 +48,7 @@ from .mcp_host import (
     fetch_content,
     input_required,
     input_required_cause,
+    log,
     model_result,
     output_model,
     progress_observer,
@@ -196,7 +197,10 @@ def build_server(home: Path | None = None, session_profile: str | None = None
                 return input_required(asking)
             if isinstance(exc, ToolRefusal) and exc.reason in RENEWING and tools is not None:
                 sessions.renew(key, tools)
-            return refusal_result(exc)
+            refused = refusal_result(exc)
+            said = refused.structured_content or {}
+            await log(ctx, "warning", f"refused ({said.get('reason')}): {said.get('message')}")
+            return refused
         finally:
             STEP_OBSERVER.reset(observing)
             _current_ctx.reset(token)
@@ -233,6 +237,10 @@ def build_server(home: Path | None = None, session_profile: str | None = None
             sent_body, sent_headers = _with_json(body or None, json, headers)
             result = await tools.afetch(url, method, sent_headers, sent_body, max_price,
                                         idempotency_key, timeout_seconds)
+            if result.paid:
+                await log(ctx, "info", f"{'replayed' if result.replayed else 'paid'} "
+                                       f"{result.price} to {result.pay_to} for {method} {url} "
+                                       f"(receipt {result.receipt_id})")
             return fetch_content(result)
         return await run(ctx, call)
 

@@ -167,7 +167,7 @@ async def _agent(world: WorldInfo, home: AgentHome, scratch: Path, out: Console,
         for extra in EXTRAS:
             await fetch_until_refused(session, "session 1", world.route(*extra).url, 1, report)
         await fetch_until_refused(session, "session 1", url, 10, report)
-        receipts = await tool(session, "receipts", limit=3)
+        receipts = await tool(session, "x402_receipts", limit=3)
         out.print(f"  the agent reads its receipts: {len(receipts['receipts'])} latest, all "
                   f"{sorted({r['state'] for r in receipts['receipts']})}")
     out.print("[bold]agent session 2[/] (a new connection, a fresh session allowance)")
@@ -179,8 +179,8 @@ async def _agent(world: WorldInfo, home: AgentHome, scratch: Path, out: Console,
         else:
             out.print("  the agent tries again under policy v1")
         await fetch_until_refused(session, "session 2", url, 10, report)
-        summary.receipts = (await tool(session, "receipts", limit=50))["receipts"]
-        summary.budget = await tool(session, "budget")
+        summary.receipts = (await tool(session, "x402_receipts", limit=50))["receipts"]
+        summary.budget = await tool(session, "x402_budget")
 
 
 def _raise_daily_limit(world: WorldInfo, home: AgentHome, out: Console) -> bool:

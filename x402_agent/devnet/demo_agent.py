@@ -43,10 +43,10 @@ async def mcp_session(home: Path, log: Path) -> AsyncIterator[Any]:
 
 async def fetch_until_refused(session: Any, name: str, url: str, limit: int,
                               report: Callable[[ToolCall], None]) -> list[ToolCall]:
-    """Call ``fetch`` on ``url`` until a refusal (or ``limit`` calls); each call is reported."""
+    """Call ``x402_fetch`` on ``url`` until a refusal (or ``limit`` calls); each call is reported."""
     calls = []
     for _ in range(limit):
-        result = await session.call_tool("fetch", {"url": url})
+        result = await session.call_tool("x402_fetch", {"url": url})
         data = result.structured_content or {}
         if result.is_error:
             call = ToolCall(name, url, paid=False, refused=str(data.get("reason", "error")))
