@@ -5,6 +5,7 @@ pinned in package.json) over stdio and streamable HTTP, the MCP Inspector CLI, a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -128,19 +129,25 @@ def test_typescript_sdk_over_streamable_http(world: WorldInfo, tmp_path: Path, s
     check_ts_host(out, world)
 
 
+@pytest.mark.parametrize("transport", ["stdio", "http"])
 def test_typescript_sdk_on_2026_07_28_approves_through_its_handler(world: WorldInfo,
-                                                                  tmp_path: Path) -> None:
+                                                                  tmp_path: Path,
+                                                                  transport: str) -> None:
     """The 2.x client pinned to 2026-07-28: no back-channel, the approval is the
     input-required round, answered by the same elicitation handler; a decline is refused."""
     home = home_with(world, tmp_path / "home", approval_above=5_000)
     report = world.route("GET", "/v2/report").url
-    base = {"sdk": "v2", "transport": "stdio", "pin": "2026-07-28", "command": SERVER[0],
+    base = {"sdk": "v2", "transport": transport, "pin": "2026-07-28", "command": SERVER[0],
             "args": SERVER[1:], "env": {**os.environ, "X402_AGENT_HOME": str(home)},
             "calls": [{"tool": "x402_fetch", "arguments": {"url": report}}]}
-    accepted = run_ts_host({**base, "elicit": "accept"})
+    with contextlib.ExitStack() as stack:
+        if transport == "http":
+            url, token = stack.enter_context(running_http_server(home, tmp_path / "http.log"))
+            base.update(url=url, token=token)
+        accepted = run_ts_host({**base, "elicit": "accept"})
+        declined = run_ts_host({**base, "elicit": "decline"})
     assert len(accepted["elicitations"]) == 1
     assert accepted["results"][0]["structuredContent"]["paid"] is True
-    declined = run_ts_host({**base, "elicit": "decline"})
     assert declined["results"][0]["structuredContent"]["reason"] == "approval_denied"
 
 

@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import sys
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -107,6 +108,9 @@ _current_ctx: contextvars.ContextVar[Context[Any, Any] | None] = contextvars.Con
 # Refusals after which the host's next call opens a new agent session.
 RENEWING = frozenset({"session_expired", "session_unknown"})
 QUOTE_METHODS = ("GET", "HEAD")
+# Host sessions remembered, least recently used forgotten first (its next call, if any, opens a
+# new session, as a new connection would).
+SESSIONS_KEPT = 1024
 
 
 async def _elicit_approval(request: ApprovalRequest) -> bool | None:
@@ -131,7 +135,7 @@ class _Sessions:
         self.session_profile = session_profile
         self._agent: Agent | None = None
         self._lock = asyncio.Lock()
-        self._by_key: dict[str, asyncio.Future[AgentTools]] = {}
+        self._by_key: OrderedDict[str, asyncio.Future[AgentTools]] = OrderedDict()
 
     async def agent(self) -> Agent:
         async with self._lock:
@@ -152,6 +156,10 @@ class _Sessions:
         if opening is None:
             opening = table[key] = asyncio.ensure_future(asyncio.to_thread(
                 AgentTools, agent, session_profile=self.session_profile))
+            while len(table) > SESSIONS_KEPT:  # an HTTP server meets endless sessions
+                table.popitem(last=False)
+        else:
+            table.move_to_end(key)
         try:
             return await asyncio.shield(opening)  # one caller cancelled: the others still wait
         except Exception:
