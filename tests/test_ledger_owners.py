@@ -189,3 +189,19 @@ def test_owner_lock_files_of_dead_processes_are_cleaned_up(tmp_path: Path) -> No
     finally:
         ledger.close()
     assert list(owners.iterdir()) == []  # a closed ledger leaves nothing behind
+
+
+def test_own_in_flight_lists_only_this_openers_sent_and_unknown_rows(
+        ledger_factory: LedgerFactory) -> None:
+    # What a long-lived process resolves itself at expiry (x402_agent.expiry): its own rows
+    # past sending, earliest expiry first; not another live opener's, not a reservation.
+    mine, other = ledger_factory(Clock(tick=1)), ledger_factory(Clock(tick=1))
+    late = send(mine, reserve(mine, T0), valid_before=2_000_000_100)
+    early = send(mine, reserve(mine, T0), valid_before=2_000_000_000)
+    reserve(mine, T0)
+    send(other, reserve(other, T0), valid_before=1_900_000_000)
+    mine.mark_unknown(late.id, evidence={"why": "refused"})
+    settled = send(mine, reserve(mine, T0))
+    mine.settle(settled.id, settlement_tx="0xtx")
+    assert [r.id for r in mine.own_in_flight()] == [early.id, late.id]
+    assert [r.state for r in mine.own_in_flight()] == [S.SENT, S.UNKNOWN]

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .budget import budget_view
 from .content_store import CONTENT_DIR, ContentStore
 from .deadline import DEFAULT_TIMEOUT_SECONDS
+from .expiry import ExpiryWatch
 from .flow import (
     STALE_RESERVATION_SECONDS,
     ApprovalRequest,
@@ -38,6 +40,21 @@ if TYPE_CHECKING:
     from .client import AsyncApprover, AsyncX402Client
 
 
+def _completed(answer: Awaitable[bool | None]) -> bool | None:
+    """An async approver under a sync fetch, run to its answer on a private event loop: here
+    when this thread runs no loop, else in a worker thread (a running loop cannot be re-entered,
+    and the sync fetch blocks it anyway until the answer comes)."""
+    async def wait() -> bool | None:
+        return await answer
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(wait())
+    with ThreadPoolExecutor(1, thread_name_prefix="x402-approver") as pool:
+        return pool.submit(asyncio.run, wait()).result()
+
+
 class Agent:
     """One paying agent: a payer (policy gate, ledger, signer) and pooled HTTP clients."""
 
@@ -55,6 +72,9 @@ class Agent:
         # elicitation, a LangChain callback); without one such payments are refused.
         self.approver = approver
         self._sync = X402Client(payer, approver=self._sync_approver)
+        # This process's own payments left sent/unknown (refused, cut by a deadline, lost) are
+        # resolved from the chain at their expiry while it lives, not only at the next start.
+        self.expiry = ExpiryWatch(payer, self._sync.run)
         self._async: AsyncX402Client | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
 
@@ -62,11 +82,7 @@ class Agent:
         if self.approver is None:
             return None
         answer = self.approver(request)
-        if inspect.isawaitable(answer):
-            if inspect.iscoroutine(answer):
-                answer.close()
-            raise TypeError("an async approver needs the async fetch")
-        return answer
+        return _completed(answer) if inspect.isawaitable(answer) else answer
 
     @classmethod
     def open(cls, home: AgentHome | Path | None = None, signer: PaymentSigner | None = None,
@@ -100,6 +116,7 @@ class Agent:
         self.close()
 
     def close(self) -> None:
+        self.expiry.close()  # before the HTTP client it drives its chain reads with
         self._sync.close()
         if self.verifier is not None:  # check what this process paid before it exits
             self.verifier.close()
@@ -125,6 +142,8 @@ class Agent:
             else:
                 state = self._sync.run(reconcile(self.payer, record))
             counts[str(state)] = counts.get(str(state), 0) + 1
+        if counts.keys() & {str(PaymentState.SENT), str(PaymentState.UNKNOWN)}:
+            self.expiry.poke()  # taken over, not expired yet: now this process's to resolve
         return counts
 
     def open_session(self, profile: str | None = None, session: str | None = None) -> str:
@@ -136,7 +155,10 @@ class Agent:
 
     def budget(self, session: str | None = None, profile: str | None = None, *,
                on_chain: bool = False) -> dict[str, Any]:
-        """What remains; ``on_chain`` adds a smart account's bounds and balances (RPC reads)."""
+        """What remains; ``on_chain`` adds a smart account's bounds and balances (RPC reads).
+        This process's own payments the chain shows expired are resolved first, so a release
+        shows at once, not at the watch's next timer."""
+        self.expiry.resolve_now()
         view = budget_view(self.payer.gate.policy, self.payer.gate.ledger, self.payer.clock(),
                            session, profile)
         status = getattr(self.payer.signer, "status", None)
@@ -163,7 +185,17 @@ class Agent:
             else timeout_seconds)
 
     def fetch(self, url: str, **options: Any) -> FetchOutcome:
-        return self._sync.fetch(self.request(url, **options))
+        try:
+            return self._watched(self._sync.fetch(self.request(url, **options)))
+        except BaseException:
+            self.expiry.poke()  # a refusal after paying, a deadline, a loss: a row may be open
+            raise
+
+    def _watched(self, outcome: FetchOutcome) -> FetchOutcome:
+        if outcome.payment is not None and outcome.payment.state in (PaymentState.SENT,
+                                                                     PaymentState.UNKNOWN):
+            self.expiry.poke()
+        return outcome
 
     def _async_client(self) -> AsyncX402Client:
         from .client import AsyncX402Client
@@ -176,7 +208,11 @@ class Agent:
         return self._async
 
     async def afetch(self, url: str, **options: Any) -> FetchOutcome:
-        return await self._async_client().fetch(self.request(url, **options))
+        try:
+            return self._watched(await self._async_client().fetch(self.request(url, **options)))
+        except BaseException:
+            self.expiry.poke()
+            raise
 
     def quote(self, url: str, **options: Any) -> Quote:
         request = self.request(url, **options)

@@ -183,6 +183,10 @@ class Ledger(Protocol):
     def unresolved(self) -> list[PaymentRecord]:
         """Reserved, sent and unknown rows, whoever owns them (all are counted)."""
         ...
+    def own_in_flight(self) -> list[PaymentRecord]:
+        """Sent and unknown rows this opener owns, earliest expiry first: its own to resolve
+        while it lives (no other opener takes them over)."""
+        ...
     def claim_orphans(self) -> list[Claim]:
         """Take over the rows in flight that no live opener owns (their owner is gone, or
         they name none): what start-up reconciliation may resolve."""

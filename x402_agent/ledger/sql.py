@@ -29,6 +29,7 @@ from typing import Any
 
 from ..decision import Usage
 from ..errors import LedgerError, PaymentInFlight
+from ..reasons import Reason
 from .owners import new_owner_id
 from .records import (
     AssetUsage,
@@ -388,7 +389,7 @@ class SqlLedger(ABC):
             # is the authorization nonce.
             if self._is_conflict(exc):
                 raise LedgerError(f"payment {payment_id}: nonce already used by another payment",
-                                  reason="nonce_reused", payment_id=payment_id) from exc
+                                  reason=Reason.NONCE_REUSED, payment_id=payment_id) from exc
             if type(exc).__module__.startswith(("sqlite3", "psycopg")):
                 raise LedgerError(f"ledger write failed: {exc}", payment_id=payment_id) from exc
             raise
@@ -401,7 +402,7 @@ class SqlLedger(ABC):
         rows = self._records(cur, "WHERE id = ?", (payment_id,))
         if not rows or to is PaymentState.SENT or rows[0].state not in _FINAL:
             raise LedgerError(f"payment {payment_id} cannot move to {to}",
-                              reason="invalid_transition", payment_id=payment_id)
+                              reason=Reason.INVALID_TRANSITION, payment_id=payment_id)
         record = rows[0]
         missing = {name: values[name] for name in _FILLABLE
                    if values.get(name) is not None and getattr(record, name) is None}
@@ -501,6 +502,10 @@ class SqlLedger(ABC):
     def unresolved(self) -> list[PaymentRecord]:
         return self._select(f"WHERE {_IN_FLIGHT} ORDER BY created_at", ())
 
+    def own_in_flight(self) -> list[PaymentRecord]:
+        return self._select("WHERE state IN ('sent', 'unknown') AND owner = ? "
+                            "ORDER BY valid_before", (self.owner,))
+
     # ---- owners ----------------------------------------------------------------------------
     def claim_orphans(self) -> list[Claim]:
         with self._reading() as cur:
@@ -517,7 +522,7 @@ class SqlLedger(ABC):
             row = self._run(cur, f"SELECT owner, {', '.join(COLUMNS)} FROM payments WHERE id = ?",
                             (payment_id,)).fetchone()
         if row is None:
-            raise LedgerError(f"no payment {payment_id}", reason="invalid_transition",
+            raise LedgerError(f"no payment {payment_id}", reason=Reason.INVALID_TRANSITION,
                               payment_id=payment_id)
         owner, record = row[0], self._record(row[1:])
         if owner == self.owner:
