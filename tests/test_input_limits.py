@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from test_mcp import stdio_session, structured
 
 from x402_agent import request_limits as limits
-from x402_agent.agent_tools import NEXT_STEP, AgentTools, ToolRefusal
+from x402_agent.agent_tools import AgentTools, ToolRefusal
 from x402_agent.cli import main
 from x402_agent.devnet.info import WorldInfo
 from x402_agent.devnet.provision import devnet_policy, provision_devnet_home
@@ -35,6 +35,7 @@ from x402_agent.errors import InvalidRequest, PolicyDenied, X402AgentError
 from x402_agent.langchain_tools import X402Toolkit
 from x402_agent.operations import Agent
 from x402_agent.policy import PrivateNetwork
+from x402_agent.reasons import Reason
 
 MiB = 1024 * 1024
 PATH = "/counted"
@@ -128,7 +129,9 @@ def run_main(*argv: str) -> tuple[int, str, str]:
 
 def assert_refused(code: int, stderr: str, reason: str, exit_code: int = 2) -> None:
     assert code == exit_code and f"[{reason}]" in stderr, (code, stderr[:500])
-    assert "Traceback" not in stderr and len(stderr.splitlines()) == 1, stderr[:500]
+    # One line for the refusal, one for its next step (from the Reason).
+    assert "Traceback" not in stderr, stderr[:500]
+    assert stderr.splitlines()[1:] == [f"next step: {Reason[reason.upper()].next_step}"], stderr[:500]
 
 
 # ---- the limits themselves -------------------------------------------------------------------
@@ -146,7 +149,7 @@ def test_every_reason_has_a_next_step() -> None:
         "unsupported_url",
         "invalid_max_price",
     }
-    assert reasons - set(NEXT_STEP) == set()
+    assert all(Reason[reason.upper()].next_step for reason in reasons)
 
 
 def test_limits_hold_exactly_at_the_boundary() -> None:
@@ -352,7 +355,7 @@ def test_mcp_refuses_each_case(world: WorldInfo, counting: HostileServer, home: 
                 assert result.is_error, name
                 error = structured(result)
                 assert error["reason"] == case.reason, (name, error)
-                assert error["next_step"] == NEXT_STEP[case.reason]
+                assert error["next_step"] == Reason[case.reason.upper()].next_step
                 if case.idempotency_key is None and case.body is None:  # quote sends no body
                     quoted = await session.call_tool("quote", case.tool_args(target))
                     assert quoted.is_error and structured(quoted)["reason"] == case.reason, name

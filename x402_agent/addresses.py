@@ -20,6 +20,7 @@ from ipaddress import (
     ip_address,
     ip_network,
 )
+from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import PrivateAddressRefused
@@ -183,10 +184,10 @@ def refusal(host: str, port: int, address: IPAddress, rule: str) -> PrivateAddre
     where = f"{address}" + (f", carrying {inner}" if inner is not None else "")
     kind = rule.replace("_", "-")
     article = "an" if kind[0] in "aeiou" else "a"
+    embedded: dict[str, Any] = {"embedded_ipv4": str(inner)} if inner is not None else {}
     return PrivateAddressRefused(
         f"{shown} is {article} {kind} address ({where}), not a public one: the agent does not "
         f"fetch from the machine's own or private networks (rule: {rule}). To allow it, a "
         f"device-approved policy must list it in {POLICY_FIELD}, e.g. \"{shown}:{port}\"",
-        rule=rule, host=host, port=port, address=str(address),
-        **({"embedded_ipv4": str(inner)} if inner is not None else {}),
+        rule=rule, host=host, port=port, address=str(address), **embedded,
         policy_field=POLICY_FIELD)

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from . import request_limits as limits
 from .errors import InvalidRequest, PolicyDenied, X402AgentError
+from .reasons import Reason
 
 if TYPE_CHECKING:
     from .flow import ApprovalRequest, FetchOutcome
@@ -38,97 +38,27 @@ ReceiptState = Literal["reserved", "sent", "settled", "released", "unknown"]
 
 Approver = Callable[["ApprovalRequest"], "bool | Awaitable[bool | None] | None"]
 
-# What each reason means for the model, and what it can do next (also used in tool docs).
-NEXT_STEP: dict[str, str] = {
-    "per_request_cap_exceeded": "the price is above the policy's per-request cap: do not retry; "
-                                "look for a cheaper resource or ask the user",
-    "price_above_max": "the price is above the max_price you gave: raise max_price only if the "
-                       "user agreed, or skip the resource",
-    "daily_limit_exceeded": "today's budget is spent: stop paying until the day resets",
-    "session_allowance_exceeded": "this session's allowance is spent: stop paying and tell the "
-                                  "user",
-    "approval_required": "the payment needs a human approval that could not be asked for here: "
-                         "ask the user to approve it out of band",
-    "approval_denied": "a human rejected the payment: do not retry it",
-    "circuit_open": "payments are stopped after repeated failures: a human must reset "
-                            "the breaker",
-    "session_unknown": "this session has expired or is unknown: start a new MCP connection or "
-                       "toolkit",
-    "session_expired": "this session's lifetime ended: over MCP a new session (with a fresh "
-                       "allowance) starts at your next call, so tell the user, then retry the "
-                       "call with the same idempotency_key; a toolkit needs a new session",
-    "session_asset_not_allowed": "this session may not pay in that asset",
-    "host_not_allowed": "the policy does not allow paying this host",
-    "private_address": "the URL points into the machine's own or a private network, which the "
-                       "agent never fetches: do not retry with another spelling; only the user "
-                       "can opt the address in (policy private_network.allow, device-approved)",
-    "payee_not_allowed": "the policy does not allow paying this payee",
-    "rate_limited": "too many payments in the last minute: wait, then retry",
-    "invalid_max_price": "max_price must be a positive decimal like '0.05' or '0.05 USDC'",
-    "unsupported_url": "only http:// and https:// URLs with a host can be fetched",
-    "header_injection": "header names and values may not contain line breaks",
-    "invalid_header": "headers must be valid HTTP tokens with printable ASCII values",
-    "reserved_header": "Host, Content-Length, Transfer-Encoding, Connection, other hop-by-hop "
-                       "and Proxy-* headers are set by the HTTP client, payment headers by the "
-                       "wallet: leave them out",
-    "invalid_url": "the URL could not be parsed: check brackets, port and characters",
-    "url_too_long": f"URLs are limited to {limits.MAX_URL_CHARS} characters: send large "
-                    "parameters in a POST body",
-    "invalid_method": f"use one of {', '.join(sorted(limits.ALLOWED_METHODS))}",
-    "read_only_method": "quoting sends only GET or HEAD: to price another method, fetch it "
-                        "with a max_price (nothing is paid above it)",
-    "too_many_headers": f"send at most {limits.MAX_HEADERS} headers",
-    "header_too_large": f"a header value may have {limits.MAX_HEADER_VALUE_CHARS} characters, "
-                        f"all headers together {limits.MAX_HEADERS_TOTAL_CHARS}",
-    "invalid_body": "the body must be text",
-    "body_too_large": f"request bodies are limited to {limits.MAX_BODY_BYTES} bytes",
-    "invalid_idempotency_key": f"use 1 to {limits.MAX_KEY_CHARS} letters, digits or ._:~+/=@- "
-                               "(a UUID works), or leave the key out",
-    "invalid_session": f"session names are 1 to {limits.MAX_KEY_CHARS} letters, digits or "
-                       "._:~+/=@-",
-    "invalid_limit": "ask for a whole number of receipts within the stated range",
-    "invalid_state": f"state must be one of {', '.join(RECEIPT_STATES)}",
-    "invalid_arguments": "the arguments do not fit the tool's schema: fix their names and "
-                         "types",
-    "body_file_unreadable": "the body file could not be read: give a readable file, not a "
-                            "directory",
-    "max_price_asset_mismatch": "max_price names an asset this resource is not sold in: give "
-                                "the ceiling in the offered asset (see quote) or as a bare number",
-    "paid_not_delivered": "the payment was sent but the resource was not delivered; the amount "
-                          "stays counted: report it to the user with the receipt id, do not "
-                          "pay again",
-    "payment_rejected": "the server refused the payment (details.server_reason) and nothing "
-                        "settled; it stays counted until details.expires_at_iso: tell the user "
-                        "the reason; do not retry until it is fixed",
-    "payment_not_settled": "the server failed without taking the payment; it stays counted "
-                           "until details.expires_at_iso: retry with the same idempotency_key "
-                           "(the same payment is resent), or report the receipt id",
-    "deadline_exceeded": "the server did not answer within the timeout and nothing was paid: "
-                         "retry later, or with a larger timeout_seconds if it is known to be slow",
-    "paid_deadline_exceeded": "the payment was sent but the answer did not arrive in time; it "
-                              "stays counted: retry with the same idempotency_key (the same "
-                              "payment is resent, never a second one); without a key do not "
-                              "fetch again, report the receipt id",
-    "invalid_timeout": "timeout_seconds must be a number from 1 to 600",
-    "idempotency_key_conflict": "that idempotency key was used for another request: use a new "
-                                "key",
-    "payment_in_flight": "a payment with this idempotency key is still in flight: retry later "
-                         "with the same key",
-    "settlement_mismatch": "the server's settlement does not match what was paid: the amount "
-                           "stays counted; report the receipt id to the user, do not pay again",
-    "settlement_not_ours": "the transaction the server named did not move this payment: the "
-                           "breaker is open; report the receipt id to the user",
-    "settlement_reverted": "the settlement transaction reverted: the breaker is open; report "
-                           "the receipt id to the user",
-    "settlement_tx_not_found": "the transaction the server named does not exist on chain: the "
-                               "breaker is open; report the receipt id to the user",
+
+
+# What hosts read about each tool, in MCP's spelling (the MCP tool annotations and the
+# LangChain tools' metadata): fetch spends money (destructive, not idempotent without a key),
+# the others only read.
+TOOL_ANNOTATIONS: dict[str, dict[str, Any]] = {
+    "fetch": {"title": "Fetch a URL, paying with x402 if allowed", "readOnlyHint": False,
+              "destructiveHint": True, "idempotentHint": False, "openWorldHint": True},
+    "quote": {"title": "Price a URL (pays nothing)", "readOnlyHint": True,
+              "destructiveHint": False, "idempotentHint": True, "openWorldHint": True},
+    "budget": {"title": "Spending budget left", "readOnlyHint": True, "destructiveHint": False,
+               "idempotentHint": True, "openWorldHint": False},
+    "receipts": {"title": "Payment receipts", "readOnlyHint": True, "destructiveHint": False,
+                 "idempotentHint": True, "openWorldHint": False},
 }
 
 
 class ToolRefusal(Exception):
     """A tool call that did not succeed, in terms a model can act on."""
 
-    def __init__(self, reason: str, message: str, *, error: str = "X402AgentError",
+    def __init__(self, reason: Reason, message: str, *, error: str = "X402AgentError",
                  details: Mapping[str, Any] | None = None,
                  budget: dict[str, Any] | None = None) -> None:
         super().__init__(f"[{reason}] {message}")
@@ -141,10 +71,9 @@ class ToolRefusal(Exception):
     def to_dict(self) -> dict[str, Any]:
         """Reason, message and next step first (what a model reads first), then the rest; the
         budget cut to what bears on the decision (the full view is the budget tool's)."""
-        data: dict[str, Any] = {"reason": self.reason, "message": self.message}
-        if self.reason in NEXT_STEP:
-            data["next_step"] = NEXT_STEP[self.reason]
-        data.update(refused=True, error=self.error)
+        data: dict[str, Any] = {"reason": self.reason, "message": self.message,
+                                "next_step": self.reason.next_step, "refused": True,
+                                "error": self.error}
         if self.details:
             data["details"] = self.details
         if self.budget is not None:
@@ -345,8 +274,8 @@ def refusal(exc: BaseException, budget: Callable[[], dict[str, Any]] | None = No
         return ToolRefusal(exc.reason, exc.message, error=type(exc).__name__,
                            details=_safe(exc.details), budget=remaining)
     if isinstance(exc, ValueError | TypeError):
-        return ToolRefusal("invalid_request", str(exc)[:300], error=type(exc).__name__)
-    return ToolRefusal("internal_error", f"{type(exc).__name__}: {str(exc)[:300]}",
+        return ToolRefusal(Reason.INVALID_REQUEST, str(exc)[:300], error=type(exc).__name__)
+    return ToolRefusal(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {str(exc)[:300]}",
                        error=type(exc).__name__)
 
 
@@ -367,8 +296,26 @@ def _check_arguments(url: object, method: object, headers: object, body: object,
     if max_price is not None:
         if not isinstance(max_price, str):
             raise InvalidRequest("max_price must be a string like '0.05' or '0.05 USDC'",
-                                 reason="invalid_max_price")
+                                 reason=Reason.INVALID_MAX_PRICE)
         PriceLimit.parse(max_price.strip())
+
+
+def with_json(body: str | None, value: Any, headers: dict[str, str] | None
+              ) -> tuple[str | None, dict[str, str] | None]:
+    """The body and headers to send: ``json`` serialised with its Content-Type (one of the two
+    bodies only; a Content-Type the caller set is kept). Both adapters take ``json``: the MCP SDK
+    would turn a JSON-looking ``body`` string into an object, and models often mean an object."""
+    import json
+
+    if value is None:
+        return body, headers
+    if body is not None:
+        raise ToolRefusal(Reason.INVALID_ARGUMENTS, "give `body` or `json`, not both",
+                          error="InvalidRequest")
+    sent = dict(headers or {})
+    if not any(name.lower() == "content-type" for name in sent):
+        sent["Content-Type"] = "application/json"
+    return json.dumps(value, separators=(",", ":")), sent
 
 
 def fetch_result(url: str, outcome: FetchOutcome, limit: int = MAX_BODY_BYTES,
@@ -402,8 +349,12 @@ def fetch_result(url: str, outcome: FetchOutcome, limit: int = MAX_BODY_BYTES,
         content_path=str(stored.path) if stored else None,
         content_complete=stored.complete if stored else True, location=outcome.location,
         verification=str(paid.verification) if paid and paid.verification else None,
-        alerts=[{**alert, "next_step": NEXT_STEP.get(str(alert.get("reason")), "")}
-                for alert in alerts or []])
+        alerts=[{**alert, "next_step": _next_step(alert.get("reason"))} for alert in alerts or []])
+
+
+def _next_step(code: object) -> str:
+    reason = Reason.of(code)
+    return reason.next_step if reason is not None else ""
 
 
 def content_uri(sha256: str) -> str:
@@ -541,7 +492,7 @@ class AgentTools:
             check_limit(limit, MAX_RECEIPTS)
             if state is not None and state not in RECEIPT_STATES:
                 raise InvalidRequest(f"state must be one of {', '.join(RECEIPT_STATES)}",
-                                     reason="invalid_state")
+                                     reason=Reason.INVALID_STATE)
             records = self.agent.receipts(limit, [PaymentState(state)] if state else None)
         except Exception as exc:
             raise refusal(exc) from exc

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .errors import X402AgentError
 from .money import format_units
 from .policy import Policy
+from .reasons import Reason
 
 _BITCOIN_PREFIX = b"\x18Bitcoin Signed Message:\n"
 
@@ -32,7 +33,7 @@ _BITCOIN_PREFIX = b"\x18Bitcoin Signed Message:\n"
 class PolicyRejected(X402AgentError):
     """The policy is not approved by the enrolled device (or is older than the accepted one)."""
 
-    reason = "policy_not_approved"
+    reason = Reason.POLICY_NOT_APPROVED
 
 
 class Enrollment(BaseModel):
@@ -117,7 +118,7 @@ def approval_message(policy: Policy) -> str:
 def bitcoin_message_digest(message: str) -> bytes:
     data = message.encode()
     if len(data) >= 0xFD:
-        raise PolicyRejected("approval line too long for a signed message", reason="policy_invalid")
+        raise PolicyRejected("approval line too long for a signed message", reason=Reason.POLICY_INVALID)
     payload = _BITCOIN_PREFIX + bytes([len(data)]) + data
     return hashlib.sha256(hashlib.sha256(payload).digest()).digest()
 
@@ -188,17 +189,17 @@ def verify_approval(policy: Policy, approval: PolicyApproval, enrollment: Enroll
     """Raise PolicyRejected unless the enrolled device signed exactly this policy."""
     if approval.policy_digest != policy.digest or approval.policy_version != policy.version:
         raise PolicyRejected("the approval is for another policy (digest or version differ)",
-                             reason="policy_tampered")
+                             reason=Reason.POLICY_TAMPERED)
     if approval.message != approval_message(policy):
         raise PolicyRejected("the approved line does not describe this policy",
-                             reason="policy_tampered")
+                             reason=Reason.POLICY_TAMPERED)
     if approval.method == "bitcoin_message":
         signer = recover_bitcoin_message_key(approval.message, approval.signature)
         if signer != enrollment.pubkey:
             raise PolicyRejected("the policy was signed by another key than the enrolled device",
-                                 reason="policy_wrong_key")
+                                 reason=Reason.POLICY_WRONG_KEY)
     else:
         signer = _recover_eth(eip712_policy_digest(policy, approval.message), approval.signature)
         if signer != enrollment.eth_address.lower():
             raise PolicyRejected("the policy was signed by another key than the enrolled device",
-                                 reason="policy_wrong_key")
+                                 reason=Reason.POLICY_WRONG_KEY)

@@ -23,6 +23,7 @@ from x402.schemas.v1 import PaymentRequiredV1, PaymentRequirementsV1
 from .errors import ChallengeError
 from .money import parse_atomic
 from .networks import caip2
+from .reasons import Reason
 
 MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024
@@ -74,7 +75,7 @@ def parse_challenge(headers: Mapping[str, str], body: bytes, request_url: str) -
         if _host(named) != _host(request_url):
             raise ChallengeError(
                 f"challenge is for {_host(named)!r}, not the requested host",
-                reason="resource_mismatch", resource=named[:200],
+                reason=Reason.RESOURCE_MISMATCH, resource=named[:200],
             )
     resource_url = _resource_url(required)
     return Challenge(required.x402_version, offers, resource_url, required.error, required)
@@ -82,19 +83,19 @@ def parse_challenge(headers: Mapping[str, str], body: bytes, request_url: str) -
 
 def _from_header(header: str) -> PaymentRequired | PaymentRequiredV1:
     if len(header) > MAX_HEADER_BYTES:
-        raise ChallengeError("PAYMENT-REQUIRED header is too large", reason="oversized_challenge",
+        raise ChallengeError("PAYMENT-REQUIRED header is too large", reason=Reason.OVERSIZED_CHALLENGE,
                              size=len(header), limit=MAX_HEADER_BYTES)
     try:
         text = safe_base64_decode(header)
     except (ValueError, UnicodeError) as exc:
         raise ChallengeError("PAYMENT-REQUIRED header is not base64 of UTF-8 text",
-                             reason="undecodable_challenge") from exc
+                             reason=Reason.UNDECODABLE_CHALLENGE) from exc
     return _validated(text, versions=(2,), where="PAYMENT-REQUIRED header")
 
 
 def _from_body(body: bytes) -> PaymentRequired | PaymentRequiredV1:
     if len(body) > MAX_BODY_BYTES:
-        raise ChallengeError("402 body is too large to be a challenge", reason="oversized_challenge",
+        raise ChallengeError("402 body is too large to be a challenge", reason=Reason.OVERSIZED_CHALLENGE,
                              size=len(body), limit=MAX_BODY_BYTES)
     return _validated(body, versions=(1, 2), where="402 body")
 
@@ -106,30 +107,30 @@ def _validated(raw: str | bytes, versions: tuple[int, ...], where: str
         data = json.loads(raw)
     except (ValueError, UnicodeError) as exc:
         raise ChallengeError(f"{where} is not a JSON challenge",
-                             reason="undecodable_challenge") from exc
+                             reason=Reason.UNDECODABLE_CHALLENGE) from exc
     if not isinstance(data, dict):
-        raise ChallengeError(f"{where} is not a JSON object", reason="undecodable_challenge")
+        raise ChallengeError(f"{where} is not a JSON object", reason=Reason.UNDECODABLE_CHALLENGE)
     version = data.get("x402Version")
     # type() rather than isinstance: JSON true must not pass for version 1.
     if type(version) is not int or version not in versions:
         raise ChallengeError(f"{where} has unsupported x402Version {version!r}"[:120],
-                             reason="unsupported_x402_version", version=repr(version)[:20])
+                             reason=Reason.UNSUPPORTED_X402_VERSION, version=repr(version)[:20])
     model = PaymentRequiredV1 if version == 1 else PaymentRequired
     try:
         required = model.model_validate(data)
     except ValidationError as exc:
         raise ChallengeError(f"{where} is not a valid x402 challenge",
-                             reason="undecodable_challenge", problems=exc.error_count()) from exc
+                             reason=Reason.UNDECODABLE_CHALLENGE, problems=exc.error_count()) from exc
     _check_accepts(required)
     return required
 
 
 def _check_accepts(required: PaymentRequired | PaymentRequiredV1) -> None:
     if not required.accepts:
-        raise ChallengeError("challenge offers no way to pay", reason="empty_challenge")
+        raise ChallengeError("challenge offers no way to pay", reason=Reason.EMPTY_CHALLENGE)
     if len(required.accepts) > MAX_OFFERS:
         raise ChallengeError("challenge lists too many payment options",
-                             reason="oversized_challenge", offers=len(required.accepts))
+                             reason=Reason.OVERSIZED_CHALLENGE, offers=len(required.accepts))
 
 
 def _offer(index: int, version: int, req: Requirement) -> Offer:
@@ -137,21 +138,21 @@ def _offer(index: int, version: int, req: Requirement) -> Offer:
     try:
         amount = parse_atomic(raw_amount)
     except OverflowError as exc:
-        raise ChallengeError("amount does not fit uint256", reason="amount_overflow",
+        raise ChallengeError("amount does not fit uint256", reason=Reason.AMOUNT_OVERFLOW,
                              offer=index) from exc
     except ValueError as exc:
         raise ChallengeError(f"amount {str(raw_amount)[:40]!r} is not a non-negative integer",
-                             reason="invalid_amount", offer=index) from exc
+                             reason=Reason.INVALID_AMOUNT, offer=index) from exc
     if amount == 0:
-        raise ChallengeError("amount is zero", reason="invalid_amount", offer=index)
+        raise ChallengeError("amount is zero", reason=Reason.INVALID_AMOUNT, offer=index)
     if not 0 < req.max_timeout_seconds <= MAX_TIMEOUT_SECONDS:
-        raise ChallengeError("maxTimeoutSeconds out of range", reason="invalid_timeout", offer=index)
+        raise ChallengeError("maxTimeoutSeconds out of range", reason=Reason.INVALID_TIMEOUT, offer=index)
     network = caip2(req.network)
     asset, pay_to = req.asset, req.pay_to
     if network is not None:  # an EVM network: addresses must be EVM addresses
         for name, value in (("asset", asset), ("payTo", pay_to)):
             if not is_hex_address(value) or int(value, 16) == 0:
-                raise ChallengeError(f"{name} is not a usable EVM address", reason="invalid_address",
+                raise ChallengeError(f"{name} is not a usable EVM address", reason=Reason.INVALID_ADDRESS,
                                      offer=index, field=name)
         asset, pay_to = _checksummed(asset), _checksummed(pay_to)
     return Offer(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .deadline import DEFAULT_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS
+from .reasons import Reason
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Receipts are read into memory to be printed: enough for any export, bounded all the same.
@@ -26,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         from .errors import InvalidRequest
 
-        raise InvalidRequest(f"{self.prog}: {message} (see --help)", reason="invalid_arguments")
+        raise InvalidRequest(f"{self.prog}: {message} (see --help)", reason=Reason.INVALID_ARGUMENTS)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,10 +105,10 @@ def _headers(pairs: Sequence[str]) -> dict[str, str]:
         name, sep, value = pair.partition(":")
         if not sep:
             raise InvalidRequest(f"header must be 'Name: value', got {pair[:60]!r}",
-                                 reason="invalid_header")
+                                 reason=Reason.INVALID_HEADER)
         name = name.strip()
         if name.lower() in (n.lower() for n in headers):
-            raise InvalidRequest(f"header {name[:40]!r} is given twice", reason="invalid_header")
+            raise InvalidRequest(f"header {name[:40]!r} is given twice", reason=Reason.INVALID_HEADER)
         headers[name] = value.strip()
     return headers
 
@@ -131,10 +132,10 @@ def _body(data: str | None) -> bytes | None:
     except (OSError, ValueError) as exc:
         problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise InvalidRequest(f"cannot read the body file {name[:200]!r}: {problem}",
-                             reason="body_file_unreadable") from None
+                             reason=Reason.BODY_FILE_UNREADABLE) from None
     if len(body) > MAX_BODY_BYTES:
         raise InvalidRequest(f"the body file {name[:200]!r} is larger than the limit of "
-                             f"{MAX_BODY_BYTES} bytes", reason="body_too_large",
+                             f"{MAX_BODY_BYTES} bytes", reason=Reason.BODY_TOO_LARGE,
                              limit=MAX_BODY_BYTES)
     return body
 
@@ -172,9 +173,9 @@ def _open_agent(args: argparse.Namespace) -> Any:
     from .request_limits import check_key
 
     session = getattr(args, "session", None)
-    check_key(session, "session", "invalid_session")
+    check_key(session, "session", Reason.INVALID_SESSION)
     # An empty profile would silently mean the default one.
-    check_key(getattr(args, "session_profile", None), "session profile", "invalid_session")
+    check_key(getattr(args, "session_profile", None), "session profile", Reason.INVALID_SESSION)
     agent = Agent.open(args.home, approver=_ask_on_terminal)
     if session is not None:
         agent.open_session(args.session_profile, session=session)
@@ -253,7 +254,8 @@ def _init(args: argparse.Namespace) -> int:
 
     root = (args.home or default_home()).expanduser()
     if args.new_key and PASSWORD_ENV not in os.environ:
-        raise ConfigError(f"set {PASSWORD_ENV}: it encrypts the new key", reason="keystore_password_missing")
+        raise ConfigError(f"set {PASSWORD_ENV}: it encrypts the new key",
+                          reason=Reason.KEYSTORE_PASSWORD_MISSING)
     home = init_home(root, network=args.network, rpc_url=args.rpc_url, ledger=args.ledger)
     print(f"agent home {root} for {args.network}")
     if args.new_key:
@@ -283,6 +285,8 @@ def _quote(args: argparse.Namespace) -> int:
     else:
         verdict = "allowed" if quote.allowed else f"refused ({quote.reason})"
         print(f"{quote.url}: {verdict} under policy v{quote.policy_version}")
+        if not quote.allowed:
+            print(f"next step: {quote.reason.next_step}")
         for option in quote.options:
             mark = "*" if quote.chosen and option["index"] == quote.chosen["index"] else " "
             price = f"{option.get('price', option['amount'])} {option.get('symbol', option['asset'])}"
@@ -408,6 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except InvalidRequest as exc:  # the message starts with the (sub)command's name
         print(f"{exc.message} [{exc.reason}]", file=sys.stderr)
+        print(f"next step: {exc.reason.next_step}", file=sys.stderr)
         return EXIT_USAGE
     from .approval import PolicyRejected
     from .errors import ConfigError, X402AgentError
@@ -423,6 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print_json(exc.to_dict())
         else:
             print(f"x402-agent: {exc.message} [{exc.reason}]", file=sys.stderr)
+            print(f"next step: {exc.reason.next_step}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, ConfigError | InvalidRequest | PolicyRejected
                                         ) else EXIT_FAILED
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .home import AgentHome, open_home
+from .reasons import Reason
 
 DAY = 86_400
 
@@ -96,7 +97,7 @@ def run_wallet(args: argparse.Namespace) -> int:
         return 0
     if wallet.relayer is None:
         raise ConfigError("owner actions need a relayer key with ETH (wallet.relayer_keystore)",
-                          reason="relayer_missing")
+                          reason=Reason.RELAYER_MISSING)
     if args.wallet_command in ("withdraw", "bounds"):
         return _owner_actions(home, wallet, args)
     from .chain.setup import revoke_session_key, rotate_session_key
@@ -124,7 +125,7 @@ def _create(home: AgentHome, args: argparse.Namespace) -> int:
     rpc_url = home.config.rpc_urls.get(args.network)
     if rpc_url is None:
         raise ConfigError(f"no RPC URL for {args.network} in the home's rpc_urls",
-                          reason="config_invalid")
+                          reason=Reason.CONFIG_INVALID)
     bounds = WalletBounds(to_checksum_address(args.token), args.max_value, args.max_window,
                           args.allowance, args.period)
     home = create_wallet(home, connect(rpc_url), network=args.network, owner=owner,
@@ -167,7 +168,7 @@ def _owner_actions(home: AgentHome, wallet: Any, args: argparse.Namespace) -> in
                 vault[1] if args.period is None else args.period]))
         if not actions:
             raise ConfigError("name a bound to change (--max-value, --max-window, --allowance, "
-                              "--period)", reason="invalid_request")
+                              "--period)", reason=Reason.INVALID_REQUEST)
     with _device_signer(home) as sign_line:
         for target, tag, action, action_args in actions:
             print(f"confirm {action} on the device...")

@@ -35,6 +35,7 @@ from .flow import (
     fetch_flow,
 )
 from .netguard import NetworkGuard, Resolver
+from .reasons import Reason
 
 # Told of every step the async driver is about to run (a price request, an approval, a top-up,
 # the paid request, a settlement check): an adapter sets it around one call to report progress.
@@ -82,7 +83,7 @@ def run_wallet_call(step: WalletCall) -> Any:
 
 
 def _too_large(size: int) -> UpstreamError:
-    return UpstreamError("response body is larger than the limit", reason="response_too_large",
+    return UpstreamError("response body is larger than the limit", reason=Reason.RESPONSE_TOO_LARGE,
                          limit=MAX_RESPONSE_BYTES, size=size)
 
 
@@ -151,7 +152,7 @@ def _record_interruption(flow: Generator[Step, Any, Any]) -> None:
     """Ctrl-C with the payment sent: the flow records it (unknown, counted, with evidence)
     before the interrupt goes on; the answer is lost, the chain settles the rest later."""
     try:
-        flow.throw(UpstreamError("interrupted after the payment was sent", reason="interrupted",
+        flow.throw(UpstreamError("interrupted after the payment was sent", reason=Reason.INTERRUPTED,
                                  cause="KeyboardInterrupt"))
     except X402AgentError:
         pass  # the flow's own account of it (paid, not delivered): the interrupt wins

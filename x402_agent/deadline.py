@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import DeadlineExceeded, InvalidRequest
+from .reasons import Reason
 
 DEFAULT_TIMEOUT_SECONDS = 60.0
 MIN_TIMEOUT_SECONDS = 1.0
@@ -36,7 +37,7 @@ def check_timeout(seconds: object) -> float:
             MIN_TIMEOUT_SECONDS <= seconds <= MAX_TIMEOUT_SECONDS):
         raise InvalidRequest(f"timeout must be between {MIN_TIMEOUT_SECONDS:g} and "
                              f"{MAX_TIMEOUT_SECONDS:g} seconds, got {str(seconds)[:40]!r}",
-                             reason="invalid_timeout")
+                             reason=Reason.INVALID_TIMEOUT)
     return float(seconds)
 
 

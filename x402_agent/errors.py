@@ -1,21 +1,23 @@
 """One error tree for the whole package.
 
-Every error carries a machine-readable ``reason`` code (stable, snake_case) that agents, the
-MCP and LangChain adapters and the CLI can act on, a human message, and ``details`` that are
-safe to show (never keys, seeds or passwords).
+Every error carries a machine-readable ``reason`` (a ``reasons.Reason``: a stable snake_case
+code with its next step) that agents, the MCP and LangChain adapters and the CLI can act on, a
+human message, and ``details`` that are safe to show (never keys, seeds or passwords).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from .reasons import Reason
+
 
 class X402AgentError(Exception):
     """Base of every error this package raises on purpose."""
 
-    reason: str = "x402_agent_error"
+    reason: Reason = Reason.X402_AGENT_ERROR
 
-    def __init__(self, message: str, *, reason: str | None = None, **details: Any) -> None:
+    def __init__(self, message: str, *, reason: Reason | None = None, **details: Any) -> None:
         super().__init__(message)
         if reason is not None:
             self.reason = reason
@@ -23,38 +25,39 @@ class X402AgentError(Exception):
         self.details = details
 
     def to_dict(self) -> dict[str, Any]:
-        return {"error": type(self).__name__, "reason": self.reason, "message": self.message,
+        return {"reason": self.reason, "message": self.message,
+                "next_step": self.reason.next_step, "error": type(self).__name__,
                 **({"details": self.details} if self.details else {})}
 
 
 class ConfigError(X402AgentError):
     """The agent home, its configuration or its key store is missing or unusable."""
 
-    reason = "config_invalid"
+    reason = Reason.CONFIG_INVALID
 
 
 class InvalidRequest(X402AgentError):
     """The caller asked for something we refuse before touching the network."""
 
-    reason = "invalid_request"
+    reason = Reason.INVALID_REQUEST
 
 
 class ChallengeError(X402AgentError):
     """The server's 402 challenge cannot be trusted or understood; nothing was signed."""
 
-    reason = "malformed_challenge"
+    reason = Reason.MALFORMED_CHALLENGE
 
 
 class NoAcceptableRequirement(X402AgentError):
     """Every payment option in the challenge was refused; ``details['rejected']`` says why."""
 
-    reason = "no_acceptable_requirement"
+    reason = Reason.NO_ACCEPTABLE_REQUIREMENT
 
 
 class PolicyDenied(X402AgentError):
     """The spending policy refused the payment."""
 
-    reason = "policy_denied"
+    reason = Reason.POLICY_DENIED
 
 
 class PrivateAddressRefused(PolicyDenied):
@@ -65,31 +68,31 @@ class PrivateAddressRefused(PolicyDenied):
     metadata, reserved), host, port, address, policy_field (where an opt-in goes).
     """
 
-    reason = "private_address"
+    reason = Reason.PRIVATE_ADDRESS
 
 
 class RedirectRefused(X402AgentError):
     """A redirect would have taken the request (and a payment) to another origin."""
 
-    reason = "cross_origin_redirect"
+    reason = Reason.CROSS_ORIGIN_REDIRECT
 
 
 class PaymentMismatch(X402AgentError):
     """What would be signed or sent differs from the requirement that was chosen."""
 
-    reason = "payment_mismatch"
+    reason = Reason.PAYMENT_MISMATCH
 
 
 class IdempotencyConflict(X402AgentError):
     """An idempotency key was reused for a different request."""
 
-    reason = "idempotency_key_conflict"
+    reason = Reason.IDEMPOTENCY_KEY_CONFLICT
 
 
 class PaymentInFlight(X402AgentError):
     """Another attempt with the same idempotency key is still in progress."""
 
-    reason = "payment_in_flight"
+    reason = Reason.PAYMENT_IN_FLIGHT
 
 
 class PaidNotDelivered(X402AgentError):
@@ -98,7 +101,7 @@ class PaidNotDelivered(X402AgentError):
     ``details`` holds the payment id and the evidence (status, settlement header, tx).
     """
 
-    reason = "paid_not_delivered"
+    reason = Reason.PAID_NOT_DELIVERED
 
 
 class PaymentNotSettled(X402AgentError):
@@ -109,32 +112,32 @@ class PaymentNotSettled(X402AgentError):
     ``details``: payment_id, status, state, expires_at (Unix time), expires_at_iso.
     """
 
-    reason = "payment_not_settled"
+    reason = Reason.PAYMENT_NOT_SETTLED
 
 
 class PaymentRejected(PaymentNotSettled):
     """The server answered the paid request with 402: it refused the payment (``details``
     ``server_reason`` says why, as the server stated it). Nothing settled yet."""
 
-    reason = "payment_rejected"
+    reason = Reason.PAYMENT_REJECTED
 
 
 class SettlementMismatch(X402AgentError):
     """The server's settlement does not match what we signed, or the chain disagrees."""
 
-    reason = "settlement_mismatch"
+    reason = Reason.SETTLEMENT_MISMATCH
 
 
 class LedgerError(X402AgentError):
     """The ledger could not record a state change; no payment proceeds without it."""
 
-    reason = "ledger_error"
+    reason = Reason.LEDGER_ERROR
 
 
 class UpstreamError(X402AgentError):
     """The server could not be reached or answered something unusable at the HTTP level."""
 
-    reason = "upstream_unreachable"
+    reason = Reason.UPSTREAM_UNREACHABLE
 
 
 class DeadlineExceeded(UpstreamError):
@@ -143,10 +146,10 @@ class DeadlineExceeded(UpstreamError):
     ``details``: host, deadline_seconds, status (when the headers came), received_bytes.
     """
 
-    reason = "deadline_exceeded"
+    reason = Reason.DEADLINE_EXCEEDED
 
 
 class ChainError(X402AgentError):
     """The chain RPC failed or answered something unusable."""
 
-    reason = "chain_unavailable"
+    reason = Reason.CHAIN_UNAVAILABLE

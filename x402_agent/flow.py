@@ -58,6 +58,7 @@ from .ledger import Ownership, PaymentRecord, PaymentState, Verification
 from .money import format_units
 from .netguard import check_literal
 from .policy import AssetRule
+from .reasons import Reason
 from .request_limits import check_request, redirect_target
 from .selection import Choice, PriceLimit, rank
 from .settlement import check_settlement, check_transaction_receipt, read_settlement_header
@@ -325,9 +326,9 @@ def _ask_approval(payer: Payer, req: FetchRequest, url: str, offer: Offer, asset
     if answer is None:
         raise PolicyDenied(f"paying {format_units(offer.amount, asset.decimals)} {asset.symbol} "
                            "needs a human approval and no one can be asked here",
-                           reason="approval_required", offer=offer.describe())
+                           reason=Reason.APPROVAL_REQUIRED, offer=offer.describe())
     if not answer:
-        raise PolicyDenied("the payment was rejected by the approver", reason="approval_denied",
+        raise PolicyDenied("the payment was rejected by the approver", reason=Reason.APPROVAL_DENIED,
                            offer=offer.describe())
     return True
 
@@ -352,7 +353,7 @@ def _send_following_redirects(payer: Payer, req: FetchRequest
             raise RedirectRefused("refusing a redirect to another origin",
                                   location=target[:200], origin=url[:200])
         url = target
-    raise RedirectRefused("too many redirects", reason="too_many_redirects")
+    raise RedirectRefused("too many redirects", reason=Reason.TOO_MANY_REDIRECTS)
 
 
 def _location(url: str, response: HttpAnswer) -> str | None:
@@ -384,7 +385,7 @@ def _follow_after_payment(payer: Payer, req: FetchRequest, url: str, response: H
             return response, target[:2000]
         url = target
         response = yield HttpCall(_build_request(req, url), paid=True, sink=sink)
-    raise RedirectRefused("too many redirects after the payment", reason="too_many_redirects")
+    raise RedirectRefused("too many redirects after the payment", reason=Reason.TOO_MANY_REDIRECTS)
 
 
 def _sink(payer: Payer) -> BodySink | None:
@@ -422,7 +423,7 @@ def _sign(payer: Payer, offer: Offer, token_name: str, token_version: str,
     signed = payer.signer.sign_authorization(wanted)
     if signed.authorization != wanted:
         raise PaymentMismatch("the signer signed something other than the chosen offer",
-                              reason="signed_payment_mismatch")
+                              reason=Reason.SIGNED_PAYMENT_MISMATCH)
     return signed
 
 
@@ -564,7 +565,7 @@ def _lost_in_transit(payer: Payer, req: FetchRequest, record: PaymentRecord,
         f"the payment was sent but {exc.details.get('host')} did not finish answering within "
         f"the {exc.details.get('deadline_seconds')} s deadline; payment {record.id} stays "
         f"counted until it is proven settled or expired; {retry}",
-        reason="paid_deadline_exceeded", payment_id=record.id,
+        reason=Reason.PAID_DEADLINE_EXCEEDED, payment_id=record.id,
         idempotency_key=req.idempotency_key, **seen)
 
 

@@ -21,6 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
+from .reasons import Reason
 
 HOME_ENV = "X402_AGENT_HOME"
 PASSWORD_ENV = "X402_AGENT_KEY_PASSWORD"
@@ -108,7 +109,7 @@ class AgentHome:
             keystore = json.loads(self.path(self.config.signer.keystore).read_text())
             return "0x" + str(keystore["address"]).lower().removeprefix("0x")
         except (OSError, ValueError, KeyError) as exc:
-            raise ConfigError("cannot read the payer keystore", reason="keystore_unreadable"
+            raise ConfigError("cannot read the payer keystore", reason=Reason.KEYSTORE_UNREADABLE
                               ) from exc
 
     def keystore_password(self) -> str:
@@ -117,12 +118,12 @@ class AgentHome:
             return password
         if self.config.signer.password_file is None:
             raise ConfigError(f"set {PASSWORD_ENV} to unlock the payer key",
-                              reason="keystore_password_missing")
+                              reason=Reason.KEYSTORE_PASSWORD_MISSING)
         try:
             return self.path(self.config.signer.password_file).read_text().strip()
         except OSError as exc:
             raise ConfigError("cannot read the keystore password file",
-                              reason="keystore_password_missing") from exc
+                              reason=Reason.KEYSTORE_PASSWORD_MISSING) from exc
 
 
 def default_home() -> Path:
@@ -137,13 +138,13 @@ def open_home(root: Path | None = None) -> AgentHome:
         raw = config_path.read_text()
     except OSError as exc:
         raise ConfigError(f"no agent home at {root} (missing {CONFIG_FILE}); set {HOME_ENV} "
-                          "or run `x402-agent devnet` for a ready one", reason="home_missing"
+                          "or run `x402-agent devnet` for a ready one", reason=Reason.HOME_MISSING
                           ) from exc
     try:
         config = HomeConfig.model_validate_json(raw)
     except ValidationError as exc:
         raise ConfigError(f"invalid {config_path}: {exc.error_count()} problem(s): "
-                          f"{exc.errors()[0]['msg']}", reason="config_invalid") from exc
+                          f"{exc.errors()[0]['msg']}", reason=Reason.CONFIG_INVALID) from exc
     return AgentHome(root, config)
 
 
@@ -187,11 +188,11 @@ def init_home(root: Path, *, network: str, rpc_url: str, ledger: str | None = No
     """A new, empty home for ``network``: configuration only. A payer comes next (a smart
     account through ``x402-agent wallet create``, or a key), then the device and its policy."""
     if (root / CONFIG_FILE).exists():
-        raise ConfigError(f"{root} is already an agent home", reason="home_exists")
+        raise ConfigError(f"{root} is already an agent home", reason=Reason.HOME_EXISTS)
     namespace, _, reference = network.partition(":")
     if namespace != "eip155" or not reference.isdigit():
         raise ConfigError(f"{network!r} is not an EVM network id like eip155:8453",
-                          reason="config_invalid")
+                          reason=Reason.CONFIG_INVALID)
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)
     fields: dict[str, object] = {"rpc_urls": {network: rpc_url}, "chain_id": int(reference)}

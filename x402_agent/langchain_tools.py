@@ -17,15 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .agent_tools import (
     MAX_BODY_BYTES,
-    NEXT_STEP,
     RECEIPTS_LIMIT_HINT,
+    TOOL_ANNOTATIONS,
     AgentTools,
     Approver,
     ReceiptState,
     ToolRefusal,
     refusal,
+    with_json,
 )
 from .deadline import TIMEOUT_DOC, TIMEOUT_HINT
+from .reasons import Reason, refusal_codes
 from .request_limits import SCHEMA_HINTS
 
 
@@ -36,8 +38,10 @@ class FetchArgs(BaseModel):
     method: str = Field("GET", description="HTTP method")
     headers: dict[str, str] | None = Field(None, description="extra request headers",
                                            json_schema_extra=SCHEMA_HINTS["headers"])
-    body: str | None = Field(None, description="request body (text)",
+    body: str | None = Field(None, description="request body (text); for JSON use json_body",
                              json_schema_extra=SCHEMA_HINTS["body"])
+    json_body: Any = Field(None, description="a JSON request body (any JSON value); sent with "
+                                             "Content-Type: application/json")
     max_price: str | None = Field(None, description="most you accept to pay, e.g. '0.01' or "
                                                     "'0.01 USDC'; the policy's caps apply anyway")
     idempotency_key: str | None = Field(None, description="give one (a UUID) to every call "
@@ -68,14 +72,14 @@ class ReceiptsArgs(BaseModel):
     state: ReceiptState | None = Field(None, description="only payments in this state")
 
 
-REASONS = ", ".join(sorted(NEXT_STEP))
 DESCRIPTIONS = {
     "fetch": ("Fetch an HTTP(S) URL, paying for it if the server answers 402 Payment Required "
               "and the spending policy allows it. Returns JSON: status, body (text or base64, "
               f"cut at {MAX_BODY_BYTES} bytes: see truncated), paid, amount (atomic units), "
-              "price, receipt_id, replayed. A refusal is JSON with `reason` (one of "
-              f"{REASONS}), `message`, `next_step` and the remaining `budget`: follow "
-              "next_step, do not retry a refusal unchanged."),
+              "price, receipt_id, replayed. A refusal is JSON that starts with `reason`, `message` "
+              "and `next_step` (a short `budget` for spending refusals): follow next_step, do "
+              "not retry a refusal unchanged. The reasons, by where they come from:\n"
+              + refusal_codes()),
     "quote": ("What a URL costs and whether the policy would pay it; pays nothing. `allowed` "
               "false comes with the reason fetch would refuse with."),
     "budget": ("What remains to spend: daily allowance per asset, this session's allowance, "
@@ -87,10 +91,14 @@ DESCRIPTIONS = {
 
 
 def _invalid_arguments(error: Exception) -> str:
-    """Arguments that do not fit the schema (a wrong type, a missing url): a refusal too."""
-    fields = sorted({".".join(str(p) for p in e["loc"]) for e in getattr(error, "errors", list)()})
-    return str(ToolRefusal("invalid_arguments", f"invalid arguments: {', '.join(fields)}",
-                           error="ValidationError"))
+    """Arguments that do not fit the schema (a wrong type, a missing url): a refusal that names
+    each field and what is wrong with it (never the rejected value: it is the caller's data)."""
+    problems = {".".join(str(p) for p in e["loc"]) or "arguments": e["msg"]
+                for e in getattr(error, "errors", list)()}
+    fields = sorted(problems)
+    return str(ToolRefusal(Reason.INVALID_ARGUMENTS, "invalid arguments: " + "; ".join(
+        f"{field}: {problems[field]}" for field in fields), error="ValidationError",
+        details={"fields": fields}))
 
 
 def _sync(call: Callable[..., BaseModel]) -> Callable[..., tuple[str, dict[str, Any]]]:
@@ -112,6 +120,21 @@ def _async(call: Callable[..., Awaitable[BaseModel]]
             raise ToolException(str(refusal(exc))) from exc
         return result.model_dump_json(), result.model_dump(mode="json")
     return run
+
+
+def _fetch(tools: AgentTools) -> tuple[Callable[..., BaseModel],
+                                      Callable[..., Awaitable[BaseModel]]]:
+    """fetch with ``json_body`` turned into the body and its Content-Type."""
+    def sync(json_body: Any = None, body: str | None = None,
+             headers: dict[str, str] | None = None, **kwargs: Any) -> BaseModel:
+        body, headers = with_json(body, json_body, headers)
+        return tools.fetch(body=body, headers=headers, **kwargs)
+
+    async def coro(json_body: Any = None, body: str | None = None,
+                   headers: dict[str, str] | None = None, **kwargs: Any) -> BaseModel:
+        body, headers = with_json(body, json_body, headers)
+        return await tools.afetch(body=body, headers=headers, **kwargs)
+    return sync, coro
 
 
 class X402Toolkit(BaseToolkit):
@@ -138,7 +161,7 @@ class X402Toolkit(BaseToolkit):
     def get_tools(self) -> list[BaseTool]:
         t = self.tools_impl
         specs: list[tuple[str, type[BaseModel], Any, Any]] = [
-            ("fetch", FetchArgs, t.fetch, t.afetch),
+            ("fetch", FetchArgs, *_fetch(t)),
             ("quote", QuoteArgs, t.quote, t.aquote),
             ("budget", BudgetArgs, t.budget, t.abudget),
             ("receipts", ReceiptsArgs, t.receipts, t.areceipts),
@@ -147,7 +170,7 @@ class X402Toolkit(BaseToolkit):
             func=_sync(sync), coroutine=_async(coro), name=f"x402_{name}",
             description=DESCRIPTIONS[name], args_schema=schema,
             response_format="content_and_artifact", handle_tool_error=True,
-            handle_validation_error=_invalid_arguments)
+            handle_validation_error=_invalid_arguments, metadata=dict(TOOL_ANNOTATIONS[name]))
             for name, schema, sync, coro in specs]
 
 

@@ -39,6 +39,7 @@ from mcp_types import (
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .agent_tools import FetchResult, ToolRefusal, refusal
+from .reasons import Reason
 
 if TYPE_CHECKING:
     from .flow import ApprovalRequest, Step
@@ -118,7 +119,7 @@ class X402Server(MCPServer[Any]):
                         for e in cause.errors()}
             fields = sorted(problems)
             return refusal_result(ToolRefusal(
-                "invalid_arguments", "invalid arguments: " + "; ".join(
+                Reason.INVALID_ARGUMENTS, "invalid arguments: " + "; ".join(
                     f"{field}: {problems[field]}" for field in fields),
                 error="InvalidRequest", details={"fields": fields}))
 

@@ -33,6 +33,7 @@ from .addresses import parse_allow_entry
 from .errors import ConfigError
 from .money import LEDGER_AMOUNT_MAX
 from .networks import caip2
+from .reasons import Reason
 
 _MACHINE_DEPENDENT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
 DEFAULT_SESSION = "default"
@@ -307,7 +308,7 @@ def parse_policy(raw: str | bytes, source: str = "policy") -> Policy:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
         )
-        raise ConfigError(f"invalid policy {source}: {problems}", reason="policy_invalid") from exc
+        raise ConfigError(f"invalid policy {source}: {problems}", reason=Reason.POLICY_INVALID) from exc
 
 
 def load_policy(path: Path) -> Policy:
@@ -315,7 +316,7 @@ def load_policy(path: Path) -> Policy:
         raw = path.read_bytes()  # bytes: bad UTF-8 is a policy_invalid, not a UnicodeDecodeError
     except OSError as exc:
         raise ConfigError(f"cannot read policy {path}: {exc.strerror}",
-                          reason="policy_missing") from exc
+                          reason=Reason.POLICY_MISSING) from exc
     return parse_policy(raw, str(path))
 
 

@@ -26,6 +26,7 @@ from .approval import Enrollment, PolicyApproval, PolicyRejected, verify_approva
 from .errors import ConfigError
 from .home import AgentHome
 from .policy import Policy, load_policy, parse_policy
+from .reasons import Reason
 from .tightening import loosenings
 
 DEVICE_FILE = "device.json"
@@ -57,10 +58,10 @@ def _read_model(path: Path, model: type[M], what: str) -> M:
     try:
         return model.model_validate_json(path.read_bytes())
     except FileNotFoundError as exc:
-        raise PolicyRejected(f"no {what} ({path.name})", reason="policy_unsigned"
-                             if what == "approval" else "device_not_enrolled") from exc
+        raise PolicyRejected(f"no {what} ({path.name})", reason=Reason.POLICY_UNSIGNED
+                             if what == "approval" else Reason.DEVICE_NOT_ENROLLED) from exc
     except (OSError, ValidationError) as exc:
-        raise PolicyRejected(f"unreadable {what} ({path.name})", reason="policy_tampered") from exc
+        raise PolicyRejected(f"unreadable {what} ({path.name})", reason=Reason.POLICY_TAMPERED) from exc
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,10 @@ class PolicyStore:
     def check_names(self, policy: Policy) -> None:
         if self.expect.account and (policy.account or "").lower() != self.expect.account.lower():
             raise PolicyRejected(f"the policy governs account {policy.account}, not this agent's "
-                                 f"{self.expect.account}", reason="policy_wrong_account")
+                                 f"{self.expect.account}", reason=Reason.POLICY_WRONG_ACCOUNT)
         if self.expect.chain_id and policy.chain_id != self.expect.chain_id:
             raise PolicyRejected(f"the policy is for chain {policy.chain_id}, not "
-                                 f"{self.expect.chain_id}", reason="policy_wrong_account")
+                                 f"{self.expect.chain_id}", reason=Reason.POLICY_WRONG_ACCOUNT)
 
     def accepted(self) -> AcceptedState | None:
         try:
@@ -106,7 +107,7 @@ class PolicyStore:
         except FileNotFoundError:
             return None
         except (OSError, ValidationError) as exc:
-            raise PolicyRejected("unreadable policy state", reason="policy_tampered") from exc
+            raise PolicyRejected("unreadable policy state", reason=Reason.POLICY_TAMPERED) from exc
 
     def check_not_rolled_back(self, approved: Policy) -> None:
         state = self.accepted()
@@ -116,7 +117,7 @@ class PolicyStore:
                 approved.version == state.version and approved.digest != state.digest):
             what = "is older than" if approved.version < state.version else "differs from"
             raise PolicyRejected(f"policy v{approved.version} {what} the accepted "
-                                 f"v{state.version}", reason="policy_rolled_back")
+                                 f"v{state.version}", reason=Reason.POLICY_ROLLED_BACK)
 
     def verify_approved(self, policy: Policy, approval: PolicyApproval) -> None:
         verify_approval(policy, approval, self.enrollment())
@@ -136,11 +137,11 @@ class PolicyStore:
                 approved = load_policy(self.path(BASE_FILE))
             except ConfigError as exc:
                 raise PolicyRejected("policy.json is not the approved policy",
-                                     reason="policy_tampered") from exc
+                                     reason=Reason.POLICY_TAMPERED) from exc
             looser = loosenings(policy, approved)
             if looser:
                 raise PolicyRejected("policy.json loosens the approved policy: "
-                                     + "; ".join(looser[:5]), reason="policy_tampered")
+                                     + "; ".join(looser[:5]), reason=Reason.POLICY_TAMPERED)
         self.verify_approved(approved, approval)
         self.check_names(policy)
         self._remember(approved)
@@ -168,7 +169,7 @@ class PolicyStore:
         looser = loosenings(policy, current)
         if looser:
             raise PolicyRejected("not a tightening; approve it on the device instead: "
-                                 + "; ".join(looser), reason="policy_needs_device",
+                                 + "; ".join(looser), reason=Reason.POLICY_NEEDS_DEVICE,
                                  loosenings=looser)
         self.check_names(policy)
         if base is current:
@@ -182,7 +183,7 @@ class PolicyStore:
         state = self.accepted()
         if state is not None and policy.version <= state.version:
             raise PolicyRejected(f"a new policy needs a version above v{state.version}",
-                                 reason="policy_rolled_back")
+                                 reason=Reason.POLICY_ROLLED_BACK)
         write_json(self.path(PROPOSED_FILE), policy_json(policy))
         return policy
 
@@ -190,7 +191,7 @@ class PolicyStore:
         path = self.path(PROPOSED_FILE)
         if not path.exists():
             raise ConfigError("nothing proposed: run `x402-agent policy propose FILE` first",
-                              reason="no_proposal")
+                              reason=Reason.NO_PROPOSAL)
         return load_policy(path)
 
 

@@ -19,6 +19,7 @@ from .flow import (
 )
 from .money import format_units
 from .netguard import check_literal
+from .reasons import Reason
 from .selection import assess, choose
 
 
@@ -28,7 +29,7 @@ class Quote:
     status: int
     payment_required: bool
     allowed: bool
-    reason: str
+    reason: Reason
     chosen: dict[str, Any] | None = None
     options: list[dict[str, Any]] = field(default_factory=list)
     policy_version: int | None = None
@@ -42,7 +43,7 @@ def quote_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, Quote]:
     policy = payer.gate.policy
     url, response = yield from _send_following_redirects(payer, req)
     if response.status_code != 402:
-        return Quote(url, response.status_code, False, True, "free",
+        return Quote(url, response.status_code, False, True, Reason.FREE,
                      policy_version=policy.version, policy_digest=policy.digest)
     challenge = parse_challenge(response.headers, response.content, url)
     context = _context(req, url)
@@ -60,4 +61,4 @@ def quote_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, Quote]:
         return Quote(url, 402, True, False, exc.reason, None, options,
                      policy.version, policy.digest)
     chosen = next(o for o in options if o["index"] == choice.offer.index)
-    return Quote(url, 402, True, True, "allowed", chosen, options, policy.version, policy.digest)
+    return Quote(url, 402, True, True, Reason.ALLOWED, chosen, options, policy.version, policy.digest)

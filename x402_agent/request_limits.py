@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from .errors import InvalidRequest
+from .reasons import Reason
 
 # RFC 9110 asks servers to accept request lines of at least 8000 octets and common servers
 # stop near there (nginx 8 KiB header buffers, Apache LimitRequestLine 8190): a longer URL
@@ -88,21 +89,21 @@ def check_request(
     if not isinstance(method, str) or method.upper() not in ALLOWED_METHODS:
         raise InvalidRequest(
             f"method {str(method)[:20]!r} is not allowed (one of {', '.join(sorted(ALLOWED_METHODS))})",
-            reason="invalid_method",
+            reason=Reason.INVALID_METHOD,
         )
     check_headers(headers)
     check_body(body)
-    check_key(idempotency_key, "idempotency key", "invalid_idempotency_key")
-    check_key(session, "session", "invalid_session")
+    check_key(idempotency_key, "idempotency key", Reason.INVALID_IDEMPOTENCY_KEY)
+    check_key(session, "session", Reason.INVALID_SESSION)
 
 
 def check_url(url: object) -> None:
     if not isinstance(url, str):
-        raise InvalidRequest("the URL must be a string", reason="invalid_url")
+        raise InvalidRequest("the URL must be a string", reason=Reason.INVALID_URL)
     if len(url) > MAX_URL_CHARS:
         raise InvalidRequest(
             f"the URL has {len(url)} characters, more than the limit of {MAX_URL_CHARS}",
-            reason="url_too_long",
+            reason=Reason.URL_TOO_LONG,
             limit=MAX_URL_CHARS,
         )
     import httpx  # lazily: the MCP server reads this module's limits at start
@@ -112,9 +113,11 @@ def check_url(url: object) -> None:
         parts.port  # noqa: B018 - parsing the port is the check (out of range raises)
         httpx.URL(url)  # what the client will send must parse as well
     except (ValueError, httpx.InvalidURL) as exc:
-        raise InvalidRequest(f"the URL cannot be parsed: {str(exc)[:120]}", reason="invalid_url") from None
+        raise InvalidRequest(f"the URL cannot be parsed: {str(exc)[:120]}",
+                             reason=Reason.INVALID_URL) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest("only http and https URLs with a host can be fetched", reason="unsupported_url")
+        raise InvalidRequest("only http and https URLs with a host can be fetched",
+                             reason=Reason.UNSUPPORTED_URL)
 
 
 def redirect_target(url: str, location: str) -> str | None:
@@ -135,44 +138,44 @@ def check_headers(headers: object) -> None:
     if headers is None:
         return
     if not isinstance(headers, Mapping):
-        raise InvalidRequest("headers must be a mapping of name: value strings", reason="invalid_header")
+        raise InvalidRequest("headers must be a mapping of name: value strings", reason=Reason.INVALID_HEADER)
     if len(headers) > MAX_HEADERS:
         raise InvalidRequest(
             f"{len(headers)} headers, more than the limit of {MAX_HEADERS}",
-            reason="too_many_headers",
+            reason=Reason.TOO_MANY_HEADERS,
             limit=MAX_HEADERS,
         )
     total = 0
     for name, value in headers.items():
         if not isinstance(name, str) or not isinstance(value, str):
-            raise InvalidRequest("header names and values must be strings", reason="invalid_header")
+            raise InvalidRequest("header names and values must be strings", reason=Reason.INVALID_HEADER)
         if len(name) > MAX_HEADER_NAME_CHARS or len(value) > MAX_HEADER_VALUE_CHARS:
             raise InvalidRequest(
                 f"header {name[:40]!r} is larger than the limit ({MAX_HEADER_NAME_CHARS}"
                 f" characters per name, {MAX_HEADER_VALUE_CHARS} per value)",
-                reason="header_too_large",
+                reason=Reason.HEADER_TOO_LARGE,
             )
         total += len(name) + len(value)
         if total > MAX_HEADERS_TOTAL_CHARS:
             raise InvalidRequest(
                 f"the headers together are larger than the limit of {MAX_HEADERS_TOTAL_CHARS} characters",
-                reason="header_too_large",
+                reason=Reason.HEADER_TOO_LARGE,
                 limit=MAX_HEADERS_TOTAL_CHARS,
             )
         if any(c in name + value for c in "\r\n\0") or not name.strip():
             raise InvalidRequest(
-                "header names and values may not contain line breaks", reason="header_injection"
+                "header names and values may not contain line breaks", reason=Reason.HEADER_INJECTION
             )
         if not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value):
             raise InvalidRequest(
                 f"header {name[:40]!r} is not a valid HTTP header (token name, printable ASCII value)",
-                reason="invalid_header",
+                reason=Reason.INVALID_HEADER,
             )
         lowered = name.lower()
         if lowered in RESERVED_HEADERS or lowered.startswith(RESERVED_PREFIX):
             raise InvalidRequest(
                 f"header {name} is set by the HTTP client or the wallet, never by the caller",
-                reason="reserved_header",
+                reason=Reason.RESERVED_HEADER,
                 header=name,
             )
 
@@ -181,7 +184,7 @@ def check_body(body: object) -> None:
     if body is None:
         return
     if not isinstance(body, str | bytes):
-        raise InvalidRequest("the body must be text or bytes", reason="invalid_body")
+        raise InvalidRequest("the body must be text or bytes", reason=Reason.INVALID_BODY)
     if isinstance(body, str):
         if len(body) > MAX_BODY_BYTES:  # every character is at least one byte
             size = len(body)
@@ -190,19 +193,19 @@ def check_body(body: object) -> None:
                 size = len(body.encode())  # as it is sent
             except UnicodeEncodeError:
                 raise InvalidRequest(
-                    "the body is not valid text (lone surrogates)", reason="invalid_body"
+                    "the body is not valid text (lone surrogates)", reason=Reason.INVALID_BODY
                 ) from None
     else:
         size = len(body)
     if size > MAX_BODY_BYTES:
         raise InvalidRequest(
             f"the body has {size} bytes, more than the limit of {MAX_BODY_BYTES}",
-            reason="body_too_large",
+            reason=Reason.BODY_TOO_LARGE,
             limit=MAX_BODY_BYTES,
         )
 
 
-def check_key(value: object, what: str, reason: str) -> None:
+def check_key(value: object, what: str, reason: Reason) -> None:
     """An idempotency key or session name: absent, or 1..MAX_KEY_CHARS safe characters."""
     if value is None:
         return
@@ -217,6 +220,6 @@ def check_limit(limit: object, maximum: int) -> int:
     """How many receipts to list: a whole number from 1 to ``maximum``."""
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= maximum:
         raise InvalidRequest(
-            f"limit must be a whole number from 1 to {maximum}", reason="invalid_limit", maximum=maximum
+            f"limit must be a whole number from 1 to {maximum}", reason=Reason.INVALID_LIMIT, maximum=maximum
         )
     return limit

@@ -14,11 +14,13 @@ from .decision import Decision, PaymentContext
 from .errors import InvalidRequest, NoAcceptableRequirement, PolicyDenied
 from .money import format_units
 from .policy import AssetRule
+from .reasons import Reason
 from .spendgate import SpendGate
 
 SUPPORTED_SCHEME = "exact"
 # Codes that mean "we cannot pay this offer at all", as opposed to "the policy said no".
-_UNPAYABLE = {"unsupported_scheme", "unknown_network", "asset_domain_mismatch", "unknown_asset"}
+_UNPAYABLE = {Reason.UNSUPPORTED_SCHEME, Reason.UNKNOWN_NETWORK, Reason.ASSET_DOMAIN_MISMATCH,
+              Reason.UNKNOWN_ASSET}
 
 # A ceiling above a trillion units of anything is a typo, not a limit.
 _MAX_PRICE = 10**12
@@ -38,10 +40,10 @@ class PriceLimit:
         match = _PRICE.fullmatch(text) if len(text) <= _MAX_PRICE_CHARS else None
         if not match:
             raise InvalidRequest(f"max price must look like '0.05' or '0.05 USDC', got "
-                                 f"{text[:_MAX_PRICE_CHARS]!r}", reason="invalid_max_price")
+                                 f"{text[:_MAX_PRICE_CHARS]!r}", reason=Reason.INVALID_MAX_PRICE)
         if not 0 < Fraction(match.group(1)) <= _MAX_PRICE:
             raise InvalidRequest(f"max price must be positive and at most {_MAX_PRICE}, got "
-                                 f"{match.group(1)!r}", reason="invalid_max_price")
+                                 f"{match.group(1)!r}", reason=Reason.INVALID_MAX_PRICE)
         return cls(match.group(1), match.group(2))
 
     def atomic_for(self, rule: AssetRule) -> int | None:
@@ -67,10 +69,10 @@ def assess(offer: Offer, gate: SpendGate, context: PaymentContext,
     already counts, which the reservation checks anyway)."""
     method = offer.extra.get("assetTransferMethod", "eip3009")
     if offer.scheme != SUPPORTED_SCHEME or method != "eip3009":
-        return Decision(False, "unsupported_scheme",
+        return Decision(False, Reason.UNSUPPORTED_SCHEME,
                         f"scheme {offer.scheme!r}/{method!r} is not supported")
     if offer.chain_id is None:
-        return Decision(False, "unknown_network", f"network {offer.network!r} is not supported")
+        return Decision(False, Reason.UNKNOWN_NETWORK, f"network {offer.network!r} is not supported")
     decision = gate.evaluate(offer, context, with_usage=with_usage)
     rule = decision.asset
     if rule is None:
@@ -81,17 +83,17 @@ def assess(offer: Offer, gate: SpendGate, context: PaymentContext,
     if (name is not None and name != rule.eip712_name) or (
         version is not None and version != rule.eip712_version
     ):
-        return Decision(False, "asset_domain_mismatch",
+        return Decision(False, Reason.ASSET_DOMAIN_MISMATCH,
                         f"server names token {name!r} v{version!r}, policy has "
                         f"{rule.eip712_name!r} v{rule.eip712_version!r}")
     if limit is not None:
         ceiling = limit.atomic_for(rule)
         if ceiling is None:
-            return Decision(False, "max_price_asset_mismatch",
+            return Decision(False, Reason.MAX_PRICE_ASSET_MISMATCH,
                             f"the max price is in {limit.symbol}, but this offer is paid in "
                             f"{rule.symbol}", rule)
         if offer.amount > ceiling:
-            return Decision(False, "price_above_max",
+            return Decision(False, Reason.PRICE_ABOVE_MAX,
                             f"price {format_units(offer.amount, rule.decimals)} {rule.symbol} "
                             f"is above the max price {limit.amount}", rule)
     return decision
@@ -124,6 +126,6 @@ def rank(challenge: Challenge, gate: SpendGate, context: PaymentContext,
         raise PolicyDenied(message, reason=first.reason, rejected=rejected,
                            remaining=first.remaining)
     reasons = {d.reason for _, d in verdicts}
-    reason = reasons.pop() if len(reasons) == 1 else "no_acceptable_requirement"
+    reason = reasons.pop() if len(reasons) == 1 else Reason.NO_ACCEPTABLE_REQUIREMENT
     raise NoAcceptableRequirement(f"none of the {len(verdicts)} offers can be paid",
                                   reason=reason, rejected=rejected)

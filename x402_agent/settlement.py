@@ -23,6 +23,7 @@ from x402.schemas import SettleResponse
 
 from .errors import SettlementMismatch
 from .networks import caip2
+from .reasons import Reason
 from .signer import TransferAuthorization
 
 AUTHORIZATION_USED_TOPIC = "0x" + keccak(text="AuthorizationUsed(address,bytes32)").hex()
@@ -80,7 +81,7 @@ def check_transaction_receipt(receipt: Mapping[str, Any], authorization: Transfe
     """The receipt proves our authorization moved exactly ``value`` to ``pay_to``."""
     token = authorization.token.verifying_contract.lower()
     if receipt.get("status") != "0x1":
-        raise SettlementMismatch("settlement transaction reverted", reason="settlement_reverted",
+        raise SettlementMismatch("settlement transaction reverted", reason=Reason.SETTLEMENT_REVERTED,
                                  tx=receipt.get("transactionHash"))
     logs = [log for log in receipt.get("logs", []) if str(log.get("address", "")).lower() == token]
     used = [
@@ -98,5 +99,5 @@ def check_transaction_receipt(receipt: Mapping[str, Any], authorization: Transfe
     if len(used) != 1 or len(transfers) != 1:
         raise SettlementMismatch(
             "the settlement transaction does not use our authorization for exactly the price",
-            reason="settlement_not_ours", tx=receipt.get("transactionHash"),
+            reason=Reason.SETTLEMENT_NOT_OURS, tx=receipt.get("transactionHash"),
             authorization_used=len(used), matching_transfers=len(transfers))

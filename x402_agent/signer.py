@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from eth_utils.crypto import keccak
 
 from .errors import ConfigError
+from .reasons import Reason
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -112,13 +113,13 @@ class LocalKeySigner:
         try:
             keystore = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read keystore {path}", reason="keystore_unreadable") from exc
+            raise ConfigError(f"cannot read keystore {path}", reason=Reason.KEYSTORE_UNREADABLE) from exc
         try:
             key = Account.decrypt(keystore, password)
         except ValueError as exc:
             # Never echo the password or the underlying message, which may describe key material.
             raise ConfigError(f"cannot decrypt keystore {path}: wrong password?",
-                              reason="keystore_locked") from exc
+                              reason=Reason.KEYSTORE_LOCKED) from exc
         return cls(Account.from_key(key))
 
     @property

@@ -17,6 +17,7 @@ from .decision import Decision, PaymentContext, Usage, decide
 from .errors import PolicyDenied
 from .ledger import Ledger, NewPayment, PaymentRecord, UsageQuery
 from .policy import Policy
+from .reasons import Reason
 
 
 class SpendGate(Protocol):
@@ -86,7 +87,7 @@ class PolicyGate:
                 raise refusal(decision, offer)
             if decision.needs_approval and not approved:
                 raise PolicyDenied("this payment needs a human approval, which was not given",
-                                   reason="approval_required", offer=offer.describe(),
+                                   reason=Reason.APPROVAL_REQUIRED, offer=offer.describe(),
                                    remaining=decision.remaining)
 
         return self._ledger.reserve(NewPayment(

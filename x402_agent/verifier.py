@@ -31,6 +31,7 @@ from urllib.parse import unquote, urlsplit
 
 from .errors import ChainError, SettlementMismatch
 from .ledger import Ledger, PaymentRecord
+from .reasons import Reason
 from .settlement import check_transaction_receipt
 from .signer import TokenDomain, TransferAuthorization
 
@@ -171,7 +172,7 @@ class Verifier:
             claimed_at = record.finished_at or record.updated_at
             if self.clock() - claimed_at < self.receipt_grace_seconds:
                 return False
-            mismatch = {"reason": "settlement_tx_not_found", "tx": record.settlement_tx,
+            mismatch = {"reason": Reason.SETTLEMENT_TX_NOT_FOUND, "tx": record.settlement_tx,
                         "message": "the transaction the server named does not exist on chain"}
         else:
             try:

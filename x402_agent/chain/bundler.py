@@ -38,6 +38,7 @@ from web3.logs import DISCARD
 from web3.types import TxParams, Wei
 
 from ..errors import ChainError
+from ..reasons import Reason
 from .entrypoint import ENTRY_POINT_V07, entry_point_v07_abi
 from .userop import PackedUserOperation, pack_account_gas_limits, user_op_hash_v07
 
@@ -127,7 +128,7 @@ class BundlerClient:
             reply = self._http.post(self.url, json={"jsonrpc": "2.0", "id": 1, "method": method,
                                                     "params": params})
         except httpx.HTTPError as exc:
-            raise ChainError(f"bundler at {self.url} unreachable: {exc!r}", reason="bundler_unavailable",
+            raise ChainError(f"bundler at {self.url} unreachable: {exc!r}", reason=Reason.BUNDLER_UNAVAILABLE,
                              url=self.url, method=method) from exc
         try:
             body = reply.json()
@@ -138,12 +139,13 @@ class BundlerClient:
         error = body.get("error") if isinstance(body, dict) else None
         if not isinstance(body, dict) or not ("result" in body or isinstance(error, dict)):
             raise ChainError(f"bundler at {self.url} answered HTTP {reply.status_code} without JSON-RPC",
-                             reason="bundler_unavailable", url=self.url, method=method,
+                             reason=Reason.BUNDLER_UNAVAILABLE, url=self.url, method=method,
                              status=reply.status_code)
         if isinstance(error, dict):
             code, message = error.get("code"), str(error.get("message"))
             # Not a bundler (e.g. a node's URL): as good as no bundler; the op was not taken.
-            reason = "bundler_unavailable" if code == _METHOD_NOT_FOUND else "bundler_rejected"
+            reason = (Reason.BUNDLER_UNAVAILABLE if code == _METHOD_NOT_FOUND
+                      else Reason.BUNDLER_REJECTED)
             raise ChainError(f"bundler {method}: {message}", reason=reason, url=self.url, method=method,
                              code=code, bundler_message=message, data=error.get("data"))
         return body["result"]
@@ -194,7 +196,7 @@ class BundlerClient:
                 return found
             if time.monotonic() >= deadline:
                 raise ChainError(f"user operation {user_op_hash} not included after {timeout}s",
-                                 reason="user_op_pending", user_op_hash=user_op_hash)
+                                 reason=Reason.USER_OP_PENDING, user_op_hash=user_op_hash)
             time.sleep(_POLL_INTERVAL_S)
 
 
@@ -273,12 +275,12 @@ def _relay_handle_ops(w3: Web3, op: PackedUserOperation, entry_point: str, user_
     except (ContractLogicError, ContractCustomError) as exc:
         reason = decode_entry_point_error(exc.data if isinstance(exc.data, str | bytes) else None)
         raise ChainError(f"EntryPoint refused the user operation: {reason or exc}",
-                         reason="user_op_rejected", user_op_hash=user_op_hash,
+                         reason=Reason.USER_OP_REJECTED, user_op_hash=user_op_hash,
                          entry_point_error=reason or str(exc)) from exc
     base_fee = int(w3.eth.get_block("latest").get("baseFeePerGas", 0))
     if op.max_fee_per_gas < base_fee:
         raise ChainError(f"maxFeePerGas {op.max_fee_per_gas} is below the base fee {base_fee}",
-                         reason="user_op_rejected", user_op_hash=user_op_hash)
+                         reason=Reason.USER_OP_REJECTED, user_op_hash=user_op_hash)
     # The EntryPoint refunds the beneficiary at the op's own gas price: relay at that price.
     params: TxParams = {
         "chainId": w3.eth.chain_id, "from": relayer.address,
@@ -294,12 +296,12 @@ def _relay_handle_ops(w3: Web3, op: PackedUserOperation, entry_point: str, user_
                                                       poll_latency=_POLL_INTERVAL_S)
     except TimeExhausted as exc:
         raise ChainError(f"handleOps transaction {tx_hash.to_0x_hex()} not mined in time",
-                         reason="user_op_pending", user_op_hash=user_op_hash,
+                         reason=Reason.USER_OP_PENDING, user_op_hash=user_op_hash,
                          transaction_hash=tx_hash.to_0x_hex()) from exc
     found = _result_from_receipt(w3, entry_point, user_op_hash, receipt, "handleOps")
     if receipt["status"] != 1 or found is None:
         raise ChainError(f"handleOps transaction {tx_hash.to_0x_hex()} did not run the user operation",
-                         reason="user_op_rejected", user_op_hash=user_op_hash,
+                         reason=Reason.USER_OP_REJECTED, user_op_hash=user_op_hash,
                          transaction_hash=tx_hash.to_0x_hex())
     return found
 
@@ -308,11 +310,11 @@ def _via_bundler(w3: Web3, op: PackedUserOperation, bundler: BundlerClient, user
                  from_block: int, timeout: float) -> UserOpResult:
     if bundler.chain_id() != w3.eth.chain_id:
         raise ChainError(f"bundler serves chain {bundler.chain_id()}, not {w3.eth.chain_id}",
-                         reason="bundler_unavailable", url=bundler.url)
+                         reason=Reason.BUNDLER_UNAVAILABLE, url=bundler.url)
     sent_hash = bundler.send(op)
     if HexBytes(sent_hash) != HexBytes(user_op_hash):
         raise ChainError(f"bundler returned userOpHash {sent_hash}, expected {user_op_hash}",
-                         reason="bundler_rejected", url=bundler.url, user_op_hash=user_op_hash)
+                         reason=Reason.BUNDLER_REJECTED, url=bundler.url, user_op_hash=user_op_hash)
     try:
         receipt = bundler.wait(user_op_hash, timeout)
         tx_hash = receipt["receipt"]["transactionHash"]
@@ -323,14 +325,14 @@ def _via_bundler(w3: Web3, op: PackedUserOperation, bundler: BundlerClient, user
         found = find_user_op(w3, bundler.entry_point, user_op_hash, from_block, "bundler")
         if found is None:
             raise ChainError(f"bundler took user operation {user_op_hash} and then went away",
-                             reason="user_op_pending", user_op_hash=user_op_hash) from exc
+                             reason=Reason.USER_OP_PENDING, user_op_hash=user_op_hash) from exc
         return found
     # Trust the chain, not the bundler's receipt.
     found = _result_from_receipt(w3, bundler.entry_point, user_op_hash,
                                  w3.eth.get_transaction_receipt(tx_hash), "bundler")
     if found is None:
         raise ChainError(f"bundler's transaction {tx_hash} has no event for {user_op_hash}",
-                         reason="bundler_rejected", user_op_hash=user_op_hash, transaction_hash=tx_hash)
+                         reason=Reason.BUNDLER_REJECTED, user_op_hash=user_op_hash, transaction_hash=tx_hash)
     return found
 
 
@@ -364,7 +366,7 @@ def submit_user_op(
         if check and not result.success:
             receipt = w3.eth.get_transaction_receipt(result.transaction_hash)  # type: ignore[arg-type]
             raise ChainError(f"user operation {result.user_op_hash} reverted in its call (gas was paid)",
-                             reason="user_op_failed", user_op_hash=result.user_op_hash,
+                             reason=Reason.USER_OP_FAILED, user_op_hash=result.user_op_hash,
                              transaction_hash=result.transaction_hash, via=result.via,
                              actual_gas_cost=result.actual_gas_cost,
                              revert_reason=_revert_reason(w3, entry, result.user_op_hash, receipt))

@@ -26,6 +26,7 @@ from web3 import Web3
 
 from ..errors import ChainError, ConfigError, PolicyDenied
 from ..home import AccountSetup, AgentHome, SmartAccountConfig
+from ..reasons import Reason
 from ..signer import LocalKeySigner, SignedAuthorization, TransferAuthorization
 from .account import account_contract, owned_contract
 from .bundler import BundlerClient, UserOpResult, submit_user_op
@@ -43,7 +44,7 @@ _PRE_VERIFICATION_GAS = 60_000
 class WalletRefused(PolicyDenied):
     """The smart account's on-chain bounds or funds would refuse this payment; nothing was signed."""
 
-    reason = "onchain_bound"
+    reason = Reason.ONCHAIN_BOUND
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ class HotWallet:
         try:
             bounds = self._read_bounds()
         except (OSError, ValueError) as exc:
-            raise ChainError("cannot read the smart account's bounds", reason="chain_unavailable",
+            raise ChainError("cannot read the smart account's bounds", reason=Reason.CHAIN_UNAVAILABLE,
                              account=self.account) from exc
         if bounds.deployed:  # a counterfactual account's bounds cannot change until it exists
             self._bounds = (now, bounds)
@@ -152,7 +153,7 @@ class HotWallet:
             "jsonrpc": "2.0", "id": 1, "method": "eth_call",
             "params": [{"to": self.token, "data": data}, "latest"]}).json()
         if "result" not in answer:
-            raise ChainError("cannot read a token balance", reason="chain_unavailable",
+            raise ChainError("cannot read a token balance", reason=Reason.CHAIN_UNAVAILABLE,
                              account=self.account)
         return int(answer["result"], 16)
 
@@ -180,19 +181,19 @@ class HotWallet:
         details = {"account": self.account, "amount": amount}
         if to_checksum_address(asset) != self.token or not bounds.token_allowed:
             raise WalletRefused("the smart account does not pay with this token",
-                                reason="onchain_token", asset=asset, **details)
+                                reason=Reason.ONCHAIN_TOKEN, asset=asset, **details)
         if amount > bounds.max_value:
             raise WalletRefused(f"the smart account caps one payment at {bounds.max_value} atomic units",
-                                reason="onchain_cap", onchain_max=bounds.max_value, **details)
+                                reason=Reason.ONCHAIN_CAP, onchain_max=bounds.max_value, **details)
         if window > bounds.max_window:
             raise WalletRefused("the payment's validity window is longer than the account allows",
-                                reason="onchain_window", onchain_max_window=bounds.max_window, **details)
+                                reason=Reason.ONCHAIN_WINDOW, onchain_max_window=bounds.max_window, **details)
         if bounds.session_expiry <= self._clock() + window:
             raise WalletRefused("this session key is revoked or expires before the payment would",
-                                reason="session_key_expired", **details)
+                                reason=Reason.SESSION_KEY_EXPIRED, **details)
         if bounds.payees_restricted and not bool(
                 account_contract(self.w3, self.account).functions.payeeAllowed(pay_to).call()):
-            raise WalletRefused("the smart account does not pay this payee", reason="onchain_payee",
+            raise WalletRefused("the smart account does not pay this payee", reason=Reason.ONCHAIN_PAYEE,
                                 pay_to=pay_to, **details)
 
     def ensure_funds(self, needed: int) -> None:
@@ -207,7 +208,7 @@ class HotWallet:
             if funds.vault_available < shortfall:
                 raise WalletRefused(
                     "the hot balance and what the vault still allows this period do not cover "
-                    "this payment", reason="hot_wallet_exhausted", account=self.account,
+                    "this payment", reason=Reason.HOT_WALLET_EXHAUSTED, account=self.account,
                     hot_balance=funds.hot_balance, vault_available=funds.vault_available,
                     needed=needed)
             amount = min(funds.vault_available, max(shortfall, self.top_up_to - funds.hot_balance))
@@ -273,11 +274,11 @@ def open_hot_wallet(home: AgentHome) -> HotWallet:
     signer = home.config.signer
     if not isinstance(signer, SmartAccountConfig):
         raise ConfigError("this agent home pays from a plain key, not a smart account",
-                          reason="not_a_smart_account")
+                          reason=Reason.NOT_A_SMART_ACCOUNT)
     rpc_url = home.config.rpc_urls.get(signer.network)
     if rpc_url is None:
         raise ConfigError(f"no RPC URL for {signer.network} in the home's rpc_urls",
-                          reason="config_invalid")
+                          reason=Reason.CONFIG_INVALID)
     password = home.keystore_password()
     session = LocalKeySigner.from_keystore(home.path(signer.keystore), password)
     relayer = None

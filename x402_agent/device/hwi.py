@@ -14,6 +14,7 @@ from typing import Any, Protocol, TypeVar
 
 from ..approval import Enrollment
 from ..errors import X402AgentError
+from ..reasons import Reason
 
 # A dedicated BIP32 path for approving policies: hardened "402" account on the testnet coin
 # type, so it never coincides with a path holding funds.
@@ -28,7 +29,7 @@ T = TypeVar("T")
 class DeviceError(X402AgentError):
     """The device is missing, locked, disconnected, timed out or said no."""
 
-    reason = "device_error"
+    reason = Reason.DEVICE_ERROR
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,11 @@ def _device_error(exc: BaseException, action: str) -> DeviceError:
 
     code = getattr(exc, "code", None)
     if code == ACTION_CANCELED or "cancel" in str(exc).lower():
-        return DeviceError(f"{action}: rejected on the device", reason="device_rejected")
+        return DeviceError(f"{action}: rejected on the device", reason=Reason.DEVICE_REJECTED)
     if isinstance(exc, OSError | TimeoutError | TransportException) or (
             "timed out" in str(exc).lower()):
         return DeviceError(f"{action}: the device stopped answering (unplugged or timed out)",
-                           reason="device_unavailable")
+                           reason=Reason.DEVICE_UNAVAILABLE)
     return DeviceError(f"{action}: {type(exc).__name__}: {str(exc)[:200]}")
 
 
@@ -171,10 +172,10 @@ class HwiDevice:
             wanted = f" with fingerprint {fingerprint}" if fingerprint else ""
             raise DeviceError(f"no hardware wallet{wanted} found (is it plugged in and unlocked? "
                               "`x402-agent device simulate` runs a simulator)",
-                              reason="device_not_found")
+                              reason=Reason.DEVICE_NOT_FOUND)
         if len(devices) > 1 and fingerprint is None:
             raise DeviceError("several devices found; pass --fingerprint",
-                              reason="device_ambiguous",
+                              reason=Reason.DEVICE_AMBIGUOUS,
                               fingerprints=[d.fingerprint for d in devices])
         return cls(devices[0])
 
@@ -202,9 +203,9 @@ class HwiDevice:
             # Reading a key needs no person: a device that does not answer at once is gone (a
             # UDP emulator link has no error to give, so HWI would wait for ever).
             self._with_timeout(lambda: getxpub(self._client, path), "enrolling",
-                               limit=_PROBE_SECONDS, silence="device_unavailable")
+                               limit=_PROBE_SECONDS, silence=Reason.DEVICE_UNAVAILABLE)
             raise DeviceError("enrolling: the address was rejected on the device",
-                              reason="device_rejected") from exc.__cause__
+                              reason=Reason.DEVICE_REJECTED) from exc.__cause__
         pubkey = ExtendedKey.deserialize(xpub).pubkey.hex()
         return Enrollment(fingerprint=str(fingerprint), path=path, pubkey=pubkey,
                           device_type=self.info.device_type, model=self.info.model)
@@ -216,7 +217,7 @@ class HwiDevice:
                                       "signing")["signature"])
 
     def _with_timeout(self, call: Callable[[], T], action: str, *, limit: float | None = None,
-                      silence: str = "device_timeout") -> T:
+                      silence: Reason = Reason.DEVICE_TIMEOUT) -> T:
         """HWI waits for the person without a deadline; give up after ``self.timeout`` (or
         ``limit``), with the reason ``silence``."""
         limit = self.timeout if limit is None else limit

@@ -12,6 +12,7 @@ from typing import Any
 from ..approval import PolicyApproval, approval_message, eip712_policy_typed_data
 from ..policy import Policy
 from ..policy_store import PolicyStore
+from ..reasons import Reason
 from .hwi import DeviceError
 
 
@@ -29,10 +30,10 @@ def sign_typed_data(typed_data: dict[str, Any], path: str, transport: str | None
         sign: Any = ethereum.sign_typed_data
         signed = sign(session, tools.parse_path(path), typed_data, metamask_v4_compat=True)
     except Cancelled as exc:
-        raise DeviceError("signing: rejected on the device", reason="device_rejected") from exc
+        raise DeviceError("signing: rejected on the device", reason=Reason.DEVICE_REJECTED) from exc
     except (TrezorException, OSError) as exc:
         raise DeviceError(f"signing: {type(exc).__name__}: {str(exc)[:200]}",
-                          reason="device_unavailable") from exc
+                          reason=Reason.DEVICE_UNAVAILABLE) from exc
     return "0x" + bytes(signed.signature).hex()
 
 

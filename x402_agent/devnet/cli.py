@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from ..reasons import Reason
 from .provision import provision_devnet_home, provision_smart_account_home
 from .world import LocalWorld
 
@@ -28,7 +29,7 @@ def run_devnet(home: Path | None, wallet: str = "smart-account") -> int:
         from ..errors import ConfigError
 
         raise ConfigError(f"{home} is already an agent home; devnet provisions a new one",
-                          reason="home_exists")
+                          reason=Reason.HOME_EXISTS)
     smart = wallet == "smart-account"
     with tempfile.TemporaryDirectory(prefix="x402-devnet-") as scratch, \
             LocalWorld(bundler=smart) as world:
