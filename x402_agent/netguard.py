@@ -40,8 +40,8 @@ def check_literal(url: object, allow: Sequence[str]) -> None:
     parser rejects (octal ``0177.0.0.1``). No lookup is made: names are checked on their
     resolved addresses when the request is sent. Anything else wrong with ``url`` is left to
     the request's validation."""
-    if not isinstance(url, str):
-        return
+    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+        return  # other schemes are refused by the request's validation, as such
     try:
         host, port = _target(httpx.URL(url))
     except (httpx.InvalidURL, ValueError):
