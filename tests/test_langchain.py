@@ -5,6 +5,7 @@ refusal."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import subprocess
@@ -25,6 +26,7 @@ from x402_agent.devnet.info import WorldInfo
 from x402_agent.devnet.provision import devnet_policy, provision_devnet_home
 from x402_agent.langchain_tools import X402Toolkit
 from x402_agent.policy import Policy
+from x402_agent.reasons import NOT_REFUSALS, Reason
 
 SESSION_ALLOWANCE = 25_000  # 0.025 USDC: two 0.01 reports, the third is refused
 
@@ -193,3 +195,131 @@ def test_langchain_mcp_adapters_load_our_mcp_tools(world: WorldInfo, home: Path)
     assert result["budget"]["session"]["allowance"][0]["spent"] == "0"
     assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (
         route.price_atomic)
+
+
+@pytest.fixture
+def approval_home(world: WorldInfo, tmp_path: Path) -> Path:
+    """Payments above 0.005 USDC need a human approval (the approver's answer)."""
+    data = devnet_policy(world).model_dump(by_alias=True)
+    for asset in data["assets"]:
+        asset["approval_above"] = 5_000
+    return provision_devnet_home(world, tmp_path / "approval-home",
+                                 policy=Policy.model_validate(data)).root
+
+
+def test_sync_and_async_invoke_approve_with_sync_and_async_approvers(
+        world: WorldInfo, approval_home: Path) -> None:
+    """An async approver under the sync invoke runs to its answer (no TypeError); a sync one
+    under the async invoke too. Each approves a payment above the approval threshold."""
+    route = world.route("GET", "/v2/report")  # 0.01 USDC: above approval_above
+    asked: list[str] = []
+
+    def sync_approver(request: Any) -> bool:
+        asked.append("sync")
+        return True
+
+    async def async_approver(request: Any) -> bool:
+        await asyncio.sleep(0)  # a real suspension point, as a UI round trip would have
+        asked.append("async")
+        return True
+
+    for approver, run_async in ((async_approver, False), (sync_approver, True)):
+        toolkit = X402Toolkit.open(approval_home, approver=approver)
+        try:
+            fetch = {t.name: t for t in toolkit.get_tools()}["x402_fetch"]
+            call = {"name": "x402_fetch", "args": {"url": route.url}, "id": "c1",
+                    "type": "tool_call"}
+            message = asyncio.run(fetch.ainvoke(call)) if run_async else fetch.invoke(call)
+            assert message.status == "success", message.content
+            assert json.loads(message.content)["paid"] is True
+        finally:
+            toolkit.close()
+    assert asked == ["async", "sync"]
+
+    # Inside a running event loop (a notebook calling the sync tool): still answered.
+    async def sync_call_inside_a_loop() -> Any:
+        toolkit = X402Toolkit.open(approval_home, approver=async_approver)
+        try:
+            fetch = {t.name: t for t in toolkit.get_tools()}["x402_fetch"]
+            return fetch.invoke({"url": route.url})
+        finally:
+            toolkit.close()
+    assert json.loads(asyncio.run(sync_call_inside_a_loop()))["paid"] is True
+    assert asked[-1] == "async"
+
+
+def test_validation_refusals_metadata_and_a_json_post(world: WorldInfo, home: Path) -> None:
+    toolkit = X402Toolkit.open(home)
+    try:
+        tools = {t.name: t for t in toolkit.get_tools()}
+        fetch = tools["x402_fetch"]
+
+        # Bad arguments: the refusal names each field and what is wrong, with a reason.
+        message = fetch.invoke({"name": "x402_fetch", "args": {"headers": ["x"]}, "id": "c1",
+                                "type": "tool_call"})
+        refusal = json.loads(message.content)
+        assert message.status == "error" and refusal["reason"] == "invalid_arguments"
+        assert refusal["details"]["fields"] == ["headers", "url"]
+        assert "url: Field required" in refusal["message"]
+        assert "headers: " in refusal["message"]
+        assert list(refusal)[:3] == ["reason", "message", "next_step"]
+
+        # A spending refusal: reason, message and next step first, the budget short.
+        premium = world.route("GET", "/v2/premium")  # above the per-request cap
+        message = fetch.invoke({"name": "x402_fetch", "args": {"url": premium.url},
+                                "id": "c2", "type": "tool_call"})
+        refusal = json.loads(message.content)
+        assert list(refusal)[:3] == ["reason", "message", "next_step"]
+        assert refusal["reason"] == "per_request_cap_exceeded" and refusal["next_step"]
+        assert len(message.content) < 1200 and set(refusal["budget"]) <= {"assets", "session"}
+
+        # Tool metadata carries the annotations hosts read (MCP's spelling).
+        assert fetch.metadata == {"title": "Fetch a URL, paying with x402 if allowed",
+                                  "readOnlyHint": False, "destructiveHint": True,
+                                  "idempotentHint": False, "openWorldHint": True}
+        for name in ("x402_quote", "x402_budget", "x402_receipts"):
+            assert tools[name].metadata is not None
+            assert tools[name].metadata["readOnlyHint"] is True, name
+            assert tools[name].metadata["destructiveHint"] is False, name
+        assert all(r.value in fetch.description for r in Reason if r not in NOT_REFUSALS)
+
+        # A JSON POST: paid, and the server saw exactly the JSON sent (its sha256 echoed).
+        route = world.route("POST", "/v2/summarize")
+        doc = {"text": "hello paid world", "items": [1, 2, 3], "nested": {"ok": True}}
+        for args, sent in (({"json_body": doc}, json.dumps(doc, separators=(",", ":"))),
+                           ({"body": '{"a": 1}'}, '{"a": 1}')):
+            result = json.loads(asyncio.run(fetch.ainvoke(
+                {"url": route.url, "method": "POST", **args})))
+            assert result["paid"] is True, result
+            assert json.loads(result["body"])["sha256"] == hashlib.sha256(
+                sent.encode()).hexdigest()
+        both = fetch.invoke({"name": "x402_fetch", "args": {
+            "url": route.url, "method": "POST", "body": "x", "json_body": doc}, "id": "c3",
+            "type": "tool_call"})
+        assert json.loads(both.content)["reason"] == "invalid_arguments"
+    finally:
+        toolkit.close()
+
+
+def test_langchain_mcp_adapters_keep_one_session_and_its_allowance(world: WorldInfo,
+                                                                   home: Path) -> None:
+    """With the adapters' persistent session (``client.session`` + ``load_mcp_tools``) every
+    call is one agent session: the allowance (0.025 USDC) pays two 0.01 reports and refuses
+    the third; a second persistent session starts with a fresh allowance."""
+    root = Path(__file__).resolve().parents[1]
+    route = world.route("GET", "/v2/report")
+    done = subprocess.run(
+        [str(root / ".venv-adapters" / "bin" / "python"), str(root / "tests" / "adapters_client.py"),
+         sys.executable, route.url, "persistent"],
+        env={**os.environ, "X402_AGENT_HOME": str(home)}, capture_output=True, text=True,
+        timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = json.loads(done.stdout.strip().splitlines()[-1])["runs"]
+    for run in runs:
+        paid, paid_again, refused = run["calls"]
+        assert paid["paid"] is True and paid_again["paid"] is True
+        assert refused["reason"] == "session_allowance_exceeded", refused
+        assert list(refused)[:3] == ["reason", "message", "next_step"]
+        (allowance,) = run["budget"]["session"]["allowance"]
+        assert allowance["spent"] == str(2 * route.price_atomic)
+    assert runs[0]["budget"]["session"]["id"] != runs[1]["budget"]["session"]["id"]

@@ -83,7 +83,7 @@ class ToolRefusal(Exception):
     def __str__(self) -> str:
         import json
 
-        return json.dumps(self.to_dict(), default=str, sort_keys=True)
+        return json.dumps(self.to_dict(), default=str)  # in to_dict's order: reason first
 
 
 def short_budget(view: Mapping[str, Any]) -> dict[str, Any]:
