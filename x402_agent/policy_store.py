@@ -16,6 +16,7 @@ unsigned, rolled-back or foreign one stops all payments with a clear error.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -202,12 +203,15 @@ class ApprovedPolicy:
         self.store = store
         self._stamp: tuple[tuple[int, int], ...] | None = None
         self._policy: Policy | None = None
+        # Checked several times per payment: plain strings and os.stat, no Path arithmetic.
+        self._files = tuple(str(store.path(name))
+                            for name in (POLICY_FILE, APPROVAL_FILE, BASE_FILE, DEVICE_FILE))
 
     def _files_stamp(self) -> tuple[tuple[int, int], ...]:
         stamps = []
-        for name in (POLICY_FILE, APPROVAL_FILE, BASE_FILE, DEVICE_FILE):
+        for path in self._files:
             try:
-                stat = self.store.path(name).stat()
+                stat = os.stat(path)
                 stamps.append((stat.st_mtime_ns, stat.st_size))
             except FileNotFoundError:
                 stamps.append((0, -1))
