@@ -16,7 +16,11 @@ from ..errors import LedgerError
 from .owners import OwnerFiles
 from .sql import SqlLedger, create_schema
 
-CHECKPOINT_INTERVAL_SECONDS = 0.25
+# A checkpoint copies the WAL's pages into the database file; pages written again between two
+# checkpoints are copied once. So it runs once a second, or sooner after many commits (which
+# keeps the WAL, and the readers' lookups in it, small), and not at all while nothing commits.
+CHECKPOINT_INTERVAL_SECONDS = 1.0
+CHECKPOINT_COMMITS = 256
 
 
 class SQLiteLedger(SqlLedger):
@@ -26,6 +30,8 @@ class SQLiteLedger(SqlLedger):
         super().__init__(clock)
         self.path = path
         self._lock = threading.Lock()
+        self._wake = threading.Event()  # the checkpointer's: many commits, or closing
+        self._commits = 0  # since the last checkpoint (a hint: a lost count only delays one)
         self._owners = OwnerFiles(path)
         try:
             self._owners.hold(self.owner)
@@ -54,7 +60,12 @@ class SQLiteLedger(SqlLedger):
     def _checkpoint_loop(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, timeout=1)
         try:
-            while not self._closing.wait(CHECKPOINT_INTERVAL_SECONDS):
+            while not self._closing.is_set():
+                self._wake.wait(CHECKPOINT_INTERVAL_SECONDS)
+                self._wake.clear()
+                if not self._commits:
+                    continue
+                self._commits = 0
                 try:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error:
@@ -64,6 +75,7 @@ class SQLiteLedger(SqlLedger):
 
     def close(self) -> None:
         self._closing.set()
+        self._wake.set()
         self._checkpointer.join(5)
         # A last full checkpoint keeps the WAL file from growing across short-lived processes.
         with contextlib.suppress(sqlite3.Error):  # busy: another process checkpoints later
@@ -91,6 +103,9 @@ class SQLiteLedger(SqlLedger):
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise LedgerError(f"ledger commit failed: {exc}") from exc
+            self._commits += 1
+            if self._commits >= CHECKPOINT_COMMITS:
+                self._wake.set()
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Cursor]:
