@@ -1,127 +1,222 @@
-"""MCP costs: cold start of `x402-agent mcp` (spawn to the first tools/list answer), and the
-per-call overhead of a paid fetch through MCP (stdio) against the same fetch in-process.
+"""MCP costs, against PyPI `x402-mcp` in the same run, with the Python `mcp` client (both protocol
+revisions) and the TypeScript MCP SDK clients (1.x and 2.x, pinned in package.json):
 
-    .venv/bin/python bench/bench_mcp.py [--runs 10] [--calls 30]
+- cold start: spawn of the server process to the first `tools/list` answer, `x402-agent mcp`
+  (a ready devnet agent home) and `x402-mcp` (a throwaway key) alternately;
+- per-call overhead: `x402_budget` through MCP stdio minus the same operation in-process.
 
-The second part starts the local world (anvil, USDC, the paid API) and a devnet agent home.
+    .venv/bin/python bench/bench_mcp.py [--runs 10] [--calls 50]
+
+x402-mcp is installed on first run into .venv-bench from bench/requirements-x402-mcp.txt (its
+dependencies are not ours). The local world (anvil, USDC, the paid API) is started for the home.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp import Client, StdioServerParameters, stdio_client
 
+ROOT = Path(__file__).resolve().parents[1]
 SERVER = [sys.executable, "-m", "x402_agent.cli", "mcp"]
+PEER_ENV = ROOT / ".venv-bench"
+PEER_REQUIREMENTS = ROOT / "bench" / "requirements-x402-mcp.txt"
+TS_BENCH = ROOT / "bench" / "ts_mcp_bench.mjs"
+PEER = "x402-mcp 0.5.0"
+OURS = "x402-agent mcp"
+# The Python client's default (it probes server/discover, then 2026-07-28 or the handshake) and the
+# 2025-11-25 initialize handshake.
+PY_MODES = {"auto": "auto", "2025-11-25": "legacy"}
 
 
-# The peer: PyPI's x402-mcp, in its own environment (its dependencies are not ours).
-PEER_ENV = Path(__file__).resolve().parent / ".peer-x402-mcp"
-PEER_PIN = "x402-mcp==0.5.0"
+def peer_server() -> list[str]:
+    """The x402-mcp command, its environment created (or updated) from the pinned list."""
+    stamp = PEER_ENV / ".installed"
+    if not stamp.exists() or PEER_REQUIREMENTS.stat().st_mtime > stamp.stat().st_mtime:
+        if not (PEER_ENV / "bin" / "python").exists():
+            subprocess.run([sys.executable, "-m", "venv", str(PEER_ENV)], check=True)
+        subprocess.run(
+            [
+                str(PEER_ENV / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "-r",
+                str(PEER_REQUIREMENTS),
+            ],
+            check=True,
+        )
+        stamp.touch()
+    return [str(PEER_ENV / "bin" / "x402-mcp")]
 
 
-def peer_server() -> str:
-    """Path of the x402-mcp console script, installed on first use."""
-    script = PEER_ENV / "bin" / "x402-mcp"
-    if not script.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(PEER_ENV)], check=True)
-        subprocess.run([str(PEER_ENV / "bin" / "python"), "-m", "pip", "install", "-q",
-                        "--disable-pip-version-check", PEER_PIN], check=True)
-    return str(script)
+def server_env(home: Path) -> dict[str, str]:
+    # The peer reads a private key from its environment: a throwaway one, never funded.
+    return {**os.environ, "X402_AGENT_HOME": str(home), "EVM_PRIVATE_KEY": "0x" + secrets.token_hex(32)}
 
 
-async def cold_start(home: str, command: list[str] | None = None) -> float:
-    command = command or SERVER
-    env = {**os.environ, "X402_AGENT_HOME": home,
-           "EVM_PRIVATE_KEY": "0x" + secrets.token_hex(32)}  # a throwaway key for the peer
+async def py_cold_start(command: list[str], env: dict[str, str], mode: str) -> float:
     params = StdioServerParameters(command=command[0], args=command[1:], env=env)
-    started = time.perf_counter()
     with open(os.devnull, "w") as err:
-        async with stdio_client(params, errlog=err) as (read, write), \
-                ClientSession(read, write) as session:
-            await session.initialize()
-            await session.list_tools()
-            return time.perf_counter() - started
+        started = time.perf_counter()
+        async with Client(stdio_client(params, errlog=err), mode=mode) as client:
+            listed = await client.list_tools()
+            elapsed = time.perf_counter() - started
+    assert listed.tools
+    return elapsed * 1000
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def py_cold_starts(home: Path, peer: list[str], runs: int, mode: str) -> dict[str, list[float]]:
+    env = server_env(home)
+    times: dict[str, list[float]] = {OURS: [], PEER: []}
+
+    async def main() -> None:
+        for _ in range(runs):  # alternate, so drift hits both alike
+            times[OURS].append(await py_cold_start(SERVER, env, mode))
+            times[PEER].append(await py_cold_start(peer, env, mode))
+
+    asyncio.run(main())
+    return times
 
 
-async def per_call(home: Path, url: str, calls: int) -> tuple[list[float], list[float]]:
+def ts_bench(sdk: str, home: Path, peer: list[str], runs: int, calls: int) -> dict[str, Any]:
+    node = shutil.which("node")
+    assert node, "node is part of the environment (scripts/setup.sh)"
+    env = server_env(home)
+    spec = {
+        "sdk": sdk,
+        "runs": runs,
+        "servers": [
+            {"name": OURS, "command": SERVER[0], "args": SERVER[1:], "env": env},
+            {"name": PEER, "command": peer[0], "args": peer[1:], "env": env},
+        ],
+        "call": {"server": 0, "tool": "x402_budget", "arguments": {}, "count": calls},
+    }
+    done = subprocess.run(
+        [node, str(TS_BENCH)],
+        input=json.dumps(spec),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+async def in_process_budget(home: Path, calls: int) -> list[float]:
     from x402_agent.agent_tools import AgentTools
 
-    params = StdioServerParameters(command=SERVER[0], args=SERVER[1:],
-                                   env={**os.environ, "X402_AGENT_HOME": str(home)})
+    tools = AgentTools.open(home)
+    try:
+        await tools.abudget()
+        times = []
+        for _ in range(calls):
+            t = time.perf_counter()
+            await tools.abudget()
+            times.append((time.perf_counter() - t) * 1000)
+        return times
+    finally:
+        tools.close()
+
+
+async def py_per_call(home: Path, calls: int, mode: str) -> tuple[list[float], list[float]]:
+    """x402_budget through MCP and in-process, alternating call by call."""
+    from x402_agent.agent_tools import AgentTools
+
+    params = StdioServerParameters(command=SERVER[0], args=SERVER[1:], env=server_env(home))
     through_mcp: list[float] = []
     in_process: list[float] = []
     tools = AgentTools.open(home)
     try:
         with open(os.devnull, "w") as err:
-            async with stdio_client(params, errlog=err) as (read, write), \
-                    ClientSession(read, write) as session:
-                await session.initialize()
-                await session.call_tool("x402_budget", {})  # opens the agent (first call)
-                await tools.afetch(url)
-                for _ in range(calls):  # alternate, so drift hits both equally
+            async with Client(stdio_client(params, errlog=err), mode=mode) as client:
+                await client.call_tool("x402_budget", {})  # opens the agent (first call)
+                await tools.abudget()
+                for _ in range(calls):
                     t = time.perf_counter()
-                    result = await session.call_tool("x402_fetch", {"url": url})
-                    through_mcp.append(time.perf_counter() - t)
+                    result = await client.call_tool("x402_budget", {})
+                    through_mcp.append((time.perf_counter() - t) * 1000)
                     assert not result.is_error, result.content
                     t = time.perf_counter()
-                    await tools.afetch(url)
-                    in_process.append(time.perf_counter() - t)
+                    await tools.abudget()
+                    in_process.append((time.perf_counter() - t) * 1000)
     finally:
         tools.close()
     return through_mcp, in_process
 
 
+def p50(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def report_cold(client: str, times: dict[str, list[float]]) -> None:
+    ours, peer = p50(times[OURS]), p50(times[PEER])
+    print(
+        f"cold start to first tools/list, {client}: {OURS} p50 {ours:.0f} ms "
+        f"(min {min(times[OURS]):.0f}, max {max(times[OURS]):.0f}); {PEER} p50 {peer:.0f} ms "
+        f"(min {min(times[PEER]):.0f}, max {max(times[PEER]):.0f}); ratio {ours / peer:.2f}x",
+        flush=True,
+    )
+
+
+def report_call(client: str, mcp: list[float], local: list[float]) -> None:
+    print(
+        f"x402_budget per call, {client}: through MCP p50 {p50(mcp):.2f} ms, in-process "
+        f"{p50(local):.2f} ms: overhead {p50(mcp) - p50(local):.2f} ms ({len(mcp)} calls)",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--calls", type=int, default=30)
+    parser.add_argument("--calls", type=int, default=50)
     args = parser.parse_args()
 
     from x402_agent.device.simulator import DeviceSimulator
     from x402_agent.devnet import LocalWorld
     from x402_agent.devnet.provision import provision_devnet_home
 
+    peer = peer_server()
     simulator = DeviceSimulator(confirm="auto", port=0).start()
     world = LocalWorld(device=simulator)
     world.start()
+    print(f"load average at start: {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)", flush=True)
     try:
         with tempfile.TemporaryDirectory() as scratch:
+            # A real home: the server verifies the device-approved policy before it serves.
             home = provision_devnet_home(world.info, Path(scratch) / "home").root
-            # The server verifies the device-approved policy before it serves: a real home.
-            peer = [peer_server()]
-            starts: list[float] = []
-            peer_starts: list[float] = []
-            for _ in range(args.runs):  # alternate, so drift hits both alike
-                starts.append(asyncio.run(cold_start(str(home))))
-                peer_starts.append(asyncio.run(cold_start(str(home), peer)))
-            for name, values in (("x402-agent mcp", starts), (PEER_PIN, peer_starts)):
-                print(f"{name} cold start to first tools/list: p50 "
-                      f"{statistics.median(values) * 1000:.0f} ms, min {min(values) * 1000:.0f} "
-                      f"ms, max {max(values) * 1000:.0f} ms ({args.runs} runs)")
-            url = world.info.route("GET", "/v2/weather").url
-            mcp_times, local_times = asyncio.run(per_call(home, url, args.calls))
+            for revision, mode in PY_MODES.items():
+                report_cold(f"Python mcp client ({revision})", py_cold_starts(home, peer, args.runs, mode))
+            for sdk in ("v1", "v2"):
+                out = ts_bench(sdk, home, peer, args.runs, args.calls)
+                report_cold(f"TypeScript SDK {sdk}", out["cold_start_ms"])
+                local = asyncio.run(in_process_budget(home, args.calls))
+                report_call(f"TypeScript SDK {sdk}", out["call_ms"], local)
+            for revision, mode in PY_MODES.items():
+                report_call(
+                    f"Python mcp client ({revision})", *asyncio.run(py_per_call(home, args.calls, mode))
+                )
     finally:
         world.stop()
         simulator.stop()
-    m, local = statistics.median(mcp_times), statistics.median(local_times)
-    print(f"paid fetch (0.001 USDC), p50: in-process {local * 1000:.1f} ms, through MCP stdio "
-          f"{m * 1000:.1f} ms (+{(m - local) * 1000:.1f} ms, {m / local:.2f}x); "
-          f"p90 {pct(local_times, 0.9) * 1000:.1f} / {pct(mcp_times, 0.9) * 1000:.1f} ms")
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
