@@ -160,30 +160,40 @@ class Verifier:
                 retry += group  # no RPC in this process: another one (or a later run) checks
                 continue
             receipts = self._receipts(rpc, [r.settlement_tx or "" for r in group])
+            outcomes: dict[str, dict[str, Any] | None] = {}
             for record, receipt in zip(group, receipts, strict=True):
-                if not self._record(record, receipt):
+                found, mismatch = self._outcome(record, receipt)
+                if found:
+                    outcomes[record.id] = mismatch
+                else:
                     retry.append(record)
+            if not outcomes:
+                continue
+            # One ledger transaction per batch of receipts.
+            changed = self.ledger.mark_verified(outcomes)
+            alerts = [{"payment_id": record.id, "url": record.url, **mismatch}
+                      for record in group if record.id in changed
+                      and (mismatch := outcomes.get(record.id)) is not None]
+            if alerts:
+                with self._cond:
+                    self._alerts += alerts
         return retry
 
-    def _record(self, record: PaymentRecord, receipt: Mapping[str, Any] | None) -> bool:
-        """Record one outcome; False when the receipt is not there yet."""
-        mismatch: dict[str, Any] | None = None
+    def _outcome(self, record: PaymentRecord, receipt: Mapping[str, Any] | None
+                 ) -> tuple[bool, dict[str, Any] | None]:
+        """(False, None) while the receipt is not there yet; else (True, the mismatch or
+        None when the receipt shows our payment)."""
         if receipt is None:
             claimed_at = record.finished_at or record.updated_at
             if self.clock() - claimed_at < self.receipt_grace_seconds:
-                return False
-            mismatch = {"reason": Reason.SETTLEMENT_TX_NOT_FOUND, "tx": record.settlement_tx,
-                        "message": "the transaction the server named does not exist on chain"}
-        else:
-            try:
-                check_transaction_receipt(receipt, _authorization(record), record.pay_to)
-            except SettlementMismatch as exc:
-                mismatch = {"message": exc.message, **exc.details, "reason": exc.reason}
-        updated = self.ledger.mark_verified(record.id, mismatch=mismatch)
-        if mismatch is not None and updated is not None:
-            with self._cond:
-                self._alerts.append({"payment_id": record.id, "url": record.url, **mismatch})
-        return True
+                return False, None
+            return True, {"reason": Reason.SETTLEMENT_TX_NOT_FOUND, "tx": record.settlement_tx,
+                          "message": "the transaction the server named does not exist on chain"}
+        try:
+            check_transaction_receipt(receipt, _authorization(record), record.pay_to)
+        except SettlementMismatch as exc:
+            return True, {"message": exc.message, **exc.details, "reason": exc.reason}
+        return True, None
 
     def _post(self, rpc: str, body: bytes) -> tuple[int, bytes]:
         """One POST on a kept-alive stdlib connection: this runs once per payment, and

@@ -10,7 +10,7 @@ the row as it is (a race lost to another process is not an error).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -164,10 +164,10 @@ class Ledger(Protocol):
                response_body_sha256: str | None = None, delivered: bool | None = None,
                evidence: dict[str, Any] | None = None,
                verification: Verification | None = None) -> PaymentRecord: ...
-    def mark_verified(self, payment_id: str, *, mismatch: dict[str, Any] | None = None
-                      ) -> PaymentRecord | None:
-        """End a pending verification: verified, or mismatch with its evidence (which opens
-        the circuit breaker). None if the payment was not pending (checked already)."""
+    def mark_verified(self, outcomes: Mapping[str, dict[str, Any] | None]) -> set[str]:
+        """End pending verifications in one transaction: payment id -> None (verified) or the
+        mismatch's evidence (which opens the circuit breaker). Returns the ids that were
+        pending (the others were checked already)."""
         ...
     def unverified(self) -> list[PaymentRecord]:
         """Settled payments whose transaction was not checked on chain yet."""

@@ -22,7 +22,7 @@ import json
 import math
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import fields
 from typing import Any
@@ -440,29 +440,39 @@ class SqlLedger(ABC):
             values["evidence_json"] = json.dumps(evidence, sort_keys=True)
         return self._transition(payment_id, PaymentState.SETTLED, **values)
 
-    def mark_verified(self, payment_id: str, *, mismatch: dict[str, Any] | None = None
-                      ) -> PaymentRecord | None:
+    def mark_verified(self, outcomes: Mapping[str, dict[str, Any] | None]) -> set[str]:
         now = self._clock()
-        verification = Verification.VERIFIED if mismatch is None else Verification.MISMATCH
+        verified = [payment_id for payment_id, mismatch in outcomes.items() if mismatch is None]
+        changed: set[str] = set()
         try:
             with self._transaction() as cur:
-                row = self._run(cur, "SELECT evidence_json FROM payments WHERE id = ? AND "
-                                     "verification = 'pending'", (payment_id,)).fetchone()
-                if row is None:
-                    return None  # checked already (by another process or an earlier run)
-                evidence = json.loads(row[0]) if row[0] else {}
-                if mismatch is not None:
-                    evidence["mismatch"] = mismatch
-                rows = self._run(cur, f"UPDATE payments SET verification = ?, updated_at = ?, "
-                                      f"evidence_json = ? WHERE id = ? AND verification = "
-                                      f"'pending' RETURNING {', '.join(COLUMNS)}",
-                                 (str(verification), now, json.dumps(evidence, sort_keys=True),
-                                  payment_id)).fetchall()
+                if verified:  # the usual outcome: one statement for the whole batch
+                    marks = ", ".join("?" for _ in verified)
+                    changed.update(row[0] for row in self._run(
+                        cur, f"UPDATE payments SET verification = ?, updated_at = ? WHERE "
+                             f"verification = 'pending' AND id IN ({marks}) RETURNING id",
+                        (str(Verification.VERIFIED), now, *verified)).fetchall())
+                for payment_id, mismatch in outcomes.items():
+                    if mismatch is not None and self._mark_mismatch(cur, payment_id, mismatch,
+                                                                    now):
+                        changed.add(payment_id)
         except Exception as exc:
             if type(exc).__module__.startswith(("sqlite3", "psycopg")):
-                raise LedgerError(f"ledger write failed: {exc}", payment_id=payment_id) from exc
+                raise LedgerError(f"ledger write failed: {exc}") from exc
             raise
-        return self._record(rows[0])
+        return changed
+
+    def _mark_mismatch(self, cur: Any, payment_id: str, mismatch: dict[str, Any],
+                       now: float) -> bool:
+        row = self._run(cur, "SELECT evidence_json FROM payments WHERE id = ? AND "
+                             "verification = 'pending'", (payment_id,)).fetchone()
+        if row is None:
+            return False  # checked already (by another process or an earlier run)
+        evidence = {**(json.loads(row[0]) if row[0] else {}), "mismatch": mismatch}
+        self._run(cur, "UPDATE payments SET verification = ?, updated_at = ?, evidence_json = ? "
+                       "WHERE id = ?", (str(Verification.MISMATCH), now,
+                                         json.dumps(evidence, sort_keys=True), payment_id))
+        return True
 
     def mark_unknown(self, payment_id: str, *, evidence: dict[str, Any],
                      response_status: int | None = None, delivered: bool | None = None
