@@ -13,11 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .approval import PolicyApproval, approval_message
+from .approval import Enrollment, PolicyApproval, PolicyRejected, approval_message
 from .errors import ConfigError
 from .home import AgentHome, DeviceLocation, open_home, record_device
 from .policy import Policy
 from .policy_store import PolicyStore, policy_json
+from .reasons import Reason
 
 
 def register(sub: Any) -> None:
@@ -173,16 +174,43 @@ def run_policy(args: argparse.Namespace) -> int:
         store.verify_approved(policy, approval)
         print(f"ok: policy v{policy.version} approved by device {approval.fingerprint}")
         return 0
-    policy = store.load()
     if args.policy_command == "verify":
+        policy = store.load()
         print(f"ok: policy v{policy.version} {policy.digest}")
         return 0
+    return _show(store)
+
+
+def _owner_lines(store: PolicyStore, enrollment: Enrollment) -> list[str]:
+    """The enrolled key next to the account's owner, a mismatch flagged; on a plain-key home,
+    that nothing on chain backs the enrollment."""
+    enrolled = enrollment.eth_address
+    owner = store.account_owner(enrollment)
+    if owner is None:
+        return [f"  enrolled key   {enrolled}",
+                "  account owner  none on chain (plain-key home): only the home's device file "
+                "records the device, so whoever can rewrite the home's files can replace it "
+                "(weaker than a smart account, whose owner the chain records)"]
+    flag = "" if owner.owner == enrolled.lower() else "   MISMATCH: not the enrolled key"
+    return [f"  enrolled key   {enrolled}",
+            f"  account owner  {owner.owner or 'unknown'} ({owner.source}){flag}"]
+
+
+def _show(store: PolicyStore) -> int:
     enrollment = store.enrollment()
+    owner = _owner_lines(store, enrollment)
+    try:
+        policy = store.load()
+    except PolicyRejected as exc:
+        if exc.reason == Reason.ENROLLMENT_NOT_OWNER:
+            print("\n".join(owner))  # the refusal itself follows on stderr
+        raise
     print(f"policy v{policy.version} {policy.digest}")
     for line in _summary(policy):
         print(f"  {line}")
     print(f"approved by device {enrollment.fingerprint} ({enrollment.device_type}) at "
           f"{enrollment.path}")
+    print("\n".join(owner))
     return 0
 
 

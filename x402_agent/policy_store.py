@@ -11,12 +11,18 @@ Files in the home:
 ``ApprovedPolicy`` is what a running agent reads before every payment: it re-verifies when a
 file changes, so a newly approved policy is picked up without restart, and a tampered,
 unsigned, rolled-back or foreign one stops all payments with a clear error.
+
+On a smart-account home the enrolled key must also be the account's owner (read on chain, or
+committed to by an undeployed account's address): a replaced ``device.json`` whose key signs a
+looser policy is refused. A plain-key home has no owner on chain: its enrollment file is the
+only record of the device, so anyone who can rewrite the home's files can replace it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -66,16 +72,36 @@ def _read_model(path: Path, model: type[M], what: str) -> M:
 
 
 @dataclass(frozen=True)
+class AccountOwner:
+    """A smart account's owner key and how it is known (``owner`` None: it could not be tied
+    to any key, e.g. an undeployed account's address matching neither candidate)."""
+
+    account: str
+    owner: str | None
+    source: str
+
+
+@dataclass(frozen=True)
 class Expectations:
-    """What an acceptable policy must name: this paying account and this chain."""
+    """What an acceptable policy must name: this paying account and this chain; on a smart-
+    account home, ``owner`` gives the account's owner for the enrolled key's address, which
+    must be that owner (the enrollment file alone proves nothing to an attacker on the host)."""
 
     account: str | None
     chain_id: int | None
+    owner: Callable[[str], AccountOwner] | None = None
 
 
 def expectations(home: AgentHome, account: str | None = None) -> Expectations:
-    """An acceptable policy names the paying account and the home's chain."""
-    return Expectations(account=account or home.payer_address(), chain_id=home.config.chain_id)
+    """An acceptable policy names the paying account and the home's chain, and a smart
+    account's policy is approved by the account's owner."""
+    owner = None
+    if home.config.signer.kind == "smart_account":
+        from .chain.ownership import owner_lookup  # web3 loads only for smart accounts
+
+        owner = owner_lookup(home)
+    return Expectations(account=account or home.payer_address(), chain_id=home.config.chain_id,
+                        owner=owner)
 
 
 class PolicyStore:
@@ -120,8 +146,24 @@ class PolicyStore:
             raise PolicyRejected(f"policy v{approved.version} {what} the accepted "
                                  f"v{state.version}", reason=Reason.POLICY_ROLLED_BACK)
 
+    def account_owner(self, enrollment: Enrollment) -> AccountOwner | None:
+        """The smart account's owner (None on a plain-key home: nothing on chain to compare)."""
+        return self.expect.owner(enrollment.eth_address) if self.expect.owner else None
+
+    def check_owner(self, enrollment: Enrollment) -> None:
+        owner = self.account_owner(enrollment)
+        if owner is None or owner.owner == enrollment.eth_address.lower():
+            return
+        raise PolicyRejected(
+            f"the enrolled device key {enrollment.eth_address} is not the owner of account "
+            f"{owner.account} ({owner.owner or 'unknown'}, {owner.source}): the enrollment file "
+            "was replaced or names another device", reason=Reason.ENROLLMENT_NOT_OWNER,
+            enrolled=enrollment.eth_address, owner=owner.owner, account=owner.account)
+
     def verify_approved(self, policy: Policy, approval: PolicyApproval) -> None:
-        verify_approval(policy, approval, self.enrollment())
+        enrollment = self.enrollment()
+        verify_approval(policy, approval, enrollment)
+        self.check_owner(enrollment)
         self.check_names(policy)
         self.check_not_rolled_back(policy)
 
@@ -201,20 +243,22 @@ class ApprovedPolicy:
 
     def __init__(self, store: PolicyStore) -> None:
         self.store = store
-        self._stamp: tuple[tuple[int, int], ...] | None = None
+        self._stamp: tuple[tuple[int, int, int], ...] | None = None
         self._policy: Policy | None = None
         # Checked several times per payment: plain strings and os.stat, no Path arithmetic.
         self._files = tuple(str(store.path(name))
                             for name in (POLICY_FILE, APPROVAL_FILE, BASE_FILE, DEVICE_FILE))
 
-    def _files_stamp(self) -> tuple[tuple[int, int], ...]:
+    def _files_stamp(self) -> tuple[tuple[int, int, int], ...]:
         stamps = []
         for path in self._files:
             try:
                 stat = os.stat(path)
-                stamps.append((stat.st_mtime_ns, stat.st_size))
+                # ctime too: a swapped file with its old size and mtime put back (os.utime)
+                # still changes ctime, which no unprivileged process can set.
+                stamps.append((stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size))
             except FileNotFoundError:
-                stamps.append((0, -1))
+                stamps.append((0, 0, -1))
         return tuple(stamps)
 
     def __call__(self) -> Policy:

@@ -112,10 +112,18 @@ class Reason(StrEnum):
         "this session's allowance is spent: stop paying and tell the user")
     APPROVAL_REQUIRED = (
         "approval_required", Layer.DECISION, "the payment needs a human approval",
-        "the payment needs a human approval that could not be asked for here: ask the user to "
-        "approve it out of band")
+        "the payment needs a human approval that could not be given here: ask the user to "
+        "confirm it on the enrolled hardware device (plugged in and unlocked) or through the "
+        "host's approval prompt, then retry; typing an answer into the agent's input never "
+        "approves a payment")
     APPROVAL_DENIED = ("approval_denied", Layer.DECISION, "a human rejected the payment",
                        "a human rejected the payment: do not retry it")
+    APPROVAL_UNVERIFIED = (
+        "approval_unverified", Layer.DECISION,
+        "the payment's confirmation was not signed by the enrolled device",
+        "the device that answered is not the enrolled one (or its signature is invalid): "
+        "check which device is plugged in (x402-agent device list) and tell the user; another "
+        "device or program may be posing as theirs")
     PRIVATE_ADDRESS = (
         "private_address", Layer.DECISION,
         "the URL points into the machine's own or a private network",
@@ -407,6 +415,12 @@ class Reason(StrEnum):
     POLICY_ROLLED_BACK = ("policy_rolled_back", Layer.SETUP,
                           "the policy is older than one already in force",
                           "nothing is paid: the user must approve a newer policy")
+    ENROLLMENT_NOT_OWNER = (
+        "enrollment_not_owner", Layer.SETUP,
+        "the enrolled device key is not the smart account's owner",
+        "the home's device file was replaced or names another device: re-enroll the device "
+        "that owns the account (`x402-agent device enroll`) and approve the policy on it; the "
+        "owner is set on chain when the account is created, never by a file in the home")
     DEVICE_NOT_ENROLLED = ("device_not_enrolled", Layer.SETUP,
                            "no hardware wallet is enrolled in this agent home",
                            "the user must enroll the device (`x402-agent device enroll`)")

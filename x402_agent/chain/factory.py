@@ -14,11 +14,17 @@ from eth_abi.abi import encode
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
 from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 from web3 import Web3
 from web3.contract import Contract
 
 from .account import artifact, send_transaction
 from .entrypoint import CREATE2_DEPLOYER, ENTRY_POINT_V07, create2_address, deploy_entry_point_v07
+
+_CONFIG_TYPES = ["(address,address,uint64,address,uint256,uint64,uint128,uint64)", "bytes32"]
+# An EIP-1167 minimal proxy's creation code around its implementation (OpenZeppelin Clones).
+_CLONE_HEAD = bytes.fromhex("3d602d80600a3d3981f3363d3d373d3d3d363d73")
+_CLONE_TAIL = bytes.fromhex("5af43d82803e903d91602b57fd5bf3")
 
 FACTORY_SALT = bytes(32)
 # ERC-6492's magic suffix: a signature from a contract that may not be deployed yet.
@@ -76,6 +82,23 @@ def predicted_addresses(w3: Web3, config: AccountConfig) -> tuple[ChecksumAddres
     return to_checksum_address(account), to_checksum_address(vault)
 
 
+def _created_by(deployer: str, nonce: int) -> ChecksumAddress:
+    """CREATE's address for a contract's ``nonce`` (1 or 2: the factory's implementations)."""
+    raw = bytes.fromhex(deployer.removeprefix("0x"))
+    return to_checksum_address(keccak(bytes([0xD6, 0x94]) + raw + bytes([nonce]))[12:])
+
+
+def counterfactual_addresses(config: AccountConfig) -> tuple[ChecksumAddress, ChecksumAddress]:
+    """(account, vault) for ``config``, computed here as the factory does, with no chain read: a
+    lying RPC endpoint cannot make an address commit to another owner. The factory's constructor
+    creates the account implementation (nonce 1), then the vault implementation (nonce 2)."""
+    factory = factory_address()
+    salt = keccak(encode(_CONFIG_TYPES, [config.as_tuple(), config.salt]))
+    account, vault = (create2_address(factory, salt, _CLONE_HEAD + bytes.fromhex(
+        _created_by(factory, nonce)[2:]) + _CLONE_TAIL) for nonce in (1, 2))
+    return account, vault
+
+
 def create_account_calldata(w3: Web3, config: AccountConfig) -> bytes:
     encoded = factory_contract(w3).encode_abi("createAccount", args=[config.as_tuple(), config.salt])
     return bytes.fromhex(encoded.removeprefix("0x"))
@@ -99,6 +122,7 @@ def erc6492_wrap(factory: str, factory_calldata: bytes, signature: bytes) -> byt
 
 
 __all__ = [
-    "ERC6492_MAGIC", "FACTORY_SALT", "AccountConfig", "create_account", "create_account_calldata",
+    "ERC6492_MAGIC", "FACTORY_SALT", "AccountConfig", "counterfactual_addresses", "create_account",
+    "create_account_calldata",
     "deploy_factory", "erc6492_wrap", "factory_address", "factory_contract", "predicted_addresses",
 ]
