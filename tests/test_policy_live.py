@@ -4,10 +4,6 @@ human, sessions and daily limits hold, against the local world."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -124,34 +120,3 @@ def test_session_allowance_then_daily_limit(world: WorldInfo, tmp_path: Path) ->
         assert view["session"]["allowance"][0]["spent"] == "10000"
     finally:
         agent.close()
-
-
-def test_cli_asks_the_person_at_the_terminal(world: WorldInfo, tmp_path: Path) -> None:
-    policy = edited(devnet_policy(world), approval_above=5_000)
-    home = provision_devnet_home(world, tmp_path / "home", policy).root
-    url = world.route("GET", "/v2/report").url  # 0.01, above the 0.005 threshold
-    env = {**os.environ, "X402_AGENT_HOME": str(home)}
-    command = [sys.executable, "-m", "x402_agent.cli", "fetch", url, "--json"]
-
-    nobody = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                            text=True, timeout=60)
-    assert nobody.returncode == 1 and json.loads(nobody.stdout)["reason"] == "approval_required"
-
-    for answer, expected in (("n", "approval_denied"), ("y", None)):
-        controller, terminal = os.openpty()
-        proc = subprocess.Popen(command, env=env, stdin=terminal, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        os.close(terminal)
-        assert proc.stderr is not None
-        prompt = ""
-        while not prompt.endswith("[y/N] "):
-            prompt += proc.stderr.read(1)
-        assert "Approve paying 0.01 USDC" in prompt
-        os.write(controller, f"{answer}\n".encode())
-        out, _ = proc.communicate(timeout=60)
-        os.close(controller)
-        result = json.loads(out)
-        if expected is None:
-            assert proc.returncode == 0 and result["receipt"]["amount"] == "10000"
-        else:
-            assert proc.returncode == 1 and result["reason"] == expected

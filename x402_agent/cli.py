@@ -159,13 +159,19 @@ def _request_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def _ask_on_terminal(request: Any) -> bool | None:
-    """The CLI's approver: ask the person at the terminal; nobody there means no approval."""
-    if not sys.stdin.isatty():
-        return None
-    # The question goes to stderr so that stdout stays the resource (or --json output).
-    print(f"{request.prompt()} [y/N] ", end="", file=sys.stderr, flush=True)
-    return sys.stdin.readline().strip().lower() in ("y", "yes")
+def _device_approver(home: Path | None) -> Any:
+    """The CLI's approver: the enrolled hardware device. Never the terminal: whoever drives
+    the CLI (an agent too, through a pseudo-terminal) can type into it."""
+    from .cli_policy import known_devices, store_for
+    from .device.payment import DeviceApprover
+    from .home import open_home
+
+    def show(message: str) -> None:
+        # stderr, so that stdout stays the resource (or --json output).
+        print(f"confirm on the device: {message}", file=sys.stderr, flush=True)
+
+    opened = open_home(home)
+    return DeviceApprover(store_for(opened), known_devices(opened), show=show)
 
 
 def _open_agent(args: argparse.Namespace) -> Any:
@@ -176,7 +182,7 @@ def _open_agent(args: argparse.Namespace) -> Any:
     check_key(session, "session", Reason.INVALID_SESSION)
     # An empty profile would silently mean the default one.
     check_key(getattr(args, "session_profile", None), "session profile", Reason.INVALID_SESSION)
-    agent = Agent.open(args.home, approver=_ask_on_terminal)
+    agent = Agent.open(args.home, approver=_device_approver(args.home))
     if session is not None:
         agent.open_session(args.session_profile, session=session)
     return agent
@@ -250,7 +256,8 @@ def _init(args: argparse.Namespace) -> int:
     import os
 
     from .errors import ConfigError
-    from .home import PASSWORD_ENV, default_home, init_home
+    from .home import PASSWORD_ENV, init_home
+    from .paths import default_home
 
     root = (args.home or default_home()).expanduser()
     if args.new_key and PASSWORD_ENV not in os.environ:
@@ -380,6 +387,12 @@ def _wallet(args: argparse.Namespace) -> int:
 
 
 def _mcp(args: argparse.Namespace) -> int:
+    # Over stdio the host's first requests are answered while the rest loads (mcp_start).
+    front = None
+    if args.transport == "stdio":
+        from .mcp_start import StdioFront
+
+        front = StdioFront.start(args.home)
     from .home import open_home
     from .mcp_server import serve
     from .policy_store import PolicyStore, expectations
@@ -388,9 +401,12 @@ def _mcp(args: argparse.Namespace) -> int:
     # itself loads lazily, at the first tool call, so that tools/list answers fast.
     home = open_home(args.home)
     PolicyStore(home.root, expectations(home)).load()
-
-    return serve(args.home, transport=args.transport, host=args.host, port=args.port,
-                 token=args.token, session_profile=args.session_profile)
+    try:
+        return serve(args.home, transport=args.transport, host=args.host, port=args.port,
+                     token=args.token, session_profile=args.session_profile)
+    finally:
+        if front is not None:
+            front.finish()
 
 
 def _devnet(args: argparse.Namespace) -> int:
