@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from ipaddress import (
     IPv4Address,
     IPv4Network,
@@ -50,6 +51,9 @@ def embedded_ipv4(address: IPv6Address) -> IPv4Address | None:
     return None
 
 
+# Pure functions of a string or an address, run on every request a driver sends (and the
+# policy's allow entries on each): cached.
+@lru_cache(maxsize=1024)
 def address_rule(address: IPAddress) -> str | None:
     """Which rule refuses ``address`` (None: a public address)."""
     if isinstance(address, IPv6Address):
@@ -77,6 +81,7 @@ def address_rule(address: IPAddress) -> str | None:
     return None
 
 
+@lru_cache(maxsize=1024)
 def literal_address(host: str) -> IPAddress | None:
     """The address a host written as a number means to the system resolver, or None for a name.
 
@@ -132,6 +137,7 @@ def _port(text: str, entry: str) -> int:
     return int(text)
 
 
+@lru_cache(maxsize=1024)
 def parse_allow_entry(entry: str) -> AllowEntry:
     """``host``, ``*.domain``, ``10.0.0.5``, ``10.0.0.0/8``, ``fd00::/8``, ``[::1]``, with an
     optional ``:port`` (not on ranges). Addresses in their canonical form only."""
