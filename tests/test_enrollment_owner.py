@@ -203,3 +203,14 @@ def test_plain_key_home_keeps_the_local_check_and_says_it_is_weaker(world: World
     forge(home.root)
     with Agent.open(home):
         pass
+
+
+def test_device_enroll_on_a_smart_account_home_takes_only_the_owner(world: WorldInfo, tmp_path: Path) -> None:
+    home = provision_smart_account_home(world, tmp_path / "home")
+    enrolled = (home.root / DEVICE_FILE).read_bytes()
+    other = run(home.root, "device", "enroll", "--path", "m/44'/1'/402'/0/1")  # same device, not the owner
+    assert other.returncode == 2 and f"[{NOT_OWNER}]" in other.stderr
+    assert (home.root / DEVICE_FILE).read_bytes() == enrolled  # nothing written
+    again = run(home.root, "device", "enroll")  # the owner's key: accepted
+    assert again.returncode == 0, again.stderr
+    assert json.loads((home.root / DEVICE_FILE).read_text()) == json.loads(enrolled)

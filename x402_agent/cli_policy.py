@@ -64,11 +64,14 @@ def known_devices(home: AgentHome) -> list[tuple[str, str]]:
 
 def store_for(home: AgentHome, *, for_enrollment: bool = False) -> PolicyStore:
     """The home's policy store. Enrolling a device needs no payer yet (a new home gets its
-    wallet after the device that owns it): only then is the account not pinned."""
+    wallet after the device that owns it): only then is the account not pinned (a smart
+    account's owner still is: only it may be enrolled)."""
     from .policy_store import Expectations, expectations
 
     if for_enrollment:
-        return PolicyStore(home.root, Expectations(account=None, chain_id=home.config.chain_id))
+        owner = expectations(home).owner if home.config.signer.kind == "smart_account" else None
+        return PolicyStore(home.root, Expectations(account=None, chain_id=home.config.chain_id,
+                                                   owner=owner))
     return PolicyStore(home.root, expectations(home))
 
 

@@ -11,6 +11,7 @@ from .hwi import HardwareDevice
 
 def enroll(store: PolicyStore, device: HardwareDevice, path: str) -> Enrollment:
     enrollment = device.enroll(path)
+    store.check_owner(enrollment)  # a smart account's home enrolls only its owner
     store.enroll(enrollment)
     return enrollment
 
