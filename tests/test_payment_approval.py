@@ -41,7 +41,8 @@ SCREEN_WAIT = 60.0
 @pytest.fixture
 def person(device_simulator: DeviceSimulator, screens: list[Screen]) -> list[Screen]:  # noqa: F811
     """The simulator waits for a person (the test) to press a button; HWI's debug-link "yes"
-    counts for nothing. The screens shown; ``screens`` puts the simulator back afterwards."""
+    counts for nothing. The screens shown; ``screens`` puts the simulator back afterwards.
+    Tests name it after ``home``, whose provisioning needs the simulator still approving."""
     device_simulator.confirm, device_simulator.honor_debuglink = "wait", False
     return screens
 
