@@ -290,15 +290,20 @@ class AsyncX402Client:
         await self._http.aclose()
 
     async def fetch(self, request: FetchRequest) -> FetchOutcome:
-        return await self.run(fetch_flow(self.payer, request), request.timeout_seconds)
+        # Without an idempotency key the flow reads no ledger before its first request (it
+        # validates and checks the policy): that part runs on the loop, one thread hop saved.
+        return await self.run(fetch_flow(self.payer, request), request.timeout_seconds,
+                              start_on_loop=request.idempotency_key is None)
 
-    async def run(self, flow: Generator[Step, Any, T], timeout: float | None = None) -> T:
+    async def run(self, flow: Generator[Step, Any, T], timeout: float | None = None, *,
+                  start_on_loop: bool = False) -> T:
         """Drive ``flow`` without ever blocking the event loop: the flow's own code between
         two steps (ledger reads and writes, signing) runs in a worker thread, one hop per step,
-        so a ledger waiting on a lock stalls this fetch only, not the loop's other sessions."""
+        so a ledger waiting on a lock stalls this fetch only, not the loop's other sessions.
+        ``start_on_loop``: the code before the first step does no blocking I/O."""
         deadline = Deadline(timeout) if timeout is not None else None
         progress = _Progress()
-        drive = asyncio.ensure_future(self._drive(flow, deadline, progress))
+        drive = asyncio.ensure_future(self._drive(flow, deadline, progress, start_on_loop))
         try:
             return await asyncio.shield(drive)
         except asyncio.CancelledError:
@@ -311,10 +316,13 @@ class AsyncX402Client:
             raise
 
     async def _drive(self, flow: Generator[Step, Any, T], deadline: Deadline | None,
-                     progress: _Progress) -> T:
+                     progress: _Progress, start_on_loop: bool) -> T:
         resume: Callable[[], Step] = partial(next, flow)
+        on_loop = start_on_loop
         while True:
-            done, value = await asyncio.to_thread(_advance, resume)
+            done, value = _advance(resume) if on_loop else await asyncio.to_thread(
+                _advance, resume)
+            on_loop = False
             if done:
                 return value  # type: ignore[no-any-return]
             if isinstance(value, HttpCall) and value.paid:
