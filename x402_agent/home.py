@@ -21,9 +21,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
+from .paths import HOME_ENV, default_home
 from .reasons import Reason
 
-HOME_ENV = "X402_AGENT_HOME"
 PASSWORD_ENV = "X402_AGENT_KEY_PASSWORD"
 CONFIG_FILE = "config.json"
 
@@ -124,11 +124,6 @@ class AgentHome:
         except OSError as exc:
             raise ConfigError("cannot read the keystore password file",
                               reason=Reason.KEYSTORE_PASSWORD_MISSING) from exc
-
-
-def default_home() -> Path:
-    env = os.environ.get(HOME_ENV)
-    return Path(env) if env else Path.home() / ".x402-agent"
 
 
 def open_home(root: Path | None = None) -> AgentHome:
