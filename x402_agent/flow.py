@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
@@ -230,10 +230,17 @@ def _context(req: FetchRequest, url: str) -> PaymentContext:
                           session_profile=req.session_profile)
 
 
+@lru_cache(maxsize=256)
+def _parsed_url(url: str) -> httpx.URL:
+    """httpx parses a URL in Python: once per URL, not once per request (immutable)."""
+    return httpx.URL(url)
+
+
 def _build_request(req: FetchRequest, url: str, extra: Mapping[str, str] | None = None
                    ) -> httpx.Request:
     headers = {**req.headers, **(extra or {})}
-    return httpx.Request(req.method.upper(), url, headers=headers, content=req.body)
+    return httpx.Request(req.method.upper(), _parsed_url(url), headers=headers,
+                         content=req.body)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

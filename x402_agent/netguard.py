@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from ipaddress import IPv6Address, ip_address
 from urllib.parse import urlsplit
 
@@ -104,5 +105,11 @@ def _pinned(request: httpx.Request, host: str, address: IPAddress) -> httpx.Requ
     extensions = dict(request.extensions)
     if request.url.scheme == "https" and literal_address(host) is None:
         extensions["sni_hostname"] = host
-    return httpx.Request(request.method, request.url.copy_with(host=str(address)),
+    return httpx.Request(request.method, _with_host(request.url, str(address)),
                          headers=request.headers, stream=request.stream, extensions=extensions)
+
+
+@lru_cache(maxsize=256)
+def _with_host(url: httpx.URL, host: str) -> httpx.URL:
+    """``url`` sent to ``host``: httpx re-parses a URL to copy it, so once per pair."""
+    return url.copy_with(host=host)
