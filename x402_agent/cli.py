@@ -430,7 +430,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{exc.message} [{exc.reason}]", file=sys.stderr)
         print(f"next step: {exc.reason.next_step}", file=sys.stderr)
         return EXIT_USAGE
-    from .approval import PolicyRejected
     from .errors import ConfigError, X402AgentError
 
     handler: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -440,6 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler[args.command](args)
     except X402AgentError as exc:
+        from .approval import PolicyRejected  # eth_utils and the policy models: only if needed
+
         if getattr(args, "json", False):
             _print_json(exc.to_dict())
         else:

@@ -11,14 +11,16 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .approval import Enrollment, PolicyApproval, PolicyRejected, approval_message
 from .errors import ConfigError
-from .home import AgentHome, DeviceLocation, open_home, record_device
-from .policy import Policy
-from .policy_store import PolicyStore, policy_json
 from .reasons import Reason
+
+if TYPE_CHECKING:  # the parser registers this module's commands: it stays light to import
+    from .approval import Enrollment
+    from .home import AgentHome
+    from .policy import Policy
+    from .policy_store import PolicyStore
 
 
 def register(sub: Any) -> None:
@@ -66,7 +68,7 @@ def store_for(home: AgentHome, *, for_enrollment: bool = False) -> PolicyStore:
     """The home's policy store. Enrolling a device needs no payer yet (a new home gets its
     wallet after the device that owns it): only then is the account not pinned (a smart
     account's owner still is: only it may be enrolled)."""
-    from .policy_store import Expectations, expectations
+    from .policy_store import Expectations, PolicyStore, expectations
 
     if for_enrollment:
         owner = expectations(home).owner if home.config.signer.kind == "smart_account" else None
@@ -77,6 +79,7 @@ def store_for(home: AgentHome, *, for_enrollment: bool = False) -> PolicyStore:
 
 def run_device(args: argparse.Namespace) -> int:
     from .device.hwi import DEFAULT_APPROVAL_PATH, HwiDevice, list_devices
+    from .home import DeviceLocation, open_home, record_device
 
     if args.device_command == "list":
         try:
@@ -114,11 +117,15 @@ def run_device(args: argparse.Namespace) -> int:
 
 
 def _summary(policy: Policy) -> list[str]:
+    from .approval import approval_message
+
     return approval_message(policy).split(": ", 1)[1].rsplit(", sha256:", 1)[0].split("; ")
 
 
 def diff_lines(old: Policy | None, new: Policy) -> list[str]:
     """A readable diff of the canonical documents, one changed field per line."""
+    from .policy_store import policy_json
+
     def flat(value: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(value, dict):
             items: dict[str, Any] = {}
@@ -147,6 +154,9 @@ def run_policy(args: argparse.Namespace) -> int:
 
         print(json.dumps(json_schema(), indent=2, sort_keys=True))
         return 0
+    from .approval import PolicyApproval, approval_message
+    from .home import open_home
+
     home = open_home(args.home)
     store = store_for(home)
     if args.policy_command == "propose":
@@ -200,6 +210,8 @@ def _owner_lines(store: PolicyStore, enrollment: Enrollment) -> list[str]:
 
 
 def _show(store: PolicyStore) -> int:
+    from .approval import PolicyRejected
+
     enrollment = store.enrollment()
     owner = _owner_lines(store, enrollment)
     try:
@@ -218,6 +230,7 @@ def _show(store: PolicyStore) -> int:
 
 
 def _approve(home: AgentHome, store: PolicyStore, typed: bool) -> int:
+    from .approval import approval_message
     from .device.approve import approve
     from .device.hwi import HwiDevice
 

@@ -9,11 +9,13 @@ import argparse
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
-from .home import AgentHome, open_home
 from .reasons import Reason
+
+if TYPE_CHECKING:  # the parser registers this module's commands: it stays light to import
+    from .home import AgentHome
 
 DAY = 86_400
 
@@ -71,6 +73,7 @@ def _device_signer(home: AgentHome) -> Iterator[Any]:
 
 def run_wallet(args: argparse.Namespace) -> int:
     from .chain.wallet import open_hot_wallet
+    from .home import open_home
 
     home = open_home(args.home)
     if args.wallet_command == "create":
