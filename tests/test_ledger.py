@@ -42,6 +42,7 @@ from x402_agent.ledger import (
     PaymentState,
     SQLiteLedger,
     UsageQuery,
+    Verification,
 )
 from x402_agent.money import LEDGER_AMOUNT_MAX
 from x402_agent.policy import Policy, parse_policy
@@ -262,6 +263,27 @@ def test_sent_unknown_then_settled(ledger_factory: LedgerFactory) -> None:
     settled = ledger.settle(record.id, settlement_tx="0xlate", delivered=False)
     assert settled.state is S.SETTLED and settled.settlement_tx == "0xlate"
     assert settled.delivered is False and settled.finished_at is not None
+
+
+def test_verifications_end_in_one_batch(ledger_factory: LedgerFactory) -> None:
+    ledger = ledger_factory(Clock(tick=1))
+    rows = [ledger.settle(send(ledger, reserve(ledger, T0)).id, settlement_tx=f"0x{i}",
+                          delivered=True, evidence={"status": 200},
+                          verification=Verification.PENDING) for i in range(4)]
+    ok, bad, done, other = (row.id for row in rows)
+    assert ledger.mark_verified({done: None}) == {done}
+    mismatch = {"reason": "settlement_not_ours", "tx": "0x1"}
+    # A verified one, a mismatch, one checked already (by another process): only the first two
+    # change; the mismatch keeps the row's evidence and adds its own.
+    assert ledger.mark_verified({ok: None, bad: mismatch, done: {"reason": "late"}}) == {ok, bad}
+    states = {row.id: row for row in (ledger.get(i) for i in (ok, bad, done, other)) if row}
+    assert states[ok].verification is Verification.VERIFIED
+    assert states[bad].verification is Verification.MISMATCH
+    assert json.loads(states[bad].evidence_json or "") == {"status": 200, "mismatch": mismatch}
+    assert states[done].verification is Verification.VERIFIED
+    assert states[other].verification is Verification.PENDING
+    assert [row.id for row in ledger.unverified()] == [other]
+    assert ledger.usage(query(T0 + 100)).settlement_mismatch == bad
 
 
 @pytest.mark.parametrize("path", [(), ("sent",), ("sent", "unknown")],
