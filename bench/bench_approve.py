@@ -50,20 +50,38 @@ CLI = [sys.executable, "-m", "x402_agent.cli"]
 
 
 def policy(home: AgentHome, version: int) -> Policy:
-    return Policy.model_validate({
-        "version": version, "account": home.payer_address(), "chain_id": CHAIN_ID,
-        "assets": [{"network": f"eip155:{CHAIN_ID}", "address": TOKEN, "symbol": "USDC",
-                    "decimals": 6, "eip712_name": "USDC", "eip712_version": "2",
-                    "per_request_max": 100_000 + version, "daily_max": 2_000_000}],
-        "sessions": {"default": {"lifetime_seconds": 3600, "allowance": {"USDC": 500_000}}},
-    })
+    return Policy.model_validate(
+        {
+            "version": version,
+            "account": home.payer_address(),
+            "chain_id": CHAIN_ID,
+            "assets": [
+                {
+                    "network": f"eip155:{CHAIN_ID}",
+                    "address": TOKEN,
+                    "symbol": "USDC",
+                    "decimals": 6,
+                    "eip712_name": "USDC",
+                    "eip712_version": "2",
+                    "per_request_max": 100_000 + version,
+                    "daily_max": 2_000_000,
+                }
+            ],
+            "sessions": {"default": {"lifetime_seconds": 3600, "allowance": {"USDC": 500_000}}},
+        }
+    )
 
 
 def stats(samples_ms: list[float]) -> dict[str, Any]:
     cuts = statistics.quantiles(samples_ms, n=100, method="inclusive")
-    return {"n": len(samples_ms), "p50_ms": round(cuts[49], 1), "p95_ms": round(cuts[94], 1),
-            "mean_ms": round(statistics.fmean(samples_ms), 1),
-            "max_ms": round(max(samples_ms), 1), "under_target": cuts[94] < TARGET_MS}
+    return {
+        "n": len(samples_ms),
+        "p50_ms": round(cuts[49], 1),
+        "p95_ms": round(cuts[94], 1),
+        "mean_ms": round(statistics.fmean(samples_ms), 1),
+        "max_ms": round(max(samples_ms), 1),
+        "under_target": cuts[94] < TARGET_MS,
+    }
 
 
 def timed(call: Callable[[], object]) -> float:
@@ -73,8 +91,13 @@ def timed(call: Callable[[], object]) -> float:
 
 
 def cli(home: Path, *args: str) -> None:
-    done = subprocess.run([*CLI, *args], env={**os.environ, "X402_AGENT_HOME": str(home)},
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [*CLI, *args],
+        env={**os.environ, "X402_AGENT_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if done.returncode != 0:
         raise SystemExit(f"x402-agent {' '.join(args)} failed: {done.stderr.strip()}")
 
@@ -92,10 +115,16 @@ def main() -> int:
     simulator = DeviceSimulator(confirm="auto", port=0).start()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-approve-") as scratch:
-            home = provision_home(Path(scratch) / "home", private_key=PAYER_KEY, rpc_urls={},
-                                  password="bench", store_password=True, chain_id=CHAIN_ID,
-                                  kdf_iterations=2**14,
-                                  device=DeviceLocation(path=simulator.path))
+            home = provision_home(
+                Path(scratch) / "home",
+                private_key=PAYER_KEY,
+                rpc_urls={},
+                password="bench",
+                store_password=True,
+                chain_id=CHAIN_ID,
+                kdf_iterations=2**14,
+                device=DeviceLocation(path=simulator.path),
+            )
             store = PolicyStore(home.root, expectations(home))
             device = HwiDevice.at("trezor", simulator.path)
             try:
@@ -106,9 +135,14 @@ def main() -> int:
     finally:
         simulator.stop()
 
-    report = {"target_ms": TARGET_MS, "device": "simulator (confirm=auto) via HWI",
-              "path": simulator.path, "series": results,
-              "python": sys.version.split()[0], "platform": sys.platform}
+    report = {
+        "target_ms": TARGET_MS,
+        "device": "simulator (confirm=auto) via HWI",
+        "path": simulator.path,
+        "series": results,
+        "python": sys.version.split()[0],
+        "platform": sys.platform,
+    }
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
@@ -117,8 +151,9 @@ def main() -> int:
     return 0
 
 
-def run_series(home: AgentHome, store: PolicyStore, device: HwiDevice, path: str,
-               args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+def run_series(
+    home: AgentHome, store: PolicyStore, device: HwiDevice, path: str, args: argparse.Namespace
+) -> dict[str, dict[str, Any]]:
     version = 1
     propose_ms: list[float] = []
     approve_ms: list[float] = []
@@ -136,8 +171,12 @@ def run_series(home: AgentHome, store: PolicyStore, device: HwiDevice, path: str
             approve_ms.append(approved)
             cli_ms.append(proposed + approved)
 
-    series: dict[str, list[float]] = {"cli": cli_ms, "cli_propose": propose_ms,
-                                      "cli_approve": approve_ms, "inprocess": []}
+    series: dict[str, list[float]] = {
+        "cli": cli_ms,
+        "cli_propose": propose_ms,
+        "cli_approve": approve_ms,
+        "inprocess": [],
+    }
     for i in range(args.warmup + args.n):
         version += 1
         wanted = policy(home, version)
@@ -162,15 +201,23 @@ def run_series(home: AgentHome, store: PolicyStore, device: HwiDevice, path: str
 
 
 def summary(report: dict[str, Any]) -> str:
-    lines = [f"policy approval round trip, {report['device']} at {report['path']}, "
-             f"target p95 < {report['target_ms']:.0f} ms"]
-    labels = {"cli": "CLI propose + approve", "cli_propose": "  of which propose",
-              "cli_approve": "  of which approve", "inprocess": "in-process approve (HWI)",
-              "inprocess_eip712": "in-process EIP-712 (trezorlib)"}
+    lines = [
+        f"policy approval round trip, {report['device']} at {report['path']}, "
+        f"target p95 < {report['target_ms']:.0f} ms"
+    ]
+    labels = {
+        "cli": "CLI propose + approve",
+        "cli_propose": "  of which propose",
+        "cli_approve": "  of which approve",
+        "inprocess": "in-process approve (HWI)",
+        "inprocess_eip712": "in-process EIP-712 (trezorlib)",
+    }
     for name, s in report["series"].items():
         verdict = "ok" if s["under_target"] else "OVER TARGET"
-        lines.append(f"  {labels[name]:32} p50 {s['p50_ms']:7.1f} ms  p95 {s['p95_ms']:7.1f} ms"
-                     f"  max {s['max_ms']:7.1f} ms  (n={s['n']})  {verdict}")
+        lines.append(
+            f"  {labels[name]:32} p50 {s['p50_ms']:7.1f} ms  p95 {s['p95_ms']:7.1f} ms"
+            f"  max {s['max_ms']:7.1f} ms  (n={s['n']})  {verdict}"
+        )
     return "\n".join(lines)
 
 

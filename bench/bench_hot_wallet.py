@@ -55,8 +55,7 @@ def main() -> int:
     with LocalWorld(bundler=True) as world, tempfile.TemporaryDirectory() as scratch:
         w3 = Web3(Web3.HTTPProvider(world.rpc_url))
         key_agent = Agent.open(provision_devnet_home(world, Path(scratch) / "key"))
-        smart_agent = Agent.open(provision_smart_account_home(world, Path(scratch) / "smart",
-                                                              deploy=False))
+        smart_agent = Agent.open(provision_smart_account_home(world, Path(scratch) / "smart", deploy=False))
         wallet = smart_agent.payer.signer
         key = key_agent.payer.signer
         assert isinstance(wallet, HotWallet) and isinstance(key, LocalKeySigner)
@@ -64,8 +63,9 @@ def main() -> int:
 
         # gas: deployment through the factory (clones), measured on an identical fresh config
         fresh = wallet.config.__class__(**{**wallet.config.__dict__, "salt": b"\x01" * 32})
-        _, _, create_gas = create_account(w3, fresh, __import__("eth_account").Account.from_key(
-            world.payer_private_key))
+        _, _, create_gas = create_account(
+            w3, fresh, __import__("eth_account").Account.from_key(world.payer_private_key)
+        )
         # warm-up: the first paid fetch deploys the account in its top-up user operation
         first = smart_agent.fetch(url)
         assert first.status == 200 and wallet.top_ups
@@ -84,14 +84,16 @@ def main() -> int:
         domain = TokenDomain(world.usdc.name, world.usdc.version, world.chain_id, world.usdc.address)
 
         def auth(payer: str) -> TransferAuthorization:
-            return TransferAuthorization(domain, payer, world.payees["api"], 1_000, now - 60, now + 300,
-                                         "0x" + "ab" * 32)
+            return TransferAuthorization(
+                domain, payer, world.payees["api"], 1_000, now - 60, now + 300, "0x" + "ab" * 32
+            )
 
         key_auth, smart_auth = auth(key.address), auth(wallet.address)
         key_sign = time_each(args.signs, lambda: key.sign_authorization(key_auth))
         smart_sign = time_each(args.signs, lambda: wallet.sign_authorization(smart_auth))
-        check = time_each(args.signs, lambda: wallet.check_payment(world.usdc.address,
-                                                                   world.payees["api"], 1_000, 300))
+        check = time_each(
+            args.signs, lambda: wallet.check_payment(world.usdc.address, world.payees["api"], 1_000, 300)
+        )
         funds = time_each(200, lambda: wallet.ensure_funds(1_000))
 
         # paid fetch, alternating
@@ -105,18 +107,26 @@ def main() -> int:
         key_agent.close()
         smart_agent.close()
 
-    print(f"signing one authorization, p50: plain key {p50_us(key_sign):.0f} us, session key + "
-          f"ERC-1271 envelope {p50_us(smart_sign):.0f} us "
-          f"({statistics.median(smart_sign) / statistics.median(key_sign):.2f}x)")
-    print(f"pre-signing bound check (cached bounds) p50 {p50_us(check):.1f} us; hot-balance check "
-          f"(one RPC) p50 {p50_us(funds):.0f} us")
-    print(f"paid fetch p50: plain key {statistics.median(key_fetch) * 1e3:.1f} ms, smart account "
-          f"{statistics.median(smart_fetch) * 1e3:.1f} ms "
-          f"({statistics.median(smart_fetch) / statistics.median(key_fetch):.2f}x)")
-    print(f"gas: create account + vault (clones) {create_gas}; first top-up user operation "
-          f"(deploys the account, pulls from the vault) tx {top_up_receipt['gasUsed']}, "
-          f"actualGasUsed {top_up.gas_used}; top-up of a deployed account actualGasUsed "
-          f"{top_up_again.gas_used}; payment via ERC-1271 {smart_gas} vs EOA payment {key_gas}")
+    print(
+        f"signing one authorization, p50: plain key {p50_us(key_sign):.0f} us, session key + "
+        f"ERC-1271 envelope {p50_us(smart_sign):.0f} us "
+        f"({statistics.median(smart_sign) / statistics.median(key_sign):.2f}x)"
+    )
+    print(
+        f"pre-signing bound check (cached bounds) p50 {p50_us(check):.1f} us; hot-balance check "
+        f"(one RPC) p50 {p50_us(funds):.0f} us"
+    )
+    print(
+        f"paid fetch p50: plain key {statistics.median(key_fetch) * 1e3:.1f} ms, smart account "
+        f"{statistics.median(smart_fetch) * 1e3:.1f} ms "
+        f"({statistics.median(smart_fetch) / statistics.median(key_fetch):.2f}x)"
+    )
+    print(
+        f"gas: create account + vault (clones) {create_gas}; first top-up user operation "
+        f"(deploys the account, pulls from the vault) tx {top_up_receipt['gasUsed']}, "
+        f"actualGasUsed {top_up.gas_used}; top-up of a deployed account actualGasUsed "
+        f"{top_up_again.gas_used}; payment via ERC-1271 {smart_gas} vs EOA payment {key_gas}"
+    )
     return 0
 
 

@@ -57,26 +57,61 @@ BLOCK = 100  # cycles per size in turn
 
 def policy() -> Policy:
     """Every limit that reads the ledger is on: daily max, rate limit, circuit breaker."""
-    return parse_policy(json.dumps({
-        "version": 1,
-        "assets": [{"network": NETWORK, "address": ASSET, "symbol": "USDC", "decimals": 6,
-                    "eip712_name": "USDC", "eip712_version": "2", "per_request_max": PRICE,
-                    "daily_max": 10**15}],
-        "max_payments_per_minute": 1_000_000,
-        "circuit_breaker": {"max_consecutive_failures": 1000}}))
+    return parse_policy(
+        json.dumps(
+            {
+                "version": 1,
+                "assets": [
+                    {
+                        "network": NETWORK,
+                        "address": ASSET,
+                        "symbol": "USDC",
+                        "decimals": 6,
+                        "eip712_name": "USDC",
+                        "eip712_version": "2",
+                        "per_request_max": PRICE,
+                        "daily_max": 10**15,
+                    }
+                ],
+                "max_payments_per_minute": 1_000_000,
+                "circuit_breaker": {"max_consecutive_failures": 1000},
+            }
+        )
+    )
 
 
 def offer() -> Offer:
-    requirement = PaymentRequirements(scheme="exact", network=NETWORK, asset=ASSET,
-                                      amount=str(PRICE), pay_to=PAYEE, max_timeout_seconds=60,
-                                      extra={"name": "USDC", "version": "2"})
-    return Offer(index=0, x402_version=2, scheme="exact", network=NETWORK, chain_id=84532,
-                 asset=ASSET, amount=PRICE, pay_to=PAYEE, max_timeout_seconds=60,
-                 extra={"name": "USDC", "version": "2"}, requirement=requirement)
+    requirement = PaymentRequirements(
+        scheme="exact",
+        network=NETWORK,
+        asset=ASSET,
+        amount=str(PRICE),
+        pay_to=PAYEE,
+        max_timeout_seconds=60,
+        extra={"name": "USDC", "version": "2"},
+    )
+    return Offer(
+        index=0,
+        x402_version=2,
+        scheme="exact",
+        network=NETWORK,
+        chain_id=84532,
+        asset=ASSET,
+        amount=PRICE,
+        pay_to=PAYEE,
+        max_timeout_seconds=60,
+        extra={"name": "USDC", "version": "2"},
+        requirement=requirement,
+    )
 
 
-CONTEXT = PaymentContext(method="GET", url="https://api.example/paid", host="api.example",
-                         request_body_sha256="0" * 64, request_fingerprint="fp")
+CONTEXT = PaymentContext(
+    method="GET",
+    url="https://api.example/paid",
+    host="api.example",
+    request_body_sha256="0" * 64,
+    request_fingerprint="fp",
+)
 
 
 def history(rows: int, now: float, seed: int = 402) -> Iterator[tuple[Any, ...]]:
@@ -90,28 +125,50 @@ def history(rows: int, now: float, seed: int = 402) -> Iterator[tuple[Any, ...]]
         ident = f"{rng.getrandbits(128):032x}"
         released = rng.random() < 0.04
         values = {
-            "id": ident, "idempotency_key": None, "request_fingerprint": "fp", "method": "GET",
-            "url": "https://api.example/paid", "request_body_sha256": "0" * 64,
-            "x402_version": 2, "network": NETWORK,
-            "asset": ASSET if rng.random() < 0.7 else OTHER_ASSET, "symbol": "USDC",
-            "decimals": 6, "amount": rng.randint(1, 5000), "pay_to": PAYEE,
-            "requirement_json": requirement, "policy_version": 1, "policy_digest": "sha256:x",
-            "session": None, "state": "released" if released else "settled",
-            "created_at": created, "updated_at": created + 1, "payer": PAYER,
-            "nonce": f"0x{ident}", "valid_after": 0, "valid_before": int(created) + 300,
-            "payment_header": "header", "sent_at": created + 0.01,
+            "id": ident,
+            "idempotency_key": None,
+            "request_fingerprint": "fp",
+            "method": "GET",
+            "url": "https://api.example/paid",
+            "request_body_sha256": "0" * 64,
+            "x402_version": 2,
+            "network": NETWORK,
+            "asset": ASSET if rng.random() < 0.7 else OTHER_ASSET,
+            "symbol": "USDC",
+            "decimals": 6,
+            "amount": rng.randint(1, 5000),
+            "pay_to": PAYEE,
+            "requirement_json": requirement,
+            "policy_version": 1,
+            "policy_digest": "sha256:x",
+            "session": None,
+            "state": "released" if released else "settled",
+            "created_at": created,
+            "updated_at": created + 1,
+            "payer": PAYER,
+            "nonce": f"0x{ident}",
+            "valid_after": 0,
+            "valid_before": int(created) + 300,
+            "payment_header": "header",
+            "sent_at": created + 0.01,
             "settlement_tx": None if released else f"0x{ident}{ident}",
-            "response_status": 200, "response_content_type": "application/json",
-            "response_body_sha256": "f" * 64, "delivered": 0 if released else 1,
-            "evidence_json": None, "finished_at": created + 1}
+            "response_status": 200,
+            "response_content_type": "application/json",
+            "response_body_sha256": "f" * 64,
+            "delivered": 0 if released else 1,
+            "evidence_json": None,
+            "finished_at": created + 1,
+        }
         yield tuple(values[c] for c in COLUMNS)
 
 
 def fill_sqlite(path: Path, rows: int, now: float) -> None:
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("BEGIN")
-    db.executemany(f"INSERT INTO payments ({', '.join(COLUMNS)}) "
-                   f"VALUES ({', '.join('?' for _ in COLUMNS)})", history(rows, now))
+    db.executemany(
+        f"INSERT INTO payments ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})",
+        history(rows, now),
+    )
     # Rows loaded behind the ledger's back: it rebuilds its usage counters at its next write.
     db.execute("DELETE FROM ledger_meta WHERE key = ?", (BUCKETS_KEY,))
     db.execute("COMMIT")
@@ -123,8 +180,11 @@ def fill_postgres(url: str, rows: int, now: float) -> None:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        with conn.transaction(), conn.cursor() as cur, cur.copy(
-                f"COPY payments ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+        with (
+            conn.transaction(),
+            conn.cursor() as cur,
+            cur.copy(f"COPY payments ({', '.join(COLUMNS)}) FROM STDIN") as copy,
+        ):
             for row in history(rows, now):
                 copy.write_row(row)
         # Rows loaded behind the ledger's back: it rebuilds its usage counters when it opens.
@@ -153,27 +213,41 @@ class Cycles:
             t0 = time.perf_counter()
             record = self.gate.reserve(self.offer, CONTEXT)
             t1 = time.perf_counter()
-            self.ledger.mark_sent(record.id, payer=PAYER, nonce=f"0x{record.id}", valid_after=0,
-                                  valid_before=int(time.time()) + 300, payment_header="header")
-            self.ledger.settle(record.id, settlement_tx=f"0x{record.id}", response_status=200,
-                               response_content_type="application/json",
-                               response_body_sha256="f" * 64, delivered=True)
+            self.ledger.mark_sent(
+                record.id,
+                payer=PAYER,
+                nonce=f"0x{record.id}",
+                valid_after=0,
+                valid_before=int(time.time()) + 300,
+                payment_header="header",
+            )
+            self.ledger.settle(
+                record.id,
+                settlement_tx=f"0x{record.id}",
+                response_status=200,
+                response_content_type="application/json",
+                response_body_sha256="f" * 64,
+                delivered=True,
+            )
             t2 = time.perf_counter()
             if keep:
                 self.whole.append((t2 - t0) * 1000)
                 self.reserving.append((t1 - t0) * 1000)
 
     def stats(self) -> dict[str, float]:
-        return {"cycle_p50_ms": statistics.median(self.whole),
-                "cycle_p95_ms": percentile(self.whole, 95),
-                "cycle_p99_ms": percentile(self.whole, 99),
-                "cycle_mean_ms": statistics.fmean(self.whole),
-                "reserve_p50_ms": statistics.median(self.reserving),
-                "reserve_p99_ms": percentile(self.reserving, 99)}
+        return {
+            "cycle_p50_ms": statistics.median(self.whole),
+            "cycle_p95_ms": percentile(self.whole, 95),
+            "cycle_p99_ms": percentile(self.whole, 99),
+            "cycle_mean_ms": statistics.fmean(self.whole),
+            "reserve_p50_ms": statistics.median(self.reserving),
+            "reserve_p99_ms": percentile(self.reserving, 99),
+        }
 
 
-def open_filled(backend: str, size: int, workdir: Path, server: PostgresServer | None
-                ) -> tuple[Ledger, dict[str, float]]:
+def open_filled(
+    backend: str, size: int, workdir: Path, server: PostgresServer | None
+) -> tuple[Ledger, dict[str, float]]:
     """A ledger holding ``size`` history rows; timings of the load, the open (PostgreSQL
     rebuilds the usage counters there) and the first cycle (SQLite rebuilds them there)."""
     now = time.time()
@@ -197,20 +271,25 @@ def open_filled(backend: str, size: int, workdir: Path, server: PostgresServer |
     t2 = time.perf_counter()
     Cycles(ledger).run(1, keep=False)
     t3 = time.perf_counter()
-    return ledger, {"fill_seconds": round(t1 - t0, 2), "open_seconds": round(t2 - t1, 3),
-                    "first_cycle_seconds": round(t3 - t2, 3)}
+    return ledger, {
+        "fill_seconds": round(t1 - t0, 2),
+        "open_seconds": round(t2 - t1, 3),
+        "first_cycle_seconds": round(t3 - t2, 3),
+    }
 
 
-def run_backend(backend: str, sizes: list[int], cycles: int, workdir: Path,
-                server: PostgresServer | None) -> dict[str, Any]:
+def run_backend(
+    backend: str, sizes: list[int], cycles: int, workdir: Path, server: PostgresServer | None
+) -> dict[str, Any]:
     """Fill one ledger per size, then run the sizes' cycles in alternating blocks, so that
     whatever else the machine does hits every size alike."""
     opened: dict[int, tuple[Ledger, dict[str, float]]] = {}
     try:
         for size in sizes:
             opened[size] = open_filled(backend, size, workdir, server)
-            print(f"  {backend}: {size:,} history rows loaded ({opened[size][1]})",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  {backend}: {size:,} history rows loaded ({opened[size][1]})", file=sys.stderr, flush=True
+            )
         runners = {size: Cycles(ledger) for size, (ledger, _) in opened.items()}
         for runner in runners.values():
             runner.run(WARMUP, keep=False)
@@ -222,13 +301,18 @@ def run_backend(backend: str, sizes: list[int], cycles: int, workdir: Path,
             ledger.close()
     results: dict[str, Any] = {}
     for size, runner in runners.items():
-        results[str(size)] = {"history_rows": size, **opened[size][1],
-                              **{k: round(v, 4) for k, v in runner.stats().items()}}
+        results[str(size)] = {
+            "history_rows": size,
+            **opened[size][1],
+            **{k: round(v, 4) for k, v in runner.stats().items()},
+        }
     small, large = str(min(sizes)), str(max(sizes))
     results["p99_ratio_largest_over_smallest"] = round(
-        results[large]["cycle_p99_ms"] / results[small]["cycle_p99_ms"], 3)
+        results[large]["cycle_p99_ms"] / results[small]["cycle_p99_ms"], 3
+    )
     results["reserve_p99_ratio_largest_over_smallest"] = round(
-        results[large]["reserve_p99_ms"] / results[small]["reserve_p99_ms"], 3)
+        results[large]["reserve_p99_ms"] / results[small]["reserve_p99_ms"], 3
+    )
     return results
 
 
@@ -236,7 +320,7 @@ BACKENDS = {
     "sqlite": "SQLite file as the agent opens it (WAL, synchronous=NORMAL)",
     "postgres": "PostgreSQL 15 with its default durability (fsync, synchronous_commit on)",
     "postgres-nofsync": "PostgreSQL 15 with fsync and synchronous_commit off: the ledger's own "
-                        "cost, without this machine's disk",
+    "cost, without this machine's disk",
 }
 
 
@@ -244,17 +328,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--cycles", type=int, default=2000)
     parser.add_argument("--sizes", default="1000,1000000")
-    parser.add_argument("--backends", default=",".join(BACKENDS),
-                        help=f"comma-separated, of {', '.join(BACKENDS)}")
+    parser.add_argument(
+        "--backends", default=",".join(BACKENDS), help=f"comma-separated, of {', '.join(BACKENDS)}"
+    )
     parser.add_argument("--json", type=Path, help="also write the JSON report here")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     backends = args.backends.split(",")
     if unknown := set(backends) - set(BACKENDS):
         parser.error(f"unknown backends {sorted(unknown)}")
-    report: dict[str, Any] = {"cycles": args.cycles, "warmup": WARMUP, "block": BLOCK,
-                              "history_days": HISTORY_DAYS,
-                              "backends": {b: {"setup": BACKENDS[b]} for b in backends}}
+    report: dict[str, Any] = {
+        "cycles": args.cycles,
+        "warmup": WARMUP,
+        "block": BLOCK,
+        "history_days": HISTORY_DAYS,
+        "backends": {b: {"setup": BACKENDS[b]} for b in backends},
+    }
     with tempfile.TemporaryDirectory(prefix="bench-ledger-") as tmp:
         for backend in backends:
             server = None
@@ -263,7 +352,8 @@ def main() -> None:
                     server = PostgresServer(durable=backend == "postgres")
                     server.start()
                 report["backends"][backend].update(
-                    run_backend(backend, sizes, args.cycles, Path(tmp), server))
+                    run_backend(backend, sizes, args.cycles, Path(tmp), server)
+                )
             finally:
                 if server is not None:
                     server.stop()
@@ -271,20 +361,30 @@ def main() -> None:
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
-    print(f"\n{args.cycles} cycles of PolicyGate.reserve + mark_sent + settle; latencies in ms",
-          file=sys.stderr)
-    print(f"{'backend':17} {'history':>9} {'cycle p50':>10} {'cycle p95':>10} {'cycle p99':>10}"
-          f" {'reserve p50':>12} {'reserve p99':>12}", file=sys.stderr)
+    print(
+        f"\n{args.cycles} cycles of PolicyGate.reserve + mark_sent + settle; latencies in ms", file=sys.stderr
+    )
+    print(
+        f"{'backend':17} {'history':>9} {'cycle p50':>10} {'cycle p95':>10} {'cycle p99':>10}"
+        f" {'reserve p50':>12} {'reserve p99':>12}",
+        file=sys.stderr,
+    )
     for backend in backends:
         results = report["backends"][backend]
         for size in sizes:
             r = results[str(size)]
-            print(f"{backend:17} {size:>9,} {r['cycle_p50_ms']:10.3f} {r['cycle_p95_ms']:10.3f}"
-                  f" {r['cycle_p99_ms']:10.3f} {r['reserve_p50_ms']:12.3f}"
-                  f" {r['reserve_p99_ms']:12.3f}", file=sys.stderr)
-        print(f"{backend:17} p99 ratio {max(sizes):,} / {min(sizes):,} rows: cycle "
-              f"{results['p99_ratio_largest_over_smallest']:.2f}x, reserve "
-              f"{results['reserve_p99_ratio_largest_over_smallest']:.2f}x", file=sys.stderr)
+            print(
+                f"{backend:17} {size:>9,} {r['cycle_p50_ms']:10.3f} {r['cycle_p95_ms']:10.3f}"
+                f" {r['cycle_p99_ms']:10.3f} {r['reserve_p50_ms']:12.3f}"
+                f" {r['reserve_p99_ms']:12.3f}",
+                file=sys.stderr,
+            )
+        print(
+            f"{backend:17} p99 ratio {max(sizes):,} / {min(sizes):,} rows: cycle "
+            f"{results['p99_ratio_largest_over_smallest']:.2f}x, reserve "
+            f"{results['reserve_p99_ratio_largest_over_smallest']:.2f}x",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

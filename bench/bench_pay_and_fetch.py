@@ -49,8 +49,11 @@ OURS_NO_CHAIN = "x402-agent without on-chain check"
 
 
 def start_world(home: Path) -> tuple[subprocess.Popen[str], dict[str, object]]:
-    proc = subprocess.Popen([sys.executable, "-m", "x402_agent.cli", "--home", str(home),
-                             "devnet", "--wallet", "key"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "x402_agent.cli", "--home", str(home), "devnet", "--wallet", "key"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     return proc, json.loads(proc.stdout.readline())
 
@@ -88,18 +91,23 @@ async def timed(calls: int, concurrency: int, one: Callable[[], Awaitable[int]])
 
 
 def summary(latencies: list[float], wall: float) -> dict[str, float]:
-    return {"mean_ms": 1000 * statistics.fmean(latencies),
-            "p50_ms": 1000 * statistics.median(latencies),
-            "p99_ms": 1000 * statistics.quantiles(latencies, n=100)[98],
-            "per_request_wall_ms": 1000 * wall / len(latencies), "requests": len(latencies)}
+    return {
+        "mean_ms": 1000 * statistics.fmean(latencies),
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * statistics.quantiles(latencies, n=100)[98],
+        "per_request_wall_ms": 1000 * wall / len(latencies),
+        "requests": len(latencies),
+    }
 
 
-async def measure(url: str, agents: dict[str, Agent], sdk: x402Client, rounds: int,
-                  per_round: int, concurrency: int) -> dict[str, Any]:
+async def measure(
+    url: str, agents: dict[str, Agent], sdk: x402Client, rounds: int, per_round: int, concurrency: int
+) -> dict[str, Any]:
     """Sequential: strictly alternating single requests (ratio of medians). Concurrent:
     alternating rounds of ``per_round`` requests, ``concurrency`` at a time (ratio of
     per-request wall time)."""
     async with x402HttpxClient(sdk, timeout=60) as http:
+
         async def theirs() -> int:
             response = await http.get(url)
             await response.aread()
@@ -108,6 +116,7 @@ async def measure(url: str, agents: dict[str, Agent], sdk: x402Client, rounds: i
         def ours(agent: Agent) -> Callable[[], Awaitable[int]]:
             async def fetch() -> int:
                 return (await agent.afetch(url)).status
+
             return fetch
 
         calls = {SDK: theirs, **{name: ours(agent) for name, agent in agents.items()}}
@@ -122,7 +131,7 @@ async def measure(url: str, agents: dict[str, Agent], sdk: x402Client, rounds: i
         size = 1 if concurrency == 1 else per_round
         names = list(calls)
         for batch in range(batches):
-            for name in names[batch % len(names):] + names[:batch % len(names)]:
+            for name in names[batch % len(names) :] + names[: batch % len(names)]:
                 began, began_cpu = time.perf_counter(), time.process_time()
                 latencies[name] += await timed(size, concurrency, calls[name])
                 if concurrency > 1:
@@ -130,14 +139,19 @@ async def measure(url: str, agents: dict[str, Agent], sdk: x402Client, rounds: i
                 walls[name] += time.perf_counter() - began
                 settle_checks(agents.get(name))
                 cpu[name].append((time.process_time() - began_cpu) / size)
-    figures = {name: {**summary(latencies[name], walls[name]),
-                      "cpu_ms_per_request": 1000 * statistics.fmean(cpu[name])}
-               for name in calls}
+    figures = {
+        name: {
+            **summary(latencies[name], walls[name]),
+            "cpu_ms_per_request": 1000 * statistics.fmean(cpu[name]),
+        }
+        for name in calls
+    }
     key = "p50_ms" if concurrency == 1 else "per_request_wall_ms"
     for name in agents:
         figures[name]["ratio_over_sdk"] = round(figures[name][key] / figures[SDK][key], 3)
         figures[name]["cpu_ratio_over_sdk"] = round(
-            figures[name]["cpu_ms_per_request"] / figures[SDK]["cpu_ms_per_request"], 3)
+            figures[name]["cpu_ms_per_request"] / figures[SDK]["cpu_ms_per_request"], 3
+        )
     return {"concurrency": concurrency, "ratio_basis": key, **figures}
 
 
@@ -158,8 +172,9 @@ def main() -> None:
             url = f"{ready['api_url']}{ROUTE}"
             report = {}
             for label, concurrency in (("sequential", 1), ("concurrent", args.concurrency)):
-                report[label] = asyncio.run(measure(url, agents, sdk, args.rounds,
-                                                    args.per_round, concurrency))
+                report[label] = asyncio.run(
+                    measure(url, agents, sdk, args.rounds, args.per_round, concurrency)
+                )
             agent.close()
             unchecked.close()
         finally:
@@ -168,17 +183,26 @@ def main() -> None:
     print(json.dumps(report, indent=2))
     for label, data in report.items():
         key = data["ratio_basis"]
-        print(f"{label} (x{data['concurrency']}, {key}): SDK {data[SDK][key]:.2f} ms", end="",
-              file=sys.stderr)
+        print(
+            f"{label} (x{data['concurrency']}, {key}): SDK {data[SDK][key]:.2f} ms", end="", file=sys.stderr
+        )
         for name in (OURS, OURS_NO_CHAIN):
-            print(f"; {name} {data[name][key]:.2f} ms = {data[name]['ratio_over_sdk']:.3f}x",
-                  end="", file=sys.stderr)
+            print(
+                f"; {name} {data[name][key]:.2f} ms = {data[name]['ratio_over_sdk']:.3f}x",
+                end="",
+                file=sys.stderr,
+            )
         print(file=sys.stderr)
-        print(f"  client CPU per request: SDK {data[SDK]['cpu_ms_per_request']:.2f} ms", end="",
-              file=sys.stderr)
+        print(
+            f"  client CPU per request: SDK {data[SDK]['cpu_ms_per_request']:.2f} ms", end="", file=sys.stderr
+        )
         for name in (OURS, OURS_NO_CHAIN):
-            print(f"; {name} {data[name]['cpu_ms_per_request']:.2f} ms = "
-                  f"{data[name]['cpu_ratio_over_sdk']:.3f}x", end="", file=sys.stderr)
+            print(
+                f"; {name} {data[name]['cpu_ms_per_request']:.2f} ms = "
+                f"{data[name]['cpu_ratio_over_sdk']:.3f}x",
+                end="",
+                file=sys.stderr,
+            )
         print(file=sys.stderr)
 
 

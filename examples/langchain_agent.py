@@ -32,23 +32,30 @@ class ScriptedModel(BaseChatModel):
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ScriptedModel:
         return self
 
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
-                  **kwargs: Any) -> ChatResult:
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
         turn = sum(isinstance(m, AIMessage) for m in messages)
-        reply = self.script[turn] if turn < len(self.script) else AIMessage(
-            content="Done: " + " | ".join(str(m.content)[:120] for m in messages
-                                          if isinstance(m, ToolMessage)))
+        reply = (
+            self.script[turn]
+            if turn < len(self.script)
+            else AIMessage(
+                content="Done: "
+                + " | ".join(str(m.content)[:120] for m in messages if isinstance(m, ToolMessage))
+            )
+        )
         return ChatResult(generations=[ChatGeneration(message=reply)])
 
 
 def main(url: str) -> None:
     toolkit = X402Toolkit.open()  # one session: its allowance applies to this agent
     tools = {tool.name: tool for tool in toolkit.get_tools()}
-    model = ScriptedModel(script=[
-        AIMessage(content="", tool_calls=[{"name": "x402_budget", "args": {}, "id": "1"}]),
-        AIMessage(content="", tool_calls=[{"name": "x402_fetch", "args": {"url": url},
-                                           "id": "2"}]),
-    ]).bind_tools(list(tools.values()))
+    model = ScriptedModel(
+        script=[
+            AIMessage(content="", tool_calls=[{"name": "x402_budget", "args": {}, "id": "1"}]),
+            AIMessage(content="", tool_calls=[{"name": "x402_fetch", "args": {"url": url}, "id": "2"}]),
+        ]
+    ).bind_tools(list(tools.values()))
     messages: list[BaseMessage] = [HumanMessage(content=f"Get {url}, paying if needed.")]
     while True:  # the agent loop: call tools until the model answers
         reply = model.invoke(messages)

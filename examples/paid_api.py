@@ -107,8 +107,13 @@ PRICED = (
 )
 
 _ERC20_METADATA_ABI = [
-    {"name": name, "type": "function", "stateMutability": "view", "inputs": [],
-     "outputs": [{"name": "", "type": kind}]}
+    {
+        "name": name,
+        "type": "function",
+        "stateMutability": "view",
+        "inputs": [],
+        "outputs": [{"name": "", "type": kind}],
+    }
     for name, kind in (("name", "string"), ("version", "string"), ("decimals", "uint8"))
 ]
 
@@ -126,18 +131,24 @@ class Token:
 
 # ---- where payments settle -----------------------------------------------------------------
 
-def local_world(world_file: Path, facilitator_key: str | None,
-                factories: list[str]) -> tuple[Token, x402Facilitator]:
+
+def local_world(
+    world_file: Path, facilitator_key: str | None, factories: list[str]
+) -> tuple[Token, x402Facilitator]:
     """The devnet's main chain and USDC, settled by an in-process SDK facilitator."""
     world = json.loads(world_file.read_text().strip().splitlines()[0])
     rpc_url, network = world["rpc_url"], world["network"]
     w3 = Web3(Web3.HTTPProvider(rpc_url))
-    contract = w3.eth.contract(address=Web3.to_checksum_address(world["tokens"]["USDC"]),
-                               abi=_ERC20_METADATA_ABI)
-    token = Token(network=network, address=contract.address,
-                  name=contract.functions.name().call(),
-                  version=contract.functions.version().call(),
-                  decimals=contract.functions.decimals().call())
+    contract = w3.eth.contract(
+        address=Web3.to_checksum_address(world["tokens"]["USDC"]), abi=_ERC20_METADATA_ABI
+    )
+    token = Token(
+        network=network,
+        address=contract.address,
+        name=contract.functions.name().call(),
+        version=contract.functions.version().call(),
+        decimals=contract.functions.decimals().call(),
+    )
     if facilitator_key is None:
         # A gas key of our own, so we never race the devnet's facilitator for nonces.
         fresh = Account.create()
@@ -156,28 +167,47 @@ def local_world(world_file: Path, facilitator_key: str | None,
     # through the factories named here.
     if not factories and world.get("factory"):
         factories = [world["factory"]]
-    register_exact_evm_facilitator(facilitator, FacilitatorWeb3Signer(facilitator_key, rpc_url),
-                                   network, eip6492_allowed_factories=factories)
+    register_exact_evm_facilitator(
+        facilitator,
+        FacilitatorWeb3Signer(facilitator_key, rpc_url),
+        network,
+        eip6492_allowed_factories=factories,
+    )
     return token, facilitator
 
 
 def hosted(args: argparse.Namespace) -> tuple[Token, HTTPFacilitatorClient]:
     """A real network: the token named on the command line, a facilitator reached over HTTP."""
-    token = Token(network=args.network, address=Web3.to_checksum_address(args.asset),
-                  name=args.asset_name, version=args.asset_version, decimals=args.decimals)
+    token = Token(
+        network=args.network,
+        address=Web3.to_checksum_address(args.asset),
+        name=args.asset_name,
+        version=args.asset_version,
+        decimals=args.decimals,
+    )
     return token, HTTPFacilitatorClient(FacilitatorConfig(url=args.facilitator_url))
 
 
 # ---- the app ---------------------------------------------------------------------------------
 
-def route_config(price: int, description: str, mime_type: str, token: Token,
-                 pay_to: str) -> RouteConfig:
+
+def route_config(price: int, description: str, mime_type: str, token: Token, pay_to: str) -> RouteConfig:
     return RouteConfig(
-        accepts=[PaymentOption(
-            scheme="exact", network=token.network, pay_to=pay_to,
-            price=AssetAmount(amount=str(price), asset=token.address,
-                              extra={"name": token.name, "version": token.version}))],
-        description=description, mime_type=mime_type)
+        accepts=[
+            PaymentOption(
+                scheme="exact",
+                network=token.network,
+                pay_to=pay_to,
+                price=AssetAmount(
+                    amount=str(price),
+                    asset=token.address,
+                    extra={"name": token.name, "version": token.version},
+                ),
+            )
+        ],
+        description=description,
+        mime_type=mime_type,
+    )
 
 
 def create_app(token: Token, facilitator: Any, pay_to: str) -> FastAPI:
@@ -185,25 +215,36 @@ def create_app(token: Token, facilitator: Any, pay_to: str) -> FastAPI:
     # The SDK's scheme class is untyped and its payment_flows dict does not match the
     # protocol's declared Mapping type; the pairing is the SDK's own.
     server.register(token.network, ExactEvmServerScheme())  # type: ignore[no-untyped-call, arg-type]
-    routes = {f"{method} {path}": route_config(price, description, mime, token, pay_to)
-              for method, path, price, description, mime in PRICED}
+    routes = {
+        f"{method} {path}": route_config(price, description, mime, token, pay_to)
+        for method, path, price, description, mime in PRICED
+    }
     guard = payment_middleware(routes, server)  # asks the facilitator what it supports, now
 
-    app = FastAPI(title="x402-agent example paid API", docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(title="x402-agent example paid API", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.middleware("http")
-    async def x402(request: Request, call_next: Callable[[Request], Awaitable[Response]]
-                   ) -> Response:
+    async def x402(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         return await guard(request, call_next)
 
     @app.get("/")
     async def price_list() -> dict[str, object]:
         scale = 10**token.decimals
-        return {"network": token.network, "asset": token.address, "pay_to": pay_to,
-                "routes": [{"method": m, "path": p, "price_atomic": str(price),
-                            "price": f"{price / scale:.{token.decimals}f}", "description": d}
-                           for m, p, price, d, _ in PRICED]}
+        return {
+            "network": token.network,
+            "asset": token.address,
+            "pay_to": pay_to,
+            "routes": [
+                {
+                    "method": m,
+                    "path": p,
+                    "price_atomic": str(price),
+                    "price": f"{price / scale:.{token.decimals}f}",
+                    "description": d,
+                }
+                for m, p, price, d, _ in PRICED
+            ],
+        }
 
     @app.get("/health")
     async def health() -> dict[str, bool]:
@@ -217,8 +258,7 @@ def create_app(token: Token, facilitator: Any, pay_to: str) -> FastAPI:
     async def forecast(city: str) -> dict[str, object]:
         # Deterministic, so repeated paid calls are easy to compare.
         seed = sum(city.encode())
-        return {"city": city, "tomorrow": ("sunny", "cloudy", "rain")[seed % 3],
-                "high_c": 10 + seed % 20}
+        return {"city": city, "tomorrow": ("sunny", "cloudy", "rain")[seed % 3], "high_c": 10 + seed % 20}
 
     @app.post("/api/wordcount")
     async def wordcount(request: Request) -> dict[str, int]:
@@ -231,15 +271,20 @@ def create_app(token: Token, facilitator: Any, pay_to: str) -> FastAPI:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--world", type=Path,
-                       help="the ready line of `x402-agent devnet`, saved to a file")
+    where.add_argument("--world", type=Path, help="the ready line of `x402-agent devnet`, saved to a file")
     where.add_argument("--facilitator-url", help="a hosted x402 facilitator (real networks)")
-    parser.add_argument("--facilitator-key",
-                        help="devnet only: key paying settlement gas (default: a fresh funded one)")
-    parser.add_argument("--account-factory", action="append", default=[], metavar="ADDRESS",
-                        help="devnet only: a smart-account factory the facilitator may call to "
-                             "deploy a counterfactual payer (ERC-6492; default: the ready line's "
-                             "factory); repeatable")
+    parser.add_argument(
+        "--facilitator-key", help="devnet only: key paying settlement gas (default: a fresh funded one)"
+    )
+    parser.add_argument(
+        "--account-factory",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="devnet only: a smart-account factory the facilitator may call to "
+        "deploy a counterfactual payer (ERC-6492; default: the ready line's "
+        "factory); repeatable",
+    )
     parser.add_argument("--pay-to", help="payee address (default: a new random address)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
@@ -250,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decimals", type=int, default=6)
     args = parser.parse_args(argv)
 
-    token, facilitator = (local_world(args.world, args.facilitator_key, args.account_factory)
-                          if args.world else hosted(args))
+    token, facilitator = (
+        local_world(args.world, args.facilitator_key, args.account_factory) if args.world else hosted(args)
+    )
     pay_to = Web3.to_checksum_address(args.pay_to or Account.create().address)
     app = create_app(token, facilitator, pay_to)
 
@@ -261,11 +307,22 @@ def main(argv: list[str] | None = None) -> int:
     sock.bind((args.host, args.port))
     sock.listen(128)
     url = f"http://{args.host}:{sock.getsockname()[1]}"
-    print(json.dumps({"ready": True, "url": url, "network": token.network,
-                      "asset": token.address, "pay_to": pay_to,
-                      "routes": [{"method": m, "url": url + p.replace("*", "lisbon"),
-                                  "price_atomic": str(price)} for m, p, price, _, _ in PRICED]}),
-          flush=True)
+    print(
+        json.dumps(
+            {
+                "ready": True,
+                "url": url,
+                "network": token.network,
+                "asset": token.address,
+                "pay_to": pay_to,
+                "routes": [
+                    {"method": m, "url": url + p.replace("*", "lisbon"), "price_atomic": str(price)}
+                    for m, p, price, _, _ in PRICED
+                ],
+            }
+        ),
+        flush=True,
+    )
     config = uvicorn.Config(app, log_level="warning", lifespan="off")
     uvicorn.Server(config).run(sockets=[sock])
     return 0

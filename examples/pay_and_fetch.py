@@ -18,8 +18,7 @@ def main(url: str) -> int:
     agent = Agent.open()  # $X402_AGENT_HOME; refuses to start without an approved policy
     try:
         quote = agent.quote(url)
-        print(f"quote: {'allowed' if quote.allowed else 'refused'} ({quote.reason}), "
-              f"chosen: {quote.chosen}")
+        print(f"quote: {'allowed' if quote.allowed else 'refused'} ({quote.reason}), chosen: {quote.chosen}")
         outcome = agent.fetch(url, idempotency_key=f"example:{url}")
     except X402AgentError as refused:
         print(f"refused: {refused.reason}: {refused.message}")
@@ -28,8 +27,10 @@ def main(url: str) -> int:
         agent.close()
     paid = outcome.payment
     if paid is not None:
-        print(f"paid {format_units(paid.amount, paid.decimals)} {paid.symbol}, "
-              f"tx {paid.settlement_tx}, receipt {paid.id}")
+        print(
+            f"paid {format_units(paid.amount, paid.decimals)} {paid.symbol}, "
+            f"tx {paid.settlement_tx}, receipt {paid.id}"
+        )
     print((outcome.content or b"").decode(errors="replace"))
     return 0
 

@@ -40,17 +40,22 @@ async def persistent(client: MultiServerMCPClient, url: str) -> None:
 
 
 async def main(server_python: str, url: str, mode: str = "") -> None:
-    client = MultiServerMCPClient({"x402": {
-        "transport": "stdio", "command": server_python, "args": ["-m", "x402_agent.cli", "mcp"],
-        "env": {**os.environ},
-    }})
+    client = MultiServerMCPClient(
+        {
+            "x402": {
+                "transport": "stdio",
+                "command": server_python,
+                "args": ["-m", "x402_agent.cli", "mcp"],
+                "env": {**os.environ},
+            }
+        }
+    )
     if mode == "persistent":
         return await persistent(client, url)
     tools = {tool.name: tool for tool in await client.get_tools()}
     budget = await tools["x402_budget"].ainvoke({})
     paid = await tools["x402_fetch"].ainvoke({"url": url})
-    print(json.dumps({"tools": sorted(tools), "budget": text_json(budget),
-                      "fetch": text_json(paid)}))
+    print(json.dumps({"tools": sorted(tools), "budget": text_json(budget), "fetch": text_json(paid)}))
 
 
 def text_json(result: object) -> object:
@@ -60,7 +65,7 @@ def text_json(result: object) -> object:
     try:
         return json.loads(text)
     except json.JSONDecodeError:  # a refusal the adapters passed on as the error's text
-        return json.loads(text[text.index("{"):])
+        return json.loads(text[text.index("{") :])
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ TRANSFER = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
 
 
 def rpc(url: str, method: str, *params: Any) -> Any:
-    answer = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method,
-                                   "params": list(params)}).json()
+    answer = httpx.post(
+        url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
+    ).json()
     assert "error" not in answer, answer
     return answer["result"]
 
@@ -27,9 +28,14 @@ def transfer_logs(url: str, tx: str | None) -> list[tuple[str, str, str, int]]:
     """(token, from, to, value) of every ERC-20 Transfer in a transaction."""
     receipt = rpc(url, "eth_getTransactionReceipt", tx)
     return [
-        (to_checksum_address(log["address"]), to_checksum_address("0x" + log["topics"][1][-40:]),
-         to_checksum_address("0x" + log["topics"][2][-40:]), int(log["data"], 16))
-        for log in receipt["logs"] if log["topics"][0] == TRANSFER
+        (
+            to_checksum_address(log["address"]),
+            to_checksum_address("0x" + log["topics"][1][-40:]),
+            to_checksum_address("0x" + log["topics"][2][-40:]),
+            int(log["data"], 16),
+        )
+        for log in receipt["logs"]
+        if log["topics"][0] == TRANSFER
     ]
 
 

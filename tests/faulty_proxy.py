@@ -42,15 +42,17 @@ class FaultyProxy:
         payment = [(k, v) for k, v in headers.items() if k in PAYMENT_HEADERS]
         if payment and self.mode == "claim_settled":
             self.captured += payment
-            await self.answer(send, 200, {"content-type": "text/plain",
-                                          "payment-response": self.false_claim(payment[0][1])},
-                              b"content that was never paid for")
+            await self.answer(
+                send,
+                200,
+                {"content-type": "text/plain", "payment-response": self.false_claim(payment[0][1])},
+                b"content that was never paid for",
+            )
             return
         if payment and self.mode == "swallow":
             self.captured += payment
             headers = {k: v for k, v in headers.items() if k not in PAYMENT_HEADERS}
-        status, out_headers, content = await self.forward(scope["method"], scope["path"],
-                                                          headers, body)
+        status, out_headers, content = await self.forward(scope["method"], scope["path"], headers, body)
         if payment and self.mode == "hold_after_settle":
             assert "payment-response" in out_headers, "upstream did not settle"
             self.held.set()
@@ -64,8 +66,13 @@ class FaultyProxy:
 
     @staticmethod
     async def answer(send: Any, status: int, headers: dict[str, str], content: bytes) -> None:
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(k.encode(), v.encode()) for k, v in headers.items()]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+            }
+        )
         await send({"type": "http.response.body", "body": content})
 
     def false_claim(self, payment_header: str) -> str:
@@ -73,15 +80,23 @@ class FaultyProxy:
         ``claimed_tx``: only the chain can tell it is false."""
         paid = json.loads(base64.b64decode(payment_header))
         auth = paid["payload"]["authorization"]
-        claim = {"success": True, "payer": auth["from"], "transaction": self.claimed_tx,
-                 "network": paid["accepted"]["network"], "amount": auth["value"]}
+        claim = {
+            "success": True,
+            "payer": auth["from"],
+            "transaction": self.claimed_tx,
+            "network": paid["accepted"]["network"],
+            "amount": auth["value"],
+        }
         return base64.b64encode(json.dumps(claim).encode()).decode()
 
-    async def forward(self, method: str, path: str, headers: dict[str, str], body: bytes
-                      ) -> tuple[int, dict[str, str], bytes]:
+    async def forward(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
         async with httpx.AsyncClient() as client:
-            answer = await client.request(method, self.upstream + path, headers=headers,
-                                          content=body)
-        kept = {k: v for k, v in answer.headers.items()
-                if k not in ("content-length", "content-encoding", "transfer-encoding")}
+            answer = await client.request(method, self.upstream + path, headers=headers, content=body)
+        kept = {
+            k: v
+            for k, v in answer.headers.items()
+            if k not in ("content-length", "content-encoding", "transfer-encoding")
+        }
         return answer.status_code, kept, answer.content

@@ -37,8 +37,9 @@ class Canned:
     abort_after_first_chunk: bool = False
 
     @classmethod
-    def make(cls, status: int = 200, headers: HeaderItems | None = None, body: bytes | str = b"",
-             **kwargs: Any) -> Canned:
+    def make(
+        cls, status: int = 200, headers: HeaderItems | None = None, body: bytes | str = b"", **kwargs: Any
+    ) -> Canned:
         items = headers.items() if isinstance(headers, Mapping) else (headers or ())
         raw = body.encode() if isinstance(body, str) else body
         return cls(status, tuple((str(k), str(v)) for k, v in items), raw, **kwargs)
@@ -135,8 +136,10 @@ class HostileServer:
         lines = [f"{self.name} ({self.origin}) received {len(self.received)} request(s):"]
         for r in self.received:
             pay = [k for k, _ in r.payment_headers()]
-            lines.append(f"  {r.method} {r.path}{'?' + r.query if r.query else ''}"
-                         f"{'  payment headers: ' + ','.join(pay) if pay else ''}")
+            lines.append(
+                f"  {r.method} {r.path}{'?' + r.query if r.query else ''}"
+                f"{'  payment headers: ' + ','.join(pay) if pay else ''}"
+            )
         return "\n".join(lines)
 
     # ---- the ASGI app ----------------------------------------------------------------------
@@ -147,8 +150,7 @@ class HostileServer:
                 return route.queue.popleft()
             if route is not None and route.fallback is not None:
                 return route.fallback
-        return Canned.make(599, {"content-type": "text/plain"},
-                           f"{self.name}: nothing programmed for {path}")
+        return Canned.make(599, {"content-type": "text/plain"}, f"{self.name}: nothing programmed for {path}")
 
     async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -161,24 +163,32 @@ class HostileServer:
             chunks.append(message.get("body", b""))
             if not message.get("more_body"):
                 break
-        headers = tuple((k.decode("latin-1").lower(), v.decode("latin-1"))
-                        for k, v in scope["headers"])
+        headers = tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"])
         with self._lock:
-            self._received.append(Received(scope["method"], scope["path"],
-                                           scope["query_string"].decode("latin-1"), headers,
-                                           b"".join(chunks)))
+            self._received.append(
+                Received(
+                    scope["method"],
+                    scope["path"],
+                    scope["query_string"].decode("latin-1"),
+                    headers,
+                    b"".join(chunks),
+                )
+            )
         answer = self._next_answer(scope["path"])
         out_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
         if answer.abort_after_first_chunk:
-            await send({"type": "http.response.start", "status": answer.status,
-                        "headers": [*out_headers, (b"content-length", b"1000000")]})
-            await send({"type": "http.response.body", "body": answer.body or b"partial",
-                        "more_body": True})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": answer.status,
+                    "headers": [*out_headers, (b"content-length", b"1000000")],
+                }
+            )
+            await send({"type": "http.response.body", "body": answer.body or b"partial", "more_body": True})
             raise ConnectionAbortedError("hostile server drops the connection mid-body")
         if not answer.stream_bytes and not any(k == "content-length" for k, _ in answer.headers):
             out_headers.append((b"content-length", str(len(answer.body)).encode()))
-        await send({"type": "http.response.start", "status": answer.status,
-                    "headers": out_headers})
+        await send({"type": "http.response.start", "status": answer.status, "headers": out_headers})
         if not answer.stream_bytes:
             await send({"type": "http.response.body", "body": answer.body})
             return

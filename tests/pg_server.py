@@ -34,8 +34,10 @@ def find_bindir() -> Path:
     """The newest /usr/lib/postgresql/<version>/bin holding initdb."""
     found = glob.glob("/usr/lib/postgresql/*/bin/initdb")
     if not found:
-        raise PostgresUnavailable("no /usr/lib/postgresql/*/bin/initdb: run scripts/setup.sh "
-                                  "(it installs the Debian package postgresql)")
+        raise PostgresUnavailable(
+            "no /usr/lib/postgresql/*/bin/initdb: run scripts/setup.sh "
+            "(it installs the Debian package postgresql)"
+        )
 
     def version(path: str) -> tuple[int, ...]:
         name = Path(path).parent.parent.name
@@ -68,8 +70,14 @@ class PostgresServer:
         return ["runuser", "-u", RUN_AS, "--", *command] if self._as_other_user else command
 
     def _run(self, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self._cmd(tool, *args), capture_output=True, text=True,
-                              timeout=timeout, cwd="/", stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            self._cmd(tool, *args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+        )
 
     @property
     def data(self) -> Path:
@@ -87,8 +95,19 @@ class PostgresServer:
             if self._as_other_user:
                 user = pwd.getpwnam(RUN_AS)
                 os.chown(self.root, user.pw_uid, user.pw_gid)
-            done = self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust",
-                             "-E", "UTF8", "--locale=C", "--no-sync")
+            done = self._run(
+                "initdb",
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            )
             if done.returncode != 0:
                 raise PostgresUnavailable(f"initdb failed: {done.stderr.strip()[-2000:]}")
             for _ in range(5):  # a port picked free may be taken before the server binds it
@@ -102,20 +121,39 @@ class PostgresServer:
 
     def _start_once(self) -> bool:
         assert self.root is not None
-        settings = ["listen_addresses=127.0.0.1", f"port={self.port}",
-                    f"unix_socket_directories={self.root}", "max_connections=200",
-                    *(() if self.durable else FAST_SETTINGS)]
+        settings = [
+            "listen_addresses=127.0.0.1",
+            f"port={self.port}",
+            f"unix_socket_directories={self.root}",
+            "max_connections=200",
+            *(() if self.durable else FAST_SETTINGS),
+        ]
         options = " ".join(f"-c {s}" for s in settings)
         self._log_start = self._log_size()  # this attempt's part of the log
-        done = self._run("pg_ctl", "start", "-W", "-D", str(self.data),
-                         "-l", str(self.root / "server.log"), "-o", options)
+        done = self._run(
+            "pg_ctl", "start", "-W", "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", options
+        )
         if done.returncode != 0:
             raise PostgresUnavailable(f"pg_ctl start failed: {done.stderr.strip()[-2000:]}")
         deadline = time.monotonic() + START_DEADLINE
         while time.monotonic() < deadline:
             ready = subprocess.run(
-                [str(self.bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port),
-                 "-U", "postgres", "-d", "postgres", "-t", "1"], capture_output=True)
+                [
+                    str(self.bindir / "pg_isready"),
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-t",
+                    "1",
+                ],
+                capture_output=True,
+            )
             if ready.returncode == 0:
                 return True
             if ready.returncode == 2 and not self._postmaster_alive():  # no response, no server

@@ -275,8 +275,16 @@ def w() -> Iterator[World]:
         eurc = w3.eth.contract(address=Web3.to_checksum_address(eurc_info.address), abi=_FIAT_ABI)
         owner, session = Account.create(), Account.create()
         deploy_factory(w3, dev_account(0))
-        config = AccountConfig(owner.address, session.address, now(w3) + 30 * 86400, usdc.address,
-                               max_value=CAP, max_window=WINDOW, allowance=3 * CAP, period=86400)
+        config = AccountConfig(
+            owner.address,
+            session.address,
+            now(w3) + 30 * 86400,
+            usdc.address,
+            max_value=CAP,
+            max_window=WINDOW,
+            allowance=3 * CAP,
+            period=86400,
+        )
         account_address, vault_address, gas = create_account(w3, config, dev_account(0))
         GAS["create X402Account + AllowanceVault (clones)"] = gas
         account = w3.eth.contract(address=account_address, abi=_artifact("X402Account")["abi"])
@@ -573,34 +581,51 @@ def test_session_key_user_operations_can_only_refill(w: World) -> None:
     stranger = Account.create()  # not a session key: refused even for a refill
     with pytest.raises(ContractLogicError, match="41413234"):
         ep.functions.handleOps([_user_op(w, refill, stranger).as_tuple()], bundler.address).call(
-            {"from": bundler.address})
+            {"from": bundler.address}
+        )
     # the session key signing anything else: owner actions, withdrawals, arbitrary calls
     thief = Account.create().address
-    for call in (w.account.encode_abi("withdraw", args=[w.usdc.address, thief, 1]),
-                 w.account.encode_abi("setSessionKey", args=[thief, 2**40]),
-                 w.account.encode_abi("ownerCall", args=[b"", 0, b""]),
-                 w.account.encode_abi("execute", args=[w.usdc.address, 0, w.usdc.encode_abi(
-                     "transfer", args=[thief, 1])])):
+    for call in (
+        w.account.encode_abi("withdraw", args=[w.usdc.address, thief, 1]),
+        w.account.encode_abi("setSessionKey", args=[thief, 2**40]),
+        w.account.encode_abi("ownerCall", args=[b"", 0, b""]),
+        w.account.encode_abi(
+            "execute", args=[w.usdc.address, 0, w.usdc.encode_abi("transfer", args=[thief, 1])]
+        ),
+    ):
         with pytest.raises(ContractLogicError, match="41413234"):  # AA24 signature error
-            ep.functions.handleOps([_user_op(w, bytes.fromhex(call[2:]), w.session).as_tuple()],
-                                   bundler.address).call({"from": bundler.address})
+            ep.functions.handleOps(
+                [_user_op(w, bytes.fromhex(call[2:]), w.session).as_tuple()], bundler.address
+            ).call({"from": bundler.address})
 
 
 def test_clones_are_initialised_once_and_addresses_commit_to_the_config(w: World) -> None:
     with pytest.raises(ContractLogicError):  # the clone was initialised by the factory
-        w.account.functions.initialize(w.owner.address, w.vault.address, w.usdc.address, w.owner.address,
-                                       2**40, 10**18, 10**6).call({"from": dev_account(3).address})
+        w.account.functions.initialize(
+            w.owner.address, w.vault.address, w.usdc.address, w.owner.address, 2**40, 10**18, 10**6
+        ).call({"from": dev_account(3).address})
     with pytest.raises(ContractLogicError):
-        w.vault.functions.initialize(dev_account(3).address, w.usdc.address, dev_account(3).address,
-                                     10**18, 1).call({"from": dev_account(3).address})
+        w.vault.functions.initialize(
+            dev_account(3).address, w.usdc.address, dev_account(3).address, 10**18, 1
+        ).call({"from": dev_account(3).address})
     factory = w.w3.eth.contract(address=factory_address(), abi=_artifact("X402AccountFactory")["abi"])
-    impl = w.w3.eth.contract(address=factory.functions.accountImplementation().call(),
-                             abi=_artifact("X402Account")["abi"])
+    impl = w.w3.eth.contract(
+        address=factory.functions.accountImplementation().call(), abi=_artifact("X402Account")["abi"]
+    )
     with pytest.raises(ContractLogicError):  # the implementation is locked
-        impl.functions.initialize(w.owner.address, w.vault.address, w.usdc.address, w.owner.address,
-                                  2**40, 10**18, 10**6).call({"from": dev_account(3).address})
+        impl.functions.initialize(
+            w.owner.address, w.vault.address, w.usdc.address, w.owner.address, 2**40, 10**18, 10**6
+        ).call({"from": dev_account(3).address})
     # an attacker creating "the same" account with their own session key gets another address
-    config = AccountConfig(w.owner.address, dev_account(3).address, 2**40, w.usdc.address,
-                           max_value=CAP, max_window=WINDOW, allowance=3 * CAP, period=86400)
+    config = AccountConfig(
+        w.owner.address,
+        dev_account(3).address,
+        2**40,
+        w.usdc.address,
+        max_value=CAP,
+        max_window=WINDOW,
+        allowance=3 * CAP,
+        period=86400,
+    )
     other, other_vault, _ = create_account(w.w3, config, dev_account(3))
     assert {other, other_vault}.isdisjoint({w.account.address, w.vault.address})

@@ -24,34 +24,54 @@ from x402_agent.policy import Policy
 
 KEY = PrivateKey(bytes.fromhex("22" * 32))
 OTHER = PrivateKey(bytes.fromhex("33" * 32))
-USDC = {"network": "eip155:8453", "address": "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913",
-        "symbol": "USDC", "decimals": 6, "eip712_name": "USD Coin", "eip712_version": "2",
-        "per_request_max": 100_000, "daily_max": 5_000_000}
-POLICY = Policy.model_validate({
-    "version": 7, "account": "0x1200000000000000000000000000000000000Ab0", "chain_id": 8453,
-    "assets": [USDC],
-    "sessions": {"default": {"lifetime_seconds": 3600, "allowance": {"USDC": 1_000_000}}}})
+USDC = {
+    "network": "eip155:8453",
+    "address": "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913",
+    "symbol": "USDC",
+    "decimals": 6,
+    "eip712_name": "USD Coin",
+    "eip712_version": "2",
+    "per_request_max": 100_000,
+    "daily_max": 5_000_000,
+}
+POLICY = Policy.model_validate(
+    {
+        "version": 7,
+        "account": "0x1200000000000000000000000000000000000Ab0",
+        "chain_id": 8453,
+        "assets": [USDC],
+        "sessions": {"default": {"lifetime_seconds": 3600, "allowance": {"USDC": 1_000_000}}},
+    }
+)
 
 
 def enrollment(key: PrivateKey = KEY) -> Enrollment:
-    return Enrollment(fingerprint="5c9e228d", path="m/44'/1'/402'/0/0",
-                      pubkey=key.public_key.format(compressed=True).hex())
+    return Enrollment(
+        fingerprint="5c9e228d", path="m/44'/1'/402'/0/0", pubkey=key.public_key.format(compressed=True).hex()
+    )
 
 
-def bitcoin_signed(policy: Policy, key: PrivateKey = KEY, message: str | None = None
-                   ) -> PolicyApproval:
+def bitcoin_signed(policy: Policy, key: PrivateKey = KEY, message: str | None = None) -> PolicyApproval:
     line = message or approval_message(policy)
     raw = key.sign_recoverable(bitcoin_message_digest(line), hasher=None)
     signature = base64.b64encode(bytes([31 + raw[64]]) + raw[:64]).decode()
-    return PolicyApproval(method="bitcoin_message", policy_version=policy.version,
-                          policy_digest=policy.digest, message=line, signature=signature,
-                          fingerprint="5c9e228d", path="m/44'/1'/402'/0/0")
+    return PolicyApproval(
+        method="bitcoin_message",
+        policy_version=policy.version,
+        policy_digest=policy.digest,
+        message=line,
+        signature=signature,
+        fingerprint="5c9e228d",
+        path="m/44'/1'/402'/0/0",
+    )
 
 
 def test_the_line_is_short_readable_and_binds_the_digest() -> None:
     line = approval_message(POLICY)
-    assert line == ("x402-agent policy v7 acct 0x12..b0 chain 8453: daily 5.00 USDC, "
-                    f"per-request 0.10, session 1.00/1h, {POLICY.digest}")
+    assert line == (
+        "x402-agent policy v7 acct 0x12..b0 chain 8453: daily 5.00 USDC, "
+        f"per-request 0.10, session 1.00/1h, {POLICY.digest}"
+    )
     assert len(line) < 200
 
 
@@ -65,9 +85,15 @@ def test_eip712_approval_matches_eth_account_and_verifies() -> None:
     typed = eip712_policy_typed_data(POLICY, line)
     signed = account.sign_message(encode_typed_data(full_message=typed))
     assert signed.message_hash == eip712_policy_digest(POLICY, line)
-    approval = PolicyApproval(method="eip712", policy_version=7, policy_digest=POLICY.digest,
-                              message=line, signature="0x" + bytes(signed.signature).hex(),
-                              fingerprint="5c9e228d", path="m/44'/60'/0'/0/0")
+    approval = PolicyApproval(
+        method="eip712",
+        policy_version=7,
+        policy_digest=POLICY.digest,
+        message=line,
+        signature="0x" + bytes(signed.signature).hex(),
+        fingerprint="5c9e228d",
+        path="m/44'/60'/0'/0/0",
+    )
     verify_approval(POLICY, approval, enrollment())
     with pytest.raises(PolicyRejected) as wrong:
         verify_approval(POLICY, approval, enrollment(OTHER))
@@ -95,8 +121,14 @@ def test_a_signature_over_another_line_is_rejected() -> None:
     assert tampered.value.reason == "policy_tampered"
 
 
-@pytest.mark.parametrize("signature", ["not base64!", base64.b64encode(b"\x1f" + b"\0" * 10).decode(),
-                                       base64.b64encode(b"\x05" + b"\1" * 64).decode()])
+@pytest.mark.parametrize(
+    "signature",
+    [
+        "not base64!",
+        base64.b64encode(b"\x1f" + b"\0" * 10).decode(),
+        base64.b64encode(b"\x05" + b"\1" * 64).decode(),
+    ],
+)
 def test_malformed_signatures_are_rejected(signature: str) -> None:
     approval = bitcoin_signed(POLICY).model_copy(update={"signature": signature})
     with pytest.raises(PolicyRejected):

@@ -55,8 +55,13 @@ def w3() -> Iterator[Web3]:
 @pytest.fixture(scope="module")
 def alto(w3: Web3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AltoBundler]:
     rpc_url = w3.provider.endpoint_uri  # type: ignore[attr-defined]
-    with AltoBundler(rpc_url, ENTRY_POINT_V07, executor_key=EXECUTOR.key, utility_key=UTILITY.key,
-                     log_dir=tmp_path_factory.mktemp("alto")) as bundler:
+    with AltoBundler(
+        rpc_url,
+        ENTRY_POINT_V07,
+        executor_key=EXECUTOR.key,
+        utility_key=UTILITY.key,
+        log_dir=tmp_path_factory.mktemp("alto"),
+    ) as bundler:
         yield bundler
 
 
@@ -79,8 +84,16 @@ def deploy_owned_account(w3: Web3, owner: LocalAccount) -> ChecksumAddress:
         return to_checksum_address(deploy_account(w3, owner.address, FUNDER))
     deploy_factory(w3, FUNDER)
     unused = Account.create().address  # no session key, token or payee matters here
-    config = AccountConfig(owner=owner.address, session_key=unused, session_expiry=2**40, token=unused,
-                           max_value=1, max_window=60, allowance=1, period=60)
+    config = AccountConfig(
+        owner=owner.address,
+        session_key=unused,
+        session_expiry=2**40,
+        token=unused,
+        max_value=1,
+        max_window=60,
+        allowance=1,
+        period=60,
+    )
     address, _vault, _gas = create_account(w3, config, FUNDER)
     return address
 
@@ -104,8 +117,9 @@ def nonce(w3: Web3, sender: str) -> int:
     return int(ep.functions.getNonce(sender, 0).call())
 
 
-def transfer_op(w3: Web3, wallet: Wallet, to: str, value: int = SENT,
-                fees: tuple[int, int] = GAS_PRICE) -> PackedUserOperation:
+def transfer_op(
+    w3: Web3, wallet: Wallet, to: str, value: int = SENT, fees: tuple[int, int] = GAS_PRICE
+) -> PackedUserOperation:
     """An unsigned op: the account sends ``value`` wei to ``to`` (generous fixed gas limits)."""
     call = account_contract(w3, wallet.address).encode_abi("execute", args=[to, value, b""])
     return PackedUserOperation(
@@ -157,8 +171,13 @@ def test_alto_stops_its_whole_process_group(w3: Web3) -> None:
 
 
 def test_failed_start_quotes_alto_log(tmp_path: Path) -> None:
-    bundler = AltoBundler("http://127.0.0.1:1", executor_key=EXECUTOR.key, utility_key=UTILITY.key,
-                          log_dir=tmp_path, ready_timeout_s=20)
+    bundler = AltoBundler(
+        "http://127.0.0.1:1",
+        executor_key=EXECUTOR.key,
+        utility_key=UTILITY.key,
+        log_dir=tmp_path,
+        ready_timeout_s=20,
+    )
     with pytest.raises(ProcessStartError, match="eth_chainId") as failed:
         bundler.start()
     assert "exited with code" in str(failed.value)

@@ -41,8 +41,18 @@ def test_fetch_pays_and_prints_the_resource(world: WorldInfo, home: Path) -> Non
 
 def test_fetch_json_post_and_receipts_in_json_and_csv(world: WorldInfo, home: Path) -> None:
     route = world.route("POST", "/v2/summarize")
-    done = run(home, "fetch", route.url, "-X", "POST", "-d", '{"text":"hi"}',
-               "-H", "content-type: application/json", "--json")
+    done = run(
+        home,
+        "fetch",
+        route.url,
+        "-X",
+        "POST",
+        "-d",
+        '{"text":"hi"}',
+        "-H",
+        "content-type: application/json",
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["status"] == 200 and result["receipt"]["state"] == "settled"
@@ -69,8 +79,7 @@ def test_quote_reports_price_and_verdict_without_paying(world: WorldInfo, home: 
 
 
 def test_max_price_refusal_is_a_typed_error(world: WorldInfo, home: Path) -> None:
-    done = run(home, "fetch", world.route("GET", "/v2/report").url, "--max-price", "0.005",
-               "--json")
+    done = run(home, "fetch", world.route("GET", "/v2/report").url, "--max-price", "0.005", "--json")
     assert done.returncode == 1
     error = json.loads(done.stdout)
     assert error["reason"] == "price_above_max" and error["error"] == "PolicyDenied"
@@ -84,8 +93,7 @@ def test_idempotency_key_holds_across_processes(world: WorldInfo, home: Path) ->
     assert first.returncode == 0 and second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["replayed"] is True
     assert json.loads(second.stdout)["receipt"]["id"] == json.loads(first.stdout)["receipt"]["id"]
-    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (
-        route.price_atomic)
+    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (route.price_atomic)
     conflict = run(home, "fetch", route.url, "-X", "POST", "--idempotency-key", "invoice-7")
     assert conflict.returncode == 1 and "idempotency_key_conflict" in conflict.stderr
 
@@ -97,9 +105,11 @@ def test_missing_home_is_a_clear_usage_error(tmp_path: Path) -> None:
 
 def test_secrets_never_reach_output(world: WorldInfo, home: Path) -> None:
     password = (home / "payer.password").read_text()
-    outputs = [run(home, "fetch", world.route("GET", "/v2/weather").url, "--json"),
-               run(home, "receipts", "--format", "json"),
-               run(home, "fetch", world.route("GET", "/v2/premium").url)]
+    outputs = [
+        run(home, "fetch", world.route("GET", "/v2/weather").url, "--json"),
+        run(home, "receipts", "--format", "json"),
+        run(home, "fetch", world.route("GET", "/v2/premium").url),
+    ]
     key = world.payer_private_key.removeprefix("0x").lower()
     for done in outputs:
         text = (done.stdout + done.stderr).lower()
@@ -107,8 +117,7 @@ def test_secrets_never_reach_output(world: WorldInfo, home: Path) -> None:
 
 
 def test_devnet_command_runs_a_world_a_fetch_can_pay(tmp_path: Path) -> None:
-    proc = subprocess.Popen([*CLI, "devnet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([*CLI, "devnet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         ready = json.loads(proc.stdout.readline())
@@ -126,12 +135,15 @@ def test_devnet_command_runs_a_world_a_fetch_can_pay(tmp_path: Path) -> None:
 
 def test_demo_command_runs_to_the_end() -> None:
     """The README's first command, as a user runs it (the table itself: test_demo.py)."""
-    done = subprocess.run([*CLI, "demo"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "COLUMNS": "200"})
+    done = subprocess.run(
+        [*CLI, "demo"], capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"}
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("│ settled │") == 11
-    assert ("refusals, in order: per_request_cap_exceeded, session_allowance_exceeded, "
-            "daily_limit_exceeded, session_allowance_exceeded") in done.stdout
+    assert (
+        "refusals, in order: per_request_cap_exceeded, session_allowance_exceeded, "
+        "daily_limit_exceeded, session_allowance_exceeded"
+    ) in done.stdout
     assert "nothing left running" in done.stdout
 
 
@@ -154,14 +166,24 @@ def test_budget_and_named_session(world: WorldInfo, home: Path) -> None:
 def test_init_makes_a_home_with_an_encrypted_key(tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if k != "X402_AGENT_KEY_PASSWORD"}
-    args = [*CLI, "--home", str(home), "init", "--network", "eip155:84532", "--rpc-url",
-            "http://127.0.0.1:8545", "--new-key"]
+    args = [
+        *CLI,
+        "--home",
+        str(home),
+        "init",
+        "--network",
+        "eip155:84532",
+        "--rpc-url",
+        "http://127.0.0.1:8545",
+        "--new-key",
+    ]
     refused = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "keystore_password_missing" in refused.stderr
     assert not (home / "config.json").exists()  # nothing written before the password is known
     password = "correct horse battery staple"
-    done = subprocess.run(args, env={**env, "X402_AGENT_KEY_PASSWORD": password},
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        args, env={**env, "X402_AGENT_KEY_PASSWORD": password}, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     config = json.loads((home / "config.json").read_text())
     assert config["chain_id"] == 84532 and config["rpc_urls"] == {"eip155:84532": "http://127.0.0.1:8545"}
@@ -169,6 +191,10 @@ def test_init_makes_a_home_with_an_encrypted_key(tmp_path: Path) -> None:
     assert keystore["address"].lower() in done.stdout.lower() and "crypto" in keystore
     assert password not in done.stdout + done.stderr
     assert oct((home / "payer.keystore.json").stat().st_mode & 0o777) == "0o600"
-    bad = subprocess.run([*CLI, "--home", str(tmp_path / "other"), "init", "--network", "solana:x",
-                          "--rpc-url", "http://x"], capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [*CLI, "--home", str(tmp_path / "other"), "init", "--network", "solana:x", "--rpc-url", "http://x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "config_invalid" in bad.stderr

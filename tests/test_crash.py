@@ -31,8 +31,9 @@ def proxy(world: WorldInfo) -> Iterator[tuple[FaultyProxy, str]]:
 
 
 def spawn(home: Path, url: str, key: str, step: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, str(CHILD), str(home), url, key, step],
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(CHILD), str(home), url, key, step], stderr=subprocess.PIPE, text=True
+    )
 
 
 def killed(child: subprocess.Popen[str]) -> None:
@@ -50,8 +51,9 @@ STEPS = {
 
 
 @pytest.mark.parametrize("step", list(STEPS))
-def test_killed_at_each_step_then_restarted(world: WorldInfo, tmp_path: Path,
-                                           proxy: tuple[FaultyProxy, str], step: str) -> None:
+def test_killed_at_each_step_then_restarted(
+    world: WorldInfo, tmp_path: Path, proxy: tuple[FaultyProxy, str], step: str
+) -> None:
     faulty, base = proxy
     home = provision_devnet_home(world, tmp_path / "home", devnet_policy(world, also_fetch=[base])).root
     route = world.route("GET", "/v2/report")
@@ -94,18 +96,19 @@ def test_killed_at_each_step_then_restarted(world: WorldInfo, tmp_path: Path,
         assert agent.payer.gate.ledger.unresolved() == []
     finally:
         agent.close()
-    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (
-        route.price_atomic), "paid exactly once"
+    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (route.price_atomic), (
+        "paid exactly once"
+    )
 
 
-def test_a_live_process_keeps_its_payment_until_it_dies(world: WorldInfo, tmp_path: Path,
-                                                       proxy: tuple[FaultyProxy, str]) -> None:
+def test_a_live_process_keeps_its_payment_until_it_dies(
+    world: WorldInfo, tmp_path: Path, proxy: tuple[FaultyProxy, str]
+) -> None:
     """A process starting while another is mid-payment leaves that payment alone (although
     the chain already shows it settled) and refuses an idempotent retry of it as in progress;
     once the paying process is killed, the retry takes the payment over: paid once."""
     faulty, base = proxy
-    home = provision_devnet_home(world, tmp_path / "home",
-                                 devnet_policy(world, also_fetch=[base])).root
+    home = provision_devnet_home(world, tmp_path / "home", devnet_policy(world, also_fetch=[base])).root
     route = world.route("GET", "/v2/report")
     url, key = base + route.path, "live-owner"
     before = token_balance(world.rpc_url, world.usdc.address, route.pay_to)
@@ -133,5 +136,6 @@ def test_a_live_process_keeps_its_payment_until_it_dies(world: WorldInfo, tmp_pa
         assert again.payment.state == PaymentState.SETTLED
     finally:
         agent.close()
-    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (
-        route.price_atomic), "paid exactly once"
+    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (route.price_atomic), (
+        "paid exactly once"
+    )

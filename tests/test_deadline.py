@@ -52,8 +52,7 @@ async def read_request(receive: Any) -> bytes:
             return body
 
 
-async def trickle(receive: Any, send: Any, status: int, headers: dict[str, str],
-                  payload: bytes) -> None:
+async def trickle(receive: Any, send: Any, status: int, headers: dict[str, str], payload: bytes) -> None:
     """Answer the status and headers at once, then ``payload`` one byte a second until the
     client goes away."""
     gone = asyncio.Event()
@@ -65,12 +64,20 @@ async def trickle(receive: Any, send: Any, status: int, headers: dict[str, str],
 
     watcher = asyncio.ensure_future(watch())
     try:
-        await send({"type": "http.response.start", "status": status, "headers": [
-            *((k.encode(), v.encode()) for k, v in headers.items()),
-            (b"content-length", str(len(payload)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    *((k.encode(), v.encode()) for k, v in headers.items()),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
+            }
+        )
         for i in range(len(payload)):
-            await send({"type": "http.response.body", "body": payload[i:i + 1],
-                        "more_body": i + 1 < len(payload)})
+            await send(
+                {"type": "http.response.body", "body": payload[i : i + 1], "more_body": i + 1 < len(payload)}
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(gone.wait(), TRICKLE_INTERVAL)  # the server's pace
             if gone.is_set():
@@ -90,8 +97,7 @@ class TricklingServer:
             return
         await read_request(receive)
         self.requests += 1
-        await trickle(receive, send, 402, {"content-type": "application/json"},
-                      b" " * TRICKLE_BYTES)
+        await trickle(receive, send, 402, {"content-type": "application/json"}, b" " * TRICKLE_BYTES)
 
 
 class TrickleAfterPayment(FaultyProxy):
@@ -111,12 +117,10 @@ class TrickleAfterPayment(FaultyProxy):
         headers = {k.decode(): v.decode() for k, v in scope["headers"] if k.decode() != "host"}
         paid = any(name in PAYMENT_HEADERS for name in headers)
         self.paid_requests += paid
-        status, out_headers, content = await self.forward(scope["method"], scope["path"],
-                                                          headers, body)
+        status, out_headers, content = await self.forward(scope["method"], scope["path"], headers, body)
         if paid and self.trickling:
             assert "payment-response" in out_headers, "upstream did not settle"
-            await trickle(receive, send, status, out_headers,
-                          content + b" " * TRICKLE_BYTES)
+            await trickle(receive, send, status, out_headers, content + b" " * TRICKLE_BYTES)
             return
         await self.answer(send, status, out_headers, content)
 
@@ -157,8 +161,8 @@ def fetch(agent: Agent, driver: str, url: str, **options: Any) -> Any:
 
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_trickle_before_the_402_is_cut_at_the_deadline_and_nothing_is_paid(
-        world: WorldInfo, tmp_path: Path, trickling: tuple[TricklingServer, str],
-        driver: str) -> None:
+    world: WorldInfo, tmp_path: Path, trickling: tuple[TricklingServer, str], driver: str
+) -> None:
     app, url = trickling
     with Agent.open(home_allowing(world, tmp_path / "home", url)) as agent:
         started = time.monotonic()
@@ -175,16 +179,19 @@ def test_trickle_before_the_402_is_cut_at_the_deadline_and_nothing_is_paid(
         assert agent.receipts() == []  # nothing reserved, signed or paid
 
 
-def test_cli_fetch_of_a_trickle_ends_at_its_timeout(world: WorldInfo, tmp_path: Path,
-                                                    trickling: tuple[TricklingServer, str]
-                                                    ) -> None:
+def test_cli_fetch_of_a_trickle_ends_at_its_timeout(
+    world: WorldInfo, tmp_path: Path, trickling: tuple[TricklingServer, str]
+) -> None:
     _, url = trickling
     home = home_allowing(world, tmp_path / "home", url)
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "x402_agent.cli", "fetch", url + "/slow",
-                           "--timeout", str(TIMEOUT), "--json"],
-                          env={**os.environ, "X402_AGENT_HOME": str(home)},
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "x402_agent.cli", "fetch", url + "/slow", "--timeout", str(TIMEOUT), "--json"],
+        env={**os.environ, "X402_AGENT_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     elapsed = time.monotonic() - started
 
     assert done.returncode == 1, done.stderr
@@ -196,9 +203,9 @@ def test_cli_fetch_of_a_trickle_ends_at_its_timeout(world: WorldInfo, tmp_path: 
         assert agent.receipts() == []
 
 
-
-def test_tool_adapters_take_the_timeout(world: WorldInfo, tmp_path: Path,
-                                        trickling: tuple[TricklingServer, str]) -> None:
+def test_tool_adapters_take_the_timeout(
+    world: WorldInfo, tmp_path: Path, trickling: tuple[TricklingServer, str]
+) -> None:
     """LangChain (its async path, as agent frameworks call it) and MCP pass timeout_seconds
     through; the refusal says what happened and what to do next."""
     from langchain_core.messages import ToolMessage
@@ -212,8 +219,12 @@ def test_tool_adapters_take_the_timeout(world: WorldInfo, tmp_path: Path,
     try:
         tools = {t.name: t for t in toolkit.get_tools()}
         for name in ("x402_fetch", "x402_quote"):
-            call = {"name": name, "args": {"url": url, "timeout_seconds": TIMEOUT}, "id": "c1",
-                    "type": "tool_call"}
+            call = {
+                "name": name,
+                "args": {"url": url, "timeout_seconds": TIMEOUT},
+                "id": "c1",
+                "type": "tool_call",
+            }
             message = asyncio.run(tools[name].ainvoke(call))
             assert isinstance(message, ToolMessage) and message.status == "error"
             refused = json.loads(str(message.content))
@@ -233,11 +244,13 @@ def test_tool_adapters_take_the_timeout(world: WorldInfo, tmp_path: Path,
 
 @pytest.mark.parametrize("bad", [0, 0.5, 601, -1, float("nan"), "10", True])
 def test_a_timeout_out_of_bounds_is_refused_before_any_request(
-        world: WorldInfo, tmp_path: Path, trickling: tuple[TricklingServer, str],
-        bad: Any) -> None:
+    world: WorldInfo, tmp_path: Path, trickling: tuple[TricklingServer, str], bad: Any
+) -> None:
     app, url = trickling
-    with Agent.open(home_allowing(world, tmp_path / "home", url)) as agent, \
-            pytest.raises(X402AgentError) as refused:
+    with (
+        Agent.open(home_allowing(world, tmp_path / "home", url)) as agent,
+        pytest.raises(X402AgentError) as refused,
+    ):
         agent.fetch(url, timeout_seconds=bad)
     assert refused.value.reason == "invalid_timeout"
     assert app.requests == 0
@@ -245,16 +258,15 @@ def test_a_timeout_out_of_bounds_is_refused_before_any_request(
 
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_trickle_after_payment_is_recorded_with_evidence_and_a_retry_pays_nothing_more(
-        world: WorldInfo, tmp_path: Path, paid_trickle: tuple[TrickleAfterPayment, str],
-        driver: str) -> None:
+    world: WorldInfo, tmp_path: Path, paid_trickle: tuple[TrickleAfterPayment, str], driver: str
+) -> None:
     proxy, url = paid_trickle
     route = world.route("GET", "/v2/report")
     before = token_balance(world.rpc_url, world.usdc.address, route.pay_to)
     with Agent.open(home_allowing(world, tmp_path / "home", url)) as agent:
         started = time.monotonic()
         with pytest.raises(PaidNotDelivered) as cut:
-            fetch(agent, driver, url + route.path, idempotency_key="job-1",
-                  timeout_seconds=PAID_TIMEOUT)
+            fetch(agent, driver, url + route.path, idempotency_key="job-1", timeout_seconds=PAID_TIMEOUT)
         assert time.monotonic() - started < CUT_WITHIN
 
         failure = cut.value
@@ -269,24 +281,22 @@ def test_trickle_after_payment_is_recorded_with_evidence_and_a_retry_pays_nothin
         assert evidence["status"] == 200 and evidence["received_bytes"] >= 1
         assert row.response_status == 200 and not row.delivered
         # The upstream settled it: the money moved once.
-        assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (
-            route.price_atomic)
+        assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (route.price_atomic)
 
         proxy.trickling = False
         with contextlib.suppress(X402AgentError):  # the server cannot serve a used payment
-            fetch(agent, driver, url + route.path, idempotency_key="job-1",
-                  timeout_seconds=PAID_TIMEOUT)
+            fetch(agent, driver, url + route.path, idempotency_key="job-1", timeout_seconds=PAID_TIMEOUT)
 
         [again] = agent.receipts()
         assert (again.id, again.nonce) == (row.id, row.nonce)  # no second payment signed
         assert proxy.paid_requests == 2  # the same authorization, resent
-        assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (
-            route.price_atomic)
+        assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (route.price_atomic)
 
 
 # ---- the async driver never blocks the event loop ---------------------------------------------
 def test_a_held_postgres_ledger_lock_does_not_stall_another_mcp_sessions_quote(
-        world: WorldInfo, tmp_path: Path, postgres_url: str) -> None:
+    world: WorldInfo, tmp_path: Path, postgres_url: str
+) -> None:
     """Session A's paid fetch waits for the budget lock another connection holds; session B's
     quote completes meanwhile. Proven by order: B's answer arrives while A still waits on the
     lock in PostgreSQL, and A pays once the lock is let go."""
@@ -310,13 +320,16 @@ def test_a_held_postgres_ledger_lock_does_not_stall_another_mcp_sessions_quote(
 
     async def main(url: str, token: str) -> None:
         auth = {"Authorization": f"Bearer {token}"}
-        async with httpx2.AsyncClient(headers=auth, timeout=120) as http_a, \
-                httpx2.AsyncClient(headers=auth, timeout=120) as http_b, \
-                streamable_http_client(url, http_client=http_a) as (read_a, write_a), \
-                streamable_http_client(url, http_client=http_b) as (read_b, write_b), \
-                ClientSession(read_a, write_a) as a, ClientSession(read_b, write_b) as b, \
-                await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as holder, \
-                await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as observer:
+        async with (
+            httpx2.AsyncClient(headers=auth, timeout=120) as http_a,
+            httpx2.AsyncClient(headers=auth, timeout=120) as http_b,
+            streamable_http_client(url, http_client=http_a) as (read_a, write_a),
+            streamable_http_client(url, http_client=http_b) as (read_b, write_b),
+            ClientSession(read_a, write_a) as a,
+            ClientSession(read_b, write_b) as b,
+            await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as holder,
+            await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as observer,
+        ):
             await a.initialize()
             await b.initialize()
             for session in (a, b):  # each connection opens its agent session (a ledger write)
@@ -346,4 +359,3 @@ def test_a_held_postgres_ledger_lock_does_not_stall_another_mcp_sessions_quote(
 
     with running_http_server(home, tmp_path / "http.log") as (url, token):
         asyncio.run(main(url, token))
-

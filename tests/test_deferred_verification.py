@@ -79,8 +79,7 @@ def counted_today(agent: Agent) -> int:
 
 
 @pytest.mark.parametrize("driver", ["sync", "async"])
-def test_body_returns_before_the_receipt_is_checked(world: WorldInfo, agent: Agent,
-                                                   driver: str) -> None:
+def test_body_returns_before_the_receipt_is_checked(world: WorldInfo, agent: Agent, driver: str) -> None:
     route = world.route("GET", "/v2/weather")
     release = hold_checks(agent)
 
@@ -122,9 +121,9 @@ def _claims(world: WorldInfo, agent: Agent, claim: str) -> str:
 
 
 @pytest.mark.parametrize("claim", ["tx_of_another_payment", "tx_that_does_not_exist"])
-def test_false_settlement_claim_opens_the_breaker(world: WorldInfo, agent: Agent, home: Path,
-                                                 proxy: tuple[FaultyProxy, str],
-                                                 claim: str) -> None:
+def test_false_settlement_claim_opens_the_breaker(
+    world: WorldInfo, agent: Agent, home: Path, proxy: tuple[FaultyProxy, str], claim: str
+) -> None:
     faulty, base = proxy
     route = world.route("GET", "/v2/weather")
     faulty.claimed_tx = _claims(world, agent, claim)
@@ -142,8 +141,7 @@ def test_false_settlement_claim_opens_the_breaker(world: WorldInfo, agent: Agent
     assert paid is not None and paid.verification == Verification.MISMATCH
     assert paid.state == PaymentState.SETTLED and not checked.confirmed_on_chain
     mismatch = json.loads(paid.evidence_json or "{}")["mismatch"]
-    expected = ("settlement_not_ours" if claim == "tx_of_another_payment"
-                else "settlement_tx_not_found")
+    expected = "settlement_not_ours" if claim == "tx_of_another_payment" else "settlement_tx_not_found"
     assert mismatch["reason"] == expected and mismatch["tx"] == faulty.claimed_tx
     # Stays counted (the server holds a valid authorization it may still settle).
     assert counted_today(agent) == counted_before + route.price_atomic
@@ -178,8 +176,9 @@ def test_false_settlement_claim_opens_the_breaker(world: WorldInfo, agent: Agent
     assert agent.payer.gate.ledger.get(paid.id).verification == Verification.MISMATCH  # type: ignore[union-attr]
 
 
-def test_the_next_tool_call_reports_a_mismatch(world: WorldInfo, agent: Agent,
-                                              proxy: tuple[FaultyProxy, str]) -> None:
+def test_the_next_tool_call_reports_a_mismatch(
+    world: WorldInfo, agent: Agent, proxy: tuple[FaultyProxy, str]
+) -> None:
     faulty, base = proxy
     faulty.claimed_tx = _claims(world, agent, "tx_of_another_payment")
     faulty.mode = "claim_settled"
@@ -204,8 +203,9 @@ def _ledger(home: Path) -> SQLiteLedger:
 def test_cli_fetch_then_exit_leaves_nothing_unverified(world: WorldInfo, home: Path) -> None:
     route = world.route("GET", "/v2/weather")
     env = {**os.environ, "X402_AGENT_HOME": str(home)}
-    done = subprocess.run([*CLI, "fetch", route.url, "--json"], env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [*CLI, "fetch", route.url, "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout)
     assert printed["confirmed_on_chain"] and printed["receipt"]["verification"] == "verified"
@@ -219,11 +219,14 @@ def test_cli_fetch_then_exit_leaves_nothing_unverified(world: WorldInfo, home: P
         ledger.close()
 
 
-def test_a_process_killed_before_the_check_is_verified_at_the_next_open(
-        world: WorldInfo, home: Path) -> None:
+def test_a_process_killed_before_the_check_is_verified_at_the_next_open(world: WorldInfo, home: Path) -> None:
     route = world.route("GET", "/v2/weather")
-    child = subprocess.run([sys.executable, str(CRASH_CHILD), str(home), route.url, "job-1",
-                            "after_settle"], capture_output=True, text=True, timeout=120)
+    child = subprocess.run(
+        [sys.executable, str(CRASH_CHILD), str(home), route.url, "job-1", "after_settle"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert child.returncode == -9, child.stderr  # SIGKILL right after the settled commit
 
     ledger = _ledger(home)

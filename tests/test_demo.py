@@ -39,8 +39,12 @@ def test_demo_table_matches_chain_and_ledger() -> None:
         # (0.043 spent), then the session allowance; 3 reports then the daily limit (0.073 +
         # 0.01 > 0.08); v2; 2 reports (session 2 at 0.05), then session 2's allowance
         refusals = [c.refused for c in summary.calls if c.refused]
-        assert refusals == ["per_request_cap_exceeded", "session_allowance_exceeded",
-                            "daily_limit_exceeded", "session_allowance_exceeded"]
+        assert refusals == [
+            "per_request_cap_exceeded",
+            "session_allowance_exceeded",
+            "daily_limit_exceeded",
+            "session_allowance_exceeded",
+        ]
         assert [c.paid for c in summary.calls].count(True) == PAID
         assert summary.policy_versions == [1, 2]
         ledger = open_ledger(home.config.ledger, home.root)
@@ -58,7 +62,8 @@ def test_demo_table_matches_chain_and_ledger() -> None:
             assert int(receipt["amount"]) == record.amount == price
             assert receipt["settlement_tx"] == record.settlement_tx
             assert transfer_logs(world.rpc_url, record.settlement_tx) == [
-                (world.usdc.address, _checksum(account), record.pay_to, price)]
+                (world.usdc.address, _checksum(account), record.pay_to, price)
+            ]
         [asset] = summary.budget["assets"]
         assert int(asset["daily_remaining"]) == DEMO_DAILY_MAX_RAISED - SPENT
         [allowance] = summary.budget["session"]["allowance"]
@@ -100,14 +105,19 @@ def test_interactive_demo_when_the_device_rejects_the_raise(device_simulator: De
 
     def inspect(world: WorldInfo, home: AgentHome, summary: DemoSummary) -> None:
         assert [c.refused for c in summary.calls if c.refused] == [
-            "per_request_cap_exceeded", "session_allowance_exceeded", "daily_limit_exceeded",
-            "daily_limit_exceeded"]
+            "per_request_cap_exceeded",
+            "session_allowance_exceeded",
+            "daily_limit_exceeded",
+            "daily_limit_exceeded",
+        ]
         assert summary.policy_versions == [1] and summary.budget["policy_version"] == 1
         assert len(summary.receipts) == PAID - 2
 
     console = Console(file=io.StringIO(), width=220)
-    assert run_demo(interactive=True, console=console, inspect=inspect, answer=answer,
-                    device=device_simulator) == 0
+    assert (
+        run_demo(interactive=True, console=console, inspect=inspect, answer=answer, device=device_simulator)
+        == 0
+    )
     assert sum(text.startswith("Receive address") for text in shown) == 1  # enrolled once
     assert sum("policy v1" in text for text in shown) == 1
     assert sum("policy v2" in text for text in shown) == 1

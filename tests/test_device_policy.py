@@ -116,8 +116,7 @@ def write_policy(path: Path, policy: Policy) -> Path:
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
     """Every policy-related file of a home, byte for byte (None: absent)."""
-    return {name: (root / name).read_bytes() if (root / name).exists() else None
-            for name in FILES}
+    return {name: (root / name).read_bytes() if (root / name).exists() else None for name in FILES}
 
 
 def store_of(root: Path) -> PolicyStore:
@@ -125,8 +124,7 @@ def store_of(root: Path) -> PolicyStore:
     return PolicyStore(home.root, expectations(home))
 
 
-def device_signed(world: WorldInfo, policy: Policy, path: str = DEFAULT_APPROVAL_PATH
-                  ) -> PolicyApproval:
+def device_signed(world: WorldInfo, policy: Policy, path: str = DEFAULT_APPROVAL_PATH) -> PolicyApproval:
     """A real signature of the simulator, made through HWI at ``path``, over the policy's line."""
     device = HwiDevice.at("trezor", world.device_path)
     try:
@@ -134,9 +132,15 @@ def device_signed(world: WorldInfo, policy: Policy, path: str = DEFAULT_APPROVAL
         signature = device.sign_message(message, path)
     finally:
         device.close()
-    return PolicyApproval(method="bitcoin_message", policy_version=policy.version,
-                          policy_digest=policy.digest, message=message, signature=signature,
-                          fingerprint=FINGERPRINT, path=path)
+    return PolicyApproval(
+        method="bitcoin_message",
+        policy_version=policy.version,
+        policy_digest=policy.digest,
+        message=message,
+        signature=signature,
+        fingerprint=FINGERPRINT,
+        path=path,
+    )
 
 
 def install_by_hand(root: Path, policy: Policy, approval: PolicyApproval) -> None:
@@ -158,8 +162,9 @@ def shown_line(propose_output: str) -> str:
 
 
 # ---- 1. device list and enrollment ----------------------------------------------------------
-def test_device_list_shows_the_simulator(world: WorldInfo, device_simulator: DeviceSimulator,
-                                        tmp_path: Path) -> None:
+def test_device_list_shows_the_simulator(
+    world: WorldInfo, device_simulator: DeviceSimulator, tmp_path: Path
+) -> None:
     assert device_simulator.fingerprint == FINGERPRINT
     done = run(fresh_home(world, tmp_path / "fresh"), "device", "list")  # its recorded device
     assert done.returncode == 0, done.stderr
@@ -173,15 +178,21 @@ def test_device_list_shows_the_simulator(world: WorldInfo, device_simulator: Dev
 def fresh_home(world: WorldInfo, root: Path) -> Path:
     """A home with the payer key and where the simulator answers; no device enrolled, no
     policy."""
-    return provision_home(root, private_key=world.payer_private_key,
-                          rpc_urls={world.network: world.rpc_url}, password="pw",
-                          store_password=True, chain_id=world.chain_id,
-                          kdf_iterations=DEVNET_SCRYPT_N,
-                          device=DeviceLocation(path=world.device_path)).root
+    return provision_home(
+        root,
+        private_key=world.payer_private_key,
+        rpc_urls={world.network: world.rpc_url},
+        password="pw",
+        store_password=True,
+        chain_id=world.chain_id,
+        kdf_iterations=DEVNET_SCRYPT_N,
+        device=DeviceLocation(path=world.device_path),
+    ).root
 
 
 def test_device_enroll_pins_the_default_path_key_after_showing_its_address(
-        world: WorldInfo, screens: list[Screen], tmp_path: Path) -> None:
+    world: WorldInfo, screens: list[Screen], tmp_path: Path
+) -> None:
     root = fresh_home(world, tmp_path / "fresh")
     assert not (root / DEVICE_FILE).exists()
     done = run(root, "device", "enroll")
@@ -192,7 +203,10 @@ def test_device_enroll_pins_the_default_path_key_after_showing_its_address(
     enrolled = Enrollment.model_validate_json((root / DEVICE_FILE).read_bytes())
     assert enrolled.pubkey == expected
     assert (enrolled.fingerprint, enrolled.path, enrolled.device_type) == (
-        FINGERPRINT, DEFAULT_APPROVAL_PATH, "trezor")
+        FINGERPRINT,
+        DEFAULT_APPROVAL_PATH,
+        "trezor",
+    )
     assert json.loads(done.stdout) == enrolled.model_dump()
 
     # The person was shown the address of exactly that key, and nothing was signed.
@@ -209,8 +223,8 @@ def test_device_enroll_pins_the_default_path_key_after_showing_its_address(
 
 
 def test_enrollment_refused_unanswered_or_unplugged_enrolls_nothing(
-        world: WorldInfo, device_simulator: DeviceSimulator, screens: list[Screen],
-        tmp_path: Path) -> None:
+    world: WorldInfo, device_simulator: DeviceSimulator, screens: list[Screen], tmp_path: Path
+) -> None:
     root = fresh_home(world, tmp_path / "fresh")
     device_simulator.confirm = "reject"
     done = run(root, "device", "enroll")
@@ -247,12 +261,14 @@ def test_enrollment_refused_unanswered_or_unplugged_enrolls_nothing(
 
     assert run(root, "device", "enroll").returncode == 0  # confirmed this time
     assert Enrollment.model_validate_json((root / DEVICE_FILE).read_bytes()).pubkey == (
-        seed_pubkey(DEFAULT_APPROVAL_PATH))
+        seed_pubkey(DEFAULT_APPROVAL_PATH)
+    )
     assert [s.kind for s in screens] == ["show_address"] * 4
 
 
 def test_the_recorded_device_path_comes_before_the_scan_and_a_stale_one_is_skipped(
-        device_simulator: DeviceSimulator) -> None:
+    device_simulator: DeviceSimulator,
+) -> None:
     gone = DeviceSimulator(port=0).start()  # a simulator whose world has stopped
     stale = gone.path
     gone.stop()
@@ -271,8 +287,9 @@ def test_the_recorded_device_path_comes_before_the_scan_and_a_stale_one_is_skipp
 
 
 # ---- 2. propose -> approve -> show -> verify ------------------------------------------------
-def test_propose_approve_show_verify(world: WorldInfo, home: Path, screens: list[Screen],
-                                     tmp_path: Path) -> None:
+def test_propose_approve_show_verify(
+    world: WorldInfo, home: Path, screens: list[Screen], tmp_path: Path
+) -> None:
     v1 = load_policy(home / POLICY_FILE)
     v2 = with_limits(v1, version=2, per_request_max=300_000, daily_max=3_000_000)
     proposal = write_policy(tmp_path / "v2.json", v2)
@@ -289,8 +306,9 @@ def test_propose_approve_show_verify(world: WorldInfo, home: Path, screens: list
     line = shown_line(out)
     assert line == approval_message(v2)
     account = world.payer_address.lower()
-    assert line.startswith(f"x402-agent policy v2 acct {account[:4]}..{account[-2:]} "
-                           f"chain {world.chain_id}: ")
+    assert line.startswith(
+        f"x402-agent policy v2 acct {account[:4]}..{account[-2:]} chain {world.chain_id}: "
+    )
     assert "daily 3.00 USDC, per-request 0.30, session 0.50/1h" in line
     digest = re.fullmatch(r".*, (sha256:[0-9a-f]{64})", line)
     assert digest is not None and digest.group(1) == v2.digest
@@ -309,7 +327,11 @@ def test_propose_approve_show_verify(world: WorldInfo, home: Path, screens: list
     assert load_policy(home / POLICY_FILE).digest == v2.digest
     approval = PolicyApproval.model_validate_json((home / APPROVAL_FILE).read_bytes())
     assert (approval.method, approval.policy_version, approval.policy_digest, approval.message) == (
-        "bitcoin_message", 2, v2.digest, line)
+        "bitcoin_message",
+        2,
+        v2.digest,
+        line,
+    )
     assert not (home / PROPOSED_FILE).exists()
     assert json.loads((home / STATE_FILE).read_text()) == {"version": 2, "digest": v2.digest}
 
@@ -339,9 +361,9 @@ def test_propose_approve_show_verify(world: WorldInfo, home: Path, screens: list
 
 
 # ---- 3. a running agent picks up a new approval ---------------------------------------------
-def test_running_agent_picks_up_a_newly_approved_policy(world: WorldInfo, home: Path,
-                                                        screens: list[Screen],
-                                                        tmp_path: Path) -> None:
+def test_running_agent_picks_up_a_newly_approved_policy(
+    world: WorldInfo, home: Path, screens: list[Screen], tmp_path: Path
+) -> None:
     premium = world.route("GET", "/v2/premium")  # 0.25, above v1's 0.10 per request
     assert premium.pay_to is not None and premium.asset is not None
     agent = Agent.open(home)  # as a server would: opened once, kept running
@@ -353,8 +375,7 @@ def test_running_agent_picks_up_a_newly_approved_policy(world: WorldInfo, home: 
         assert token_balance(world.rpc_url, premium.asset, premium.pay_to) == before
 
         v2 = with_limits(agent.payer.gate.policy, version=2, per_request_max=300_000)
-        assert run(home, "policy", "propose",
-                   str(write_policy(tmp_path / "v2.json", v2))).returncode == 0
+        assert run(home, "policy", "propose", str(write_policy(tmp_path / "v2.json", v2))).returncode == 0
         done = run(home, "policy", "approve")
         assert done.returncode == 0, done.stderr
         assert [s.field("Message") for s in screens] == [approval_message(v2)]
@@ -364,8 +385,7 @@ def test_running_agent_picks_up_a_newly_approved_policy(world: WorldInfo, home: 
         paid = receipt(outcome.payment)
         assert paid["state"] == "settled" and paid["amount"] == str(premium.price_atomic)
         assert paid["policy_version"] == 2 and paid["policy_digest"] == v2.digest
-        assert token_balance(world.rpc_url, premium.asset, premium.pay_to) == (
-            before + premium.price_atomic)
+        assert token_balance(world.rpc_url, premium.asset, premium.pay_to) == (before + premium.price_atomic)
     finally:
         agent.close()
 
@@ -424,19 +444,32 @@ def _not_enrolled(root: Path, world: WorldInfo) -> None:
     (root / DEVICE_FILE).unlink()
 
 
-@pytest.mark.parametrize("breakage, reason, words", [
-    (_unsigned, "policy_unsigned", "no approval"),
-    (_tampered, "policy_tampered", "not the approved policy"),
-    (_rolled_back, "policy_rolled_back", "older than the accepted v2"),
-    (_same_version_swapped, "policy_rolled_back", "differs from the accepted v1"),
-    (_wrong_key, "policy_wrong_key", "another key"),
-    (_wrong_account, "policy_wrong_account", "0xabab"),
-    (_wrong_chain, "policy_wrong_account", "the policy is for chain"),
-    (_not_enrolled, "device_not_enrolled", "no enrolled device"),
-], ids=["unsigned", "tampered", "rolled_back", "same_version_swapped", "wrong_key",
-        "wrong_account", "wrong_chain", "not_enrolled"])
+@pytest.mark.parametrize(
+    "breakage, reason, words",
+    [
+        (_unsigned, "policy_unsigned", "no approval"),
+        (_tampered, "policy_tampered", "not the approved policy"),
+        (_rolled_back, "policy_rolled_back", "older than the accepted v2"),
+        (_same_version_swapped, "policy_rolled_back", "differs from the accepted v1"),
+        (_wrong_key, "policy_wrong_key", "another key"),
+        (_wrong_account, "policy_wrong_account", "0xabab"),
+        (_wrong_chain, "policy_wrong_account", "the policy is for chain"),
+        (_not_enrolled, "device_not_enrolled", "no enrolled device"),
+    ],
+    ids=[
+        "unsigned",
+        "tampered",
+        "rolled_back",
+        "same_version_swapped",
+        "wrong_key",
+        "wrong_account",
+        "wrong_chain",
+        "not_enrolled",
+    ],
+)
 def test_startup_refuses_a_policy_the_device_did_not_approve(
-        world: WorldInfo, home: Path, breakage: object, reason: str, words: str) -> None:
+    world: WorldInfo, home: Path, breakage: object, reason: str, words: str
+) -> None:
     assert callable(breakage)
     breakage(home, world)
     weather = world.route("GET", "/v2/weather")  # 0.001: any approved policy would pay it
@@ -459,9 +492,9 @@ def test_startup_refuses_a_policy_the_device_did_not_approve(
     assert token_balance(world.rpc_url, weather.asset, world.payer_address) == payer_before
 
 
-def test_propose_refuses_old_versions_and_other_accounts(world: WorldInfo, home: Path,
-                                                         screens: list[Screen],
-                                                         tmp_path: Path) -> None:
+def test_propose_refuses_old_versions_and_other_accounts(
+    world: WorldInfo, home: Path, screens: list[Screen], tmp_path: Path
+) -> None:
     v1 = load_policy(home / POLICY_FILE)
     before = snapshot(home)
     same_version = write_policy(tmp_path / "same.json", with_limits(v1, per_request_max=50_000))
@@ -494,8 +527,8 @@ def test_propose_refuses_old_versions_and_other_accounts(world: WorldInfo, home:
 
 # ---- 5. tightening needs no device ----------------------------------------------------------
 def test_tightening_needs_no_device_and_applies_at_the_next_payment(
-        world: WorldInfo, home: Path, device_simulator: DeviceSimulator, screens: list[Screen],
-        tmp_path: Path) -> None:
+    world: WorldInfo, home: Path, device_simulator: DeviceSimulator, screens: list[Screen], tmp_path: Path
+) -> None:
     report, weather = world.route("GET", "/v2/report"), world.route("GET", "/v2/weather")
     agent = Agent.open(home)
     try:
@@ -545,8 +578,9 @@ def _propose_v2(home: Path, tmp_path: Path) -> Policy:
     return v2
 
 
-def test_rejected_on_the_device(home: Path, device_simulator: DeviceSimulator,
-                                screens: list[Screen], tmp_path: Path) -> None:
+def test_rejected_on_the_device(
+    home: Path, device_simulator: DeviceSimulator, screens: list[Screen], tmp_path: Path
+) -> None:
     v2 = _propose_v2(home, tmp_path)
     before = snapshot(home)
     device_simulator.confirm = "reject"
@@ -568,8 +602,9 @@ def test_rejected_on_the_device(home: Path, device_simulator: DeviceSimulator,
     assert load_policy(home / POLICY_FILE).version == 1
 
 
-def test_device_unplugged_mid_signing(home: Path, device_simulator: DeviceSimulator,
-                                      screens: list[Screen], tmp_path: Path) -> None:
+def test_device_unplugged_mid_signing(
+    home: Path, device_simulator: DeviceSimulator, screens: list[Screen], tmp_path: Path
+) -> None:
     v2 = _propose_v2(home, tmp_path)
     before = snapshot(home)
     device = HwiDevice.at("trezor", device_simulator.path)
@@ -591,8 +626,9 @@ def test_device_unplugged_mid_signing(home: Path, device_simulator: DeviceSimula
     assert load_policy(home / POLICY_FILE).digest == v2.digest
 
 
-def test_device_timeout(home: Path, device_simulator: DeviceSimulator, screens: list[Screen],
-                        tmp_path: Path) -> None:
+def test_device_timeout(
+    home: Path, device_simulator: DeviceSimulator, screens: list[Screen], tmp_path: Path
+) -> None:
     v2 = _propose_v2(home, tmp_path)
     before = snapshot(home)
     # Nobody presses anything: HWI's debug-link "yes" is ignored, only approve()/reject() count.
@@ -616,9 +652,9 @@ def test_device_timeout(home: Path, device_simulator: DeviceSimulator, screens: 
 
 
 # ---- 7. Trezor's EIP-712 path ---------------------------------------------------------------
-def test_eip712_approval_through_trezorlib(world: WorldInfo, home: Path,
-                                           device_simulator: DeviceSimulator,
-                                           screens: list[Screen], tmp_path: Path) -> None:
+def test_eip712_approval_through_trezorlib(
+    world: WorldInfo, home: Path, device_simulator: DeviceSimulator, screens: list[Screen], tmp_path: Path
+) -> None:
     v2 = _propose_v2(home, tmp_path)
     line = approval_message(v2)
     before = snapshot(home)
@@ -658,8 +694,17 @@ def test_eip712_approval_through_trezorlib(world: WorldInfo, home: Path,
 
 
 # ---- 8. the agent cannot change its own policy ----------------------------------------------
-POLICY_WRITERS = ("propose", "approve", "tighten", "install", "enroll", "write", "policy_store",
-                  "sign_message", "unlink")
+POLICY_WRITERS = (
+    "propose",
+    "approve",
+    "tighten",
+    "install",
+    "enroll",
+    "write",
+    "policy_store",
+    "sign_message",
+    "unlink",
+)
 
 
 def test_agent_operations_cannot_write_the_policy(world: WorldInfo, home: Path) -> None:
@@ -685,8 +730,17 @@ def test_agent_operations_cannot_write_the_policy(world: WorldInfo, home: Path) 
     tree = ast.parse(inspect.getsource(operations))
     called = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
     called |= {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
-    store_writers = {"install_approved", "install_tightening", "propose", "enroll", "write_json",
-                     "approve", "approve_typed", "sign_message", "sign_typed_data"}
+    store_writers = {
+        "install_approved",
+        "install_tightening",
+        "propose",
+        "enroll",
+        "write_json",
+        "approve",
+        "approve_typed",
+        "sign_message",
+        "sign_typed_data",
+    }
     assert called & store_writers == set()
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not any(module and "device" in module for module in imported)

@@ -37,8 +37,7 @@ class Devnet:
     def __init__(self, log: Path) -> None:
         self._log = log.open("w")
         self.started = time.monotonic()
-        self.proc = subprocess.Popen([*CLI, "devnet"], stdout=subprocess.PIPE, stderr=self._log,
-                                     text=True)
+        self.proc = subprocess.Popen([*CLI, "devnet"], stdout=subprocess.PIPE, stderr=self._log, text=True)
         self.ready: dict[str, Any] | None = None
         self.startup_seconds: float | None = None
         self._seen = threading.Event()
@@ -84,8 +83,13 @@ def pay(ready: dict[str, Any]) -> dict[str, Any]:
     """`x402-agent fetch --json` of a paid route with the devnet's home; the result, asserted
     paid and settled."""
     env = {**os.environ, "X402_AGENT_HOME": ready["agent_home"]}
-    done = subprocess.run([*CLI, "fetch", ready["api_url"] + PAID_ROUTE, "--json"], env=env,
-                          capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [*CLI, "fetch", ready["api_url"] + PAID_ROUTE, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr + done.stdout
     result: dict[str, Any] = json.loads(done.stdout)
     assert result["status"] == 200, result
@@ -97,13 +101,15 @@ def pay(ready: dict[str, Any]) -> dict[str, Any]:
 
 def chain_lag(rpc_url: str) -> float:
     """How far the chain's latest block time is behind the wall clock, in seconds."""
-    answer = httpx.post(rpc_url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_getBlockByNumber",
-                                       "params": ["latest", False]}, timeout=10).json()
+    answer = httpx.post(
+        rpc_url,
+        json={"jsonrpc": "2.0", "id": 1, "method": "eth_getBlockByNumber", "params": ["latest", False]},
+        timeout=10,
+    ).json()
     return time.time() - int(answer["result"]["timestamp"], 16)
 
 
-def test_an_idle_devnet_still_pays_from_its_smart_account(tmp_path: Path,
-                                                          devnets: list[Devnet]) -> None:
+def test_an_idle_devnet_still_pays_from_its_smart_account(tmp_path: Path, devnets: list[Devnet]) -> None:
     """The suite's one long test: three idle minutes are the scenario itself. Before the fix
     the chain kept its last block's time, the account's window check failed after a minute,
     and every smart-account payment was refused."""
@@ -129,13 +135,17 @@ def test_two_devnets_and_the_demo_run_side_by_side(tmp_path: Path, devnets: list
     for name in ("first", "second"):
         devnets.append(Devnet(tmp_path / f"{name}.log"))
         readies.append(devnets[-1].wait_ready())
-    demo = subprocess.Popen([*CLI, "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "COLUMNS": "200"})
+    demo = subprocess.Popen(
+        [*CLI, "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     try:
         homes = {ready["agent_home"] for ready in readies}
         assert len(homes) == 2 and len({ready["rpc_url"] for ready in readies}) == 2
-        devices = {json.loads(Path(home, "config.json").read_text())["device"]["path"]
-                   for home in homes}
+        devices = {json.loads(Path(home, "config.json").read_text())["device"]["path"] for home in homes}
         assert len(devices) == 2  # a simulator each, on ports of their own
         for ready in readies:  # while the demo runs
             pay(ready)

@@ -53,19 +53,27 @@ def _wallet(agent: Agent) -> HotWallet:
     return agent.payer.signer
 
 
-def _owner_action(world: WorldInfo, target: str, action: str, *args: object, tag: str = "x402-account"
-                  ) -> None:
+def _owner_action(
+    world: WorldInfo, target: str, action: str, *args: object, tag: str = "x402-account"
+) -> None:
     device = HwiDevice.at("trezor", world.device_path)
     try:
-        run_owner_action(Web3(Web3.HTTPProvider(world.rpc_url)), target, action, args,
-                         lambda line: device.sign_message(line, DEFAULT_APPROVAL_PATH), dev_account(0),
-                         tag=tag)
+        run_owner_action(
+            Web3(Web3.HTTPProvider(world.rpc_url)),
+            target,
+            action,
+            args,
+            lambda line: device.sign_message(line, DEFAULT_APPROVAL_PATH),
+            dev_account(0),
+            tag=tag,
+        )
     finally:
         device.close()
 
 
 def test_pays_from_the_smart_account_topping_up_through_the_bundler(
-        aa_world: WorldInfo, tmp_path: Path) -> None:
+    aa_world: WorldInfo, tmp_path: Path
+) -> None:
     home = _home(aa_world, tmp_path)
     route = aa_world.route("GET", "/v2/weather")
     with Agent.open(home) as agent:
@@ -77,16 +85,24 @@ def test_pays_from_the_smart_account_topping_up_through_the_bundler(
         [top_up] = wallet.top_ups
         assert top_up.via == "bundler" and top_up.success
         # the refill moved exactly top_up_to from the vault; the payment exactly the price
-        pulled = [log for log in rpc(aa_world.rpc_url, "eth_getTransactionReceipt",
-                                     top_up.transaction_hash)["logs"] if log["topics"][0] == PULLED]
+        pulled = [
+            log
+            for log in rpc(aa_world.rpc_url, "eth_getTransactionReceipt", top_up.transaction_hash)["logs"]
+            if log["topics"][0] == PULLED
+        ]
         assert len(pulled) == 1 and int(pulled[0]["data"][2:66], 16) == DEVNET_SESSION_ALLOWANCE
         assert transfer_logs(aa_world.rpc_url, outcome.payment.settlement_tx) == [
-            (aa_world.usdc.address, wallet.account, route.pay_to, route.price_atomic)]
+            (aa_world.usdc.address, wallet.account, route.pay_to, route.price_atomic)
+        ]
         usdc = aa_world.usdc.address
-        assert token_balance(aa_world.rpc_url, usdc, wallet.account) == \
-            DEVNET_SESSION_ALLOWANCE - route.price_atomic
-        assert token_balance(aa_world.rpc_url, usdc, wallet.vault) == \
-            DEVNET_VAULT_FUNDING - DEVNET_SESSION_ALLOWANCE
+        assert (
+            token_balance(aa_world.rpc_url, usdc, wallet.account)
+            == DEVNET_SESSION_ALLOWANCE - route.price_atomic
+        )
+        assert (
+            token_balance(aa_world.rpc_url, usdc, wallet.vault)
+            == DEVNET_VAULT_FUNDING - DEVNET_SESSION_ALLOWANCE
+        )
         # the next payment is covered by the hot balance: no second user operation
         assert agent.fetch(route.url).status == 200
         assert len(wallet.top_ups) == 1
@@ -94,8 +110,9 @@ def test_pays_from_the_smart_account_topping_up_through_the_bundler(
 
 def test_falls_back_to_handle_ops_when_the_bundler_is_down(aa_world: WorldInfo, tmp_path: Path) -> None:
     home = _home(aa_world, tmp_path)
-    config = home.config.model_copy(update={"signer": home.config.signer.model_copy(
-        update={"bundler_url": "http://127.0.0.1:9"})})  # nothing listens on the discard port
+    config = home.config.model_copy(
+        update={"signer": home.config.signer.model_copy(update={"bundler_url": "http://127.0.0.1:9"})}
+    )  # nothing listens on the discard port
     (home.root / "config.json").write_text(config.model_dump_json(by_alias=True))
     with Agent.open(open_home(home.root)) as agent:
         outcome = agent.fetch(aa_world.route("GET", "/v2/weather").url)
@@ -118,8 +135,9 @@ def test_counterfactual_account_pays_through_erc6492(aa_world: WorldInfo, tmp_pa
         assert outcome.payment.state == PaymentState.SETTLED
         assert wallet.top_ups == []  # the hot balance covered it: no user operation deployed it
         assert wallet.is_deployed()
-        assert token_balance(aa_world.rpc_url, aa_world.usdc.address, wallet.account) == \
-            9 * route.price_atomic
+        assert (
+            token_balance(aa_world.rpc_url, aa_world.usdc.address, wallet.account) == 9 * route.price_atomic
+        )
 
 
 def test_on_chain_cap_refuses_before_anything_is_reserved(aa_world: WorldInfo, tmp_path: Path) -> None:
@@ -137,7 +155,8 @@ def test_on_chain_cap_refuses_before_anything_is_reserved(aa_world: WorldInfo, t
 
 
 def test_revoked_session_key_refuses_and_vault_exhaustion_releases(
-        aa_world: WorldInfo, tmp_path: Path) -> None:
+    aa_world: WorldInfo, tmp_path: Path
+) -> None:
     home = _home(aa_world, tmp_path)
     route = aa_world.route("GET", "/v2/weather")
     with Agent.open(home) as agent:
@@ -175,19 +194,51 @@ def test_wallet_create_fund_approve_and_pay_from_a_fresh_home(aa_world: WorldInf
     counterfactual account owned by it, fund it, approve a policy naming it on the device; the
     first payment deploys it."""
     home = tmp_path / "home"
-    assert _cli(home, "init", "--network", aa_world.network, "--rpc-url", aa_world.rpc_url,
-                ).returncode == 0
-    assert _cli(home, "init", "--network", aa_world.network, "--rpc-url", aa_world.rpc_url,
-                ).returncode == 2  # never over an existing home
+    assert (
+        _cli(
+            home,
+            "init",
+            "--network",
+            aa_world.network,
+            "--rpc-url",
+            aa_world.rpc_url,
+        ).returncode
+        == 0
+    )
+    assert (
+        _cli(
+            home,
+            "init",
+            "--network",
+            aa_world.network,
+            "--rpc-url",
+            aa_world.rpc_url,
+        ).returncode
+        == 2
+    )  # never over an existing home
     # The simulator runs on a port of its own, which HWI's scan does not look at: the person
     # names it once and the home remembers it for the approvals and owner actions below.
     enrolled = _cli(home, "device", "enroll", "--device-path", aa_world.device_path)
     assert enrolled.returncode == 0, enrolled.stderr
-    created = _cli(home, "wallet", "create", "--network", aa_world.network, "--token",
-                   aa_world.usdc.address, "--max-value", "100000", "--allowance", "2000000",
-                   "--top-up-to", "300000", "--bundler-url", str(aa_world.bundler_url))
+    created = _cli(
+        home,
+        "wallet",
+        "create",
+        "--network",
+        aa_world.network,
+        "--token",
+        aa_world.usdc.address,
+        "--max-value",
+        "100000",
+        "--allowance",
+        "2000000",
+        "--top-up-to",
+        "300000",
+        "--bundler-url",
+        str(aa_world.bundler_url),
+    )
     assert created.returncode == 0, created.stderr
-    made = json.loads(created.stdout[:created.stdout.rindex("}") + 1])
+    made = json.loads(created.stdout[: created.stdout.rindex("}") + 1])
     config = open_home(home).config
     assert config.signer.kind == "smart_account" and config.signer.account == made["account"]
     keystore = json.loads((home / "session.keystore.json").read_text())

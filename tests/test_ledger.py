@@ -156,20 +156,38 @@ class Clock:
             self.now += seconds
 
 
-def new_payment(amount: int = 10, *, key: str | None = None, session: str | None = None,
-                asset: str = ASSET, network: str = NETWORK) -> NewPayment:
+def new_payment(
+    amount: int = 10,
+    *,
+    key: str | None = None,
+    session: str | None = None,
+    asset: str = ASSET,
+    network: str = NETWORK,
+) -> NewPayment:
     return NewPayment(
-        idempotency_key=key, request_fingerprint=f"fp-{key}", method="GET",
-        url="https://api.example/paid", request_body_sha256="0" * 64, x402_version=2,
-        network=network, asset=asset, symbol="USDC", decimals=6, amount=amount, pay_to=PAYEE,
+        idempotency_key=key,
+        request_fingerprint=f"fp-{key}",
+        method="GET",
+        url="https://api.example/paid",
+        request_body_sha256="0" * 64,
+        x402_version=2,
+        network=network,
+        asset=asset,
+        symbol="USDC",
+        decimals=6,
+        amount=amount,
+        pay_to=PAYEE,
         requirement_json=json.dumps({"amount": str(amount), "payTo": PAYEE}),
-        policy_version=3, policy_digest="sha256:policy", session=session)
+        policy_version=3,
+        policy_digest="sha256:policy",
+        session=session,
+    )
 
 
-def query(now: float, *, session: str | None = None, asset: str = ASSET,
-          network: str = NETWORK) -> UsageQuery:
-    return UsageQuery(network=network, asset=asset, day_start=now - DAY, now=now,
-                      session=session)
+def query(
+    now: float, *, session: str | None = None, asset: str = ASSET, network: str = NETWORK
+) -> UsageQuery:
+    return UsageQuery(network=network, asset=asset, day_start=now - DAY, now=now, session=session)
 
 
 def allow(usage: Usage) -> None:
@@ -180,39 +198,80 @@ def reserve(ledger: Ledger, now: float, amount: int = 10, **kw: Any) -> PaymentR
     return ledger.reserve(new_payment(amount, **kw), query(now, session=kw.get("session")), allow)
 
 
-def send(ledger: Ledger, record: PaymentRecord, nonce: str | None = None,
-         valid_before: int = 2_000_000_000) -> PaymentRecord:
-    return ledger.mark_sent(record.id, payer=PAYER, nonce=nonce or f"0x{record.id}",
-                            valid_after=0, valid_before=valid_before,
-                            payment_header=f"header-{record.id}")
+def send(
+    ledger: Ledger, record: PaymentRecord, nonce: str | None = None, valid_before: int = 2_000_000_000
+) -> PaymentRecord:
+    return ledger.mark_sent(
+        record.id,
+        payer=PAYER,
+        nonce=nonce or f"0x{record.id}",
+        valid_after=0,
+        valid_before=valid_before,
+        payment_header=f"header-{record.id}",
+    )
 
 
-def make_policy(*, price: int, daily_max: int, session_allowance: int | None = None,
-                day: str = "rolling_24h") -> Policy:
+def make_policy(
+    *, price: int, daily_max: int, session_allowance: int | None = None, day: str = "rolling_24h"
+) -> Policy:
     doc: dict[str, Any] = {
-        "version": 1, "day": {"kind": day},
-        "assets": [{"network": NETWORK, "address": ASSET, "symbol": "USDC", "decimals": 6,
-                    "eip712_name": "USDC", "eip712_version": "2", "per_request_max": price,
-                    "daily_max": daily_max}]}
+        "version": 1,
+        "day": {"kind": day},
+        "assets": [
+            {
+                "network": NETWORK,
+                "address": ASSET,
+                "symbol": "USDC",
+                "decimals": 6,
+                "eip712_name": "USDC",
+                "eip712_version": "2",
+                "per_request_max": price,
+                "daily_max": daily_max,
+            }
+        ],
+    }
     if session_allowance is not None:
-        doc["sessions"] = {"default": {"lifetime_seconds": 30 * 86_400,
-                                       "allowance": {"USDC": session_allowance}}}
+        doc["sessions"] = {
+            "default": {"lifetime_seconds": 30 * 86_400, "allowance": {"USDC": session_allowance}}
+        }
     return parse_policy(json.dumps(doc))
 
 
 def make_offer(amount: int) -> Offer:
     requirement = PaymentRequirements(
-        scheme="exact", network=NETWORK, asset=ASSET, amount=str(amount), pay_to=PAYEE,
-        max_timeout_seconds=60, extra={"name": "USDC", "version": "2"})
-    return Offer(index=0, x402_version=2, scheme="exact", network=NETWORK, chain_id=84532,
-                 asset=ASSET, amount=amount, pay_to=PAYEE, max_timeout_seconds=60,
-                 extra={"name": "USDC", "version": "2"}, requirement=requirement)
+        scheme="exact",
+        network=NETWORK,
+        asset=ASSET,
+        amount=str(amount),
+        pay_to=PAYEE,
+        max_timeout_seconds=60,
+        extra={"name": "USDC", "version": "2"},
+    )
+    return Offer(
+        index=0,
+        x402_version=2,
+        scheme="exact",
+        network=NETWORK,
+        chain_id=84532,
+        asset=ASSET,
+        amount=amount,
+        pay_to=PAYEE,
+        max_timeout_seconds=60,
+        extra={"name": "USDC", "version": "2"},
+        requirement=requirement,
+    )
 
 
 def make_context(session: str | None = None, key: str | None = None) -> PaymentContext:
-    return PaymentContext(method="GET", url="https://api.example/paid", host="api.example",
-                          request_body_sha256="0" * 64, request_fingerprint=f"fp-{key}",
-                          idempotency_key=key, session=session)
+    return PaymentContext(
+        method="GET",
+        url="https://api.example/paid",
+        host="api.example",
+        request_body_sha256="0" * 64,
+        request_fingerprint=f"fp-{key}",
+        idempotency_key=key,
+        session=session,
+    )
 
 
 def all_rows(ledger: Ledger) -> list[PaymentRecord]:
@@ -232,16 +291,32 @@ def test_reserved_sent_settled_round_trips_every_field(ledger_factory: LedgerFac
     assert type(stored.amount) is int and type(stored.x402_version) is int
     assert type(stored.created_at) is float
 
-    sent = ledger.mark_sent(record.id, payer=PAYER, nonce="0x" + "ab" * 32, valid_after=7,
-                            valid_before=2**40, payment_header="base64-header")
+    sent = ledger.mark_sent(
+        record.id,
+        payer=PAYER,
+        nonce="0x" + "ab" * 32,
+        valid_after=7,
+        valid_before=2**40,
+        payment_header="base64-header",
+    )
     assert sent.state is S.SENT and sent.sent_at == T0 + 1.0 and sent.updated_at == T0 + 1.5
     assert (sent.payer, sent.nonce, sent.valid_after, sent.valid_before, sent.payment_header) == (
-        PAYER, "0x" + "ab" * 32, 7, 2**40, "base64-header")
+        PAYER,
+        "0x" + "ab" * 32,
+        7,
+        2**40,
+        "base64-header",
+    )
 
-    settled = ledger.settle(record.id, settlement_tx="0xtx", response_status=200,
-                            response_content_type="application/json",
-                            response_body_sha256="f" * 64, delivered=True,
-                            evidence={"settle": {"success": True}})
+    settled = ledger.settle(
+        record.id,
+        settlement_tx="0xtx",
+        response_status=200,
+        response_content_type="application/json",
+        response_body_sha256="f" * 64,
+        delivered=True,
+        evidence={"settle": {"success": True}},
+    )
     assert settled.state is S.SETTLED and settled.finished_at == settled.updated_at == T0 + 2.0
     assert settled.delivered is True and settled.response_status == 200
     assert json.loads(settled.evidence_json or "") == {"settle": {"success": True}}
@@ -253,13 +328,13 @@ def test_reserved_sent_settled_round_trips_every_field(ledger_factory: LedgerFac
 def test_sent_unknown_then_settled(ledger_factory: LedgerFactory) -> None:
     ledger = ledger_factory(Clock(tick=1))
     record = send(ledger, reserve(ledger, T0))
-    unknown = ledger.mark_unknown(record.id, evidence={"why": "timeout"}, response_status=504,
-                                  delivered=False)
+    unknown = ledger.mark_unknown(
+        record.id, evidence={"why": "timeout"}, response_status=504, delivered=False
+    )
     assert unknown.state is S.UNKNOWN and unknown.finished_at is None
     assert unknown.delivered is False and unknown.response_status == 504
     again = ledger.mark_unknown(record.id, evidence={"why": "still pending"})
-    assert again.state is S.UNKNOWN and json.loads(again.evidence_json or "") == {
-        "why": "still pending"}
+    assert again.state is S.UNKNOWN and json.loads(again.evidence_json or "") == {"why": "still pending"}
     settled = ledger.settle(record.id, settlement_tx="0xlate", delivered=False)
     assert settled.state is S.SETTLED and settled.settlement_tx == "0xlate"
     assert settled.delivered is False and settled.finished_at is not None
@@ -267,9 +342,16 @@ def test_sent_unknown_then_settled(ledger_factory: LedgerFactory) -> None:
 
 def test_verifications_end_in_one_batch(ledger_factory: LedgerFactory) -> None:
     ledger = ledger_factory(Clock(tick=1))
-    rows = [ledger.settle(send(ledger, reserve(ledger, T0)).id, settlement_tx=f"0x{i}",
-                          delivered=True, evidence={"status": 200},
-                          verification=Verification.PENDING) for i in range(4)]
+    rows = [
+        ledger.settle(
+            send(ledger, reserve(ledger, T0)).id,
+            settlement_tx=f"0x{i}",
+            delivered=True,
+            evidence={"status": 200},
+            verification=Verification.PENDING,
+        )
+        for i in range(4)
+    ]
     ok, bad, done, other = (row.id for row in rows)
     assert ledger.mark_verified({done: None}) == {done}
     mismatch = {"reason": "settlement_not_ours", "tx": "0x1"}
@@ -286,8 +368,9 @@ def test_verifications_end_in_one_batch(ledger_factory: LedgerFactory) -> None:
     assert ledger.usage(query(T0 + 100)).settlement_mismatch == bad
 
 
-@pytest.mark.parametrize("path", [(), ("sent",), ("sent", "unknown")],
-                         ids=["from-reserved", "from-sent", "from-unknown"])
+@pytest.mark.parametrize(
+    "path", [(), ("sent",), ("sent", "unknown")], ids=["from-reserved", "from-sent", "from-unknown"]
+)
 def test_release(ledger_factory: LedgerFactory, path: tuple[str, ...]) -> None:
     ledger = ledger_factory(Clock(tick=1))
     record = reserve(ledger, T0)
@@ -315,23 +398,26 @@ def _bring_to(ledger: Ledger, state: str) -> PaymentRecord:
 
 
 MOVES: dict[str, Callable[[Ledger, str], PaymentRecord]] = {
-    "mark_sent": lambda ledger, pid: ledger.mark_sent(pid, payer=PAYER, nonce=f"n-{pid}",
-                                                      valid_after=0, valid_before=1,
-                                                      payment_header="h"),
+    "mark_sent": lambda ledger, pid: ledger.mark_sent(
+        pid, payer=PAYER, nonce=f"n-{pid}", valid_after=0, valid_before=1, payment_header="h"
+    ),
     "settle": lambda ledger, pid: ledger.settle(pid, settlement_tx="0xtx"),
     "mark_unknown": lambda ledger, pid: ledger.mark_unknown(pid, evidence={}),
     "release": lambda ledger, pid: ledger.release(pid, reason="again"),
 }
-ILLEGAL = [("reserved", "settle"), ("reserved", "mark_unknown"), *[
-    (state, "mark_sent") for state in ("sent", "unknown", "settled", "released")]]
+ILLEGAL = [
+    ("reserved", "settle"),
+    ("reserved", "mark_unknown"),
+    *[(state, "mark_sent") for state in ("sent", "unknown", "settled", "released")],
+]
 # A finished row never moves: a change asked of it lost a race and is answered with the row.
-LOST_RACES = [(end, move) for end in ("settled", "released") for move in MOVES
-              if move != "mark_sent"]
+LOST_RACES = [(end, move) for end in ("settled", "released") for move in MOVES if move != "mark_sent"]
 
 
 @pytest.mark.parametrize(("state", "move"), ILLEGAL, ids=[f"{s}-{m}" for s, m in ILLEGAL])
-def test_illegal_transitions_raise_and_change_nothing(ledger_factory: LedgerFactory, state: str,
-                                                       move: str) -> None:
+def test_illegal_transitions_raise_and_change_nothing(
+    ledger_factory: LedgerFactory, state: str, move: str
+) -> None:
     ledger = ledger_factory(Clock(tick=1))
     record = _bring_to(ledger, state)
     with pytest.raises(LedgerError) as raised:
@@ -341,8 +427,9 @@ def test_illegal_transitions_raise_and_change_nothing(ledger_factory: LedgerFact
 
 
 @pytest.mark.parametrize(("state", "move"), LOST_RACES, ids=[f"{s}-{m}" for s, m in LOST_RACES])
-def test_a_finished_row_answers_with_its_true_state(ledger_factory: LedgerFactory, state: str,
-                                                    move: str) -> None:
+def test_a_finished_row_answers_with_its_true_state(
+    ledger_factory: LedgerFactory, state: str, move: str
+) -> None:
     ledger = ledger_factory(Clock(tick=1))
     record = _bring_to(ledger, state)
     answer = MOVES[move](ledger, record.id)
@@ -360,17 +447,28 @@ def test_a_late_settle_fills_in_only_missing_evidence(ledger_factory: LedgerFact
     ledger = ledger_factory(Clock(tick=1))
     record = send(ledger, reserve(ledger, T0))
     by_reconciler = ledger.settle(record.id, settlement_tx=None, evidence={"by": "reconcile"})
-    by_payer = ledger.settle(record.id, settlement_tx="0xtx", response_status=200,
-                             response_content_type="application/json",
-                             response_body_sha256="ab" * 32, delivered=True,
-                             evidence={"by": "payer"})
+    by_payer = ledger.settle(
+        record.id,
+        settlement_tx="0xtx",
+        response_status=200,
+        response_content_type="application/json",
+        response_body_sha256="ab" * 32,
+        delivered=True,
+        evidence={"by": "payer"},
+    )
     assert by_payer == ledger.get(record.id)
-    assert (by_payer.state, by_payer.settlement_tx, by_payer.response_status,
-            by_payer.response_body_sha256, by_payer.delivered) == (
-        S.SETTLED, "0xtx", 200, "ab" * 32, True)
+    assert (
+        by_payer.state,
+        by_payer.settlement_tx,
+        by_payer.response_status,
+        by_payer.response_body_sha256,
+        by_payer.delivered,
+    ) == (S.SETTLED, "0xtx", 200, "ab" * 32, True)
     assert json.loads(by_payer.evidence_json or "") == {"by": "reconcile"}  # kept
-    assert (by_payer.finished_at, by_payer.updated_at) == (by_reconciler.finished_at,
-                                                           by_reconciler.updated_at)
+    assert (by_payer.finished_at, by_payer.updated_at) == (
+        by_reconciler.finished_at,
+        by_reconciler.updated_at,
+    )
     again = ledger.settle(record.id, settlement_tx="0xother", response_body_sha256="cd" * 32)
     assert again == by_payer  # nothing missing any more: nothing changes
 
@@ -427,8 +525,7 @@ def test_nonce_is_unique(ledger_factory: LedgerFactory) -> None:
 def test_receipt_hides_the_payment_header(ledger_factory: LedgerFactory) -> None:
     ledger = ledger_factory(Clock(tick=1))
     record = send(ledger, reserve(ledger, T0, amount=1234))
-    settled = ledger.settle(record.id, settlement_tx="0xtx", delivered=True,
-                            evidence={"tx": "0xtx"})
+    settled = ledger.settle(record.id, settlement_tx="0xtx", delivered=True, evidence={"tx": "0xtx"})
     stored = ledger_factory().get(settled.id)
     assert stored is not None
     receipt = stored.to_receipt()
@@ -448,8 +545,7 @@ def test_recent_get_and_unresolved(ledger_factory: LedgerFactory) -> None:
     assert [r.id for r in ledger.recent()] == newest_first
     assert [r.id for r in ledger.recent(limit=3)] == newest_first[:3]
     assert [r.id for r in ledger.recent(states=[S.SETTLED])] == [records[5].id, records[0].id]
-    assert {r.id for r in ledger.recent(states=[S.RESERVED, S.SENT])} == {
-        records[1].id, records[3].id}
+    assert {r.id for r in ledger.recent(states=[S.RESERVED, S.SENT])} == {records[1].id, records[3].id}
     assert [r.id for r in ledger.unresolved()] == [records[1].id, records[3].id, records[4].id]
     for record in records:
         stored = ledger.get(record.id)
@@ -517,10 +613,8 @@ def test_day_window_boundary(ledger_factory: LedgerFactory) -> None:
     clock.advance(0.001)
     reserve(ledger, T0, amount=2)
     assert ledger.usage(UsageQuery(NETWORK, ASSET, day_start=T0, now=T0 + 1)).daily_spent == 3
-    assert ledger.usage(UsageQuery(NETWORK, ASSET, day_start=T0 + 0.0005,
-                                   now=T0 + 1)).daily_spent == 2
-    assert ledger.usage(UsageQuery(NETWORK, ASSET, day_start=T0 + 0.002,
-                                   now=T0 + 1)).daily_spent == 0
+    assert ledger.usage(UsageQuery(NETWORK, ASSET, day_start=T0 + 0.0005, now=T0 + 1)).daily_spent == 2
+    assert ledger.usage(UsageQuery(NETWORK, ASSET, day_start=T0 + 0.002, now=T0 + 1)).daily_spent == 0
 
 
 def _rows_around_bucket_edges(ledger: Ledger, clock: Clock) -> list[PaymentRecord]:
@@ -530,8 +624,7 @@ def _rows_around_bucket_edges(ledger: Ledger, clock: Clock) -> list[PaymentRecor
     for k in range(0, 2 * 144, 7):
         for offset in (-1e-6, 0.0, 1e-6, 0.5, 299.25, 599.75, 600 - 1e-6):
             clock.now = edge + k * 600 + offset
-            record = reserve(ledger, clock.now, amount=1 + k % 13,
-                             asset=OTHER_ASSET if k % 5 == 0 else ASSET)
+            record = reserve(ledger, clock.now, amount=1 + k % 13, asset=OTHER_ASSET if k % 5 == 0 else ASSET)
             if k % 3 == 0:
                 ledger.release(record.id, reason="test")
     return all_rows(ledger)
@@ -576,8 +669,9 @@ def test_ledger_without_usage_counters_builds_them(ledger_factory: LedgerFactory
 def test_gate_counts_only_the_current_day(ledger_factory: LedgerFactory, day: str) -> None:
     midnight = T0 - T0 % DAY  # UTC midnight
     # Rolling: payments 25 hours ago no longer count. Calendar: yesterday's last minute doesn't.
-    first, second = ((midnight - 25 * 3600, midnight) if day == "rolling_24h"
-                     else (midnight - 60, midnight + 60))
+    first, second = (
+        (midnight - 25 * 3600, midnight) if day == "rolling_24h" else (midnight - 60, midnight + 60)
+    )
     clock = Clock(now=first, tick=0.001)
     policy = make_policy(price=10, daily_max=30, day=day)
     gate = PolicyGate(policy, ledger_factory(clock), clock=clock)
@@ -616,7 +710,8 @@ def test_sessions(ledger_factory: LedgerFactory) -> None:
     assert view.usage(query(T0 + 100, session="s-c")).session_started_at is None
     assert view.budget(T0 - DAY, T0 + 100).sessions == {
         "s-a": {f"{NETWORK}/{ASSET}": 30, f"{NETWORK}/{OTHER_ASSET}": 80},
-        "s-b": {f"{NETWORK}/{ASSET}": 5}}
+        "s-b": {f"{NETWORK}/{ASSET}": 5},
+    }
 
 
 def test_consecutive_failures_and_breaker_reset(ledger_factory: LedgerFactory) -> None:
@@ -634,8 +729,7 @@ def test_consecutive_failures_and_breaker_reset(ledger_factory: LedgerFactory) -
 
     def failures() -> int:
         usage = ledger.usage(query(clock.now))
-        assert usage.consecutive_failures == ledger.budget(clock.now - DAY,
-                                                           clock.now).consecutive_failures
+        assert usage.consecutive_failures == ledger.budget(clock.now - DAY, clock.now).consecutive_failures
         return usage.consecutive_failures
 
     assert failures() == 0
@@ -680,10 +774,13 @@ def test_budget_snapshot(ledger_factory: LedgerFactory) -> None:
     by_asset = {(a.network, a.asset): a for a in snapshot.assets}
     main = by_asset[(NETWORK, ASSET)]
     assert (main.day_counted, main.in_flight, main.unknown, main.unknown_count) == (
-        1 + 2 + 4 + 8, 1 + 2, 1000 + 4, 2)
+        1 + 2 + 4 + 8,
+        1 + 2,
+        1000 + 4,
+        2,
+    )
     other = by_asset[(NETWORK, OTHER_ASSET)]
-    assert (other.day_counted, other.in_flight, other.unknown, other.unknown_count) == (
-        32, 32, 0, 0)
+    assert (other.day_counted, other.in_flight, other.unknown, other.unknown_count) == (32, 32, 0, 0)
     assert snapshot.sessions == {"s-a": {f"{NETWORK}/{ASSET}": 1 + 2 + 4 + 8}}
     # The newest outcome is a settlement (delivery not recorded): no failure streak.
     assert snapshot.consecutive_failures == 0 and snapshot.breaker_reset_at is None
@@ -713,7 +810,8 @@ def test_postgres_replaces_connections_the_server_dropped(postgres_url: str) -> 
         with psycopg.connect(postgres_url, autocommit=True) as admin:
             killed = admin.execute(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
-                "datname = current_database() AND pid <> pg_backend_pid()").fetchone()
+                "datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
         assert killed is not None and killed[0] >= 1
         assert ledger.get(record.id) == record  # the dead pooled connection was replaced
         send(ledger, record)
@@ -723,10 +821,11 @@ def test_postgres_replaces_connections_the_server_dropped(postgres_url: str) -> 
 
 
 def test_only_the_postgres_backend_imports_psycopg() -> None:
-    code = ("import sys, x402_agent.ledger, x402_agent.spendgate, x402_agent.operations; "
-            "assert 'psycopg' not in sys.modules, 'psycopg imported'")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        "import sys, x402_agent.ledger, x402_agent.spendgate, x402_agent.operations; "
+        "assert 'psycopg' not in sys.modules, 'psycopg imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 
 
@@ -747,8 +846,14 @@ class RaceResult:
         self.errors += other.errors
 
 
-def _race(ledgers: Sequence[Ledger], policy: Policy, threads: int, attempts: int,
-          start: Any, session: str | None = None) -> RaceResult:
+def _race(
+    ledgers: Sequence[Ledger],
+    policy: Policy,
+    threads: int,
+    attempts: int,
+    start: Any,
+    session: str | None = None,
+) -> RaceResult:
     """``threads`` threads (over ``ledgers`` in turn) each try ``attempts`` reservations,
     all starting together at ``start`` (a barrier)."""
     result = RaceResult()
@@ -761,8 +866,7 @@ def _race(ledgers: Sequence[Ledger], policy: Policy, threads: int, attempts: int
             start.wait(timeout=120)
             for _ in range(attempts):
                 try:
-                    mine.reserved.append(gate.reserve(make_offer(PRICE),
-                                                      make_context(session)).id)
+                    mine.reserved.append(gate.reserve(make_offer(PRICE), make_context(session)).id)
                 except PolicyDenied as exc:
                     mine.denied.append(exc.reason)
         except Exception as exc:  # reported, not lost in a thread
@@ -770,8 +874,7 @@ def _race(ledgers: Sequence[Ledger], policy: Policy, threads: int, attempts: int
         with lock:
             result.merge(mine)
 
-    workers = [threading.Thread(target=run, args=(ledgers[i % len(ledgers)],))
-               for i in range(threads)]
+    workers = [threading.Thread(target=run, args=(ledgers[i % len(ledgers)],)) for i in range(threads)]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -779,8 +882,9 @@ def _race(ledgers: Sequence[Ledger], policy: Policy, threads: int, attempts: int
     return result
 
 
-def _race_process(store: Store, policy_json: str, threads: int, attempts: int, start: Any,
-                  results: Any) -> None:
+def _race_process(
+    store: Store, policy_json: str, threads: int, attempts: int, start: Any, results: Any
+) -> None:
     try:
         ledger = store.open()
         try:
@@ -800,14 +904,24 @@ def test_gate_race_threads_and_processes(ledger_factory: LedgerFactory) -> None:
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Barrier(processes * threads + local_threads)
     results = ctx.Queue()
-    children = [ctx.Process(target=_race_process, args=(
-        ledger_factory.store, policy.model_dump_json(by_alias=True), threads, attempts, start,
-        results)) for _ in range(processes)]
+    children = [
+        ctx.Process(
+            target=_race_process,
+            args=(
+                ledger_factory.store,
+                policy.model_dump_json(by_alias=True),
+                threads,
+                attempts,
+                start,
+                results,
+            ),
+        )
+        for _ in range(processes)
+    ]
     for child in children:
         child.start()
     try:
-        outcome = _race([ledger_factory(), ledger_factory()], policy, local_threads, attempts,
-                        start)
+        outcome = _race([ledger_factory(), ledger_factory()], policy, local_threads, attempts, start)
         for _ in children:
             outcome.merge(results.get(timeout=180))
     finally:
@@ -830,13 +944,11 @@ def test_gate_race_threads_on_one_instance_with_a_session(ledger_factory: Ledger
     fits = 6
     policy = make_policy(price=PRICE, daily_max=FITS * PRICE, session_allowance=fits * PRICE)
     threads = 12
-    outcome = _race([ledger_factory()], policy, threads, 3, threading.Barrier(threads),
-                    session="s-a")
+    outcome = _race([ledger_factory()], policy, threads, 3, threading.Barrier(threads), session="s-a")
     assert outcome.errors == []
     assert len(outcome.reserved) == fits
     assert outcome.denied == ["session_allowance_exceeded"] * (threads * 3 - fits)
-    assert ledger_factory().usage(query(time.time(), session="s-a")).session_spent == (
-        fits * PRICE)
+    assert ledger_factory().usage(query(time.time(), session="s-a")).session_spent == (fits * PRICE)
 
 
 # ---- property-based: random interleavings ----------------------------------------------------
@@ -865,12 +977,17 @@ class Step:
 
 def step_strategy(*, views: int = 1, clock_moves: bool = False) -> st.SearchStrategy[Step]:
     return st.builds(
-        Step, kind=st.sampled_from(KINDS), amount=st.integers(1, 60),
-        session=st.sampled_from([None, None, *SESSIONS]), pick=st.integers(0, 63),
-        legal=st.sampled_from([True, True, True, True, False]), offset=st.integers(-3, 3),
-        delivered=st.booleans(), view=st.integers(0, views - 1),
-        advance=(st.sampled_from([0.0] * 16 + [1.0, 3600.0, 40_000.0, DAY]) if clock_moves
-                 else st.just(0.0)))
+        Step,
+        kind=st.sampled_from(KINDS),
+        amount=st.integers(1, 60),
+        session=st.sampled_from([None, None, *SESSIONS]),
+        pick=st.integers(0, 63),
+        legal=st.sampled_from([True, True, True, True, False]),
+        offset=st.integers(-3, 3),
+        delivered=st.booleans(),
+        view=st.integers(0, views - 1),
+        advance=(st.sampled_from([0.0] * 16 + [1.0, 3600.0, 40_000.0, DAY]) if clock_moves else st.just(0.0)),
+    )
 
 
 _TRANSITIONS: dict[str, tuple[PaymentState, frozenset[PaymentState]]] = {
@@ -893,8 +1010,7 @@ class Tracked:
     valid_before: int | None = None
 
     def expired(self, now: float) -> bool:
-        return (self.state is S.UNKNOWN and self.valid_before is not None
-                and self.valid_before < now)
+        return self.state is S.UNKNOWN and self.valid_before is not None and self.valid_before < now
 
 
 @dataclass(frozen=True)
@@ -903,14 +1019,16 @@ class Limits:
     allowance: int | None
 
     def policy(self) -> Policy:
-        return make_policy(price=self.daily_max, daily_max=self.daily_max,
-                           session_allowance=self.allowance)
+        return make_policy(price=self.daily_max, daily_max=self.daily_max, session_allowance=self.allowance)
 
 
 def choose(payments: list[Tracked], step: Step, now: float) -> Tracked | None:
     if step.legal:
-        legal = [p for p in payments if p.expired(now)] if step.kind == "expire" else [
-            p for p in payments if p.state in _TRANSITIONS[step.kind][1]]
+        legal = (
+            [p for p in payments if p.expired(now)]
+            if step.kind == "expire"
+            else [p for p in payments if p.state in _TRANSITIONS[step.kind][1]]
+        )
         payments = legal or payments
     return payments[step.pick % len(payments)] if payments else None
 
@@ -928,12 +1046,16 @@ def apply_transition(ledger: Ledger, payment: Tracked, step: Step, now: float) -
     answers = payment.state in (S.SETTLED, S.RELEASED) and kind != "send"
     try:
         if kind == "send":
-            record = ledger.mark_sent(payment.id, payer=PAYER, nonce=f"0x{payment.id}",
-                                      valid_after=0, valid_before=valid_before,
-                                      payment_header="header")
+            record = ledger.mark_sent(
+                payment.id,
+                payer=PAYER,
+                nonce=f"0x{payment.id}",
+                valid_after=0,
+                valid_before=valid_before,
+                payment_header="header",
+            )
         elif kind == "settle":
-            record = ledger.settle(payment.id, settlement_tx=f"0x{payment.id}",
-                                   delivered=step.delivered)
+            record = ledger.settle(payment.id, settlement_tx=f"0x{payment.id}", delivered=step.delivered)
         elif kind == "unknown":
             record = ledger.mark_unknown(payment.id, evidence={"why": "timeout"})
         else:
@@ -943,8 +1065,11 @@ def apply_transition(ledger: Ledger, payment: Tracked, step: Step, now: float) -
             return f"{kind} of a {payment.state} payment raised {exc.reason}: {exc}"
         return None
     if answers:
-        return None if record.state is payment.state else (
-            f"{kind} of a {payment.state} payment answered {record.state}")
+        return (
+            None
+            if record.state is payment.state
+            else (f"{kind} of a {payment.state} payment answered {record.state}")
+        )
     if payment.state not in sources:
         return f"{kind} moved a {payment.state} payment to {record.state}"
     if record.state is not target:
@@ -983,8 +1108,9 @@ def check_invariants(ledger: Ledger, now: float, limits: Limits, *, exact: bool)
     return problems
 
 
-def run_script(ledger: Ledger, gate: PolicyGate, clock: Callable[[], float],
-               script: list[Step], limits: Limits) -> tuple[list[Tracked], list[str]]:
+def run_script(
+    ledger: Ledger, gate: PolicyGate, clock: Callable[[], float], script: list[Step], limits: Limits
+) -> tuple[list[Tracked], list[str]]:
     """One thread's (or process's) part: its own payments, its own expectations of them."""
     mine: list[Tracked] = []
     problems: list[str] = []
@@ -1019,10 +1145,11 @@ HEALTH = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck
 
 # Deterministic interleavings over three instances, with an exact model of every decision.
 @settings(deadline=None, max_examples=60, suppress_health_check=HEALTH)
-@given(steps=st.lists(step_strategy(views=3, clock_moves=True), min_size=5, max_size=40),
-       with_sessions=st.booleans())
-def test_interleavings_match_a_model(stores: Stores, steps: list[Step],
-                                     with_sessions: bool) -> None:
+@given(
+    steps=st.lists(step_strategy(views=3, clock_moves=True), min_size=5, max_size=40),
+    with_sessions=st.booleans(),
+)
+def test_interleavings_match_a_model(stores: Stores, steps: list[Step], with_sessions: bool) -> None:
     limits = Limits(DAILY_MAX, ALLOWANCE if with_sessions else None)
     policy = limits.policy()
     clock = Clock(tick=0.25)
@@ -1039,15 +1166,17 @@ def test_interleavings_match_a_model(stores: Stores, steps: list[Step],
                 counted = [p for p in model if p.state in COUNTED_STATES]
                 daily = sum(p.amount for p in counted if p.created_at >= day_start)
                 spent = sum(p.amount for p in counted if p.session == step.session)
-                expected = ("daily_limit_exceeded" if daily + step.amount > DAILY_MAX else
-                            "session_allowance_exceeded" if (
-                                with_sessions and step.session is not None
-                                and spent + step.amount > ALLOWANCE) else "allowed")
+                expected = (
+                    "daily_limit_exceeded"
+                    if daily + step.amount > DAILY_MAX
+                    else "session_allowance_exceeded"
+                    if (with_sessions and step.session is not None and spent + step.amount > ALLOWANCE)
+                    else "allowed"
+                )
                 record, reason = try_reserve(gates[step.view], step)
                 assert reason == expected
                 if record is not None:
-                    model.append(Tracked(record.id, step.amount, step.session,
-                                         record.created_at))
+                    model.append(Tracked(record.id, step.amount, step.session, record.created_at))
             else:
                 now = clock()
                 payment = choose(model, step, now)
@@ -1063,8 +1192,9 @@ def test_interleavings_match_a_model(stores: Stores, steps: list[Step],
         factory.close_all()
 
 
-def _run_threads(ledgers: Sequence[Ledger], policy: Policy, scripts: list[list[Step]],
-                 limits: Limits) -> tuple[list[Tracked], list[str]]:
+def _run_threads(
+    ledgers: Sequence[Ledger], policy: Policy, scripts: list[list[Step]], limits: Limits
+) -> tuple[list[Tracked], list[str]]:
     """One thread per script, all starting together; thread i uses ledgers[i % n]."""
     start = threading.Barrier(len(scripts))
     tracked: list[Tracked] = []
@@ -1075,8 +1205,7 @@ def _run_threads(ledgers: Sequence[Ledger], policy: Policy, scripts: list[list[S
         ledger = ledgers[index % len(ledgers)]
         try:
             start.wait(timeout=60)
-            mine, found = run_script(ledger, PolicyGate(policy, ledger), time.time, script,
-                                     limits)
+            mine, found = run_script(ledger, PolicyGate(policy, ledger), time.time, script, limits)
         except Exception as exc:
             mine, found = [], [f"thread failed: {exc!r}"]
         with lock:
@@ -1093,11 +1222,11 @@ def _run_threads(ledgers: Sequence[Ledger], policy: Policy, scripts: list[list[S
 
 # Free-running threads: the interleaving is the scheduler's; each thread knows its own rows.
 @settings(deadline=None, max_examples=40, suppress_health_check=HEALTH)
-@given(scripts=st.lists(st.lists(step_strategy(), min_size=3, max_size=15), min_size=2,
-                        max_size=5),
-       with_sessions=st.booleans())
-def test_interleavings_across_threads(stores: Stores, scripts: list[list[Step]],
-                                      with_sessions: bool) -> None:
+@given(
+    scripts=st.lists(st.lists(step_strategy(), min_size=3, max_size=15), min_size=2, max_size=5),
+    with_sessions=st.booleans(),
+)
+def test_interleavings_across_threads(stores: Stores, scripts: list[list[Step]], with_sessions: bool) -> None:
     limits = Limits(DAILY_MAX, ALLOWANCE if with_sessions else None)
     factory = LedgerFactory(stores.new())
     try:
@@ -1109,8 +1238,9 @@ def test_interleavings_across_threads(stores: Stores, scripts: list[list[Step]],
         factory.close_all()
 
 
-def _script_process(store: Store, policy_json: str, limits: Limits,
-                    scripts: list[list[Step]]) -> tuple[list[Tracked], list[str]]:
+def _script_process(
+    store: Store, policy_json: str, limits: Limits, scripts: list[list[Step]]
+) -> tuple[list[Tracked], list[str]]:
     """In a spawned process: its own ledger instance, one thread per script."""
     ledger = store.open()
     try:
@@ -1133,23 +1263,26 @@ def process_pool() -> Iterator[ProcessPoolExecutor]:
 
 
 @settings(deadline=None, max_examples=15, suppress_health_check=HEALTH)
-@given(scripts=st.lists(st.lists(st.lists(step_strategy(), min_size=3, max_size=12),
-                                 min_size=1, max_size=2), min_size=3, max_size=3),
-       with_sessions=st.booleans())
-def test_interleavings_across_processes(stores: Stores, process_pool: ProcessPoolExecutor,
-                                        scripts: list[list[list[Step]]],
-                                        with_sessions: bool) -> None:
+@given(
+    scripts=st.lists(
+        st.lists(st.lists(step_strategy(), min_size=3, max_size=12), min_size=1, max_size=2),
+        min_size=3,
+        max_size=3,
+    ),
+    with_sessions=st.booleans(),
+)
+def test_interleavings_across_processes(
+    stores: Stores, process_pool: ProcessPoolExecutor, scripts: list[list[list[Step]]], with_sessions: bool
+) -> None:
     limits = Limits(DAILY_MAX, ALLOWANCE if with_sessions else None)
     store = stores.new()
     factory = LedgerFactory(store)
     try:
         ledger = factory()  # creates the schema before the processes race
         policy_json = limits.policy().model_dump_json(by_alias=True)
-        futures = [process_pool.submit(_script_process, store, policy_json, limits, part)
-                   for part in scripts]
+        futures = [process_pool.submit(_script_process, store, policy_json, limits, part) for part in scripts]
         outcomes = [future.result(timeout=180) for future in futures]
         assert [p for _, problems in outcomes for p in problems] == []
-        check_final(ledger, [t for tracked, _ in outcomes for t in tracked], limits,
-                    time.time())
+        check_final(ledger, [t for tracked, _ in outcomes for t in tracked], limits, time.time())
     finally:
         factory.close_all()

@@ -47,9 +47,12 @@ sys.stdin.read()
 
 
 def in_flight_of_another_process(store: Store) -> tuple[subprocess.Popen[str], list[str]]:
-    child = subprocess.Popen([sys.executable, "-c", CHILD, store.kind, store.where,
-                              str(Path(__file__).parent)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, store.kind, store.where, str(Path(__file__).parent)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert child.stdout is not None
     return child, child.stdout.readline().split()
 
@@ -65,9 +68,11 @@ def killed(child: subprocess.Popen[str], store: Store, owner: str) -> None:
 
         deadline = time.monotonic() + 30
         with psycopg.connect(store.where, autocommit=True) as conn:
-            while conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND "
-                               "objsubid = 1 AND (classid::bigint << 32) | objid::bigint = %s",
-                               (advisory_key(owner),)).fetchone() != (0,):
+            while conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND "
+                "objsubid = 1 AND (classid::bigint << 32) | objid::bigint = %s",
+                (advisory_key(owner),),
+            ).fetchone() != (0,):
                 assert time.monotonic() < deadline, "the server kept a dead session's lock"
 
 
@@ -80,16 +85,16 @@ def test_a_live_owners_rows_are_left_alone(ledger_factory: LedgerFactory) -> Non
     sent = send(mine, reserve(mine, T0))
     reserved = reserve(mine, T0)
     other = ledger_factory(Clock(tick=1))  # another opener, as a starting process is
-    child, (_, child_sent, child_reserved) = in_flight_of_another_process(
-        ledger_factory.store)
+    child, (_, child_sent, child_reserved) = in_flight_of_another_process(ledger_factory.store)
     try:
         before = all_rows(mine)
         assert other.claim_orphans() == [] and mine.claim_orphans() == []
         for ledger in (other, mine):
             for pid in (sent.id, reserved.id, child_sent, child_reserved):
                 claim = ledger.claim(pid)
-                expected = Ownership.MINE if ledger is mine and pid in (sent.id, reserved.id) \
-                    else Ownership.LIVE
+                expected = (
+                    Ownership.MINE if ledger is mine and pid in (sent.id, reserved.id) else Ownership.LIVE
+                )
                 assert claim.ownership is expected and claim.record.state is not S.RELEASED
         assert all_rows(other) == before  # nothing moved, nothing changed hands
         assert mine.settle(sent.id, settlement_tx="0xtx").settlement_tx == "0xtx"
@@ -146,26 +151,28 @@ def test_a_claim_of_one_row_takes_over_a_dead_owners(ledger_factory: LedgerFacto
     assert ids(ledger.claim_orphans()) == {reserved: Ownership.ORPHANED}
 
 
-def test_a_ledger_without_owners_opens_and_keeps_every_row_counted(
-        ledger_factory: LedgerFactory) -> None:
+def test_a_ledger_without_owners_opens_and_keeps_every_row_counted(ledger_factory: LedgerFactory) -> None:
     """A ledger written by the release before owners: every row is kept and counted, and its
     rows in flight are ownerless, so the first opener may resolve them."""
     old = ledger_factory(Clock(tick=1))
-    rows = {"reserved": reserve(old, T0), "sent": send(old, reserve(old, T0)),
-            "unknown": old.mark_unknown(send(old, reserve(old, T0)).id, evidence={}),
-            "settled": old.settle(send(old, reserve(old, T0)).id, settlement_tx="0xtx"),
-            "released": old.release(reserve(old, T0).id, reason="test")}
+    rows = {
+        "reserved": reserve(old, T0),
+        "sent": send(old, reserve(old, T0)),
+        "unknown": old.mark_unknown(send(old, reserve(old, T0)).id, evidence={}),
+        "settled": old.settle(send(old, reserve(old, T0)).id, settlement_tx="0xtx"),
+        "released": old.release(reserve(old, T0).id, reason="test"),
+    }
     usage, budget = old.usage(query(T0)), old.budget(T0 - 86_400, T0)
     ledger_factory.close_all()
     execute(ledger_factory.store, "ALTER TABLE payments DROP COLUMN owner")
 
     opened = ledger_factory(Clock(T0 + 1, tick=1))
-    assert sorted(all_rows(opened), key=lambda r: r.id) == sorted(rows.values(),
-                                                                 key=lambda r: r.id)
+    assert sorted(all_rows(opened), key=lambda r: r.id) == sorted(rows.values(), key=lambda r: r.id)
     assert opened.usage(query(T0)) == usage and opened.budget(T0 - 86_400, T0) == budget
     assert usage.daily_spent == 40 and budget.assets[0].asset == ASSET
-    assert ids(opened.claim_orphans()) == {rows[s].id: Ownership.OWNERLESS
-                                           for s in ("reserved", "sent", "unknown")}
+    assert ids(opened.claim_orphans()) == {
+        rows[s].id: Ownership.OWNERLESS for s in ("reserved", "sent", "unknown")
+    }
     assert opened.claim_orphans() == []  # now its own
     reopened = ledger_factory(Clock(T0 + 2, tick=1))  # the column exists now: a no-op
     assert all_rows(reopened) == all_rows(opened)
@@ -191,8 +198,7 @@ def test_owner_lock_files_of_dead_processes_are_cleaned_up(tmp_path: Path) -> No
     assert list(owners.iterdir()) == []  # a closed ledger leaves nothing behind
 
 
-def test_own_in_flight_lists_only_this_openers_sent_and_unknown_rows(
-        ledger_factory: LedgerFactory) -> None:
+def test_own_in_flight_lists_only_this_openers_sent_and_unknown_rows(ledger_factory: LedgerFactory) -> None:
     # What a long-lived process resolves itself at expiry (x402_agent.expiry): its own rows
     # past sending, earliest expiry first; not another live opener's, not a reservation.
     mine, other = ledger_factory(Clock(tick=1)), ledger_factory(Clock(tick=1))

@@ -36,11 +36,14 @@ def home(world: WorldInfo, tmp_path: Path) -> Path:
 
 @asynccontextmanager
 async def stdio_session(home: Path, errlog: Path, **client: Any) -> AsyncIterator[ClientSession]:
-    params = StdioServerParameters(command=SERVER[0], args=SERVER[1:],
-                                   env={**os.environ, "X402_AGENT_HOME": str(home)})
+    params = StdioServerParameters(
+        command=SERVER[0], args=SERVER[1:], env={**os.environ, "X402_AGENT_HOME": str(home)}
+    )
     with errlog.open("w") as err:
-        async with stdio_client(params, errlog=err) as (read, write), \
-                ClientSession(read, write, **client) as session:
+        async with (
+            stdio_client(params, errlog=err) as (read, write),
+            ClientSession(read, write, **client) as session,
+        ):
             await session.initialize()
             yield session
 
@@ -71,8 +74,7 @@ async def pay_refuse_and_read(session: ClientSession, world: WorldInfo) -> None:
     assert result["status"] == 200 and result["paid"] is True
     assert result["amount"] == str(route.price_atomic) and result["price"] == "0.01 USDC"
     assert json.loads(result["body"]) and result["truncated"] is False
-    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (
-        route.price_atomic)
+    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (route.price_atomic)
 
     receipts = structured(await call(session, "receipts", limit=5))["receipts"]
     assert receipts[0]["id"] == result["receipt_id"] and receipts[0]["state"] == "settled"
@@ -93,16 +95,14 @@ async def pay_refuse_and_read(session: ClientSession, world: WorldInfo) -> None:
     error = structured(refused)
     assert error["reason"] == "per_request_cap_exceeded" and error["error"] == "PolicyDenied"
     assert "next_step" in error
-    assert error["budget"]["session"]["allowance"][0]["remaining"] == str(
-        500_000 - route.price_atomic)
+    assert error["budget"]["session"]["allowance"][0]["remaining"] == str(500_000 - route.price_atomic)
     assert "per_request_cap_exceeded" in refused.content[0].text  # type: ignore[union-attr]
 
     quoted = structured(await call(session, "quote", url=premium.url))
     assert quoted["allowed"] is False and quoted["reason"] == "per_request_cap_exceeded"
 
 
-def test_stdio_lists_pays_reads_receipts_and_refuses(world: WorldInfo, home: Path,
-                                                     tmp_path: Path) -> None:
+def test_stdio_lists_pays_reads_receipts_and_refuses(world: WorldInfo, home: Path, tmp_path: Path) -> None:
     async def main() -> None:
         async with stdio_session(home, tmp_path / "err.log") as session:
             await pay_refuse_and_read(session, world)
@@ -126,8 +126,7 @@ HOSTILE = [
 ]
 
 
-def test_hostile_arguments_are_clear_tool_errors(world: WorldInfo, home: Path,
-                                                 tmp_path: Path) -> None:
+def test_hostile_arguments_are_clear_tool_errors(world: WorldInfo, home: Path, tmp_path: Path) -> None:
     url = world.route("GET", "/v2/weather").url
     payer_before = token_balance(world.rpc_url, world.usdc.address, world.payer_address)
 
@@ -153,7 +152,8 @@ def test_hostile_arguments_are_clear_tool_errors(world: WorldInfo, home: Path,
 def test_each_connection_is_its_own_session(world: WorldInfo, tmp_path: Path) -> None:
     data = devnet_policy(world).model_dump(by_alias=True)
     data["sessions"]["default"]["allowance"] = {
-        f"{world.network}/{world.usdc.address}": 15_000}  # one 0.01 payment per connection
+        f"{world.network}/{world.usdc.address}": 15_000
+    }  # one 0.01 payment per connection
     home = provision_devnet_home(world, tmp_path / "home", policy=Policy.model_validate(data)).root
     url = world.route("GET", "/v2/report").url
 
@@ -180,8 +180,7 @@ def test_approval_through_elicitation_or_refused(world: WorldInfo, tmp_path: Pat
     url = world.route("GET", "/v2/report").url
     asked: list[str] = []
 
-    async def approve(context: Any, params: mcp_types.ElicitRequestParams
-                      ) -> mcp_types.ElicitResult:
+    async def approve(context: Any, params: mcp_types.ElicitRequestParams) -> mcp_types.ElicitResult:
         asked.append(params.message)
         return mcp_types.ElicitResult(action="accept", content={"approve": True})
 
@@ -189,8 +188,7 @@ def test_approval_through_elicitation_or_refused(world: WorldInfo, tmp_path: Pat
         async with stdio_session(home, tmp_path / "err.log") as session:
             refused = await call(session, "fetch", url=url)
             assert refused.is_error and structured(refused)["reason"] == "approval_required"
-        async with stdio_session(home, tmp_path / "err2.log",
-                                 elicitation_callback=approve) as session:
+        async with stdio_session(home, tmp_path / "err2.log", elicitation_callback=approve) as session:
             paid = await call(session, "fetch", url=url)
             assert not paid.is_error, paid.content
             assert structured(paid)["paid"] is True
@@ -217,10 +215,12 @@ def running_http_server(home: Path, log: Path) -> Iterator[tuple[str, str]]:
     """`x402-agent mcp --transport http` on a free port: (its URL, its bearer token)."""
     port, token = free_port(), "test-token-" + os.urandom(8).hex()
     err = log.open("w")
-    proc = subprocess.Popen([*SERVER, "--transport", "http", "--port", str(port)],
-                            env={**os.environ, "X402_AGENT_HOME": str(home),
-                                 "X402_AGENT_MCP_TOKEN": token},
-                            stdout=subprocess.DEVNULL, stderr=err)
+    proc = subprocess.Popen(
+        [*SERVER, "--transport", "http", "--port", str(port)],
+        env={**os.environ, "X402_AGENT_HOME": str(home), "X402_AGENT_MCP_TOKEN": token},
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+    )
     url = f"http://127.0.0.1:{port}/mcp"
     try:
         deadline = time.monotonic() + 30
@@ -254,31 +254,35 @@ def test_http_requires_the_bearer_token(http_server: tuple[str, str]) -> None:
         assert answer.json()["reason"] == "bearer_token_required"
 
 
-def test_http_lists_pays_reads_receipts_and_refuses(world: WorldInfo,
-                                                    http_server: tuple[str, str]) -> None:
+def test_http_lists_pays_reads_receipts_and_refuses(world: WorldInfo, http_server: tuple[str, str]) -> None:
     import httpx2
     from mcp.client.streamable_http import streamable_http_client
 
     url, token = http_server
 
     async def main() -> None:
-        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
-                                      timeout=60) as client, \
-                streamable_http_client(url, http_client=client) as (read, write), \
-                ClientSession(read, write) as session:
+        async with (
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as client,
+            streamable_http_client(url, http_client=client) as (read, write),
+            ClientSession(read, write) as session,
+        ):
             await session.initialize()
             await pay_refuse_and_read(session, world)
 
     asyncio.run(main())
 
 
-def test_server_refuses_to_start_without_an_approved_policy(world: WorldInfo,
-                                                            tmp_path: Path) -> None:
+def test_server_refuses_to_start_without_an_approved_policy(world: WorldInfo, tmp_path: Path) -> None:
     home = provision_devnet_home(world, tmp_path / "home").root
     (home / "policy.approval.json").unlink()
-    done = subprocess.run([sys.executable, "-m", "x402_agent.cli", "mcp"],
-                          env={**os.environ, "X402_AGENT_HOME": str(home)}, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "x402_agent.cli", "mcp"],
+        env={**os.environ, "X402_AGENT_HOME": str(home)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "policy_unsigned" in done.stderr
 
 

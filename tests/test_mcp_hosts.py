@@ -30,15 +30,17 @@ TOOLS = {"x402_fetch", "x402_quote", "x402_budget", "x402_receipts"}
 JSON_DOC = {"text": "hello paid world", "items": [1, 2, 3], "nested": {"ok": True}}
 
 
-def home_with(world: WorldInfo, root: Path, *, approval_above: int | None = None,
-              session_allowance: int | None = None) -> Path:
+def home_with(
+    world: WorldInfo, root: Path, *, approval_above: int | None = None, session_allowance: int | None = None
+) -> Path:
     data = devnet_policy(world).model_dump(by_alias=True)
     if approval_above is not None:
         for asset in data["assets"]:
             asset["approval_above"] = approval_above
     if session_allowance is not None:
         data["sessions"]["default"]["allowance"] = {
-            f"{world.network}/{world.usdc.address}": session_allowance}
+            f"{world.network}/{world.usdc.address}": session_allowance
+        }
     return provision_devnet_home(world, root, policy=Policy.model_validate(data)).root
 
 
@@ -49,8 +51,14 @@ def node() -> str:
 
 
 def run_ts_host(spec: dict[str, Any]) -> dict[str, Any]:
-    done = subprocess.run([node(), str(TS_CLIENT)], input=json.dumps(spec), cwd=ROOT,
-                          capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        [node(), str(TS_CLIENT)],
+        input=json.dumps(spec),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
@@ -61,15 +69,22 @@ def run_ts_host(spec: dict[str, Any]) -> dict[str, Any]:
 # /v2/premium (0.25) is above the per-request cap; /v2/summarize echoes the posted body.
 def ts_calls(world: WorldInfo) -> list[dict[str, Any]]:
     return [
-        {"tool": "x402_fetch", "arguments": {"url": world.route("GET", "/v2/weather").url},
-         "progress": True},
+        {"tool": "x402_fetch", "arguments": {"url": world.route("GET", "/v2/weather").url}, "progress": True},
         {"tool": "x402_fetch", "arguments": {"url": world.route("GET", "/v2/premium").url}},
         {"tool": "x402_fetch", "arguments": {"url": world.route("GET", "/v2/report").url}},
-        {"tool": "x402_fetch", "arguments": {"url": world.route("POST", "/v2/summarize").url,
-                                             "method": "POST", "json": JSON_DOC}},
+        {
+            "tool": "x402_fetch",
+            "arguments": {
+                "url": world.route("POST", "/v2/summarize").url,
+                "method": "POST",
+                "json": JSON_DOC,
+            },
+        },
         {"tool": "x402_fetch", "arguments": {"method": "GET"}},  # no url: the SDK rejects it
-        {"tool": "x402_quote", "arguments": {"url": world.route("GET", "/v2/report").url,
-                                             "method": "DELETE"}},
+        {
+            "tool": "x402_quote",
+            "arguments": {"url": world.route("GET", "/v2/report").url, "method": "DELETE"},
+        },
     ]
 
 
@@ -85,16 +100,14 @@ def check_ts_host(out: dict[str, Any], world: WorldInfo) -> None:
         assert "thrown" not in result, result  # every answer, refusals too, reaches the host
 
     assert weather["isError"] is False and weather["structuredContent"]["paid"] is True
-    assert weather["structuredContent"]["amount"] == str(world.route("GET", "/v2/weather")
-                                                         .price_atomic)
+    assert weather["structuredContent"]["amount"] == str(world.route("GET", "/v2/weather").price_atomic)
     assert any("<fetched-content" in block.get("text", "") for block in weather["content"])
     assert len(out["progress"]) >= 2, out["progress"]  # the price request, then the payment
 
     assert premium["isError"] is True
     refused = premium["structuredContent"]
     assert refused["reason"] == "per_request_cap_exceeded" and refused["next_step"]
-    assert list(json.loads(premium["content"][0]["text"]))[:3] == ["reason", "message",
-                                                                   "next_step"]
+    assert list(json.loads(premium["content"][0]["text"]))[:3] == ["reason", "message", "next_step"]
 
     assert len(out["elicitations"]) == 1 and "0.01 USDC" in out["elicitations"][0]
     assert report["isError"] is False and report["structuredContent"]["paid"] is True
@@ -113,9 +126,17 @@ def check_ts_host(out: dict[str, Any], world: WorldInfo) -> None:
 @pytest.mark.parametrize("sdk", ["v1", "v2"])
 def test_typescript_sdk_over_stdio(world: WorldInfo, tmp_path: Path, sdk: str) -> None:
     home = home_with(world, tmp_path / "home", approval_above=5_000)
-    out = run_ts_host({"sdk": sdk, "transport": "stdio", "command": SERVER[0],
-                       "args": SERVER[1:], "env": {**os.environ, "X402_AGENT_HOME": str(home)},
-                       "elicit": "accept", "calls": ts_calls(world)})
+    out = run_ts_host(
+        {
+            "sdk": sdk,
+            "transport": "stdio",
+            "command": SERVER[0],
+            "args": SERVER[1:],
+            "env": {**os.environ, "X402_AGENT_HOME": str(home)},
+            "elicit": "accept",
+            "calls": ts_calls(world),
+        }
+    )
     check_ts_host(out, world)
     assert out["server"]["version"] and out["server"]["version"] != "0+unknown"
 
@@ -124,22 +145,36 @@ def test_typescript_sdk_over_stdio(world: WorldInfo, tmp_path: Path, sdk: str) -
 def test_typescript_sdk_over_streamable_http(world: WorldInfo, tmp_path: Path, sdk: str) -> None:
     home = home_with(world, tmp_path / "home", approval_above=5_000)
     with running_http_server(home, tmp_path / "http.log") as (url, token):
-        out = run_ts_host({"sdk": sdk, "transport": "http", "url": url, "token": token,
-                           "elicit": "accept", "calls": ts_calls(world)})
+        out = run_ts_host(
+            {
+                "sdk": sdk,
+                "transport": "http",
+                "url": url,
+                "token": token,
+                "elicit": "accept",
+                "calls": ts_calls(world),
+            }
+        )
     check_ts_host(out, world)
 
 
 @pytest.mark.parametrize("transport", ["stdio", "http"])
-def test_typescript_sdk_on_2026_07_28_approves_through_its_handler(world: WorldInfo,
-                                                                  tmp_path: Path,
-                                                                  transport: str) -> None:
+def test_typescript_sdk_on_2026_07_28_approves_through_its_handler(
+    world: WorldInfo, tmp_path: Path, transport: str
+) -> None:
     """The 2.x client pinned to 2026-07-28: no back-channel, the approval is the
     input-required round, answered by the same elicitation handler; a decline is refused."""
     home = home_with(world, tmp_path / "home", approval_above=5_000)
     report = world.route("GET", "/v2/report").url
-    base = {"sdk": "v2", "transport": transport, "pin": "2026-07-28", "command": SERVER[0],
-            "args": SERVER[1:], "env": {**os.environ, "X402_AGENT_HOME": str(home)},
-            "calls": [{"tool": "x402_fetch", "arguments": {"url": report}}]}
+    base = {
+        "sdk": "v2",
+        "transport": transport,
+        "pin": "2026-07-28",
+        "command": SERVER[0],
+        "args": SERVER[1:],
+        "env": {**os.environ, "X402_AGENT_HOME": str(home)},
+        "calls": [{"tool": "x402_fetch", "arguments": {"url": report}}],
+    }
     with contextlib.ExitStack() as stack:
         if transport == "http":
             url, token = stack.enter_context(running_http_server(home, tmp_path / "http.log"))
@@ -157,8 +192,7 @@ def test_mcp_inspector_cli_lists_tools_and_quotes(world: WorldInfo, tmp_path: Pa
     base = [node(), str(INSPECTOR), "--cli", *SERVER]
 
     def inspector(*args: str) -> dict[str, Any]:
-        done = subprocess.run([*base, *args], capture_output=True, text=True, env=env, cwd=ROOT,
-                              timeout=120)
+        done = subprocess.run([*base, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
         assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
         start = done.stdout.index("{")
         parsed: dict[str, Any] = json.loads(done.stdout[start:])
@@ -167,8 +201,9 @@ def test_mcp_inspector_cli_lists_tools_and_quotes(world: WorldInfo, tmp_path: Pa
     listed = inspector("--method", "tools/list")
     assert {t["name"] for t in listed["tools"]} == TOOLS
     route = world.route("GET", "/v2/report")
-    quoted = inspector("--method", "tools/call", "--tool-name", "x402_quote",
-                       "--tool-arg", f"url={route.url}")
+    quoted = inspector(
+        "--method", "tools/call", "--tool-name", "x402_quote", "--tool-arg", f"url={route.url}"
+    )
     assert quoted["structuredContent"]["price"] == "0.01 USDC"
     assert quoted["structuredContent"]["allowed"] is True
 
@@ -178,8 +213,9 @@ REVISIONS = {"2025-11-25": "legacy", "2026-07-28": "2026-07-28"}
 
 
 def python_client(home: Path, revision: str, **callbacks: Any) -> Client:
-    params = StdioServerParameters(command=SERVER[0], args=SERVER[1:],
-                                   env={**os.environ, "X402_AGENT_HOME": str(home)})
+    params = StdioServerParameters(
+        command=SERVER[0], args=SERVER[1:], env={**os.environ, "X402_AGENT_HOME": str(home)}
+    )
     return Client(params, mode=REVISIONS[revision], **callbacks)
 
 
@@ -189,8 +225,7 @@ def data(result: mcp_types.CallToolResult) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("revision", sorted(REVISIONS))
-def test_session_allowance_holds_per_connection(world: WorldInfo, tmp_path: Path,
-                                                revision: str) -> None:
+def test_session_allowance_holds_per_connection(world: WorldInfo, tmp_path: Path, revision: str) -> None:
     route = world.route("GET", "/v2/weather")  # 0.001: twenty fit the allowance, not 21
     home = home_with(world, tmp_path / "home", session_allowance=20 * route.price_atomic)
 
@@ -217,12 +252,12 @@ def test_approvals_on_both_revisions(world: WorldInfo, tmp_path: Path, revision:
     asked: list[str] = []
 
     def answering(approve: bool) -> Any:
-        async def callback(context: Any, params: mcp_types.ElicitRequestParams
-                           ) -> mcp_types.ElicitResult:
+        async def callback(context: Any, params: mcp_types.ElicitRequestParams) -> mcp_types.ElicitResult:
             asked.append(params.message)
             if approve:
                 return mcp_types.ElicitResult(action="accept", content={"approve": True})
             return mcp_types.ElicitResult(action="decline")
+
         return callback
 
     async def main() -> None:
@@ -241,25 +276,25 @@ def test_approvals_on_both_revisions(world: WorldInfo, tmp_path: Path, revision:
 
 
 @pytest.mark.parametrize("revision", sorted(REVISIONS))
-def test_json_bodies_survive_and_images_are_content(world: WorldInfo, tmp_path: Path,
-                                                    revision: str) -> None:
+def test_json_bodies_survive_and_images_are_content(world: WorldInfo, tmp_path: Path, revision: str) -> None:
     home = home_with(world, tmp_path / "home")
     summarize = world.route("POST", "/v2/summarize").url
     json_text = '{"a": 1, "b": [true, null]}'  # a JSON-looking string the SDK must not coerce
 
     async def main() -> None:
         async with python_client(home, revision) as client:
-            for arguments, sent in (({"json": JSON_DOC},
-                                     json.dumps(JSON_DOC, separators=(",", ":"))),
-                                    ({"body": json_text}, json_text)):
-                posted = await client.call_tool("x402_fetch", {"url": summarize,
-                                                               "method": "POST", **arguments})
+            for arguments, sent in (
+                ({"json": JSON_DOC}, json.dumps(JSON_DOC, separators=(",", ":"))),
+                ({"body": json_text}, json_text),
+            ):
+                posted = await client.call_tool(
+                    "x402_fetch", {"url": summarize, "method": "POST", **arguments}
+                )
                 assert not posted.is_error, posted.content
                 echoed = json.loads(data(posted)["body"])
                 assert data(posted)["paid"] is True
                 assert echoed["sha256"] == hashlib.sha256(sent.encode()).hexdigest()
-            image = await client.call_tool("x402_fetch",
-                                           {"url": world.route("GET", "/v2/image").url})
+            image = await client.call_tool("x402_fetch", {"url": world.route("GET", "/v2/image").url})
             assert data(image)["body_encoding"] == "content" and data(image)["body"] == ""
             (block,) = [b for b in image.content if isinstance(b, mcp_types.ImageContent)]
             assert block.mime_type == "image/png" and block.data
@@ -269,10 +304,8 @@ def test_json_bodies_survive_and_images_are_content(world: WorldInfo, tmp_path: 
     asyncio.run(main())
 
 
-
 @pytest.mark.parametrize("revision", sorted(REVISIONS))
-def test_progress_and_logging_reach_python_hosts(world: WorldInfo, tmp_path: Path,
-                                                 revision: str) -> None:
+def test_progress_and_logging_reach_python_hosts(world: WorldInfo, tmp_path: Path, revision: str) -> None:
     home = home_with(world, tmp_path / "home")
     route = world.route("GET", "/v2/weather")
     logged: list[str] = []
@@ -286,13 +319,10 @@ def test_progress_and_logging_reach_python_hosts(world: WorldInfo, tmp_path: Pat
 
     async def main() -> None:
         # On 2026-07-28 a host opts in to log messages per request (log_level).
-        async with python_client(home, revision, logging_callback=on_log,
-                                 log_level="info") as client:
-            paid = await client.call_tool("x402_fetch", {"url": route.url},
-                                          progress_callback=on_progress)
+        async with python_client(home, revision, logging_callback=on_log, log_level="info") as client:
+            paid = await client.call_tool("x402_fetch", {"url": route.url}, progress_callback=on_progress)
             assert data(paid)["paid"] is True
-            refused = await client.call_tool("x402_fetch",
-                                             {"url": world.route("GET", "/v2/premium").url})
+            refused = await client.call_tool("x402_fetch", {"url": world.route("GET", "/v2/premium").url})
             assert data(refused)["reason"] == "per_request_cap_exceeded"
 
     asyncio.run(main())
@@ -308,8 +338,7 @@ def test_an_expired_session_is_renewed_not_stuck(world: WorldInfo, tmp_path: Pat
     lifetime = 2
     policy_data = devnet_policy(world).model_dump(by_alias=True)
     policy_data["sessions"]["default"]["lifetime_seconds"] = lifetime
-    home = provision_devnet_home(world, tmp_path / "home",
-                                 policy=Policy.model_validate(policy_data)).root
+    home = provision_devnet_home(world, tmp_path / "home", policy=Policy.model_validate(policy_data)).root
     url = world.route("GET", "/v2/weather").url
 
     async def main() -> None:
@@ -343,10 +372,10 @@ def test_http_sessions_follow_the_host(world: WorldInfo, tmp_path: Path, revisio
     named = {"x402-agent/session": "host-chat-42"}
 
     async def fetch_on_new_connection(url: str, token: str, meta: Any = None) -> str:
-        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
-                                      timeout=60) as http, \
-                Client(streamable_http_client(url, http_client=http),
-                       mode=REVISIONS[revision]) as client:
+        async with (
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
+            Client(streamable_http_client(url, http_client=http), mode=REVISIONS[revision]) as client,
+        ):
             result = await client.call_tool("x402_fetch", {"url": route.url}, meta=meta)
             return "paid" if data(result).get("paid") else str(data(result)["reason"])
 

@@ -91,8 +91,10 @@ def counting_listener() -> Iterator[Listener]:
             head = self.request.recv(65536)
             with listener.lock:
                 listener.heads.append(head)
-            self.request.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n"
-                                 b"content-length: 7\r\nconnection: close\r\n\r\nreached")
+            self.request.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n"
+                b"content-length: 7\r\nconnection: close\r\n\r\nreached"
+            )
 
     class V6(_Counting):
         address_family = socket.AF_INET6
@@ -188,85 +190,120 @@ def audit() -> Callable[[], list[Any]]:
 
 
 # ---- the classifier ----------------------------------------------------------------------------
-@pytest.mark.parametrize(("host", "address", "rule"), [
-    ("127.1", "127.0.0.1", "loopback"),
-    ("2130706433", "127.0.0.1", "loopback"),
-    ("0x7f000001", "127.0.0.1", "loopback"),
-    ("0X7F000001", "127.0.0.1", "loopback"),
-    ("0177.0.0.1", "127.0.0.1", "loopback"),
-    ("0x7f.0.0.1", "127.0.0.1", "loopback"),
-    ("127.0.1", "127.0.0.1", "loopback"),
-    ("127.0.0.1.", "127.0.0.1", "loopback"),
-    ("[::1]", "::1", "loopback"),
-    ("::ffff:127.0.0.1", "::ffff:7f00:1", "loopback"),
-    ("::ffff:7f00:1", "::ffff:7f00:1", "loopback"),
-    ("0", "0.0.0.0", "unspecified"),
-    ("0.0.0.0", "0.0.0.0", "unspecified"),
-    ("0.1.2.3", "0.1.2.3", "unspecified"),
-    ("::", "::", "unspecified"),
-    ("169.254.169.254", "169.254.169.254", "metadata"),
-    ("2852039166", "169.254.169.254", "metadata"),  # decimal metadata address
-    ("::ffff:169.254.169.254", "::ffff:a9fe:a9fe", "metadata"),
-    ("fd00:ec2::254", "fd00:ec2::254", "metadata"),
-    ("100.100.100.200", "100.100.100.200", "metadata"),
-    ("169.254.0.1", "169.254.0.1", "link_local"),
-    ("fe80::1", "fe80::1", "link_local"),
-    ("10.0.0.1", "10.0.0.1", "private"),
-    ("012.0.0.1", "10.0.0.1", "private"),  # octal 10
-    ("172.31.255.255", "172.31.255.255", "private"),
-    ("192.168.0.1", "192.168.0.1", "private"),
-    ("0xc0a80001", "192.168.0.1", "private"),
-    ("fc00::1", "fc00::1", "unique_local"),
-    ("fdff::1", "fdff::1", "unique_local"),
-    ("224.0.0.1", "224.0.0.1", "multicast"),
-    ("ff02::1", "ff02::1", "multicast"),
-    ("2002:7f00:1::", "2002:7f00:1::", "loopback"),
-    ("2002:a00:1::", "2002:a00:1::", "private"),
-    ("64:ff9b::7f00:1", "64:ff9b::7f00:1", "loopback"),
-    ("64:ff9b::a9fe:a9fe", "64:ff9b::a9fe:a9fe", "metadata"),
-    ("100.64.0.1", "100.64.0.1", "reserved"),
-    ("240.0.0.1", "240.0.0.1", "private"),
-    ("255.255.255.255", "255.255.255.255", "private"),
-    ("192.0.2.1", "192.0.2.1", "private"),  # documentation
-    ("::7f00:1", "::7f00:1", "reserved"),  # IPv4-compatible (deprecated)
-])
+@pytest.mark.parametrize(
+    ("host", "address", "rule"),
+    [
+        ("127.1", "127.0.0.1", "loopback"),
+        ("2130706433", "127.0.0.1", "loopback"),
+        ("0x7f000001", "127.0.0.1", "loopback"),
+        ("0X7F000001", "127.0.0.1", "loopback"),
+        ("0177.0.0.1", "127.0.0.1", "loopback"),
+        ("0x7f.0.0.1", "127.0.0.1", "loopback"),
+        ("127.0.1", "127.0.0.1", "loopback"),
+        ("127.0.0.1.", "127.0.0.1", "loopback"),
+        ("[::1]", "::1", "loopback"),
+        ("::ffff:127.0.0.1", "::ffff:7f00:1", "loopback"),
+        ("::ffff:7f00:1", "::ffff:7f00:1", "loopback"),
+        ("0", "0.0.0.0", "unspecified"),
+        ("0.0.0.0", "0.0.0.0", "unspecified"),
+        ("0.1.2.3", "0.1.2.3", "unspecified"),
+        ("::", "::", "unspecified"),
+        ("169.254.169.254", "169.254.169.254", "metadata"),
+        ("2852039166", "169.254.169.254", "metadata"),  # decimal metadata address
+        ("::ffff:169.254.169.254", "::ffff:a9fe:a9fe", "metadata"),
+        ("fd00:ec2::254", "fd00:ec2::254", "metadata"),
+        ("100.100.100.200", "100.100.100.200", "metadata"),
+        ("169.254.0.1", "169.254.0.1", "link_local"),
+        ("fe80::1", "fe80::1", "link_local"),
+        ("10.0.0.1", "10.0.0.1", "private"),
+        ("012.0.0.1", "10.0.0.1", "private"),  # octal 10
+        ("172.31.255.255", "172.31.255.255", "private"),
+        ("192.168.0.1", "192.168.0.1", "private"),
+        ("0xc0a80001", "192.168.0.1", "private"),
+        ("fc00::1", "fc00::1", "unique_local"),
+        ("fdff::1", "fdff::1", "unique_local"),
+        ("224.0.0.1", "224.0.0.1", "multicast"),
+        ("ff02::1", "ff02::1", "multicast"),
+        ("2002:7f00:1::", "2002:7f00:1::", "loopback"),
+        ("2002:a00:1::", "2002:a00:1::", "private"),
+        ("64:ff9b::7f00:1", "64:ff9b::7f00:1", "loopback"),
+        ("64:ff9b::a9fe:a9fe", "64:ff9b::a9fe:a9fe", "metadata"),
+        ("100.64.0.1", "100.64.0.1", "reserved"),
+        ("240.0.0.1", "240.0.0.1", "private"),
+        ("255.255.255.255", "255.255.255.255", "private"),
+        ("192.0.2.1", "192.0.2.1", "private"),  # documentation
+        ("::7f00:1", "::7f00:1", "reserved"),  # IPv4-compatible (deprecated)
+    ],
+)
 def test_every_spelling_is_read_as_the_resolver_does_and_classified(
-        host: str, address: str, rule: str) -> None:
+    host: str, address: str, rule: str
+) -> None:
     found = literal_address(host)
     assert found == ipaddress.ip_address(address)
     assert address_rule(found) == rule
     # The C resolver reads the IPv4 shorthands the same way (no lookup: all numeric).
     if ":" not in host and not host.endswith("."):
-        infos = socket.getaddrinfo(host, 80, socket.AF_INET, socket.SOCK_STREAM,
-                                   flags=socket.AI_NUMERICHOST)
+        infos = socket.getaddrinfo(host, 80, socket.AF_INET, socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
         assert {i[4][0] for i in infos} == {address}
 
 
-@pytest.mark.parametrize("host", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8",
-                                  "2002:808:808::", "64:ff9b::808:808", "134744072"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "8.8.8.8",
+        "1.1.1.1",
+        "2606:4700:4700::1111",
+        "::ffff:8.8.8.8",
+        "2002:808:808::",
+        "64:ff9b::808:808",
+        "134744072",
+    ],
+)
 def test_public_addresses_pass(host: str) -> None:
     found = literal_address(host)
     assert found is not None and address_rule(found) is None
 
 
-@pytest.mark.parametrize("host", ["example.com", "localhost", "1.2.3.4.example", "0x", "x7f",
-                                  "deadbeef", ""])
+@pytest.mark.parametrize("host", ["example.com", "localhost", "1.2.3.4.example", "0x", "x7f", "deadbeef", ""])
 def test_names_are_not_read_as_numbers(host: str) -> None:
     assert literal_address(host) is None
 
 
-@pytest.mark.parametrize(("entry", "normal"), [
-    ("127.0.0.1:4021", "127.0.0.1:4021"), ("LocalHost:80", "localhost:80"),
-    ("10.0.0.0/8", "10.0.0.0/8"), ("[::1]:8080", "[::1]:8080"), ("[fd00::]", "[fd00::]"),
-    ("fd00::/8", "fd00::/8"), ("*.corp.example", "*.corp.example"), ("192.168.1.7", "192.168.1.7"),
-])
+@pytest.mark.parametrize(
+    ("entry", "normal"),
+    [
+        ("127.0.0.1:4021", "127.0.0.1:4021"),
+        ("LocalHost:80", "localhost:80"),
+        ("10.0.0.0/8", "10.0.0.0/8"),
+        ("[::1]:8080", "[::1]:8080"),
+        ("[fd00::]", "[fd00::]"),
+        ("fd00::/8", "fd00::/8"),
+        ("*.corp.example", "*.corp.example"),
+        ("192.168.1.7", "192.168.1.7"),
+    ],
+)
 def test_allow_entries_parse(entry: str, normal: str) -> None:
     assert parse_allow_entry(entry).text == normal
 
 
-@pytest.mark.parametrize("entry", ["127.1", "2130706433", "0x7f000001", "10.0.0.1/8",
-                                   "10.0.0.0/8:80", "host:0", "host:70000", "a..b", "http://x",
-                                   "[::1", "a b", "", "::1:99999"])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "127.1",
+        "2130706433",
+        "0x7f000001",
+        "10.0.0.1/8",
+        "10.0.0.0/8:80",
+        "host:0",
+        "host:70000",
+        "a..b",
+        "http://x",
+        "[::1",
+        "a b",
+        "",
+        "::1:99999",
+    ],
+)
 def test_allow_entries_in_odd_forms_are_refused(entry: str) -> None:
     with pytest.raises(ValueError):
         parse_allow_entry(entry)
@@ -276,8 +313,7 @@ def test_policy_field_is_validated_and_left_out_of_old_digests() -> None:
     default = load_policy(ROOT / "policies" / "default.json")
     assert b"private_network" not in default.canonical_json()
     # The digest this document had before the field existed: approvals made then stay valid.
-    assert default.digest == (
-        "sha256:d7dfa0151890ad42f6353e00c8fa13c4b27d1161d5c850da9434bf753f9385d8")
+    assert default.digest == ("sha256:d7dfa0151890ad42f6353e00c8fa13c4b27d1161d5c850da9434bf753f9385d8")
     data = json.loads(default.canonical_json())
     data["private_network"] = {"allow": ["127.1"]}
     with pytest.raises(X402AgentError) as bad:
@@ -292,9 +328,20 @@ def test_policy_field_is_validated_and_left_out_of_old_digests() -> None:
 
 
 # ---- in-process payer and drivers (no chain needed: nothing here is paid) ---------------------
-POLICY = Policy(version=1, assets=(AssetRule(
-    network="eip155:84532", address="0x036CbD53842c5426634e7929541eC2318f3dCF7e", symbol="USDC",
-    decimals=6, eip712_name="USDC", eip712_version="2", per_request_max=1000),))
+POLICY = Policy(
+    version=1,
+    assets=(
+        AssetRule(
+            network="eip155:84532",
+            address="0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+            symbol="USDC",
+            decimals=6,
+            eip712_name="USDC",
+            eip712_version="2",
+            per_request_max=1000,
+        ),
+    ),
+)
 
 
 @pytest.fixture
@@ -312,8 +359,9 @@ def payer(tmp_path: Path) -> Iterator[Callable[..., Payer]]:
         ledger.close()
 
 
-def fetch(payer: Payer, url: str, driver: str, resolver: Resolver | None = None,
-          http: Any = None, **request: Any) -> Any:
+def fetch(
+    payer: Payer, url: str, driver: str, resolver: Resolver | None = None, http: Any = None, **request: Any
+) -> Any:
     req = FetchRequest(url=url, **request)
     if driver == "sync":
         with X402Client(payer, http=http, resolver=resolver) as client:
@@ -328,7 +376,8 @@ def fetch(payer: Payer, url: str, driver: str, resolver: Resolver | None = None,
 
 @pytest.mark.parametrize("driver", ["sync", "async"])
 def test_drivers_refuse_every_spelling_before_connecting(
-        payer: Callable[..., Payer], listener: Listener, audit: Callable[[], list[Any]], driver: str) -> None:
+    payer: Callable[..., Payer], listener: Listener, audit: Callable[[], list[Any]], driver: str
+) -> None:
     """Also the control: the listener's own address, opted in, is reached (and counted)."""
     guarded = payer()
     audit()
@@ -364,8 +413,10 @@ class Redirector:
             def handle(self) -> None:
                 self.request.recv(65536)
                 redirector.hits += 1
-                self.request.sendall(f"HTTP/1.1 302 Found\r\nlocation: {redirector.target}\r\n"
-                                     "content-length: 0\r\nconnection: close\r\n\r\n".encode())
+                self.request.sendall(
+                    f"HTTP/1.1 302 Found\r\nlocation: {redirector.target}\r\n"
+                    "content-length: 0\r\nconnection: close\r\n\r\n".encode()
+                )
 
         self.server = _Counting(("127.0.0.1", 0), Handler)
         self.port = int(self.server.server_address[1])
@@ -385,16 +436,19 @@ def redirector() -> Iterator[Redirector]:
 
 @pytest.mark.parametrize("driver", ["sync", "async"])
 def test_a_redirect_from_an_opted_in_host_into_the_private_network_is_refused(
-        payer: Callable[..., Payer], listener: Listener, redirector: Redirector, driver: str) -> None:
+    payer: Callable[..., Payer], listener: Listener, redirector: Redirector, driver: str
+) -> None:
     opted = payer(f"127.0.0.1:{redirector.port}")  # the redirector only
     start = f"http://127.0.0.1:{redirector.port}/start"
     p = listener.port
-    for target, rule in ((f"http://127.0.0.1:{p}/x", "loopback"),
-                         (f"http://2130706433:{p}/x", "loopback"),
-                         (f"http://[::1]:{p}/x", "loopback"),
-                         (f"http://[::ffff:127.0.0.2]:{p}/x", "loopback"),
-                         ("http://169.254.169.254/latest/meta-data/", "metadata"),
-                         (f"http://192.168.1.1:{p}/x", "private")):
+    for target, rule in (
+        (f"http://127.0.0.1:{p}/x", "loopback"),
+        (f"http://2130706433:{p}/x", "loopback"),
+        (f"http://[::1]:{p}/x", "loopback"),
+        (f"http://[::ffff:127.0.0.2]:{p}/x", "loopback"),
+        ("http://169.254.169.254/latest/meta-data/", "metadata"),
+        (f"http://192.168.1.1:{p}/x", "private"),
+    ):
         redirector.target = target
         with pytest.raises(PrivateAddressRefused) as refused:
             fetch(opted, start, driver)
@@ -422,7 +476,8 @@ class Rebinding:
 
 @pytest.mark.parametrize("driver", ["sync", "async"])
 def test_a_rebinding_name_reaches_only_the_checked_address(
-        payer: Callable[..., Payer], listener: Listener, driver: str) -> None:
+    payer: Callable[..., Payer], listener: Listener, driver: str
+) -> None:
     p = listener.port
     opted = payer(f"127.0.0.1:{p}")
     resolver = Rebinding("127.0.0.1", "127.0.0.2")
@@ -442,13 +497,15 @@ def test_a_rebinding_name_reaches_only_the_checked_address(
 
 @pytest.mark.parametrize("driver", ["sync", "async"])
 def test_names_resolving_to_private_addresses_are_refused(
-        payer: Callable[..., Payer], listener: Listener, driver: str) -> None:
+    payer: Callable[..., Payer], listener: Listener, driver: str
+) -> None:
     guarded = payer()
     p = listener.port
     # The system resolver: localhost (and this machine's name, when it answers loopback).
     names = ["localhost"] + [socket.gethostname()] * all(
         address_rule(ipaddress.ip_address(i[4][0])) == "loopback"
-        for i in socket.getaddrinfo(socket.gethostname(), p))
+        for i in socket.getaddrinfo(socket.gethostname(), p)
+    )
     for name in names:
         with pytest.raises(PrivateAddressRefused) as refused:
             fetch(guarded, f"http://{name}:{p}/x", driver)
@@ -456,15 +513,15 @@ def test_names_resolving_to_private_addresses_are_refused(
     # A name answering one public and one private address is refused as a whole.
     both = payer()
     with pytest.raises(PrivateAddressRefused) as refused:
-        fetch(both, f"http://split.example:{p}/x", driver,
-              lambda host, port: ["93.184.215.14", "10.0.0.7"])
+        fetch(both, f"http://split.example:{p}/x", driver, lambda host, port: ["93.184.215.14", "10.0.0.7"])
     assert refused.value.details["address"] == "10.0.0.7"
     assert listener.total == 0
 
 
 @pytest.mark.parametrize("driver", ["sync", "async"])
 def test_every_redirect_hop_is_looked_up_and_checked_again(
-        payer: Callable[..., Payer], redirector: Redirector, driver: str) -> None:
+    payer: Callable[..., Payer], redirector: Redirector, driver: str
+) -> None:
     opted = payer(f"127.0.0.1:{redirector.port}")
     resolver = Rebinding("127.0.0.1", "127.0.0.2")
     redirector.target = "/next"  # same origin: followed, and looked up again
@@ -483,24 +540,32 @@ def _certificate(name: str, directory: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     cert_file, key_file = directory / "cert.pem", directory / "key.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return cert_file, key_file
 
 
 @pytest.mark.parametrize("driver", ["sync", "async"])
-def test_tls_to_the_pinned_address_still_verifies_the_name(tmp_path: Path, payer: Callable[..., Payer],
-        driver: str) -> None:
+def test_tls_to_the_pinned_address_still_verifies_the_name(
+    tmp_path: Path, payer: Callable[..., Payer], driver: str
+) -> None:
     """Connected to 127.0.0.1, the client sends the name as SNI and checks the certificate
     against it: the right name is fetched, a certificate for another name is refused."""
     cert_file, key_file = _certificate("shop.example", tmp_path)
@@ -508,8 +573,7 @@ def test_tls_to_the_pinned_address_still_verifies_the_name(tmp_path: Path, payer
     server_context.load_cert_chain(cert_file, key_file)
     names: list[str | None] = []
 
-    def remember(sock: ssl.SSLObject | ssl.SSLSocket, name: str | None,
-                 context: ssl.SSLContext) -> None:
+    def remember(sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, context: ssl.SSLContext) -> None:
         names.append(name)
 
     server_context.sni_callback = remember  # type: ignore[assignment]
@@ -519,8 +583,7 @@ def test_tls_to_the_pinned_address_still_verifies_the_name(tmp_path: Path, payer
             try:
                 with server_context.wrap_socket(self.request, server_side=True) as tls:
                     tls.recv(65536)
-                    tls.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n"
-                                b"connection: close\r\n\r\nok")
+                    tls.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
             except (ssl.SSLError, OSError):
                 pass  # the client refused our certificate
 
@@ -535,15 +598,17 @@ def test_tls_to_the_pinned_address_still_verifies_the_name(tmp_path: Path, payer
 
     try:
         for name, expected in (("shop.example", 200), ("other.example", None)):
-            http: Any = (httpx.Client(verify=client_context) if driver == "sync"
-                         else httpx.AsyncClient(verify=client_context))
+            http: Any = (
+                httpx.Client(verify=client_context)
+                if driver == "sync"
+                else httpx.AsyncClient(verify=client_context)
+            )
             if expected is None:
                 with pytest.raises(X402AgentError) as failed:
                     fetch(opted, f"https://{name}:{port}/x", driver, to_loopback, http)
                 assert failed.value.reason == "upstream_unreachable"
             else:
-                assert fetch(opted, f"https://{name}:{port}/x", driver, to_loopback,
-                             http).content == b"ok"
+                assert fetch(opted, f"https://{name}:{port}/x", driver, to_loopback, http).content == b"ok"
         assert names == ["shop.example", "other.example"]
     finally:
         server.shutdown()
@@ -559,8 +624,10 @@ def home(world: WorldInfo, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_devnet_home_opts_in_its_own_apis_only(world: WorldInfo, home: Path) -> None:
     policy = load_policy(home / "policy.json")
-    assert set(policy.private_allow) == {world.api_url.removeprefix("http://"),
-                                         world.v1_api_url.removeprefix("http://")}
+    assert set(policy.private_allow) == {
+        world.api_url.removeprefix("http://"),
+        world.v1_api_url.removeprefix("http://"),
+    }
 
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -568,16 +635,27 @@ def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_cli_refuses_every_spelling_before_connecting(world: WorldInfo, home: Path,
-                                                      listener: Listener) -> None:
+def test_cli_refuses_every_spelling_before_connecting(
+    world: WorldInfo, home: Path, listener: Listener
+) -> None:
     cases = [(url, rule, ()) for url, rule in spellings(listener.port)]
-    cases.append((world.rpc_url, "loopback", ("-X", "POST", "-d",
-                  '{"jsonrpc":"2.0","id":1,"method":"eth_accounts","params":[]}',
-                  "-H", "content-type: application/json")))
+    cases.append(
+        (
+            world.rpc_url,
+            "loopback",
+            (
+                "-X",
+                "POST",
+                "-d",
+                '{"jsonrpc":"2.0","id":1,"method":"eth_accounts","params":[]}',
+                "-H",
+                "content-type: application/json",
+            ),
+        )
+    )
     cases.append((f"http://127.1:{listener.port}/x", "loopback", ("-X", "POST", "-d", "x")))
     with ThreadPoolExecutor(max_workers=4) as pool:
-        runs = list(pool.map(lambda case: _cli(home, "fetch", case[0], "--json", *case[2]),
-                             cases))
+        runs = list(pool.map(lambda case: _cli(home, "fetch", case[0], "--json", *case[2]), cases))
     for (url, rule, _), done in zip(cases, runs, strict=True):
         assert done.returncode in (1, 2), (url, done.stdout, done.stderr)
         assert_refused(url, rule, json.loads(done.stdout))
@@ -587,21 +665,24 @@ def test_cli_refuses_every_spelling_before_connecting(world: WorldInfo, home: Pa
     assert free.returncode == 0, free.stderr
 
 
-def test_mcp_refuses_every_spelling_before_connecting(world: WorldInfo, home: Path,
-                                                      listener: Listener, tmp_path: Path) -> None:
-    params = StdioServerParameters(command=CLI[0], args=[*CLI[1:], "mcp"],
-                                   env={**os.environ, "X402_AGENT_HOME": str(home)})
+def test_mcp_refuses_every_spelling_before_connecting(
+    world: WorldInfo, home: Path, listener: Listener, tmp_path: Path
+) -> None:
+    params = StdioServerParameters(
+        command=CLI[0], args=[*CLI[1:], "mcp"], env={**os.environ, "X402_AGENT_HOME": str(home)}
+    )
 
     async def main() -> None:
         with (tmp_path / "err.log").open("w") as err:
-            async with stdio_client(params, errlog=err) as (read, write), \
-                    ClientSession(read, write) as session:
+            async with (
+                stdio_client(params, errlog=err) as (read, write),
+                ClientSession(read, write) as session,
+            ):
                 await session.initialize()
                 calls = [({"url": url}, rule) for url, rule in spellings(listener.port)]
                 # (a JSON-looking body would be parsed into an object by the MCP server's
                 # argument handling and refused as the wrong type, before our code runs)
-                calls.append(({"url": world.rpc_url, "method": "POST", "body": "eth_accounts"},
-                              "loopback"))
+                calls.append(({"url": world.rpc_url, "method": "POST", "body": "eth_accounts"}, "loopback"))
                 for tool in ("fetch", "quote"):
                     for arguments, rule in calls:
                         if tool == "quote" and "body" in arguments:
@@ -619,28 +700,38 @@ def test_mcp_refuses_every_spelling_before_connecting(world: WorldInfo, home: Pa
 
 
 def test_langchain_refuses_every_spelling_before_connecting(
-        world: WorldInfo, home: Path, listener: Listener,
-        audit: Callable[[], list[Any]]) -> None:
+    world: WorldInfo, home: Path, listener: Listener, audit: Callable[[], list[Any]]
+) -> None:
     toolkit = X402Toolkit.open(home)
     try:
         fetch_tool = {t.name: t for t in toolkit.get_tools()}["x402_fetch"]
         calls = [{"url": url} for url, _ in spellings(listener.port)]
         rules = [rule for _, rule in spellings(listener.port)]
         # What reached the local chain's RPC before: a JSON-RPC POST through the fetch tool.
-        calls.append({"url": world.rpc_url, "method": "POST", "headers": {
-            "content-type": "application/json"}, "body": json.dumps(
-            {"jsonrpc": "2.0", "id": 1, "method": "eth_sendTransaction", "params": [{}]})})
-        calls.append({"url": f"http://0x7f000001:{listener.port}/x", "method": "POST",
-                      "body": "x"})
+        calls.append(
+            {
+                "url": world.rpc_url,
+                "method": "POST",
+                "headers": {"content-type": "application/json"},
+                "body": json.dumps(
+                    {"jsonrpc": "2.0", "id": 1, "method": "eth_sendTransaction", "params": [{}]}
+                ),
+            }
+        )
+        calls.append({"url": f"http://0x7f000001:{listener.port}/x", "method": "POST", "body": "x"})
         rules += ["loopback", "loopback"]
         audit()
 
         async def asynchronously() -> list[Any]:
-            return [await fetch_tool.ainvoke({"name": "x402_fetch", "args": args, "id": "a",
-                                              "type": "tool_call"}) for args in calls]
+            return [
+                await fetch_tool.ainvoke({"name": "x402_fetch", "args": args, "id": "a", "type": "tool_call"})
+                for args in calls
+            ]
 
-        messages = [fetch_tool.invoke({"name": "x402_fetch", "args": args, "id": "s",
-                                       "type": "tool_call"}) for args in calls]
+        messages = [
+            fetch_tool.invoke({"name": "x402_fetch", "args": args, "id": "s", "type": "tool_call"})
+            for args in calls
+        ]
         messages += asyncio.run(asynchronously())
         assert audit() == []  # not one connection attempt, to anything
         for args, rule, message in zip(calls * 2, rules * 2, messages, strict=True):

@@ -40,7 +40,8 @@ def agent(world: WorldInfo, tmp_path: Path, proxy: tuple[FaultyProxy, str]) -> I
 
 
 def test_server_error_after_settlement_is_paid_not_delivered(
-        world: WorldInfo, agent: Agent, proxy: tuple[FaultyProxy, str]) -> None:
+    world: WorldInfo, agent: Agent, proxy: tuple[FaultyProxy, str]
+) -> None:
     faulty, url = proxy
     faulty.mode = "fail_after_settle"
     route = world.route("GET", "/v2/report")
@@ -56,12 +57,12 @@ def test_server_error_after_settlement_is_paid_not_delivered(
     assert record.response_status == 500
     evidence = record.to_receipt()["evidence"]
     assert evidence["delivered"] is False and evidence["status"] == 500
-    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (
-        route.price_atomic)
+    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (route.price_atomic)
 
 
 def test_payment_swallowed_stays_counted_and_a_retry_resends_the_same_authorization(
-        world: WorldInfo, agent: Agent, proxy: tuple[FaultyProxy, str]) -> None:
+    world: WorldInfo, agent: Agent, proxy: tuple[FaultyProxy, str]
+) -> None:
     faulty, url = proxy
     faulty.mode = "swallow"
     route = world.route("GET", "/v2/report")
@@ -82,12 +83,12 @@ def test_payment_swallowed_stays_counted_and_a_retry_resends_the_same_authorizat
     assert outcome.status == 200 and outcome.payment is not None
     assert outcome.payment.id == record.id and outcome.payment.nonce == record.nonce
     assert outcome.payment.state == PaymentState.SETTLED
-    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (
-        route.price_atomic)
+    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (route.price_atomic)
 
 
 def test_authorization_settled_behind_our_back_is_recognised_not_repaid(
-        world: WorldInfo, agent: Agent, proxy: tuple[FaultyProxy, str]) -> None:
+    world: WorldInfo, agent: Agent, proxy: tuple[FaultyProxy, str]
+) -> None:
     faulty, url = proxy
     faulty.mode = "swallow"
     route = world.route("GET", "/v2/weather")
@@ -104,12 +105,12 @@ def test_authorization_settled_behind_our_back_is_recognised_not_repaid(
     assert again.value.details["state"] == "settled"
     (record,) = agent.receipts()
     assert record.state == PaymentState.SETTLED
-    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (
-        route.price_atomic)
+    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (route.price_atomic)
 
 
 def test_expired_unused_authorization_is_released_and_the_key_can_pay_once(
-        world: WorldInfo, agent: Agent, proxy: tuple[FaultyProxy, str]) -> None:
+    world: WorldInfo, agent: Agent, proxy: tuple[FaultyProxy, str]
+) -> None:
     faulty, url = proxy
     faulty.mode = "swallow"
     route = world.route("GET", "/v2/weather")
@@ -128,5 +129,4 @@ def test_expired_unused_authorization_is_released_and_the_key_can_pay_once(
     assert outcome.status == 200 and outcome.payment is not None
     states = sorted(str(r.state) for r in agent.receipts())
     assert states == ["released", "settled"]
-    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (
-        route.price_atomic)
+    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (route.price_atomic)

@@ -55,8 +55,7 @@ def test_v2_get_pays_exactly_the_price_and_keeps_a_receipt(world: WorldInfo, age
 def test_v2_post_binds_the_request_body(world: WorldInfo, agent: Agent) -> None:
     route = world.route("POST", "/v2/summarize")
     body = b'{"text": "pay me to summarise this"}'
-    outcome = agent.fetch(route.url, method="POST", body=body,
-                          headers={"content-type": "application/json"})
+    outcome = agent.fetch(route.url, method="POST", body=body, headers={"content-type": "application/json"})
     assert outcome.status == 200, outcome.content
     assert outcome.payment is not None
     digest = hashlib.sha256(body).hexdigest()
@@ -71,33 +70,35 @@ def test_v1_route_pays_through_the_official_v1_server(world: WorldInfo, agent: A
     assert outcome.status == 200, outcome.content
     assert outcome.payment is not None and outcome.payment.x402_version == 1
     assert outcome.payment.state == PaymentState.SETTLED and outcome.confirmed_on_chain
-    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (
-        route.price_atomic)
+    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (route.price_atomic)
 
 
 def test_v1_post_pays(world: WorldInfo, agent: Agent) -> None:
     route = world.route("POST", "/v1/echo")
-    outcome = agent.fetch(route.url, method="POST", body=b'{"hello": "v1"}',
-                          headers={"content-type": "application/json"})
+    outcome = agent.fetch(
+        route.url, method="POST", body=b'{"hello": "v1"}', headers={"content-type": "application/json"}
+    )
     assert outcome.status == 200, outcome.content
     assert outcome.payment is not None and outcome.payment.amount == route.price_atomic
 
 
 def test_multi_option_route_pays_the_cheapest_option_the_policy_allows(
-        world: WorldInfo, tmp_path: Path) -> None:
+    world: WorldInfo, tmp_path: Path
+) -> None:
     route = world.route("GET", "/v2/multi")
-    allowed = [p for p in route.accepts if p.network == world.network
-               and p.token.address == world.usdc.address]
+    allowed = [
+        p for p in route.accepts if p.network == world.network and p.token.address == world.usdc.address
+    ]
     usdc_only = Agent.open(provision_devnet_home(world, tmp_path / "a"))
-    with_eurc = Agent.open(provision_devnet_home(world, tmp_path / "b",
-                                                 devnet_policy(world, include_eurc=True)))
+    with_eurc = Agent.open(
+        provision_devnet_home(world, tmp_path / "b", devnet_policy(world, include_eurc=True))
+    )
     try:
         quote = usdc_only.quote(route.url)
         assert quote.allowed and len(quote.options) == len(route.accepts) >= 3
         paid = usdc_only.fetch(route.url).payment
         assert paid is not None
-        cheapest_usdc = min(p.amount for p in route.accepts
-                            if p.token.symbol == "USDC")
+        cheapest_usdc = min(p.amount for p in route.accepts if p.token.symbol == "USDC")
         assert paid.amount == cheapest_usdc
         assert paid.asset in {p.asset for p in route.accepts if p.token.symbol == "USDC"}
         assert allowed  # the route offers main-chain USDC too
@@ -145,8 +146,7 @@ def test_async_client_pays_concurrently(world: WorldInfo, agent: Agent) -> None:
     assert asyncio.run(many()) == [200] * 8
     settled = agent.receipts(states=[PaymentState.SETTLED])
     assert len(settled) == 8 and len({r.nonce for r in settled}) == 8
-    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (
-        8 * route.price_atomic)
+    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (8 * route.price_atomic)
 
 
 def test_idempotency_key_never_pays_twice(world: WorldInfo, agent: Agent) -> None:
@@ -156,8 +156,7 @@ def test_idempotency_key_never_pays_twice(world: WorldInfo, agent: Agent) -> Non
     again = agent.fetch(route.url, idempotency_key="order-42")
     assert first.payment is not None and again.payment is not None
     assert again.replayed and again.payment.id == first.payment.id
-    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (
-        route.price_atomic)
+    assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (route.price_atomic)
 
 
 def test_quote_pays_nothing(world: WorldInfo, agent: Agent) -> None:
@@ -182,4 +181,3 @@ def test_unconfigured_rpc_still_pays_but_cannot_confirm(world: WorldInfo, tmp_pa
         agent.close()
     assert outcome.status == 200 and not outcome.confirmed_on_chain
     assert outcome.payment is not None and outcome.payment.state == PaymentState.SETTLED
-

@@ -71,8 +71,12 @@ class AgentAtTerminal:
     def __init__(self, home: Path, url: str) -> None:
         command = shlex.join([sys.executable, "-m", "x402_agent.cli", "fetch", url, "--json"])
         self.proc = subprocess.Popen(
-            ["script", "-eqc", command, "/dev/null"], env={**os.environ, "X402_AGENT_HOME": str(home)},
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            ["script", "-eqc", command, "/dev/null"],
+            env={**os.environ, "X402_AGENT_HOME": str(home)},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         self.type("y\n")
 
     def type(self, text: str) -> None:
@@ -85,14 +89,19 @@ class AgentAtTerminal:
         carries stderr and stdout alike: the answer is the last JSON document)."""
         out, _ = self.proc.communicate(timeout=120)  # closes stdin once the CLI is done
         text = out.decode().replace("\r\n", "\n")
-        answer = json.loads(text[text.rindex("\n{") if "\n{" in text else text.index("{"):])
+        answer = json.loads(text[text.rindex("\n{") if "\n{" in text else text.index("{") :])
         return self.proc.returncode, text, answer
 
 
 def paid_receipts(home: Path) -> list[object]:
-    done = subprocess.run([sys.executable, "-m", "x402_agent.cli", "receipts", "--format", "json"],
-                          env={**os.environ, "X402_AGENT_HOME": str(home)}, capture_output=True,
-                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        [sys.executable, "-m", "x402_agent.cli", "receipts", "--format", "json"],
+        env={**os.environ, "X402_AGENT_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     assert done.returncode == 0, done.stderr
     receipts = json.loads(done.stdout)
     assert isinstance(receipts, list)
@@ -107,15 +116,16 @@ def read_screen(device_simulator: DeviceSimulator, route: RouteInfo, world: Worl
     message = screen.field("Message")
     assert message is not None
     host = route.url.split("://", 1)[1].split("/", 1)[0]
-    assert message.startswith(f"x402-agent pay 0.01 USDC to {route.pay_to} on {world.network} "
-                              f"for GET {host}/v2/report, payment ")
+    assert message.startswith(
+        f"x402-agent pay 0.01 USDC to {route.pay_to} on {world.network} for GET {host}/v2/report, payment "
+    )
     assert message.endswith(", policy v1")
     return message
 
 
 def test_typing_y_under_a_pseudo_terminal_approves_nothing_and_the_person_rejects(
-        world: WorldInfo, home: Path, report: RouteInfo, device_simulator: DeviceSimulator,
-        person: list[Screen]) -> None:
+    world: WorldInfo, home: Path, report: RouteInfo, device_simulator: DeviceSimulator, person: list[Screen]
+) -> None:
     assert report.asset is not None and report.pay_to is not None
     before = token_balance(world.rpc_url, report.asset, report.pay_to)
     agent = AgentAtTerminal(home, report.url)  # "y" is already typed
@@ -134,8 +144,8 @@ def test_typing_y_under_a_pseudo_terminal_approves_nothing_and_the_person_reject
 
 
 def test_the_person_confirms_on_the_device_and_it_pays_once(
-        world: WorldInfo, home: Path, report: RouteInfo, device_simulator: DeviceSimulator,
-        person: list[Screen]) -> None:
+    world: WorldInfo, home: Path, report: RouteInfo, device_simulator: DeviceSimulator, person: list[Screen]
+) -> None:
     assert report.asset is not None and report.pay_to is not None
     before = token_balance(world.rpc_url, report.asset, report.pay_to)
     agent = AgentAtTerminal(home, report.url)
@@ -152,8 +162,8 @@ def test_the_person_confirms_on_the_device_and_it_pays_once(
 
 
 def test_no_device_reachable_means_approval_required_and_nothing_paid(
-        world: WorldInfo, home: Path, report: RouteInfo, device_simulator: DeviceSimulator,
-        person: list[Screen]) -> None:
+    world: WorldInfo, home: Path, report: RouteInfo, device_simulator: DeviceSimulator, person: list[Screen]
+) -> None:
     assert report.asset is not None and report.pay_to is not None
     before = token_balance(world.rpc_url, report.asset, report.pay_to)
     device_simulator.unplug()
@@ -168,19 +178,28 @@ def test_no_device_reachable_means_approval_required_and_nothing_paid(
 
 def _request(world: WorldInfo, route: RouteInfo) -> ApprovalRequest:
     assert route.pay_to is not None
-    return ApprovalRequest(method="GET", url=route.url + "?api_key=s3cret", amount=10_000,
-                           symbol="USDC", decimals=6, network=world.network, pay_to=route.pay_to,
-                           policy_version=1)
+    return ApprovalRequest(
+        method="GET",
+        url=route.url + "?api_key=s3cret",
+        amount=10_000,
+        symbol="USDC",
+        decimals=6,
+        network=world.network,
+        pay_to=route.pay_to,
+        policy_version=1,
+    )
 
 
 def test_nobody_at_the_device_is_approval_required(
-        world: WorldInfo, home: Path, report: RouteInfo, device_simulator: DeviceSimulator,
-        person: list[Screen]) -> None:
+    world: WorldInfo, home: Path, report: RouteInfo, device_simulator: DeviceSimulator, person: list[Screen]
+) -> None:
     opened = open_home(home)
     assert opened.config.device is not None
-    approver = DeviceApprover(PolicyStore(home, expectations(opened)),
-                              [(opened.config.device.type, opened.config.device.path)],
-                              timeout=1.0)
+    approver = DeviceApprover(
+        PolicyStore(home, expectations(opened)),
+        [(opened.config.device.type, opened.config.device.path)],
+        timeout=1.0,
+    )
     with pytest.raises(PolicyDenied) as unanswered:
         approver(_request(world, report))
     assert unanswered.value.reason == "approval_required"
@@ -191,7 +210,8 @@ def test_nobody_at_the_device_is_approval_required(
 
 
 def test_only_the_enrolled_key_approves_a_payment(
-        world: WorldInfo, home: Path, report: RouteInfo, device_simulator: DeviceSimulator) -> None:
+    world: WorldInfo, home: Path, report: RouteInfo, device_simulator: DeviceSimulator
+) -> None:
     enrollment = Enrollment.model_validate_json((home / DEVICE_FILE).read_bytes())
     message = payment_message(_request(world, report), "00112233aabb")
     device = HwiDevice.at("trezor", device_simulator.path)  # auto-approving here
@@ -209,17 +229,34 @@ def test_only_the_enrolled_key_approves_a_payment(
 
 def test_the_line_fits_a_signed_message_and_keeps_amount_payee_and_host() -> None:
     payee = "0x" + "ab" * 20
-    request = ApprovalRequest(method="POST", url="https://api.example.com:8443/" + "p" * 400,
-                              amount=1_234_567, symbol="USDC", decimals=6,
-                              network="eip155:84532", pay_to=payee, policy_version=12)
+    request = ApprovalRequest(
+        method="POST",
+        url="https://api.example.com:8443/" + "p" * 400,
+        amount=1_234_567,
+        symbol="USDC",
+        decimals=6,
+        network="eip155:84532",
+        pay_to=payee,
+        policy_version=12,
+    )
     message = payment_message(request, "0123456789ab")
     assert len(message.encode()) <= 252
-    assert message.startswith(f"x402-agent pay 1.234567 USDC to {payee} on eip155:84532 for "
-                              "POST api.example.com:8443/ppp")
+    assert message.startswith(
+        f"x402-agent pay 1.234567 USDC to {payee} on eip155:84532 for POST api.example.com:8443/ppp"
+    )
     assert message.endswith("..., payment 0123456789ab, policy v12")
     with pytest.raises(PolicyDenied) as too_long:
-        payment_message(ApprovalRequest(method="GET", url=f"https://{'h' * 200}.example/",
-                                        amount=1, symbol="USDC", decimals=6,
-                                        network="eip155:84532", pay_to=payee, policy_version=1),
-                        "0123456789ab")
+        payment_message(
+            ApprovalRequest(
+                method="GET",
+                url=f"https://{'h' * 200}.example/",
+                amount=1,
+                symbol="USDC",
+                decimals=6,
+                network="eip155:84532",
+                pay_to=payee,
+                policy_version=1,
+            ),
+            "0123456789ab",
+        )
     assert too_long.value.reason == "approval_required"

@@ -38,49 +38,64 @@ DAY = 86_400
 
 # --- builders ------------------------------------------------------------------------------
 
+
 def asset_doc(**fields: Any) -> dict[str, Any]:
     """A valid asset rule (USDC on Base), with ``fields`` replaced."""
     doc: dict[str, Any] = {
-        "network": BASE, "address": USDC, "symbol": "USDC", "decimals": 6,
-        "eip712_name": "USD Coin", "eip712_version": "2",
-        "per_request_max": 100_000, "daily_max": 1_000_000, "approval_above": None,
+        "network": BASE,
+        "address": USDC,
+        "symbol": "USDC",
+        "decimals": 6,
+        "eip712_name": "USD Coin",
+        "eip712_version": "2",
+        "per_request_max": 100_000,
+        "daily_max": 1_000_000,
+        "approval_above": None,
     }
     return {**doc, **fields}
 
 
 def tusdc_doc(**fields: Any) -> dict[str, Any]:
-    return asset_doc(network=BASE_SEPOLIA, address=TUSDC, symbol="tUSDC", eip712_name="USDC",
-                     **fields)
+    return asset_doc(network=BASE_SEPOLIA, address=TUSDC, symbol="tUSDC", eip712_name="USDC", **fields)
 
 
-def session_doc(allowance: dict[str, int] | None = None, lifetime: int = 3600,
-                **scope: Any) -> dict[str, Any]:
-    return {"lifetime_seconds": lifetime, "allowance": allowance or {"USDC": 500_000},
-            "scope": scope}
+def session_doc(
+    allowance: dict[str, int] | None = None, lifetime: int = 3600, **scope: Any
+) -> dict[str, Any]:
+    return {"lifetime_seconds": lifetime, "allowance": allowance or {"USDC": 500_000}, "scope": scope}
 
 
 def policy_doc(*assets: dict[str, Any], **fields: Any) -> dict[str, Any]:
     """A minimal valid policy document, with ``fields`` replaced."""
-    return {"schema": "x402-agent/policy/1", "version": 1,
-            "assets": list(assets) or [asset_doc()], **fields}
+    return {"schema": "x402-agent/policy/1", "version": 1, "assets": list(assets) or [asset_doc()], **fields}
 
 
 def full_doc() -> dict[str, Any]:
     """A document that sets every field to a non-default value."""
     return policy_doc(
-        asset_doc(approval_above=50_000), tusdc_doc(daily_max=None),
-        version=7, account=ACCOUNT, chain_id=8453,
+        asset_doc(approval_above=50_000),
+        tusdc_doc(daily_max=None),
+        version=7,
+        account=ACCOUNT,
+        chain_id=8453,
         day={"kind": "calendar", "timezone": "Asia/Kolkata"},
         hosts={"allow": ["api.example.com", "*.example.org"], "deny": ["bad.example.org"]},
         payees={"allow": [PAYEE_A], "deny": [PAYEE_B]},
         networks={"allow": [BASE, BASE_SEPOLIA], "deny": ["eip155:1"]},
         max_payments_per_minute=30,
         circuit_breaker={"max_consecutive_failures": 5},
-        sessions={"default": session_doc(),
-                  "research": session_doc({"USDC": 700_000}, lifetime=8 * 3600,
-                                          hosts=["api.example.com"],
-                                          url_prefixes=["https://api.example.com/v1/"],
-                                          payees=[PAYEE_A], networks=[BASE], assets=["USDC"])},
+        sessions={
+            "default": session_doc(),
+            "research": session_doc(
+                {"USDC": 700_000},
+                lifetime=8 * 3600,
+                hosts=["api.example.com"],
+                url_prefixes=["https://api.example.com/v1/"],
+                payees=[PAYEE_A],
+                networks=[BASE],
+                assets=["USDC"],
+            ),
+        },
         max_authorization_seconds=120,
     )
 
@@ -167,6 +182,7 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
             node[int(last)] = value
         else:
             node[last] = value
+
     return mutate
 
 
@@ -233,9 +249,15 @@ def asset_rules(draw: st.DrawFn, network: str, address: str, symbol: str) -> dic
     per_request = draw(st.integers(min_value=1, max_value=2**63 - 1))
     daily = draw(st.none() | st.integers(min_value=per_request, max_value=2**63 - 1))
     approval = draw(st.none() | st.integers(min_value=0, max_value=per_request - 1))
-    return asset_doc(network=network, address=address, symbol=symbol,
-                     decimals=draw(st.integers(0, 36)), per_request_max=per_request,
-                     daily_max=daily, approval_above=approval)
+    return asset_doc(
+        network=network,
+        address=address,
+        symbol=symbol,
+        decimals=draw(st.integers(0, 36)),
+        per_request_max=per_request,
+        daily_max=daily,
+        approval_above=approval,
+    )
 
 
 @st.composite
@@ -249,9 +271,12 @@ def policy_docs(draw: st.DrawFn) -> dict[str, Any]:
         cap = assets[0]["daily_max"] if lifetime <= DAY and assets[0]["daily_max"] else 2**63 - 1
         sessions[name] = session_doc({"USDC": draw(st.integers(0, cap))}, lifetime)
     return policy_doc(
-        *assets, version=draw(st.integers(1, 2**40)),
-        day={"kind": draw(st.sampled_from(["rolling_24h", "calendar"])),
-             "timezone": draw(st.sampled_from(["UTC", "Asia/Kolkata", "America/New_York"]))},
+        *assets,
+        version=draw(st.integers(1, 2**40)),
+        day={
+            "kind": draw(st.sampled_from(["rolling_24h", "calendar"])),
+            "timezone": draw(st.sampled_from(["UTC", "Asia/Kolkata", "America/New_York"])),
+        },
         max_payments_per_minute=draw(st.none() | st.integers(1, 1000)),
         sessions=sessions,
         max_authorization_seconds=draw(st.integers(10, DAY)),
@@ -270,6 +295,7 @@ def test_random_valid_policies_round_trip(doc: dict[str, Any]) -> None:
 
 
 # --- invalid documents --------------------------------------------------------------------------
+
 
 def _with_asset(**fields: Any) -> Callable[[dict[str, Any]], None]:
     return lambda doc: doc["assets"][0].update(fields)
@@ -291,6 +317,7 @@ def _both(*mutations: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, A
     def mutate(doc: dict[str, Any]) -> None:
         for m in mutations:
             m(doc)
+
     return mutate
 
 
@@ -310,32 +337,42 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     ("bool-amount", _with_asset(approval_above=True), "assets.0.approval_above", ""),
     ("amount-2**63", _with_asset(daily_max=2**63), "assets.0.daily_max", ""),
     ("amount-huge", _with_asset(per_request_max=10**80), "assets.0.per_request_max", ""),
-    ("session-amount-negative", _session(allowance={"USDC": -5}),
-     "sessions.s.allowance.USDC", ""),
+    ("session-amount-negative", _session(allowance={"USDC": -5}), "sessions.s.allowance.USDC", ""),
     ("decimals-37", _with_asset(decimals=37), "assets.0.decimals", ""),
     ("bad-symbol", _with_asset(symbol="1USD"), "assets.0.symbol", ""),
     # contradictions inside one asset
     ("cap-above-daily", _with_asset(per_request_max=2_000_000), "assets.0", "per_request_max"),
     ("approval-equals-cap", _with_asset(approval_above=100_000), "assets.0", "approval_above"),
     ("approval-above-cap", _with_asset(approval_above=100_001), "assets.0", "approval_above"),
-    ("approval-with-zero-cap", _with_asset(per_request_max=0, approval_above=0),
-     "assets.0", "approval_above"),
+    (
+        "approval-with-zero-cap",
+        _with_asset(per_request_max=0, approval_above=0),
+        "assets.0",
+        "approval_above",
+    ),
     # the asset list
     ("no-assets", _with(assets=[]), "assets", ""),
     ("duplicate-asset", _add_asset(asset_doc(per_request_max=5)), "assets.1", "listed twice"),
-    ("duplicate-asset-other-case", _add_asset(asset_doc(address=USDC.lower())),
-     "assets.1", "listed twice"),
+    ("duplicate-asset-other-case", _add_asset(asset_doc(address=USDC.lower())), "assets.1", "listed twice"),
     # the day
-    ("unknown-time-zone", _with(day={"kind": "calendar", "timezone": "Mars/Olympus_Mons"}),
-     "day.timezone", "Mars/Olympus_Mons"),
+    (
+        "unknown-time-zone",
+        _with(day={"kind": "calendar", "timezone": "Mars/Olympus_Mons"}),
+        "day.timezone",
+        "Mars/Olympus_Mons",
+    ),
     ("empty-time-zone", _with(day={"timezone": ""}), "day.timezone", ""),
     ("path-time-zone", _with(day={"timezone": "../../etc/passwd"}), "day.timezone", ""),
     ("unknown-day-kind", _with(day={"kind": "weekly"}), "day.kind", ""),
     # networks: CAIP-2 EVM ids only
     ("v1-network-name", _with_asset(network="base"), "assets.0.network", "CAIP-2"),
     ("v1-network-sepolia", _with_asset(network="base-sepolia"), "assets.0.network", "CAIP-2"),
-    ("non-evm-network", _with_asset(network="solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp"),
-     "assets.0.network", "CAIP-2"),
+    (
+        "non-evm-network",
+        _with_asset(network="solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp"),
+        "assets.0.network",
+        "CAIP-2",
+    ),
     ("chain-zero", _with_asset(network="eip155:0"), "assets.0.network", ""),
     ("chain-leading-zero", _with_asset(network="eip155:08453"), "assets.0.network", ""),
     ("network-list-v1-name", _with(networks={"allow": ["base"]}), "networks.allow.0", ""),
@@ -344,12 +381,15 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     # addresses
     ("address-not-hex", _with_asset(address="0x" + "zz" * 20), "assets.0.address", ""),
     ("address-short", _with_asset(address=USDC[:-2]), "assets.0.address", ""),
-    ("address-mischecksummed", _with_asset(address=MISCHECKSUMMED), "assets.0.address",
-     "checksum"),
+    ("address-mischecksummed", _with_asset(address=MISCHECKSUMMED), "assets.0.address", "checksum"),
     ("account-mischecksummed", _with(account=MISCHECKSUMMED), "account", "checksum"),
     ("payee-not-address", _with(payees={"deny": ["alice.eth"]}), "payees.deny.0", ""),
-    ("scope-payee-mischecksummed", _session(payees=[MISCHECKSUMMED]),
-     "sessions.s.scope.payees.0", "checksum"),
+    (
+        "scope-payee-mischecksummed",
+        _session(payees=[MISCHECKSUMMED]),
+        "sessions.s.scope.payees.0",
+        "checksum",
+    ),
     # host patterns: bare host names or *.domain, nothing else
     ("host-with-scheme", _with(hosts={"allow": ["https://api.example.com"]}), "hosts.allow.0", ""),
     ("host-with-path", _with(hosts={"deny": ["example.com/paid"]}), "hosts.deny.0", ""),
@@ -360,41 +400,77 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     ("host-empty-label", _with(hosts={"deny": ["a..example.com"]}), "hosts.deny.0", ""),
     ("host-bare-wildcard", _with(hosts={"deny": ["*."]}), "hosts.deny.0", ""),
     ("host-empty", _with(hosts={"deny": [""]}), "hosts.deny.0", ""),
-    ("scope-host-with-scheme", _session(hosts=["http://a.example.com"]),
-     "sessions.s.scope.hosts.0", ""),
-    ("url-prefix-no-scheme", _session(url_prefixes=["api.example.com/"]),
-     "sessions.s.scope.url_prefixes.0", ""),
+    ("scope-host-with-scheme", _session(hosts=["http://a.example.com"]), "sessions.s.scope.hosts.0", ""),
+    (
+        "url-prefix-no-scheme",
+        _session(url_prefixes=["api.example.com/"]),
+        "sessions.s.scope.url_prefixes.0",
+        "",
+    ),
     # allowed and denied at once
-    ("host-allowed-and-denied", _with(hosts={"allow": ["Api.Example.com"],
-                                             "deny": ["api.example.com."]}), "hosts", "both"),
-    ("payee-allowed-and-denied", _with(payees={"allow": [PAYEE_A], "deny": [PAYEE_A.lower()]}),
-     "payees", "both"),
-    ("network-allowed-and-denied", _with(networks={"allow": [BASE], "deny": [BASE]}),
-     "networks", "both"),
+    (
+        "host-allowed-and-denied",
+        _with(hosts={"allow": ["Api.Example.com"], "deny": ["api.example.com."]}),
+        "hosts",
+        "both",
+    ),
+    (
+        "payee-allowed-and-denied",
+        _with(payees={"allow": [PAYEE_A], "deny": [PAYEE_A.lower()]}),
+        "payees",
+        "both",
+    ),
+    ("network-allowed-and-denied", _with(networks={"allow": [BASE], "deny": [BASE]}), "networks", "both"),
     # sessions
     ("allowance-unknown-symbol", _session(allowance={"DAI": 1}), "sessions.s.allowance.DAI", ""),
-    ("allowance-unknown-id", _session(allowance={f"eip155:1/{USDC}": 1}),
-     f"sessions.s.allowance.eip155:1/{USDC}", ""),
-    ("allowance-ambiguous-symbol",
-     _both(_add_asset(asset_doc(network=BASE_SEPOLIA, address=TUSDC)), _session()),
-     "sessions.s.allowance.USDC", "ambiguous"),
-    ("allowance-same-asset-twice", _session(allowance={"USDC": 1, f"{BASE}/{USDC}": 2}),
-     f"sessions.s.allowance.{BASE}/{USDC}", "already"),
-    ("allowance-empty", _with(sessions={"s": {"lifetime_seconds": 60, "allowance": {}}}),
-     "sessions.s.allowance", ""),
+    (
+        "allowance-unknown-id",
+        _session(allowance={f"eip155:1/{USDC}": 1}),
+        f"sessions.s.allowance.eip155:1/{USDC}",
+        "",
+    ),
+    (
+        "allowance-ambiguous-symbol",
+        _both(_add_asset(asset_doc(network=BASE_SEPOLIA, address=TUSDC)), _session()),
+        "sessions.s.allowance.USDC",
+        "ambiguous",
+    ),
+    (
+        "allowance-same-asset-twice",
+        _session(allowance={"USDC": 1, f"{BASE}/{USDC}": 2}),
+        f"sessions.s.allowance.{BASE}/{USDC}",
+        "already",
+    ),
+    (
+        "allowance-empty",
+        _with(sessions={"s": {"lifetime_seconds": 60, "allowance": {}}}),
+        "sessions.s.allowance",
+        "",
+    ),
     ("scope-unknown-asset", _session(assets=["USDC", "DAI"]), "sessions.s.scope.assets.1", "DAI"),
-    ("allowance-above-daily-max-24h", _session(allowance={"USDC": 1_000_001}, lifetime=DAY),
-     "sessions.s.allowance.USDC", "daily_max"),
-    ("allowance-above-daily-max-1h", _session(allowance={"USDC": 1_000_001}, lifetime=3600),
-     "sessions.s.allowance.USDC", "daily_max"),
+    (
+        "allowance-above-daily-max-24h",
+        _session(allowance={"USDC": 1_000_001}, lifetime=DAY),
+        "sessions.s.allowance.USDC",
+        "daily_max",
+    ),
+    (
+        "allowance-above-daily-max-1h",
+        _session(allowance={"USDC": 1_000_001}, lifetime=3600),
+        "sessions.s.allowance.USDC",
+        "daily_max",
+    ),
     ("lifetime-zero", _session(lifetime=0), "sessions.s.lifetime_seconds", ""),
     ("lifetime-above-30-days", _session(lifetime=30 * DAY + 1), "sessions.s.lifetime_seconds", ""),
     ("lifetime-float", _session(lifetime=60.0), "sessions.s.lifetime_seconds", ""),
     # the network lists refuse an asset's own network
     ("asset-on-denied-network", _with(networks={"deny": [BASE]}), "assets.0.network", "refuse"),
-    ("asset-not-on-allowed-network",
-     _both(_add_asset(tusdc_doc()), _with(networks={"allow": [BASE]})), "assets.1.network",
-     "refuse"),
+    (
+        "asset-not-on-allowed-network",
+        _both(_add_asset(tusdc_doc()), _with(networks={"allow": [BASE]})),
+        "assets.1.network",
+        "refuse",
+    ),
     # the document itself
     ("version-0", _with(version=0), "version", ""),
     ("version-negative", _with(version=-3), "version", ""),
@@ -406,12 +482,15 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     ("unknown-scope-field", _session(paths=["/x"]), "sessions.s.scope.paths", "Extra"),
     ("unknown-day-field", _with(day={"kind": "calendar", "tz": "UTC"}), "day.tz", "Extra"),
     ("max-auth-too-small", _with(max_authorization_seconds=9), "max_authorization_seconds", ""),
-    ("max-auth-too-large", _with(max_authorization_seconds=DAY + 1),
-     "max_authorization_seconds", ""),
+    ("max-auth-too-large", _with(max_authorization_seconds=DAY + 1), "max_authorization_seconds", ""),
     ("chain-id-zero", _with(chain_id=0), "chain_id", ""),
     ("rate-zero", _with(max_payments_per_minute=0), "max_payments_per_minute", ""),
-    ("breaker-zero", _with(circuit_breaker={"max_consecutive_failures": 0}),
-     "circuit_breaker.max_consecutive_failures", ""),
+    (
+        "breaker-zero",
+        _with(circuit_breaker={"max_consecutive_failures": 0}),
+        "circuit_breaker.max_consecutive_failures",
+        "",
+    ),
 ]
 
 
@@ -424,6 +503,7 @@ def loader(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[bytes], 
         path = tmp_path / "policy.json"
         path.write_bytes(raw)
         return load_policy(path)
+
     return from_file
 
 
@@ -432,11 +512,10 @@ def test_there_are_enough_invalid_cases() -> None:
     assert len({case[0] for case in INVALID}) == len(INVALID)
 
 
-@pytest.mark.parametrize(("mutate", "path", "word"), [c[1:] for c in INVALID],
-                         ids=[c[0] for c in INVALID])
+@pytest.mark.parametrize(("mutate", "path", "word"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
 def test_invalid_policy_is_rejected_naming_the_field(
-        loader: Callable[[bytes], Policy], mutate: Callable[[dict[str, Any]], None], path: str,
-        word: str) -> None:
+    loader: Callable[[bytes], Policy], mutate: Callable[[dict[str, Any]], None], path: str, word: str
+) -> None:
     doc = policy_doc()
     mutate(doc)
     with pytest.raises(ConfigError) as caught:
@@ -447,8 +526,11 @@ def test_invalid_policy_is_rejected_naming_the_field(
     assert word in message, message
 
 
-@pytest.mark.parametrize("raw", [b"", b"{", b"[]", b"null", b"\xff\xfe{}", b'{"version": 1, "x": "\xff"}'],
-                         ids=["empty", "truncated", "array", "null", "utf16-bom", "bad-utf8"])
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"{", b"[]", b"null", b"\xff\xfe{}", b'{"version": 1, "x": "\xff"}'],
+    ids=["empty", "truncated", "array", "null", "utf16-bom", "bad-utf8"],
+)
 def test_unparseable_policy_is_policy_invalid(loader: Callable[[bytes], Policy], raw: bytes) -> None:
     with pytest.raises(ConfigError) as caught:
         loader(raw)
@@ -471,10 +553,14 @@ def test_unreadable_policy_file_is_policy_missing(tmp_path: Path, name: str) -> 
 
 def test_boundary_values_are_accepted() -> None:
     top = 2**63 - 1
-    policy = parse(policy_doc(
-        asset_doc(per_request_max=top, daily_max=top, approval_above=top - 1),
-        version=1, max_authorization_seconds=10,
-        sessions={"s": session_doc({"USDC": top}, lifetime=30 * DAY)}))
+    policy = parse(
+        policy_doc(
+            asset_doc(per_request_max=top, daily_max=top, approval_above=top - 1),
+            version=1,
+            max_authorization_seconds=10,
+            sessions={"s": session_doc({"USDC": top}, lifetime=30 * DAY)},
+        )
+    )
     assert policy.assets[0].daily_max == top
     assert parse(policy_doc(max_authorization_seconds=DAY)).max_authorization_seconds == DAY
     assert parse(policy_doc(asset_doc(per_request_max=0, daily_max=0))).assets[0].daily_max == 0
@@ -486,29 +572,39 @@ def test_allowance_above_daily_max_is_fine_for_sessions_longer_than_a_day() -> N
 
 
 def test_allowance_may_name_an_asset_by_id_or_unique_symbol() -> None:
-    doc = policy_doc(asset_doc(), tusdc_doc(),
-                     sessions={"s": session_doc({f"{BASE}/{USDC.lower()}": 5, "tusdc": 6})})
+    doc = policy_doc(
+        asset_doc(), tusdc_doc(), sessions={"s": session_doc({f"{BASE}/{USDC.lower()}": 5, "tusdc": 6})}
+    )
     policy = parse(doc)
     assert policy.asset(f"{BASE}/{USDC.lower()}") == policy.assets[0]
     assert policy.asset("TUSDC") == policy.assets[1]
 
 
 def test_ambiguous_symbol_needs_the_asset_id() -> None:
-    doc = policy_doc(asset_doc(), asset_doc(network=BASE_SEPOLIA, address=TUSDC),
-                     sessions={"s": session_doc({f"{BASE_SEPOLIA}/{TUSDC}": 5})})
+    doc = policy_doc(
+        asset_doc(),
+        asset_doc(network=BASE_SEPOLIA, address=TUSDC),
+        sessions={"s": session_doc({f"{BASE_SEPOLIA}/{TUSDC}": 5})},
+    )
     policy = parse(doc)
     assert policy.asset("USDC") is None
     assert policy.asset(f"{BASE_SEPOLIA}/{TUSDC}") == policy.assets[1]
 
 
 def test_addresses_and_hosts_are_normalised() -> None:
-    policy = parse(policy_doc(asset_doc(address=USDC.lower()), account=ACCOUNT,
-                              hosts={"allow": ["API.Example.com.", "*.Example.ORG"]}))
+    policy = parse(
+        policy_doc(
+            asset_doc(address=USDC.lower()),
+            account=ACCOUNT,
+            hosts={"allow": ["API.Example.com.", "*.Example.ORG"]},
+        )
+    )
     assert policy.assets[0].address == USDC
     assert policy.hosts.allow == ("api.example.com", "*.example.org")
 
 
 # --- the day window ---------------------------------------------------------------------------
+
 
 def ts(text: str, zone: str = "UTC") -> float:
     """A local wall-clock time in ``zone`` as a Unix time (first occurrence if repeated)."""
@@ -526,30 +622,36 @@ def test_rolling_day_is_exactly_the_last_86400_seconds(now: float) -> None:
     assert DayRule(kind="rolling_24h", timezone="Asia/Kolkata").start(now) == now - 86_400
 
 
-@pytest.mark.parametrize(("zone", "now_utc", "midnight_utc"), [
-    ("UTC", "2026-05-17T13:45:12", "2026-05-17T00:00:00"),
-    ("UTC", "2026-05-17T00:00:00", "2026-05-17T00:00:00"),
-    ("UTC", "2026-05-17T23:59:59", "2026-05-17T00:00:00"),
-    ("Asia/Kolkata", "2026-05-17T13:45:00", "2026-05-16T18:30:00"),  # 00:00 +05:30
-    ("Asia/Kolkata", "2026-05-17T18:29:59", "2026-05-16T18:30:00"),
-    ("Asia/Kolkata", "2026-05-17T18:30:00", "2026-05-17T18:30:00"),
-    ("America/New_York", "2026-01-15T03:00:00", "2026-01-14T05:00:00"),  # EST, -05:00
-    ("America/New_York", "2026-07-15T03:00:00", "2026-07-14T04:00:00"),  # EDT, -04:00
-    ("Asia/Kathmandu", "2026-05-17T12:00:00", "2026-05-16T18:15:00"),  # +05:45
-    ("Pacific/Kiritimati", "2026-05-17T12:00:00", "2026-05-17T10:00:00"),  # +14:00
-])
+@pytest.mark.parametrize(
+    ("zone", "now_utc", "midnight_utc"),
+    [
+        ("UTC", "2026-05-17T13:45:12", "2026-05-17T00:00:00"),
+        ("UTC", "2026-05-17T00:00:00", "2026-05-17T00:00:00"),
+        ("UTC", "2026-05-17T23:59:59", "2026-05-17T00:00:00"),
+        ("Asia/Kolkata", "2026-05-17T13:45:00", "2026-05-16T18:30:00"),  # 00:00 +05:30
+        ("Asia/Kolkata", "2026-05-17T18:29:59", "2026-05-16T18:30:00"),
+        ("Asia/Kolkata", "2026-05-17T18:30:00", "2026-05-17T18:30:00"),
+        ("America/New_York", "2026-01-15T03:00:00", "2026-01-14T05:00:00"),  # EST, -05:00
+        ("America/New_York", "2026-07-15T03:00:00", "2026-07-14T04:00:00"),  # EDT, -04:00
+        ("Asia/Kathmandu", "2026-05-17T12:00:00", "2026-05-16T18:15:00"),  # +05:45
+        ("Pacific/Kiritimati", "2026-05-17T12:00:00", "2026-05-17T10:00:00"),  # +14:00
+    ],
+)
 def test_calendar_day_starts_at_local_midnight(zone: str, now_utc: str, midnight_utc: str) -> None:
     assert calendar(zone).start(ts(now_utc)) == ts(midnight_utc)
 
 
-@pytest.mark.parametrize(("zone", "day", "hours"), [
-    ("America/New_York", "2026-03-08", 23),  # spring forward at 02:00
-    ("America/New_York", "2026-11-01", 25),  # fall back at 02:00
-    ("Europe/London", "2026-03-29", 23),  # BST begins at 01:00
-    ("Europe/London", "2026-10-25", 25),  # BST ends at 02:00
-    ("Asia/Kolkata", "2026-03-08", 24),  # no DST
-    ("Australia/Lord_Howe", "2026-04-05", 24.5),  # half-hour DST
-])
+@pytest.mark.parametrize(
+    ("zone", "day", "hours"),
+    [
+        ("America/New_York", "2026-03-08", 23),  # spring forward at 02:00
+        ("America/New_York", "2026-11-01", 25),  # fall back at 02:00
+        ("Europe/London", "2026-03-29", 23),  # BST begins at 01:00
+        ("Europe/London", "2026-10-25", 25),  # BST ends at 02:00
+        ("Asia/Kolkata", "2026-03-08", 24),  # no DST
+        ("Australia/Lord_Howe", "2026-04-05", 24.5),  # half-hour DST
+    ],
+)
 def test_dst_days_start_at_their_own_midnight(zone: str, day: str, hours: float) -> None:
     rule = calendar(zone)
     midnight = ts(f"{day}T00:00", zone)
@@ -605,16 +707,26 @@ def test_payments_either_side_of_local_midnight_fall_in_different_days(zone: str
     assert before >= rule.start(before)
 
 
-ZONES = ["UTC", "Asia/Kolkata", "America/New_York", "Europe/London", "Australia/Lord_Howe",
-         "America/Santiago", "America/Havana", "Asia/Kathmandu", "Pacific/Chatham",
-         "America/St_Johns", "Pacific/Kiritimati", "Pacific/Apia"]
+ZONES = [
+    "UTC",
+    "Asia/Kolkata",
+    "America/New_York",
+    "Europe/London",
+    "Australia/Lord_Howe",
+    "America/Santiago",
+    "America/Havana",
+    "Asia/Kathmandu",
+    "Pacific/Chatham",
+    "America/St_Johns",
+    "Pacific/Kiritimati",
+    "Pacific/Apia",
+]
 TIMES = st.integers(min_value=int(ts("2000-01-01T00:00")), max_value=int(ts("2040-01-01T00:00")))
 
 
 @settings(max_examples=400, deadline=None)
 @given(now=TIMES, zone=st.sampled_from(ZONES), frac=st.sampled_from([0.0, 0.25, 0.999]))
-def test_calendar_start_is_the_first_instant_of_the_local_day(now: int, zone: str,
-                                                               frac: float) -> None:
+def test_calendar_start_is_the_first_instant_of_the_local_day(now: int, zone: str, frac: float) -> None:
     tz = ZoneInfo(zone)
     start = calendar(zone).start(now + frac)
     assert start <= now + frac
@@ -633,6 +745,7 @@ def test_rolling_start_property(now: int, zone: str) -> None:
 
 def test_day_window_does_not_depend_on_the_machine_zone(monkeypatch: pytest.MonkeyPatch) -> None:
     import time
+
     now = ts("2026-05-17T02:00")
     expected = calendar("Asia/Kolkata").start(now)
     monkeypatch.setenv("TZ", "America/Los_Angeles")
@@ -649,36 +762,42 @@ def test_day_window_does_not_depend_on_the_machine_zone(monkeypatch: pytest.Monk
 
 # --- host patterns --------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("host", "patterns", "expected"), [
-    ("example.com", ("example.com",), True),
-    ("api.example.com", ("example.com",), False),  # exact means exact
-    ("sub.example.com", ("*.example.com",), True),
-    ("a.b.example.com", ("*.example.com",), True),
-    ("example.com", ("*.example.com",), False),  # the wildcard is for subdomains only
-    ("badexample.com", ("*.example.com",), False),
-    ("example.com.evil.net", ("*.example.com",), False),
-    ("example.com.evil.net", ("example.com",), False),
-    ("Sub.EXAMPLE.com", ("*.example.com",), True),  # hosts are case-insensitive
-    ("EXAMPLE.COM", ("example.com",), True),
-    ("example.com.", ("example.com",), True),  # trailing dot: the same host
-    ("sub.example.com.", ("*.example.com",), True),
-    ("example.com.", ("*.example.com",), False),
-    ("other.org", ("example.com", "*.other.org"), False),
-    ("x.other.org", ("example.com", "*.other.org"), True),
-    ("example.com", (), False),
-])
+
+@pytest.mark.parametrize(
+    ("host", "patterns", "expected"),
+    [
+        ("example.com", ("example.com",), True),
+        ("api.example.com", ("example.com",), False),  # exact means exact
+        ("sub.example.com", ("*.example.com",), True),
+        ("a.b.example.com", ("*.example.com",), True),
+        ("example.com", ("*.example.com",), False),  # the wildcard is for subdomains only
+        ("badexample.com", ("*.example.com",), False),
+        ("example.com.evil.net", ("*.example.com",), False),
+        ("example.com.evil.net", ("example.com",), False),
+        ("Sub.EXAMPLE.com", ("*.example.com",), True),  # hosts are case-insensitive
+        ("EXAMPLE.COM", ("example.com",), True),
+        ("example.com.", ("example.com",), True),  # trailing dot: the same host
+        ("sub.example.com.", ("*.example.com",), True),
+        ("example.com.", ("*.example.com",), False),
+        ("other.org", ("example.com", "*.other.org"), False),
+        ("x.other.org", ("example.com", "*.other.org"), True),
+        ("example.com", (), False),
+    ],
+)
 def test_host_matches(host: str, patterns: tuple[str, ...], expected: bool) -> None:
     assert host_matches(host, patterns) is expected
 
 
-@pytest.mark.parametrize(("pattern", "host", "expected"), [
-    ("Example.COM", "example.com", True),
-    ("example.com.", "example.com", True),  # a pattern's trailing dot is dropped at load
-    ("example.com.", "example.com.", True),
-    ("*.Example.com.", "api.example.com", True),
-    ("*.example.com.", "example.com", False),
-])
-def test_host_patterns_from_a_policy_match_as_written(pattern: str, host: str,
-                                                      expected: bool) -> None:
+@pytest.mark.parametrize(
+    ("pattern", "host", "expected"),
+    [
+        ("Example.COM", "example.com", True),
+        ("example.com.", "example.com", True),  # a pattern's trailing dot is dropped at load
+        ("example.com.", "example.com.", True),
+        ("*.Example.com.", "api.example.com", True),
+        ("*.example.com.", "example.com", False),
+    ],
+)
+def test_host_patterns_from_a_policy_match_as_written(pattern: str, host: str, expected: bool) -> None:
     hosts = parse(policy_doc(hosts={"deny": [pattern]})).hosts.deny
     assert host_matches(host, hosts) is expected

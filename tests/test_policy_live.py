@@ -48,10 +48,12 @@ def test_tightening_takes_effect_at_the_next_payment(world: WorldInfo, tmp_path:
         agent.close()
 
 
-@pytest.mark.parametrize("answer, reason", [(True, None), (False, "approval_denied"),
-                                            (None, "approval_required")])
-def test_payments_above_the_threshold_ask_a_human(world: WorldInfo, tmp_path: Path,
-                                                  answer: bool | None, reason: str | None) -> None:
+@pytest.mark.parametrize(
+    "answer, reason", [(True, None), (False, "approval_denied"), (None, "approval_required")]
+)
+def test_payments_above_the_threshold_ask_a_human(
+    world: WorldInfo, tmp_path: Path, answer: bool | None, reason: str | None
+) -> None:
     asked: list[ApprovalRequest] = []
 
     def approver(request: ApprovalRequest) -> bool | None:
@@ -100,8 +102,7 @@ def test_session_allowance_then_daily_limit(world: WorldInfo, tmp_path: Path) ->
     for asset in base["assets"]:
         asset["per_request_max"], asset["daily_max"] = 10_000, 35_000
     base["sessions"]["default"]["allowance"] = {f"{world.network}/{world.usdc.address}": 20_000}
-    agent = Agent.open(provision_devnet_home(world, tmp_path / "home",
-                                             Policy.model_validate(base)))
+    agent = Agent.open(provision_devnet_home(world, tmp_path / "home", Policy.model_validate(base)))
     url = world.route("GET", "/v2/report").url  # 0.01 each
     try:
         first = agent.open_session()

@@ -37,9 +37,15 @@ def budget_for(world: WorldInfo, price: int) -> Policy:
 
 
 def race(home: Path, url: str) -> Counter[str]:
-    workers = [subprocess.Popen([sys.executable, str(WORKER), str(home), url,
-                                 str(ATTEMPTS_EACH)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True) for _ in range(PROCESSES)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(home), url, str(ATTEMPTS_EACH)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(PROCESSES)
+    ]
     for worker in workers:  # wait until every process has opened its agent
         assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
     for worker in workers:
@@ -55,11 +61,11 @@ def race(home: Path, url: str) -> Counter[str]:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_exactly_the_budget_pays(world: WorldInfo, tmp_path: Path, backend: str,
-                                 request: pytest.FixtureRequest) -> None:
+def test_exactly_the_budget_pays(
+    world: WorldInfo, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     route = world.route("GET", "/v2/weather")
-    home = provision_devnet_home(world, tmp_path / "home",
-                                 budget_for(world, route.price_atomic)).root
+    home = provision_devnet_home(world, tmp_path / "home", budget_for(world, route.price_atomic)).root
     if backend == "postgres":
         config = json.loads((home / CONFIG_FILE).read_text())
         config["ledger"] = request.getfixturevalue("postgres_url")
@@ -68,10 +74,10 @@ def test_exactly_the_budget_pays(world: WorldInfo, tmp_path: Path, backend: str,
 
     results = race(home, route.url)
 
-    assert results == Counter({"paid": FITS,
-                               "daily_limit_exceeded": PROCESSES * ATTEMPTS_EACH - FITS})
+    assert results == Counter({"paid": FITS, "daily_limit_exceeded": PROCESSES * ATTEMPTS_EACH - FITS})
     assert token_balance(world.rpc_url, world.usdc.address, route.pay_to) - before == (
-        FITS * route.price_atomic)
+        FITS * route.price_atomic
+    )
     agent = Agent.open(home)
     try:
         settled = agent.receipts(limit=1000, states=[PaymentState.SETTLED])
@@ -86,9 +92,9 @@ CLI_CROWDS = {"sqlite": (1, 30), "postgres": (4, 10)}
 
 
 @pytest.mark.parametrize("backend", list(CLI_CROWDS))
-def test_concurrent_cli_fetches_keep_their_payments(world: WorldInfo, tmp_path: Path,
-                                                    backend: str,
-                                                    request: pytest.FixtureRequest) -> None:
+def test_concurrent_cli_fetches_keep_their_payments(
+    world: WorldInfo, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     route = world.route("GET", "/v2/weather")
     homes_count, each = CLI_CROWDS[backend]
     homes = [provision_devnet_home(world, tmp_path / f"home{i}").root for i in range(homes_count)]
@@ -101,10 +107,17 @@ def test_concurrent_cli_fetches_keep_their_payments(world: WorldInfo, tmp_path: 
     before = token_balance(world.rpc_url, world.usdc.address, route.pay_to)
 
     started = time.monotonic()
-    crowd = [subprocess.Popen([*CLI, "fetch", route.url, "--json"],
-                              env={**os.environ, "X402_AGENT_HOME": str(home)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for home in homes for _ in range(each)]
+    crowd = [
+        subprocess.Popen(
+            [*CLI, "fetch", route.url, "--json"],
+            env={**os.environ, "X402_AGENT_HOME": str(home)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for home in homes
+        for _ in range(each)
+    ]
     done = [(child, *child.communicate(timeout=600)) for child in crowd]
     elapsed = time.monotonic() - started
 
@@ -126,8 +139,9 @@ def test_concurrent_cli_fetches_keep_their_payments(world: WorldInfo, tmp_path: 
     try:
         rows = agent.receipts(limit=1000)
         assert len(rows) == paid_count and all(
-            r.state == PaymentState.SETTLED and r.settlement_tx and r.response_body_sha256
-            and r.delivered for r in rows)
+            r.state == PaymentState.SETTLED and r.settlement_tx and r.response_body_sha256 and r.delivered
+            for r in rows
+        )
         usdc = next(a for a in agent.budget()["assets"] if a["network"] == world.network)
         assert int(usdc["counted_today"]) == moved
     finally:

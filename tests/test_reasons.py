@@ -29,8 +29,7 @@ def literals_in(value: ast.expr | None) -> list[ast.expr]:
     """The string literals a reason expression can evaluate to (both branches of an ``if``)."""
     if isinstance(value, ast.IfExp):
         return literals_in(value.body) + literals_in(value.orelse)
-    if isinstance(value, ast.JoinedStr) or (
-            isinstance(value, ast.Constant) and isinstance(value.value, str)):
+    if isinstance(value, ast.JoinedStr) or (isinstance(value, ast.Constant) and isinstance(value.value, str)):
         return [value]
     return []
 
@@ -60,8 +59,11 @@ def reason_sites() -> tuple[list[str], set[str]]:
                 for key, value in zip(node.keys, node.values, strict=True):
                     if isinstance(key, ast.Constant) and key.value == "reason":
                         found += literals_in(value)
-            elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                  and node.value.id == "Reason"):
+            elif (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "Reason"
+            ):
                 used.add(node.attr)
             literals += [f"{where}:{n.lineno}: {ast.unparse(n)}" for n in found]
     return literals, used
@@ -103,8 +105,7 @@ def test_every_refusal_is_in_the_mcp_tool_description(world: WorldInfo, tmp_path
 
 
 def test_every_refusal_is_in_the_langchain_tool_description() -> None:
-    missing = [r.value for r in Reason
-               if r not in NOT_REFUSALS and r.value not in DESCRIPTIONS["fetch"]]
+    missing = [r.value for r in Reason if r not in NOT_REFUSALS and r.value not in DESCRIPTIONS["fetch"]]
     assert missing == []
 
 
@@ -113,6 +114,7 @@ def test_reasons_doc_is_generated_from_the_enum() -> None:
     assert doc == markdown(), "regenerate: python -m x402_agent.reasons > docs/reasons.md"
     for reason in Reason:
         assert f"| `{reason.value}` |" in doc
-    done = subprocess.run([sys.executable, "-m", "x402_agent.reasons"], capture_output=True,
-                          text=True, timeout=60, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "x402_agent.reasons"], capture_output=True, text=True, timeout=60, check=True
+    )
     assert done.stdout == doc

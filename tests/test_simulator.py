@@ -169,19 +169,46 @@ def b64(hex_signature: str) -> str:
 # ---- vectors ----------------------------------------------------------------------------------
 # trezor-firmware tests/device_tests/bitcoin/test_getpublickey.py, VECTORS_BITCOIN (seed "all" x12)
 XPUB_VECTORS = [
-    ("m/44h/0h/0h", "xpub6BiVtCpG9fQPxnPmHXG8PhtzQdWC2Su4qWu6XW9tpWFYhxydCLJGrWBJZ5H6qTAHdPQ7pQhtpjiYZVZARo14qHiay2fvrX996oEP42u8wZy"),
-    ("m/44h/0h/10h", "xpub6BiVtCpG9fQQR6cSuFeDaSvCDgNvNme499JUGX4RHDiZVWwZy9NwNieWKXHLe8XRbdrEmY87aqztBCbRJkXWV7VJB96XBT5cpkqYMHwvLWB"),
-    ("m/44h/0h/0h/0/0", "xpub6FVDRC1jiWNTuT3embehwSZ1buxRDyZGbTakVCkBr6w2LwpERmYqXyvtrLeJX9hqzLaucS3qJXGekeFsSVCELkbgepp7FVGeH5BYekEgT9x"),
-    ("m/44h/0h/10h/1/100", "xpub6GhTNegKCjTqjYS4HNkPhXHXHNZV2cPC38N7HbpUKexXXuTkjKPnijqKTB7yXidP4JtTUWTuWPTt6P55xi91NPgUp51BnqYzYdNhho4y5j8"),
-    ("m/0h", "xpub68Zyu13qjcQvJXTsnmhH2h2TyPiXAama5bTU8u9iRXyYtS9X9yWvSKij6YGt7JJ2nr5rSGi4KLUW5Z8bTKHqXhbLwqb7smG3Y8j2wy4rmf3"),
+    (
+        "m/44h/0h/0h",
+        "xpub6BiVtCpG9fQPxnPmHXG8PhtzQdWC2Su4qWu6XW9tpWFYhxydCLJGrWBJZ5H6qTAHdPQ7pQhtpjiYZVZARo14qHiay2fvrX996oEP42u8wZy",
+    ),
+    (
+        "m/44h/0h/10h",
+        "xpub6BiVtCpG9fQQR6cSuFeDaSvCDgNvNme499JUGX4RHDiZVWwZy9NwNieWKXHLe8XRbdrEmY87aqztBCbRJkXWV7VJB96XBT5cpkqYMHwvLWB",
+    ),
+    (
+        "m/44h/0h/0h/0/0",
+        "xpub6FVDRC1jiWNTuT3embehwSZ1buxRDyZGbTakVCkBr6w2LwpERmYqXyvtrLeJX9hqzLaucS3qJXGekeFsSVCELkbgepp7FVGeH5BYekEgT9x",
+    ),
+    (
+        "m/44h/0h/10h/1/100",
+        "xpub6GhTNegKCjTqjYS4HNkPhXHXHNZV2cPC38N7HbpUKexXXuTkjKPnijqKTB7yXidP4JtTUWTuWPTt6P55xi91NPgUp51BnqYzYdNhho4y5j8",
+    ),
+    (
+        "m/0h",
+        "xpub68Zyu13qjcQvJXTsnmhH2h2TyPiXAama5bTU8u9iRXyYtS9X9yWvSKij6YGt7JJ2nr5rSGi4KLUW5Z8bTKHqXhbLwqb7smG3Y8j2wy4rmf3",
+    ),
 ]
 # same file, Testnet entry
-TESTNET_XPUB = ("m/44h/1h/0h", "tpubDDKn3FtHc74CaRrRbi1WFdJNaaenZkDWqq9NsEhcafnDZ4VuKeuLG2aKHm5SuwuLgAhRkkfHqcCxpnVNSrs5kJYZXwa6Ud431VnevzzzK3U")
+TESTNET_XPUB = (
+    "m/44h/1h/0h",
+    "tpubDDKn3FtHc74CaRrRbi1WFdJNaaenZkDWqq9NsEhcafnDZ4VuKeuLG2aKHm5SuwuLgAhRkkfHqcCxpnVNSrs5kJYZXwa6Ud431VnevzzzK3U",
+)
 # same file, VECTORS_SCRIPT_TYPES (path m/44h/0h/0, version bytes per script type)
 SCRIPT_TYPE_XPUBS = [
-    (messages.InputScriptType.SPENDADDRESS, "xpub6BiVtCp7ozsRo7kaoYNrCNAVJwPYTQHjoXFD3YS797S55Y42sm2raxPrXQWAJodn7aXnHJdhz433ZJDhyUztHW55WatHeoYUVqui8cYNX8y"),
-    (messages.InputScriptType.SPENDP2SHWITNESS, "ypub6WYmBsV2xgQueQwhduAUQTFzUuXzQ2HEidmRpwKzX7ox8dsG8RCRD23zYcTkJiHhXDeb2nEGSiPbSaqGhBQu5jkgNvaiEiMxmZyMXEvfNco"),
-    (messages.InputScriptType.SPENDWITNESS, "zpub6qP2VY9x7MxPVi8pUFx6cYMVesgSLeGjdkHecLDsu8BqBjgVP5Myq5i8ZpRLJcwcvrmPnFppuNk9KsSqQspusySHFGH8pdBT3J2zujqcVuz"),
+    (
+        messages.InputScriptType.SPENDADDRESS,
+        "xpub6BiVtCp7ozsRo7kaoYNrCNAVJwPYTQHjoXFD3YS797S55Y42sm2raxPrXQWAJodn7aXnHJdhz433ZJDhyUztHW55WatHeoYUVqui8cYNX8y",
+    ),
+    (
+        messages.InputScriptType.SPENDP2SHWITNESS,
+        "ypub6WYmBsV2xgQueQwhduAUQTFzUuXzQ2HEidmRpwKzX7ox8dsG8RCRD23zYcTkJiHhXDeb2nEGSiPbSaqGhBQu5jkgNvaiEiMxmZyMXEvfNco",
+    ),
+    (
+        messages.InputScriptType.SPENDWITNESS,
+        "zpub6qP2VY9x7MxPVi8pUFx6cYMVesgSLeGjdkHecLDsu8BqBjgVP5Myq5i8ZpRLJcwcvrmPnFppuNk9KsSqQspusySHFGH8pdBT3J2zujqcVuz",
+    ),
 ]
 
 # trezor-firmware tests/device_tests/bitcoin/test_signmessage.py, VECTORS and VECTORS_LONG_MESSAGE:
@@ -190,35 +217,111 @@ MESSAGE_NFKD = "Pr\u030ci\u0301s\u030cerne\u030c z\u030clut\u030couc\u030cky\u03
 MESSAGE_NFC = "P\u0159\xed\u0161ern\u011b \u017elu\u0165ou\u010dk\xfd k\u016f\u0148 \xfap\u011bl \u010f\xe1belsk\xe9 \xf3dy z\xe1ke\u0159n\xfd u\u010de\u0148 b\u011b\u017e\xed pod\xe9l z\xf3ny \xfal\u016f"
 S = messages.InputScriptType
 BTC_SIGN_VECTORS = [
-    ("Bitcoin", "m/44h/0h/0h/0/0", S.SPENDADDRESS, False, "1JAd7XCBzGudGpJQSDSfpmJhiygtLQWaGL", EXAMPLE,
-     "20fd8f2f7db5238fcdd077d5204c3e6949c261d700269cefc1d9d2dcef6b95023630ee617f6c8acf9eb40c8edd704c9ca74ea4afc393f43f35b4e8958324cbdd1c"),
-    ("Bitcoin", "m/49h/0h/0h/0/0", S.SPENDP2SHWITNESS, False, "3L6TyTisPBmrDAj6RoKmDzNnj4eQi54gD2", EXAMPLE,
-     "23744de4516fac5c140808015664516a32fead94de89775cec7e24dbc24fe133075ac09301c4cc8e197bea4b6481661d5b8e9bf19d8b7b8a382ecdb53c2ee0750d"),
-    ("Bitcoin", "m/84h/0h/0h/0/0", S.SPENDWITNESS, False, "bc1qannfxke2tfd4l7vhepehpvt05y83v3qsf6nfkk", EXAMPLE,
-     "28b55d7600d9e9a7e2a49155ddf3cfdb8e796c207faab833010fa41fb7828889bc47cf62348a7aaa0923c0832a589fab541e8f12eb54fb711c90e2307f0f66b194"),
-    ("Bitcoin", "m/49h/0h/0h/0/0", S.SPENDP2SHWITNESS, True, "3L6TyTisPBmrDAj6RoKmDzNnj4eQi54gD2", EXAMPLE,
-     "1f744de4516fac5c140808015664516a32fead94de89775cec7e24dbc24fe133075ac09301c4cc8e197bea4b6481661d5b8e9bf19d8b7b8a382ecdb53c2ee0750d"),
-    ("Bitcoin", "m/84h/0h/0h/0/0", S.SPENDWITNESS, True, "bc1qannfxke2tfd4l7vhepehpvt05y83v3qsf6nfkk", EXAMPLE,
-     "20b55d7600d9e9a7e2a49155ddf3cfdb8e796c207faab833010fa41fb7828889bc47cf62348a7aaa0923c0832a589fab541e8f12eb54fb711c90e2307f0f66b194"),
-    ("Bitcoin", "m/44h/0h/0h/0/1", S.SPENDADDRESS, False, "1GWFxtwWmNVqotUPXLcKVL2mUKpshuJYo", MESSAGE_NFKD,
-     "2046a0b46e81492f82e0412c73701b9740e6462c603575ee2d36c7d7b4c20f0f33763ca8cb3027ea8e1ce5e83fda8b6746fea8f5c82655d78fd419e7c766a5e17a"),
-    ("Bitcoin", "m/44h/0h/0h/0/1", S.SPENDADDRESS, False, "1GWFxtwWmNVqotUPXLcKVL2mUKpshuJYo", MESSAGE_NFC,
-     "2046a0b46e81492f82e0412c73701b9740e6462c603575ee2d36c7d7b4c20f0f33763ca8cb3027ea8e1ce5e83fda8b6746fea8f5c82655d78fd419e7c766a5e17a"),
-    ("Bitcoin", "m/44h/0h/0h/0/0", S.SPENDADDRESS, False, "1JAd7XCBzGudGpJQSDSfpmJhiygtLQWaGL", "VeryLongMessage!" * 64,
-     "200a46476ceb84d06ef5784828026f922c8815f57aac837b8c013007ca8a8460db63ef917dbebaebd108b1c814bbeea6db1f2b2241a958e53fe715cc86b199d9c3"),
-    ("Testnet", "m/44h/1h/0h/0/0", S.SPENDADDRESS, False, "mvbu1Gdy8SUjTenqerxUaZyYjmveZvt33q", EXAMPLE,
-     "2030cd7f116c0481d1936cfef48137fd23ee56aaf00787bfa08a94837466ec9909390c3efacfc56bae5782f1db4cf49ae05f242b5f62a47f871ec46bf1a3253e7f"),
-    ("Testnet", "m/49h/1h/0h/0/0", S.SPENDP2SHWITNESS, False, "2N4Q5FhU2497BryFfUgbqkAJE87aKHUhXMp", EXAMPLE,
-     "23ef39fd388c3425d6aaa04274dcd5c7dd4c283a411b616443474fbcde5dd966050d91bc7c57e9578f28efdd84c9a9bcba415f93c5727b5d3f2bf3de46d7084896"),
-    ("Testnet", "m/84h/1h/0h/0/0", S.SPENDWITNESS, False, "tb1qkvwu9g3k2pdxewfqr7syz89r3gj557l3uuf9r9", EXAMPLE,
-     "27758b3393396ad9fe48f6ce81f63410145e7b2b69a5dfc1d48b5e6e623e91e08e3afb60bda1546f9c6f9fb5bd0a41887b784c266036dd4b4015a0abc1137daa1d"),
+    (
+        "Bitcoin",
+        "m/44h/0h/0h/0/0",
+        S.SPENDADDRESS,
+        False,
+        "1JAd7XCBzGudGpJQSDSfpmJhiygtLQWaGL",
+        EXAMPLE,
+        "20fd8f2f7db5238fcdd077d5204c3e6949c261d700269cefc1d9d2dcef6b95023630ee617f6c8acf9eb40c8edd704c9ca74ea4afc393f43f35b4e8958324cbdd1c",
+    ),
+    (
+        "Bitcoin",
+        "m/49h/0h/0h/0/0",
+        S.SPENDP2SHWITNESS,
+        False,
+        "3L6TyTisPBmrDAj6RoKmDzNnj4eQi54gD2",
+        EXAMPLE,
+        "23744de4516fac5c140808015664516a32fead94de89775cec7e24dbc24fe133075ac09301c4cc8e197bea4b6481661d5b8e9bf19d8b7b8a382ecdb53c2ee0750d",
+    ),
+    (
+        "Bitcoin",
+        "m/84h/0h/0h/0/0",
+        S.SPENDWITNESS,
+        False,
+        "bc1qannfxke2tfd4l7vhepehpvt05y83v3qsf6nfkk",
+        EXAMPLE,
+        "28b55d7600d9e9a7e2a49155ddf3cfdb8e796c207faab833010fa41fb7828889bc47cf62348a7aaa0923c0832a589fab541e8f12eb54fb711c90e2307f0f66b194",
+    ),
+    (
+        "Bitcoin",
+        "m/49h/0h/0h/0/0",
+        S.SPENDP2SHWITNESS,
+        True,
+        "3L6TyTisPBmrDAj6RoKmDzNnj4eQi54gD2",
+        EXAMPLE,
+        "1f744de4516fac5c140808015664516a32fead94de89775cec7e24dbc24fe133075ac09301c4cc8e197bea4b6481661d5b8e9bf19d8b7b8a382ecdb53c2ee0750d",
+    ),
+    (
+        "Bitcoin",
+        "m/84h/0h/0h/0/0",
+        S.SPENDWITNESS,
+        True,
+        "bc1qannfxke2tfd4l7vhepehpvt05y83v3qsf6nfkk",
+        EXAMPLE,
+        "20b55d7600d9e9a7e2a49155ddf3cfdb8e796c207faab833010fa41fb7828889bc47cf62348a7aaa0923c0832a589fab541e8f12eb54fb711c90e2307f0f66b194",
+    ),
+    (
+        "Bitcoin",
+        "m/44h/0h/0h/0/1",
+        S.SPENDADDRESS,
+        False,
+        "1GWFxtwWmNVqotUPXLcKVL2mUKpshuJYo",
+        MESSAGE_NFKD,
+        "2046a0b46e81492f82e0412c73701b9740e6462c603575ee2d36c7d7b4c20f0f33763ca8cb3027ea8e1ce5e83fda8b6746fea8f5c82655d78fd419e7c766a5e17a",
+    ),
+    (
+        "Bitcoin",
+        "m/44h/0h/0h/0/1",
+        S.SPENDADDRESS,
+        False,
+        "1GWFxtwWmNVqotUPXLcKVL2mUKpshuJYo",
+        MESSAGE_NFC,
+        "2046a0b46e81492f82e0412c73701b9740e6462c603575ee2d36c7d7b4c20f0f33763ca8cb3027ea8e1ce5e83fda8b6746fea8f5c82655d78fd419e7c766a5e17a",
+    ),
+    (
+        "Bitcoin",
+        "m/44h/0h/0h/0/0",
+        S.SPENDADDRESS,
+        False,
+        "1JAd7XCBzGudGpJQSDSfpmJhiygtLQWaGL",
+        "VeryLongMessage!" * 64,
+        "200a46476ceb84d06ef5784828026f922c8815f57aac837b8c013007ca8a8460db63ef917dbebaebd108b1c814bbeea6db1f2b2241a958e53fe715cc86b199d9c3",
+    ),
+    (
+        "Testnet",
+        "m/44h/1h/0h/0/0",
+        S.SPENDADDRESS,
+        False,
+        "mvbu1Gdy8SUjTenqerxUaZyYjmveZvt33q",
+        EXAMPLE,
+        "2030cd7f116c0481d1936cfef48137fd23ee56aaf00787bfa08a94837466ec9909390c3efacfc56bae5782f1db4cf49ae05f242b5f62a47f871ec46bf1a3253e7f",
+    ),
+    (
+        "Testnet",
+        "m/49h/1h/0h/0/0",
+        S.SPENDP2SHWITNESS,
+        False,
+        "2N4Q5FhU2497BryFfUgbqkAJE87aKHUhXMp",
+        EXAMPLE,
+        "23ef39fd388c3425d6aaa04274dcd5c7dd4c283a411b616443474fbcde5dd966050d91bc7c57e9578f28efdd84c9a9bcba415f93c5727b5d3f2bf3de46d7084896",
+    ),
+    (
+        "Testnet",
+        "m/84h/1h/0h/0/0",
+        S.SPENDWITNESS,
+        False,
+        "tb1qkvwu9g3k2pdxewfqr7syz89r3gj557l3uuf9r9",
+        EXAMPLE,
+        "27758b3393396ad9fe48f6ce81f63410145e7b2b69a5dfc1d48b5e6e623e91e08e3afb60bda1546f9c6f9fb5bd0a41887b784c266036dd4b4015a0abc1137daa1d",
+    ),
 ]
 # The subset HWI can ask for: HWI always signs with script type SPENDADDRESS (header 31 + recid),
 # which equals the firmware's no_script_type result; (chain, path, message, signature hex).
 EXAMPLE_SIGNATURE = {"signature": b64(BTC_SIGN_VECTORS[0][6])}  # HWI's answer, m/44h/0h/0h/0/0
 HWI_SIGN_VECTORS = [
-    (Chain.MAIN, v[1], v[5], v[6]) for v in BTC_SIGN_VECTORS
-    if v[2] == S.SPENDADDRESS or v[3]
+    (Chain.MAIN, v[1], v[5], v[6]) for v in BTC_SIGN_VECTORS if v[2] == S.SPENDADDRESS or v[3]
 ] + [(Chain.TEST, v[1], v[5], v[6]) for v in BTC_SIGN_VECTORS if v[0] == "Testnet" and v[2] == S.SPENDADDRESS]
 
 # trezor-firmware common/tests/fixtures/ethereum/getaddress.json (seed "all" x12)
@@ -232,68 +335,141 @@ ETH_ADDRESS_VECTORS = [
 
 # trezor-firmware common/tests/fixtures/ethereum/signmessage.json (path m/44'/60'/0'/0/0)
 ETH_MESSAGE_VECTORS = [
-    (EXAMPLE, "af4eac50f21acc6daeb0ab036f616f5d19fccade46e47100642b3dfc798c9b740d5873887bdc2f02502c90777a082d10dca113bd1ec29d08108396401421c8cc1b"),
-    ("VeryLongMessage!" * 64, "e9b3648fe10146a7c5c73ae1e42468273b945554b13769be19c3658e5b55c62d7036b56c1e094dc364060b798b120a528f31d91e815d0612c367bf7471519c761c"),
-    ("MsgLenIs9", "495b5b021517cd01cb05f02dfb6a1f79a8d9e4f82e8fb01d44ebf7d1218333f1528b67043ffc25c5b64b1e5a182f5d7d5707fcb639092af708969f90038155a91c"),
-    ("MsgLenIs10", "0c8eb57decbb95d2a783e69d444b3747c49ebcceb14f24287732ba77c39aa5cd2c66f7ec545b8108ef7ce078edac4588c70ab6249fc626114a95606783828f041b"),
-    ("MsgLenIs11!", "5f1ab8940c2137baf69a2b94f55f0f7e53a022b9e363b564744616271eb89b66145055fc9923c6ead63dd784854c742f4f5651c8257d70cbce5a96ce2986dd311c"),
-    ("This message has length 99".ljust(99, "!"), "f2c3d9c81fe35a6bc68f0ace01bd7209baf11e455e7335903e7ad2879ce5d7bc2199bf8bafc1efe1ff2cfdf2963cd5767911a641c9445cca6f37dc6da72fd1611b"),
-    ("This message has length 100".ljust(100, "!"), "a6d05d98180246cbd7084f191465d02c4242bc7f856632a2b5b43acd496c46c03a36cc60bfeca6ca98fd210748a3aa68aa7ebba71b39adcad7f88325fc34131a1b"),
-    ("This message has length 101".ljust(101, "!"), "fa9d60644436f27eb88956a50893e9a47f67c42fb1b57a44bde4c6e127ab777e0c23b234b6ec9327ffd0620daaa514243ebb5a3652a1bac2d720e0f5555b2e071c"),
+    (
+        EXAMPLE,
+        "af4eac50f21acc6daeb0ab036f616f5d19fccade46e47100642b3dfc798c9b740d5873887bdc2f02502c90777a082d10dca113bd1ec29d08108396401421c8cc1b",
+    ),
+    (
+        "VeryLongMessage!" * 64,
+        "e9b3648fe10146a7c5c73ae1e42468273b945554b13769be19c3658e5b55c62d7036b56c1e094dc364060b798b120a528f31d91e815d0612c367bf7471519c761c",
+    ),
+    (
+        "MsgLenIs9",
+        "495b5b021517cd01cb05f02dfb6a1f79a8d9e4f82e8fb01d44ebf7d1218333f1528b67043ffc25c5b64b1e5a182f5d7d5707fcb639092af708969f90038155a91c",
+    ),
+    (
+        "MsgLenIs10",
+        "0c8eb57decbb95d2a783e69d444b3747c49ebcceb14f24287732ba77c39aa5cd2c66f7ec545b8108ef7ce078edac4588c70ab6249fc626114a95606783828f041b",
+    ),
+    (
+        "MsgLenIs11!",
+        "5f1ab8940c2137baf69a2b94f55f0f7e53a022b9e363b564744616271eb89b66145055fc9923c6ead63dd784854c742f4f5651c8257d70cbce5a96ce2986dd311c",
+    ),
+    (
+        "This message has length 99".ljust(99, "!"),
+        "f2c3d9c81fe35a6bc68f0ace01bd7209baf11e455e7335903e7ad2879ce5d7bc2199bf8bafc1efe1ff2cfdf2963cd5767911a641c9445cca6f37dc6da72fd1611b",
+    ),
+    (
+        "This message has length 100".ljust(100, "!"),
+        "a6d05d98180246cbd7084f191465d02c4242bc7f856632a2b5b43acd496c46c03a36cc60bfeca6ca98fd210748a3aa68aa7ebba71b39adcad7f88325fc34131a1b",
+    ),
+    (
+        "This message has length 101".ljust(101, "!"),
+        "fa9d60644436f27eb88956a50893e9a47f67c42fb1b57a44bde4c6e127ab777e0c23b234b6ec9327ffd0620daaa514243ebb5a3652a1bac2d720e0f5555b2e071c",
+    ),
 ]
 
 # trezor-firmware common/tests/fixtures/ethereum/sign_typed_data.json (path m/44'/60'/0'/0/0):
 # name -> (metamask_v4_compat, data, domain separator hash, message hash or None, signature)
-_DOMAIN_4 = [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
-             {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"}]
+_DOMAIN_4 = [
+    {"name": "name", "type": "string"},
+    {"name": "version", "type": "string"},
+    {"name": "chainId", "type": "uint256"},
+    {"name": "verifyingContract", "type": "address"},
+]
 _DOMAIN_5 = [*_DOMAIN_4, {"name": "salt", "type": "bytes32"}]
 _PERSON = [{"name": "name", "type": "string"}, {"name": "wallet", "type": "address"}]
-_ETHER_MAIL = {"name": "Ether Mail", "version": "1", "chainId": 1,
-               "verifyingContract": "0x1e0Ae8205e9726E6F296ab8869160A6423E2337E"}
+_ETHER_MAIL = {
+    "name": "Ether Mail",
+    "version": "1",
+    "chainId": 1,
+    "verifyingContract": "0x1e0Ae8205e9726E6F296ab8869160A6423E2337E",
+}
 _MAIL_BASIC = {
-    "types": {"EIP712Domain": _DOMAIN_4, "Person": _PERSON,
-              "Mail": [{"name": "from", "type": "Person"}, {"name": "to", "type": "Person"},
-                       {"name": "contents", "type": "string"}]},
+    "types": {
+        "EIP712Domain": _DOMAIN_4,
+        "Person": _PERSON,
+        "Mail": [
+            {"name": "from", "type": "Person"},
+            {"name": "to", "type": "Person"},
+            {"name": "contents", "type": "string"},
+        ],
+    },
     "primaryType": "Mail",
     "domain": _ETHER_MAIL,
-    "message": {"from": {"name": "Cow", "wallet": "0xc0004B62C5A39a728e4Af5bee0c6B4a4E54b15ad"},
-                "to": {"name": "Bob", "wallet": "0x54B0Fa66A065748C40dCA2C7Fe125A2028CF9982"},
-                "contents": "Hello, Bob!"},
+    "message": {
+        "from": {"name": "Cow", "wallet": "0xc0004B62C5A39a728e4Af5bee0c6B4a4E54b15ad"},
+        "to": {"name": "Bob", "wallet": "0x54B0Fa66A065748C40dCA2C7Fe125A2028CF9982"},
+        "contents": "Hello, Bob!",
+    },
 }
 _MAIL_LIST = {
-    "types": {"EIP712Domain": _DOMAIN_4, "Person": _PERSON,
-              "Mail": [{"name": "from", "type": "Person"}, {"name": "to", "type": "Person[]"},
-                       {"name": "contents", "type": "string"}]},
+    "types": {
+        "EIP712Domain": _DOMAIN_4,
+        "Person": _PERSON,
+        "Mail": [
+            {"name": "from", "type": "Person"},
+            {"name": "to", "type": "Person[]"},
+            {"name": "contents", "type": "string"},
+        ],
+    },
     "primaryType": "Mail",
     "domain": _ETHER_MAIL,
-    "message": {"from": {"name": "Cow", "wallet": "0xc0004B62C5A39a728e4Af5bee0c6B4a4E54b15ad"},
-                "to": [{"name": "Bob", "wallet": "0x54B0Fa66A065748C40dCA2C7Fe125A2028CF9982"},
-                       {"name": "Dave", "wallet": "0x73d0385F4d8E00C5e6504C6030F47BF6212736A8"}],
-                "contents": "Hello, guys!"},
+    "message": {
+        "from": {"name": "Cow", "wallet": "0xc0004B62C5A39a728e4Af5bee0c6B4a4E54b15ad"},
+        "to": [
+            {"name": "Bob", "wallet": "0x54B0Fa66A065748C40dCA2C7Fe125A2028CF9982"},
+            {"name": "Dave", "wallet": "0x73d0385F4d8E00C5e6504C6030F47BF6212736A8"},
+        ],
+        "contents": "Hello, guys!",
+    },
 }
 _COMPLEX_PERSON = [
-    {"name": "name", "type": "string"}, {"name": "wallet", "type": "address"}, {"name": "married", "type": "bool"},
-    {"name": "kids", "type": "uint8"}, {"name": "karma", "type": "int16"}, {"name": "secret", "type": "bytes"},
-    {"name": "small_secret", "type": "bytes16"}, {"name": "pets", "type": "string[]"},
+    {"name": "name", "type": "string"},
+    {"name": "wallet", "type": "address"},
+    {"name": "married", "type": "bool"},
+    {"name": "kids", "type": "uint8"},
+    {"name": "karma", "type": "int16"},
+    {"name": "secret", "type": "bytes"},
+    {"name": "small_secret", "type": "bytes16"},
+    {"name": "pets", "type": "string[]"},
     {"name": "two_best_friends", "type": "string[2]"},
 ]
 _COMPLEX = {
-    "types": {"EIP712Domain": _DOMAIN_5, "Person": _COMPLEX_PERSON,
-              "Mail": [{"name": "from", "type": "Person"}, {"name": "to", "type": "Person"},
-                       {"name": "messages", "type": "string[]"}]},
+    "types": {
+        "EIP712Domain": _DOMAIN_5,
+        "Person": _COMPLEX_PERSON,
+        "Mail": [
+            {"name": "from", "type": "Person"},
+            {"name": "to", "type": "Person"},
+            {"name": "messages", "type": "string[]"},
+        ],
+    },
     "primaryType": "Mail",
     "domain": {**_ETHER_MAIL, "salt": "0xca92da1a6e91d9358328d2f2155af143a7cb74b81a3a4e3e57e2191823dbb56c"},
     "message": {
-        "from": {"name": "Amy", "wallet": "0xc0004B62C5A39a728e4Af5bee0c6B4a4E54b15ad", "married": True, "kids": 2,
-                 "karma": 4,
-                 "secret": "0x62c5a39a728e4af5bee0c6b462c5a39a728e4af5bee0c6b462c5a39a728e4af5bee0c6b462c5a39a728e4af5bee0c6b4",
-                 "small_secret": "0x5ccf0e54367104795a47bc0481645d9e", "pets": ["parrot"],
-                 "two_best_friends": ["Carl", "Denis"]},
-        "to": {"name": "Bob", "wallet": "0x54B0Fa66A065748C40dCA2C7Fe125A2028CF9982", "married": False, "kids": 0,
-               "karma": -4,
-               "secret": "0x7fe125a2028cf97fe125a2028cf97fe125a2028cf97fe125a2028cf97fe125a2028cf97fe125a2028cf97fe125a2028cf9",
-               "small_secret": "0xa5e5c47b64775abc476d2962403258de", "pets": ["dog", "cat"],
-               "two_best_friends": ["Emil", "Franz"]},
+        "from": {
+            "name": "Amy",
+            "wallet": "0xc0004B62C5A39a728e4Af5bee0c6B4a4E54b15ad",
+            "married": True,
+            "kids": 2,
+            "karma": 4,
+            "secret": "0x62c5a39a728e4af5bee0c6b462c5a39a728e4af5bee0c6b462c5a39a728e4af5bee0c6b462c5a39a728e4af5bee0c6b4",
+            "small_secret": "0x5ccf0e54367104795a47bc0481645d9e",
+            "pets": ["parrot"],
+            "two_best_friends": ["Carl", "Denis"],
+        },
+        "to": {
+            "name": "Bob",
+            "wallet": "0x54B0Fa66A065748C40dCA2C7Fe125A2028CF9982",
+            "married": False,
+            "kids": 0,
+            "karma": -4,
+            "secret": "0x7fe125a2028cf97fe125a2028cf97fe125a2028cf97fe125a2028cf97fe125a2028cf97fe125a2028cf97fe125a2028cf9",
+            "small_secret": "0xa5e5c47b64775abc476d2962403258de",
+            "pets": ["dog", "cat"],
+            "two_best_friends": ["Emil", "Franz"],
+        },
         "messages": ["Hello, Bob!", "How are you?", "Hope you're fine"],
     },
 }
@@ -301,47 +477,68 @@ TYPED_DATA_VECTORS: dict[str, tuple[bool, dict[str, Any], str, str | None, str]]
     "bare_minimum": (
         True,
         {"types": {"EIP712Domain": []}, "primaryType": "EIP712Domain", "message": {}, "domain": {}},
-        "6192106f129ce05c9075d319c1fa6ea9b3ae37cbd0c1ef92e2be7137bb07baa1", None,
+        "6192106f129ce05c9075d319c1fa6ea9b3ae37cbd0c1ef92e2be7137bb07baa1",
+        None,
         "18aaea9abed7cd88d3763a9a420e2e7b71a9f991685fbc62d74da86326cffa680644862d459d1973e422777a3933bc74190b1cae9a5418ddaea645a7d7630dd91c",
     ),
     "full_domain_empty_message": (
         True,
-        {"types": {"EIP712Domain": _DOMAIN_5}, "primaryType": "EIP712Domain", "message": {},
-         "domain": {"name": "Trezor", "version": "Test v0.0.0", "chainId": 1,
-                    "verifyingContract": "0xCcCCccccCCCCcCCCCCCcCcCccCcCCCcCcccccccC",
-                    "salt": "0x0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}},
-        "f85aaf157e9a36dc6e12643fff450fdf8d98fd0d0e41c5b42bb1f7aae6c83388", None,
+        {
+            "types": {"EIP712Domain": _DOMAIN_5},
+            "primaryType": "EIP712Domain",
+            "message": {},
+            "domain": {
+                "name": "Trezor",
+                "version": "Test v0.0.0",
+                "chainId": 1,
+                "verifyingContract": "0xCcCCccccCCCCcCCCCCCcCcCccCcCCCcCcccccccC",
+                "salt": "0x0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            },
+        },
+        "f85aaf157e9a36dc6e12643fff450fdf8d98fd0d0e41c5b42bb1f7aae6c83388",
+        None,
         "98a3e66f738002da98c70b976ef131c11ed8b94aad872140574ed2a2d4a2bac53a9350e284994274f0a7ce1191cf79bf13f2f0d0a862dcf0dd86ad8141eb90dc1c",
     ),
     "basic_data": (
-        True, _MAIL_BASIC,
+        True,
+        _MAIL_BASIC,
         "97d6f53774b810fbda27e091c03c6a6d6815dd1270c2e62e82c6917c1eff774b",
         "ea6529f0ee9eb0b207b5a8b0ebfa673d398d6a78262818da1d270bd138f81f03",
         "2c2d8c7c1facf5bdcd997b5435bb42f3f4170a111ce079c94b5d1e34414f76560c4600d2167568e052ab846555bd590de93bb230987766c636613262eaeb8bdc1c",
     ),
     "complex_data": (
-        True, _COMPLEX,
+        True,
+        _COMPLEX,
         "c4f4e0cd1376e27837fe933e3f77b7bd6213211b377f0e19815a0dbd194731cc",
         "dbafe746b1c47e4870f6f77205660d3c49a94db9a80939809bfca7bf43919df5",
         "f0a187388b33f17885c915173f38bd613d2ce4346acadfc390b2bae4c6def03667ceac155b5398bd8be326386e841e8820c5254f389a09d6d95ac72e2f6e19e61c",
     ),
     "struct_list_v4": (
-        True, _MAIL_LIST,
+        True,
+        _MAIL_LIST,
         "97d6f53774b810fbda27e091c03c6a6d6815dd1270c2e62e82c6917c1eff774b",
         "c16c4b0b9a45a8e9c34c4074d8deb589686f7de3b83e80596ec79f815a17276e",
         "61d4a929f8513b6327c5eae227d65c394c3857904de483a2191095e2ec35a9ea2ecaf1a461332a6f4847679018848612b35c94150d9be8870ffad01fcbe72cf71c",
     ),
     "struct_list_non_v4": (
-        False, _MAIL_LIST,
+        False,
+        _MAIL_LIST,
         "97d6f53774b810fbda27e091c03c6a6d6815dd1270c2e62e82c6917c1eff774b",
         "6ba2528513daa98abdbec7363a77751fc79ca38fe6d37bdbb983e310e5c1444e",
         "ba6658fd95d8f6048150c8ac64a596d974184522d1069237a57d0e170835fff661ff6f10c5049906a8a508c18d58145dcff91508e70e7e3c186193e3e3bb7dd61b",
     ),
     "array_of_structs": (
         True,
-        {"types": {"EIP712Domain": [], "Message": [{"name": "element", "type": "Element[]"}],
-                   "Element": [{"name": "foo", "type": "int8"}]},
-         "primaryType": "Message", "message": {"element": [{"foo": 1}, {"foo": 2}]}, "domain": {}},
+        {
+            "types": {
+                "EIP712Domain": [],
+                "Message": [{"name": "element", "type": "Element[]"}],
+                "Element": [{"name": "foo", "type": "int8"}],
+            },
+            "primaryType": "Message",
+            "message": {"element": [{"foo": 1}, {"foo": 2}]},
+            "domain": {},
+        },
         "6192106f129ce05c9075d319c1fa6ea9b3ae37cbd0c1ef92e2be7137bb07baa1",
         "7be2cca6dd2e37cf3e8ab76ab19df174e369ad48e3fd0088c7f99137cbf6a2d8",
         "5c7fe30cc1889a59177864c58c2e5f46e4c5fd4ad7b565a6a6c0416a2d1370d233da9c2c40fc95b694af21b8cb1e027d9d664118fa021f71e2fd0d8eada7fd5d1c",
@@ -349,7 +546,9 @@ TYPED_DATA_VECTORS: dict[str, tuple[bool, dict[str, Any], str, str | None, str]]
 }
 
 # BIP-84's published test vector (bips/bip-0084.mediawiki), for a seed other than the default
-BIP84_MNEMONIC = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
+BIP84_MNEMONIC = (
+    "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
+)
 BIP84_ZPUB = "zpub6rFR7y4Q2AijBEqTUquhVz398htDFrtymD9xYYfG1m4wAcvPhXNfE3EfH1r1ADqtfSdVCToUG868RvUUkgDKf31mGDtKsAYz2oz2AGutZYs"
 BIP84_ADDRESS = "bc1qcr8te4kr609gcawutmrza0j4xv80jy8z306fyu"
 
@@ -389,13 +588,15 @@ def test_bad_mnemonic_and_bad_mode_are_refused() -> None:
 
 def test_custom_mnemonic_bip84_vector() -> None:
     with DeviceSimulator(BIP84_MNEMONIC, port=0) as other:
-        client = get_default_client("x402-agent-tests", UdpTransport(other.path[len("udp:"):]))
+        client = get_default_client("x402-agent-tests", UdpTransport(other.path[len("udp:") :]))
         session = get_default_session(client)
-        node = btc.get_public_node(session, parse_path("m/84h/0h/0h"), coin_name="Bitcoin",
-                                   script_type=S.SPENDWITNESS)
+        node = btc.get_public_node(
+            session, parse_path("m/84h/0h/0h"), coin_name="Bitcoin", script_type=S.SPENDWITNESS
+        )
         assert node.xpub == BIP84_ZPUB
-        address = btc.get_address(session, "Bitcoin", parse_path("m/84h/0h/0h/0/0"),
-                                  script_type=S.SPENDWITNESS)
+        address = btc.get_address(
+            session, "Bitcoin", parse_path("m/84h/0h/0h/0/0"), script_type=S.SPENDWITNESS
+        )
         assert address == BIP84_ADDRESS
         assert other.fingerprint != TEST_SEED_FINGERPRINT
 
@@ -426,12 +627,21 @@ def test_hwi_enumerate_lists_the_simulator(at_emulator_port: DeviceSimulator) ->
 
 def test_hwi_cli_with_emulators(at_emulator_port: DeviceSimulator) -> None:
     hwi_cli = str(Path(sys.executable).parent / "hwi")
-    listed = json.loads(subprocess.run([hwi_cli, "--emulators", "enumerate"], capture_output=True,
-                                       text=True, timeout=60, check=True).stdout)
+    listed = json.loads(
+        subprocess.run(
+            [hwi_cli, "--emulators", "enumerate"], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+    )
     assert any(d["path"] == EMULATOR_PATH and d["fingerprint"] == TEST_SEED_FINGERPRINT for d in listed)
-    signed = json.loads(subprocess.run(  # HWI's CLI finds a path only among what it scans
-        [hwi_cli, "-t", "trezor", "-d", EMULATOR_PATH, "signmessage", EXAMPLE, "m/44h/0h/0h/0/0"],
-        capture_output=True, text=True, timeout=60, check=True).stdout)
+    signed = json.loads(
+        subprocess.run(  # HWI's CLI finds a path only among what it scans
+            [hwi_cli, "-t", "trezor", "-d", EMULATOR_PATH, "signmessage", EXAMPLE, "m/44h/0h/0h/0/0"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    )
     assert signed == EXAMPLE_SIGNATURE
 
 
@@ -467,16 +677,21 @@ def test_hwi_signmessage_round_trip_time(hwi_client: Any) -> None:
         hwi.signmessage(hwi_client, EXAMPLE, "m/44h/0h/0h/0/0")
         durations.append(time.perf_counter() - started)
     median = statistics.median(durations)
-    print(f"\nHWI signmessage round trip (auto-approval): median {median * 1000:.1f} ms, "
-          f"max {max(durations) * 1000:.1f} ms")
+    print(
+        f"\nHWI signmessage round trip (auto-approval): median {median * 1000:.1f} ms, "
+        f"max {max(durations) * 1000:.1f} ms"
+    )
     assert median < 0.5
 
 
-@pytest.mark.parametrize(("addr_type", "path", "address"), [
-    (AddressType.LEGACY, "m/44h/0h/0h/0/0", "1JAd7XCBzGudGpJQSDSfpmJhiygtLQWaGL"),
-    (AddressType.SH_WIT, "m/49h/0h/0h/0/0", "3L6TyTisPBmrDAj6RoKmDzNnj4eQi54gD2"),
-    (AddressType.WIT, "m/84h/0h/0h/0/0", "bc1qannfxke2tfd4l7vhepehpvt05y83v3qsf6nfkk"),
-])  # addresses from trezor-firmware tests/device_tests/bitcoin/test_signmessage.py
+@pytest.mark.parametrize(
+    ("addr_type", "path", "address"),
+    [
+        (AddressType.LEGACY, "m/44h/0h/0h/0/0", "1JAd7XCBzGudGpJQSDSfpmJhiygtLQWaGL"),
+        (AddressType.SH_WIT, "m/49h/0h/0h/0/0", "3L6TyTisPBmrDAj6RoKmDzNnj4eQi54gD2"),
+        (AddressType.WIT, "m/84h/0h/0h/0/0", "bc1qannfxke2tfd4l7vhepehpvt05y83v3qsf6nfkk"),
+    ],
+)  # addresses from trezor-firmware tests/device_tests/bitcoin/test_signmessage.py
 def test_hwi_displayaddress(hwi_client: Any, addr_type: AddressType, path: str, address: str) -> None:
     assert hwi.displayaddress(hwi_client, path=path, addr_type=addr_type) == {"address": address}
     assert SCREENS[-1].kind == "show_address" and SCREENS[-1].field("Address") == address
@@ -587,19 +802,28 @@ def test_trezorlib_xpub_version_per_script_type(session: Session, script_type: A
     path = parse_path("m/44h/0h/0")
     node = btc.get_public_node(session, path, coin_name="Bitcoin", script_type=script_type)
     assert node.xpub == xpub
-    plain = btc.get_public_node(session, path, coin_name="Bitcoin", script_type=script_type,
-                                ignore_xpub_magic=True)
+    plain = btc.get_public_node(
+        session, path, coin_name="Bitcoin", script_type=script_type, ignore_xpub_magic=True
+    )
     assert plain.xpub == SCRIPT_TYPE_XPUBS[0][1]
 
 
-@pytest.mark.parametrize(("coin", "path", "script_type", "no_script_type", "address", "message", "signature"),
-                         BTC_SIGN_VECTORS)
+@pytest.mark.parametrize(
+    ("coin", "path", "script_type", "no_script_type", "address", "message", "signature"), BTC_SIGN_VECTORS
+)
 def test_trezorlib_bitcoin_signmessage_header_per_script_type(
-    session: Session, coin: str, path: str, script_type: Any, no_script_type: bool, address: str,
-    message: str, signature: str,
+    session: Session,
+    coin: str,
+    path: str,
+    script_type: Any,
+    no_script_type: bool,
+    address: str,
+    message: str,
+    signature: str,
 ) -> None:
-    signed = btc.sign_message(session, coin, parse_path(path), message, script_type=script_type,
-                              no_script_type=no_script_type)
+    signed = btc.sign_message(
+        session, coin, parse_path(path), message, script_type=script_type, no_script_type=no_script_type
+    )
     assert signed.address == address
     assert signed.signature.hex() == signature
 
@@ -625,8 +849,9 @@ def test_trezorlib_ethereum_sign_message(session: Session, message: str, signatu
 @pytest.mark.parametrize("name", sorted(TYPED_DATA_VECTORS))
 def test_trezorlib_sign_typed_data_streaming(session: Session, name: str) -> None:
     v4, data, domain_hash, message_hash, signature = TYPED_DATA_VECTORS[name]
-    signed = ethereum.sign_typed_data(session, parse_path(ETH_PATH), json.loads(json.dumps(data)),
-                                      metamask_v4_compat=v4)
+    signed = ethereum.sign_typed_data(
+        session, parse_path(ETH_PATH), json.loads(json.dumps(data)), metamask_v4_compat=v4
+    )
     assert signed.address == ETH_ADDRESS
     assert signed.signature.hex() == signature
     screen = SCREENS[-1]
@@ -650,19 +875,28 @@ def test_trezorlib_sign_typed_data_show_message_hash(session: Session) -> None:
     # "basic_data_with_show_message_hash" in sign_typed_data.json: same signature as basic_data
     _, data, _, message_hash, signature = TYPED_DATA_VECTORS["basic_data"]
     assert message_hash is not None
-    signed = ethereum.sign_typed_data(session, parse_path(ETH_PATH), json.loads(json.dumps(data)),
-                                      show_message_hash=bytes.fromhex(message_hash))
+    signed = ethereum.sign_typed_data(
+        session,
+        parse_path(ETH_PATH),
+        json.loads(json.dumps(data)),
+        show_message_hash=bytes.fromhex(message_hash),
+    )
     assert signed.signature.hex() == signature
     with pytest.raises(exceptions.TrezorFailure, match="hash mismatch"):
-        ethereum.sign_typed_data(session, parse_path(ETH_PATH), json.loads(json.dumps(data)),
-                                 show_message_hash=b"\x00" * 32)
+        ethereum.sign_typed_data(
+            session, parse_path(ETH_PATH), json.loads(json.dumps(data)), show_message_hash=b"\x00" * 32
+        )
 
 
 @pytest.mark.parametrize("name", sorted(TYPED_DATA_VECTORS))
 def test_trezorlib_sign_typed_data_hash(session: Session, name: str) -> None:
     _, _, domain_hash, message_hash, signature = TYPED_DATA_VECTORS[name]
-    signed = ethereum.sign_typed_data_hash(session, parse_path(ETH_PATH), bytes.fromhex(domain_hash),
-                                           bytes.fromhex(message_hash) if message_hash else None)
+    signed = ethereum.sign_typed_data_hash(
+        session,
+        parse_path(ETH_PATH),
+        bytes.fromhex(domain_hash),
+        bytes.fromhex(message_hash) if message_hash else None,
+    )
     assert signed.address == ETH_ADDRESS
     assert signed.signature.hex() == signature
 
@@ -714,7 +948,7 @@ def test_legacy_debuglink_no_rejects(sim: DeviceSimulator, session: Session) -> 
 
 def test_label_always_says_insecure() -> None:
     with DeviceSimulator(port=0, label="Demo device") as other:
-        features = get_default_client("x402-agent-tests", UdpTransport(other.path[len("udp:"):])).features
+        features = get_default_client("x402-agent-tests", UdpTransport(other.path[len("udp:") :])).features
         assert features.label == "Demo device (SIMULATOR, insecure)"
 
 

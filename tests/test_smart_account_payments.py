@@ -72,15 +72,22 @@ def sw(world: WorldInfo, device_simulator: object) -> Iterator[SmartWorld]:
         session_key = Account.create()
         now = w3.eth.get_block("latest")["timestamp"]
         deploy_factory(w3, dev_account(0))
-        config = AccountConfig(owner, session_key.address, now + 7 * 86400, world.usdc.address,
-                               max_value=10, max_window=60, allowance=0, period=86400)
+        config = AccountConfig(
+            owner,
+            session_key.address,
+            now + 7 * 86400,
+            world.usdc.address,
+            max_value=10,
+            max_window=60,
+            allowance=0,
+            period=86400,
+        )
         account, _, _ = create_account(w3, config, dev_account(0))
         assert account_contract(w3, account).functions.owner().call().lower() == owner.lower()
         # fund the account with USDC from the world's payer: a plain ERC-20 transfer
         fund(world, account, usdc=FUNDING)
         assert token_balance(world.rpc_url, world.usdc.address, account) == FUNDING
-        sw = SmartWorld(w3, account, enrollment, SessionKeySigner(account, bytes(session_key.key)),
-                        device)
+        sw = SmartWorld(w3, account, enrollment, SessionKeySigner(account, bytes(session_key.key)), device)
         assert sw.session.session_address == session_key.address
         # each owner action signed on the simulator through unmodified HWI signmessage
         sw.act("setPolicy", CAP, WINDOW, False)
@@ -110,7 +117,8 @@ def test_owner_line_matches_the_contract(world: WorldInfo, sw: SmartWorld) -> No
 
 
 def test_session_key_pays_a_v2_route_through_the_official_facilitator(
-        world: WorldInfo, sw: SmartWorld, tmp_path: Path) -> None:
+    world: WorldInfo, sw: SmartWorld, tmp_path: Path
+) -> None:
     route = world.route("GET", "/v2/weather")
     assert route.version == 2 and route.asset == world.usdc.address
     account_before = _usdc(sw, world, sw.account)
@@ -127,14 +135,14 @@ def test_session_key_pays_a_v2_route_through_the_official_facilitator(
     assert _usdc(sw, world, sw.account) == account_before - route.price_atomic
     assert _usdc(sw, world, route.pay_to) == payee_before + route.price_atomic  # type: ignore[arg-type]
     assert transfer_logs(world.rpc_url, paid.settlement_tx) == [
-        (world.usdc.address, sw.account, route.pay_to, route.price_atomic)]
+        (world.usdc.address, sw.account, route.pay_to, route.price_atomic)
+    ]
     receipt = rpc(world.rpc_url, "eth_getTransactionReceipt", paid.settlement_tx)
     assert int(receipt["status"], 16) == 1
     GAS["x402 payment via facilitator (ERC-1271)"] = int(receipt["gasUsed"], 16)
 
 
-def test_payment_above_the_on_chain_cap_is_refused(
-        world: WorldInfo, sw: SmartWorld, tmp_path: Path) -> None:
+def test_payment_above_the_on_chain_cap_is_refused(world: WorldInfo, sw: SmartWorld, tmp_path: Path) -> None:
     route = world.route("GET", "/v2/report")
     policy = devnet_policy(world)
     assert route.price_atomic <= policy.assets[0].per_request_max  # the off-chain policy allows it
@@ -162,8 +170,9 @@ def test_owner_action_signed_at_another_path_is_rejected(world: WorldInfo, sw: S
     contract = account_contract(sw.w3, sw.account)
     nonce = contract.functions.ownerNonce().call()
     data = encode_action(sw.w3, sw.account, "setPolicy", [10**12, 10**9, False])
-    _, signature = sign_owner_action(sw.w3, sw.account, "setPolicy", data,
-                                     lambda line: sw.sign_line(line, OTHER_PATH), nonce=nonce)
+    _, signature = sign_owner_action(
+        sw.w3, sw.account, "setPolicy", data, lambda line: sw.sign_line(line, OTHER_PATH), nonce=nonce
+    )
     with pytest.raises(ContractLogicError) as err:
         owner_call(sw.w3, sw.account, "setPolicy", data, signature, dev_account(0), nonce=nonce)
     assert "0x" + Web3.keccak(text="BadOwnerSignature()")[:4].hex() in str(err.value.data)
@@ -184,14 +193,28 @@ def test_envelope_is_the_abi_encoding_the_account_accepts(world: WorldInfo, sw: 
     now = sw.w3.eth.get_block("latest")["timestamp"]
     auth = TransferAuthorization(
         token=TokenDomain(world.usdc.name, world.usdc.version, world.chain_id, world.usdc.address),
-        from_address=sw.account, to=dev_account(4).address, value=CAP, valid_after=0,
-        valid_before=now + 600, nonce="0x" + "ab" * 32)
+        from_address=sw.account,
+        to=dev_account(4).address,
+        value=CAP,
+        valid_after=0,
+        valid_before=now + 600,
+        nonce="0x" + "ab" * 32,
+    )
     envelope = bytes.fromhex(sw.session.sign_authorization(auth).signature.removeprefix("0x"))
     assert len(envelope) == 384
     assert envelope == encode(
         ["address", "address", "address", "uint256", "uint256", "uint256", "bytes32", "bytes"],
-        [auth.token.verifying_contract, auth.from_address, auth.to, auth.value, auth.valid_after,
-         auth.valid_before, bytes.fromhex("ab" * 32), envelope[288:353]])
+        [
+            auth.token.verifying_contract,
+            auth.from_address,
+            auth.to,
+            auth.value,
+            auth.valid_after,
+            auth.valid_before,
+            bytes.fromhex("ab" * 32),
+            envelope[288:353],
+        ],
+    )
     assert envelope[352] in (27, 28)
     check = account_contract(sw.w3, sw.account).functions.isValidSignature
     assert check(auth.digest(), envelope).call() == bytes.fromhex("1626ba7e")
@@ -199,8 +222,9 @@ def test_envelope_is_the_abi_encoding_the_account_accepts(world: WorldInfo, sw: 
     over_env = bytes.fromhex(sw.session.sign_authorization(over).signature.removeprefix("0x"))
     assert check(over.digest(), over_env).call() == bytes.fromhex("ffffffff")
     with pytest.raises(ValueError):
-        sw.session.sign_authorization(TransferAuthorization(**{**auth.__dict__,
-                                                               "from_address": dev_account(4).address}))
+        sw.session.sign_authorization(
+            TransferAuthorization(**{**auth.__dict__, "from_address": dev_account(4).address})
+        )
 
 
 def test_owner_action_signed_as_eip712_through_trezorlib(world: WorldInfo, sw: SmartWorld) -> None:
@@ -216,9 +240,12 @@ def test_owner_action_signed_as_eip712_through_trezorlib(world: WorldInfo, sw: S
     # the digest the device signed is the one the contract rebuilds
     from eth_account.messages import encode_typed_data
     from eth_utils.crypto import keccak
+
     encoded = encode_typed_data(full_message=typed)
-    assert keccak(b"\x19" + encoded.version + encoded.header + encoded.body) == \
-        contract.functions.ownerTypedDigest(data, nonce).call()
+    assert (
+        keccak(b"\x19" + encoded.version + encoded.header + encoded.body)
+        == contract.functions.ownerTypedDigest(data, nonce).call()
+    )
     with pytest.raises(ContractLogicError):  # bound to its nonce: useless at the next one
         contract.functions.ownerCall(data, nonce + 1, signature).call()
     owner_call(sw.w3, sw.account, "setPayee", data, signature, dev_account(0), nonce=nonce)

@@ -31,8 +31,10 @@ IPNetwork = IPv4Network | IPv6Network
 
 # Cloud instance metadata services: AWS/GCP/Azure/OpenStack, AWS ECS task metadata, Alibaba,
 # Oracle, AWS over IPv6. Named apart from link-local so the refusal says what it protects.
-METADATA_ADDRESSES = frozenset(ip_address(a) for a in (
-    "169.254.169.254", "169.254.170.2", "100.100.100.200", "192.0.0.192", "fd00:ec2::254"))
+METADATA_ADDRESSES = frozenset(
+    ip_address(a)
+    for a in ("169.254.169.254", "169.254.170.2", "100.100.100.200", "192.0.0.192", "fd00:ec2::254")
+)
 _THIS_NETWORK = IPv4Network("0.0.0.0/8")  # "this host on this network": reaches the machine
 _UNIQUE_LOCAL = IPv6Network("fc00::/7")
 _NAT64 = IPv6Network("64:ff9b::/96")  # the well-known prefix maps the last 32 bits to IPv4
@@ -115,12 +117,12 @@ class AllowEntry:
         if self.port is not None and self.port != port:
             return False
         if self.host is not None:
-            return (host.endswith(self.host[1:]) if self.host.startswith("*.")
-                    else host == self.host)
+            return host.endswith(self.host[1:]) if self.host.startswith("*.") else host == self.host
         assert self.network is not None
         inner = embedded_ipv4(address) if isinstance(address, IPv6Address) else None
-        return any(a.version == self.network.version and a in self.network
-                   for a in (address, inner) if a is not None)
+        return any(
+            a.version == self.network.version and a in self.network for a in (address, inner) if a is not None
+        )
 
 
 def allow_entry_for(url: str) -> str:
@@ -171,8 +173,7 @@ def parse_allow_entry(entry: str) -> AllowEntry:
     return AllowEntry(text, host=host, port=port)
 
 
-def check_addresses(host: str, port: int, addresses: Sequence[IPAddress],
-                    allow: Sequence[str]) -> IPAddress:
+def check_addresses(host: str, port: int, addresses: Sequence[IPAddress], allow: Sequence[str]) -> IPAddress:
     """The address to connect to; refuses if any answer is private and not opted in (a name
     answering one public and one private address is refused: which one a client picks is not
     ours to guess)."""
@@ -194,6 +195,11 @@ def refusal(host: str, port: int, address: IPAddress, rule: str) -> PrivateAddre
     return PrivateAddressRefused(
         f"{shown} is {article} {kind} address ({where}), not a public one: the agent does not "
         f"fetch from the machine's own or private networks (rule: {rule}). To allow it, a "
-        f"device-approved policy must list it in {POLICY_FIELD}, e.g. \"{shown}:{port}\"",
-        rule=rule, host=host, port=port, address=str(address), **embedded,
-        policy_field=POLICY_FIELD)
+        f'device-approved policy must list it in {POLICY_FIELD}, e.g. "{shown}:{port}"',
+        rule=rule,
+        host=host,
+        port=port,
+        address=str(address),
+        **embedded,
+        policy_field=POLICY_FIELD,
+    )

@@ -39,28 +39,53 @@ ReceiptState = Literal["reserved", "sent", "settled", "released", "unknown"]
 Approver = Callable[["ApprovalRequest"], "bool | Awaitable[bool | None] | None"]
 
 
-
 # What hosts read about each tool, in MCP's spelling (the MCP tool annotations and the
 # LangChain tools' metadata): fetch spends money (destructive, not idempotent without a key),
 # the others only read.
 TOOL_ANNOTATIONS: dict[str, dict[str, Any]] = {
-    "fetch": {"title": "Fetch a URL, paying with x402 if allowed", "readOnlyHint": False,
-              "destructiveHint": True, "idempotentHint": False, "openWorldHint": True},
-    "quote": {"title": "Price a URL (pays nothing)", "readOnlyHint": True,
-              "destructiveHint": False, "idempotentHint": True, "openWorldHint": True},
-    "budget": {"title": "Spending budget left", "readOnlyHint": True, "destructiveHint": False,
-               "idempotentHint": True, "openWorldHint": False},
-    "receipts": {"title": "Payment receipts", "readOnlyHint": True, "destructiveHint": False,
-                 "idempotentHint": True, "openWorldHint": False},
+    "fetch": {
+        "title": "Fetch a URL, paying with x402 if allowed",
+        "readOnlyHint": False,
+        "destructiveHint": True,
+        "idempotentHint": False,
+        "openWorldHint": True,
+    },
+    "quote": {
+        "title": "Price a URL (pays nothing)",
+        "readOnlyHint": True,
+        "destructiveHint": False,
+        "idempotentHint": True,
+        "openWorldHint": True,
+    },
+    "budget": {
+        "title": "Spending budget left",
+        "readOnlyHint": True,
+        "destructiveHint": False,
+        "idempotentHint": True,
+        "openWorldHint": False,
+    },
+    "receipts": {
+        "title": "Payment receipts",
+        "readOnlyHint": True,
+        "destructiveHint": False,
+        "idempotentHint": True,
+        "openWorldHint": False,
+    },
 }
 
 
 class ToolRefusal(Exception):
     """A tool call that did not succeed, in terms a model can act on."""
 
-    def __init__(self, reason: Reason, message: str, *, error: str = "X402AgentError",
-                 details: Mapping[str, Any] | None = None,
-                 budget: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        reason: Reason,
+        message: str,
+        *,
+        error: str = "X402AgentError",
+        details: Mapping[str, Any] | None = None,
+        budget: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(f"[{reason}] {message}")
         self.reason = reason
         self.message = message
@@ -71,9 +96,13 @@ class ToolRefusal(Exception):
     def to_dict(self) -> dict[str, Any]:
         """Reason, message and next step first (what a model reads first), then the rest; the
         budget cut to what bears on the decision (the full view is the budget tool's)."""
-        data: dict[str, Any] = {"reason": self.reason, "message": self.message,
-                                "next_step": self.reason.next_step, "refused": True,
-                                "error": self.error}
+        data: dict[str, Any] = {
+            "reason": self.reason,
+            "message": self.message,
+            "next_step": self.reason.next_step,
+            "refused": True,
+            "error": self.error,
+        }
         if self.details:
             data["details"] = self.details
         if self.budget is not None:
@@ -89,15 +118,23 @@ class ToolRefusal(Exception):
 def short_budget(view: Mapping[str, Any]) -> dict[str, Any]:
     """What remains, in brief: per asset the daily remainder and per-request cap, and the
     session's remaining allowance (atomic units with a display form)."""
-    assets = [{k: a.get(k) for k in ("symbol", "network", "per_request_max", "daily_remaining",
-                                     "daily_remaining_display")}
-              for a in view.get("assets") or []]
+    assets = [
+        {
+            k: a.get(k)
+            for k in ("symbol", "network", "per_request_max", "daily_remaining", "daily_remaining_display")
+        }
+        for a in view.get("assets") or []
+    ]
     short: dict[str, Any] = {"assets": assets}
     session = view.get("session")
     if session:
-        short["session"] = {"id": session.get("id"), "allowance": [
-            {k: a.get(k) for k in ("symbol", "remaining", "remaining_display")}
-            for a in session.get("allowance") or []]}
+        short["session"] = {
+            "id": session.get("id"),
+            "allowance": [
+                {k: a.get(k) for k in ("symbol", "remaining", "remaining_display")}
+                for a in session.get("allowance") or []
+            ],
+        }
     return short
 
 
@@ -107,11 +144,15 @@ class FetchResult(BaseModel):
     url: str
     status: int = Field(description="HTTP status of the final response")
     content_type: str | None = None
-    body: str = Field(description="the response body: text, or base64 when it is binary "
-                                  "(empty when `body_encoding` is `content`)")
+    body: str = Field(
+        description="the response body: text, or base64 when it is binary "
+        "(empty when `body_encoding` is `content`)"
+    )
     body_encoding: Literal["text", "base64", "content"] = Field(
-        "text", description="`content`: a binary body comes as an image or embedded-resource "
-                            "block of the tool result, not in this field")
+        "text",
+        description="`content`: a binary body comes as an image or embedded-resource "
+        "block of the tool result, not in this field",
+    )
     body_bytes: int = Field(description="size of the whole body in bytes")
     truncated: bool = Field(description=f"true when the body was cut at {MAX_BODY_BYTES} bytes")
     paid: bool = Field(description="true when a payment was made (or replayed) for this request")
@@ -122,24 +163,35 @@ class FetchResult(BaseModel):
     receipt_id: str | None = Field(None, description="the receipt of the payment (see receipts)")
     payment_state: str | None = None
     settlement_tx: str | None = None
-    verification: str | None = Field(None, description="the on-chain check of the settlement: "
-                                     "pending (runs after the body is returned), verified, or "
-                                     "mismatch")
-    replayed: bool = Field(False, description="an idempotent repeat answered from the ledger: "
-                                              "nothing was paid again")
+    verification: str | None = Field(
+        None,
+        description="the on-chain check of the settlement: "
+        "pending (runs after the body is returned), verified, or "
+        "mismatch",
+    )
+    replayed: bool = Field(
+        False, description="an idempotent repeat answered from the ledger: nothing was paid again"
+    )
     content_uri: str | None = Field(
-        None, description="a paid body kept whole: read it with resources/read (append "
-                          "/<offset> for the next part after a truncated body)")
+        None,
+        description="a paid body kept whole: read it with resources/read (append "
+        "/<offset> for the next part after a truncated body)",
+    )
     content_sha256: str | None = Field(None, description="sha256 of the kept body (the receipt's)")
     content_path: str | None = Field(None, description="where the kept body is on this machine")
     content_complete: bool = Field(
-        True, description="false when a paid body went past the policy's max_paid_body_bytes "
-                          "and only its first body_bytes were kept")
-    location: str | None = Field(None, description="a redirect after payment to another origin, "
-                                                   "not followed (the payment settled)")
+        True,
+        description="false when a paid body went past the policy's max_paid_body_bytes "
+        "and only its first body_bytes were kept",
+    )
+    location: str | None = Field(
+        None, description="a redirect after payment to another origin, not followed (the payment settled)"
+    )
     alerts: list[dict[str, Any]] = Field(
-        default_factory=list, description="earlier payments whose settlement the chain "
-        "contradicted, found since the last call: tell the user (the breaker is open)")
+        default_factory=list,
+        description="earlier payments whose settlement the chain "
+        "contradicted, found since the last call: tell the user (the breaker is open)",
+    )
 
 
 class QuoteOption(BaseModel):
@@ -203,7 +255,8 @@ class BreakerState(BaseModel):
     consecutive_failures: int
     threshold: int | None
     settlement_mismatch: str | None = Field(
-        None, description="receipt id of a payment the chain contradicted (opens the breaker)")
+        None, description="receipt id of a payment the chain contradicted (opens the breaker)"
+    )
 
 
 class WalletBudget(BaseModel):
@@ -233,7 +286,8 @@ class BudgetResult(BaseModel):
     session: SessionBudget | None = None
     circuit_breaker: BreakerState
     wallet: WalletBudget | None = Field(
-        None, description="a smart-account payer's on-chain bounds and balances")
+        None, description="a smart-account payer's on-chain bounds and balances"
+    )
 
 
 class Receipt(BaseModel):
@@ -271,12 +325,14 @@ def refusal(exc: BaseException, budget: Callable[[], dict[str, Any]] | None = No
                 remaining = budget()
             except Exception:  # the refusal matters more than the budget view
                 remaining = None
-        return ToolRefusal(exc.reason, exc.message, error=type(exc).__name__,
-                           details=_safe(exc.details), budget=remaining)
+        return ToolRefusal(
+            exc.reason, exc.message, error=type(exc).__name__, details=_safe(exc.details), budget=remaining
+        )
     if isinstance(exc, ValueError | TypeError):
         return ToolRefusal(Reason.INVALID_REQUEST, str(exc)[:300], error=type(exc).__name__)
-    return ToolRefusal(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {str(exc)[:300]}",
-                       error=type(exc).__name__)
+    return ToolRefusal(
+        Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {str(exc)[:300]}", error=type(exc).__name__
+    )
 
 
 def _safe(details: Mapping[str, Any]) -> dict[str, Any]:
@@ -286,8 +342,14 @@ def _safe(details: Mapping[str, Any]) -> dict[str, Any]:
     return safe
 
 
-def _check_arguments(url: object, method: object, headers: object, body: object,
-                     max_price: object, idempotency_key: object = None) -> None:
+def _check_arguments(
+    url: object,
+    method: object,
+    headers: object,
+    body: object,
+    max_price: object,
+    idempotency_key: object = None,
+) -> None:
     """The same limits as every other way in (request_limits), before anything is opened."""
     from .request_limits import check_request
     from .selection import PriceLimit
@@ -295,13 +357,15 @@ def _check_arguments(url: object, method: object, headers: object, body: object,
     check_request(url, method, headers, body, idempotency_key)
     if max_price is not None:
         if not isinstance(max_price, str):
-            raise InvalidRequest("max_price must be a string like '0.05' or '0.05 USDC'",
-                                 reason=Reason.INVALID_MAX_PRICE)
+            raise InvalidRequest(
+                "max_price must be a string like '0.05' or '0.05 USDC'", reason=Reason.INVALID_MAX_PRICE
+            )
         PriceLimit.parse(max_price.strip())
 
 
-def with_json(body: str | None, value: Any, headers: dict[str, str] | None
-              ) -> tuple[str | None, dict[str, str] | None]:
+def with_json(
+    body: str | None, value: Any, headers: dict[str, str] | None
+) -> tuple[str | None, dict[str, str] | None]:
     """The body and headers to send: ``json`` serialised with its Content-Type (one of the two
     bodies only; a Content-Type the caller set is kept). Both adapters take ``json``: the MCP SDK
     would turn a JSON-looking ``body`` string into an object, and models often mean an object."""
@@ -310,16 +374,16 @@ def with_json(body: str | None, value: Any, headers: dict[str, str] | None
     if value is None:
         return body, headers
     if body is not None:
-        raise ToolRefusal(Reason.INVALID_ARGUMENTS, "give `body` or `json`, not both",
-                          error="InvalidRequest")
+        raise ToolRefusal(Reason.INVALID_ARGUMENTS, "give `body` or `json`, not both", error="InvalidRequest")
     sent = dict(headers or {})
     if not any(name.lower() == "content-type" for name in sent):
         sent["Content-Type"] = "application/json"
     return json.dumps(value, separators=(",", ":")), sent
 
 
-def fetch_result(url: str, outcome: FetchOutcome, limit: int = MAX_BODY_BYTES,
-                 alerts: list[dict[str, Any]] | None = None) -> FetchResult:
+def fetch_result(
+    url: str, outcome: FetchOutcome, limit: int = MAX_BODY_BYTES, alerts: list[dict[str, Any]] | None = None
+) -> FetchResult:
     from .money import format_units
 
     content = outcome.content or b""
@@ -331,25 +395,35 @@ def fetch_result(url: str, outcome: FetchOutcome, limit: int = MAX_BODY_BYTES,
     except UnicodeDecodeError as exc:
         # Text cut in the middle of a character stays text; anything else is binary.
         if len(cut) < size and exc.start >= len(cut) - 3:
-            body, encoding = cut[:exc.start].decode("utf-8", "replace"), "text"
+            body, encoding = cut[: exc.start].decode("utf-8", "replace"), "text"
         else:
             body, encoding = base64.b64encode(cut).decode(), "base64"
     paid = outcome.payment
     return FetchResult(
-        url=url, status=outcome.status, content_type=outcome.content_type, body=body,
-        body_encoding=encoding, body_bytes=size, truncated=size > len(cut),
+        url=url,
+        status=outcome.status,
+        content_type=outcome.content_type,
+        body=body,
+        body_encoding=encoding,
+        body_bytes=size,
+        truncated=size > len(cut),
         paid=paid is not None,
         amount=str(paid.amount) if paid else None,
         price=f"{format_units(paid.amount, paid.decimals)} {paid.symbol}" if paid else None,
-        network=paid.network if paid else None, pay_to=paid.pay_to if paid else None,
-        receipt_id=paid.id if paid else None, payment_state=str(paid.state) if paid else None,
-        settlement_tx=paid.settlement_tx if paid else None, replayed=outcome.replayed,
+        network=paid.network if paid else None,
+        pay_to=paid.pay_to if paid else None,
+        receipt_id=paid.id if paid else None,
+        payment_state=str(paid.state) if paid else None,
+        settlement_tx=paid.settlement_tx if paid else None,
+        replayed=outcome.replayed,
         content_uri=content_uri(stored.sha256) if stored else None,
         content_sha256=stored.sha256 if stored else None,
         content_path=str(stored.path) if stored else None,
-        content_complete=stored.complete if stored else True, location=outcome.location,
+        content_complete=stored.complete if stored else True,
+        location=outcome.location,
         verification=str(paid.verification) if paid and paid.verification else None,
-        alerts=[{**alert, "next_step": _next_step(alert.get("reason"))} for alert in alerts or []])
+        alerts=[{**alert, "next_step": _next_step(alert.get("reason"))} for alert in alerts or []],
+    )
 
 
 def _next_step(code: object) -> str:
@@ -365,28 +439,46 @@ def content_uri(sha256: str) -> str:
 def quote_result(quote: Quote) -> QuoteResult:
     chosen = quote.chosen or {}
     price = f"{chosen['price']} {chosen['symbol']}" if "price" in chosen else None
-    options = [QuoteOption(**{k: option.get(k) for k in QuoteOption.model_fields
-                              if option.get(k) is not None})
-               for option in quote.options]
-    return QuoteResult(url=quote.url, status=quote.status,
-                       payment_required=quote.payment_required, allowed=quote.allowed,
-                       reason=quote.reason, price=price, options=options,
-                       policy_version=quote.policy_version)
+    options = [
+        QuoteOption(**{k: option.get(k) for k in QuoteOption.model_fields if option.get(k) is not None})
+        for option in quote.options
+    ]
+    return QuoteResult(
+        url=quote.url,
+        status=quote.status,
+        payment_required=quote.payment_required,
+        allowed=quote.allowed,
+        reason=quote.reason,
+        price=price,
+        options=options,
+        policy_version=quote.policy_version,
+    )
 
 
 class AgentTools:
     """The tools of one agent session: one ``Agent`` and one session id."""
 
-    def __init__(self, agent: Agent, *, session: str | None = None,
-                 session_profile: str | None = None, owns_agent: bool = False) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        *,
+        session: str | None = None,
+        session_profile: str | None = None,
+        owns_agent: bool = False,
+    ) -> None:
         self.agent = agent
         self.session_profile = session_profile
         self.session = agent.open_session(session_profile, session=session)
         self._owns_agent = owns_agent
 
     @classmethod
-    def open(cls, home: Path | str | None = None, *, approver: Approver | None = None,
-             session_profile: str | None = None) -> AgentTools:
+    def open(
+        cls,
+        home: Path | str | None = None,
+        *,
+        approver: Approver | None = None,
+        session_profile: str | None = None,
+    ) -> AgentTools:
         from .operations import Agent
 
         agent = Agent.open(Path(home) if home is not None else None, approver=approver)
@@ -403,61 +495,100 @@ class AgentTools:
     def _refusal(self, exc: BaseException) -> ToolRefusal:
         return refusal(exc, self._budget_dict)
 
-    def _options(self, method: str, headers: Mapping[str, str] | None, body: str | None,
-                 max_price: str | None, timeout_seconds: float | None) -> dict[str, Any]:
-        return {"method": method, "headers": dict(headers or {}), "body": body,
-                "max_price": max_price.strip() if max_price is not None else None,
-                "session": self.session, "session_profile": self.session_profile,
-                "timeout_seconds": timeout_seconds}
+    def _options(
+        self,
+        method: str,
+        headers: Mapping[str, str] | None,
+        body: str | None,
+        max_price: str | None,
+        timeout_seconds: float | None,
+    ) -> dict[str, Any]:
+        return {
+            "method": method,
+            "headers": dict(headers or {}),
+            "body": body,
+            "max_price": max_price.strip() if max_price is not None else None,
+            "session": self.session,
+            "session_profile": self.session_profile,
+            "timeout_seconds": timeout_seconds,
+        }
 
     # ---- fetch --------------------------------------------------------------------------------
-    def fetch(self, url: str, method: str = "GET", headers: dict[str, str] | None = None,
-              body: str | None = None, max_price: str | None = None,
-              idempotency_key: str | None = None, timeout_seconds: float | None = None
-              ) -> FetchResult:
+    def fetch(
+        self,
+        url: str,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        body: str | None = None,
+        max_price: str | None = None,
+        idempotency_key: str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> FetchResult:
         try:
             _check_arguments(url, method, headers, body, max_price, idempotency_key)
-            outcome = self.agent.fetch(url, idempotency_key=idempotency_key,
-                                       **self._options(method, headers, body, max_price,
-                                                       timeout_seconds))
+            outcome = self.agent.fetch(
+                url,
+                idempotency_key=idempotency_key,
+                **self._options(method, headers, body, max_price, timeout_seconds),
+            )
         except BaseException as exc:
             if not isinstance(exc, Exception):
                 raise
             raise self._refusal(exc) from exc
         return fetch_result(url, outcome, alerts=self.agent.take_alerts())
 
-    async def afetch(self, url: str, method: str = "GET", headers: dict[str, str] | None = None,
-                     body: str | None = None, max_price: str | None = None,
-                     idempotency_key: str | None = None, timeout_seconds: float | None = None
-                     ) -> FetchResult:
+    async def afetch(
+        self,
+        url: str,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        body: str | None = None,
+        max_price: str | None = None,
+        idempotency_key: str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> FetchResult:
         try:
             _check_arguments(url, method, headers, body, max_price, idempotency_key)
-            outcome = await self.agent.afetch(url, idempotency_key=idempotency_key,
-                                              **self._options(method, headers, body, max_price,
-                                                              timeout_seconds))
+            outcome = await self.agent.afetch(
+                url,
+                idempotency_key=idempotency_key,
+                **self._options(method, headers, body, max_price, timeout_seconds),
+            )
         except Exception as exc:
             raise await asyncio.to_thread(self._refusal, exc) from exc
         return fetch_result(url, outcome, alerts=self.agent.take_alerts())
 
     # ---- quote --------------------------------------------------------------------------------
-    def quote(self, url: str, method: str = "GET", headers: dict[str, str] | None = None,
-              body: str | None = None, max_price: str | None = None,
-              timeout_seconds: float | None = None) -> QuoteResult:
+    def quote(
+        self,
+        url: str,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        body: str | None = None,
+        max_price: str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> QuoteResult:
         try:
             _check_arguments(url, method, headers, body, max_price)
-            quote = self.agent.quote(url, **self._options(method, headers, body, max_price,
-                                                          timeout_seconds))
+            quote = self.agent.quote(url, **self._options(method, headers, body, max_price, timeout_seconds))
         except Exception as exc:
             raise self._refusal(exc) from exc
         return quote_result(quote)
 
-    async def aquote(self, url: str, method: str = "GET", headers: dict[str, str] | None = None,
-                     body: str | None = None, max_price: str | None = None,
-                     timeout_seconds: float | None = None) -> QuoteResult:
+    async def aquote(
+        self,
+        url: str,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        body: str | None = None,
+        max_price: str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> QuoteResult:
         try:
             _check_arguments(url, method, headers, body, max_price)
-            quote = await self.agent.aquote(url, **self._options(method, headers, body,
-                                                                 max_price, timeout_seconds))
+            quote = await self.agent.aquote(
+                url, **self._options(method, headers, body, max_price, timeout_seconds)
+            )
         except Exception as exc:
             raise await asyncio.to_thread(self._refusal, exc) from exc
         return quote_result(quote)
@@ -471,13 +602,17 @@ class AgentTools:
         breaker = view["circuit_breaker"]
         return BudgetResult(
             wallet=WalletBudget(**view["wallet"]) if view.get("wallet") else None,
-            policy_version=view["policy_version"], policy_digest=view["policy_digest"],
+            policy_version=view["policy_version"],
+            policy_digest=view["policy_digest"],
             assets=[AssetBudget(**a) for a in view["assets"]],
             session=SessionBudget(**view["session"]) if view.get("session") else None,
-            circuit_breaker=BreakerState(open=breaker["open"],
-                                         consecutive_failures=breaker["consecutive_failures"],
-                                         threshold=breaker["threshold"],
-                                         settlement_mismatch=breaker.get("settlement_mismatch")))
+            circuit_breaker=BreakerState(
+                open=breaker["open"],
+                consecutive_failures=breaker["consecutive_failures"],
+                threshold=breaker["threshold"],
+                settlement_mismatch=breaker.get("settlement_mismatch"),
+            ),
+        )
 
     async def abudget(self) -> BudgetResult:
         return await asyncio.to_thread(self.budget)
@@ -491,16 +626,16 @@ class AgentTools:
         try:
             check_limit(limit, MAX_RECEIPTS)
             if state is not None and state not in RECEIPT_STATES:
-                raise InvalidRequest(f"state must be one of {', '.join(RECEIPT_STATES)}",
-                                     reason=Reason.INVALID_STATE)
+                raise InvalidRequest(
+                    f"state must be one of {', '.join(RECEIPT_STATES)}", reason=Reason.INVALID_STATE
+                )
             records = self.agent.receipts(limit, [PaymentState(state)] if state else None)
         except Exception as exc:
             raise refusal(exc) from exc
         rows = []
         for record in records:
             data = receipt(record)
-            rows.append(Receipt(**{k: data.get(k) for k in Receipt.model_fields
-                                   if data.get(k) is not None}))
+            rows.append(Receipt(**{k: data.get(k) for k in Receipt.model_fields if data.get(k) is not None}))
         return ReceiptsResult(receipts=rows)
 
     async def areceipts(self, limit: int = 20, state: str | None = None) -> ReceiptsResult:
@@ -509,5 +644,4 @@ class AgentTools:
     def policy(self) -> dict[str, Any]:
         """The policy in force (read-only): its version, digest and the document."""
         policy = self.agent.payer.gate.policy
-        return {"version": policy.version, "digest": policy.digest,
-                "policy": policy.model_dump(mode="json")}
+        return {"version": policy.version, "digest": policy.digest, "policy": policy.model_dump(mode="json")}

@@ -60,8 +60,7 @@ class PolicyApproval(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    schema_id: Literal["x402-agent/policy-approval/1"] = Field(
-        "x402-agent/policy-approval/1", alias="schema")
+    schema_id: Literal["x402-agent/policy-approval/1"] = Field("x402-agent/policy-approval/1", alias="schema")
     method: Literal["bitcoin_message", "eip712"]
     policy_version: int
     policy_digest: str
@@ -101,16 +100,16 @@ def approval_message(policy: Policy) -> str:
     for asset in policy.assets:
         limits = [f"per-request {_money(asset.per_request_max, asset.decimals)}"]
         if asset.daily_max is not None:
-            limits.insert(0, f"daily {_money(asset.daily_max, asset.decimals)} "
-                             f"{asset.symbol}")
+            limits.insert(0, f"daily {_money(asset.daily_max, asset.decimals)} {asset.symbol}")
         else:
             limits[0] = f"{asset.symbol} {limits[0]}"
         for name, session in sorted(policy.sessions.items()):
             for key, amount in session.allowance.items():
                 if policy.asset(key) == asset:
                     label = "session" if name == "default" else f"session {name}"
-                    limits.append(f"{label} {_money(amount, asset.decimals)}/"
-                                  f"{_lifetime(session.lifetime_seconds)}")
+                    limits.append(
+                        f"{label} {_money(amount, asset.decimals)}/{_lifetime(session.lifetime_seconds)}"
+                    )
         parts.append(", ".join(limits))
     return f"{head}: {'; '.join(parts)}, {policy.digest}"
 
@@ -135,8 +134,9 @@ def recover_bitcoin_message_key(message: str, signature_b64: str) -> str:
         raise PolicyRejected("approval signature is not a 65-byte signed-message signature")
     recid = (raw[0] - 27) & 3
     try:
-        key = PublicKey.from_signature_and_message(raw[1:] + bytes([recid]),
-                                                   bitcoin_message_digest(message), hasher=None)
+        key = PublicKey.from_signature_and_message(
+            raw[1:] + bytes([recid]), bitcoin_message_digest(message), hasher=None
+        )
     except ValueError as exc:
         raise PolicyRejected("approval signature does not recover a key") from exc
     return key.format(compressed=True).hex()
@@ -146,10 +146,15 @@ def eip712_policy_digest(policy: Policy, message: str) -> bytes:
     """EIP-712 digest of the approval as Trezor signs it (see ``eip712_policy_typed_data``)."""
     domain_type = keccak(b"EIP712Domain(string name,string version,uint256 chainId)")
     approval_type = keccak(b"PolicyApproval(string summary,uint256 version,bytes32 digest)")
-    domain = keccak(domain_type + keccak(b"x402-agent policy") + keccak(b"1")
-                    + (policy.chain_id or 0).to_bytes(32, "big"))
-    struct = keccak(approval_type + keccak(message.encode()) + policy.version.to_bytes(32, "big")
-                    + bytes.fromhex(policy.digest.removeprefix("sha256:")))
+    domain = keccak(
+        domain_type + keccak(b"x402-agent policy") + keccak(b"1") + (policy.chain_id or 0).to_bytes(32, "big")
+    )
+    struct = keccak(
+        approval_type
+        + keccak(message.encode())
+        + policy.version.to_bytes(32, "big")
+        + bytes.fromhex(policy.digest.removeprefix("sha256:"))
+    )
     return keccak(b"\x19\x01" + domain + struct)
 
 
@@ -157,17 +162,24 @@ def eip712_policy_typed_data(policy: Policy, message: str) -> dict[str, object]:
     """The typed data a Trezor shows field by field; hashes to ``eip712_policy_digest``."""
     return {
         "types": {
-            "EIP712Domain": [{"name": "name", "type": "string"},
-                             {"name": "version", "type": "string"},
-                             {"name": "chainId", "type": "uint256"}],
-            "PolicyApproval": [{"name": "summary", "type": "string"},
-                               {"name": "version", "type": "uint256"},
-                               {"name": "digest", "type": "bytes32"}],
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+                {"name": "chainId", "type": "uint256"},
+            ],
+            "PolicyApproval": [
+                {"name": "summary", "type": "string"},
+                {"name": "version", "type": "uint256"},
+                {"name": "digest", "type": "bytes32"},
+            ],
         },
         "primaryType": "PolicyApproval",
         "domain": {"name": "x402-agent policy", "version": "1", "chainId": policy.chain_id or 0},
-        "message": {"summary": message, "version": policy.version,
-                    "digest": "0x" + policy.digest.removeprefix("sha256:")},
+        "message": {
+            "summary": message,
+            "version": policy.version,
+            "digest": "0x" + policy.digest.removeprefix("sha256:"),
+        },
     }
 
 
@@ -178,8 +190,7 @@ def _recover_eth(digest: bytes, signature_hex: str) -> str:
     if len(raw) != 65 or raw[64] not in (0, 1, 27, 28):
         raise PolicyRejected("approval signature is not a 65-byte Ethereum signature")
     try:
-        key = PublicKey.from_signature_and_message(raw[:64] + bytes([raw[64] % 27]), digest,
-                                                   hasher=None)
+        key = PublicKey.from_signature_and_message(raw[:64] + bytes([raw[64] % 27]), digest, hasher=None)
     except ValueError as exc:
         raise PolicyRejected("approval signature does not recover a key") from exc
     return "0x" + keccak(key.format(compressed=False)[1:])[-20:].hex()
@@ -188,18 +199,22 @@ def _recover_eth(digest: bytes, signature_hex: str) -> str:
 def verify_approval(policy: Policy, approval: PolicyApproval, enrollment: Enrollment) -> None:
     """Raise PolicyRejected unless the enrolled device signed exactly this policy."""
     if approval.policy_digest != policy.digest or approval.policy_version != policy.version:
-        raise PolicyRejected("the approval is for another policy (digest or version differ)",
-                             reason=Reason.POLICY_TAMPERED)
+        raise PolicyRejected(
+            "the approval is for another policy (digest or version differ)", reason=Reason.POLICY_TAMPERED
+        )
     if approval.message != approval_message(policy):
-        raise PolicyRejected("the approved line does not describe this policy",
-                             reason=Reason.POLICY_TAMPERED)
+        raise PolicyRejected("the approved line does not describe this policy", reason=Reason.POLICY_TAMPERED)
     if approval.method == "bitcoin_message":
         signer = recover_bitcoin_message_key(approval.message, approval.signature)
         if signer != enrollment.pubkey:
-            raise PolicyRejected("the policy was signed by another key than the enrolled device",
-                                 reason=Reason.POLICY_WRONG_KEY)
+            raise PolicyRejected(
+                "the policy was signed by another key than the enrolled device",
+                reason=Reason.POLICY_WRONG_KEY,
+            )
     else:
         signer = _recover_eth(eip712_policy_digest(policy, approval.message), approval.signature)
         if signer != enrollment.eth_address.lower():
-            raise PolicyRejected("the policy was signed by another key than the enrolled device",
-                                 reason=Reason.POLICY_WRONG_KEY)
+            raise PolicyRejected(
+                "the policy was signed by another key than the enrolled device",
+                reason=Reason.POLICY_WRONG_KEY,
+            )

@@ -50,8 +50,14 @@ class Offer:
     requirement: Requirement = field(repr=False, compare=False)
 
     def describe(self) -> dict[str, Any]:
-        return {"index": self.index, "scheme": self.scheme, "network": self.network,
-                "asset": self.asset, "amount": str(self.amount), "pay_to": self.pay_to}
+        return {
+            "index": self.index,
+            "scheme": self.scheme,
+            "network": self.network,
+            "asset": self.asset,
+            "amount": str(self.amount),
+            "pay_to": self.pay_to,
+        }
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,8 @@ def parse_challenge(headers: Mapping[str, str], body: bytes, request_url: str) -
         if _host(named) != _host(request_url):
             raise ChallengeError(
                 f"challenge is for {_host(named)!r}, not the requested host",
-                reason=Reason.RESOURCE_MISMATCH, resource=named[:200],
+                reason=Reason.RESOURCE_MISMATCH,
+                resource=named[:200],
             )
     resource_url = _resource_url(required)
     return Challenge(required.x402_version, offers, resource_url, required.error, required)
@@ -83,44 +90,59 @@ def parse_challenge(headers: Mapping[str, str], body: bytes, request_url: str) -
 
 def _from_header(header: str) -> PaymentRequired | PaymentRequiredV1:
     if len(header) > MAX_HEADER_BYTES:
-        raise ChallengeError("PAYMENT-REQUIRED header is too large", reason=Reason.OVERSIZED_CHALLENGE,
-                             size=len(header), limit=MAX_HEADER_BYTES)
+        raise ChallengeError(
+            "PAYMENT-REQUIRED header is too large",
+            reason=Reason.OVERSIZED_CHALLENGE,
+            size=len(header),
+            limit=MAX_HEADER_BYTES,
+        )
     try:
         text = safe_base64_decode(header)
     except (ValueError, UnicodeError) as exc:
-        raise ChallengeError("PAYMENT-REQUIRED header is not base64 of UTF-8 text",
-                             reason=Reason.UNDECODABLE_CHALLENGE) from exc
+        raise ChallengeError(
+            "PAYMENT-REQUIRED header is not base64 of UTF-8 text", reason=Reason.UNDECODABLE_CHALLENGE
+        ) from exc
     return _validated(text, versions=(2,), where="PAYMENT-REQUIRED header")
 
 
 def _from_body(body: bytes) -> PaymentRequired | PaymentRequiredV1:
     if len(body) > MAX_BODY_BYTES:
-        raise ChallengeError("402 body is too large to be a challenge", reason=Reason.OVERSIZED_CHALLENGE,
-                             size=len(body), limit=MAX_BODY_BYTES)
+        raise ChallengeError(
+            "402 body is too large to be a challenge",
+            reason=Reason.OVERSIZED_CHALLENGE,
+            size=len(body),
+            limit=MAX_BODY_BYTES,
+        )
     return _validated(body, versions=(1, 2), where="402 body")
 
 
-def _validated(raw: str | bytes, versions: tuple[int, ...], where: str
-               ) -> PaymentRequired | PaymentRequiredV1:
+def _validated(
+    raw: str | bytes, versions: tuple[int, ...], where: str
+) -> PaymentRequired | PaymentRequiredV1:
     """JSON object, an integer x402Version we accept here, then the SDK's model."""
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeError) as exc:
-        raise ChallengeError(f"{where} is not a JSON challenge",
-                             reason=Reason.UNDECODABLE_CHALLENGE) from exc
+        raise ChallengeError(f"{where} is not a JSON challenge", reason=Reason.UNDECODABLE_CHALLENGE) from exc
     if not isinstance(data, dict):
         raise ChallengeError(f"{where} is not a JSON object", reason=Reason.UNDECODABLE_CHALLENGE)
     version = data.get("x402Version")
     # type() rather than isinstance: JSON true must not pass for version 1.
     if type(version) is not int or version not in versions:
-        raise ChallengeError(f"{where} has unsupported x402Version {version!r}"[:120],
-                             reason=Reason.UNSUPPORTED_X402_VERSION, version=repr(version)[:20])
+        raise ChallengeError(
+            f"{where} has unsupported x402Version {version!r}"[:120],
+            reason=Reason.UNSUPPORTED_X402_VERSION,
+            version=repr(version)[:20],
+        )
     model = PaymentRequiredV1 if version == 1 else PaymentRequired
     try:
         required = model.model_validate(data)
     except ValidationError as exc:
-        raise ChallengeError(f"{where} is not a valid x402 challenge",
-                             reason=Reason.UNDECODABLE_CHALLENGE, problems=exc.error_count()) from exc
+        raise ChallengeError(
+            f"{where} is not a valid x402 challenge",
+            reason=Reason.UNDECODABLE_CHALLENGE,
+            problems=exc.error_count(),
+        ) from exc
     _check_accepts(required)
     return required
 
@@ -129,8 +151,11 @@ def _check_accepts(required: PaymentRequired | PaymentRequiredV1) -> None:
     if not required.accepts:
         raise ChallengeError("challenge offers no way to pay", reason=Reason.EMPTY_CHALLENGE)
     if len(required.accepts) > MAX_OFFERS:
-        raise ChallengeError("challenge lists too many payment options",
-                             reason=Reason.OVERSIZED_CHALLENGE, offers=len(required.accepts))
+        raise ChallengeError(
+            "challenge lists too many payment options",
+            reason=Reason.OVERSIZED_CHALLENGE,
+            offers=len(required.accepts),
+        )
 
 
 def _offer(index: int, version: int, req: Requirement) -> Offer:
@@ -138,11 +163,15 @@ def _offer(index: int, version: int, req: Requirement) -> Offer:
     try:
         amount = parse_atomic(raw_amount)
     except OverflowError as exc:
-        raise ChallengeError("amount does not fit uint256", reason=Reason.AMOUNT_OVERFLOW,
-                             offer=index) from exc
+        raise ChallengeError(
+            "amount does not fit uint256", reason=Reason.AMOUNT_OVERFLOW, offer=index
+        ) from exc
     except ValueError as exc:
-        raise ChallengeError(f"amount {str(raw_amount)[:40]!r} is not a non-negative integer",
-                             reason=Reason.INVALID_AMOUNT, offer=index) from exc
+        raise ChallengeError(
+            f"amount {str(raw_amount)[:40]!r} is not a non-negative integer",
+            reason=Reason.INVALID_AMOUNT,
+            offer=index,
+        ) from exc
     if amount == 0:
         raise ChallengeError("amount is zero", reason=Reason.INVALID_AMOUNT, offer=index)
     if not 0 < req.max_timeout_seconds <= MAX_TIMEOUT_SECONDS:
@@ -152,15 +181,24 @@ def _offer(index: int, version: int, req: Requirement) -> Offer:
     if network is not None:  # an EVM network: addresses must be EVM addresses
         for name, value in (("asset", asset), ("payTo", pay_to)):
             if not is_hex_address(value) or int(value, 16) == 0:
-                raise ChallengeError(f"{name} is not a usable EVM address", reason=Reason.INVALID_ADDRESS,
-                                     offer=index, field=name)
+                raise ChallengeError(
+                    f"{name} is not a usable EVM address",
+                    reason=Reason.INVALID_ADDRESS,
+                    offer=index,
+                    field=name,
+                )
         asset, pay_to = _checksummed(asset), _checksummed(pay_to)
     return Offer(
-        index=index, x402_version=version, scheme=req.scheme,
+        index=index,
+        x402_version=version,
+        scheme=req.scheme,
         network=network or req.network,
         chain_id=None if network is None else int(network.split(":")[1]),
-        asset=asset, amount=amount, pay_to=pay_to,
-        max_timeout_seconds=req.max_timeout_seconds, extra=dict(req.extra or {}),
+        asset=asset,
+        amount=amount,
+        pay_to=pay_to,
+        max_timeout_seconds=req.max_timeout_seconds,
+        extra=dict(req.extra or {}),
         requirement=req,
     )
 
@@ -187,15 +225,15 @@ def _host(url: str) -> str:
     return (urlsplit(url).hostname or "").lower()
 
 
-def refusal_reason(headers: Mapping[str, str], body: bytes,
-                   settlement: SettleResponse | None = None) -> str | None:
+def refusal_reason(
+    headers: Mapping[str, str], body: bytes, settlement: SettleResponse | None = None
+) -> str | None:
     """Why a server answered a paid request with 402, as it states it: a failed settlement's
     ``errorReason``, else the challenge's ``error`` (v2 PAYMENT-REQUIRED header, v1 JSON body).
     Server text reaches the user and the model: printable ASCII only, and short."""
     stated = settlement.error_reason if settlement is not None and not settlement.success else None
     if not stated:
-        header = headers.get(PAYMENT_REQUIRED_HEADER) or headers.get(
-            PAYMENT_REQUIRED_HEADER.lower())
+        header = headers.get(PAYMENT_REQUIRED_HEADER) or headers.get(PAYMENT_REQUIRED_HEADER.lower())
         try:
             required = _from_header(header) if header is not None else _from_body(body)
         except ChallengeError:

@@ -42,23 +42,34 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("-H", "--header", action="append", default=[], metavar="NAME: VALUE")
         p.add_argument("--max-price", help="ceiling for this request, e.g. 0.05 or '0.05 USDC'")
         p.add_argument("--json", action="store_true", help="machine-readable output")
-        p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS,
-                       metavar="SECONDS", help="overall deadline of the request, connect to last "
-                       f"byte (default {DEFAULT_TIMEOUT_SECONDS:g}, at most "
-                       f"{MAX_TIMEOUT_SECONDS:g})")
+        p.add_argument(
+            "--timeout",
+            type=float,
+            default=DEFAULT_TIMEOUT_SECONDS,
+            metavar="SECONDS",
+            help="overall deadline of the request, connect to last "
+            f"byte (default {DEFAULT_TIMEOUT_SECONDS:g}, at most "
+            f"{MAX_TIMEOUT_SECONDS:g})",
+        )
         session_args(p)
 
     def session_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--session", help="named session: its allowance and lifetime apply")
         p.add_argument("--session-profile", help="session rule of the policy (default 'default')")
 
-    init = sub.add_parser("init", help="create an agent home for a network (then: device enroll, "
-                          "wallet create, policy propose/approve)")
+    init = sub.add_parser(
+        "init",
+        help="create an agent home for a network (then: device enroll, "
+        "wallet create, policy propose/approve)",
+    )
     init.add_argument("--network", required=True, help="CAIP-2 id, e.g. eip155:84532 (Base Sepolia)")
     init.add_argument("--rpc-url", required=True)
     init.add_argument("--ledger", help="postgresql://... for a fleet sharing one budget")
-    init.add_argument("--new-key", action="store_true",
-                      help="also create a plain payer key (encrypted with $X402_AGENT_KEY_PASSWORD)")
+    init.add_argument(
+        "--new-key",
+        action="store_true",
+        help="also create a plain payer key (encrypted with $X402_AGENT_KEY_PASSWORD)",
+    )
     fetch = sub.add_parser("fetch", help="fetch a URL, paying if it asks for payment")
     request_args(fetch)
     fetch.add_argument("--idempotency-key", help="never pay twice for the same key")
@@ -67,8 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     receipts = sub.add_parser("receipts", help="list payment receipts")
     receipts.add_argument("--format", choices=("table", "json", "csv"), default="table")
     receipts.add_argument("--limit", type=int, default=50)
-    budget = sub.add_parser("budget", help="what remains: daily and session allowances, "
-                                           "payments in flight, unknown outcomes, breaker")
+    budget = sub.add_parser(
+        "budget",
+        help="what remains: daily and session allowances, payments in flight, unknown outcomes, breaker",
+    )
     session_args(budget)
     budget.add_argument("--json", action="store_true")
     breaker = sub.add_parser("breaker", help="the circuit breaker")
@@ -79,21 +92,38 @@ def _parser() -> argparse.ArgumentParser:
     register(sub)
     register_wallet(sub)
     mcp = sub.add_parser("mcp", help="serve the agent tools over MCP (stdio by default)")
-    mcp.add_argument("--transport", choices=("stdio", "http"), default="stdio",
-                     help="stdio, or streamable HTTP (bearer token required)")
+    mcp.add_argument(
+        "--transport",
+        choices=("stdio", "http"),
+        default="stdio",
+        help="stdio, or streamable HTTP (bearer token required)",
+    )
     mcp.add_argument("--host", default="127.0.0.1", help="HTTP listen address (loopback)")
     mcp.add_argument("--port", type=int, default=8402, help="HTTP port")
-    mcp.add_argument("--token", help="HTTP bearer token (default $X402_AGENT_MCP_TOKEN, "
-                                     "else generated and printed to stderr)")
+    mcp.add_argument(
+        "--token",
+        help="HTTP bearer token (default $X402_AGENT_MCP_TOKEN, else generated and printed to stderr)",
+    )
     mcp.add_argument("--session-profile", help="session rule of the policy for each connection")
-    devnet = sub.add_parser("devnet", help="run a local x402 world (anvil, USDC, bundler, paid API, "
-                            "device simulator) and an agent home for it, until Ctrl-C")
-    devnet.add_argument("--wallet", choices=("smart-account", "key"), default="smart-account",
-                        help="pay from a device-owned smart account (default) or a plain key")
-    demo = sub.add_parser("demo", help="the whole story in one command: local world, device, smart "
-                          "account, an MCP agent paying until refused, a device-approved change")
-    demo.add_argument("--interactive", action="store_true",
-                      help="approve or reject each device screen yourself")
+    devnet = sub.add_parser(
+        "devnet",
+        help="run a local x402 world (anvil, USDC, bundler, paid API, "
+        "device simulator) and an agent home for it, until Ctrl-C",
+    )
+    devnet.add_argument(
+        "--wallet",
+        choices=("smart-account", "key"),
+        default="smart-account",
+        help="pay from a device-owned smart account (default) or a plain key",
+    )
+    demo = sub.add_parser(
+        "demo",
+        help="the whole story in one command: local world, device, smart "
+        "account, an MCP agent paying until refused, a device-approved change",
+    )
+    demo.add_argument(
+        "--interactive", action="store_true", help="approve or reject each device screen yourself"
+    )
     return parser
 
 
@@ -104,8 +134,9 @@ def _headers(pairs: Sequence[str]) -> dict[str, str]:
     for pair in pairs:
         name, sep, value = pair.partition(":")
         if not sep:
-            raise InvalidRequest(f"header must be 'Name: value', got {pair[:60]!r}",
-                                 reason=Reason.INVALID_HEADER)
+            raise InvalidRequest(
+                f"header must be 'Name: value', got {pair[:60]!r}", reason=Reason.INVALID_HEADER
+            )
         name = name.strip()
         if name.lower() in (n.lower() for n in headers):
             raise InvalidRequest(f"header {name[:40]!r} is given twice", reason=Reason.INVALID_HEADER)
@@ -131,12 +162,15 @@ def _body(data: str | None) -> bytes | None:
             body = file.read(MAX_BODY_BYTES + 1)
     except (OSError, ValueError) as exc:
         problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise InvalidRequest(f"cannot read the body file {name[:200]!r}: {problem}",
-                             reason=Reason.BODY_FILE_UNREADABLE) from None
+        raise InvalidRequest(
+            f"cannot read the body file {name[:200]!r}: {problem}", reason=Reason.BODY_FILE_UNREADABLE
+        ) from None
     if len(body) > MAX_BODY_BYTES:
-        raise InvalidRequest(f"the body file {name[:200]!r} is larger than the limit of "
-                             f"{MAX_BODY_BYTES} bytes", reason=Reason.BODY_TOO_LARGE,
-                             limit=MAX_BODY_BYTES)
+        raise InvalidRequest(
+            f"the body file {name[:200]!r} is larger than the limit of {MAX_BODY_BYTES} bytes",
+            reason=Reason.BODY_TOO_LARGE,
+            limit=MAX_BODY_BYTES,
+        )
     return body
 
 
@@ -147,13 +181,24 @@ def _request_options(args: argparse.Namespace) -> dict[str, Any]:
     from .request_limits import check_request
     from .selection import PriceLimit
 
-    options = {"method": args.method, "headers": _headers(args.header), "body": _body(args.data),
-               "max_price": args.max_price, "session": args.session,
-               "session_profile": args.session_profile,
-               "idempotency_key": getattr(args, "idempotency_key", None),
-               "timeout_seconds": check_timeout(args.timeout)}
-    check_request(args.url, options["method"], options["headers"], options["body"],
-                  options["idempotency_key"], options["session"])
+    options = {
+        "method": args.method,
+        "headers": _headers(args.header),
+        "body": _body(args.data),
+        "max_price": args.max_price,
+        "session": args.session,
+        "session_profile": args.session_profile,
+        "idempotency_key": getattr(args, "idempotency_key", None),
+        "timeout_seconds": check_timeout(args.timeout),
+    }
+    check_request(
+        args.url,
+        options["method"],
+        options["headers"],
+        options["body"],
+        options["idempotency_key"],
+        options["session"],
+    )
     if args.max_price is not None:
         PriceLimit.parse(args.max_price)
     return options
@@ -205,29 +250,42 @@ def _fetch(args: argparse.Namespace) -> int:
         agent.close()
     paid = outcome.payment
     if args.json:
-        _print_json({"status": outcome.status, "content_type": outcome.content_type,
-                     **_json_body(outcome), "location": outcome.location,
-                     "replayed": outcome.replayed, "confirmed_on_chain": outcome.confirmed_on_chain,
-                     "receipt": receipt(paid) if paid else None})
+        _print_json(
+            {
+                "status": outcome.status,
+                "content_type": outcome.content_type,
+                **_json_body(outcome),
+                "location": outcome.location,
+                "replayed": outcome.replayed,
+                "confirmed_on_chain": outcome.confirmed_on_chain,
+                "receipt": receipt(paid) if paid else None,
+            }
+        )
     else:
         if paid is not None:
             from .money import format_units
 
-            verb = "already paid (idempotent replay, nothing paid again):" if outcome.replayed \
-                else "paid"
-            print(f"{verb} {format_units(paid.amount, paid.decimals)} {paid.symbol} "
-                  f"({paid.state}, tx {paid.settlement_tx or '-'}, receipt {paid.id})",
-                  file=sys.stderr)
+            verb = "already paid (idempotent replay, nothing paid again):" if outcome.replayed else "paid"
+            print(
+                f"{verb} {format_units(paid.amount, paid.decimals)} {paid.symbol} "
+                f"({paid.state}, tx {paid.settlement_tx or '-'}, receipt {paid.id})",
+                file=sys.stderr,
+            )
         if outcome.location is not None:
-            print(f"redirected after payment to another origin, not followed: {outcome.location}",
-                  file=sys.stderr)
+            print(
+                f"redirected after payment to another origin, not followed: {outcome.location}",
+                file=sys.stderr,
+            )
         with outcome.open_body() as body:  # a kept paid body: the whole file
             shutil.copyfileobj(body, sys.stdout.buffer)
         sys.stdout.flush()
     if paid is not None and paid.verification == "mismatch":
-        print(f"warning: payment {paid.id}: the chain does not show the settlement the server "
-              "claimed; it stays counted and the circuit breaker is open "
-              "(x402-agent receipts --format json shows the evidence)", file=sys.stderr)
+        print(
+            f"warning: payment {paid.id}: the chain does not show the settlement the server "
+            "claimed; it stays counted and the circuit breaker is open "
+            "(x402-agent receipts --format json shows the evidence)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     return EXIT_OK if outcome.status < 400 else EXIT_FAILED
 
@@ -246,9 +304,13 @@ def _json_body(outcome: Any) -> dict[str, Any]:
     except UnicodeDecodeError:
         body = {"base64": base64.b64encode(content).decode()}
     if stored is not None:
-        body.update(body_path=str(stored.path), body_sha256=stored.sha256,
-                    body_bytes=stored.size, body_complete=stored.complete,
-                    truncated=len(content) < stored.size)
+        body.update(
+            body_path=str(stored.path),
+            body_sha256=stored.sha256,
+            body_bytes=stored.size,
+            body_complete=stored.complete,
+            truncated=len(content) < stored.size,
+        )
     return body
 
 
@@ -261,8 +323,9 @@ def _init(args: argparse.Namespace) -> int:
 
     root = (args.home or default_home()).expanduser()
     if args.new_key and PASSWORD_ENV not in os.environ:
-        raise ConfigError(f"set {PASSWORD_ENV}: it encrypts the new key",
-                          reason=Reason.KEYSTORE_PASSWORD_MISSING)
+        raise ConfigError(
+            f"set {PASSWORD_ENV}: it encrypts the new key", reason=Reason.KEYSTORE_PASSWORD_MISSING
+        )
     home = init_home(root, network=args.network, rpc_url=args.rpc_url, ledger=args.ledger)
     print(f"agent home {root} for {args.network}")
     if args.new_key:
@@ -270,11 +333,16 @@ def _init(args: argparse.Namespace) -> int:
 
         from .signer import write_keystore
 
-        address = write_keystore(home.path(home.config.signer.keystore),
-                                 "0x" + secrets.token_bytes(32).hex(), home.keystore_password())
+        address = write_keystore(
+            home.path(home.config.signer.keystore),
+            "0x" + secrets.token_bytes(32).hex(),
+            home.keystore_password(),
+        )
         print(f"payer key {address} (encrypted in {home.config.signer.keystore}): fund it with USDC")
-    print("next: x402-agent device enroll; x402-agent wallet create ... (a smart account) or "
-          "--new-key (a plain key); then x402-agent policy propose FILE && x402-agent policy approve")
+    print(
+        "next: x402-agent device enroll; x402-agent wallet create ... (a smart account) or "
+        "--new-key (a plain key); then x402-agent policy propose FILE && x402-agent policy approve"
+    )
     return EXIT_OK
 
 
@@ -297,8 +365,7 @@ def _quote(args: argparse.Namespace) -> int:
         for option in quote.options:
             mark = "*" if quote.chosen and option["index"] == quote.chosen["index"] else " "
             price = f"{option.get('price', option['amount'])} {option.get('symbol', option['asset'])}"
-            print(f" {mark} {price:>16} on {option['network']} to {option['pay_to']}: "
-                  f"{option['reason']}")
+            print(f" {mark} {price:>16} on {option['network']} to {option['pay_to']}: {option['reason']}")
     return EXIT_OK if quote.allowed else EXIT_FAILED
 
 
@@ -325,30 +392,46 @@ def _budget(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(view)
         return EXIT_OK
-    print(f"policy v{view['policy_version']} ({view['policy_digest'][:19]}...), "
-          f"day: {view['day']['kind']} {view['day']['timezone']}")
+    print(
+        f"policy v{view['policy_version']} ({view['policy_digest'][:19]}...), "
+        f"day: {view['day']['kind']} {view['day']['timezone']}"
+    )
     for a in view["assets"]:
-        daily = (f"{a['daily_remaining_display']} of {_units(a['daily_max'], a)} left today"
-                 if a["daily_max"] is not None else "no daily limit")
-        print(f"  {a['symbol']:6} {a['network']:14} {daily}; per request "
-              f"{_units(a['per_request_max'], a)}; in flight {_units(a['in_flight'], a)}; "
-              f"unknown {_units(a['unknown'], a)} ({a['unknown_payments']})")
+        daily = (
+            f"{a['daily_remaining_display']} of {_units(a['daily_max'], a)} left today"
+            if a["daily_max"] is not None
+            else "no daily limit"
+        )
+        print(
+            f"  {a['symbol']:6} {a['network']:14} {daily}; per request "
+            f"{_units(a['per_request_max'], a)}; in flight {_units(a['in_flight'], a)}; "
+            f"unknown {_units(a['unknown'], a)} ({a['unknown_payments']})"
+        )
     breaker = view["circuit_breaker"]
     state = "OPEN: paying stopped" if breaker["open"] else "closed"
-    print(f"  circuit breaker {state} ({breaker['consecutive_failures']} consecutive failures, "
-          f"threshold {breaker['threshold']})")
+    print(
+        f"  circuit breaker {state} ({breaker['consecutive_failures']} consecutive failures, "
+        f"threshold {breaker['threshold']})"
+    )
     session = view.get("session")
     if session:
         for allowance in session["allowance"] or []:
-            print(f"  session {session['id']}: {allowance['remaining_display']} "
-                  f"{allowance['symbol']} left of its allowance")
+            print(
+                f"  session {session['id']}: {allowance['remaining_display']} "
+                f"{allowance['symbol']} left of its allowance"
+            )
     wallet = view.get("wallet")
     if wallet:
-        token = {"decimals": next((a["decimals"] for a in view["assets"]
-                                   if a["asset"].lower() == wallet["token"].lower()), 0)}
-        print(f"  smart account {wallet['account']} (on chain): {_units(wallet['hot_balance'], token)}"
-              f" held, {_units(wallet['vault_available'], token)} more from the vault this period, "
-              f"at most {_units(wallet['max_value'], token)} per payment")
+        token = {
+            "decimals": next(
+                (a["decimals"] for a in view["assets"] if a["asset"].lower() == wallet["token"].lower()), 0
+            )
+        }
+        print(
+            f"  smart account {wallet['account']} (on chain): {_units(wallet['hot_balance'], token)}"
+            f" held, {_units(wallet['vault_available'], token)} more from the vault this period, "
+            f"at most {_units(wallet['max_value'], token)} per payment"
+        )
     return EXIT_OK
 
 
@@ -402,8 +485,14 @@ def _mcp(args: argparse.Namespace) -> int:
     home = open_home(args.home)
     PolicyStore(home.root, expectations(home)).load()
     try:
-        return serve(args.home, transport=args.transport, host=args.host, port=args.port,
-                     token=args.token, session_profile=args.session_profile)
+        return serve(
+            args.home,
+            transport=args.transport,
+            host=args.host,
+            port=args.port,
+            token=args.token,
+            session_profile=args.session_profile,
+        )
     finally:
         if front is not None:
             front.finish()
@@ -433,9 +522,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import ConfigError, X402AgentError
 
     handler: dict[str, Callable[[argparse.Namespace], int]] = {
-        "fetch": _fetch, "quote": _quote, "receipts": _receipts, "devnet": _devnet, "demo": _demo,
-        "budget": _budget, "breaker": _breaker, "policy": _policy, "device": _device,
-        "mcp": _mcp, "wallet": _wallet, "init": _init}
+        "fetch": _fetch,
+        "quote": _quote,
+        "receipts": _receipts,
+        "devnet": _devnet,
+        "demo": _demo,
+        "budget": _budget,
+        "breaker": _breaker,
+        "policy": _policy,
+        "device": _device,
+        "mcp": _mcp,
+        "wallet": _wallet,
+        "init": _init,
+    }
     try:
         return handler[args.command](args)
     except X402AgentError as exc:
@@ -446,8 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"x402-agent: {exc.message} [{exc.reason}]", file=sys.stderr)
             print(f"next step: {exc.reason.next_step}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, ConfigError | InvalidRequest | PolicyRejected
-                                        ) else EXIT_FAILED
+        return EXIT_USAGE if isinstance(exc, ConfigError | InvalidRequest | PolicyRejected) else EXIT_FAILED
     except KeyboardInterrupt:
         return 130
 

@@ -30,31 +30,40 @@ def register(sub: Any) -> None:
     enroll = device_sub.add_parser("enroll", help="pin the device key that approves policies")
     enroll.add_argument("--fingerprint")
     enroll.add_argument("--path")
-    enroll.add_argument("--device-path",
-                        help="HWI path of a device the scan misses, e.g. a simulator on its own "
-                             "port (udp:127.0.0.1:PORT); the home remembers it")
+    enroll.add_argument(
+        "--device-path",
+        help="HWI path of a device the scan misses, e.g. a simulator on its own "
+        "port (udp:127.0.0.1:PORT); the home remembers it",
+    )
     enroll.add_argument("--device-type", default="trezor")
     simulate = device_sub.add_parser("simulate", help="run the (insecure) device simulator")
-    simulate.add_argument("--port", type=int,
-                          help="UDP port, debug link on the next (default 21324, the only one "
-                               "HWI's scan finds; 0 = a free pair); give the path it prints to "
-                               "`device enroll --device-path`")
-    simulate.add_argument("--confirm", choices=("auto", "reject", "ask"), default="auto",
-                          help="approve everything, refuse everything, or ask here each time")
+    simulate.add_argument(
+        "--port",
+        type=int,
+        help="UDP port, debug link on the next (default 21324, the only one "
+        "HWI's scan finds; 0 = a free pair); give the path it prints to "
+        "`device enroll --device-path`",
+    )
+    simulate.add_argument(
+        "--confirm",
+        choices=("auto", "reject", "ask"),
+        default="auto",
+        help="approve everything, refuse everything, or ask here each time",
+    )
 
     policy = sub.add_parser("policy", help="the spending policy and its approval")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True)
     propose = policy_sub.add_parser("propose", help="validate FILE and show what changes")
     propose.add_argument("file", type=Path)
     approve = policy_sub.add_parser("approve", help="sign the proposed policy on the device")
-    approve.add_argument("--eip712", action="store_true",
-                         help="Trezor: sign EIP-712 typed data (fields shown one by one)")
+    approve.add_argument(
+        "--eip712", action="store_true", help="Trezor: sign EIP-712 typed data (fields shown one by one)"
+    )
     tighten = policy_sub.add_parser("tighten", help="apply FILE if it only lowers limits")
     tighten.add_argument("file", type=Path)
     policy_sub.add_parser("show", help="the effective policy and its approval")
     verify = policy_sub.add_parser("verify", help="check the approval (exit 1 if invalid)")
-    verify.add_argument("file", type=Path, nargs="?",
-                        help="a policy file with FILE.approval.json beside it")
+    verify.add_argument("file", type=Path, nargs="?", help="a policy file with FILE.approval.json beside it")
     policy_sub.add_parser("schema", help="print the policy JSON schema")
 
 
@@ -72,8 +81,7 @@ def store_for(home: AgentHome, *, for_enrollment: bool = False) -> PolicyStore:
 
     if for_enrollment:
         owner = expectations(home).owner if home.config.signer.kind == "smart_account" else None
-        return PolicyStore(home.root, Expectations(account=None, chain_id=home.config.chain_id,
-                                                   owner=owner))
+        return PolicyStore(home.root, Expectations(account=None, chain_id=home.config.chain_id, owner=owner))
     return PolicyStore(home.root, expectations(home))
 
 
@@ -88,8 +96,9 @@ def run_device(args: argparse.Namespace) -> int:
             known = []  # no home here: the scan alone
         for info in list_devices(known):
             state = f" ERROR {info.error}" if info.error else ""
-            print(f"{info.device_type:10} {info.fingerprint or '-':9} {info.model or '-':20} "
-                  f"{info.path}{state}")
+            print(
+                f"{info.device_type:10} {info.fingerprint or '-':9} {info.model or '-':20} {info.path}{state}"
+            )
         return 0
     if args.device_command == "simulate":
         from .device.simulator import DEFAULT_PORT, run_simulator
@@ -97,8 +106,7 @@ def run_device(args: argparse.Namespace) -> int:
         port = DEFAULT_PORT if args.port is None else args.port
         if args.confirm == "ask":
             # HWI presses "yes" on emulators' debug link by itself: ignore it, ask the person.
-            return run_simulator(port=port, confirm="wait", honor_debuglink=False,
-                                 interactive=True)
+            return run_simulator(port=port, confirm="wait", honor_debuglink=False, interactive=True)
         return run_simulator(port=port, confirm=args.confirm)
     from .device.approve import enroll
 
@@ -108,8 +116,7 @@ def run_device(args: argparse.Namespace) -> int:
     device = HwiDevice.find(args.fingerprint, known_devices(home))
     try:
         print("confirm the address on the device...", file=sys.stderr)
-        enrollment = enroll(store_for(home, for_enrollment=True), device,
-                            args.path or DEFAULT_APPROVAL_PATH)
+        enrollment = enroll(store_for(home, for_enrollment=True), device, args.path or DEFAULT_APPROVAL_PATH)
     finally:
         device.close()
     print(json.dumps(enrollment.model_dump(), indent=2))
@@ -167,8 +174,10 @@ def run_policy(args: argparse.Namespace) -> int:
         proposed = store.propose(args.file.read_text(), str(args.file))
         print(f"proposed policy v{proposed.version} ({proposed.digest})")
         print("\n".join(diff_lines(current, proposed)) or "  (no change)")
-        print(f"the device will show:\n  {approval_message(proposed)}\n"
-              "approve it with: x402-agent policy approve")
+        print(
+            f"the device will show:\n  {approval_message(proposed)}\n"
+            "approve it with: x402-agent policy approve"
+        )
         return 0
     if args.policy_command == "approve":
         return _approve(home, store, typed=args.eip712)
@@ -183,7 +192,8 @@ def run_policy(args: argparse.Namespace) -> int:
 
         policy = load_policy(args.file)
         approval = PolicyApproval.model_validate_json(
-            args.file.with_name(args.file.name + ".approval.json").read_bytes())
+            args.file.with_name(args.file.name + ".approval.json").read_bytes()
+        )
         store.verify_approved(policy, approval)
         print(f"ok: policy v{policy.version} approved by device {approval.fingerprint}")
         return 0
@@ -200,13 +210,17 @@ def _owner_lines(store: PolicyStore, enrollment: Enrollment) -> list[str]:
     enrolled = enrollment.eth_address
     owner = store.account_owner(enrollment)
     if owner is None:
-        return [f"  enrolled key   {enrolled}",
-                "  account owner  none on chain (plain-key home): only the home's device file "
-                "records the device, so whoever can rewrite the home's files can replace it "
-                "(weaker than a smart account, whose owner the chain records)"]
+        return [
+            f"  enrolled key   {enrolled}",
+            "  account owner  none on chain (plain-key home): only the home's device file "
+            "records the device, so whoever can rewrite the home's files can replace it "
+            "(weaker than a smart account, whose owner the chain records)",
+        ]
     flag = "" if owner.owner == enrolled.lower() else "   MISMATCH: not the enrolled key"
-    return [f"  enrolled key   {enrolled}",
-            f"  account owner  {owner.owner or 'unknown'} ({owner.source}){flag}"]
+    return [
+        f"  enrolled key   {enrolled}",
+        f"  account owner  {owner.owner or 'unknown'} ({owner.source}){flag}",
+    ]
 
 
 def _show(store: PolicyStore) -> int:
@@ -223,8 +237,7 @@ def _show(store: PolicyStore) -> int:
     print(f"policy v{policy.version} {policy.digest}")
     for line in _summary(policy):
         print(f"  {line}")
-    print(f"approved by device {enrollment.fingerprint} ({enrollment.device_type}) at "
-          f"{enrollment.path}")
+    print(f"approved by device {enrollment.fingerprint} ({enrollment.device_type}) at {enrollment.path}")
     print("\n".join(owner))
     return 0
 
@@ -249,6 +262,8 @@ def _approve(home: AgentHome, store: PolicyStore, typed: bool) -> int:
             approve(store, device, proposed)
     finally:
         device.close()
-    print(f"policy v{proposed.version} approved on the device in "
-          f"{time.perf_counter() - began:.2f}s and installed")
+    print(
+        f"policy v{proposed.version} approved on the device in "
+        f"{time.perf_counter() - began:.2f}s and installed"
+    )
     return 0

@@ -24,21 +24,27 @@ def register(sub: Any) -> None:
     wallet = sub.add_parser("wallet", help="the smart-account hot wallet and its session key")
     wallet_sub = wallet.add_subparsers(dest="wallet_command", required=True)
     create = wallet_sub.add_parser(
-        "create", help="give this home a smart account owned by the enrolled device")
+        "create", help="give this home a smart account owned by the enrolled device"
+    )
     create.add_argument("--network", required=True, help="CAIP-2 network, e.g. eip155:84532")
     create.add_argument("--token", required=True, help="the token the account pays with")
     create.add_argument("--max-value", type=int, required=True, help="per payment, atomic units")
-    create.add_argument("--allowance", type=int, required=True,
-                        help="what the account may pull from its vault per period, atomic units")
+    create.add_argument(
+        "--allowance",
+        type=int,
+        required=True,
+        help="what the account may pull from its vault per period, atomic units",
+    )
     create.add_argument("--period", type=int, default=DAY, help="allowance period, seconds")
-    create.add_argument("--max-window", type=int, default=360,
-                        help="longest authorization validity, seconds")
+    create.add_argument("--max-window", type=int, default=360, help="longest authorization validity, seconds")
     create.add_argument("--session-days", type=int, default=30)
-    create.add_argument("--top-up-to", type=int, default=0,
-                        help="refill the hot balance up to this (atomic units)")
+    create.add_argument(
+        "--top-up-to", type=int, default=0, help="refill the hot balance up to this (atomic units)"
+    )
     create.add_argument("--bundler-url")
-    create.add_argument("--relayer-keystore",
-                        help="keystore (same password) of a key with ETH for handleOps and owner calls")
+    create.add_argument(
+        "--relayer-keystore", help="keystore (same password) of a key with ETH for handleOps and owner calls"
+    )
     status = wallet_sub.add_parser("status", help="bounds, balances and what the vault still allows")
     status.add_argument("--json", action="store_true")
     topup = wallet_sub.add_parser("topup", help="refill the hot balance from the vault now")
@@ -89,18 +95,31 @@ def run_wallet(args: argparse.Namespace) -> int:
         return 0
     if args.wallet_command == "topup":
         funds = wallet.funds()
-        amount = args.amount if args.amount is not None else min(
-            funds.vault_available, max(wallet.top_up_to - funds.hot_balance, 0))
+        amount = (
+            args.amount
+            if args.amount is not None
+            else min(funds.vault_available, max(wallet.top_up_to - funds.hot_balance, 0))
+        )
         if amount <= 0:
             print("nothing to top up (hot balance at its target, or the vault allows nothing)")
             return 0
         result = wallet.top_up(amount)
-        print(json.dumps({"topped_up": amount, "via": result.via, "transaction": result.transaction_hash,
-                          "hot_balance": wallet.funds().hot_balance}))
+        print(
+            json.dumps(
+                {
+                    "topped_up": amount,
+                    "via": result.via,
+                    "transaction": result.transaction_hash,
+                    "hot_balance": wallet.funds().hot_balance,
+                }
+            )
+        )
         return 0
     if wallet.relayer is None:
-        raise ConfigError("owner actions need a relayer key with ETH (wallet.relayer_keystore)",
-                          reason=Reason.RELAYER_MISSING)
+        raise ConfigError(
+            "owner actions need a relayer key with ETH (wallet.relayer_keystore)",
+            reason=Reason.RELAYER_MISSING,
+        )
     if args.wallet_command in ("withdraw", "bounds"):
         return _owner_actions(home, wallet, args)
     from .chain.setup import revoke_session_key, rotate_session_key
@@ -111,9 +130,14 @@ def run_wallet(args: argparse.Namespace) -> int:
             revoke_session_key(wallet, sign_line, wallet.relayer)
             print(f"session key {wallet.session_address} revoked: this home can no longer pay")
             return 0
-        new = rotate_session_key(home, wallet, sign_line, wallet.relayer,
-                                 session_seconds=args.session_days * DAY,
-                                 password=home.keystore_password())
+        new = rotate_session_key(
+            home,
+            wallet,
+            sign_line,
+            wallet.relayer,
+            session_seconds=args.session_days * DAY,
+            password=home.keystore_password(),
+        )
     print(f"session key rotated: {wallet.session_address} revoked, {new} active")
     return 0
 
@@ -127,21 +151,42 @@ def _create(home: AgentHome, args: argparse.Namespace) -> int:
     owner = store_for(home, for_enrollment=True).enrollment().eth_address
     rpc_url = home.config.rpc_urls.get(args.network)
     if rpc_url is None:
-        raise ConfigError(f"no RPC URL for {args.network} in the home's rpc_urls",
-                          reason=Reason.CONFIG_INVALID)
-    bounds = WalletBounds(to_checksum_address(args.token), args.max_value, args.max_window,
-                          args.allowance, args.period)
-    home = create_wallet(home, connect(rpc_url), network=args.network, owner=owner,
-                         bounds=bounds, session_seconds=args.session_days * DAY,
-                         password=home.keystore_password(), bundler_url=args.bundler_url,
-                         relayer_keystore=args.relayer_keystore, top_up_to=args.top_up_to)
+        raise ConfigError(
+            f"no RPC URL for {args.network} in the home's rpc_urls", reason=Reason.CONFIG_INVALID
+        )
+    bounds = WalletBounds(
+        to_checksum_address(args.token), args.max_value, args.max_window, args.allowance, args.period
+    )
+    home = create_wallet(
+        home,
+        connect(rpc_url),
+        network=args.network,
+        owner=owner,
+        bounds=bounds,
+        session_seconds=args.session_days * DAY,
+        password=home.keystore_password(),
+        bundler_url=args.bundler_url,
+        relayer_keystore=args.relayer_keystore,
+        top_up_to=args.top_up_to,
+    )
     signer = home.config.signer
     assert signer.kind == "smart_account"
-    print(json.dumps({"account": signer.account, "vault": signer.vault, "owner": owner,
-                      "session_key": signer.setup.session_key}, indent=2))
-    print("next: fund the vault with the token, send the account a little ETH for top-up gas,\n"
-          "then approve a policy naming the account: x402-agent policy propose FILE && "
-          "x402-agent policy approve")
+    print(
+        json.dumps(
+            {
+                "account": signer.account,
+                "vault": signer.vault,
+                "owner": owner,
+                "session_key": signer.setup.session_key,
+            },
+            indent=2,
+        )
+    )
+    print(
+        "next: fund the vault with the token, send the account a little ETH for top-up gas,\n"
+        "then approve a policy naming the account: x402-agent policy propose FILE && "
+        "x402-agent policy approve"
+    )
     return 0
 
 
@@ -160,22 +205,41 @@ def _owner_actions(home: AgentHome, wallet: Any, args: argparse.Namespace) -> in
     else:
         bounds = wallet.bounds(fresh=True)
         if args.max_value is not None or args.max_window is not None:
-            actions.append((wallet.account, ACCOUNT_TAG, "setPolicy", [
-                bounds.max_value if args.max_value is None else args.max_value,
-                bounds.max_window if args.max_window is None else args.max_window,
-                bounds.payees_restricted]))
+            actions.append(
+                (
+                    wallet.account,
+                    ACCOUNT_TAG,
+                    "setPolicy",
+                    [
+                        bounds.max_value if args.max_value is None else args.max_value,
+                        bounds.max_window if args.max_window is None else args.max_window,
+                        bounds.payees_restricted,
+                    ],
+                )
+            )
         if args.allowance is not None or args.period is not None:
             vault = wallet.vault_terms()
-            actions.append((wallet.vault, VAULT_TAG, "setAllowance", [
-                vault[0] if args.allowance is None else args.allowance,
-                vault[1] if args.period is None else args.period]))
+            actions.append(
+                (
+                    wallet.vault,
+                    VAULT_TAG,
+                    "setAllowance",
+                    [
+                        vault[0] if args.allowance is None else args.allowance,
+                        vault[1] if args.period is None else args.period,
+                    ],
+                )
+            )
         if not actions:
-            raise ConfigError("name a bound to change (--max-value, --max-window, --allowance, "
-                              "--period)", reason=Reason.INVALID_REQUEST)
+            raise ConfigError(
+                "name a bound to change (--max-value, --max-window, --allowance, --period)",
+                reason=Reason.INVALID_REQUEST,
+            )
     with _device_signer(home) as sign_line:
         for target, tag, action, action_args in actions:
             print(f"confirm {action} on the device...")
-            receipt = run_owner_action(wallet.w3, target, action, action_args, sign_line,
-                                       wallet.relayer, tag=tag)
+            receipt = run_owner_action(
+                wallet.w3, target, action, action_args, sign_line, wallet.relayer, tag=tag
+            )
             print(json.dumps({"action": action, "transaction": receipt["transactionHash"].hex()}))
     return 0

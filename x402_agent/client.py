@@ -39,15 +39,15 @@ from .reasons import Reason
 
 # Told of every step the async driver is about to run (a price request, an approval, a top-up,
 # the paid request, a settlement check): an adapter sets it around one call to report progress.
-STEP_OBSERVER: contextvars.ContextVar[Callable[[Step], Awaitable[None]] | None] = (
-    contextvars.ContextVar("x402_step_observer", default=None))
+STEP_OBSERVER: contextvars.ContextVar[Callable[[Step], Awaitable[None]] | None] = contextvars.ContextVar(
+    "x402_step_observer", default=None
+)
 
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 # Drop idle connections before common servers do (uvicorn: 5 s), so a request is rarely sent
 # on a connection the server is closing.
-DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20,
-                              keepalive_expiry=2.0)
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=2.0)
 T = TypeVar("T")
 Approver = Callable[[ApprovalRequest], bool | None]
 AsyncApprover = Callable[[ApprovalRequest], Awaitable[bool | None] | bool | None]
@@ -55,8 +55,7 @@ _rpc_ids = itertools.count(1)
 
 
 def _rpc_body(step: RpcCall) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": next(_rpc_ids), "method": step.method,
-            "params": list(step.params)}
+    return {"jsonrpc": "2.0", "id": next(_rpc_ids), "method": step.method, "params": list(step.params)}
 
 
 def _rpc_result(response: httpx.Response, step: RpcCall) -> Any:
@@ -66,8 +65,7 @@ def _rpc_result(response: httpx.Response, step: RpcCall) -> Any:
         raise ChainError(f"RPC {step.method} answered non-JSON") from exc
     if response.status_code != 200 or not isinstance(data, dict) or "error" in data:
         error = data.get("error") if isinstance(data, dict) else None
-        raise ChainError(f"RPC {step.method} failed", status=response.status_code,
-                         rpc_error=str(error)[:200])
+        raise ChainError(f"RPC {step.method} failed", status=response.status_code, rpc_error=str(error)[:200])
     return data.get("result")
 
 
@@ -78,13 +76,18 @@ def run_wallet_call(step: WalletCall) -> Any:
     except X402AgentError:
         raise
     except Exception as exc:
-        raise ChainError(f"the wallet's {step.name} failed: {type(exc).__name__}",
-                         cause=type(exc).__name__) from exc
+        raise ChainError(
+            f"the wallet's {step.name} failed: {type(exc).__name__}", cause=type(exc).__name__
+        ) from exc
 
 
 def _too_large(size: int) -> UpstreamError:
-    return UpstreamError("response body is larger than the limit", reason=Reason.RESPONSE_TOO_LARGE,
-                         limit=MAX_RESPONSE_BYTES, size=size)
+    return UpstreamError(
+        "response body is larger than the limit",
+        reason=Reason.RESPONSE_TOO_LARGE,
+        limit=MAX_RESPONSE_BYTES,
+        size=size,
+    )
 
 
 def _limit_time(step: HttpCall, deadline: Deadline | None) -> None:
@@ -93,13 +96,13 @@ def _limit_time(step: HttpCall, deadline: Deadline | None) -> None:
         step.request.extensions["timeout"] = deadline.timeouts()
 
 
-def _failed(host: str, exc: Exception, deadline: Deadline | None, status: int | None,
-            size: int) -> UpstreamError:
+def _failed(
+    host: str, exc: Exception, deadline: Deadline | None, status: int | None, size: int
+) -> UpstreamError:
     if deadline is not None and isinstance(exc, TimeoutError | httpx.TimeoutException):
         # Every operation was given only the time left: its timeout is the deadline.
         return deadline.exceeded(host, status, size)
-    return UpstreamError(f"request to {host} failed: {type(exc).__name__}",
-                         cause=type(exc).__name__)
+    return UpstreamError(f"request to {host} failed: {type(exc).__name__}", cause=type(exc).__name__)
 
 
 def _advance(resume: Callable[[], Step]) -> tuple[bool, Any]:
@@ -131,7 +134,7 @@ class _Body:
             self._chunks.append(chunk)
             return True
         if self._kept < INLINE_BYTES:
-            part = chunk[:INLINE_BYTES - self._kept]
+            part = chunk[: INLINE_BYTES - self._kept]
             self._chunks.append(part)
             self._kept += len(part)
         return self._writer.write(chunk)
@@ -152,8 +155,11 @@ def _record_interruption(flow: Generator[Step, Any, Any]) -> None:
     """Ctrl-C with the payment sent: the flow records it (unknown, counted, with evidence)
     before the interrupt goes on; the answer is lost, the chain settles the rest later."""
     try:
-        flow.throw(UpstreamError("interrupted after the payment was sent", reason=Reason.INTERRUPTED,
-                                 cause="KeyboardInterrupt"))
+        flow.throw(
+            UpstreamError(
+                "interrupted after the payment was sent", reason=Reason.INTERRUPTED, cause="KeyboardInterrupt"
+            )
+        )
     except X402AgentError:
         pass  # the flow's own account of it (paid, not delivered): the interrupt wins
     finally:
@@ -163,15 +169,21 @@ def _record_interruption(flow: Generator[Step, Any, Any]) -> None:
 class X402Client:
     """Synchronous pay-and-fetch over one pooled httpx.Client."""
 
-    def __init__(self, payer: Payer, http: httpx.Client | None = None,
-                 approver: Approver | None = None, resolver: Resolver | None = None) -> None:
+    def __init__(
+        self,
+        payer: Payer,
+        http: httpx.Client | None = None,
+        approver: Approver | None = None,
+        resolver: Resolver | None = None,
+    ) -> None:
         self.payer = payer
         self.approver = approver
         # Every request goes to an address checked against the policy in force (read per
         # request); ``resolver`` replaces the system's only in tests.
         self._guard = NetworkGuard(lambda: payer.gate.policy.private_allow, resolver)
-        self._http = http or httpx.Client(timeout=DEFAULT_TIMEOUT, limits=DEFAULT_LIMITS,
-                                          follow_redirects=False)
+        self._http = http or httpx.Client(
+            timeout=DEFAULT_TIMEOUT, limits=DEFAULT_LIMITS, follow_redirects=False
+        )
 
     def __enter__(self) -> X402Client:
         return self
@@ -272,13 +284,19 @@ async def _outlive_cancellation(task: asyncio.Future[Any]) -> None:
 class AsyncX402Client:
     """Asynchronous pay-and-fetch over one pooled httpx.AsyncClient."""
 
-    def __init__(self, payer: Payer, http: httpx.AsyncClient | None = None,
-                 approver: AsyncApprover | None = None, resolver: Resolver | None = None) -> None:
+    def __init__(
+        self,
+        payer: Payer,
+        http: httpx.AsyncClient | None = None,
+        approver: AsyncApprover | None = None,
+        resolver: Resolver | None = None,
+    ) -> None:
         self.payer = payer
         self.approver = approver
         self._guard = NetworkGuard(lambda: payer.gate.policy.private_allow, resolver)
-        self._http = http or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=DEFAULT_LIMITS,
-                                               follow_redirects=False)
+        self._http = http or httpx.AsyncClient(
+            timeout=DEFAULT_TIMEOUT, limits=DEFAULT_LIMITS, follow_redirects=False
+        )
 
     async def __aenter__(self) -> AsyncX402Client:
         return self
@@ -292,11 +310,15 @@ class AsyncX402Client:
     async def fetch(self, request: FetchRequest) -> FetchOutcome:
         # Without an idempotency key the flow reads no ledger before its first request (it
         # validates and checks the policy): that part runs on the loop, one thread hop saved.
-        return await self.run(fetch_flow(self.payer, request), request.timeout_seconds,
-                              start_on_loop=request.idempotency_key is None)
+        return await self.run(
+            fetch_flow(self.payer, request),
+            request.timeout_seconds,
+            start_on_loop=request.idempotency_key is None,
+        )
 
-    async def run(self, flow: Generator[Step, Any, T], timeout: float | None = None, *,
-                  start_on_loop: bool = False) -> T:
+    async def run(
+        self, flow: Generator[Step, Any, T], timeout: float | None = None, *, start_on_loop: bool = False
+    ) -> T:
         """Drive ``flow`` without ever blocking the event loop: the flow's own code between
         two steps (ledger reads and writes, signing) runs in a worker thread, one hop per step,
         so a ledger waiting on a lock stalls this fetch only, not the loop's other sessions.
@@ -315,13 +337,17 @@ class AsyncX402Client:
             await _outlive_cancellation(drive)
             raise
 
-    async def _drive(self, flow: Generator[Step, Any, T], deadline: Deadline | None,
-                     progress: _Progress, start_on_loop: bool) -> T:
+    async def _drive(
+        self,
+        flow: Generator[Step, Any, T],
+        deadline: Deadline | None,
+        progress: _Progress,
+        start_on_loop: bool,
+    ) -> T:
         resume: Callable[[], Step] = partial(next, flow)
         on_loop = start_on_loop
         while True:
-            done, value = _advance(resume) if on_loop else await asyncio.to_thread(
-                _advance, resume)
+            done, value = _advance(resume) if on_loop else await asyncio.to_thread(_advance, resume)
             on_loop = False
             if done:
                 return value  # type: ignore[no-any-return]

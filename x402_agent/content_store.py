@@ -112,7 +112,8 @@ class BodyWriter:
         assert self._buffer is not None
         self.store.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._file = open(  # noqa: SIM115 - closed in commit/abort
-            os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+            os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb"
+        )
         self._file.write(b"".join(self._buffer))
         self._buffer = None
 

@@ -25,19 +25,26 @@ MIN_TIMEOUT_SECONDS = 1.0
 MAX_TIMEOUT_SECONDS = 600.0
 # The agent tools' argument: its documentation and JSON-schema bounds (enforced by
 # ``check_timeout``, so a violation is a refusal with its reason).
-TIMEOUT_DOC = (f"overall deadline in seconds, connect to last byte (default "
-               f"{DEFAULT_TIMEOUT_SECONDS:g}); a paid answer cut by it stays counted and is "
-               "fetched again without paying twice by retrying with the same idempotency_key")
+TIMEOUT_DOC = (
+    f"overall deadline in seconds, connect to last byte (default "
+    f"{DEFAULT_TIMEOUT_SECONDS:g}); a paid answer cut by it stays counted and is "
+    "fetched again without paying twice by retrying with the same idempotency_key"
+)
 TIMEOUT_HINT: dict[str, Any] = {"minimum": MIN_TIMEOUT_SECONDS, "maximum": MAX_TIMEOUT_SECONDS}
 
 
 def check_timeout(seconds: object) -> float:
     """The caller's timeout as a float, or a typed refusal."""
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not (
-            MIN_TIMEOUT_SECONDS <= seconds <= MAX_TIMEOUT_SECONDS):
-        raise InvalidRequest(f"timeout must be between {MIN_TIMEOUT_SECONDS:g} and "
-                             f"{MAX_TIMEOUT_SECONDS:g} seconds, got {str(seconds)[:40]!r}",
-                             reason=Reason.INVALID_TIMEOUT)
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not (MIN_TIMEOUT_SECONDS <= seconds <= MAX_TIMEOUT_SECONDS)
+    ):
+        raise InvalidRequest(
+            f"timeout must be between {MIN_TIMEOUT_SECONDS:g} and "
+            f"{MAX_TIMEOUT_SECONDS:g} seconds, got {str(seconds)[:40]!r}",
+            reason=Reason.INVALID_TIMEOUT,
+        )
     return float(seconds)
 
 
@@ -64,8 +71,11 @@ class Deadline:
     def exceeded(self, host: str, status: int | None, received_bytes: int) -> DeadlineExceeded:
         return DeadlineExceeded(
             f"{host} did not answer within the {self.seconds:g} s deadline",
-            host=host, deadline_seconds=self.seconds, status=status,
-            received_bytes=received_bytes)
+            host=host,
+            deadline_seconds=self.seconds,
+            status=status,
+            received_bytes=received_bytes,
+        )
 
     def check(self, host: str, status: int | None, received_bytes: int) -> None:
         if self.remaining() <= 0:

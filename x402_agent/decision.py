@@ -71,13 +71,18 @@ def session_rule(policy: Policy, context: PaymentContext) -> SessionRule | None:
     return policy.sessions.get(context.session_profile or DEFAULT_SESSION)
 
 
-def _lists_refuse(value: str, allow: tuple[str, ...] | None, deny: tuple[str, ...],
-                  kind: str, codes: tuple[Reason, Reason], matches: bool = False
-                  ) -> tuple[Reason, str] | None:
+def _lists_refuse(
+    value: str,
+    allow: tuple[str, ...] | None,
+    deny: tuple[str, ...],
+    kind: str,
+    codes: tuple[Reason, Reason],
+    matches: bool = False,
+) -> tuple[Reason, str] | None:
     """``codes``: the refusals for a denied value and for one not on the allow list."""
+
     def hit(items: tuple[str, ...]) -> bool:
-        return host_matches(value, items) if matches else value.lower() in {
-            i.lower() for i in items}
+        return host_matches(value, items) if matches else value.lower() in {i.lower() for i in items}
 
     if hit(deny):
         return codes[0], f"{kind} {value} is on the deny list"
@@ -94,19 +99,31 @@ def _under_prefix(url: str, prefix: str) -> bool:
         return False
     if "/" in prefix.partition("://")[2]:
         return True
-    return url[len(prefix):len(prefix) + 1] in ("", "/", "?", "#")
+    return url[len(prefix) : len(prefix) + 1] in ("", "/", "?", "#")
 
 
 def host_refusal(policy: Policy, host: str) -> tuple[Reason, str] | None:
     """The host lists alone: checked before any request is sent, so a refused host (say an
     internal address) is never even contacted."""
-    return _lists_refuse(host, policy.hosts.allow, policy.hosts.deny, "host",
-                         (Reason.HOST_DENIED, Reason.HOST_NOT_ALLOWED), True)
+    return _lists_refuse(
+        host,
+        policy.hosts.allow,
+        policy.hosts.deny,
+        "host",
+        (Reason.HOST_DENIED, Reason.HOST_NOT_ALLOWED),
+        True,
+    )
 
 
-def _session_refusal(policy: Policy, rule: SessionRule, offer: OfferLike,
-                     context: PaymentContext, asset: AssetRule, usage: Usage, now: float
-                     ) -> tuple[Reason, str] | None:
+def _session_refusal(
+    policy: Policy,
+    rule: SessionRule,
+    offer: OfferLike,
+    context: PaymentContext,
+    asset: AssetRule,
+    usage: Usage,
+    now: float,
+) -> tuple[Reason, str] | None:
     if usage.session_started_at is not None:
         elapsed = now - usage.session_started_at
         if elapsed >= rule.lifetime_seconds:
@@ -117,8 +134,7 @@ def _session_refusal(policy: Policy, rule: SessionRule, offer: OfferLike,
     scope = rule.scope
     if scope.hosts is not None and not host_matches(context.host, scope.hosts):
         return Reason.SESSION_SCOPE, f"host {context.host} is outside this session's scope"
-    if scope.url_prefixes is not None and not any(
-            _under_prefix(context.url, p) for p in scope.url_prefixes):
+    if scope.url_prefixes is not None and not any(_under_prefix(context.url, p) for p in scope.url_prefixes):
         return Reason.SESSION_SCOPE, "URL is outside this session's scope"
     if scope.payees is not None and offer.pay_to not in scope.payees:
         return Reason.SESSION_SCOPE, f"payee {offer.pay_to} is outside this session's scope"
@@ -136,31 +152,46 @@ def _allowance(policy: Policy, rule: SessionRule, asset: AssetRule) -> int | Non
     return None
 
 
-def decide(policy: Policy, offer: OfferLike, context: PaymentContext, usage: Usage,
-           now: float) -> Decision:
+def decide(policy: Policy, offer: OfferLike, context: PaymentContext, usage: Usage, now: float) -> Decision:
     """Allow or refuse one payment, with a reason code and the budgets that would remain."""
     if usage.settlement_mismatch is not None:
         # A server claimed a settlement the chain does not show: whatever the policy's
         # threshold, nothing more is paid until a human has looked and reset the breaker.
-        return Decision(False, Reason.CIRCUIT_OPEN,
-                        f"payment {usage.settlement_mismatch} was not settled by the transaction"
-                        " the server named; paying is stopped until the breaker is reset")
+        return Decision(
+            False,
+            Reason.CIRCUIT_OPEN,
+            f"payment {usage.settlement_mismatch} was not settled by the transaction"
+            " the server named; paying is stopped until the breaker is reset",
+        )
     breaker = policy.circuit_breaker
     if breaker is not None and usage.consecutive_failures >= breaker.max_consecutive_failures:
-        return Decision(False, Reason.CIRCUIT_OPEN,
-                        f"{usage.consecutive_failures} consecutive failed or unknown settlements;"
-                        " paying is stopped until the breaker is reset")
-    refusal = (host_refusal(policy, context.host)
-               or _lists_refuse(offer.network, policy.networks.allow, policy.networks.deny,
-                                "network", (Reason.NETWORK_DENIED, Reason.NETWORK_NOT_ALLOWED)))
+        return Decision(
+            False,
+            Reason.CIRCUIT_OPEN,
+            f"{usage.consecutive_failures} consecutive failed or unknown settlements;"
+            " paying is stopped until the breaker is reset",
+        )
+    refusal = host_refusal(policy, context.host) or _lists_refuse(
+        offer.network,
+        policy.networks.allow,
+        policy.networks.deny,
+        "network",
+        (Reason.NETWORK_DENIED, Reason.NETWORK_NOT_ALLOWED),
+    )
     if refusal:
         return Decision(False, *refusal)
     asset = policy.find_asset(offer.network, offer.asset)
     if asset is None:
-        return Decision(False, Reason.UNKNOWN_ASSET,
-                        f"asset {offer.asset} on {offer.network} is not in the policy")
-    refusal = _lists_refuse(offer.pay_to, policy.payees.allow, policy.payees.deny, "payee",
-                             (Reason.PAYEE_DENIED, Reason.PAYEE_NOT_ALLOWED))
+        return Decision(
+            False, Reason.UNKNOWN_ASSET, f"asset {offer.asset} on {offer.network} is not in the policy"
+        )
+    refusal = _lists_refuse(
+        offer.pay_to,
+        policy.payees.allow,
+        policy.payees.deny,
+        "payee",
+        (Reason.PAYEE_DENIED, Reason.PAYEE_NOT_ALLOWED),
+    )
     if refusal:
         return Decision(False, *refusal, asset=asset)
 
@@ -179,30 +210,38 @@ def decide(policy: Policy, offer: OfferLike, context: PaymentContext, usage: Usa
         return Decision(False, reason, message, asset, remaining=remaining)
 
     if offer.amount > asset.per_request_max:
-        return refuse(Reason.PER_REQUEST_CAP_EXCEEDED,
-                      f"price {units(offer.amount)} exceeds the per-request cap "
-                      f"{units(asset.per_request_max)}")
+        return refuse(
+            Reason.PER_REQUEST_CAP_EXCEEDED,
+            f"price {units(offer.amount)} exceeds the per-request cap {units(asset.per_request_max)}",
+        )
     if policy.max_payments_per_minute is not None and (
-            usage.payments_last_minute >= policy.max_payments_per_minute):
-        return refuse(Reason.RATE_LIMITED,
-                      f"already {usage.payments_last_minute} payments in the last minute")
+        usage.payments_last_minute >= policy.max_payments_per_minute
+    ):
+        return refuse(
+            Reason.RATE_LIMITED, f"already {usage.payments_last_minute} payments in the last minute"
+        )
     if asset.daily_max is not None and usage.daily_spent + offer.amount > asset.daily_max:
-        return refuse(Reason.DAILY_LIMIT_EXCEEDED,
-                      f"price {units(offer.amount)} exceeds what remains today "
-                      f"({remaining['daily']})")
+        return refuse(
+            Reason.DAILY_LIMIT_EXCEEDED,
+            f"price {units(offer.amount)} exceeds what remains today ({remaining['daily']})",
+        )
     if context.session is not None and policy.sessions and rule is None:
-        return refuse(Reason.SESSION_UNKNOWN,
-                      f"no session rule {context.session_profile or DEFAULT_SESSION!r}")
+        return refuse(
+            Reason.SESSION_UNKNOWN, f"no session rule {context.session_profile or DEFAULT_SESSION!r}"
+        )
     if rule is not None:
         refusal = _session_refusal(policy, rule, offer, context, asset, usage, now)
         if refusal:
             return refuse(*refusal)
         if allowance is None:
-            return refuse(Reason.SESSION_ASSET_NOT_ALLOWED,
-                          f"this session has no allowance in {asset.symbol}")
+            return refuse(
+                Reason.SESSION_ASSET_NOT_ALLOWED, f"this session has no allowance in {asset.symbol}"
+            )
         if usage.session_spent + offer.amount > allowance:
-            return refuse(Reason.SESSION_ALLOWANCE_EXCEEDED,
-                          f"price {units(offer.amount)} exceeds what remains of this session's "
-                          f"allowance ({remaining['session']})")
+            return refuse(
+                Reason.SESSION_ALLOWANCE_EXCEEDED,
+                f"price {units(offer.amount)} exceeds what remains of this session's "
+                f"allowance ({remaining['session']})",
+            )
     needs_approval = asset.approval_above is not None and offer.amount > asset.approval_above
     return Decision(True, Reason.ALLOWED, "allowed", asset, needs_approval, remaining)

@@ -25,9 +25,13 @@ class X402AgentError(Exception):
         self.details = details
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reason": self.reason, "message": self.message,
-                "next_step": self.reason.next_step, "error": type(self).__name__,
-                **({"details": self.details} if self.details else {})}
+        return {
+            "reason": self.reason,
+            "message": self.message,
+            "next_step": self.reason.next_step,
+            "error": type(self).__name__,
+            **({"details": self.details} if self.details else {}),
+        }
 
 
 class ConfigError(X402AgentError):

@@ -124,8 +124,7 @@ class ApprovalRequest:
         return f"{format_units(self.amount, self.decimals)} {self.symbol}"
 
     def prompt(self) -> str:
-        return (f"Approve paying {self.price} on {self.network} to {self.pay_to} "
-                f"for {self.method} {self.url}?")
+        return f"Approve paying {self.price} on {self.network} to {self.pay_to} for {self.method} {self.url}?"
 
 
 @dataclass(frozen=True)
@@ -223,11 +222,16 @@ def validate_request(req: FetchRequest) -> None:
 def _context(req: FetchRequest, url: str) -> PaymentContext:
     body_hash = sha256_hex(req.body)
     fingerprint = sha256_hex(f"{req.method.upper()} {req.url} {body_hash}".encode())
-    return PaymentContext(method=req.method.upper(), url=url,
-                          host=(urlsplit(url).hostname or "").lower(),
-                          request_body_sha256=body_hash, request_fingerprint=fingerprint,
-                          idempotency_key=req.idempotency_key, session=req.session,
-                          session_profile=req.session_profile)
+    return PaymentContext(
+        method=req.method.upper(),
+        url=url,
+        host=(urlsplit(url).hostname or "").lower(),
+        request_body_sha256=body_hash,
+        request_fingerprint=fingerprint,
+        idempotency_key=req.idempotency_key,
+        session=req.session,
+        session_profile=req.session_profile,
+    )
 
 
 @lru_cache(maxsize=256)
@@ -236,11 +240,9 @@ def _parsed_url(url: str) -> httpx.URL:
     return httpx.URL(url)
 
 
-def _build_request(req: FetchRequest, url: str, extra: Mapping[str, str] | None = None
-                   ) -> httpx.Request:
+def _build_request(req: FetchRequest, url: str, extra: Mapping[str, str] | None = None) -> httpx.Request:
     headers = {**req.headers, **(extra or {})}
-    return httpx.Request(req.method.upper(), _parsed_url(url), headers=headers,
-                         content=req.body)
+    return httpx.Request(req.method.upper(), _parsed_url(url), headers=headers, content=req.body)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -266,8 +268,7 @@ def fetch_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, FetchOut
     if req.idempotency_key:
         prior = payer.gate.ledger.find_by_idempotency_key(req.idempotency_key)
         if prior is not None and prior.request_fingerprint != context.request_fingerprint:
-            raise IdempotencyConflict("idempotency key was used for a different request",
-                                      payment_id=prior.id)
+            raise IdempotencyConflict("idempotency key was used for a different request", payment_id=prior.id)
         if prior is not None:
             resumed = yield from _resume(payer, req, prior)
             if resumed is not None:
@@ -275,32 +276,35 @@ def fetch_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, FetchOut
 
     url, response = yield from _send_following_redirects(payer, req)
     if response.status_code != 402:
-        return FetchOutcome(response.status_code, response.content,
-                            response.headers.get("content-type"))
+        return FetchOutcome(response.status_code, response.content, response.headers.get("content-type"))
 
     challenge = parse_challenge(response.headers, response.content, url)
     context = _context(req, url)
     choice, record = yield from _reserve_cheapest(payer, req, url, challenge, context)
     try:
         if isinstance(payer.signer, OnChainGuard):
-            yield WalletCall("top-up", partial(payer.signer.ensure_funds,
-                                               _in_flight(payer, choice.offer.asset)))
-        signed = _sign(payer, choice.offer, choice.asset.eip712_name,
-                       choice.asset.eip712_version, record)
+            yield WalletCall(
+                "top-up", partial(payer.signer.ensure_funds, _in_flight(payer, choice.offer.asset))
+            )
+        signed = _sign(payer, choice.offer, choice.asset.eip712_name, choice.asset.eip712_version, record)
         header_name, header_value = _payment_header(challenge, choice.offer, signed)
         record = payer.gate.ledger.mark_sent(
-            record.id, payer=signed.authorization.from_address, nonce=signed.authorization.nonce,
+            record.id,
+            payer=signed.authorization.from_address,
+            nonce=signed.authorization.nonce,
             valid_after=signed.authorization.valid_after,
-            valid_before=signed.authorization.valid_before, payment_header=header_value)
+            valid_before=signed.authorization.valid_before,
+            payment_header=header_value,
+        )
     except BaseException:
         payer.gate.ledger.release(record.id, reason="not_sent")
         raise
     return (yield from _deliver(payer, req, url, record, signed, header_name, header_value))
 
 
-def _reserve_cheapest(payer: Payer, req: FetchRequest, url: str, challenge: Challenge,
-                      context: PaymentContext
-                      ) -> Generator[Step, Any, tuple[Choice, PaymentRecord]]:
+def _reserve_cheapest(
+    payer: Payer, req: FetchRequest, url: str, challenge: Challenge, context: PaymentContext
+) -> Generator[Step, Any, tuple[Choice, PaymentRecord]]:
     """Reserve the cheapest offer the policy allows. What the ledger already counts is checked
     by the reservation itself, atomically; if that refuses the cheapest, try the next."""
     refusals: list[PolicyDenied] = []
@@ -309,8 +313,12 @@ def _reserve_cheapest(payer: Payer, req: FetchRequest, url: str, challenge: Chal
         if guard is not None:
             offer = choice.offer
             try:
-                yield WalletCall("bound check", partial(guard.check_payment, offer.asset, offer.pay_to,
-                                                        offer.amount, _window(payer, offer)))
+                yield WalletCall(
+                    "bound check",
+                    partial(
+                        guard.check_payment, offer.asset, offer.pay_to, offer.amount, _window(payer, offer)
+                    ),
+                )
             except PolicyDenied as refused:
                 refusals.append(refused)
                 continue
@@ -324,24 +332,38 @@ def _reserve_cheapest(payer: Payer, req: FetchRequest, url: str, challenge: Chal
     raise refusals[0]
 
 
-def _ask_approval(payer: Payer, req: FetchRequest, url: str, offer: Offer, asset: AssetRule
-                  ) -> Generator[Step, Any, bool]:
-    answer = yield ApprovalCall(ApprovalRequest(
-        method=req.method.upper(), url=url, amount=offer.amount, symbol=asset.symbol,
-        decimals=asset.decimals, network=offer.network, pay_to=offer.pay_to,
-        policy_version=payer.gate.policy.version))
+def _ask_approval(
+    payer: Payer, req: FetchRequest, url: str, offer: Offer, asset: AssetRule
+) -> Generator[Step, Any, bool]:
+    answer = yield ApprovalCall(
+        ApprovalRequest(
+            method=req.method.upper(),
+            url=url,
+            amount=offer.amount,
+            symbol=asset.symbol,
+            decimals=asset.decimals,
+            network=offer.network,
+            pay_to=offer.pay_to,
+            policy_version=payer.gate.policy.version,
+        )
+    )
     if answer is None:
-        raise PolicyDenied(f"paying {format_units(offer.amount, asset.decimals)} {asset.symbol} "
-                           "needs a human approval and no one can be asked here",
-                           reason=Reason.APPROVAL_REQUIRED, offer=offer.describe())
+        raise PolicyDenied(
+            f"paying {format_units(offer.amount, asset.decimals)} {asset.symbol} "
+            "needs a human approval and no one can be asked here",
+            reason=Reason.APPROVAL_REQUIRED,
+            offer=offer.describe(),
+        )
     if not answer:
-        raise PolicyDenied("the payment was rejected by the approver", reason=Reason.APPROVAL_DENIED,
-                           offer=offer.describe())
+        raise PolicyDenied(
+            "the payment was rejected by the approver", reason=Reason.APPROVAL_DENIED, offer=offer.describe()
+        )
     return True
 
 
-def _send_following_redirects(payer: Payer, req: FetchRequest
-                              ) -> Generator[Step, Any, tuple[str, HttpAnswer]]:
+def _send_following_redirects(
+    payer: Payer, req: FetchRequest
+) -> Generator[Step, Any, tuple[str, HttpAnswer]]:
     url = req.url
     for _ in range(payer.max_redirects + 1):
         try:
@@ -350,15 +372,19 @@ def _send_following_redirects(payer: Payer, req: FetchRequest
             # A pooled connection the server closed as we used it: nothing was paid, and a
             # safe method may be sent again, once.
             if exc.details.get("cause") != "RemoteProtocolError" or req.method.upper() not in (
-                    "GET", "HEAD", "OPTIONS"):
+                "GET",
+                "HEAD",
+                "OPTIONS",
+            ):
                 raise
             response = yield HttpCall(_build_request(req, url))
         target = _redirect_target(payer, url, response)
         if target is None:
             return url, response
         if _origin(target) != _origin(url):
-            raise RedirectRefused("refusing a redirect to another origin",
-                                  location=target[:200], origin=url[:200])
+            raise RedirectRefused(
+                "refusing a redirect to another origin", location=target[:200], origin=url[:200]
+            )
         url = target
     raise RedirectRefused("too many redirects", reason=Reason.TOO_MANY_REDIRECTS)
 
@@ -377,9 +403,9 @@ def _redirect_target(payer: Payer, url: str, response: HttpAnswer) -> str | None
     return target
 
 
-def _follow_after_payment(payer: Payer, req: FetchRequest, url: str, response: HttpAnswer,
-                          sink: BodySink | None
-                          ) -> Generator[Step, Any, tuple[HttpAnswer, str | None]]:
+def _follow_after_payment(
+    payer: Payer, req: FetchRequest, url: str, response: HttpAnswer, sink: BodySink | None
+) -> Generator[Step, Any, tuple[HttpAnswer, str | None]]:
     """The paid request was answered with a redirect: the content is at the target. Same-origin
     targets are fetched without the payment header (it was taken already); another origin is
     not followed, and its location is returned instead."""
@@ -412,36 +438,43 @@ def _in_flight(payer: Payer, asset: str) -> int:
     return sum(r.amount for r in payer.gate.ledger.unresolved() if r.asset.lower() == asset.lower())
 
 
-def _sign(payer: Payer, offer: Offer, token_name: str, token_version: str,
-          record: PaymentRecord) -> SignedAuthorization:
+def _sign(
+    payer: Payer, offer: Offer, token_name: str, token_version: str, record: PaymentRecord
+) -> SignedAuthorization:
     assert offer.chain_id is not None
     now = int(payer.clock())
     window = _window(payer, offer)
     wanted = TransferAuthorization(
         token=TokenDomain(token_name, token_version, offer.chain_id, offer.asset),
-        from_address=payer.signer.address, to=offer.pay_to, value=offer.amount,
+        from_address=payer.signer.address,
+        to=offer.pay_to,
+        value=offer.amount,
         # Valid at once, as the SDK's own client signs it: a bound in the past only breaks when
         # the chain's latest block is older than it (an idle chain); validBefore bounds the life.
         valid_after=0,
-        valid_before=now + window, nonce="0x" + secrets.token_hex(32),
+        valid_before=now + window,
+        nonce="0x" + secrets.token_hex(32),
     )
     if (record.amount, record.pay_to, record.asset) != (offer.amount, offer.pay_to, offer.asset):
         raise PaymentMismatch("the reservation does not match the chosen offer")
     signed = payer.signer.sign_authorization(wanted)
     if signed.authorization != wanted:
-        raise PaymentMismatch("the signer signed something other than the chosen offer",
-                              reason=Reason.SIGNED_PAYMENT_MISMATCH)
+        raise PaymentMismatch(
+            "the signer signed something other than the chosen offer", reason=Reason.SIGNED_PAYMENT_MISMATCH
+        )
     return signed
 
 
-def _payment_header(challenge: Challenge, offer: Offer, signed: SignedAuthorization
-                    ) -> tuple[str, str]:
+def _payment_header(challenge: Challenge, offer: Offer, signed: SignedAuthorization) -> tuple[str, str]:
     auth = signed.authorization
     inner = {
         "signature": signed.signature,
         "authorization": {
-            "from": auth.from_address, "to": auth.to, "value": str(auth.value),
-            "validAfter": str(auth.valid_after), "validBefore": str(auth.valid_before),
+            "from": auth.from_address,
+            "to": auth.to,
+            "value": str(auth.value),
+            "validAfter": str(auth.valid_after),
+            "validBefore": str(auth.valid_before),
             "nonce": auth.nonce,
         },
     }
@@ -449,12 +482,14 @@ def _payment_header(challenge: Challenge, offer: Offer, signed: SignedAuthorizat
     if offer.x402_version >= 2:
         assert isinstance(offer.requirement, PaymentRequirements)
         assert isinstance(challenge.required, PaymentRequired)
-        payload = PaymentPayload(x402_version=2, payload=inner, accepted=offer.requirement,
-                                 resource=challenge.required.resource)
+        payload = PaymentPayload(
+            x402_version=2, payload=inner, accepted=offer.requirement, resource=challenge.required.resource
+        )
         name = PAYMENT_SIGNATURE_HEADER
     else:
-        payload = PaymentPayloadV1(x402_version=1, scheme=offer.scheme,
-                                   network=offer.requirement.network, payload=inner)
+        payload = PaymentPayloadV1(
+            x402_version=1, scheme=offer.scheme, network=offer.requirement.network, payload=inner
+        )
         name = X_PAYMENT_HEADER
     value = encode_payment_signature_header(payload)
     _check_outgoing(value, offer)
@@ -465,21 +500,27 @@ def _check_outgoing(header_value: str, offer: Offer) -> None:
     """Decode exactly what will be sent and compare it with the chosen offer, field by field."""
     sent = decode_payment_signature_header(header_value)
     auth = sent.payload.get("authorization", {})
-    mismatched = [name for name, got, want in (
-        ("to", str(auth.get("to", "")).lower(), offer.pay_to.lower()),
-        ("value", auth.get("value"), str(offer.amount)),
-    ) if got != want]
+    mismatched = [
+        name
+        for name, got, want in (
+            ("to", str(auth.get("to", "")).lower(), offer.pay_to.lower()),
+            ("value", auth.get("value"), str(offer.amount)),
+        )
+        if got != want
+    ]
     if isinstance(sent, PaymentPayload) and (
-        sent.accepted.pay_to.lower(), sent.accepted.asset.lower(), sent.accepted.amount
+        sent.accepted.pay_to.lower(),
+        sent.accepted.asset.lower(),
+        sent.accepted.amount,
     ) != (offer.pay_to.lower(), offer.asset.lower(), str(offer.amount)):
         mismatched.append("accepted")
     if mismatched:
-        raise PaymentMismatch(f"outgoing payment differs from the offer in {mismatched}",
-                              fields=mismatched)
+        raise PaymentMismatch(f"outgoing payment differs from the offer in {mismatched}", fields=mismatched)
 
 
-def _resume(payer: Payer, req: FetchRequest, prior: PaymentRecord
-            ) -> Generator[Step, Any, FetchOutcome | None]:
+def _resume(
+    payer: Payer, req: FetchRequest, prior: PaymentRecord
+) -> Generator[Step, Any, FetchOutcome | None]:
     """Continue an earlier attempt with the same idempotency key; never pay it twice."""
     now = payer.clock()
     ownership = Ownership.MINE
@@ -492,15 +533,16 @@ def _resume(payer: Payer, req: FetchRequest, prior: PaymentRecord
     if prior.state == PaymentState.RELEASED:
         return None
     if ownership is Ownership.LIVE:
-        raise PaymentInFlight("a payment with this idempotency key is in progress in another "
-                              "process", payment_id=prior.id)
+        raise PaymentInFlight(
+            "a payment with this idempotency key is in progress in another process", payment_id=prior.id
+        )
     if prior.state == PaymentState.RESERVED:
         # Reserved here, or by a previous release's process (no owner recorded) recently:
         # possibly about to be signed. A gone owner's reservation was never sent.
-        if ownership is Ownership.MINE or (ownership is Ownership.OWNERLESS and
-                                           now - prior.created_at < STALE_RESERVATION_SECONDS):
-            raise PaymentInFlight("a payment with this idempotency key is in progress",
-                                  payment_id=prior.id)
+        if ownership is Ownership.MINE or (
+            ownership is Ownership.OWNERLESS and now - prior.created_at < STALE_RESERVATION_SECONDS
+        ):
+            raise PaymentInFlight("a payment with this idempotency key is in progress", payment_id=prior.id)
         payer.gate.ledger.release(prior.id, reason="abandoned_before_sending")
         return None
     # sent or unknown: the signed authorization may be in flight or settled already.
@@ -516,13 +558,15 @@ def _resume(payer: Payer, req: FetchRequest, prior: PaymentRecord
         # Resending the same authorization cannot pay twice: the token accepts a nonce once.
         header = X_PAYMENT_HEADER if prior.x402_version == 1 else PAYMENT_SIGNATURE_HEADER
         signed = _signed_from_record(prior)
-        return (yield from _deliver(payer, req, prior.url, prior, signed, header,
-                                    prior.payment_header))
+        return (yield from _deliver(payer, req, prior.url, prior, signed, header, prior.payment_header))
     state = yield from reconcile(payer, prior)
     if state == PaymentState.RELEASED:
         return None
-    raise PaidNotDelivered("this idempotency key already paid and the resource was not delivered",
-                           payment_id=prior.id, state=str(state))
+    raise PaidNotDelivered(
+        "this idempotency key already paid and the resource was not delivered",
+        payment_id=prior.id,
+        state=str(state),
+    )
 
 
 def _replayed(payer: Payer, prior: PaymentRecord) -> FetchOutcome:
@@ -530,10 +574,15 @@ def _replayed(payer: Payer, prior: PaymentRecord) -> FetchOutcome:
     evidence = json.loads(prior.evidence_json or "{}")
     sha256 = prior.response_body_sha256 or evidence.get("body_sha256")
     stored = payer.content_store.get(sha256) if payer.content_store and sha256 else None
-    return FetchOutcome(prior.response_status or 0,
-                        stored.read(0, INLINE_BYTES) if stored is not None else None,
-                        prior.response_content_type, payment=prior, replayed=True,
-                        stored=stored, location=evidence.get("location"))
+    return FetchOutcome(
+        prior.response_status or 0,
+        stored.read(0, INLINE_BYTES) if stored is not None else None,
+        prior.response_content_type,
+        payment=prior,
+        replayed=True,
+        stored=stored,
+        location=evidence.get("location"),
+    )
 
 
 def _signed_from_record(record: PaymentRecord) -> SignedAuthorization:
@@ -543,42 +592,70 @@ def _signed_from_record(record: PaymentRecord) -> SignedAuthorization:
     # The domain's name and version are not needed after signing (the settlement checks use
     # the token address, payer, value and nonce); the recorded requirement still names them.
     extra = json.loads(record.requirement_json).get("extra") or {}
-    return SignedAuthorization(TransferAuthorization(
-        token=TokenDomain(str(extra.get("name", "")), str(extra.get("version", "")),
-                          int(record.network.split(":")[1]), record.asset),
-        from_address=auth["from"], to=auth["to"], value=int(auth["value"]),
-        valid_after=int(auth["validAfter"]), valid_before=int(auth["validBefore"]),
-        nonce=auth["nonce"]), payload["signature"])
+    return SignedAuthorization(
+        TransferAuthorization(
+            token=TokenDomain(
+                str(extra.get("name", "")),
+                str(extra.get("version", "")),
+                int(record.network.split(":")[1]),
+                record.asset,
+            ),
+            from_address=auth["from"],
+            to=auth["to"],
+            value=int(auth["value"]),
+            valid_after=int(auth["validAfter"]),
+            valid_before=int(auth["validBefore"]),
+            nonce=auth["nonce"],
+        ),
+        payload["signature"],
+    )
 
 
-def _lost_in_transit(payer: Payer, req: FetchRequest, record: PaymentRecord,
-                     exc: UpstreamError) -> PaidNotDelivered:
+def _lost_in_transit(
+    payer: Payer, req: FetchRequest, record: PaymentRecord, exc: UpstreamError
+) -> PaidNotDelivered:
     """Record a paid request that failed on its way (connection lost, deadline passed): the
     payment may settle, so it stays counted as unknown with what was seen of the answer."""
     evidence: dict[str, Any] = {"transport_error": exc.reason, "cause": exc.details.get("cause")}
     if not isinstance(exc, DeadlineExceeded):
         payer.gate.ledger.mark_unknown(record.id, evidence=evidence, delivered=False)
-        return PaidNotDelivered("the paid request failed in transit; the payment may settle",
-                                payment_id=record.id, cause=exc.reason)
+        return PaidNotDelivered(
+            "the paid request failed in transit; the payment may settle",
+            payment_id=record.id,
+            cause=exc.reason,
+        )
     seen = {key: exc.details.get(key) for key in ("deadline_seconds", "status", "received_bytes")}
-    payer.gate.ledger.mark_unknown(record.id, evidence={**evidence, **seen},
-                                   response_status=seen["status"], delivered=False)
+    payer.gate.ledger.mark_unknown(
+        record.id, evidence={**evidence, **seen}, response_status=seen["status"], delivered=False
+    )
     # Resending the recorded authorization can never pay twice (the token accepts its nonce
     # once); without a key a new fetch would sign a new one.
-    retry = (f"retry with the same idempotency key ({req.idempotency_key}): the same signed "
-             "payment is resent, never a second one" if req.idempotency_key else
-             "a new fetch without an idempotency key would pay again")
+    retry = (
+        f"retry with the same idempotency key ({req.idempotency_key}): the same signed "
+        "payment is resent, never a second one"
+        if req.idempotency_key
+        else "a new fetch without an idempotency key would pay again"
+    )
     return PaidNotDelivered(
         f"the payment was sent but {exc.details.get('host')} did not finish answering within "
         f"the {exc.details.get('deadline_seconds')} s deadline; payment {record.id} stays "
         f"counted until it is proven settled or expired; {retry}",
-        reason=Reason.PAID_DEADLINE_EXCEEDED, payment_id=record.id,
-        idempotency_key=req.idempotency_key, **seen)
+        reason=Reason.PAID_DEADLINE_EXCEEDED,
+        payment_id=record.id,
+        idempotency_key=req.idempotency_key,
+        **seen,
+    )
 
 
-def _deliver(payer: Payer, req: FetchRequest, url: str, record: PaymentRecord,
-             signed: SignedAuthorization, header_name: str, header_value: str
-             ) -> Generator[Step, Any, FetchOutcome]:
+def _deliver(
+    payer: Payer,
+    req: FetchRequest,
+    url: str,
+    record: PaymentRecord,
+    signed: SignedAuthorization,
+    header_name: str,
+    header_value: str,
+) -> Generator[Step, Any, FetchOutcome]:
     """Send the paid request, then settle the ledger entry from the evidence."""
     ledger = payer.gate.ledger
     auth = signed.authorization
@@ -586,7 +663,8 @@ def _deliver(payer: Payer, req: FetchRequest, url: str, record: PaymentRecord,
     location = None
     try:
         response: HttpAnswer = yield HttpCall(
-            _build_request(req, url, {header_name: header_value}), paid=True, sink=sink)
+            _build_request(req, url, {header_name: header_value}), paid=True, sink=sink
+        )
         settle_response = read_settlement_header(response.headers, record.x402_version)
         if response.status_code in _REDIRECTS:
             response, location = yield from _follow_after_payment(payer, req, url, response, sink)
@@ -596,9 +674,9 @@ def _deliver(payer: Payer, req: FetchRequest, url: str, record: PaymentRecord,
     evidence: dict[str, Any] = {
         "status": response.status_code,
         "settlement": settle_response.model_dump(by_alias=True, exclude_none=True)
-        if settle_response else None,
-        "body_sha256": response.stored.sha256 if response.stored
-        else sha256_hex(response.content),
+        if settle_response
+        else None,
+        "body_sha256": response.stored.sha256 if response.stored else sha256_hex(response.content),
     }
     if response.stored is not None and not response.stored.complete:
         evidence["body_cut_at_bytes"] = response.stored.size  # the policy's cap
@@ -607,18 +685,25 @@ def _deliver(payer: Payer, req: FetchRequest, url: str, record: PaymentRecord,
     settled_by_server = _proves_settlement(settle_response, auth, record.network)
     if not (200 <= response.status_code < 300 or (location and settled_by_server)):
         evidence["delivered"] = False
-        refused = refusal_reason(response.headers, response.content, settle_response) \
-            if response.status_code == 402 else None
+        refused = (
+            refusal_reason(response.headers, response.content, settle_response)
+            if response.status_code == 402
+            else None
+        )
         if refused is not None:
             evidence["server_reason"] = refused
-        ledger.mark_unknown(record.id, evidence=evidence, response_status=response.status_code,
-                            delivered=False)
+        ledger.mark_unknown(
+            record.id, evidence=evidence, response_status=response.status_code, delivered=False
+        )
         state = yield from reconcile(payer, ledger.get(record.id) or record)
         if settled_by_server or state == PaymentState.SETTLED:
             raise PaidNotDelivered(
                 f"paid, but the server answered {response.status_code}; the payment settled "
                 "and the resource was not delivered",
-                payment_id=record.id, status=response.status_code, state=str(state))
+                payment_id=record.id,
+                status=response.status_code,
+                state=str(state),
+            )
         raise _not_settled(record, response.status_code, state, refused)
 
     tx: str | None = None
@@ -632,30 +717,46 @@ def _deliver(payer: Payer, req: FetchRequest, url: str, record: PaymentRecord,
         if defer is None:
             confirmed = yield from _confirm_on_chain(payer, record, auth, tx)
     except SettlementMismatch as exc:
-        ledger.mark_unknown(record.id, evidence={**evidence, "mismatch": exc.message},
-                            response_status=response.status_code, delivered=True)
+        ledger.mark_unknown(
+            record.id,
+            evidence={**evidence, "mismatch": exc.message},
+            response_status=response.status_code,
+            delivered=True,
+        )
         exc.details["payment_id"] = record.id
         raise
     if confirmed is False or (tx is None and confirmed is None):
         # Delivered, but nothing proves the payment settled: it stays counted as unknown.
-        record = ledger.mark_unknown(record.id, evidence=evidence,
-                                     response_status=response.status_code, delivered=True)
+        record = ledger.mark_unknown(
+            record.id, evidence=evidence, response_status=response.status_code, delivered=True
+        )
     else:
-        record = ledger.settle(record.id, settlement_tx=tx, response_status=response.status_code,
-                               response_content_type=response.headers.get("content-type"),
-                               response_body_sha256=evidence["body_sha256"], delivered=True,
-                               evidence=evidence, verification=Verification.PENDING
-                               if defer else Verification.VERIFIED if confirmed else None)
+        record = ledger.settle(
+            record.id,
+            settlement_tx=tx,
+            response_status=response.status_code,
+            response_content_type=response.headers.get("content-type"),
+            response_body_sha256=evidence["body_sha256"],
+            delivered=True,
+            evidence=evidence,
+            verification=Verification.PENDING if defer else Verification.VERIFIED if confirmed else None,
+        )
         if defer is not None:
             defer(record)
-    return FetchOutcome(response.status_code, response.content,
-                        response.headers.get("content-type"), payment=record,
-                        confirmed_on_chain=bool(confirmed), stored=response.stored,
-                        location=location)
+    return FetchOutcome(
+        response.status_code,
+        response.content,
+        response.headers.get("content-type"),
+        payment=record,
+        confirmed_on_chain=bool(confirmed),
+        stored=response.stored,
+        location=location,
+    )
 
 
-def _proves_settlement(settle_response: SettleResponse | None, auth: TransferAuthorization,
-                       network: str) -> bool:
+def _proves_settlement(
+    settle_response: SettleResponse | None, auth: TransferAuthorization, network: str
+) -> bool:
     """The server's settlement header states that this very payment moved money."""
     if settle_response is None:
         return False
@@ -666,30 +767,43 @@ def _proves_settlement(settle_response: SettleResponse | None, auth: TransferAut
     return True
 
 
-def _not_settled(record: PaymentRecord, status: int, state: PaymentState,
-                 refused: str | None) -> PaymentNotSettled:
+def _not_settled(
+    record: PaymentRecord, status: int, state: PaymentState, refused: str | None
+) -> PaymentNotSettled:
     """The server did not deliver and nothing shows the payment moved: say what it is."""
     assert record.valid_before is not None
     expires = datetime.fromtimestamp(record.valid_before, UTC).isoformat(timespec="seconds")
     price = f"{format_units(record.amount, record.decimals)} {record.symbol}"
     if state == PaymentState.RELEASED:
-        counted = (f"the authorization expired unused, so nothing was paid and the {price} "
-                   "no longer counts")
+        counted = f"the authorization expired unused, so nothing was paid and the {price} no longer counts"
     else:
-        counted = (f"nothing has settled; the {price} stays counted until the authorization "
-                   f"expires at {expires} unless the chain shows it settled")
-    details: dict[str, Any] = {"payment_id": record.id, "status": status, "state": str(state),
-               "expires_at": record.valid_before, "expires_at_iso": expires}
+        counted = (
+            f"nothing has settled; the {price} stays counted until the authorization "
+            f"expires at {expires} unless the chain shows it settled"
+        )
+    details: dict[str, Any] = {
+        "payment_id": record.id,
+        "status": status,
+        "state": str(state),
+        "expires_at": record.valid_before,
+        "expires_at_iso": expires,
+    }
     if status == 402:
-        return PaymentRejected(f"the server refused the payment: {refused or 'no reason given'}; "
-                               f"{counted} (receipt {record.id})",
-                               server_reason=refused, **details)
-    return PaymentNotSettled(f"the server answered {status} and did not take the payment; "
-                             f"{counted} (receipt {record.id})", **details)
+        return PaymentRejected(
+            f"the server refused the payment: {refused or 'no reason given'}; "
+            f"{counted} (receipt {record.id})",
+            server_reason=refused,
+            **details,
+        )
+    return PaymentNotSettled(
+        f"the server answered {status} and did not take the payment; {counted} (receipt {record.id})",
+        **details,
+    )
 
 
-def _confirm_on_chain(payer: Payer, record: PaymentRecord, auth: TransferAuthorization,
-                      tx: str | None) -> Generator[Step, Any, bool | None]:
+def _confirm_on_chain(
+    payer: Payer, record: PaymentRecord, auth: TransferAuthorization, tx: str | None
+) -> Generator[Step, Any, bool | None]:
     """True: the chain shows our transfer. False: it could not be shown. None: no RPC."""
     rpc = payer.rpc_urls.get(record.network)
     if rpc is None or (tx is not None and not payer.verify_on_chain):
@@ -712,8 +826,11 @@ _AUTHORIZATION_STATE_SELECTOR = "0xe94a0102"  # authorizationState(address,bytes
 
 def nonce_used(rpc: str, record: PaymentRecord) -> Generator[Step, Any, bool]:
     assert record.payer is not None and record.nonce is not None
-    data = (_AUTHORIZATION_STATE_SELECTOR + record.payer.lower().removeprefix("0x").rjust(64, "0")
-            + record.nonce.lower().removeprefix("0x"))
+    data = (
+        _AUTHORIZATION_STATE_SELECTOR
+        + record.payer.lower().removeprefix("0x").rjust(64, "0")
+        + record.nonce.lower().removeprefix("0x")
+    )
     result = yield RpcCall(rpc, "eth_call", ({"to": record.asset, "data": data}, "latest"))
     return int(result, 16) != 0
 

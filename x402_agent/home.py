@@ -65,7 +65,8 @@ class SmartAccountConfig(BaseModel):
     setup: AccountSetup
     bundler_url: str | None = None
     relayer_keystore: str | None = Field(
-        None, description="a key with ETH that sends handleOps when no bundler answers")
+        None, description="a key with ETH that sends handleOps when no bundler answers"
+    )
     top_up_to: int = Field(0, description="refill the hot balance up to this (atomic units)")
 
 
@@ -83,14 +84,15 @@ class HomeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     schema_id: Literal["x402-agent/config/1"] = Field("x402-agent/config/1", alias="schema")
     signer: SignerConfig | SmartAccountConfig = Field(SignerConfig(), discriminator="kind")
-    ledger: str = Field("ledger.sqlite3",
-                        description="SQLite file in the home, or a postgresql:// URL for fleets")
+    ledger: str = Field(
+        "ledger.sqlite3", description="SQLite file in the home, or a postgresql:// URL for fleets"
+    )
     verify_on_chain: bool = Field(True, description="check each settlement's tx receipt")
     chain_id: int | None = Field(None, description="the chain an accepted policy must name")
-    rpc_urls: dict[str, str] = Field(default_factory=dict,
-                                     description="CAIP-2 network -> JSON-RPC URL")
+    rpc_urls: dict[str, str] = Field(default_factory=dict, description="CAIP-2 network -> JSON-RPC URL")
     device: DeviceLocation | None = Field(
-        None, description="a device path tried before HWI's scan (a simulator on its own port)")
+        None, description="a device path tried before HWI's scan (a simulator on its own port)"
+    )
 
 
 @dataclass(frozen=True)
@@ -109,21 +111,22 @@ class AgentHome:
             keystore = json.loads(self.path(self.config.signer.keystore).read_text())
             return "0x" + str(keystore["address"]).lower().removeprefix("0x")
         except (OSError, ValueError, KeyError) as exc:
-            raise ConfigError("cannot read the payer keystore", reason=Reason.KEYSTORE_UNREADABLE
-                              ) from exc
+            raise ConfigError("cannot read the payer keystore", reason=Reason.KEYSTORE_UNREADABLE) from exc
 
     def keystore_password(self) -> str:
         password = os.environ.get(PASSWORD_ENV)
         if password is not None:
             return password
         if self.config.signer.password_file is None:
-            raise ConfigError(f"set {PASSWORD_ENV} to unlock the payer key",
-                              reason=Reason.KEYSTORE_PASSWORD_MISSING)
+            raise ConfigError(
+                f"set {PASSWORD_ENV} to unlock the payer key", reason=Reason.KEYSTORE_PASSWORD_MISSING
+            )
         try:
             return self.path(self.config.signer.password_file).read_text().strip()
         except OSError as exc:
-            raise ConfigError("cannot read the keystore password file",
-                              reason=Reason.KEYSTORE_PASSWORD_MISSING) from exc
+            raise ConfigError(
+                "cannot read the keystore password file", reason=Reason.KEYSTORE_PASSWORD_MISSING
+            ) from exc
 
 
 def open_home(root: Path | None = None) -> AgentHome:
@@ -132,21 +135,32 @@ def open_home(root: Path | None = None) -> AgentHome:
     try:
         raw = config_path.read_text()
     except OSError as exc:
-        raise ConfigError(f"no agent home at {root} (missing {CONFIG_FILE}); set {HOME_ENV} "
-                          "or run `x402-agent devnet` for a ready one", reason=Reason.HOME_MISSING
-                          ) from exc
+        raise ConfigError(
+            f"no agent home at {root} (missing {CONFIG_FILE}); set {HOME_ENV} "
+            "or run `x402-agent devnet` for a ready one",
+            reason=Reason.HOME_MISSING,
+        ) from exc
     try:
         config = HomeConfig.model_validate_json(raw)
     except ValidationError as exc:
-        raise ConfigError(f"invalid {config_path}: {exc.error_count()} problem(s): "
-                          f"{exc.errors()[0]['msg']}", reason=Reason.CONFIG_INVALID) from exc
+        raise ConfigError(
+            f"invalid {config_path}: {exc.error_count()} problem(s): {exc.errors()[0]['msg']}",
+            reason=Reason.CONFIG_INVALID,
+        ) from exc
     return AgentHome(root, config)
 
 
-def provision_home(root: Path, *, private_key: str | None, rpc_urls: dict[str, str], password: str,
-                   store_password: bool, chain_id: int | None = None,
-                   kdf_iterations: int | None = None,
-                   device: DeviceLocation | None = None) -> AgentHome:
+def provision_home(
+    root: Path,
+    *,
+    private_key: str | None,
+    rpc_urls: dict[str, str],
+    password: str,
+    store_password: bool,
+    chain_id: int | None = None,
+    kdf_iterations: int | None = None,
+    device: DeviceLocation | None = None,
+) -> AgentHome:
     """Create a home with an encrypted payer key (``private_key`` None: no key yet, e.g. for a
     smart account). Returns the opened home; a device must then be enrolled and a policy
     approved on it before the agent pays anything.
@@ -166,8 +180,9 @@ def provision_home(root: Path, *, private_key: str | None, rpc_urls: dict[str, s
         secret = root / signer.password_file
         secret.write_text(password)
         secret.chmod(0o600)
-    config = HomeConfig.model_validate({"signer": signer, "rpc_urls": rpc_urls,
-                                        "chain_id": chain_id, "device": device})
+    config = HomeConfig.model_validate(
+        {"signer": signer, "rpc_urls": rpc_urls, "chain_id": chain_id, "device": device}
+    )
     (root / CONFIG_FILE).write_text(config.model_dump_json(by_alias=True, indent=2) + "\n")
     return AgentHome(root, config)
 
@@ -186,8 +201,9 @@ def init_home(root: Path, *, network: str, rpc_url: str, ledger: str | None = No
         raise ConfigError(f"{root} is already an agent home", reason=Reason.HOME_EXISTS)
     namespace, _, reference = network.partition(":")
     if namespace != "eip155" or not reference.isdigit():
-        raise ConfigError(f"{network!r} is not an EVM network id like eip155:8453",
-                          reason=Reason.CONFIG_INVALID)
+        raise ConfigError(
+            f"{network!r} is not an EVM network id like eip155:8453", reason=Reason.CONFIG_INVALID
+        )
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)
     fields: dict[str, object] = {"rpc_urls": {network: rpc_url}, "chain_id": int(reference)}

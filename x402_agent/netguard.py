@@ -66,8 +66,7 @@ class NetworkGuard:
     """Checks and pins every request a driver sends. ``allow`` is read at every request, so a
     newly approved policy applies at once; ``resolver`` is the system's unless a test says."""
 
-    def __init__(self, allow: Callable[[], Sequence[str]],
-                 resolver: Resolver | None = None) -> None:
+    def __init__(self, allow: Callable[[], Sequence[str]], resolver: Resolver | None = None) -> None:
         self._allow = allow
         self._resolver = resolver or system_resolve
 
@@ -75,8 +74,9 @@ class NetworkGuard:
         try:
             return [ip_address(a) for a in self._resolver(host, port)]
         except (OSError, UnicodeError) as exc:
-            raise UpstreamError(f"cannot resolve {host}: {exc}", cause="NameResolutionError",
-                                host=host) from exc
+            raise UpstreamError(
+                f"cannot resolve {host}: {exc}", cause="NameResolutionError", host=host
+            ) from exc
 
     def pin(self, request: httpx.Request) -> httpx.Request:
         host, port = _target(request.url)
@@ -92,8 +92,7 @@ class NetworkGuard:
         else:
             # A lookup blocks: the system resolver's runs in the loop's executor, as
             # loop.getaddrinfo does.
-            addresses = await asyncio.get_running_loop().run_in_executor(
-                None, self._lookup, host, port)
+            addresses = await asyncio.get_running_loop().run_in_executor(None, self._lookup, host, port)
         return _pinned(request, host, check_addresses(host, port, addresses, self._allow()))
 
 
@@ -105,8 +104,13 @@ def _pinned(request: httpx.Request, host: str, address: IPAddress) -> httpx.Requ
     extensions = dict(request.extensions)
     if request.url.scheme == "https" and literal_address(host) is None:
         extensions["sni_hostname"] = host
-    return httpx.Request(request.method, _with_host(request.url, str(address)),
-                         headers=request.headers, stream=request.stream, extensions=extensions)
+    return httpx.Request(
+        request.method,
+        _with_host(request.url, str(address)),
+        headers=request.headers,
+        stream=request.stream,
+        extensions=extensions,
+    )
 
 
 @lru_cache(maxsize=256)

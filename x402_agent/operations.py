@@ -44,6 +44,7 @@ def _completed(answer: Awaitable[bool | None]) -> bool | None:
     """An async approver under a sync fetch, run to its answer on a private event loop: here
     when this thread runs no loop, else in a worker thread (a running loop cannot be re-entered,
     and the sync fetch blocks it anyway until the answer comes)."""
+
     async def wait() -> bool | None:
         return await answer
 
@@ -85,25 +86,36 @@ class Agent:
         return _completed(answer) if inspect.isawaitable(answer) else answer
 
     @classmethod
-    def open(cls, home: AgentHome | Path | None = None, signer: PaymentSigner | None = None,
-             approver: AsyncApprover | None = None) -> Agent:
+    def open(
+        cls,
+        home: AgentHome | Path | None = None,
+        signer: PaymentSigner | None = None,
+        approver: AsyncApprover | None = None,
+    ) -> Agent:
         home = home if isinstance(home, AgentHome) else open_home(home)
         if signer is None and home.config.signer.kind == "smart_account":
             from .chain.wallet import open_hot_wallet  # web3 loads only for smart accounts
 
             signer = open_hot_wallet(home)
         elif signer is None:
-            signer = LocalKeySigner.from_keystore(home.path(home.config.signer.keystore),
-                                                  home.keystore_password())
+            signer = LocalKeySigner.from_keystore(
+                home.path(home.config.signer.keystore), home.keystore_password()
+            )
         # Pay only under a policy the enrolled device approved for this account and chain;
         # anything else fails here, at start, with a clear error.
         policy = ApprovedPolicy(PolicyStore(home.root, expectations(home, signer.address)))
         policy()
         ledger = open_ledger(home.config.ledger, home.root)
-        agent = cls(Payer(gate=PolicyGate(policy, ledger), signer=signer,
-                          rpc_urls=dict(home.config.rpc_urls),
-                          verify_on_chain=home.config.verify_on_chain,
-                          content_store=ContentStore(home.path(CONTENT_DIR))), approver)
+        agent = cls(
+            Payer(
+                gate=PolicyGate(policy, ledger),
+                signer=signer,
+                rpc_urls=dict(home.config.rpc_urls),
+                verify_on_chain=home.config.verify_on_chain,
+                content_store=ContentStore(home.path(CONTENT_DIR)),
+            ),
+            approver,
+        )
         agent.reconcile()
         if agent.verifier is not None:
             agent.verifier.check_pending()  # what an earlier process left unchecked
@@ -135,10 +147,10 @@ class Agent:
             record = claim.record
             if record.state == PaymentState.RESERVED:
                 if claim.ownership is Ownership.OWNERLESS and (
-                        now - record.created_at < STALE_RESERVATION_SECONDS):
+                    now - record.created_at < STALE_RESERVATION_SECONDS
+                ):
                     continue  # a previous release's process may be about to sign it
-                state = self.payer.gate.ledger.release(
-                    record.id, reason="abandoned_before_sending").state
+                state = self.payer.gate.ledger.release(record.id, reason="abandoned_before_sending").state
             else:
                 state = self._sync.run(reconcile(self.payer, record))
             counts[str(state)] = counts.get(str(state), 0) + 1
@@ -153,36 +165,50 @@ class Agent:
         self.payer.gate.ledger.open_session(session, profile, self.payer.clock())
         return session
 
-    def budget(self, session: str | None = None, profile: str | None = None, *,
-               on_chain: bool = False) -> dict[str, Any]:
+    def budget(
+        self, session: str | None = None, profile: str | None = None, *, on_chain: bool = False
+    ) -> dict[str, Any]:
         """What remains; ``on_chain`` adds a smart account's bounds and balances (RPC reads).
         This process's own payments the chain shows expired are resolved first, so a release
         shows at once, not at the watch's next timer."""
         self.expiry.resolve_now()
-        view = budget_view(self.payer.gate.policy, self.payer.gate.ledger, self.payer.clock(),
-                           session, profile)
+        view = budget_view(
+            self.payer.gate.policy, self.payer.gate.ledger, self.payer.clock(), session, profile
+        )
         status = getattr(self.payer.signer, "status", None)
         if on_chain and callable(status):
-            view["wallet"] = {key: str(value) if isinstance(value, int) and not isinstance(
-                value, bool) else value for key, value in status().items()}
+            view["wallet"] = {
+                key: str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+                for key, value in status().items()
+            }
         return view
 
     def reset_breaker(self) -> None:
         self.payer.gate.ledger.reset_breaker(self.payer.clock())
 
     @staticmethod
-    def request(url: str, method: str = "GET", headers: Mapping[str, str] | None = None,
-                body: bytes | str | None = None, max_price: str | None = None,
-                idempotency_key: str | None = None, session: str | None = None,
-                session_profile: str | None = None, timeout_seconds: float | None = None
-                ) -> FetchRequest:
+    def request(
+        url: str,
+        method: str = "GET",
+        headers: Mapping[str, str] | None = None,
+        body: bytes | str | None = None,
+        max_price: str | None = None,
+        idempotency_key: str | None = None,
+        session: str | None = None,
+        session_profile: str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> FetchRequest:
         return FetchRequest(
-            url=url, method=method.upper(), headers=dict(headers or {}),
+            url=url,
+            method=method.upper(),
+            headers=dict(headers or {}),
             body=body.encode() if isinstance(body, str) else body,
             max_price=PriceLimit.parse(max_price) if max_price is not None else None,
-            idempotency_key=idempotency_key, session=session, session_profile=session_profile,
-            timeout_seconds=DEFAULT_TIMEOUT_SECONDS if timeout_seconds is None
-            else timeout_seconds)
+            idempotency_key=idempotency_key,
+            session=session,
+            session_profile=session_profile,
+            timeout_seconds=DEFAULT_TIMEOUT_SECONDS if timeout_seconds is None else timeout_seconds,
+        )
 
     def fetch(self, url: str, **options: Any) -> FetchOutcome:
         try:
@@ -192,8 +218,7 @@ class Agent:
             raise
 
     def _watched(self, outcome: FetchOutcome) -> FetchOutcome:
-        if outcome.payment is not None and outcome.payment.state in (PaymentState.SENT,
-                                                                     PaymentState.UNKNOWN):
+        if outcome.payment is not None and outcome.payment.state in (PaymentState.SENT, PaymentState.UNKNOWN):
             self.expiry.poke()
         return outcome
 
@@ -221,8 +246,7 @@ class Agent:
     async def aquote(self, url: str, **options: Any) -> Quote:
         """``quote`` on the event loop's HTTP pool, its ledger reads in a worker thread."""
         request = self.request(url, **options)
-        return await self._async_client().run(quote_flow(self.payer, request),
-                                              request.timeout_seconds)
+        return await self._async_client().run(quote_flow(self.payer, request), request.timeout_seconds)
 
     def verified(self, outcome: FetchOutcome, timeout: float | None = None) -> FetchOutcome:
         """``outcome`` once its payment's on-chain check is done (a CLI about to exit, a test);
@@ -232,13 +256,13 @@ class Agent:
             return outcome
         self.verifier.wait_idle(timeout)
         record = self.payer.gate.ledger.get(paid.id) or paid
-        return replace(outcome, payment=record,
-                       confirmed_on_chain=record.verification == Verification.VERIFIED)
+        return replace(
+            outcome, payment=record, confirmed_on_chain=record.verification == Verification.VERIFIED
+        )
 
     def take_alerts(self) -> list[dict[str, Any]]:
         """Settlements the chain contradicted, found since the last call (each reported once)."""
         return self.verifier.take_alerts() if self.verifier is not None else []
 
-    def receipts(self, limit: int = 50, states: Sequence[PaymentState] | None = None
-                 ) -> list[PaymentRecord]:
+    def receipts(self, limit: int = 50, states: Sequence[PaymentState] | None = None) -> list[PaymentRecord]:
         return self.payer.gate.ledger.recent(limit, states)

@@ -32,17 +32,20 @@ def payment_message(request: ApprovalRequest, nonce: str) -> str:
     out: it may carry credentials, and the line is printed for the person too."""
     parts = urlsplit(request.url)
     host = (parts.hostname or "") + (f":{parts.port}" if parts.port is not None else "")
-    head = (f"x402-agent pay {request.price} to {request.pay_to} on {request.network} "
-            f"for {request.method} {host}")
+    head = (
+        f"x402-agent pay {request.price} to {request.pay_to} on {request.network} for {request.method} {host}"
+    )
     tail = f", payment {nonce}, policy v{request.policy_version}"
     room = MAX_MESSAGE_BYTES - len(head.encode()) - len(tail.encode())
     if room < 0:
-        raise PolicyDenied(f"paying {request.price} needs a confirmation on the device, and the "
-                           f"host {host[:60]!r}... is too long for its screen; nothing was paid",
-                           reason=Reason.APPROVAL_REQUIRED)
+        raise PolicyDenied(
+            f"paying {request.price} needs a confirmation on the device, and the "
+            f"host {host[:60]!r}... is too long for its screen; nothing was paid",
+            reason=Reason.APPROVAL_REQUIRED,
+        )
     path = parts.path or "/"
     if len(path.encode()) > room:
-        path = path.encode()[:max(room - len(_CUT), 0)].decode(errors="ignore") + _CUT[:room]
+        path = path.encode()[: max(room - len(_CUT), 0)].decode(errors="ignore") + _CUT[:room]
     return head + path + tail
 
 
@@ -53,9 +56,14 @@ def check_payment_signature(message: str, signature: str, enrollment: Enrollment
     try:
         signer = recover_bitcoin_message_key(message, signature)
     except PolicyRejected as exc:
-        raise PolicyDenied(f"the device's confirmation is not a valid signature ({exc.message}); "
-                           "nothing was paid", reason=Reason.APPROVAL_UNVERIFIED) from exc
+        raise PolicyDenied(
+            f"the device's confirmation is not a valid signature ({exc.message}); nothing was paid",
+            reason=Reason.APPROVAL_UNVERIFIED,
+        ) from exc
     if signer != enrollment.pubkey:
-        raise PolicyDenied("the payment was confirmed with another key than the enrolled "
-                           f"device's ({enrollment.fingerprint} at {enrollment.path}); nothing "
-                           "was paid", reason=Reason.APPROVAL_UNVERIFIED)
+        raise PolicyDenied(
+            "the payment was confirmed with another key than the enrolled "
+            f"device's ({enrollment.fingerprint} at {enrollment.path}); nothing "
+            "was paid",
+            reason=Reason.APPROVAL_UNVERIFIED,
+        )

@@ -106,7 +106,8 @@ class AssetRule(_Model):
     per_request_max: AtomicAmount = Field(description="Largest single payment")
     daily_max: AtomicAmount | None = Field(default=None, description="Cumulative per day")
     approval_above: AtomicAmount | None = Field(
-        default=None, description="Payments above this need a human yes, else are refused")
+        default=None, description="Payments above this need a human yes, else are refused"
+    )
 
     @property
     def asset_id(self) -> str:
@@ -115,11 +116,14 @@ class AssetRule(_Model):
     @model_validator(mode="after")
     def _consistent(self) -> AssetRule:
         if self.daily_max is not None and self.per_request_max > self.daily_max:
-            raise ValueError(f"{self.symbol}: per_request_max {self.per_request_max} exceeds "
-                             f"daily_max {self.daily_max}")
+            raise ValueError(
+                f"{self.symbol}: per_request_max {self.per_request_max} exceeds daily_max {self.daily_max}"
+            )
         if self.approval_above is not None and self.approval_above >= self.per_request_max:
-            raise ValueError(f"{self.symbol}: approval_above {self.approval_above} can never "
-                             f"trigger below per_request_max {self.per_request_max}")
+            raise ValueError(
+                f"{self.symbol}: approval_above {self.approval_above} can never "
+                f"trigger below per_request_max {self.per_request_max}"
+            )
         return self
 
 
@@ -166,8 +170,10 @@ class PrivateNetwork(_Model):
     """Non-public addresses the agent may fetch from; every other one is refused (see netguard)."""
 
     allow: tuple[PrivateAllow, ...] = Field(
-        default=(), description="host names (*.domain for subdomains), addresses or CIDR ranges, "
-                                "each optionally with :port, e.g. 127.0.0.1:4021, 10.0.0.0/8")
+        default=(),
+        description="host names (*.domain for subdomains), addresses or CIDR ranges, "
+        "each optionally with :port, e.g. 127.0.0.1:4021, 10.0.0.0/8",
+    )
 
 
 class SessionRule(_Model):
@@ -175,7 +181,8 @@ class SessionRule(_Model):
 
     lifetime_seconds: int = Field(gt=0, le=30 * 86_400, strict=True)
     allowance: dict[str, AtomicAmount] = Field(
-        min_length=1, description="asset symbol or id -> atomic amount per session")
+        min_length=1, description="asset symbol or id -> atomic amount per session"
+    )
     scope: Scope = Scope()
 
 
@@ -225,15 +232,25 @@ class Policy(_Model):
     max_payments_per_minute: int | None = Field(default=None, ge=1, strict=True)
     circuit_breaker: CircuitBreaker | None = None
     sessions: dict[str, SessionRule] = Field(
-        default_factory=dict, description=f"by profile name; {DEFAULT_SESSION!r} when unnamed")
+        default_factory=dict, description=f"by profile name; {DEFAULT_SESSION!r} when unnamed"
+    )
     max_authorization_seconds: int = Field(
-        default=300, ge=10, le=86_400, strict=True,
-        description="Upper bound on an authorization's validity window")
+        default=300,
+        ge=10,
+        le=86_400,
+        strict=True,
+        description="Upper bound on an authorization's validity window",
+    )
     private_network: PrivateNetwork | None = Field(
-        default=None, description="Opt-ins to loopback, private, link-local... addresses")
+        default=None, description="Opt-ins to loopback, private, link-local... addresses"
+    )
     max_paid_body_bytes: int | None = Field(
-        default=None, ge=1, le=1 << 40, strict=True,
-        description="Largest paid body kept in the agent home (default 256 MiB)")
+        default=None,
+        ge=1,
+        le=1 << 40,
+        strict=True,
+        description="Largest paid body kept in the agent home (default 256 MiB)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
@@ -247,26 +264,37 @@ class Policy(_Model):
                 where = f"sessions.{name}.allowance.{key}"
                 rule = self.asset(key)
                 if rule is None:
-                    raise ValueError(f"{where}: allowance for {key!r}, which is not "
-                                     "an asset of this policy (or its symbol is ambiguous)")
+                    raise ValueError(
+                        f"{where}: allowance for {key!r}, which is not "
+                        "an asset of this policy (or its symbol is ambiguous)"
+                    )
                 # Two keys for one asset: which one applied would depend on key order, which the
                 # canonical JSON (and so the digest) does not keep.
                 if rule.asset_id in seen:
-                    raise ValueError(f"{where}: {rule.asset_id} already has an allowance "
-                                     f"under {seen[rule.asset_id]!r}")
+                    raise ValueError(
+                        f"{where}: {rule.asset_id} already has an allowance under {seen[rule.asset_id]!r}"
+                    )
                 seen[rule.asset_id] = key
-                if rule.daily_max is not None and amount > rule.daily_max and (
-                        session.lifetime_seconds <= 86_400):
-                    raise ValueError(f"{where}: allowance {amount} exceeds its daily_max "
-                                     f"{rule.daily_max} (session lifetime <= 24 h)")
+                if (
+                    rule.daily_max is not None
+                    and amount > rule.daily_max
+                    and (session.lifetime_seconds <= 86_400)
+                ):
+                    raise ValueError(
+                        f"{where}: allowance {amount} exceeds its daily_max "
+                        f"{rule.daily_max} (session lifetime <= 24 h)"
+                    )
             for i, key in enumerate(session.scope.assets or ()):
                 if self.asset(key) is None:
                     raise ValueError(f"sessions.{name}.scope.assets.{i}: unknown asset {key!r}")
         for i, rule in enumerate(self.assets):
             if rule.network in self.networks.deny or (
-                    self.networks.allow is not None and rule.network not in self.networks.allow):
-                raise ValueError(f"assets.{i}.network: asset {rule.symbol} is on network "
-                                 f"{rule.network}, which the network lists refuse")
+                self.networks.allow is not None and rule.network not in self.networks.allow
+            ):
+                raise ValueError(
+                    f"assets.{i}.network: asset {rule.symbol} is on network "
+                    f"{rule.network}, which the network lists refuse"
+                )
         return self
 
     def asset(self, key: str) -> AssetRule | None:
@@ -315,8 +343,7 @@ def load_policy(path: Path) -> Policy:
     try:
         raw = path.read_bytes()  # bytes: bad UTF-8 is a policy_invalid, not a UnicodeDecodeError
     except OSError as exc:
-        raise ConfigError(f"cannot read policy {path}: {exc.strerror}",
-                          reason=Reason.POLICY_MISSING) from exc
+        raise ConfigError(f"cannot read policy {path}: {exc.strerror}", reason=Reason.POLICY_MISSING) from exc
     return parse_policy(raw, str(path))
 
 

@@ -65,8 +65,10 @@ def _read_model(path: Path, model: type[M], what: str) -> M:
     try:
         return model.model_validate_json(path.read_bytes())
     except FileNotFoundError as exc:
-        raise PolicyRejected(f"no {what} ({path.name})", reason=Reason.POLICY_UNSIGNED
-                             if what == "approval" else Reason.DEVICE_NOT_ENROLLED) from exc
+        raise PolicyRejected(
+            f"no {what} ({path.name})",
+            reason=Reason.POLICY_UNSIGNED if what == "approval" else Reason.DEVICE_NOT_ENROLLED,
+        ) from exc
     except (OSError, ValidationError) as exc:
         raise PolicyRejected(f"unreadable {what} ({path.name})", reason=Reason.POLICY_TAMPERED) from exc
 
@@ -100,8 +102,7 @@ def expectations(home: AgentHome, account: str | None = None) -> Expectations:
         from .chain.ownership import owner_lookup  # web3 loads only for smart accounts
 
         owner = owner_lookup(home)
-    return Expectations(account=account or home.payer_address(), chain_id=home.config.chain_id,
-                        owner=owner)
+    return Expectations(account=account or home.payer_address(), chain_id=home.config.chain_id, owner=owner)
 
 
 class PolicyStore:
@@ -122,11 +123,15 @@ class PolicyStore:
     # ---- checks ----------------------------------------------------------------------------
     def check_names(self, policy: Policy) -> None:
         if self.expect.account and (policy.account or "").lower() != self.expect.account.lower():
-            raise PolicyRejected(f"the policy governs account {policy.account}, not this agent's "
-                                 f"{self.expect.account}", reason=Reason.POLICY_WRONG_ACCOUNT)
+            raise PolicyRejected(
+                f"the policy governs account {policy.account}, not this agent's {self.expect.account}",
+                reason=Reason.POLICY_WRONG_ACCOUNT,
+            )
         if self.expect.chain_id and policy.chain_id != self.expect.chain_id:
-            raise PolicyRejected(f"the policy is for chain {policy.chain_id}, not "
-                                 f"{self.expect.chain_id}", reason=Reason.POLICY_WRONG_ACCOUNT)
+            raise PolicyRejected(
+                f"the policy is for chain {policy.chain_id}, not {self.expect.chain_id}",
+                reason=Reason.POLICY_WRONG_ACCOUNT,
+            )
 
     def accepted(self) -> AcceptedState | None:
         try:
@@ -141,10 +146,13 @@ class PolicyStore:
         if state is None:
             return
         if approved.version < state.version or (
-                approved.version == state.version and approved.digest != state.digest):
+            approved.version == state.version and approved.digest != state.digest
+        ):
             what = "is older than" if approved.version < state.version else "differs from"
-            raise PolicyRejected(f"policy v{approved.version} {what} the accepted "
-                                 f"v{state.version}", reason=Reason.POLICY_ROLLED_BACK)
+            raise PolicyRejected(
+                f"policy v{approved.version} {what} the accepted v{state.version}",
+                reason=Reason.POLICY_ROLLED_BACK,
+            )
 
     def account_owner(self, enrollment: Enrollment) -> AccountOwner | None:
         """The smart account's owner (None on a plain-key home: nothing on chain to compare)."""
@@ -157,8 +165,12 @@ class PolicyStore:
         raise PolicyRejected(
             f"the enrolled device key {enrollment.eth_address} is not the owner of account "
             f"{owner.account} ({owner.owner or 'unknown'}, {owner.source}): the enrollment file "
-            "was replaced or names another device", reason=Reason.ENROLLMENT_NOT_OWNER,
-            enrolled=enrollment.eth_address, owner=owner.owner, account=owner.account)
+            "was replaced or names another device",
+            reason=Reason.ENROLLMENT_NOT_OWNER,
+            enrolled=enrollment.eth_address,
+            owner=owner.owner,
+            account=owner.account,
+        )
 
     def verify_approved(self, policy: Policy, approval: PolicyApproval) -> None:
         enrollment = self.enrollment()
@@ -179,12 +191,15 @@ class PolicyStore:
             try:
                 approved = load_policy(self.path(BASE_FILE))
             except ConfigError as exc:
-                raise PolicyRejected("policy.json is not the approved policy",
-                                     reason=Reason.POLICY_TAMPERED) from exc
+                raise PolicyRejected(
+                    "policy.json is not the approved policy", reason=Reason.POLICY_TAMPERED
+                ) from exc
             looser = loosenings(policy, approved)
             if looser:
-                raise PolicyRejected("policy.json loosens the approved policy: "
-                                     + "; ".join(looser[:5]), reason=Reason.POLICY_TAMPERED)
+                raise PolicyRejected(
+                    "policy.json loosens the approved policy: " + "; ".join(looser[:5]),
+                    reason=Reason.POLICY_TAMPERED,
+                )
         self.verify_approved(approved, approval)
         self.check_names(policy)
         self._remember(approved)
@@ -193,8 +208,10 @@ class PolicyStore:
     def _remember(self, approved: Policy) -> None:
         state = self.accepted()
         if state is None or approved.version > state.version:
-            write_json(self.path(STATE_FILE),
-                       AcceptedState(version=approved.version, digest=approved.digest).model_dump())
+            write_json(
+                self.path(STATE_FILE),
+                AcceptedState(version=approved.version, digest=approved.digest).model_dump(),
+            )
 
     def install_approved(self, policy: Policy, approval: PolicyApproval) -> None:
         self.verify_approved(policy, approval)
@@ -207,13 +224,14 @@ class PolicyStore:
     def install_tightening(self, policy: Policy) -> None:
         current = self.load()
         approval = _read_model(self.path(APPROVAL_FILE), PolicyApproval, "approval")
-        base = current if approval.policy_digest == current.digest else load_policy(
-            self.path(BASE_FILE))
+        base = current if approval.policy_digest == current.digest else load_policy(self.path(BASE_FILE))
         looser = loosenings(policy, current)
         if looser:
-            raise PolicyRejected("not a tightening; approve it on the device instead: "
-                                 + "; ".join(looser), reason=Reason.POLICY_NEEDS_DEVICE,
-                                 loosenings=looser)
+            raise PolicyRejected(
+                "not a tightening; approve it on the device instead: " + "; ".join(looser),
+                reason=Reason.POLICY_NEEDS_DEVICE,
+                loosenings=looser,
+            )
         self.check_names(policy)
         if base is current:
             write_json(self.path(BASE_FILE), policy_json(base))
@@ -225,16 +243,18 @@ class PolicyStore:
         self.check_names(policy)
         state = self.accepted()
         if state is not None and policy.version <= state.version:
-            raise PolicyRejected(f"a new policy needs a version above v{state.version}",
-                                 reason=Reason.POLICY_ROLLED_BACK)
+            raise PolicyRejected(
+                f"a new policy needs a version above v{state.version}", reason=Reason.POLICY_ROLLED_BACK
+            )
         write_json(self.path(PROPOSED_FILE), policy_json(policy))
         return policy
 
     def proposed(self) -> Policy:
         path = self.path(PROPOSED_FILE)
         if not path.exists():
-            raise ConfigError("nothing proposed: run `x402-agent policy propose FILE` first",
-                              reason=Reason.NO_PROPOSAL)
+            raise ConfigError(
+                "nothing proposed: run `x402-agent policy propose FILE` first", reason=Reason.NO_PROPOSAL
+            )
         return load_policy(path)
 
 
@@ -246,8 +266,9 @@ class ApprovedPolicy:
         self._stamp: tuple[tuple[int, int, int], ...] | None = None
         self._policy: Policy | None = None
         # Checked several times per payment: plain strings and os.stat, no Path arithmetic.
-        self._files = tuple(str(store.path(name))
-                            for name in (POLICY_FILE, APPROVAL_FILE, BASE_FILE, DEVICE_FILE))
+        self._files = tuple(
+            str(store.path(name)) for name in (POLICY_FILE, APPROVAL_FILE, BASE_FILE, DEVICE_FILE)
+        )
 
     def _files_stamp(self) -> tuple[tuple[int, int, int], ...]:
         stamps = []

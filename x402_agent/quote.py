@@ -43,8 +43,15 @@ def quote_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, Quote]:
     policy = payer.gate.policy
     url, response = yield from _send_following_redirects(payer, req)
     if response.status_code != 402:
-        return Quote(url, response.status_code, False, True, Reason.FREE,
-                     policy_version=policy.version, policy_digest=policy.digest)
+        return Quote(
+            url,
+            response.status_code,
+            False,
+            True,
+            Reason.FREE,
+            policy_version=policy.version,
+            policy_digest=policy.digest,
+        )
     challenge = parse_challenge(response.headers, response.content, url)
     context = _context(req, url)
     options = []
@@ -58,7 +65,6 @@ def quote_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, Quote]:
     try:
         choice = choose(challenge, payer.gate, context, req.max_price)
     except X402AgentError as exc:
-        return Quote(url, 402, True, False, exc.reason, None, options,
-                     policy.version, policy.digest)
+        return Quote(url, 402, True, False, exc.reason, None, options, policy.version, policy.digest)
     chosen = next(o for o in options if o["index"] == choice.offer.index)
     return Quote(url, 402, True, True, Reason.ALLOWED, chosen, options, policy.version, policy.digest)

@@ -13,10 +13,30 @@ from .ledger import PaymentRecord
 from .money import format_units
 
 CSV_FIELDS = (
-    "id", "state", "created_at", "method", "url", "request_body_sha256", "x402_version",
-    "network", "asset", "symbol", "amount", "price", "pay_to", "payer", "nonce", "valid_after",
-    "valid_before", "settlement_tx", "response_status", "response_body_sha256", "policy_version",
-    "policy_digest", "idempotency_key", "verification",
+    "id",
+    "state",
+    "created_at",
+    "method",
+    "url",
+    "request_body_sha256",
+    "x402_version",
+    "network",
+    "asset",
+    "symbol",
+    "amount",
+    "price",
+    "pay_to",
+    "payer",
+    "nonce",
+    "valid_after",
+    "valid_before",
+    "settlement_tx",
+    "response_status",
+    "response_body_sha256",
+    "policy_version",
+    "policy_digest",
+    "idempotency_key",
+    "verification",
 )
 
 
@@ -36,8 +56,7 @@ def render(records: Sequence[PaymentRecord], fmt: str) -> str:
         return json.dumps(rows, indent=2, sort_keys=True)
     if fmt == "csv":
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore",
-                                lineterminator="\n")
+        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, "created_at": _iso(row["created_at"])})
@@ -47,6 +66,8 @@ def render(records: Sequence[PaymentRecord], fmt: str) -> str:
         tx = (r.settlement_tx or "-")[:12]
         # A settled payment whose transaction the chain contradicted shows as such.
         state = "mismatch" if r.verification == "mismatch" else r.state
-        lines.append(f"{_iso(r.created_at)[:23]:24} {state:8} "
-                     f"{format_units(r.amount, r.decimals) + ' ' + r.symbol:>12}  {tx:14} {r.url}")
+        lines.append(
+            f"{_iso(r.created_at)[:23]:24} {state:8} "
+            f"{format_units(r.amount, r.decimals) + ' ' + r.symbol:>12}  {tx:14} {r.url}"
+        )
     return "\n".join(lines)

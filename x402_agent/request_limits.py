@@ -113,11 +113,13 @@ def check_url(url: object) -> None:
         parts.port  # noqa: B018 - parsing the port is the check (out of range raises)
         httpx.URL(url)  # what the client will send must parse as well
     except (ValueError, httpx.InvalidURL) as exc:
-        raise InvalidRequest(f"the URL cannot be parsed: {str(exc)[:120]}",
-                             reason=Reason.INVALID_URL) from None
+        raise InvalidRequest(
+            f"the URL cannot be parsed: {str(exc)[:120]}", reason=Reason.INVALID_URL
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest("only http and https URLs with a host can be fetched",
-                             reason=Reason.UNSUPPORTED_URL)
+        raise InvalidRequest(
+            "only http and https URLs with a host can be fetched", reason=Reason.UNSUPPORTED_URL
+        )
 
 
 def redirect_target(url: str, location: str) -> str | None:

@@ -19,8 +19,12 @@ from .spendgate import SpendGate
 
 SUPPORTED_SCHEME = "exact"
 # Codes that mean "we cannot pay this offer at all", as opposed to "the policy said no".
-_UNPAYABLE = {Reason.UNSUPPORTED_SCHEME, Reason.UNKNOWN_NETWORK, Reason.ASSET_DOMAIN_MISMATCH,
-              Reason.UNKNOWN_ASSET}
+_UNPAYABLE = {
+    Reason.UNSUPPORTED_SCHEME,
+    Reason.UNKNOWN_NETWORK,
+    Reason.ASSET_DOMAIN_MISMATCH,
+    Reason.UNKNOWN_ASSET,
+}
 
 # A ceiling above a trillion units of anything is a typo, not a limit.
 _MAX_PRICE = 10**12
@@ -39,11 +43,15 @@ class PriceLimit:
     def parse(cls, text: str) -> PriceLimit:
         match = _PRICE.fullmatch(text) if len(text) <= _MAX_PRICE_CHARS else None
         if not match:
-            raise InvalidRequest(f"max price must look like '0.05' or '0.05 USDC', got "
-                                 f"{text[:_MAX_PRICE_CHARS]!r}", reason=Reason.INVALID_MAX_PRICE)
+            raise InvalidRequest(
+                f"max price must look like '0.05' or '0.05 USDC', got {text[:_MAX_PRICE_CHARS]!r}",
+                reason=Reason.INVALID_MAX_PRICE,
+            )
         if not 0 < Fraction(match.group(1)) <= _MAX_PRICE:
-            raise InvalidRequest(f"max price must be positive and at most {_MAX_PRICE}, got "
-                                 f"{match.group(1)!r}", reason=Reason.INVALID_MAX_PRICE)
+            raise InvalidRequest(
+                f"max price must be positive and at most {_MAX_PRICE}, got {match.group(1)!r}",
+                reason=Reason.INVALID_MAX_PRICE,
+            )
         return cls(match.group(1), match.group(2))
 
     def atomic_for(self, rule: AssetRule) -> int | None:
@@ -63,14 +71,21 @@ class Choice:
     decision: Decision
 
 
-def assess(offer: Offer, gate: SpendGate, context: PaymentContext,
-           limit: PriceLimit | None, *, with_usage: bool = True) -> Decision:
+def assess(
+    offer: Offer,
+    gate: SpendGate,
+    context: PaymentContext,
+    limit: PriceLimit | None,
+    *,
+    with_usage: bool = True,
+) -> Decision:
     """Why this one offer can or cannot be paid (``with_usage=False``: ignoring what the ledger
     already counts, which the reservation checks anyway)."""
     method = offer.extra.get("assetTransferMethod", "eip3009")
     if offer.scheme != SUPPORTED_SCHEME or method != "eip3009":
-        return Decision(False, Reason.UNSUPPORTED_SCHEME,
-                        f"scheme {offer.scheme!r}/{method!r} is not supported")
+        return Decision(
+            False, Reason.UNSUPPORTED_SCHEME, f"scheme {offer.scheme!r}/{method!r} is not supported"
+        )
     if offer.chain_id is None:
         return Decision(False, Reason.UNKNOWN_NETWORK, f"network {offer.network!r} is not supported")
     decision = gate.evaluate(offer, context, with_usage=with_usage)
@@ -83,49 +98,67 @@ def assess(offer: Offer, gate: SpendGate, context: PaymentContext,
     if (name is not None and name != rule.eip712_name) or (
         version is not None and version != rule.eip712_version
     ):
-        return Decision(False, Reason.ASSET_DOMAIN_MISMATCH,
-                        f"server names token {name!r} v{version!r}, policy has "
-                        f"{rule.eip712_name!r} v{rule.eip712_version!r}")
+        return Decision(
+            False,
+            Reason.ASSET_DOMAIN_MISMATCH,
+            f"server names token {name!r} v{version!r}, policy has "
+            f"{rule.eip712_name!r} v{rule.eip712_version!r}",
+        )
     if limit is not None:
         ceiling = limit.atomic_for(rule)
         if ceiling is None:
-            return Decision(False, Reason.MAX_PRICE_ASSET_MISMATCH,
-                            f"the max price is in {limit.symbol}, but this offer is paid in "
-                            f"{rule.symbol}", rule)
+            return Decision(
+                False,
+                Reason.MAX_PRICE_ASSET_MISMATCH,
+                f"the max price is in {limit.symbol}, but this offer is paid in {rule.symbol}",
+                rule,
+            )
         if offer.amount > ceiling:
-            return Decision(False, Reason.PRICE_ABOVE_MAX,
-                            f"price {format_units(offer.amount, rule.decimals)} {rule.symbol} "
-                            f"is above the max price {limit.amount}", rule)
+            return Decision(
+                False,
+                Reason.PRICE_ABOVE_MAX,
+                f"price {format_units(offer.amount, rule.decimals)} {rule.symbol} "
+                f"is above the max price {limit.amount}",
+                rule,
+            )
     return decision
 
 
-def choose(challenge: Challenge, gate: SpendGate, context: PaymentContext,
-           limit: PriceLimit | None) -> Choice:
+def choose(
+    challenge: Challenge, gate: SpendGate, context: PaymentContext, limit: PriceLimit | None
+) -> Choice:
     """The cheapest offer allowed now, counting what the ledger holds (quotes use this)."""
     return rank(challenge, gate, context, limit)[0]
 
 
-def rank(challenge: Challenge, gate: SpendGate, context: PaymentContext,
-         limit: PriceLimit | None, *, with_usage: bool = True) -> list[Choice]:
+def rank(
+    challenge: Challenge,
+    gate: SpendGate,
+    context: PaymentContext,
+    limit: PriceLimit | None,
+    *,
+    with_usage: bool = True,
+) -> list[Choice]:
     """Acceptable offers, cheapest first; raise with every offer's reason if there is none."""
-    verdicts = [(offer, assess(offer, gate, context, limit, with_usage=with_usage))
-                for offer in challenge.offers]
+    verdicts = [
+        (offer, assess(offer, gate, context, limit, with_usage=with_usage)) for offer in challenge.offers
+    ]
     payable = [Choice(o, d.asset, d) for o, d in verdicts if d.allowed and d.asset is not None]
     if payable:
         # Compare in display units so 6- and 18-decimal tokens rank sensibly; ties: server order.
-        return sorted(payable, key=lambda c: (Fraction(c.offer.amount, 10 ** c.asset.decimals),
-                                              c.offer.index))
+        return sorted(payable, key=lambda c: (Fraction(c.offer.amount, 10**c.asset.decimals), c.offer.index))
     rejected = [{**o.describe(), "reason": d.reason, "message": d.message} for o, d in verdicts]
     by_policy = [d for _, d in verdicts if d.reason not in _UNPAYABLE]
     if by_policy:
         # The offers we could pay were refused by the policy (or the caller's max price): say
         # why for the first of them, with the budgets that remain.
         first = by_policy[0]
-        message = first.message if len(verdicts) == 1 else (
-            f"{first.message} ({len(verdicts)} offers refused)")
-        raise PolicyDenied(message, reason=first.reason, rejected=rejected,
-                           remaining=first.remaining)
+        message = (
+            first.message if len(verdicts) == 1 else (f"{first.message} ({len(verdicts)} offers refused)")
+        )
+        raise PolicyDenied(message, reason=first.reason, rejected=rejected, remaining=first.remaining)
     reasons = {d.reason for _, d in verdicts}
     reason = reasons.pop() if len(reasons) == 1 else Reason.NO_ACCEPTABLE_REQUIREMENT
-    raise NoAcceptableRequirement(f"none of the {len(verdicts)} offers can be paid",
-                                  reason=reason, rejected=rejected)
+    raise NoAcceptableRequirement(
+        f"none of the {len(verdicts)} offers can be paid", reason=reason, rejected=rejected
+    )

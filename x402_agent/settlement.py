@@ -52,8 +52,9 @@ def read_settlement_header(headers: Mapping[str, str], version: int) -> SettleRe
         return None
 
 
-def check_settlement(response: SettleResponse, authorization: TransferAuthorization,
-                     network: str) -> Settlement:
+def check_settlement(
+    response: SettleResponse, authorization: TransferAuthorization, network: str
+) -> Settlement:
     """The settle response must describe our payment: success, payer, network, amount, tx."""
     problems = []
     if not response.success:
@@ -68,36 +69,45 @@ def check_settlement(response: SettleResponse, authorization: TransferAuthorizat
         problems.append("no valid transaction hash")
     if problems:
         raise SettlementMismatch("; ".join(problems), evidence=response.model_dump(by_alias=True))
-    return Settlement(response.transaction, network, response.payer,
-                      response.model_dump(by_alias=True, exclude_none=True))
+    return Settlement(
+        response.transaction, network, response.payer, response.model_dump(by_alias=True, exclude_none=True)
+    )
 
 
 def _topic_address(address: str) -> str:
     return "0x" + address.lower().removeprefix("0x").rjust(64, "0")
 
 
-def check_transaction_receipt(receipt: Mapping[str, Any], authorization: TransferAuthorization,
-                              pay_to: str) -> None:
+def check_transaction_receipt(
+    receipt: Mapping[str, Any], authorization: TransferAuthorization, pay_to: str
+) -> None:
     """The receipt proves our authorization moved exactly ``value`` to ``pay_to``."""
     token = authorization.token.verifying_contract.lower()
     if receipt.get("status") != "0x1":
-        raise SettlementMismatch("settlement transaction reverted", reason=Reason.SETTLEMENT_REVERTED,
-                                 tx=receipt.get("transactionHash"))
+        raise SettlementMismatch(
+            "settlement transaction reverted",
+            reason=Reason.SETTLEMENT_REVERTED,
+            tx=receipt.get("transactionHash"),
+        )
     logs = [log for log in receipt.get("logs", []) if str(log.get("address", "")).lower() == token]
     used = [
-        log for log in logs
-        if [t.lower() for t in log.get("topics", [])] == [
-            AUTHORIZATION_USED_TOPIC, _topic_address(authorization.from_address),
-            authorization.nonce.lower()]
+        log
+        for log in logs
+        if [t.lower() for t in log.get("topics", [])]
+        == [AUTHORIZATION_USED_TOPIC, _topic_address(authorization.from_address), authorization.nonce.lower()]
     ]
     transfers = [
-        log for log in logs
-        if [t.lower() for t in log.get("topics", [])] == [
-            TRANSFER_TOPIC, _topic_address(authorization.from_address), _topic_address(pay_to)]
+        log
+        for log in logs
+        if [t.lower() for t in log.get("topics", [])]
+        == [TRANSFER_TOPIC, _topic_address(authorization.from_address), _topic_address(pay_to)]
         and int(log.get("data", "0x0"), 16) == authorization.value
     ]
     if len(used) != 1 or len(transfers) != 1:
         raise SettlementMismatch(
             "the settlement transaction does not use our authorization for exactly the price",
-            reason=Reason.SETTLEMENT_NOT_OURS, tx=receipt.get("transactionHash"),
-            authorization_used=len(used), matching_transfers=len(transfers))
+            reason=Reason.SETTLEMENT_NOT_OURS,
+            tx=receipt.get("transactionHash"),
+            authorization_used=len(used),
+            matching_transfers=len(transfers),
+        )

@@ -33,10 +33,12 @@ class TokenDomain:
 
 
 _DOMAIN_TYPEHASH = keccak(
-    b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)")
+    b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+)
 _AUTHORIZATION_TYPEHASH = keccak(
     b"TransferWithAuthorization(address from,address to,uint256 value,uint256 validAfter,"
-    b"uint256 validBefore,bytes32 nonce)")
+    b"uint256 validBefore,bytes32 nonce)"
+)
 
 
 def _word(value: int | str) -> bytes:
@@ -47,8 +49,13 @@ def _word(value: int | str) -> bytes:
 
 @cache
 def _domain_separator(token: TokenDomain) -> bytes:
-    return keccak(_DOMAIN_TYPEHASH + keccak(token.name.encode()) + keccak(token.version.encode())
-                  + _word(token.chain_id) + _word(token.verifying_contract))
+    return keccak(
+        _DOMAIN_TYPEHASH
+        + keccak(token.name.encode())
+        + keccak(token.version.encode())
+        + _word(token.chain_id)
+        + _word(token.verifying_contract)
+    )
 
 
 @dataclass(frozen=True)
@@ -65,9 +72,15 @@ class TransferAuthorization:
 
     def digest(self) -> bytes:
         """EIP-712 digest of TransferWithAuthorization (equal to the x402 SDK's; tested)."""
-        struct = keccak(_AUTHORIZATION_TYPEHASH + _word(self.from_address) + _word(self.to)
-                        + _word(self.value) + _word(self.valid_after) + _word(self.valid_before)
-                        + bytes.fromhex(self.nonce.removeprefix("0x")))
+        struct = keccak(
+            _AUTHORIZATION_TYPEHASH
+            + _word(self.from_address)
+            + _word(self.to)
+            + _word(self.value)
+            + _word(self.valid_after)
+            + _word(self.valid_before)
+            + bytes.fromhex(self.nonce.removeprefix("0x"))
+        )
         return keccak(b"\x19\x01" + _domain_separator(self.token) + struct)
 
 
@@ -118,8 +131,9 @@ class LocalKeySigner:
             key = Account.decrypt(keystore, password)
         except ValueError as exc:
             # Never echo the password or the underlying message, which may describe key material.
-            raise ConfigError(f"cannot decrypt keystore {path}: wrong password?",
-                              reason=Reason.KEYSTORE_LOCKED) from exc
+            raise ConfigError(
+                f"cannot decrypt keystore {path}: wrong password?", reason=Reason.KEYSTORE_LOCKED
+            ) from exc
         return cls(Account.from_key(key))
 
     @property
@@ -141,8 +155,7 @@ class LocalKeySigner:
         return f"LocalKeySigner({self.address})"
 
 
-def write_keystore(path: Path, private_key: str, password: str, *, iterations: int | None = None
-                   ) -> str:
+def write_keystore(path: Path, private_key: str, password: str, *, iterations: int | None = None) -> str:
     """Encrypt a key into an eth-account (v3) keystore file readable only by its owner."""
     from eth_account import Account
     from eth_typing import HexStr

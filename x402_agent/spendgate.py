@@ -25,22 +25,22 @@ class SpendGate(Protocol):
     def policy(self) -> Policy: ...
     @property
     def ledger(self) -> Ledger: ...
-    def evaluate(self, offer: Offer, context: PaymentContext, *, with_usage: bool = True
-                 ) -> Decision: ...
-    def reserve(self, offer: Offer, context: PaymentContext, *, approved: bool = False
-                ) -> PaymentRecord: ...
+    def evaluate(self, offer: Offer, context: PaymentContext, *, with_usage: bool = True) -> Decision: ...
+    def reserve(self, offer: Offer, context: PaymentContext, *, approved: bool = False) -> PaymentRecord: ...
 
 
 def refusal(decision: Decision, offer: Offer) -> PolicyDenied:
-    return PolicyDenied(decision.message, reason=decision.reason, offer=offer.describe(),
-                        remaining=decision.remaining)
+    return PolicyDenied(
+        decision.message, reason=decision.reason, offer=offer.describe(), remaining=decision.remaining
+    )
 
 
 class PolicyGate:
     """Enforces a policy over a ledger; the policy source is read at every decision."""
 
-    def __init__(self, policy: Policy | Callable[[], Policy], ledger: Ledger,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, policy: Policy | Callable[[], Policy], ledger: Ledger, clock: Callable[[], float] = time.time
+    ) -> None:
         # A callable lets a running agent pick up a newly accepted policy at the next payment.
         self._policy_source = policy if callable(policy) else (lambda: policy)
         self._ledger = ledger
@@ -63,19 +63,22 @@ class PolicyGate:
 
     @staticmethod
     def _query(policy: Policy, offer: Offer, context: PaymentContext, now: float) -> UsageQuery:
-        return UsageQuery(network=offer.network, asset=offer.asset,
-                          day_start=policy.day.start(now), now=now, session=context.session)
+        return UsageQuery(
+            network=offer.network,
+            asset=offer.asset,
+            day_start=policy.day.start(now),
+            now=now,
+            session=context.session,
+        )
 
-    def evaluate(self, offer: Offer, context: PaymentContext, *, with_usage: bool = True
-                 ) -> Decision:
+    def evaluate(self, offer: Offer, context: PaymentContext, *, with_usage: bool = True) -> Decision:
         policy, now = self.policy, self._clock()
         if not with_usage or policy.find_asset(offer.network, offer.asset) is None:
             return decide(policy, offer, context, Usage(), now)
         usage = self._ledger.usage(self._query(policy, offer, context, now))
         return decide(policy, offer, context, usage, now)
 
-    def reserve(self, offer: Offer, context: PaymentContext, *, approved: bool = False
-                ) -> PaymentRecord:
+    def reserve(self, offer: Offer, context: PaymentContext, *, approved: bool = False) -> PaymentRecord:
         policy, now = self.policy, self._clock()
         rule = policy.find_asset(offer.network, offer.asset)
         if rule is None:
@@ -86,19 +89,32 @@ class PolicyGate:
             if not decision.allowed:
                 raise refusal(decision, offer)
             if decision.needs_approval and not approved:
-                raise PolicyDenied("this payment needs a human approval, which was not given",
-                                   reason=Reason.APPROVAL_REQUIRED, offer=offer.describe(),
-                                   remaining=decision.remaining)
+                raise PolicyDenied(
+                    "this payment needs a human approval, which was not given",
+                    reason=Reason.APPROVAL_REQUIRED,
+                    offer=offer.describe(),
+                    remaining=decision.remaining,
+                )
 
-        return self._ledger.reserve(NewPayment(
-            idempotency_key=context.idempotency_key,
-            request_fingerprint=context.request_fingerprint,
-            method=context.method, url=context.url,
-            request_body_sha256=context.request_body_sha256,
-            x402_version=offer.x402_version, network=offer.network, asset=offer.asset,
-            symbol=rule.symbol, decimals=rule.decimals, amount=offer.amount,
-            pay_to=offer.pay_to,
-            requirement_json=offer.requirement.model_dump_json(by_alias=True, exclude_none=True),
-            policy_version=policy.version, policy_digest=self._digest_of(policy),
-            session=context.session,
-        ), self._query(policy, offer, context, now), check)
+        return self._ledger.reserve(
+            NewPayment(
+                idempotency_key=context.idempotency_key,
+                request_fingerprint=context.request_fingerprint,
+                method=context.method,
+                url=context.url,
+                request_body_sha256=context.request_body_sha256,
+                x402_version=offer.x402_version,
+                network=offer.network,
+                asset=offer.asset,
+                symbol=rule.symbol,
+                decimals=rule.decimals,
+                amount=offer.amount,
+                pay_to=offer.pay_to,
+                requirement_json=offer.requirement.model_dump_json(by_alias=True, exclude_none=True),
+                policy_version=policy.version,
+                policy_digest=self._digest_of(policy),
+                session=context.session,
+            ),
+            self._query(policy, offer, context, now),
+            check,
+        )

@@ -31,7 +31,10 @@ def _lists(name: str, new: AllowDeny, base: AllowDeny) -> Iterator[str]:
 def _asset(new: AssetRule, base: AssetRule) -> Iterator[str]:
     where = f"assets.{new.symbol}"
     if (new.decimals, new.eip712_name, new.eip712_version) != (
-            base.decimals, base.eip712_name, base.eip712_version):
+        base.decimals,
+        base.eip712_name,
+        base.eip712_version,
+    ):
         yield f"{where}: token description changed"
     if new.per_request_max > base.per_request_max:
         yield f"{where}.per_request_max raised"
@@ -51,12 +54,15 @@ def _scope(name: str, new: Scope, base: Scope) -> Iterator[str]:
             yield f"sessions.{name}.scope.{field} widened"
 
 
-def _session(name: str, new: SessionRule, base: SessionRule, new_policy: Policy,
-             base_policy: Policy) -> Iterator[str]:
+def _session(
+    name: str, new: SessionRule, base: SessionRule, new_policy: Policy, base_policy: Policy
+) -> Iterator[str]:
     if new.lifetime_seconds > base.lifetime_seconds:
         yield f"sessions.{name}.lifetime_seconds raised"
-    base_allowance = {base_policy.asset(k).asset_id: v  # type: ignore[union-attr]
-                      for k, v in base.allowance.items()}
+    base_allowance = {
+        base_policy.asset(k).asset_id: v  # type: ignore[union-attr]
+        for k, v in base.allowance.items()
+    }
     for key, amount in new.allowance.items():
         asset = new_policy.asset(key)
         if asset is None or amount > base_allowance.get(asset.asset_id, -1):
@@ -84,8 +90,9 @@ def loosenings(new: Policy, base: Policy) -> list[str]:
     if not _at_most(new.max_payments_per_minute, base.max_payments_per_minute):
         found.append("max_payments_per_minute raised or removed")
     if base.circuit_breaker is not None and (
-            new.circuit_breaker is None or new.circuit_breaker.max_consecutive_failures
-            > base.circuit_breaker.max_consecutive_failures):
+        new.circuit_breaker is None
+        or new.circuit_breaker.max_consecutive_failures > base.circuit_breaker.max_consecutive_failures
+    ):
         found.append("circuit_breaker loosened or removed")
     if base.sessions and not new.sessions:
         found.append("sessions removed: sessions would be unlimited")

@@ -50,17 +50,26 @@ def _authorization(record: PaymentRecord) -> TransferAuthorization:
     assert record.payer is not None and record.nonce is not None
     return TransferAuthorization(
         token=TokenDomain("", "", int(record.network.split(":")[1]), record.asset),
-        from_address=record.payer, to=record.pay_to, value=record.amount,
-        valid_after=record.valid_after or 0, valid_before=record.valid_before or 0,
-        nonce=record.nonce)
+        from_address=record.payer,
+        to=record.pay_to,
+        value=record.amount,
+        valid_after=record.valid_after or 0,
+        valid_before=record.valid_before or 0,
+        nonce=record.nonce,
+    )
 
 
 class Verifier:
     """Checks settled payments' transactions on chain in a background thread."""
 
-    def __init__(self, ledger: Ledger, rpc_urls: Mapping[str, str], *,
-                 clock: Callable[[], float] = time.time,
-                 receipt_grace_seconds: float = RECEIPT_GRACE_SECONDS) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        rpc_urls: Mapping[str, str],
+        *,
+        clock: Callable[[], float] = time.time,
+        receipt_grace_seconds: float = RECEIPT_GRACE_SECONDS,
+    ) -> None:
         self.ledger = ledger
         self.rpc_urls = dict(rpc_urls)
         self.clock = clock
@@ -80,8 +89,7 @@ class Verifier:
         with self._cond:
             self._queue.append(record)
             if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._loop, daemon=True,
-                                                name="settlement-verifier")
+                self._thread = threading.Thread(target=self._loop, daemon=True, name="settlement-verifier")
                 self._thread.start()
             self._cond.notify_all()
 
@@ -142,9 +150,9 @@ class Verifier:
         left: list[PaymentRecord] = []
         for start in range(0, len(pending), BATCH):
             try:
-                left += self.check(pending[start:start + BATCH])
+                left += self.check(pending[start : start + BATCH])
             except ChainError:
-                left += pending[start:start + BATCH]
+                left += pending[start : start + BATCH]
         return left
 
     def check(self, records: Iterable[PaymentRecord]) -> list[PaymentRecord]:
@@ -171,24 +179,30 @@ class Verifier:
                 continue
             # One ledger transaction per batch of receipts.
             changed = self.ledger.mark_verified(outcomes)
-            alerts = [{"payment_id": record.id, "url": record.url, **mismatch}
-                      for record in group if record.id in changed
-                      and (mismatch := outcomes.get(record.id)) is not None]
+            alerts = [
+                {"payment_id": record.id, "url": record.url, **mismatch}
+                for record in group
+                if record.id in changed and (mismatch := outcomes.get(record.id)) is not None
+            ]
             if alerts:
                 with self._cond:
                     self._alerts += alerts
         return retry
 
-    def _outcome(self, record: PaymentRecord, receipt: Mapping[str, Any] | None
-                 ) -> tuple[bool, dict[str, Any] | None]:
+    def _outcome(
+        self, record: PaymentRecord, receipt: Mapping[str, Any] | None
+    ) -> tuple[bool, dict[str, Any] | None]:
         """(False, None) while the receipt is not there yet; else (True, the mismatch or
         None when the receipt shows our payment)."""
         if receipt is None:
             claimed_at = record.finished_at or record.updated_at
             if self.clock() - claimed_at < self.receipt_grace_seconds:
                 return False, None
-            return True, {"reason": Reason.SETTLEMENT_TX_NOT_FOUND, "tx": record.settlement_tx,
-                          "message": "the transaction the server named does not exist on chain"}
+            return True, {
+                "reason": Reason.SETTLEMENT_TX_NOT_FOUND,
+                "tx": record.settlement_tx,
+                "message": "the transaction the server named does not exist on chain",
+            }
         try:
             check_transaction_receipt(receipt, _authorization(record), record.pay_to)
         except SettlementMismatch as exc:
@@ -203,8 +217,7 @@ class Verifier:
             if self._http is not None:
                 self._http[1].close()
             kind = HTTPSConnection if parts.scheme == "https" else HTTPConnection
-            self._http = (rpc, kind(parts.hostname or "", parts.port,
-                                    timeout=RPC_TIMEOUT_SECONDS))
+            self._http = (rpc, kind(parts.hostname or "", parts.port, timeout=RPC_TIMEOUT_SECONDS))
         connection = self._http[1]
         headers = {"content-type": "application/json"}
         if parts.username:  # an RPC URL carrying its credentials
@@ -225,14 +238,15 @@ class Verifier:
     def _receipts(self, rpc: str, txs: list[str]) -> list[Any]:
         """eth_getTransactionReceipt for each hash, in one JSON-RPC batch."""
         ids = [next(_ids) for _ in txs]
-        body = [{"jsonrpc": "2.0", "id": i, "method": "eth_getTransactionReceipt",
-                 "params": [tx]} for i, tx in zip(ids, txs, strict=True)]
+        body = [
+            {"jsonrpc": "2.0", "id": i, "method": "eth_getTransactionReceipt", "params": [tx]}
+            for i, tx in zip(ids, txs, strict=True)
+        ]
         try:
             status, raw = self._post(rpc, json.dumps(body).encode())
             data = json.loads(raw)
         except (OSError, HTTPException, ValueError) as exc:
-            raise ChainError("RPC eth_getTransactionReceipt failed",
-                             cause=type(exc).__name__) from exc
+            raise ChainError("RPC eth_getTransactionReceipt failed", cause=type(exc).__name__) from exc
         if status != 200 or not isinstance(data, list):
             raise ChainError("RPC eth_getTransactionReceipt failed", status=status)
         results = {item.get("id"): item for item in data if isinstance(item, dict)}
@@ -240,7 +254,8 @@ class Verifier:
         for i in ids:
             item = results.get(i)
             if item is None or "error" in item:
-                raise ChainError("RPC eth_getTransactionReceipt failed",
-                                 rpc_error=str(item and item.get("error"))[:200])
+                raise ChainError(
+                    "RPC eth_getTransactionReceipt failed", rpc_error=str(item and item.get("error"))[:200]
+                )
             out.append(item.get("result"))
         return out

@@ -44,6 +44,7 @@ from x402_agent.operations import Agent
 
 # ---- one worker --------------------------------------------------------------------------------
 
+
 async def _attempt(agent: Agent, url: str) -> str:
     try:
         outcome = await agent.afetch(url)
@@ -71,14 +72,19 @@ def worker(home: Path, url: str, attempts: int) -> int:
 
 # ---- a throw-away PostgreSQL cluster -----------------------------------------------------------
 
+
 @contextlib.contextmanager
 def throwaway_postgres() -> Iterator[str]:
     """initdb + pg_ctl on a free loopback port; yields the URL; stops and deletes it after."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                   key=lambda p: int(Path(p).parent.parent.name.split(".")[0]))
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(Path(p).parent.parent.name.split(".")[0]),
+    )
     if not found:
-        raise SystemExit("no PostgreSQL server binaries in /usr/lib/postgresql/*/bin: install "
-                         "the Debian package postgresql, or pass --ledger postgresql://...")
+        raise SystemExit(
+            "no PostgreSQL server binaries in /usr/lib/postgresql/*/bin: install "
+            "the Debian package postgresql, or pass --ledger postgresql://..."
+        )
     bindir = Path(found[-1]).parent
     root = Path(tempfile.mkdtemp(prefix="x402-fleet-pg-"))
     # The server refuses to run as root: then it runs as the postgres system user.
@@ -99,10 +105,11 @@ def throwaway_postgres() -> Iterator[str]:
     data = root / "data"
     try:
         run("initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync")
-        options = (f"-c listen_addresses=127.0.0.1 -c port={port} "
-                   f"-c unix_socket_directories={root} -c max_connections=100")
-        run("pg_ctl", "start", "-w", "-D", str(data), "-l", str(root / "server.log"),
-            "-o", options)
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={port} "
+            f"-c unix_socket_directories={root} -c max_connections=100"
+        )
+        run("pg_ctl", "start", "-w", "-D", str(data), "-l", str(root / "server.log"), "-o", options)
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
         if (data / "postmaster.pid").exists():
@@ -111,6 +118,7 @@ def throwaway_postgres() -> Iterator[str]:
 
 
 # ---- the fleet ---------------------------------------------------------------------------------
+
 
 def tightened(policy: dict[str, Any], cap: int) -> dict[str, Any]:
     """The same policy with its caps lowered to at most ``cap``: only a tightening, so no device
@@ -134,19 +142,36 @@ def make_home(source: Path, target: Path, ledger: str | None, cap: int) -> Path:
         (target / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     lower = target / "fleet-policy.json"
     lower.write_text(json.dumps(tightened(json.loads((source / "policy.json").read_text()), cap)))
-    subprocess.run([str(Path(sys.executable).with_name("x402-agent")), "--home", str(target),
-                    "policy", "tighten", str(lower)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            str(Path(sys.executable).with_name("x402-agent")),
+            "--home",
+            str(target),
+            "policy",
+            "tighten",
+            str(lower),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return target
 
 
 def holdings(world: dict[str, Any]) -> int:
     """What the payer holds in USDC: a plain key's balance, or a smart account's hot balance plus
     its vault's (a top-up moves funds between the two; only payments leave)."""
-    abi = [{"name": "balanceOf", "type": "function", "stateMutability": "view",
+    abi = [
+        {
+            "name": "balanceOf",
+            "type": "function",
+            "stateMutability": "view",
             "inputs": [{"name": "holder", "type": "address"}],
-            "outputs": [{"name": "", "type": "uint256"}]}]
+            "outputs": [{"name": "", "type": "uint256"}],
+        }
+    ]
     token = Web3(Web3.HTTPProvider(world["rpc_url"])).eth.contract(
-        address=Web3.to_checksum_address(world["token"]), abi=abi)
+        address=Web3.to_checksum_address(world["token"]), abi=abi
+    )
     holders = [world["payer"], *filter(None, [world.get("wallet", {}).get("vault")])]
     return sum(int(token.functions.balanceOf(Web3.to_checksum_address(h)).call()) for h in holders)
 
@@ -155,14 +180,21 @@ def run_fleet(world: dict[str, Any], ledger: str | None, args: argparse.Namespac
     url = world["api_url"] + args.path
     cap = int(Decimal(args.daily_max) * 10**6)  # USDC has 6 decimals
     with tempfile.TemporaryDirectory(prefix="x402-fleet-") as scratch:
-        homes = [make_home(Path(world["agent_home"]), Path(scratch) / f"agent-{i}", ledger, cap)
-                 for i in range(args.workers)]
+        homes = [
+            make_home(Path(world["agent_home"]), Path(scratch) / f"agent-{i}", ledger, cap)
+            for i in range(args.workers)
+        ]
         before = holdings(world)
         began = time.perf_counter()
-        procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(home), url,
-                                   str(args.attempts)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                 for home in homes]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--worker", str(home), url, str(args.attempts)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for home in homes
+        ]
         for proc in procs:  # every worker has opened its agent (and its ledger connection)
             assert proc.stdout is not None
             if proc.stdout.readline().strip() != "ready":
@@ -170,8 +202,7 @@ def run_fleet(world: dict[str, Any], ledger: str | None, args: argparse.Namespac
         # anvil mines only on transactions; after a minute idle its latest block is older than
         # the agent's validAfter (now - 60 s) and the devnet facilitator refuses the first
         # authorizations as not yet valid. One fresh block avoids that.
-        Web3(Web3.HTTPProvider(world["rpc_url"])).provider.make_request(
-            "evm_mine", [])  # type: ignore[arg-type]
+        Web3(Web3.HTTPProvider(world["rpc_url"])).provider.make_request("evm_mine", [])  # type: ignore[arg-type]
         for proc in procs:
             assert proc.stdin is not None
             proc.stdin.write("go\n")
@@ -194,20 +225,28 @@ def run_fleet(world: dict[str, Any], ledger: str | None, args: argparse.Namespac
 
     counted = int(usage["counted_today"])
     print(f"ledger: {ledger or 'a separate SQLite file per worker'}")
-    print(f"{args.workers} workers x {args.attempts} attempts = "
-          f"{args.workers * args.attempts} in {elapsed:.1f} s: {dict(sorted(total.items()))}")
+    print(
+        f"{args.workers} workers x {args.attempts} attempts = "
+        f"{args.workers * args.attempts} in {elapsed:.1f} s: {dict(sorted(total.items()))}"
+    )
     if ledger is not None:
-        print(f"counted today in the shared ledger: {format_units(counted, 6)} USDC "
-              f"of a daily limit of {format_units(cap, 6)} USDC")
-    held_in = ("smart account, hot + vault" if world.get("wallet", {}).get("vault")
-               else "plain key")
+        print(
+            f"counted today in the shared ledger: {format_units(counted, 6)} USDC "
+            f"of a daily limit of {format_units(cap, 6)} USDC"
+        )
+    held_in = "smart account, hot + vault" if world.get("wallet", {}).get("vault") else "plain key"
     print(f"payer's USDC on chain ({held_in}) fell by {format_units(spent_on_chain, 6)} USDC")
     if total["paid_not_delivered"]:
-        print(f"{total['paid_not_delivered']} payments were signed but not delivered: they stay "
-              "counted until the chain proves them settled or expired (see `x402-agent receipts`)")
+        print(
+            f"{total['paid_not_delivered']} payments were signed but not delivered: they stay "
+            "counted until the chain proves them settled or expired (see `x402-agent receipts`)"
+        )
     held = spent_on_chain <= cap
-    print("the daily cap held across processes" if held
-          else f"OVERSPENT: {format_units(spent_on_chain, 6)} > {format_units(cap, 6)} USDC")
+    print(
+        "the daily cap held across processes"
+        if held
+        else f"OVERSPENT: {format_units(spent_on_chain, 6)} > {format_units(cap, 6)} USDC"
+    )
     return 0 if held or ledger is None else 1
 
 
@@ -216,11 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--worker"]:
         return worker(Path(argv[1]), argv[2], int(argv[3]))
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--world", type=Path, required=True,
-                        help="the ready line of `x402-agent devnet`, saved to a file")
+    parser.add_argument(
+        "--world", type=Path, required=True, help="the ready line of `x402-agent devnet`, saved to a file"
+    )
     parser.add_argument("--ledger", help="postgresql://... (default: a throw-away cluster)")
-    parser.add_argument("--separate-ledgers", action="store_true",
-                        help="no shared ledger: each worker its own SQLite (overspends)")
+    parser.add_argument(
+        "--separate-ledgers",
+        action="store_true",
+        help="no shared ledger: each worker its own SQLite (overspends)",
+    )
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--attempts", type=int, default=40, help="concurrent payments each")
     parser.add_argument("--daily-max", default="0.05", help="USDC; the cap the fleet shares")

@@ -30,8 +30,18 @@ _BUILD = PROJECT_ROOT / "contracts" / "build"
 _TX_GAS = 3_000_000
 # The owner actions each contract names (its ``_actionName``), by tag.
 OWNER_ACTIONS = {
-    ACCOUNT_TAG: frozenset({"setPolicy", "setToken", "setPayee", "setSessionKey", "revokeSessionKey",
-                            "setVault", "withdraw", "execute"}),
+    ACCOUNT_TAG: frozenset(
+        {
+            "setPolicy",
+            "setToken",
+            "setPayee",
+            "setSessionKey",
+            "revokeSessionKey",
+            "setVault",
+            "withdraw",
+            "execute",
+        }
+    ),
     VAULT_TAG: frozenset({"setAllowance", "withdraw"}),
 }
 _CONTRACT_OF_TAG = {ACCOUNT_TAG: "X402Account", VAULT_TAG: "AllowanceVault"}
@@ -57,8 +67,7 @@ def account_contract(w3: Web3, address: str) -> Contract:
 
 def owned_contract(w3: Web3, address: str, tag: str = ACCOUNT_TAG) -> Contract:
     """The account (tag ``x402-account``) or vault (``x402-vault``) at ``address``."""
-    return w3.eth.contract(address=to_checksum_address(address),
-                           abi=artifact(_CONTRACT_OF_TAG[tag])["abi"])
+    return w3.eth.contract(address=to_checksum_address(address), abi=artifact(_CONTRACT_OF_TAG[tag])["abi"])
 
 
 def _as_account(key: LocalAccount | str | bytes) -> LocalAccount:
@@ -68,25 +77,27 @@ def _as_account(key: LocalAccount | str | bytes) -> LocalAccount:
     return account
 
 
-def send_transaction(w3: Web3, sender: LocalAccount | str | bytes, tx: dict[str, Any]
-                     ) -> Any:
+def send_transaction(w3: Web3, sender: LocalAccount | str | bytes, tx: dict[str, Any]) -> Any:
     """Sign and send ``tx`` from ``sender``; return the receipt, raising if it reverted."""
     signer = _as_account(sender)
     full = {
-        "chainId": w3.eth.chain_id, "from": signer.address,
+        "chainId": w3.eth.chain_id,
+        "from": signer.address,
         "nonce": w3.eth.get_transaction_count(signer.address, "pending"),
-        "gas": _TX_GAS, "maxFeePerGas": 2 * w3.eth.gas_price + 1, "maxPriorityFeePerGas": 1,
+        "gas": _TX_GAS,
+        "maxFeePerGas": 2 * w3.eth.gas_price + 1,
+        "maxPriorityFeePerGas": 1,
         **tx,
     }
     receipt = w3.eth.wait_for_transaction_receipt(
-        w3.eth.send_raw_transaction(signer.sign_transaction(full).raw_transaction))
+        w3.eth.send_raw_transaction(signer.sign_transaction(full).raw_transaction)
+    )
     if receipt["status"] != 1:
         raise RuntimeError(f"transaction {receipt['transactionHash'].hex()} reverted")
     return receipt
 
 
-def encode_action(w3: Web3, target: str, action: str, args: Sequence[Any], tag: str = ACCOUNT_TAG
-                  ) -> bytes:
+def encode_action(w3: Web3, target: str, action: str, args: Sequence[Any], tag: str = ACCOUNT_TAG) -> bytes:
     """The calldata of owner action ``action(args...)`` on the account or vault ``target``."""
     if action not in OWNER_ACTIONS[tag]:
         raise ValueError(f"{action!r} is not an owner action of {_CONTRACT_OF_TAG[tag]}")
@@ -94,27 +105,38 @@ def encode_action(w3: Web3, target: str, action: str, args: Sequence[Any], tag: 
     return bytes.fromhex(encoded.removeprefix("0x"))
 
 
-def owner_action_line(action: str, data: bytes, nonce: int, chain_id: int, account: str,
-                      tag: str = ACCOUNT_TAG) -> str:
+def owner_action_line(
+    action: str, data: bytes, nonce: int, chain_id: int, account: str, tag: str = ACCOUNT_TAG
+) -> str:
     """The line the owner signs (``OwnerCalls.ownerMessage``)."""
-    return (f"{tag} {action} 0x{keccak(data).hex()} nonce {nonce} chain {chain_id} "
-            f"account {account.lower()}")
+    return f"{tag} {action} 0x{keccak(data).hex()} nonce {nonce} chain {chain_id} account {account.lower()}"
 
 
-def owner_action_typed_data(action: str, data: bytes, nonce: int, chain_id: int, target: str,
-                            tag: str = ACCOUNT_TAG) -> dict[str, Any]:
+def owner_action_typed_data(
+    action: str, data: bytes, nonce: int, chain_id: int, target: str, tag: str = ACCOUNT_TAG
+) -> dict[str, Any]:
     """The EIP-712 ``OwnerCall`` the owner may sign instead of the line (``ownerTypedDigest``)."""
     return {
         "types": {
-            "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
-                             {"name": "chainId", "type": "uint256"},
-                             {"name": "verifyingContract", "type": "address"}],
-            "OwnerCall": [{"name": "action", "type": "string"}, {"name": "data", "type": "bytes"},
-                          {"name": "nonce", "type": "uint256"}],
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+                {"name": "chainId", "type": "uint256"},
+                {"name": "verifyingContract", "type": "address"},
+            ],
+            "OwnerCall": [
+                {"name": "action", "type": "string"},
+                {"name": "data", "type": "bytes"},
+                {"name": "nonce", "type": "uint256"},
+            ],
         },
         "primaryType": "OwnerCall",
-        "domain": {"name": tag, "version": "1", "chainId": chain_id,
-                   "verifyingContract": to_checksum_address(target)},
+        "domain": {
+            "name": tag,
+            "version": "1",
+            "chainId": chain_id,
+            "verifyingContract": to_checksum_address(target),
+        },
         "message": {"action": action, "data": "0x" + data.hex(), "nonce": nonce},
     }
 
@@ -127,8 +149,15 @@ def decode_hwi_signature(signature: str) -> bytes:
     return raw
 
 
-def sign_owner_action(w3: Web3, target: str, action: str, data: bytes, sign_line: SignLine,
-                      nonce: int | None = None, tag: str = ACCOUNT_TAG) -> tuple[int, bytes]:
+def sign_owner_action(
+    w3: Web3,
+    target: str,
+    action: str,
+    data: bytes,
+    sign_line: SignLine,
+    nonce: int | None = None,
+    tag: str = ACCOUNT_TAG,
+) -> tuple[int, bytes]:
     """(nonce, 65-byte signature) for an owner action, the line signed by ``sign_line``."""
     if nonce is None:
         nonce = int(owned_contract(w3, target, tag).functions.ownerNonce().call())
@@ -136,9 +165,16 @@ def sign_owner_action(w3: Web3, target: str, action: str, data: bytes, sign_line
     return nonce, decode_hwi_signature(sign_line(line))
 
 
-def owner_call(w3: Web3, target: str, action: str, data: bytes, signature: bytes,
-               relayer: LocalAccount | str | bytes, nonce: int | None = None,
-               tag: str = ACCOUNT_TAG) -> Any:
+def owner_call(
+    w3: Web3,
+    target: str,
+    action: str,
+    data: bytes,
+    signature: bytes,
+    relayer: LocalAccount | str | bytes,
+    nonce: int | None = None,
+    tag: str = ACCOUNT_TAG,
+) -> Any:
     """Relay a signed owner action (``action`` is checked against ``data``); the receipt."""
     contract = owned_contract(w3, target, tag)
     fn, _ = contract.decode_function_input(data)
@@ -152,9 +188,15 @@ def owner_call(w3: Web3, target: str, action: str, data: bytes, signature: bytes
     return send_transaction(w3, relayer, {"to": contract.address, "data": calldata})
 
 
-def run_owner_action(w3: Web3, target: str, action: str, args: Sequence[Any],
-                     sign_line: SignLine, relayer: LocalAccount | str | bytes,
-                     tag: str = ACCOUNT_TAG) -> Any:
+def run_owner_action(
+    w3: Web3,
+    target: str,
+    action: str,
+    args: Sequence[Any],
+    sign_line: SignLine,
+    relayer: LocalAccount | str | bytes,
+    tag: str = ACCOUNT_TAG,
+) -> Any:
     """Encode, have the owner sign (e.g. on the device), and relay one owner action."""
     data = encode_action(w3, target, action, args, tag)
     nonce, signature = sign_owner_action(w3, target, action, data, sign_line, tag=tag)

@@ -125,11 +125,16 @@ class BundlerClient:
     def call(self, method: str, params: list[Any]) -> Any:
         """One JSON-RPC call; ``ChainError`` ``bundler_unavailable`` or ``bundler_rejected``."""
         try:
-            reply = self._http.post(self.url, json={"jsonrpc": "2.0", "id": 1, "method": method,
-                                                    "params": params})
+            reply = self._http.post(
+                self.url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+            )
         except httpx.HTTPError as exc:
-            raise ChainError(f"bundler at {self.url} unreachable: {exc!r}", reason=Reason.BUNDLER_UNAVAILABLE,
-                             url=self.url, method=method) from exc
+            raise ChainError(
+                f"bundler at {self.url} unreachable: {exc!r}",
+                reason=Reason.BUNDLER_UNAVAILABLE,
+                url=self.url,
+                method=method,
+            ) from exc
         try:
             body = reply.json()
         except ValueError:
@@ -138,16 +143,26 @@ class BundlerClient:
         # web server's {"error": "Not Found"}) means we did not reach a JSON-RPC endpoint.
         error = body.get("error") if isinstance(body, dict) else None
         if not isinstance(body, dict) or not ("result" in body or isinstance(error, dict)):
-            raise ChainError(f"bundler at {self.url} answered HTTP {reply.status_code} without JSON-RPC",
-                             reason=Reason.BUNDLER_UNAVAILABLE, url=self.url, method=method,
-                             status=reply.status_code)
+            raise ChainError(
+                f"bundler at {self.url} answered HTTP {reply.status_code} without JSON-RPC",
+                reason=Reason.BUNDLER_UNAVAILABLE,
+                url=self.url,
+                method=method,
+                status=reply.status_code,
+            )
         if isinstance(error, dict):
             code, message = error.get("code"), str(error.get("message"))
             # Not a bundler (e.g. a node's URL): as good as no bundler; the op was not taken.
-            reason = (Reason.BUNDLER_UNAVAILABLE if code == _METHOD_NOT_FOUND
-                      else Reason.BUNDLER_REJECTED)
-            raise ChainError(f"bundler {method}: {message}", reason=reason, url=self.url, method=method,
-                             code=code, bundler_message=message, data=error.get("data"))
+            reason = Reason.BUNDLER_UNAVAILABLE if code == _METHOD_NOT_FOUND else Reason.BUNDLER_REJECTED
+            raise ChainError(
+                f"bundler {method}: {message}",
+                reason=reason,
+                url=self.url,
+                method=method,
+                code=code,
+                bundler_message=message,
+                data=error.get("data"),
+            )
         return body["result"]
 
     # ---- the API ----
@@ -195,8 +210,11 @@ class BundlerClient:
             if found is not None:
                 return found
             if time.monotonic() >= deadline:
-                raise ChainError(f"user operation {user_op_hash} not included after {timeout}s",
-                                 reason=Reason.USER_OP_PENDING, user_op_hash=user_op_hash)
+                raise ChainError(
+                    f"user operation {user_op_hash} not included after {timeout}s",
+                    reason=Reason.USER_OP_PENDING,
+                    user_op_hash=user_op_hash,
+                )
             time.sleep(_POLL_INTERVAL_S)
 
 
@@ -207,8 +225,9 @@ def _entry_point(w3: Web3, address: str) -> Contract:
     return w3.eth.contract(address=to_checksum_address(address), abi=entry_point_v07_abi())
 
 
-def _result_from_receipt(w3: Web3, entry_point: str, user_op_hash: str, receipt: Any, via: Via
-                         ) -> UserOpResult | None:
+def _result_from_receipt(
+    w3: Web3, entry_point: str, user_op_hash: str, receipt: Any, via: Via
+) -> UserOpResult | None:
     """The ``UserOperationEvent`` for ``user_op_hash`` in this transaction receipt, if any."""
     ep = _entry_point(w3, entry_point)
     wanted = HexBytes(user_op_hash)
@@ -233,13 +252,18 @@ def _revert_reason(w3: Web3, entry_point: str, user_op_hash: str, receipt: Any) 
     return None
 
 
-def find_user_op(w3: Web3, entry_point: str, user_op_hash: str, from_block: int, via: Via
-                 ) -> UserOpResult | None:
+def find_user_op(
+    w3: Web3, entry_point: str, user_op_hash: str, from_block: int, via: Via
+) -> UserOpResult | None:
     """Look the operation up on chain by its ``UserOperationEvent`` (userOpHash is indexed)."""
-    logs = w3.eth.get_logs({
-        "address": to_checksum_address(entry_point), "fromBlock": from_block, "toBlock": "latest",
-        "topics": [HexBytes(_USER_OP_EVENT_TOPIC), HexBytes(user_op_hash)],
-    })
+    logs = w3.eth.get_logs(
+        {
+            "address": to_checksum_address(entry_point),
+            "fromBlock": from_block,
+            "toBlock": "latest",
+            "topics": [HexBytes(_USER_OP_EVENT_TOPIC), HexBytes(user_op_hash)],
+        }
+    )
     for log in logs:
         receipt = w3.eth.get_transaction_receipt(log["transactionHash"])
         found = _result_from_receipt(w3, entry_point, user_op_hash, receipt, via)
@@ -265,8 +289,14 @@ def decode_entry_point_error(data: str | bytes | None) -> str | None:
 # ---- submission ----
 
 
-def _relay_handle_ops(w3: Web3, op: PackedUserOperation, entry_point: str, user_op_hash: str,
-                      relayer: LocalAccount, deadline: float) -> UserOpResult:
+def _relay_handle_ops(
+    w3: Web3,
+    op: PackedUserOperation,
+    entry_point: str,
+    user_op_hash: str,
+    relayer: LocalAccount,
+    deadline: float,
+) -> UserOpResult:
     """Simulate, then send ``handleOps([op], relayer)`` from the relayer key."""
     ep = _entry_point(w3, entry_point)
     call = ep.functions.handleOps([op.as_tuple()], relayer.address)
@@ -274,16 +304,23 @@ def _relay_handle_ops(w3: Web3, op: PackedUserOperation, entry_point: str, user_
         gas = call.estimate_gas({"from": relayer.address})
     except (ContractLogicError, ContractCustomError) as exc:
         reason = decode_entry_point_error(exc.data if isinstance(exc.data, str | bytes) else None)
-        raise ChainError(f"EntryPoint refused the user operation: {reason or exc}",
-                         reason=Reason.USER_OP_REJECTED, user_op_hash=user_op_hash,
-                         entry_point_error=reason or str(exc)) from exc
+        raise ChainError(
+            f"EntryPoint refused the user operation: {reason or exc}",
+            reason=Reason.USER_OP_REJECTED,
+            user_op_hash=user_op_hash,
+            entry_point_error=reason or str(exc),
+        ) from exc
     base_fee = int(w3.eth.get_block("latest").get("baseFeePerGas", 0))
     if op.max_fee_per_gas < base_fee:
-        raise ChainError(f"maxFeePerGas {op.max_fee_per_gas} is below the base fee {base_fee}",
-                         reason=Reason.USER_OP_REJECTED, user_op_hash=user_op_hash)
+        raise ChainError(
+            f"maxFeePerGas {op.max_fee_per_gas} is below the base fee {base_fee}",
+            reason=Reason.USER_OP_REJECTED,
+            user_op_hash=user_op_hash,
+        )
     # The EntryPoint refunds the beneficiary at the op's own gas price: relay at that price.
     params: TxParams = {
-        "chainId": w3.eth.chain_id, "from": relayer.address,
+        "chainId": w3.eth.chain_id,
+        "from": relayer.address,
         "nonce": w3.eth.get_transaction_count(relayer.address, "pending"),
         "gas": gas + gas // 5,
         "maxFeePerGas": Wei(op.max_fee_per_gas),
@@ -292,29 +329,49 @@ def _relay_handle_ops(w3: Web3, op: PackedUserOperation, entry_point: str, user_
     tx = call.build_transaction(params)
     tx_hash = w3.eth.send_raw_transaction(relayer.sign_transaction(tx).raw_transaction)  # type: ignore[arg-type]
     try:
-        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=max(1.0, deadline - time.monotonic()),
-                                                      poll_latency=_POLL_INTERVAL_S)
+        receipt = w3.eth.wait_for_transaction_receipt(
+            tx_hash, timeout=max(1.0, deadline - time.monotonic()), poll_latency=_POLL_INTERVAL_S
+        )
     except TimeExhausted as exc:
-        raise ChainError(f"handleOps transaction {tx_hash.to_0x_hex()} not mined in time",
-                         reason=Reason.USER_OP_PENDING, user_op_hash=user_op_hash,
-                         transaction_hash=tx_hash.to_0x_hex()) from exc
+        raise ChainError(
+            f"handleOps transaction {tx_hash.to_0x_hex()} not mined in time",
+            reason=Reason.USER_OP_PENDING,
+            user_op_hash=user_op_hash,
+            transaction_hash=tx_hash.to_0x_hex(),
+        ) from exc
     found = _result_from_receipt(w3, entry_point, user_op_hash, receipt, "handleOps")
     if receipt["status"] != 1 or found is None:
-        raise ChainError(f"handleOps transaction {tx_hash.to_0x_hex()} did not run the user operation",
-                         reason=Reason.USER_OP_REJECTED, user_op_hash=user_op_hash,
-                         transaction_hash=tx_hash.to_0x_hex())
+        raise ChainError(
+            f"handleOps transaction {tx_hash.to_0x_hex()} did not run the user operation",
+            reason=Reason.USER_OP_REJECTED,
+            user_op_hash=user_op_hash,
+            transaction_hash=tx_hash.to_0x_hex(),
+        )
     return found
 
 
-def _via_bundler(w3: Web3, op: PackedUserOperation, bundler: BundlerClient, user_op_hash: str,
-                 from_block: int, timeout: float) -> UserOpResult:
+def _via_bundler(
+    w3: Web3,
+    op: PackedUserOperation,
+    bundler: BundlerClient,
+    user_op_hash: str,
+    from_block: int,
+    timeout: float,
+) -> UserOpResult:
     if bundler.chain_id() != w3.eth.chain_id:
-        raise ChainError(f"bundler serves chain {bundler.chain_id()}, not {w3.eth.chain_id}",
-                         reason=Reason.BUNDLER_UNAVAILABLE, url=bundler.url)
+        raise ChainError(
+            f"bundler serves chain {bundler.chain_id()}, not {w3.eth.chain_id}",
+            reason=Reason.BUNDLER_UNAVAILABLE,
+            url=bundler.url,
+        )
     sent_hash = bundler.send(op)
     if HexBytes(sent_hash) != HexBytes(user_op_hash):
-        raise ChainError(f"bundler returned userOpHash {sent_hash}, expected {user_op_hash}",
-                         reason=Reason.BUNDLER_REJECTED, url=bundler.url, user_op_hash=user_op_hash)
+        raise ChainError(
+            f"bundler returned userOpHash {sent_hash}, expected {user_op_hash}",
+            reason=Reason.BUNDLER_REJECTED,
+            url=bundler.url,
+            user_op_hash=user_op_hash,
+        )
     try:
         receipt = bundler.wait(user_op_hash, timeout)
         tx_hash = receipt["receipt"]["transactionHash"]
@@ -324,15 +381,23 @@ def _via_bundler(w3: Web3, op: PackedUserOperation, bundler: BundlerClient, user
         # Accepted, then the bundler went away: it may still have landed the operation.
         found = find_user_op(w3, bundler.entry_point, user_op_hash, from_block, "bundler")
         if found is None:
-            raise ChainError(f"bundler took user operation {user_op_hash} and then went away",
-                             reason=Reason.USER_OP_PENDING, user_op_hash=user_op_hash) from exc
+            raise ChainError(
+                f"bundler took user operation {user_op_hash} and then went away",
+                reason=Reason.USER_OP_PENDING,
+                user_op_hash=user_op_hash,
+            ) from exc
         return found
     # Trust the chain, not the bundler's receipt.
-    found = _result_from_receipt(w3, bundler.entry_point, user_op_hash,
-                                 w3.eth.get_transaction_receipt(tx_hash), "bundler")
+    found = _result_from_receipt(
+        w3, bundler.entry_point, user_op_hash, w3.eth.get_transaction_receipt(tx_hash), "bundler"
+    )
     if found is None:
-        raise ChainError(f"bundler's transaction {tx_hash} has no event for {user_op_hash}",
-                         reason=Reason.BUNDLER_REJECTED, user_op_hash=user_op_hash, transaction_hash=tx_hash)
+        raise ChainError(
+            f"bundler's transaction {tx_hash} has no event for {user_op_hash}",
+            reason=Reason.BUNDLER_REJECTED,
+            user_op_hash=user_op_hash,
+            transaction_hash=tx_hash,
+        )
     return found
 
 
@@ -358,25 +423,38 @@ def submit_user_op(
     if bundler is not None and bundler.entry_point != entry:
         raise ValueError(f"the bundler client is for EntryPoint {bundler.entry_point}, not {entry}")
     relayer: LocalAccount | None = (
-        None if relayer_key is None
-        else relayer_key if isinstance(relayer_key, LocalAccount) else Account.from_key(relayer_key)
+        None
+        if relayer_key is None
+        else relayer_key
+        if isinstance(relayer_key, LocalAccount)
+        else Account.from_key(relayer_key)
     )
     try:
         result = _submit(w3, op, entry, bundler, relayer, timeout)
         if check and not result.success:
             receipt = w3.eth.get_transaction_receipt(result.transaction_hash)  # type: ignore[arg-type]
-            raise ChainError(f"user operation {result.user_op_hash} reverted in its call (gas was paid)",
-                             reason=Reason.USER_OP_FAILED, user_op_hash=result.user_op_hash,
-                             transaction_hash=result.transaction_hash, via=result.via,
-                             actual_gas_cost=result.actual_gas_cost,
-                             revert_reason=_revert_reason(w3, entry, result.user_op_hash, receipt))
+            raise ChainError(
+                f"user operation {result.user_op_hash} reverted in its call (gas was paid)",
+                reason=Reason.USER_OP_FAILED,
+                user_op_hash=result.user_op_hash,
+                transaction_hash=result.transaction_hash,
+                via=result.via,
+                actual_gas_cost=result.actual_gas_cost,
+                revert_reason=_revert_reason(w3, entry, result.user_op_hash, receipt),
+            )
     except (Web3Exception, OSError) as exc:  # the node (requests' errors are OSErrors)
         raise ChainError(f"chain RPC failed: {exc!r}") from exc
     return result
 
 
-def _submit(w3: Web3, op: PackedUserOperation, entry: str, bundler: BundlerClient | None,
-            relayer: LocalAccount | None, timeout: float) -> UserOpResult:
+def _submit(
+    w3: Web3,
+    op: PackedUserOperation,
+    entry: str,
+    bundler: BundlerClient | None,
+    relayer: LocalAccount | None,
+    timeout: float,
+) -> UserOpResult:
     deadline = time.monotonic() + timeout
     user_op_hash = "0x" + user_op_hash_v07(op, entry, w3.eth.chain_id).hex()
     from_block = w3.eth.block_number
@@ -403,6 +481,10 @@ def _submit(w3: Web3, op: PackedUserOperation, entry: str, bundler: BundlerClien
 
 
 __all__ = [
-    "BundlerClient", "GasEstimate", "UserOpResult", "decode_entry_point_error", "find_user_op",
+    "BundlerClient",
+    "GasEstimate",
+    "UserOpResult",
+    "decode_entry_point_error",
+    "find_user_op",
     "submit_user_op",
 ]

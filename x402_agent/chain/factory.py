@@ -46,9 +46,16 @@ class AccountConfig:
     salt: bytes = bytes(32)
 
     def as_tuple(self) -> tuple[Any, ...]:
-        return (to_checksum_address(self.owner), to_checksum_address(self.session_key),
-                self.session_expiry, to_checksum_address(self.token), self.max_value,
-                self.max_window, self.allowance, self.period)
+        return (
+            to_checksum_address(self.owner),
+            to_checksum_address(self.session_key),
+            self.session_expiry,
+            to_checksum_address(self.token),
+            self.max_value,
+            self.max_window,
+            self.allowance,
+            self.period,
+        )
 
 
 def factory_init_code() -> bytes:
@@ -69,8 +76,9 @@ def deploy_factory(w3: Web3, funder: LocalAccount) -> ChecksumAddress:
     deploy_entry_point_v07(w3, funder)
     address = factory_address()
     if not w3.eth.get_code(address):
-        send_transaction(w3, funder, {"to": CREATE2_DEPLOYER, "data": FACTORY_SALT + factory_init_code(),
-                                      "gas": 8_000_000})
+        send_transaction(
+            w3, funder, {"to": CREATE2_DEPLOYER, "data": FACTORY_SALT + factory_init_code(), "gas": 8_000_000}
+        )
         if not w3.eth.get_code(address):
             raise RuntimeError("the account factory deployment left no code")
     return address
@@ -94,8 +102,12 @@ def counterfactual_addresses(config: AccountConfig) -> tuple[ChecksumAddress, Ch
     creates the account implementation (nonce 1), then the vault implementation (nonce 2)."""
     factory = factory_address()
     salt = keccak(encode(_CONFIG_TYPES, [config.as_tuple(), config.salt]))
-    account, vault = (create2_address(factory, salt, _CLONE_HEAD + bytes.fromhex(
-        _created_by(factory, nonce)[2:]) + _CLONE_TAIL) for nonce in (1, 2))
+    account, vault = (
+        create2_address(
+            factory, salt, _CLONE_HEAD + bytes.fromhex(_created_by(factory, nonce)[2:]) + _CLONE_TAIL
+        )
+        for nonce in (1, 2)
+    )
     return account, vault
 
 
@@ -104,25 +116,37 @@ def create_account_calldata(w3: Web3, config: AccountConfig) -> bytes:
     return bytes.fromhex(encoded.removeprefix("0x"))
 
 
-def create_account(w3: Web3, config: AccountConfig, funder: LocalAccount
-                   ) -> tuple[ChecksumAddress, ChecksumAddress, int]:
+def create_account(
+    w3: Web3, config: AccountConfig, funder: LocalAccount
+) -> tuple[ChecksumAddress, ChecksumAddress, int]:
     """Deploy the account and its vault (idempotent); (account, vault, gas used, 0 if present)."""
     account, vault = predicted_addresses(w3, config)
     if w3.eth.get_code(account):
         return account, vault, 0
-    receipt = send_transaction(w3, funder, {"to": factory_address(),
-                                            "data": create_account_calldata(w3, config)})
+    receipt = send_transaction(
+        w3, funder, {"to": factory_address(), "data": create_account_calldata(w3, config)}
+    )
     return account, vault, int(receipt["gasUsed"])
 
 
 def erc6492_wrap(factory: str, factory_calldata: bytes, signature: bytes) -> bytes:
     """``abi.encode(factory, calldata, signature) ++ magic``: a counterfactual account's signature."""
-    return encode(["address", "bytes", "bytes"],
-                  [to_checksum_address(factory), factory_calldata, signature]) + ERC6492_MAGIC
+    return (
+        encode(["address", "bytes", "bytes"], [to_checksum_address(factory), factory_calldata, signature])
+        + ERC6492_MAGIC
+    )
 
 
 __all__ = [
-    "ERC6492_MAGIC", "FACTORY_SALT", "AccountConfig", "counterfactual_addresses", "create_account",
+    "ERC6492_MAGIC",
+    "FACTORY_SALT",
+    "AccountConfig",
+    "counterfactual_addresses",
+    "create_account",
     "create_account_calldata",
-    "deploy_factory", "erc6492_wrap", "factory_address", "factory_contract", "predicted_addresses",
+    "deploy_factory",
+    "erc6492_wrap",
+    "factory_address",
+    "factory_contract",
+    "predicted_addresses",
 ]

@@ -31,19 +31,30 @@ def authorization_envelope(authorization: TransferAuthorization, signature65: by
     """The 384-byte ERC-1271 envelope for ``authorization`` and a 65-byte session signature."""
     if len(signature65) != 65:
         raise ValueError("a session signature is 65 bytes (r || s || v)")
-    return (_word(authorization.token.verifying_contract) + _word(authorization.from_address)
-            + _word(authorization.to) + _word(authorization.value)
-            + _word(authorization.valid_after) + _word(authorization.valid_before)
-            + _word(bytes.fromhex(authorization.nonce.removeprefix("0x")))
-            + _word(_SIG_OFFSET) + _word(65) + signature65 + b"\x00" * 31)
+    return (
+        _word(authorization.token.verifying_contract)
+        + _word(authorization.from_address)
+        + _word(authorization.to)
+        + _word(authorization.value)
+        + _word(authorization.valid_after)
+        + _word(authorization.valid_before)
+        + _word(bytes.fromhex(authorization.nonce.removeprefix("0x")))
+        + _word(_SIG_OFFSET)
+        + _word(65)
+        + signature65
+        + b"\x00" * 31
+    )
 
 
 class SessionKeySigner:
     """Signs payments of ``account_address`` with a session key registered on that account."""
 
     def __init__(self, account_address: str, session_key: bytes | str) -> None:
-        raw = bytes.fromhex(session_key.removeprefix("0x")) if isinstance(session_key, str) \
+        raw = (
+            bytes.fromhex(session_key.removeprefix("0x"))
+            if isinstance(session_key, str)
             else bytes(session_key)
+        )
         self._key = PrivateKey(raw)
         self._address = to_checksum_address(account_address)
         public = self._key.public_key.format(compressed=False)[1:]

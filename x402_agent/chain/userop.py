@@ -143,7 +143,8 @@ class PackedUserOperation:
             initCode=init_code,
             callData=_bytes(rpc["callData"]),
             accountGasLimits=pack_account_gas_limits(
-                _quantity(rpc["verificationGasLimit"]), _quantity(rpc["callGasLimit"])),
+                _quantity(rpc["verificationGasLimit"]), _quantity(rpc["callGasLimit"])
+            ),
             preVerificationGas=_quantity(rpc["preVerificationGas"]),
             gasFees=pack_gas_fees(_quantity(rpc["maxPriorityFeePerGas"]), _quantity(rpc["maxFeePerGas"])),
             paymasterAndData=paymaster_and_data,

@@ -69,10 +69,20 @@ class Funds:
 class HotWallet:
     """A session key's view of its smart account; also its ``PaymentSigner``."""
 
-    def __init__(self, w3: Web3, config: AccountConfig, account: str, vault: str, session_key: bytes,
-                 *, bundler: BundlerClient | None = None, relayer: LocalAccount | None = None,
-                 top_up_to: int = 0, clock: Callable[[], float] = time.time,
-                 bounds_ttl: float = 30.0) -> None:
+    def __init__(
+        self,
+        w3: Web3,
+        config: AccountConfig,
+        account: str,
+        vault: str,
+        session_key: bytes,
+        *,
+        bundler: BundlerClient | None = None,
+        relayer: LocalAccount | None = None,
+        top_up_to: int = 0,
+        clock: Callable[[], float] = time.time,
+        bounds_ttl: float = 30.0,
+    ) -> None:
         self.w3 = w3
         self.config = config
         self.account = to_checksum_address(account)
@@ -109,8 +119,7 @@ class HotWallet:
             return signed
         # Not deployed yet: ERC-6492 lets the facilitator deploy the account before settling.
         envelope = bytes.fromhex(signed.signature.removeprefix("0x"))
-        wrapped = erc6492_wrap(factory_address(), create_account_calldata(self.w3, self.config),
-                               envelope)
+        wrapped = erc6492_wrap(factory_address(), create_account_calldata(self.w3, self.config), envelope)
         return dataclasses.replace(signed, signature="0x" + wrapped.hex())
 
     # ---- on-chain reads ----
@@ -125,8 +134,11 @@ class HotWallet:
         try:
             bounds = self._read_bounds()
         except (OSError, ValueError) as exc:
-            raise ChainError("cannot read the smart account's bounds", reason=Reason.CHAIN_UNAVAILABLE,
-                             account=self.account) from exc
+            raise ChainError(
+                "cannot read the smart account's bounds",
+                reason=Reason.CHAIN_UNAVAILABLE,
+                account=self.account,
+            ) from exc
         if bounds.deployed:  # a counterfactual account's bounds cannot change until it exists
             self._bounds = (now, bounds)
         return bounds
@@ -134,12 +146,23 @@ class HotWallet:
     def _read_bounds(self) -> Bounds:
         if not self.is_deployed():
             session_ok = self.config.session_key.lower() == self.session_address.lower()
-            return Bounds(False, self.config.max_value, self.config.max_window, False, True,
-                          self.config.session_expiry if session_ok else 0)
+            return Bounds(
+                False,
+                self.config.max_value,
+                self.config.max_window,
+                False,
+                True,
+                self.config.session_expiry if session_ok else 0,
+            )
         acct = account_contract(self.w3, self.account).functions
-        return Bounds(True, int(acct.maxValue().call()), int(acct.maxWindow().call()),
-                      bool(acct.payeesRestricted().call()), bool(acct.tokenAllowed(self.token).call()),
-                      int(acct.sessionKeyExpiry(self.session_address).call()))
+        return Bounds(
+            True,
+            int(acct.maxValue().call()),
+            int(acct.maxWindow().call()),
+            bool(acct.payeesRestricted().call()),
+            bool(acct.tokenAllowed(self.token).call()),
+            int(acct.sessionKeyExpiry(self.session_address).call()),
+        )
 
     def hot_balance(self) -> int:
         """What the account holds (read before every payment)."""
@@ -149,12 +172,19 @@ class HotWallet:
         """``balanceOf(holder)`` as one raw ``eth_call``: web3's contract machinery costs
         milliseconds more than the call itself, and this is on the payment path."""
         data = "0x70a08231" + holder[2:].lower().rjust(64, "0")
-        answer = self._rpc.post(self._rpc_url, json={
-            "jsonrpc": "2.0", "id": 1, "method": "eth_call",
-            "params": [{"to": self.token, "data": data}, "latest"]}).json()
+        answer = self._rpc.post(
+            self._rpc_url,
+            json={
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "eth_call",
+                "params": [{"to": self.token, "data": data}, "latest"],
+            },
+        ).json()
         if "result" not in answer:
-            raise ChainError("cannot read a token balance", reason=Reason.CHAIN_UNAVAILABLE,
-                             account=self.account)
+            raise ChainError(
+                "cannot read a token balance", reason=Reason.CHAIN_UNAVAILABLE, account=self.account
+            )
         return int(answer["result"], 16)
 
     def funds(self, hot_balance: int | None = None) -> Funds:
@@ -180,21 +210,41 @@ class HotWallet:
         bounds = self.bounds()
         details = {"account": self.account, "amount": amount}
         if to_checksum_address(asset) != self.token or not bounds.token_allowed:
-            raise WalletRefused("the smart account does not pay with this token",
-                                reason=Reason.ONCHAIN_TOKEN, asset=asset, **details)
+            raise WalletRefused(
+                "the smart account does not pay with this token",
+                reason=Reason.ONCHAIN_TOKEN,
+                asset=asset,
+                **details,
+            )
         if amount > bounds.max_value:
-            raise WalletRefused(f"the smart account caps one payment at {bounds.max_value} atomic units",
-                                reason=Reason.ONCHAIN_CAP, onchain_max=bounds.max_value, **details)
+            raise WalletRefused(
+                f"the smart account caps one payment at {bounds.max_value} atomic units",
+                reason=Reason.ONCHAIN_CAP,
+                onchain_max=bounds.max_value,
+                **details,
+            )
         if window > bounds.max_window:
-            raise WalletRefused("the payment's validity window is longer than the account allows",
-                                reason=Reason.ONCHAIN_WINDOW, onchain_max_window=bounds.max_window, **details)
+            raise WalletRefused(
+                "the payment's validity window is longer than the account allows",
+                reason=Reason.ONCHAIN_WINDOW,
+                onchain_max_window=bounds.max_window,
+                **details,
+            )
         if bounds.session_expiry <= self._clock() + window:
-            raise WalletRefused("this session key is revoked or expires before the payment would",
-                                reason=Reason.SESSION_KEY_EXPIRED, **details)
+            raise WalletRefused(
+                "this session key is revoked or expires before the payment would",
+                reason=Reason.SESSION_KEY_EXPIRED,
+                **details,
+            )
         if bounds.payees_restricted and not bool(
-                account_contract(self.w3, self.account).functions.payeeAllowed(pay_to).call()):
-            raise WalletRefused("the smart account does not pay this payee", reason=Reason.ONCHAIN_PAYEE,
-                                pay_to=pay_to, **details)
+            account_contract(self.w3, self.account).functions.payeeAllowed(pay_to).call()
+        ):
+            raise WalletRefused(
+                "the smart account does not pay this payee",
+                reason=Reason.ONCHAIN_PAYEE,
+                pay_to=pay_to,
+                **details,
+            )
 
     def ensure_funds(self, needed: int) -> None:
         """Make the hot balance cover ``needed`` (every payment in flight), refilling from the
@@ -207,10 +257,13 @@ class HotWallet:
             shortfall = needed - funds.hot_balance
             if funds.vault_available < shortfall:
                 raise WalletRefused(
-                    "the hot balance and what the vault still allows this period do not cover "
-                    "this payment", reason=Reason.HOT_WALLET_EXHAUSTED, account=self.account,
-                    hot_balance=funds.hot_balance, vault_available=funds.vault_available,
-                    needed=needed)
+                    "the hot balance and what the vault still allows this period do not cover this payment",
+                    reason=Reason.HOT_WALLET_EXHAUSTED,
+                    account=self.account,
+                    hot_balance=funds.hot_balance,
+                    vault_available=funds.vault_available,
+                    needed=needed,
+                )
             amount = min(funds.vault_available, max(shortfall, self.top_up_to - funds.hot_balance))
             try:
                 self.top_up(amount)
@@ -225,26 +278,33 @@ class HotWallet:
     def refill_operation(self, amount: int) -> PackedUserOperation:
         entry_point = self.w3.eth.contract(address=ENTRY_POINT_V07, abi=entry_point_v07_abi())
         deployed = self.is_deployed()
-        init_code = b"" if deployed else (bytes.fromhex(factory_address()[2:])
-                                          + create_account_calldata(self.w3, self.config))
+        init_code = (
+            b""
+            if deployed
+            else (bytes.fromhex(factory_address()[2:]) + create_account_calldata(self.w3, self.config))
+        )
         call = account_contract(self.w3, self.account).encode_abi("refill", args=[amount])
         base_fee = int(self.w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0)
         priority = 10**9
         op = PackedUserOperation(
             sender=self.account,
             nonce=int(entry_point.functions.getNonce(self.account, self._nonce_key).call()),
-            initCode=init_code, callData=bytes.fromhex(call[2:]),
+            initCode=init_code,
+            callData=bytes.fromhex(call[2:]),
             accountGasLimits=pack_account_gas_limits(_VERIFICATION_GAS, _CALL_GAS),
             preVerificationGas=_PRE_VERIFICATION_GAS,
-            gasFees=pack_gas_fees(priority, 2 * base_fee + priority), paymasterAndData=b"",
-            signature=b"")
+            gasFees=pack_gas_fees(priority, 2 * base_fee + priority),
+            paymasterAndData=b"",
+            signature=b"",
+        )
         digest = user_op_hash_v07(op, ENTRY_POINT_V07, self.w3.eth.chain_id)
         return dataclasses.replace(op, signature=self._session.sign_user_op_hash(digest))
 
     def top_up(self, amount: int) -> UserOpResult:
         """Pull ``amount`` from the vault into the hot account (deploying it first if needed)."""
-        result = submit_user_op(self.w3, self.refill_operation(amount), bundler=self._bundler,
-                                relayer_key=self.relayer)
+        result = submit_user_op(
+            self.w3, self.refill_operation(amount), bundler=self._bundler, relayer_key=self.relayer
+        )
         self._bounds = None
         self.top_ups.append(result)
         return result
@@ -256,15 +316,28 @@ class HotWallet:
 
     def status(self) -> dict[str, Any]:
         bounds, funds = self.bounds(fresh=True), self.funds()
-        return {"account": self.account, "vault": self.vault, "token": self.token,
-                "session_key": self.session_address, **dataclasses.asdict(bounds),
-                **dataclasses.asdict(funds)}
+        return {
+            "account": self.account,
+            "vault": self.vault,
+            "token": self.token,
+            "session_key": self.session_address,
+            **dataclasses.asdict(bounds),
+            **dataclasses.asdict(funds),
+        }
 
 
 def account_config(setup: AccountSetup) -> AccountConfig:
-    return AccountConfig(setup.owner, setup.session_key, setup.session_expiry, setup.token,
-                         setup.max_value, setup.max_window, setup.allowance, setup.period,
-                         bytes.fromhex(setup.salt.removeprefix("0x")))
+    return AccountConfig(
+        setup.owner,
+        setup.session_key,
+        setup.session_expiry,
+        setup.token,
+        setup.max_value,
+        setup.max_window,
+        setup.allowance,
+        setup.period,
+        bytes.fromhex(setup.salt.removeprefix("0x")),
+    )
 
 
 def open_hot_wallet(home: AgentHome) -> HotWallet:
@@ -273,20 +346,30 @@ def open_hot_wallet(home: AgentHome) -> HotWallet:
 
     signer = home.config.signer
     if not isinstance(signer, SmartAccountConfig):
-        raise ConfigError("this agent home pays from a plain key, not a smart account",
-                          reason=Reason.NOT_A_SMART_ACCOUNT)
+        raise ConfigError(
+            "this agent home pays from a plain key, not a smart account", reason=Reason.NOT_A_SMART_ACCOUNT
+        )
     rpc_url = home.config.rpc_urls.get(signer.network)
     if rpc_url is None:
-        raise ConfigError(f"no RPC URL for {signer.network} in the home's rpc_urls",
-                          reason=Reason.CONFIG_INVALID)
+        raise ConfigError(
+            f"no RPC URL for {signer.network} in the home's rpc_urls", reason=Reason.CONFIG_INVALID
+        )
     password = home.keystore_password()
     session = LocalKeySigner.from_keystore(home.path(signer.keystore), password)
     relayer = None
     if signer.relayer_keystore is not None:
-        relayer = Account.from_key(LocalKeySigner.from_keystore(
-            home.path(signer.relayer_keystore), password).private_key_bytes())
+        relayer = Account.from_key(
+            LocalKeySigner.from_keystore(home.path(signer.relayer_keystore), password).private_key_bytes()
+        )
     w3 = Web3(Web3.HTTPProvider(rpc_url))
     bundler = BundlerClient(signer.bundler_url, ENTRY_POINT_V07) if signer.bundler_url else None
-    return HotWallet(w3, account_config(signer.setup), signer.account, signer.vault,
-                     session.private_key_bytes(), bundler=bundler, relayer=relayer,
-                     top_up_to=signer.top_up_to)
+    return HotWallet(
+        w3,
+        account_config(signer.setup),
+        signer.account,
+        signer.vault,
+        session.private_key_bytes(),
+        bundler=bundler,
+        relayer=relayer,
+        top_up_to=signer.top_up_to,
+    )

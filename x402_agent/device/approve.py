@@ -21,8 +21,14 @@ def approve(store: PolicyStore, device: HardwareDevice, policy: Policy) -> Polic
     enrollment = store.enrollment()
     message = approval_message(policy)
     signature = device.sign_message(message, enrollment.path)
-    approval = PolicyApproval(method="bitcoin_message", policy_version=policy.version,
-                              policy_digest=policy.digest, message=message, signature=signature,
-                              fingerprint=enrollment.fingerprint, path=enrollment.path)
+    approval = PolicyApproval(
+        method="bitcoin_message",
+        policy_version=policy.version,
+        policy_digest=policy.digest,
+        message=message,
+        signature=signature,
+        fingerprint=enrollment.fingerprint,
+        path=enrollment.path,
+    )
     store.install_approved(policy, approval)
     return approval

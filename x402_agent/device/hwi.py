@@ -47,6 +47,7 @@ class HardwareDevice(Protocol):
     def sign_message(self, message: str, path: str) -> str:
         """Bitcoin signed-message signature, base64, made and confirmed on the device."""
         ...
+
     def close(self) -> None: ...
 
 
@@ -64,10 +65,11 @@ def _device_error(exc: BaseException, action: str) -> DeviceError:
     code = getattr(exc, "code", None)
     if code == ACTION_CANCELED or "cancel" in str(exc).lower():
         return DeviceError(f"{action}: rejected on the device", reason=Reason.DEVICE_REJECTED)
-    if isinstance(exc, OSError | TimeoutError | TransportException) or (
-            "timed out" in str(exc).lower()):
-        return DeviceError(f"{action}: the device stopped answering (unplugged or timed out)",
-                           reason=Reason.DEVICE_UNAVAILABLE)
+    if isinstance(exc, OSError | TimeoutError | TransportException) or ("timed out" in str(exc).lower()):
+        return DeviceError(
+            f"{action}: the device stopped answering (unplugged or timed out)",
+            reason=Reason.DEVICE_UNAVAILABLE,
+        )
     return DeviceError(f"{action}: {type(exc).__name__}: {str(exc)[:200]}")
 
 
@@ -85,10 +87,16 @@ def list_devices(known: Sequence[Known] = ()) -> list[DeviceInfo]:
     for entry in hwi_enumerate(allow_emulators=True):
         if entry.get("path") in seen:
             continue
-        found.append(DeviceInfo(
-            device_type=str(entry.get("type")), path=str(entry.get("path")),
-            fingerprint=entry.get("fingerprint"), model=entry.get("model"),
-            label=entry.get("label"), error=entry.get("error")))
+        found.append(
+            DeviceInfo(
+                device_type=str(entry.get("type")),
+                path=str(entry.get("path")),
+                fingerprint=entry.get("fingerprint"),
+                model=entry.get("model"),
+                label=entry.get("label"),
+                error=entry.get("error"),
+            )
+        )
     return found
 
 
@@ -145,8 +153,7 @@ class HwiDevice:
         return fingerprint
 
     @classmethod
-    def at(cls, device_type: str, path: str, timeout: float = DEFAULT_TIMEOUT_SECONDS
-           ) -> HwiDevice:
+    def at(cls, device_type: str, path: str, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> HwiDevice:
         """Open a device at a known HWI path (e.g. ``udp:127.0.0.1:21324``) without scanning."""
         return cls(DeviceInfo(device_type, path, None, None, None), timeout)
 
@@ -166,17 +173,24 @@ class HwiDevice:
             except DeviceError:
                 pass  # not answering after all: scan
             device.close()
-        devices = [d for d in list_devices() if d.error is None
-                   and (fingerprint is None or d.fingerprint == fingerprint)]
+        devices = [
+            d
+            for d in list_devices()
+            if d.error is None and (fingerprint is None or d.fingerprint == fingerprint)
+        ]
         if not devices:
             wanted = f" with fingerprint {fingerprint}" if fingerprint else ""
-            raise DeviceError(f"no hardware wallet{wanted} found (is it plugged in and unlocked? "
-                              "`x402-agent device simulate` runs a simulator)",
-                              reason=Reason.DEVICE_NOT_FOUND)
+            raise DeviceError(
+                f"no hardware wallet{wanted} found (is it plugged in and unlocked? "
+                "`x402-agent device simulate` runs a simulator)",
+                reason=Reason.DEVICE_NOT_FOUND,
+            )
         if len(devices) > 1 and fingerprint is None:
-            raise DeviceError("several devices found; pass --fingerprint",
-                              reason=Reason.DEVICE_AMBIGUOUS,
-                              fingerprints=[d.fingerprint for d in devices])
+            raise DeviceError(
+                "several devices found; pass --fingerprint",
+                reason=Reason.DEVICE_AMBIGUOUS,
+                fingerprints=[d.fingerprint for d in devices],
+            )
         return cls(devices[0])
 
     def enroll(self, path: str) -> Enrollment:
@@ -192,8 +206,9 @@ class HwiDevice:
         except _errors() as exc:
             raise _device_error(exc, "enrolling") from exc
         try:  # the person confirms the address: as long as signing may wait, not for ever
-            self._with_timeout(lambda: displayaddress(self._client, path=path,
-                                                      addr_type=AddressType.LEGACY), "enrolling")
+            self._with_timeout(
+                lambda: displayaddress(self._client, path=path, addr_type=AddressType.LEGACY), "enrolling"
+            )
         except DeviceError as exc:
             if not isinstance(exc.__cause__, BadArgumentError):
                 raise
@@ -202,22 +217,39 @@ class HwiDevice:
             # Still answering (else this raises device_unavailable)? Then the person said no.
             # Reading a key needs no person: a device that does not answer at once is gone (a
             # UDP emulator link has no error to give, so HWI would wait for ever).
-            self._with_timeout(lambda: getxpub(self._client, path), "enrolling",
-                               limit=_PROBE_SECONDS, silence=Reason.DEVICE_UNAVAILABLE)
-            raise DeviceError("enrolling: the address was rejected on the device",
-                              reason=Reason.DEVICE_REJECTED) from exc.__cause__
+            self._with_timeout(
+                lambda: getxpub(self._client, path),
+                "enrolling",
+                limit=_PROBE_SECONDS,
+                silence=Reason.DEVICE_UNAVAILABLE,
+            )
+            raise DeviceError(
+                "enrolling: the address was rejected on the device", reason=Reason.DEVICE_REJECTED
+            ) from exc.__cause__
         pubkey = ExtendedKey.deserialize(xpub).pubkey.hex()
-        return Enrollment(fingerprint=str(fingerprint), path=path, pubkey=pubkey,
-                          device_type=self.info.device_type, model=self.info.model)
+        return Enrollment(
+            fingerprint=str(fingerprint),
+            path=path,
+            pubkey=pubkey,
+            device_type=self.info.device_type,
+            model=self.info.model,
+        )
 
     def sign_message(self, message: str, path: str) -> str:
         from hwilib.commands import signmessage
 
-        return str(self._with_timeout(lambda: signmessage(self._client, message, path),
-                                      "signing")["signature"])
+        return str(
+            self._with_timeout(lambda: signmessage(self._client, message, path), "signing")["signature"]
+        )
 
-    def _with_timeout(self, call: Callable[[], T], action: str, *, limit: float | None = None,
-                      silence: Reason = Reason.DEVICE_TIMEOUT) -> T:
+    def _with_timeout(
+        self,
+        call: Callable[[], T],
+        action: str,
+        *,
+        limit: float | None = None,
+        silence: Reason = Reason.DEVICE_TIMEOUT,
+    ) -> T:
         """HWI waits for the person without a deadline; give up after ``self.timeout`` (or
         ``limit``), with the reason ``silence``."""
         limit = self.timeout if limit is None else limit
@@ -235,8 +267,7 @@ class HwiDevice:
         worker.join(limit)
         if worker.is_alive():
             self.close()  # abandons the request; the device may still show it until cancelled
-            raise DeviceError(f"{action}: no answer from the device within {limit:.0f}s",
-                              reason=silence)
+            raise DeviceError(f"{action}: no answer from the device within {limit:.0f}s", reason=silence)
         if failure:
             if isinstance(failure[0], _errors()):
                 raise _device_error(failure[0], action) from failure[0]

@@ -27,9 +27,14 @@ class DeviceApprover:
     False when the person rejected it on the device; raises PolicyDenied
     (``approval_required``) when no device can be asked or nobody answers in time."""
 
-    def __init__(self, store: PolicyStore, known: Sequence[Known] = (), *,
-                 timeout: float = DEFAULT_TIMEOUT_SECONDS,
-                 show: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: PolicyStore,
+        known: Sequence[Known] = (),
+        *,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        show: Callable[[str], None] | None = None,
+    ) -> None:
         self.store = store
         self.known = tuple(known)
         self.timeout = timeout
@@ -58,6 +63,10 @@ class DeviceApprover:
 
     @staticmethod
     def _unanswered(request: ApprovalRequest, exc: DeviceError) -> PolicyDenied:
-        return PolicyDenied(f"paying {request.price} needs a confirmation on the enrolled "
-                            f"hardware device, which did not give one: {exc.message}; nothing "
-                            "was paid", reason=Reason.APPROVAL_REQUIRED, device=str(exc.reason))
+        return PolicyDenied(
+            f"paying {request.price} needs a confirmation on the enrolled "
+            f"hardware device, which did not give one: {exc.message}; nothing "
+            "was paid",
+            reason=Reason.APPROVAL_REQUIRED,
+            device=str(exc.reason),
+        )

@@ -32,19 +32,24 @@ def sign_typed_data(typed_data: dict[str, Any], path: str, transport: str | None
     except Cancelled as exc:
         raise DeviceError("signing: rejected on the device", reason=Reason.DEVICE_REJECTED) from exc
     except (TrezorException, OSError) as exc:
-        raise DeviceError(f"signing: {type(exc).__name__}: {str(exc)[:200]}",
-                          reason=Reason.DEVICE_UNAVAILABLE) from exc
+        raise DeviceError(
+            f"signing: {type(exc).__name__}: {str(exc)[:200]}", reason=Reason.DEVICE_UNAVAILABLE
+        ) from exc
     return "0x" + bytes(signed.signature).hex()
 
 
-def approve_typed(store: PolicyStore, policy: Policy, transport: str | None = None
-                  ) -> PolicyApproval:
+def approve_typed(store: PolicyStore, policy: Policy, transport: str | None = None) -> PolicyApproval:
     enrollment = store.enrollment()
     message = approval_message(policy)
-    signature = sign_typed_data(eip712_policy_typed_data(policy, message), enrollment.path,
-                                transport)
-    approval = PolicyApproval(method="eip712", policy_version=policy.version,
-                              policy_digest=policy.digest, message=message, signature=signature,
-                              fingerprint=enrollment.fingerprint, path=enrollment.path)
+    signature = sign_typed_data(eip712_policy_typed_data(policy, message), enrollment.path, transport)
+    approval = PolicyApproval(
+        method="eip712",
+        policy_version=policy.version,
+        policy_digest=policy.digest,
+        message=message,
+        signature=signature,
+        fingerprint=enrollment.fingerprint,
+        path=enrollment.path,
+    )
     store.install_approved(policy, approval)
     return approval

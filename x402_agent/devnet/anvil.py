@@ -53,8 +53,9 @@ class Anvil:
     chain_id: int
 
     @classmethod
-    def start(cls, chain_id: int, *, hardfork: str = "prague",
-              idle_block_seconds: int | None = None) -> Anvil:
+    def start(
+        cls, chain_id: int, *, hardfork: str = "prague", idle_block_seconds: int | None = None
+    ) -> Anvil:
         """Start anvil and return once it listens (a few hundred ms at most).
 
         ``idle_block_seconds``: also mine a block every that many seconds, so the chain's time
@@ -94,8 +95,10 @@ class Anvil:
         """Give ``address`` exactly ``wei`` of ETH (anvil's cheat code)."""
         import httpx
 
-        answer = httpx.post(self.rpc_url, json={"jsonrpc": "2.0", "id": 1, "method": "anvil_setBalance",
-                                                "params": [address, hex(wei)]}).json()
+        answer = httpx.post(
+            self.rpc_url,
+            json={"jsonrpc": "2.0", "id": 1, "method": "anvil_setBalance", "params": [address, hex(wei)]},
+        ).json()
         if "error" in answer:
             raise RuntimeError(f"anvil_setBalance failed: {answer['error']}")
 

@@ -49,7 +49,7 @@ _LISTENING = re.compile(r"Server listening at https?://[^\s:]+:(\d+)")
 # Loaded before alto's own code: exit when our end of stdin closes (we stopped it or died).
 _LIFELINE = (
     'data:text/javascript,process.stdin.on("end",()=>process.exit(0));'
-    "process.stdin.on(\"data\",()=>{});process.stdin.on(\"error\",()=>process.exit(0));"
+    'process.stdin.on("data",()=>{});process.stdin.on("error",()=>process.exit(0));'
 )
 # Alto reads every ALTO_* variable as a flag and loads a .env file: neither may leak in from ours.
 _SCRUBBED_PREFIXES = ("ALTO_", "SENTRY_", "OTEL_")
@@ -145,11 +145,13 @@ class AltoBundler:
             self._log_dir = Path(tempfile.mkdtemp(prefix="alto-"))
         self._log_dir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in child_env({}).items() if not k.startswith(_SCRUBBED_PREFIXES)}
-        env.update({
-            "ALTO_EXECUTOR_PRIVATE_KEYS": self._executor_key,
-            "ALTO_UTILITY_PRIVATE_KEY": self._utility_key,
-            "DOTENV_CONFIG_PATH": str(self._log_dir / "no.env"),
-        })
+        env.update(
+            {
+                "ALTO_EXECUTOR_PRIVATE_KEYS": self._executor_key,
+                "ALTO_UTILITY_PRIVATE_KEY": self._utility_key,
+                "DOTENV_CONFIG_PATH": str(self._log_dir / "no.env"),
+            }
+        )
         started = time.monotonic()
         log = (self._log_dir / "alto.log").open("w", encoding="utf-8")
         try:

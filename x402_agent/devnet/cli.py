@@ -28,11 +28,11 @@ def run_devnet(home: Path | None, wallet: str = "smart-account") -> int:
     if home is not None and (home / "config.json").exists():
         from ..errors import ConfigError
 
-        raise ConfigError(f"{home} is already an agent home; devnet provisions a new one",
-                          reason=Reason.HOME_EXISTS)
+        raise ConfigError(
+            f"{home} is already an agent home; devnet provisions a new one", reason=Reason.HOME_EXISTS
+        )
     smart = wallet == "smart-account"
-    with tempfile.TemporaryDirectory(prefix="x402-devnet-") as scratch, \
-            LocalWorld(bundler=smart) as world:
+    with tempfile.TemporaryDirectory(prefix="x402-devnet-") as scratch, LocalWorld(bundler=smart) as world:
         root = home or Path(scratch) / "agent-home"
         agent_home = (provision_smart_account_home if smart else provision_devnet_home)(world, root)
         signer = agent_home.config.signer
@@ -50,8 +50,15 @@ def run_devnet(home: Path | None, wallet: str = "smart-account") -> int:
             "funder": world.payer_address,
             "wallet": signer.model_dump(include={"kind", "account", "vault", "bundler_url"}),
             "factory": world.factory_address,
-            "routes": [{"method": r.method, "url": r.url, "x402_version": r.version,
-                        "price_atomic": str(r.price_atomic)} for r in world.routes],
+            "routes": [
+                {
+                    "method": r.method,
+                    "url": r.url,
+                    "x402_version": r.version,
+                    "price_atomic": str(r.price_atomic),
+                }
+                for r in world.routes
+            ],
         }
         print(json.dumps(ready), flush=True)
         stop.wait()

@@ -55,27 +55,42 @@ class DemoSummary:
     policy_versions: list[int] = field(default_factory=list)
 
 
-def demo_policy(world: WorldInfo, account: str, *, version: int = 1,
-                daily_max: int = DEMO_DAILY_MAX) -> Policy:
+def demo_policy(
+    world: WorldInfo, account: str, *, version: int = 1, daily_max: int = DEMO_DAILY_MAX
+) -> Policy:
     """``policies/default.json`` for the local world: its USDC, this account and chain, loopback
     hosts allowed; its limits scaled down so the demo reaches them in seconds (and no payment
     this small asks for a human approval)."""
     document = json.loads((PROJECT_ROOT / "policies" / "default.json").read_text())
     [asset] = document["assets"]
-    asset.update(network=world.network, address=world.usdc.address, eip712_name=world.usdc.name,
-                 eip712_version=world.usdc.version, daily_max=daily_max,
-                 per_request_max=DEMO_PER_REQUEST_MAX, approval_above=None)
-    document.update(version=version, account=account, chain_id=world.chain_id,
-                    hosts={"allow": None, "deny": []}, max_payments_per_minute=60,
-                    private_network={"allow": world.own_apis()})
+    asset.update(
+        network=world.network,
+        address=world.usdc.address,
+        eip712_name=world.usdc.name,
+        eip712_version=world.usdc.version,
+        daily_max=daily_max,
+        per_request_max=DEMO_PER_REQUEST_MAX,
+        approval_above=None,
+    )
+    document.update(
+        version=version,
+        account=account,
+        chain_id=world.chain_id,
+        hosts={"allow": None, "deny": []},
+        max_payments_per_minute=60,
+        private_network={"allow": world.own_apis()},
+    )
     document["sessions"]["default"]["allowance"] = {"USDC": DEMO_SESSION_ALLOWANCE}
     return Policy.model_validate(document)
 
 
-def run_demo(interactive: bool = False, console: Console | None = None,
-             inspect: Callable[[WorldInfo, AgentHome, DemoSummary], None] | None = None,
-             answer: Callable[[Screen], bool] | None = None,
-             device: DeviceSimulator | None = None) -> int:
+def run_demo(
+    interactive: bool = False,
+    console: Console | None = None,
+    inspect: Callable[[WorldInfo, AgentHome, DemoSummary], None] | None = None,
+    answer: Callable[[Screen], bool] | None = None,
+    device: DeviceSimulator | None = None,
+) -> int:
     """Run the demo. ``interactive``: each device screen is answered by ``answer`` (default: the
     person at this terminal). Tests pass ``inspect`` (sees the world, home and summary before
     teardown) and may lend a running simulator as ``device``."""
@@ -95,16 +110,23 @@ def run_demo(interactive: bool = False, console: Console | None = None,
     if device is None:
         simulator.start()
     try:
-        with _device_prompts(simulator, out, answer if interactive else None, interactive), \
-                tempfile.TemporaryDirectory(prefix="x402-demo-") as scratch:
-            with _step(out, interactive, "starting the local world: anvil x2, USDC, EntryPoint, "
-                                         "alto bundler, x402 servers"):
+        with (
+            _device_prompts(simulator, out, answer if interactive else None, interactive),
+            tempfile.TemporaryDirectory(prefix="x402-demo-") as scratch,
+        ):
+            with _step(
+                out,
+                interactive,
+                "starting the local world: anvil x2, USDC, EntryPoint, alto bundler, x402 servers",
+            ):
                 local = LocalWorld(device=simulator, bundler=True)
                 world = local.start()
             try:
                 summary = DemoSummary()
-                out.print(f"[green]local world up[/] in {local.startup_seconds:.1f}s: chain "
-                          f"{world.chain_id}, USDC {world.usdc.address}, bundler {world.bundler_url}")
+                out.print(
+                    f"[green]local world up[/] in {local.startup_seconds:.1f}s: chain "
+                    f"{world.chain_id}, USDC {world.usdc.address}, bundler {world.bundler_url}"
+                )
                 home = _provision(world, Path(scratch), out, interactive)
                 summary.policy_versions.append(1)
                 asyncio.run(_agent(world, home, Path(scratch), out, summary))
@@ -129,26 +151,36 @@ def _provision(world: WorldInfo, scratch: Path, out: Console, interactive: bool)
     from ..money import format_units
     from .provision import DEVNET_VAULT_FUNDING, provision_smart_account_home
 
-    with _step(out, interactive, "enrolling the device, creating the smart account, funding its "
-                                 "vault, approving the policy on the device"):
-        home = provision_smart_account_home(world, scratch / "home",
-                                            policy=lambda account: demo_policy(world, account))
+    with _step(
+        out,
+        interactive,
+        "enrolling the device, creating the smart account, funding its "
+        "vault, approving the policy on the device",
+    ):
+        home = provision_smart_account_home(
+            world, scratch / "home", policy=lambda account: demo_policy(world, account)
+        )
     signer = home.config.signer
     assert signer.kind == "smart_account"
     setup = signer.setup
     out.print(f"[green]smart account[/] {signer.account} (owner: the device key {setup.owner})")
-    out.print(f"  on-chain bounds: {format_units(setup.max_value, 6)} USDC per payment, vault "
-              f"{signer.vault} holds {format_units(DEVNET_VAULT_FUNDING, 6)} USDC and lets the account "
-              f"pull {format_units(setup.allowance, 6)} per day")
-    out.print(f"[green]policy v1 approved on the device[/]: "
-              f"{format_units(DEMO_DAILY_MAX, 6)} USDC a day, "
-              f"{format_units(DEMO_SESSION_ALLOWANCE, 6)} per session, "
-              f"{format_units(DEMO_PER_REQUEST_MAX, 6)} per request")
+    out.print(
+        f"  on-chain bounds: {format_units(setup.max_value, 6)} USDC per payment, vault "
+        f"{signer.vault} holds {format_units(DEVNET_VAULT_FUNDING, 6)} USDC and lets the account "
+        f"pull {format_units(setup.allowance, 6)} per day"
+    )
+    out.print(
+        f"[green]policy v1 approved on the device[/]: "
+        f"{format_units(DEMO_DAILY_MAX, 6)} USDC a day, "
+        f"{format_units(DEMO_SESSION_ALLOWANCE, 6)} per session, "
+        f"{format_units(DEMO_PER_REQUEST_MAX, 6)} per request"
+    )
     return home
 
 
-async def _agent(world: WorldInfo, home: AgentHome, scratch: Path, out: Console,
-                 summary: DemoSummary) -> None:
+async def _agent(
+    world: WorldInfo, home: AgentHome, scratch: Path, out: Console, summary: DemoSummary
+) -> None:
     url = world.route(*RESOURCE).url
     log = scratch / "mcp-server.log"
 
@@ -158,18 +190,24 @@ async def _agent(world: WorldInfo, home: AgentHome, scratch: Path, out: Console,
         if call.refused:
             out.print(f"  [yellow]refused[/] /{path} ({call.session}): [bold]{call.refused}[/]")
         else:
-            out.print(f"  [green]paid[/] {call.price} for /{path} ({call.session}) "
-                      f"tx {str(call.settlement_tx)[:14]}...")
+            out.print(
+                f"  [green]paid[/] {call.price} for /{path} ({call.session}) "
+                f"tx {str(call.settlement_tx)[:14]}..."
+            )
 
-    out.print("[bold]agent session 1[/] (an MCP client over stdio): weather, an image, the premium "
-              f"data, then {RESOURCE[1]} until refused")
+    out.print(
+        "[bold]agent session 1[/] (an MCP client over stdio): weather, an image, the premium "
+        f"data, then {RESOURCE[1]} until refused"
+    )
     async with mcp_session(home.root, log) as session:
         for extra in EXTRAS:
             await fetch_until_refused(session, "session 1", world.route(*extra).url, 1, report)
         await fetch_until_refused(session, "session 1", url, 10, report)
         receipts = await tool(session, "x402_receipts", limit=3)
-        out.print(f"  the agent reads its receipts: {len(receipts['receipts'])} latest, all "
-                  f"{sorted({r['state'] for r in receipts['receipts']})}")
+        out.print(
+            f"  the agent reads its receipts: {len(receipts['receipts'])} latest, all "
+            f"{sorted({r['state'] for r in receipts['receipts']})}"
+        )
     out.print("[bold]agent session 2[/] (a new connection, a fresh session allowance)")
     async with mcp_session(home.root, log) as session:
         await fetch_until_refused(session, "session 2", url, 10, report)
@@ -217,29 +255,39 @@ def _final_tables(out: Console, summary: DemoSummary) -> None:
     for column in ("#", "resource", "amount", "settlement tx", "policy", "state"):
         payments.add_column(column)
     for index, receipt in enumerate(reversed(summary.receipts), 1):
-        payments.add_row(str(index), receipt["url"].split("/", 3)[-1],
-                         f"{receipt['price']} {receipt['symbol']}",
-                         str(receipt["settlement_tx"]), f"v{receipt['policy_version']}", receipt["state"])
+        payments.add_row(
+            str(index),
+            receipt["url"].split("/", 3)[-1],
+            f"{receipt['price']} {receipt['symbol']}",
+            str(receipt["settlement_tx"]),
+            f"v{receipt['policy_version']}",
+            receipt["state"],
+        )
     out.print(payments)
     budgets = Table(title="remaining budgets")
     budgets.add_column("what")
     budgets.add_column("remaining")
     [asset] = summary.budget["assets"]
-    budgets.add_row(f"daily limit (policy v{summary.budget['policy_version']})",
-                    f"{asset['daily_remaining_display']} of {format_units(int(asset['daily_max']), 6)} USDC")
+    budgets.add_row(
+        f"daily limit (policy v{summary.budget['policy_version']})",
+        f"{asset['daily_remaining_display']} of {format_units(int(asset['daily_max']), 6)} USDC",
+    )
     session = summary.budget.get("session") or {}
     for allowance in session.get("allowance") or []:
         budgets.add_row("session 2 allowance", f"{allowance['remaining_display']} USDC")
     wallet = summary.budget["wallet"]
     budgets.add_row("hot balance (on chain)", f"{format_units(int(wallet['hot_balance']), 6)} USDC")
-    budgets.add_row("vault, still pullable today (on chain)",
-                    f"{format_units(int(wallet['vault_available']), 6)} USDC")
+    budgets.add_row(
+        "vault, still pullable today (on chain)", f"{format_units(int(wallet['vault_available']), 6)} USDC"
+    )
     out.print(budgets)
     refusals = [c.refused for c in summary.calls if c.refused]
     out.print(f"refusals, in order: {', '.join(str(r) for r in refusals)}")
     pulled = DEVNET_VAULT_FUNDING - int(wallet["vault_balance"])
-    out.print(f"the hot account pulled {format_units(pulled, 6)} USDC from its vault, in user operations "
-              "signed by the session key and sent through the alto bundler")
+    out.print(
+        f"the hot account pulled {format_units(pulled, 6)} USDC from its vault, in user operations "
+        "signed by the session key and sent through the alto bundler"
+    )
 
 
 @contextmanager
@@ -254,8 +302,9 @@ def _step(out: Console, interactive: bool, text: str) -> Iterator[None]:
 
 
 @contextmanager
-def _device_prompts(simulator: DeviceSimulator, out: Console, answer: Callable[[Screen], bool] | None,
-                    interactive: bool) -> Iterator[None]:
+def _device_prompts(
+    simulator: DeviceSimulator, out: Console, answer: Callable[[Screen], bool] | None, interactive: bool
+) -> Iterator[None]:
     """With ``interactive``, each screen of the simulated device is answered as it appears: by
     ``answer``, or by the person at this terminal."""
     if not interactive:

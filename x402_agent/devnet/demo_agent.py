@@ -32,17 +32,23 @@ async def mcp_session(home: Path, log: Path) -> AsyncIterator[Any]:
     """One stdio connection to ``x402-agent mcp`` serving ``home``; its stderr goes to ``log``."""
     from mcp import ClientSession, StdioServerParameters, stdio_client
 
-    params = StdioServerParameters(command=sys.executable, args=["-m", "x402_agent.cli", "mcp"],
-                                   env={**os.environ, "X402_AGENT_HOME": str(home)})
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "x402_agent.cli", "mcp"],
+        env={**os.environ, "X402_AGENT_HOME": str(home)},
+    )
     with log.open("a") as errlog:
-        async with stdio_client(params, errlog=errlog) as (read, write), \
-                ClientSession(read, write) as session:
+        async with (
+            stdio_client(params, errlog=errlog) as (read, write),
+            ClientSession(read, write) as session,
+        ):
             await session.initialize()
             yield session
 
 
-async def fetch_until_refused(session: Any, name: str, url: str, limit: int,
-                              report: Callable[[ToolCall], None]) -> list[ToolCall]:
+async def fetch_until_refused(
+    session: Any, name: str, url: str, limit: int, report: Callable[[ToolCall], None]
+) -> list[ToolCall]:
     """Call ``x402_fetch`` on ``url`` until a refusal (or ``limit`` calls); each call is reported."""
     calls = []
     for _ in range(limit):
@@ -51,8 +57,14 @@ async def fetch_until_refused(session: Any, name: str, url: str, limit: int,
         if result.is_error:
             call = ToolCall(name, url, paid=False, refused=str(data.get("reason", "error")))
         else:
-            call = ToolCall(name, url, paid=bool(data.get("paid")), price=data.get("price"),
-                            receipt_id=data.get("receipt_id"), settlement_tx=data.get("settlement_tx"))
+            call = ToolCall(
+                name,
+                url,
+                paid=bool(data.get("paid")),
+                price=data.get("price"),
+                receipt_id=data.get("receipt_id"),
+                settlement_tx=data.get("settlement_tx"),
+            )
         calls.append(call)
         report(call)
         if call.refused:

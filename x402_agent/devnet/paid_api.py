@@ -94,7 +94,9 @@ def build_facilitators(main: ChainSettlement, alt: ChainSettlement) -> list[x402
     """
     main_facilitator = x402Facilitator()
     register_exact_evm_facilitator(
-        main_facilitator, FacilitatorWeb3Signer(main.facilitator_key, main.rpc_url), main.network,
+        main_facilitator,
+        FacilitatorWeb3Signer(main.facilitator_key, main.rpc_url),
+        main.network,
         eip6492_allowed_factories=list(main.account_factories),
     )
     alt_facilitator = x402Facilitator()

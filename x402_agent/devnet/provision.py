@@ -26,14 +26,21 @@ DEVNET_SCRYPT_N = 2**14
 
 
 def _rule(network: str, token: TokenInfo) -> AssetRule:
-    return AssetRule(network=network, address=token.address, symbol=token.symbol,
-                     decimals=token.decimals, eip712_name=token.name,
-                     eip712_version=token.version, per_request_max=DEVNET_PER_REQUEST_MAX,
-                     daily_max=DEVNET_DAILY_MAX)
+    return AssetRule(
+        network=network,
+        address=token.address,
+        symbol=token.symbol,
+        decimals=token.decimals,
+        eip712_name=token.name,
+        eip712_version=token.version,
+        per_request_max=DEVNET_PER_REQUEST_MAX,
+        daily_max=DEVNET_DAILY_MAX,
+    )
 
 
-def devnet_policy(world: WorldInfo, *, include_eurc: bool = False, version: int = 1,
-                  also_fetch: Sequence[str] = ()) -> Policy:
+def devnet_policy(
+    world: WorldInfo, *, include_eurc: bool = False, version: int = 1, also_fetch: Sequence[str] = ()
+) -> Policy:
     """USDC on both local chains (and optionally EURC): 0.10 per request, 2.00 a day, 0.50 of
     main-chain USDC per session (an hour), a circuit breaker after 5 failed settlements. Of
     the machine's own addresses it may fetch the world's APIs only, and the URLs ``also_fetch``
@@ -41,16 +48,23 @@ def devnet_policy(world: WorldInfo, *, include_eurc: bool = False, version: int 
     assets = [_rule(world.network, world.usdc), _rule(world.alt_network, world.alt_usdc)]
     if include_eurc:
         assets.append(_rule(world.network, world.eurc))
-    return Policy.model_validate({
-        "version": version, "assets": assets,
-        "account": world.payer_address, "chain_id": world.chain_id,
-        "day": {"kind": "calendar", "timezone": "UTC"},
-        "circuit_breaker": {"max_consecutive_failures": 5},
-        "sessions": {"default": {"lifetime_seconds": 3600, "allowance": {
-            f"{world.network}/{world.usdc.address}": DEVNET_SESSION_ALLOWANCE}}},
-        "private_network": {"allow": [*world.own_apis(),
-                                      *(allow_entry_for(url) for url in also_fetch)]},
-    })
+    return Policy.model_validate(
+        {
+            "version": version,
+            "assets": assets,
+            "account": world.payer_address,
+            "chain_id": world.chain_id,
+            "day": {"kind": "calendar", "timezone": "UTC"},
+            "circuit_breaker": {"max_consecutive_failures": 5},
+            "sessions": {
+                "default": {
+                    "lifetime_seconds": 3600,
+                    "allowance": {f"{world.network}/{world.usdc.address}": DEVNET_SESSION_ALLOWANCE},
+                }
+            },
+            "private_network": {"allow": [*world.own_apis(), *(allow_entry_for(url) for url in also_fetch)]},
+        }
+    )
 
 
 def _simulator(world: WorldInfo) -> DeviceLocation:
@@ -59,15 +73,21 @@ def _simulator(world: WorldInfo) -> DeviceLocation:
     return DeviceLocation(type="trezor", path=world.device_path)
 
 
-def provision_devnet_home(world: WorldInfo, root: Path, policy: Policy | None = None,
-                          device: HardwareDevice | None = None) -> AgentHome:
+def provision_devnet_home(
+    world: WorldInfo, root: Path, policy: Policy | None = None, device: HardwareDevice | None = None
+) -> AgentHome:
     """A ready home: the keystore password sits in a 0600 file (devnet only); the device
     (default: the simulator through HWI) is enrolled and approves the policy."""
     home = provision_home(
-        root, private_key=world.payer_private_key,
+        root,
+        private_key=world.payer_private_key,
         rpc_urls={world.network: world.rpc_url, world.alt_network: world.alt_rpc_url},
-        password=secrets.token_urlsafe(24), store_password=True, chain_id=world.chain_id,
-        kdf_iterations=DEVNET_SCRYPT_N, device=_simulator(world))
+        password=secrets.token_urlsafe(24),
+        store_password=True,
+        chain_id=world.chain_id,
+        kdf_iterations=DEVNET_SCRYPT_N,
+        device=_simulator(world),
+    )
     store = PolicyStore(home.root, expectations(home))
     opened = device or HwiDevice.at("trezor", world.device_path)
     try:
@@ -90,9 +110,14 @@ def smart_account_policy(world: WorldInfo, account: str, *, version: int = 1) ->
     return base.model_copy(update={"account": account, "assets": (base.assets[0],)})
 
 
-def provision_smart_account_home(world: WorldInfo, root: Path, *, deploy: bool = True,
-                                 device: HardwareDevice | None = None,
-                                 policy: Callable[[str], Policy] | None = None) -> AgentHome:
+def provision_smart_account_home(
+    world: WorldInfo,
+    root: Path,
+    *,
+    deploy: bool = True,
+    device: HardwareDevice | None = None,
+    policy: Callable[[str], Policy] | None = None,
+) -> AgentHome:
     """A home paying from an X402Account owned by the device: the session key is encrypted in
     the home, the vault holds the funds, the policy names the account and is device-approved.
 
@@ -106,27 +131,45 @@ def provision_smart_account_home(world: WorldInfo, root: Path, *, deploy: bool =
     from ..signer import write_keystore
 
     home = provision_home(  # no payer key: the world's payer only funds this home
-        root, private_key=None, rpc_urls={world.network: world.rpc_url},
-        password=secrets.token_urlsafe(24), store_password=True, chain_id=world.chain_id,
-        device=_simulator(world))
+        root,
+        private_key=None,
+        rpc_urls={world.network: world.rpc_url},
+        password=secrets.token_urlsafe(24),
+        store_password=True,
+        chain_id=world.chain_id,
+        device=_simulator(world),
+    )
     password = home.keystore_password()
     relayer = Account.create()
-    write_keystore(root / "relayer.keystore.json", "0x" + bytes(relayer.key).hex(), password,
-                   iterations=DEVNET_SCRYPT_N)
+    write_keystore(
+        root / "relayer.keystore.json", "0x" + bytes(relayer.key).hex(), password, iterations=DEVNET_SCRYPT_N
+    )
     opened = device or HwiDevice.at("trezor", world.device_path)
     try:
         enrollment = opened.enroll(DEFAULT_APPROVAL_PATH)  # the person confirms the address once
         owner = enrollment.eth_address
         w3 = Web3(Web3.HTTPProvider(world.rpc_url))
         payer = Account.from_key(world.payer_private_key)
-        bounds = WalletBounds(world.usdc.address, max_value=DEVNET_PER_REQUEST_MAX,
-                              max_window=devnet_policy(world).max_authorization_seconds + 60,
-                              allowance=DEVNET_DAILY_MAX)
-        home = create_wallet(home, w3, network=world.network, owner=owner, bounds=bounds,
-                             session_seconds=DEVNET_SESSION_DAYS * 86400, password=password,
-                             bundler_url=world.bundler_url, relayer_keystore="relayer.keystore.json",
-                             top_up_to=DEVNET_SESSION_ALLOWANCE,
-                             deploy_with=payer if deploy else None, kdf_iterations=DEVNET_SCRYPT_N)
+        bounds = WalletBounds(
+            world.usdc.address,
+            max_value=DEVNET_PER_REQUEST_MAX,
+            max_window=devnet_policy(world).max_authorization_seconds + 60,
+            allowance=DEVNET_DAILY_MAX,
+        )
+        home = create_wallet(
+            home,
+            w3,
+            network=world.network,
+            owner=owner,
+            bounds=bounds,
+            session_seconds=DEVNET_SESSION_DAYS * 86400,
+            password=password,
+            bundler_url=world.bundler_url,
+            relayer_keystore="relayer.keystore.json",
+            top_up_to=DEVNET_SESSION_ALLOWANCE,
+            deploy_with=payer if deploy else None,
+            kdf_iterations=DEVNET_SCRYPT_N,
+        )
         wallet = home.config.signer
         assert wallet.kind == "smart_account"
         fund(world, wallet.vault, usdc=DEVNET_VAULT_FUNDING)
@@ -134,8 +177,9 @@ def provision_smart_account_home(world: WorldInfo, root: Path, *, deploy: bool =
             fund(world, to, eth=DEVNET_ACCOUNT_ETH)
         store = PolicyStore(home.root, expectations(home))
         store.enroll(enrollment)
-        approve(store, opened, policy(wallet.account) if policy else
-                smart_account_policy(world, wallet.account))
+        approve(
+            store, opened, policy(wallet.account) if policy else smart_account_policy(world, wallet.account)
+        )
     finally:
         if device is None:
             opened.close()
@@ -150,11 +194,22 @@ def fund(world: WorldInfo, to: str, *, usdc: int = 0, eth: int = 0) -> None:
 
     w3 = Web3(Web3.HTTPProvider(world.rpc_url))
     if usdc:
-        token = w3.eth.contract(address=Web3.to_checksum_address(world.usdc.address), abi=[{
-            "name": "transfer", "type": "function", "stateMutability": "nonpayable",
-            "inputs": [{"name": "to", "type": "address"}, {"name": "value", "type": "uint256"}],
-            "outputs": [{"name": "", "type": "bool"}]}])
-        send_transaction(w3, world.payer_private_key, {
-            "to": token.address, "data": token.encode_abi("transfer", args=[to, usdc])})
+        token = w3.eth.contract(
+            address=Web3.to_checksum_address(world.usdc.address),
+            abi=[
+                {
+                    "name": "transfer",
+                    "type": "function",
+                    "stateMutability": "nonpayable",
+                    "inputs": [{"name": "to", "type": "address"}, {"name": "value", "type": "uint256"}],
+                    "outputs": [{"name": "", "type": "bool"}],
+                }
+            ],
+        )
+        send_transaction(
+            w3,
+            world.payer_private_key,
+            {"to": token.address, "data": token.encode_abi("transfer", args=[to, usdc])},
+        )
     if eth:
         send_transaction(w3, world.payer_private_key, {"to": to, "value": eth, "gas": 60_000})

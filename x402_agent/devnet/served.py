@@ -49,11 +49,17 @@ class ServedApp:
     def start(self, app: Any = None) -> ServedApp:
         self.app = app if app is not None else self.app
         ready = threading.Event()
-        config = uvicorn.Config(self.app, interface="asgi3", log_level="critical", access_log=False,
-                                lifespan="off", ws="none", timeout_graceful_shutdown=2)
+        config = uvicorn.Config(
+            self.app,
+            interface="asgi3",
+            log_level="critical",
+            access_log=False,
+            lifespan="off",
+            ws="none",
+            timeout_graceful_shutdown=2,
+        )
         self._server = _Server(config, ready)
-        self._thread = threading.Thread(target=self._serve, name=f"uvicorn-{self.name}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._serve, name=f"uvicorn-{self.name}", daemon=True)
         self._thread.start()
         if not ready.wait(_START_TIMEOUT_S) or not self._server.started:
             self.stop()

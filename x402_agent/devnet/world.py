@@ -117,8 +117,7 @@ class LocalWorld:
             stack.close()
 
     def _start_all(self, stack: ExitStack) -> WorldInfo:
-        device = self._given_device or _started(
-            stack, DeviceSimulator(confirm="auto", port=0)).start()
+        device = self._given_device or _started(stack, DeviceSimulator(confirm="auto", port=0)).start()
         self.device = device
         payer: LocalAccount = Account.create()
         payees: dict[str, str] = {role: dev_account(index).address for role, index in _PAYEES.items()}
@@ -196,8 +195,14 @@ def _start_bundler(stack: ExitStack, anvil: Anvil) -> str:
     executor, utility = Account.create(), Account.create()
     for key in (executor, utility):
         anvil.set_balance(key.address, 100 * 10**18)
-    return _started(stack, AltoBundler(anvil.rpc_url, executor_key=bytes(executor.key),
-                                       utility_key=bytes(utility.key))).start().url
+    return (
+        _started(
+            stack,
+            AltoBundler(anvil.rpc_url, executor_key=bytes(executor.key), utility_key=bytes(utility.key)),
+        )
+        .start()
+        .url
+    )
 
 
 def _chain_with_tokens(

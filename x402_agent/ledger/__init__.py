@@ -32,6 +32,7 @@ def open_ledger(spec: str, home: Path) -> Ledger:
         return PostgresLedger(spec)
     return SQLiteLedger((home / spec).resolve())
 
+
 __all__ = [
     "COUNTED_STATES",
     "AssetUsage",

@@ -35,13 +35,16 @@ POOL_SIZE = 4
 CONNECT_TIMEOUT = 10
 # The owner's session: the server probes an idle client after 30 s, then every 10 s, 3 times,
 # so the lock of an agent whose host vanished is freed in about a minute.
-_OWNER_SESSION = (b"SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; "
-                  b"SET tcp_keepalives_count = 3")
+_OWNER_SESSION = (
+    b"SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3"
+)
 # Advisory locks held on this database: a bigint key shows as classid (high 32 bits) and objid
 # (low 32 bits) with objsubid 1; the shift wraps into the sign bit, giving the signed key back.
-_HELD_KEYS = ("SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks WHERE "
-              "locktype = 'advisory' AND objsubid = 1 AND granted AND database = "
-              "(SELECT oid FROM pg_database WHERE datname = current_database())")
+_HELD_KEYS = (
+    "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks WHERE "
+    "locktype = 'advisory' AND objsubid = 1 AND granted AND database = "
+    "(SELECT oid FROM pg_database WHERE datname = current_database())"
+)
 
 
 class PostgresLedger(SqlLedger):
@@ -62,8 +65,7 @@ class PostgresLedger(SqlLedger):
         self._closed = False
         self._owner_conn: psycopg.Connection[Any] | None = None
         try:
-            self._owner_conn = psycopg.connect(url, autocommit=True,
-                                               connect_timeout=CONNECT_TIMEOUT)
+            self._owner_conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
             self._owner_conn.execute(_OWNER_SESSION, prepare=False)
             self._owner_conn.execute("SELECT pg_advisory_lock(%s)", (advisory_key(self.owner),))
             # DDL under the same lock: CREATE ... IF NOT EXISTS is not safe when several
@@ -84,8 +86,10 @@ class PostgresLedger(SqlLedger):
             info = self._psycopg.conninfo.conninfo_to_dict(self.url)
         except self._psycopg.Error:
             return "(unparsable PostgreSQL URL)"
-        return (f"postgresql://{info.get('user') or ''}@{info.get('host') or ''}"
-                f":{info.get('port') or 5432}/{info.get('dbname') or ''}")
+        return (
+            f"postgresql://{info.get('user') or ''}@{info.get('host') or ''}"
+            f":{info.get('port') or 5432}/{info.get('dbname') or ''}"
+        )
 
     # ---- connections -------------------------------------------------------------------------
     def _acquire(self, *, fresh: bool = False) -> psycopg.Connection[Any]:
@@ -99,8 +103,7 @@ class PostgresLedger(SqlLedger):
                 with self._idle_lock:
                     conn = self._idle.pop() if self._idle else None
             # Autocommit: transactions are begun explicitly, see _in_transaction.
-            return conn or self._psycopg.connect(self.url, autocommit=True,
-                                                 connect_timeout=CONNECT_TIMEOUT)
+            return conn or self._psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
         except self._psycopg.OperationalError as exc:
             self._slots.release()
             raise LedgerError(f"cannot reach ledger {self._where()}: {exc}") from exc
@@ -130,8 +133,7 @@ class PostgresLedger(SqlLedger):
             # Unlocked before closing: the server ends a closed session a moment later, and
             # the next opener must not find this owner still there.
             with suppress(self._psycopg.Error):
-                self._owner_conn.execute("SELECT pg_advisory_unlock(%s)",
-                                         (advisory_key(self.owner),))
+                self._owner_conn.execute("SELECT pg_advisory_unlock(%s)", (advisory_key(self.owner),))
             self._owner_conn.close()
 
     def _live_owners(self, owners: set[str]) -> set[str]:
@@ -144,8 +146,9 @@ class PostgresLedger(SqlLedger):
     # whatever the server's default) and, for writes, the budget lock. READ COMMITTED for writes:
     # every statement after the lock sees what was committed before it was granted. A read is
     # one REPEATABLE READ snapshot for all its statements (usage, budget).
-    _BEGIN_WRITE = (f"BEGIN ISOLATION LEVEL READ COMMITTED; "
-                    f"SELECT pg_advisory_xact_lock({LOCK_KEY})").encode()
+    _BEGIN_WRITE = (
+        f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({LOCK_KEY})"
+    ).encode()
     _BEGIN_READ = b"BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 
     @contextmanager

@@ -37,8 +37,7 @@ class Verification(StrEnum):
 
 
 # What counts against limits: everything that is or may become a transfer.
-COUNTED_STATES = (PaymentState.RESERVED, PaymentState.SENT, PaymentState.UNKNOWN,
-                  PaymentState.SETTLED)
+COUNTED_STATES = (PaymentState.RESERVED, PaymentState.SENT, PaymentState.UNKNOWN, PaymentState.SETTLED)
 
 
 @dataclass(frozen=True)
@@ -151,50 +150,77 @@ class Claim:
 class Ledger(Protocol):
     """Storage of payment records; every method is atomic, across threads and processes."""
 
-    def reserve(self, payment: NewPayment, query: UsageQuery, check: UsageCheck
-                ) -> PaymentRecord:
+    def reserve(self, payment: NewPayment, query: UsageQuery, check: UsageCheck) -> PaymentRecord:
         """Gather usage, run ``check`` and insert the reservation in one transaction."""
         ...
+
     def usage(self, query: UsageQuery) -> Usage: ...
     def open_session(self, session: str, profile: str | None, now: float) -> None: ...
-    def mark_sent(self, payment_id: str, *, payer: str, nonce: str, valid_after: int,
-                  valid_before: int, payment_header: str) -> PaymentRecord: ...
-    def settle(self, payment_id: str, *, settlement_tx: str | None,
-               response_status: int | None = None, response_content_type: str | None = None,
-               response_body_sha256: str | None = None, delivered: bool | None = None,
-               evidence: dict[str, Any] | None = None,
-               verification: Verification | None = None) -> PaymentRecord: ...
+    def mark_sent(
+        self,
+        payment_id: str,
+        *,
+        payer: str,
+        nonce: str,
+        valid_after: int,
+        valid_before: int,
+        payment_header: str,
+    ) -> PaymentRecord: ...
+    def settle(
+        self,
+        payment_id: str,
+        *,
+        settlement_tx: str | None,
+        response_status: int | None = None,
+        response_content_type: str | None = None,
+        response_body_sha256: str | None = None,
+        delivered: bool | None = None,
+        evidence: dict[str, Any] | None = None,
+        verification: Verification | None = None,
+    ) -> PaymentRecord: ...
     def mark_verified(self, outcomes: Mapping[str, dict[str, Any] | None]) -> set[str]:
         """End pending verifications in one transaction: payment id -> None (verified) or the
         mismatch's evidence (which opens the circuit breaker). Returns the ids that were
         pending (the others were checked already)."""
         ...
+
     def unverified(self) -> list[PaymentRecord]:
         """Settled payments whose transaction was not checked on chain yet."""
         ...
-    def mark_unknown(self, payment_id: str, *, evidence: dict[str, Any],
-                     response_status: int | None = None, delivered: bool | None = None
-                     ) -> PaymentRecord: ...
+
+    def mark_unknown(
+        self,
+        payment_id: str,
+        *,
+        evidence: dict[str, Any],
+        response_status: int | None = None,
+        delivered: bool | None = None,
+    ) -> PaymentRecord: ...
     def release(self, payment_id: str, *, reason: str) -> PaymentRecord: ...
     def get(self, payment_id: str) -> PaymentRecord | None: ...
     def find_by_idempotency_key(self, key: str) -> PaymentRecord | None: ...
-    def recent(self, limit: int = 50, states: Sequence[PaymentState] | None = None
-               ) -> list[PaymentRecord]: ...
+    def recent(
+        self, limit: int = 50, states: Sequence[PaymentState] | None = None
+    ) -> list[PaymentRecord]: ...
     def unresolved(self) -> list[PaymentRecord]:
         """Reserved, sent and unknown rows, whoever owns them (all are counted)."""
         ...
+
     def own_in_flight(self) -> list[PaymentRecord]:
         """Sent and unknown rows this opener owns, earliest expiry first: its own to resolve
         while it lives (no other opener takes them over)."""
         ...
+
     def claim_orphans(self) -> list[Claim]:
         """Take over the rows in flight that no live opener owns (their owner is gone, or
         they name none): what start-up reconciliation may resolve."""
         ...
+
     def claim(self, payment_id: str) -> Claim:
         """Whose the payment is; an orphaned or ownerless row in flight becomes this
         opener's. A live opener's row is reported ``LIVE`` and left alone."""
         ...
+
     def reset_breaker(self, now: float) -> None: ...
     def budget(self, day_start: float, now: float) -> BudgetSnapshot: ...
     def close(self) -> None: ...

@@ -38,8 +38,7 @@ class SQLiteLedger(SqlLedger):
         except OSError as exc:
             raise LedgerError(f"cannot open ledger {path}: owner lock: {exc}") from exc
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                       timeout=60)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode: a commit survives a process crash (SIGKILL); only an OS crash
             # or power loss can lose the last transactions.
@@ -53,8 +52,9 @@ class SQLiteLedger(SqlLedger):
             self._owners.release(self.owner)
             raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
         self._closing = threading.Event()
-        self._checkpointer = threading.Thread(target=self._checkpoint_loop, daemon=True,
-                                              name="ledger-checkpoint")
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, daemon=True, name="ledger-checkpoint"
+        )
         self._checkpointer.start()
 
     def _checkpoint_loop(self) -> None:

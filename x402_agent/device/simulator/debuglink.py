@@ -24,8 +24,12 @@ def state(engine: Engine) -> m.DebugLinkState:
     if screen is None:
         layout = {"component": "Homescreen", "label": engine.device.label}
     else:
-        layout = {"component": "SimulatorConfirm", "kind": screen.kind, "title": screen.title,
-                  "fields": [list(pair) for pair in screen.fields]}
+        layout = {
+            "component": "SimulatorConfirm",
+            "kind": screen.kind,
+            "title": screen.title,
+            "fields": [list(pair) for pair in screen.fields],
+        }
     return m.DebugLinkState(tokens=[json.dumps(layout)])
 
 
@@ -42,5 +46,9 @@ def handle(msg: MessageType, engine: Engine, honor_decisions: bool) -> tuple[lis
         return [], []
     if isinstance(msg, _ACKNOWLEDGED):
         return [m.Success()], []
-    return [m.Failure(code=m.FailureType.UnexpectedMessage,
-                      message=f"{type(msg).__name__} is not supported by the x402-agent simulator")], []
+    return [
+        m.Failure(
+            code=m.FailureType.UnexpectedMessage,
+            message=f"{type(msg).__name__} is not supported by the x402-agent simulator",
+        )
+    ], []

@@ -39,8 +39,13 @@ ResultCallback = Callable[[Screen, Outcome], None]
 
 
 class Engine:
-    def __init__(self, device: Device, mode: Callable[[], ConfirmMode],
-                 on_screen: ScreenCallback | None = None, on_result: ResultCallback | None = None) -> None:
+    def __init__(
+        self,
+        device: Device,
+        mode: Callable[[], ConfirmMode],
+        on_screen: ScreenCallback | None = None,
+        on_result: ResultCallback | None = None,
+    ) -> None:
         self.device = device
         self._mode = mode
         self._on_screen = on_screen
@@ -116,8 +121,12 @@ class Engine:
     def _start(self, msg: MessageType) -> list[Out]:
         handler = HANDLERS.get(type(msg))
         if handler is None:
-            return [m.Failure(code=m.FailureType.UnexpectedMessage,
-                              message=f"{type(msg).__name__} is not supported by the x402-agent simulator")]
+            return [
+                m.Failure(
+                    code=m.FailureType.UnexpectedMessage,
+                    message=f"{type(msg).__name__} is not supported by the x402-agent simulator",
+                )
+            ]
         try:
             response = handler(self.device, msg)
         except WorkflowFailure as failure:

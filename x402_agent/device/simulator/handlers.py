@@ -128,8 +128,11 @@ def ping(device: Device, msg: m.Ping) -> Response:
     text = msg.message or ""
     if not msg.button_protection:
         return _success(text)
-    return _confirmed(Screen("ping", "Confirm", (("Message", text),)), m.ButtonRequestType.ProtectCall,
-                      lambda: _success(text))
+    return _confirmed(
+        Screen("ping", "Confirm", (("Message", text),)),
+        m.ButtonRequestType.ProtectCall,
+        lambda: _success(text),
+    )
 
 
 def apply_settings(device: Device, msg: m.ApplySettings) -> Response:
@@ -157,8 +160,11 @@ def get_public_key(device: Device, msg: m.GetPublicKey) -> Response:
     response = m.PublicKey(node=_hd_node(node), xpub=xpub, root_fingerprint=root)
     if not msg.show_display:
         return response
-    screen = Screen("show_public_key", "Public key",
-                    (("Coin", coin.name), ("Path", format_path(msg.address_n)), ("XPUB", xpub)))
+    screen = Screen(
+        "show_public_key",
+        "Public key",
+        (("Coin", coin.name), ("Path", format_path(msg.address_n)), ("XPUB", xpub)),
+    )
     return _confirmed(screen, m.ButtonRequestType.PublicKey, lambda: response)
 
 
@@ -169,8 +175,11 @@ def get_address(device: Device, msg: m.GetAddress) -> Response:
     addr = bitcoin.address(coin, device.node(msg.address_n).public_key, msg.script_type)
     if not msg.show_display:
         return m.Address(address=addr)
-    screen = Screen("show_address", "Receive address",
-                    (("Coin", coin.name), ("Path", format_path(msg.address_n)), ("Address", addr)))
+    screen = Screen(
+        "show_address",
+        "Receive address",
+        (("Coin", coin.name), ("Path", format_path(msg.address_n)), ("Address", addr)),
+    )
     return _confirmed(screen, m.ButtonRequestType.Address, lambda: m.Address(address=addr))
 
 
@@ -178,10 +187,16 @@ def sign_message(device: Device, msg: m.SignMessage) -> Response:
     coin = bitcoin.get_coin(msg.coin_name)
     node = device.node(msg.address_n)
     addr = bitcoin.address(coin, node.public_key, msg.script_type)
-    screen = Screen("sign_message", "Sign message", (
-        ("Coin", coin.name), ("Path", format_path(msg.address_n)), ("Address", addr),
-        ("Message", ethereum.display_message(msg.message)),
-    ))
+    screen = Screen(
+        "sign_message",
+        "Sign message",
+        (
+            ("Coin", coin.name),
+            ("Path", format_path(msg.address_n)),
+            ("Address", addr),
+            ("Message", ethereum.display_message(msg.message)),
+        ),
+    )
 
     def signed() -> MessageType:
         signature = bitcoin.sign_message(node, msg.message, msg.script_type, bool(msg.no_script_type))
@@ -195,8 +210,9 @@ def ethereum_get_address(device: Device, msg: m.EthereumGetAddress) -> Response:
     addr = ethereum.address(device.node(msg.address_n))
     if not msg.show_display:
         return m.EthereumAddress(address=addr)
-    screen = Screen("eth_show_address", "Ethereum address",
-                    (("Path", format_path(msg.address_n)), ("Address", addr)))
+    screen = Screen(
+        "eth_show_address", "Ethereum address", (("Path", format_path(msg.address_n)), ("Address", addr))
+    )
     return _confirmed(screen, m.ButtonRequestType.Address, lambda: m.EthereumAddress(address=addr))
 
 
@@ -213,10 +229,15 @@ def ethereum_get_public_key(device: Device, msg: m.EthereumGetPublicKey) -> Resp
 def ethereum_sign_message(device: Device, msg: m.EthereumSignMessage) -> Response:
     node = device.node(msg.address_n)
     addr = ethereum.address(node)
-    screen = Screen("eth_sign_message", "Sign Ethereum message", (
-        ("Path", format_path(msg.address_n)), ("Address", addr),
-        ("Message", ethereum.display_message(msg.message)),
-    ))
+    screen = Screen(
+        "eth_sign_message",
+        "Sign Ethereum message",
+        (
+            ("Path", format_path(msg.address_n)),
+            ("Address", addr),
+            ("Message", ethereum.display_message(msg.message)),
+        ),
+    )
 
     def signed() -> MessageType:
         signature = ethereum.sign(node, ethereum.personal_message_digest(msg.message))
@@ -231,11 +252,16 @@ def ethereum_sign_typed_hash(device: Device, msg: m.EthereumSignTypedHash) -> Re
             raise WorkflowFailure(m.FailureType.DataError, "Hashes must be 32 bytes")
     node = device.node(msg.address_n)
     addr = ethereum.address(node)
-    screen = Screen("eth_sign_typed_hash", "Sign typed data hash", (
-        ("Path", format_path(msg.address_n)), ("Address", addr),
-        ("Domain hash", "0x" + msg.domain_separator_hash.hex()),
-        ("Message hash", "0x" + msg.message_hash.hex() if msg.message_hash else "(none)"),
-    ))
+    screen = Screen(
+        "eth_sign_typed_hash",
+        "Sign typed data hash",
+        (
+            ("Path", format_path(msg.address_n)),
+            ("Address", addr),
+            ("Domain hash", "0x" + msg.domain_separator_hash.hex()),
+            ("Message hash", "0x" + msg.message_hash.hex() if msg.message_hash else "(none)"),
+        ),
+    )
 
     def signed() -> MessageType:
         digest = ethereum.typed_data_digest(msg.domain_separator_hash, msg.message_hash)
@@ -251,12 +277,18 @@ def ethereum_sign_typed_data(device: Device, msg: m.EthereumSignTypedData) -> Wo
     domain_hash, message_hash = yield from hasher.run()
     if msg.show_message_hash is not None and msg.show_message_hash != message_hash:
         raise WorkflowFailure(m.FailureType.DataError, "Message hash mismatch")
-    screen = Screen("eth_sign_typed_data", "Sign typed data (EIP-712)", (
-        ("Path", format_path(msg.address_n)), ("Address", addr), ("Primary type", msg.primary_type),
-        *hasher.shown,
-        ("Domain hash", "0x" + domain_hash.hex()),
-        ("Message hash", "0x" + message_hash.hex() if message_hash else "(none)"),
-    ))
+    screen = Screen(
+        "eth_sign_typed_data",
+        "Sign typed data (EIP-712)",
+        (
+            ("Path", format_path(msg.address_n)),
+            ("Address", addr),
+            ("Primary type", msg.primary_type),
+            *hasher.shown,
+            ("Domain hash", "0x" + domain_hash.hex()),
+            ("Message hash", "0x" + message_hash.hex() if message_hash else "(none)"),
+        ),
+    )
     yield from confirm(screen, m.ButtonRequestType.Other)
     digest = ethereum.typed_data_digest(domain_hash, message_hash)
     return m.EthereumTypedDataSignature(signature=ethereum.sign(node, digest), address=addr)
@@ -264,8 +296,13 @@ def ethereum_sign_typed_data(device: Device, msg: m.EthereumSignTypedData) -> Wo
 
 # ---- helpers --------------------------------------------------------------------------------
 def _hd_node(node: Node) -> m.HDNodeType:
-    return m.HDNodeType(depth=node.depth, fingerprint=node.parent_fingerprint, child_num=node.child_num,
-                        chain_code=node.chain_code, public_key=node.public_key)
+    return m.HDNodeType(
+        depth=node.depth,
+        fingerprint=node.parent_fingerprint,
+        child_num=node.child_num,
+        chain_code=node.chain_code,
+        public_key=node.public_key,
+    )
 
 
 def _confirmed(screen: Screen, code: m.ButtonRequestType, respond: Callable[[], MessageType]) -> Workflow:

@@ -173,11 +173,16 @@ class DeviceSimulator:
             self._stopping.clear()
             self._shutdown_request = None
             self._main_rx, self._debug_rx = framing.Reassembler(), framing.Reassembler()
-            self._thread = threading.Thread(target=self._serve, args=(main, debug, wake[0]),
-                                            name="x402-device-simulator", daemon=True)
+            self._thread = threading.Thread(
+                target=self._serve, args=(main, debug, wake[0]), name="x402-device-simulator", daemon=True
+            )
             self._thread.start()
-        LOG.info("INSECURE device simulator listening on %s (debug link port %d), fingerprint %s",
-                 self.path, self.debug_port, self.fingerprint)
+        LOG.info(
+            "INSECURE device simulator listening on %s (debug link port %d), fingerprint %s",
+            self.path,
+            self.debug_port,
+            self.fingerprint,
+        )
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -219,8 +224,9 @@ class DeviceSimulator:
             self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # ---- internals -----------------------------------------------------------------------------
@@ -323,8 +329,9 @@ class DeviceSimulator:
                 return
             self._on_main(*item)
 
-    def _accept(self, data: bytes, peer: Address | None, sock: socket.socket | None,
-                rx: framing.Reassembler) -> MessageType | None:
+    def _accept(
+        self, data: bytes, peer: Address | None, sock: socket.socket | None, rx: framing.Reassembler
+    ) -> MessageType | None:
         """Answer the PINGPING handshake; return a complete decoded message, else None."""
         if peer is None:
             return None
@@ -349,8 +356,9 @@ class DeviceSimulator:
                     self._emit(self._engine.handle_aside(msg), peer)
                     return
                 if self._engine.abort("interrupted"):
-                    interrupted = m.Failure(code=m.FailureType.ActionCancelled,
-                                            message="Interrupted by another host")
+                    interrupted = m.Failure(
+                        code=m.FailureType.ActionCancelled, message="Interrupted by another host"
+                    )
                     self._send_message(self._main, interrupted, owner)
             self._host_peer = peer
             self._emit(self._engine.handle(msg), peer)
@@ -368,8 +376,9 @@ class DeviceSimulator:
             if to_host and self._host_peer is not None:
                 self._emit(to_host, self._host_peer)
 
-    def _decode(self, rx: framing.Reassembler, data: bytes, peer: Address,
-                sock: socket.socket | None) -> MessageType | None:
+    def _decode(
+        self, rx: framing.Reassembler, data: bytes, peer: Address, sock: socket.socket | None
+    ) -> MessageType | None:
         try:
             complete = rx.feed(peer, data)
         except ValueError:
@@ -461,17 +470,30 @@ def run_simulator(
         print(f"[device] {screen.kind}: {outcome}", file=stream, flush=True)
 
     try:
-        sim = DeviceSimulator(mnemonic or TEST_MNEMONIC, passphrase=passphrase, port=port,
-                              debug_port=debug_port, host=host, confirm=confirm,
-                              honor_debuglink=honor_debuglink, label=label, on_screen=show, on_result=result)
+        sim = DeviceSimulator(
+            mnemonic or TEST_MNEMONIC,
+            passphrase=passphrase,
+            port=port,
+            debug_port=debug_port,
+            host=host,
+            confirm=confirm,
+            honor_debuglink=honor_debuglink,
+            label=label,
+            on_screen=show,
+            on_result=result,
+        )
         sim.start()
     except (OSError, ValueError) as exc:
         print(f"device simulator: cannot start: {exc}", file=sys.stderr)
         return 1
     seed = "standard test seed (all x12)" if mnemonic in (None, TEST_MNEMONIC) else "custom mnemonic"
-    print(f"x402-agent Trezor SIMULATOR -- NOT SECURE, for tests and demos only\n"
-          f"  path {sim.path} (debug link {host}:{sim.debug_port}), fingerprint {sim.fingerprint}\n"
-          f"  seed: {seed}; confirmations: {confirm}\n  Ctrl-C to stop", file=stream, flush=True)
+    print(
+        f"x402-agent Trezor SIMULATOR -- NOT SECURE, for tests and demos only\n"
+        f"  path {sim.path} (debug link {host}:{sim.debug_port}), fingerprint {sim.fingerprint}\n"
+        f"  seed: {seed}; confirmations: {confirm}\n  Ctrl-C to stop",
+        file=stream,
+        flush=True,
+    )
     stop = stop_event or threading.Event()
     restore = _raise_on_sigterm()
     try:
