@@ -360,15 +360,20 @@ def payer(tmp_path: Path) -> Iterator[Callable[..., Payer]]:
 
 
 def fetch(
-    payer: Payer, url: str, driver: str, resolver: Resolver | None = None, http: Any = None, **request: Any
+    payer: Payer,
+    url: str,
+    driver: str,
+    resolver: Resolver | None = None,
+    verify: ssl.SSLContext | bool = True,
+    **request: Any,
 ) -> Any:
     req = FetchRequest(url=url, **request)
     if driver == "sync":
-        with X402Client(payer, http=http, resolver=resolver) as client:
+        with X402Client(payer, resolver=resolver, verify=verify) as client:
             return client.fetch(req)
 
     async def run() -> Any:
-        async with AsyncX402Client(payer, http=http, resolver=resolver) as client:
+        async with AsyncX402Client(payer, resolver=resolver, verify=verify) as client:
             return await client.fetch(req)
 
     return asyncio.run(run())
@@ -562,12 +567,18 @@ def _certificate(name: str, directory: Path) -> tuple[Path, Path]:
     return cert_file, key_file
 
 
-@pytest.mark.parametrize("driver", ["sync", "async"])
-def test_tls_to_the_pinned_address_still_verifies_the_name(
-    tmp_path: Path, payer: Callable[..., Payer], driver: str
-) -> None:
-    """Connected to 127.0.0.1, the client sends the name as SNI and checks the certificate
-    against it: the right name is fetched, a certificate for another name is refused."""
+@dataclass
+class TlsServer:
+    """A keep-alive HTTPS server on 127.0.0.1 whose certificate names only ``shop.example``;
+    ``names`` lists the server name of every handshake, ``context`` is a client context trusting it."""
+
+    port: int
+    context: ssl.SSLContext
+    names: list[str | None]
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[TlsServer]:
     cert_file, key_file = _certificate("shop.example", tmp_path)
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert_file, key_file)
@@ -582,37 +593,87 @@ def test_tls_to_the_pinned_address_still_verifies_the_name(
         def handle(self) -> None:
             try:
                 with server_context.wrap_socket(self.request, server_side=True) as tls:
-                    tls.recv(65536)
-                    tls.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                    head = b""
+                    while chunk := tls.recv(65536):  # GETs only: a request ends with its head
+                        head += chunk
+                        while b"\r\n\r\n" in head:
+                            head = head.split(b"\r\n\r\n", 1)[1]
+                            tls.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
             except (ssl.SSLError, OSError):
-                pass  # the client refused our certificate
+                pass  # the client refused our certificate, or hung up
 
     server = _Counting(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    port = int(server.server_address[1])
-    client_context = ssl.create_default_context(cafile=str(cert_file))
-    opted = payer(f"127.0.0.1:{port}")
-
-    def to_loopback(host: str, port: int) -> list[str]:
-        return ["127.0.0.1"]
-
     try:
-        for name, expected in (("shop.example", 200), ("other.example", None)):
-            http: Any = (
-                httpx.Client(verify=client_context)
-                if driver == "sync"
-                else httpx.AsyncClient(verify=client_context)
-            )
-            if expected is None:
-                with pytest.raises(X402AgentError) as failed:
-                    fetch(opted, f"https://{name}:{port}/x", driver, to_loopback, http)
-                assert failed.value.reason == "upstream_unreachable"
-            else:
-                assert fetch(opted, f"https://{name}:{port}/x", driver, to_loopback, http).content == b"ok"
-        assert names == ["shop.example", "other.example"]
+        yield TlsServer(
+            int(server.server_address[1]), ssl.create_default_context(cafile=str(cert_file)), names
+        )
     finally:
         server.shutdown()
         server.server_close()
+
+
+def to_loopback(host: str, port: int) -> list[str]:
+    return ["127.0.0.1"]
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_tls_to_the_pinned_address_still_verifies_the_name(
+    tls_server: TlsServer, payer: Callable[..., Payer], driver: str
+) -> None:
+    """Connected to 127.0.0.1, the client sends the name as SNI and checks the certificate
+    against it: the right name is fetched, a certificate for another name is refused."""
+    port = tls_server.port
+    opted = payer(f"127.0.0.1:{port}")
+    for name, expected in (("shop.example", 200), ("other.example", None)):
+        if expected is None:
+            with pytest.raises(X402AgentError) as failed:
+                fetch(opted, f"https://{name}:{port}/x", driver, to_loopback, tls_server.context)
+            assert failed.value.reason == "upstream_unreachable"
+        else:
+            got = fetch(opted, f"https://{name}:{port}/x", driver, to_loopback, tls_server.context)
+            assert got.content == b"ok"
+    assert tls_server.names == ["shop.example", "other.example"]
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_a_pooled_connection_is_never_reused_for_another_name(
+    tls_server: TlsServer, payer: Callable[..., Payer], driver: str
+) -> None:
+    """Two names on one address and port: the keep-alive connection verified for the first is
+    reused for it, never for the second, whose own handshake then fails on the certificate
+    (an attacker holding a certificate for their own name must not serve another name)."""
+    port = tls_server.port
+    opted = payer(f"127.0.0.1:{port}")
+    urls = [f"https://{name}:{port}/x" for name in ("shop.example", "shop.example", "other.example")]
+
+    def outcomes(results: list[Any]) -> list[Any]:
+        return [r.content if not isinstance(r, X402AgentError) else r.reason for r in results]
+
+    if driver == "sync":
+        results: list[Any] = []
+        with X402Client(opted, resolver=to_loopback, verify=tls_server.context) as client:
+            for url in urls:
+                try:
+                    results.append(client.fetch(FetchRequest(url=url)))
+                except X402AgentError as exc:
+                    results.append(exc)
+    else:
+
+        async def run() -> list[Any]:
+            done: list[Any] = []
+            async with AsyncX402Client(opted, resolver=to_loopback, verify=tls_server.context) as client:
+                for url in urls:
+                    try:
+                        done.append(await client.fetch(FetchRequest(url=url)))
+                    except X402AgentError as exc:
+                        done.append(exc)
+            return done
+
+        results = asyncio.run(run())
+    assert outcomes(results) == [b"ok", b"ok", "upstream_unreachable"]
+    # One handshake for the first name (its connection reused), one refused for the second.
+    assert tls_server.names == ["shop.example", "other.example"]
 
 
 # ---- through the CLI, MCP and LangChain, against a devnet home ------------------------------------

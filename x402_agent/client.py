@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import inspect
 import itertools
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Generator
 from functools import partial
@@ -34,6 +35,7 @@ from .flow import (
     WalletCall,
     fetch_flow,
 )
+from .name_pools import AsyncNamePooledTransport, NamePooledTransport
 from .netguard import NetworkGuard, Resolver
 from .reasons import Reason
 
@@ -167,22 +169,26 @@ def _record_interruption(flow: Generator[Step, Any, Any]) -> None:
 
 
 class X402Client:
-    """Synchronous pay-and-fetch over one pooled httpx.Client."""
+    """Synchronous pay-and-fetch over one httpx.Client, pooled per TLS server name."""
 
     def __init__(
         self,
         payer: Payer,
-        http: httpx.Client | None = None,
         approver: Approver | None = None,
         resolver: Resolver | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.payer = payer
         self.approver = approver
         # Every request goes to an address checked against the policy in force (read per
-        # request); ``resolver`` replaces the system's only in tests.
+        # request); ``resolver`` replaces the system's only in tests, as ``verify`` the CAs.
         self._guard = NetworkGuard(lambda: payer.gate.policy.private_allow, resolver)
-        self._http = http or httpx.Client(
-            timeout=DEFAULT_TIMEOUT, limits=DEFAULT_LIMITS, follow_redirects=False
+        # Pooled per TLS server name: a connection verified for one name never serves another
+        # at the same address (the guard sends requests to addresses).
+        self._http = httpx.Client(
+            transport=NamePooledTransport(verify, DEFAULT_LIMITS),
+            timeout=DEFAULT_TIMEOUT,
+            follow_redirects=False,
         )
 
     def __enter__(self) -> X402Client:
@@ -282,20 +288,22 @@ async def _outlive_cancellation(task: asyncio.Future[Any]) -> None:
 
 
 class AsyncX402Client:
-    """Asynchronous pay-and-fetch over one pooled httpx.AsyncClient."""
+    """Asynchronous pay-and-fetch over one httpx.AsyncClient, pooled per TLS server name."""
 
     def __init__(
         self,
         payer: Payer,
-        http: httpx.AsyncClient | None = None,
         approver: AsyncApprover | None = None,
         resolver: Resolver | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.payer = payer
         self.approver = approver
         self._guard = NetworkGuard(lambda: payer.gate.policy.private_allow, resolver)
-        self._http = http or httpx.AsyncClient(
-            timeout=DEFAULT_TIMEOUT, limits=DEFAULT_LIMITS, follow_redirects=False
+        self._http = httpx.AsyncClient(
+            transport=AsyncNamePooledTransport(verify, DEFAULT_LIMITS),
+            timeout=DEFAULT_TIMEOUT,
+            follow_redirects=False,
         )
 
     async def __aenter__(self) -> AsyncX402Client:
