@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 import httpx
@@ -43,3 +45,11 @@ def advance_time(url: str, seconds: int) -> None:
     """Move the chain's clock forward and mine, so deadlines pass without waiting."""
     rpc(url, "evm_increaseTime", seconds)
     rpc(url, "evm_mine")
+
+
+def window_past_skew(url: str, seconds: int) -> int:
+    """An authorization window of ``seconds`` as the chain will see it: tests that move the
+    shared chain's clock forward leave it ahead of the wall clock the signer uses, and a short
+    window would already have expired on chain."""
+    latest = int(rpc(url, "eth_getBlockByNumber", "latest", False)["timestamp"], 16)
+    return seconds + max(0, math.ceil(latest - time.time()))

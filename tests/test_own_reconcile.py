@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chain_reads import rpc
+from chain_reads import rpc, window_past_skew
 from paid_content_server import PRICE, WRONG_VERSION, ContentServer
 from test_ledger import reserve, send
 from test_mcp import stdio_session, structured
@@ -50,7 +50,7 @@ def refusing_home(world: WorldInfo, content: ContentServer, root: Path, daily_ma
     policy = content_policy(
         world,
         content,
-        max_authorization_seconds=10,
+        max_authorization_seconds=window_past_skew(world.rpc_url, 10),
         sessions={
             "default": {
                 "lifetime_seconds": 3600,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chain_reads import rpc, token_balance
+from chain_reads import rpc, token_balance, window_past_skew
 from mcp import ClientSession
 from mcp import types as mcp_types
 from paid_content_server import PRICE, WRONG_VERSION, ContentServer
@@ -286,7 +286,7 @@ def test_a_refused_signature_is_reported_counted_until_expiry_then_released(
     policy = content_policy(
         world,
         content,
-        max_authorization_seconds=10,
+        max_authorization_seconds=window_past_skew(world.rpc_url, 10),
         assets=[usdc.model_dump(mode="json"), *[a.model_dump(mode="json") for a in base.assets[1:]]],
     )
     root = provision_devnet_home(world, tmp_path / "home", policy).root
