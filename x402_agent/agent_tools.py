@@ -531,9 +531,7 @@ class AgentTools:
                 idempotency_key=idempotency_key,
                 **self._options(method, headers, body, max_price, timeout_seconds),
             )
-        except BaseException as exc:
-            if not isinstance(exc, Exception):
-                raise
+        except Exception as exc:
             raise self._refusal(exc) from exc
         return fetch_result(url, outcome, alerts=self.agent.take_alerts())
 
