@@ -32,7 +32,9 @@ from x402_agent.chain import (
     pack_gas_fees,
     user_op_hash_v07,
 )
+from x402_agent.chain.account import describe_owner_action, owner_action_line, owner_action_typed_data
 from x402_agent.chain.factory import AccountConfig, create_account, deploy_factory, factory_address
+from x402_agent.chain.owner_text import ACCOUNT_TAG, VAULT_TAG, OwnerAction
 from x402_agent.devnet.anvil import Anvil, dev_account
 from x402_agent.devnet.usdc import TokenInfo, TokenSpec, deploy_fiat_tokens
 from x402_agent.paths import PROJECT_ROOT
@@ -126,42 +128,23 @@ ACTIONS = {
 }
 
 
-def action_of(contract: Contract, data: bytes) -> str:
-    fn, _ = contract.decode_function_input(data)
-    assert fn.fn_name in ACTIONS
-    return str(fn.fn_name)
-
-
-def owner_line(tag: str, action: str, data: bytes, nonce: int, chain_id: int, address: str) -> str:
-    return f"{tag} {action} 0x{keccak(data).hex()} nonce {nonce} chain {chain_id} account {address.lower()}"
+def described(contract: Contract, data: bytes, tag: str) -> OwnerAction:
+    """The action in words as the project builds it, under ``tag`` (another kind's tag makes a
+    signature the contract must refuse)."""
+    own = VAULT_TAG if any(f.get("name") == "pull" for f in contract.abi) else ACCOUNT_TAG
+    return dataclasses.replace(describe_owner_action(contract.w3, contract.address, data, own), tag=tag)
 
 
 def bitcoin_message_digest(message: bytes) -> bytes:
-    assert len(message) < 0xFD
-    return sha256(
-        sha256(b"\x18Bitcoin Signed Message:\n" + bytes([len(message)]) + message).digest()
-    ).digest()
+    assert len(message) <= 0xFFFF
+    size = bytes([len(message)]) if len(message) < 0xFD else b"\xfd" + len(message).to_bytes(2, "little")
+    return sha256(sha256(b"\x18Bitcoin Signed Message:\n" + size + message).digest()).digest()
 
 
 def sign_bitcoin_message(key: bytes, message: bytes) -> bytes:
     """HWI / Bitcoin Core format: header (31 + recid for a compressed key) || r || s."""
     rsv = coincurve.PrivateKey(key).sign_recoverable(bitcoin_message_digest(message), hasher=None)
     return bytes([31 + rsv[64]]) + rsv[:64]
-
-
-def owner_typed_data(
-    tag: str, action: str, data: bytes, nonce: int, chain_id: int, address: str
-) -> dict[str, Any]:
-    return {
-        "types": {
-            "EIP712Domain": EIP712_DOMAIN,
-            "OwnerCall": [{"name": "action", "type": "string"}, {"name": "data", "type": "bytes"},
-                          {"name": "nonce", "type": "uint256"}],
-        },
-        "primaryType": "OwnerCall",
-        "domain": {"name": tag, "version": "1", "chainId": chain_id, "verifyingContract": address},
-        "message": {"action": action, "data": data, "nonce": nonce},
-    }  # fmt: skip
 
 
 def owner_signature(
@@ -176,10 +159,11 @@ def owner_signature(
     address: str | None = None,
 ) -> bytes:
     address = address or contract.address
-    action = action_of(contract, data)
+    action = described(contract, data, tag)
+    assert action.name in ACTIONS
     if scheme == "bitcoin":
-        return sign_bitcoin_message(key.key, owner_line(tag, action, data, nonce, chain_id, address).encode())
-    signed = key.sign_typed_data(full_message=owner_typed_data(tag, action, data, nonce, chain_id, address))
+        return sign_bitcoin_message(key.key, action.message(nonce, chain_id, address).encode())
+    signed = key.sign_typed_data(full_message=action.typed_data(nonce, chain_id, address))
     return bytes(signed.signature)
 
 
@@ -308,14 +292,12 @@ def w() -> Iterator[World]:
 
 def test_owner_line_and_typed_digest_match_python(w: World) -> None:
     data = bytes.fromhex(w.account.encode_abi("setPolicy", args=[CAP, WINDOW, False])[2:])
-    line = owner_line("x402-account", "setPolicy", data, 7, CHAIN_ID, w.account.address)
+    line = owner_action_line(w.w3, w.account.address, data, 7)
     assert w.account.functions.ownerMessage(data, 7).call() == line
     assert w.account.functions.bitcoinMessageDigest(line.encode()).call() == bitcoin_message_digest(
         line.encode()
     )
-    typed = encode_typed_data(
-        full_message=owner_typed_data("x402-account", "setPolicy", data, 7, CHAIN_ID, w.account.address)
-    )
+    typed = encode_typed_data(full_message=owner_action_typed_data(w.w3, w.account.address, data, 7))
     digest = keccak(b"\x19" + typed.version + typed.header + typed.body)
     assert w.account.functions.ownerTypedDigest(data, 7).call() == digest
 
@@ -602,7 +584,7 @@ def test_session_key_user_operations_can_only_refill(w: World) -> None:
 def test_clones_are_initialised_once_and_addresses_commit_to_the_config(w: World) -> None:
     with pytest.raises(ContractLogicError):  # the clone was initialised by the factory
         w.account.functions.initialize(
-            w.owner.address, w.vault.address, w.usdc.address, w.owner.address, 2**40, 10**18, 10**6
+            w.owner.address, w.vault.address, w.usdc.address, w.owner.address, 2**40, 10**18, 10**6, []
         ).call({"from": dev_account(3).address})
     with pytest.raises(ContractLogicError):
         w.vault.functions.initialize(
@@ -614,7 +596,7 @@ def test_clones_are_initialised_once_and_addresses_commit_to_the_config(w: World
     )
     with pytest.raises(ContractLogicError):  # the implementation is locked
         impl.functions.initialize(
-            w.owner.address, w.vault.address, w.usdc.address, w.owner.address, 2**40, 10**18, 10**6
+            w.owner.address, w.vault.address, w.usdc.address, w.owner.address, 2**40, 10**18, 10**6, []
         ).call({"from": dev_account(3).address})
     # an attacker creating "the same" account with their own session key gets another address
     config = AccountConfig(

@@ -112,7 +112,7 @@ def _client(world: WorldInfo, sw: SmartWorld, tmp_path: Path) -> X402Client:
 
 def test_owner_line_matches_the_contract(world: WorldInfo, sw: SmartWorld) -> None:
     data = encode_action(sw.w3, sw.account, "setPolicy", [CAP, WINDOW, False])
-    line = owner_action_line("setPolicy", data, 9, world.chain_id, sw.account)
+    line = owner_action_line(sw.w3, sw.account, data, 9)
     assert account_contract(sw.w3, sw.account).functions.ownerMessage(data, 9).call() == line
 
 
@@ -235,7 +235,7 @@ def test_owner_action_signed_as_eip712_through_trezorlib(world: WorldInfo, sw: S
     payee = dev_account(7).address
     data = encode_action(sw.w3, sw.account, "setPayee", [payee, True])
     nonce = contract.functions.ownerNonce().call()
-    typed = owner_action_typed_data("setPayee", data, nonce, world.chain_id, sw.account)
+    typed = owner_action_typed_data(sw.w3, sw.account, data, nonce)
     signature = bytes.fromhex(sign_typed_data(typed, DEFAULT_APPROVAL_PATH, world.device_path)[2:])
     # the digest the device signed is the one the contract rebuilds
     from eth_account.messages import encode_typed_data

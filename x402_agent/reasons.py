@@ -201,6 +201,14 @@ class Reason(StrEnum):
         "the policy refused: read the message, do not retry unchanged",
     )
 
+    SCHEME_NOT_ALLOWED = (
+        "scheme_not_allowed",
+        Layer.DECISION,
+        "the policy does not let this asset be paid with the offer's payment scheme",
+        "pay an offer in a scheme the policy's asset lists (default: exact), or have the "
+        "policy changed and approved on the device",
+    )
+
     # ---- the server's offer (challenge and selection) -----------------------------------------
     PRICE_ABOVE_MAX = (
         "price_above_max",
@@ -666,6 +674,54 @@ class Reason(StrEnum):
         "the user operation reverted",
         "tell the user: the wallet's operation failed on chain",
     )
+    GAS_DEPOSIT_LOW = (
+        "gas_deposit_low",
+        Layer.WALLET,
+        "the account's EntryPoint deposit cannot pay for the session key's top-up operation",
+        "the wallet has no gas for a top-up this period: the user sends the account ETH, or waits "
+        "for the next period of its ETH allowance (a relayer key lets the wallet move it in)",
+    )
+    GAS_FEE_ABOVE_CAP = (
+        "gas_fee_above_cap",
+        Layer.WALLET,
+        "network fees are above the account's cap for session-key operations",
+        "gas is too expensive for the wallet's caps now: retry later, or the user raises the "
+        "caps on the device (setGasCaps)",
+    )
+    SESSION_KEY_IN_USE = (
+        "session_key_in_use",
+        Layer.WALLET,
+        "the session key named for revocation is the one this home pays with (or rotates to)",
+        "revoking it stops this home's payments: the user adds --current if that is meant, or "
+        "names the old key's address",
+    )
+    SESSION_EXPIRY_OUT_OF_RANGE = (
+        "session_expiry_out_of_range",
+        Layer.WALLET,
+        "a session-key expiry beyond 2^48-1 (user-operation validation packs it in 48 bits)",
+        "the user must choose a shorter session (--session-days)",
+    )
+    OWNER_ACTION_FAILED = (
+        "owner_action_failed",
+        Layer.WALLET,
+        "an owner action did not land on chain (relayer without ETH, RPC down, or refused)",
+        "nothing changed on chain: the user funds the relayer key with ETH (or fixes the RPC), "
+        "then runs the same command again; an interrupted rotation continues where it stopped",
+    )
+    OWNER_ACTION_TOO_LONG = (
+        "owner_action_too_long",
+        Layer.WALLET,
+        "the owner action's text is longer than a hardware wallet signs (1023 bytes)",
+        "nothing was signed: split the action (an execute with shorter calldata, or several "
+        "actions)",
+    )
+    ROTATION_INCONSISTENT = (
+        "rotation_inconsistent",
+        Layer.SETUP,
+        "the home's pending session-key rotation does not match its keys",
+        "the user must restore the home's session keystores (session.keystore.json, "
+        "session.next.keystore.json) from a backup",
+    )
 
     # ---- hardware wallet ----------------------------------------------------------------------
     DEVICE_ERROR = (
@@ -809,6 +865,28 @@ class Reason(StrEnum):
         Layer.SETUP,
         "a looser policy needs the device's approval",
         "the user must approve the change on the hardware wallet",
+    )
+    POLICY_TEXT_TOO_LONG = (
+        "policy_text_too_long",
+        Layer.SETUP,
+        "the policy's approval text is longer than a device signs",
+        "shorten the policy's lists (hosts, payees, private network entries) or merge entries "
+        "(*.domain patterns), then propose it again",
+    )
+    POLICY_SUPERSEDED_ON_CHAIN = (
+        "policy_superseded_on_chain",
+        Layer.SETUP,
+        "the smart account anchors a newer policy than the home's files",
+        "nothing is paid: the home's policy files were restored or are out of date; approve "
+        "the current policy on the device again (`x402-agent policy propose` then `policy "
+        "approve`), the chain keeps the newest anchored version",
+    )
+    POLICY_NOT_ANCHORED = (
+        "policy_not_anchored",
+        Layer.SETUP,
+        "the policy is not the one the smart account anchors on chain",
+        "nothing is paid: approve the policy on the device with `x402-agent policy approve`, "
+        "which anchors its digest on the account; `x402-agent policy show` prints both",
     )
     NO_PROPOSAL = (
         "no_proposal",

@@ -4,6 +4,7 @@ pragma solidity 0.8.23;
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {OwnerCalls} from "./OwnerCalls.sol";
+import {OwnerActionText} from "./OwnerActionText.sol";
 import {IAllowanceVaultPull} from "./Interfaces.sol";
 
 /// Cold-ish store for one token behind an x402 hot account. The account may pull at most
@@ -27,8 +28,11 @@ contract AllowanceVault is OwnerCalls, IAllowanceVaultPull {
     error NotAccount();
     error AllowanceExceeded(uint256 requested, uint256 available);
 
+    OwnerActionText private immutable _text;
+
     /// The implementation behind the clones: locked, never initialised.
-    constructor() {
+    constructor(OwnerActionText text_) {
+        _text = text_;
         _initOwner(address(1));
     }
 
@@ -46,10 +50,13 @@ contract AllowanceVault is OwnerCalls, IAllowanceVaultPull {
         return "x402-vault";
     }
 
-    function _actionName(bytes4 selector) internal pure override returns (string memory) {
-        if (selector == this.setAllowance.selector) return "setAllowance";
-        if (selector == this.withdraw.selector) return "withdraw";
-        revert UnknownAction();
+    function _ownerKind() internal pure override returns (string memory) {
+        return "vault";
+    }
+
+    /// See OwnerCalls._describe; the words are built by the shared OwnerActionText contract.
+    function _describe(bytes calldata data, uint256 nonce) internal view override returns (string memory, bytes32) {
+        return _text.describeVault(data, nonce, address(token));
     }
 
     /// What the account can still pull in the current period.

@@ -2,22 +2,27 @@
 pragma solidity 0.8.23;
 
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
-import {Strings} from "@openzeppelin/contracts/utils/Strings.sol";
+import {OwnerText} from "./OwnerText.sol";
 
 /// Owner actions authorised by a signature of the owner key, verified on chain. The owner is set
 /// once, when a clone is initialised (implementations lock themselves in their constructor).
 ///
-/// The owner signs, for `ownerCall(data, nonce, signature)`, either
-///  (a) a Bitcoin signed message (HWI's 65-byte header||r||s) of the ASCII line
-///      "<tag> <action> <keccak256(data)> nonce <nonce> chain <chainid> account <this>", or
-///  (b) the EIP-712 struct OwnerCall(string action,bytes data,uint256 nonce) under the domain
-///      {name: <tag>, version: "1", chainId, verifyingContract: this}.
+/// Every action is signed clear: what the device shows is rebuilt here from the call's decoded
+/// arguments, so a host that swaps an argument changes the screen. The owner signs, for
+/// `ownerCall(data, nonce, signature)`, either
+///  (a) a Bitcoin signed message (HWI's 65-byte header||r||s) of `ownerMessage(data, nonce)`:
+///      "<tag> <action>", one line per argument in words (amounts with symbol and decimals), then
+///      "chain <id>", "<kind> <this>", "nonce <n>"; or
+///  (b) the EIP-712 struct of that action, one typed field per argument plus the nonce (e.g.
+///      Withdraw(address token,address to,uint256 amount,uint256 nonce)), under the domain
+///      {name: <tag>, version: "2", chainId, verifyingContract: this}.
 /// Both bind the action to this chain, this contract and the current owner nonce, which is then
 /// consumed. The call is then made to `address(this)`; targets are guarded by `onlySelf`.
 abstract contract OwnerCalls {
-    bytes32 private constant OWNER_CALL_TYPEHASH = keccak256("OwnerCall(string action,bytes data,uint256 nonce)");
     bytes32 private constant DOMAIN_TYPEHASH =
         keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
+    /// A device's SignMessage takes at most 1024 bytes.
+    uint256 public constant MAX_MESSAGE_BYTES = 1023;
 
     address public owner;
     uint256 public ownerNonce;
@@ -28,6 +33,7 @@ abstract contract OwnerCalls {
     error BadOwnerNonce();
     error BadOwnerSignature();
     error UnknownAction();
+    error OwnerMessageTooLong(uint256 length);
     error OwnerCallFailed(bytes reason);
     error AlreadyInitialized();
 
@@ -42,19 +48,33 @@ abstract contract OwnerCalls {
         _;
     }
 
-    /// Short tag naming the contract kind, e.g. "x402-account".
+    /// Short tag naming the contract kind, e.g. "x402-account" (the EIP-712 domain name).
     function _ownerTag() internal pure virtual returns (string memory);
 
-    /// Human-readable name of an owner action; reverts with UnknownAction for other selectors.
-    function _actionName(bytes4 selector) internal pure virtual returns (string memory);
+    /// What the last lines call this contract, e.g. "account".
+    function _ownerKind() internal pure virtual returns (string memory);
 
-    /// The ASCII line the owner signs as a Bitcoin signed message.
+    /// One owner action in words (its name, then one line per argument) and its EIP-712 struct
+    /// hash (each argument a typed field, then the nonce); reverts UnknownAction for any other
+    /// selector. Adding an action is one branch here.
+    function _describe(bytes calldata data, uint256 nonce)
+        internal
+        view
+        virtual
+        returns (string memory words, bytes32 structHash);
+
+    /// The text the owner signs as a Bitcoin signed message.
     function ownerMessage(bytes calldata data, uint256 nonce) public view returns (string memory) {
-        return string.concat(
-            _ownerTag(), " ", _actionName(bytes4(data)), " ", Strings.toHexString(uint256(keccak256(data)), 32),
-            " nonce ", Strings.toString(nonce), " chain ", Strings.toString(block.chainid),
-            " account ", Strings.toHexString(address(this))
+        (string memory words,) = _describe(data, nonce);
+        return _message(words, nonce);
+    }
+
+    function _message(string memory words, uint256 nonce) internal view returns (string memory text) {
+        text = string.concat(
+            _ownerTag(), " ", words, "\nchain ", OwnerText.num(block.chainid), "\n", _ownerKind(), " ",
+            OwnerText.addr(address(this)), "\nnonce ", OwnerText.num(nonce)
         );
+        if (bytes(text).length > MAX_MESSAGE_BYTES) revert OwnerMessageTooLong(bytes(text).length);
     }
 
     /// sha256(sha256("\x18Bitcoin Signed Message:\n" || varint(len) || message)).
@@ -67,13 +87,15 @@ abstract contract OwnerCalls {
         return sha256(abi.encodePacked(sha256(abi.encodePacked("\x18Bitcoin Signed Message:\n", varint, message))));
     }
 
-    /// The EIP-712 digest of an owner call.
+    /// The EIP-712 digest of an owner action.
     function ownerTypedDigest(bytes calldata data, uint256 nonce) public view returns (bytes32) {
+        (, bytes32 structHash) = _describe(data, nonce);
+        return _typedDigest(structHash);
+    }
+
+    function _typedDigest(bytes32 structHash) private view returns (bytes32) {
         bytes32 domain = keccak256(
-            abi.encode(DOMAIN_TYPEHASH, keccak256(bytes(_ownerTag())), keccak256("1"), block.chainid, address(this))
-        );
-        bytes32 structHash = keccak256(
-            abi.encode(OWNER_CALL_TYPEHASH, keccak256(bytes(_actionName(bytes4(data)))), keccak256(data), nonce)
+            abi.encode(DOMAIN_TYPEHASH, keccak256(bytes(_ownerTag())), keccak256("2"), block.chainid, address(this))
         );
         return keccak256(abi.encodePacked("\x19\x01", domain, structHash));
     }
@@ -90,8 +112,9 @@ abstract contract OwnerCalls {
     }
 
     function _isOwnerSignature(bytes calldata data, uint256 nonce, bytes calldata sig) internal view returns (bool) {
-        if (_recoverBitcoin(bitcoinMessageDigest(bytes(ownerMessage(data, nonce))), sig) == owner) return true;
-        (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(ownerTypedDigest(data, nonce), sig);
+        (string memory words, bytes32 structHash) = _describe(data, nonce);
+        if (_recoverBitcoin(bitcoinMessageDigest(bytes(_message(words, nonce))), sig) == owner) return true;
+        (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(_typedDigest(structHash), sig);
         return err == ECDSA.RecoverError.NoError && signer == owner;
     }
 

@@ -15,6 +15,7 @@ import {IERC1271} from "@openzeppelin/contracts/interfaces/IERC1271.sol";
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {OwnerCalls} from "./OwnerCalls.sol";
+import {OwnerActionText} from "./OwnerActionText.sol";
 import {IEIP712Token, IAllowanceVaultPull} from "./Interfaces.sol";
 
 /// x402 hot wallet. The owner (a hardware key) sets policy through signed owner calls; session keys
@@ -33,6 +34,7 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
     uint256 internal constant ENVELOPE_LENGTH = 8 * 32 + 32 + 96;
 
     IEntryPoint private immutable _entryPoint;
+    OwnerActionText private immutable _text;
 
     uint256 public maxValue; // per payment, token atomic units
     uint64 public maxWindow; // seconds between max(validAfter, now) and validBefore
@@ -42,17 +44,67 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
     mapping(address => bool) public payeeAllowed;
     mapping(address => uint64) public sessionKeyExpiry; // 0 = not registered or revoked
 
+    /// Caps on the gas fields of user operations signed by a session key. Whoever submits an
+    /// operation is paid its gas (the beneficiary is a handleOps argument this account never
+    /// sees), so these bound what one operation can cost, and the deposit bounds the sum.
+    struct GasCaps {
+        uint32 verificationGasLimit;
+        uint32 callGasLimit;
+        uint32 preVerificationGas;
+        uint64 maxFeePerGas;
+        uint64 maxPriorityFeePerGas;
+    }
+
+    /// Session-key operations are paid from the EntryPoint deposit alone; `refill` tops the
+    /// deposit up from this account's ETH, at most `allowance` wei per period (whole periods).
+    struct GasBudget {
+        uint128 allowance; // wei per period; also the level the deposit is topped up to
+        uint64 period; // seconds; 0 = no top-ups
+        uint64 periodStart;
+        uint128 spent; // wei moved into the deposit this period
+    }
+
+    // Creation defaults: room for our own refills (a first deployment included) on a local chain
+    // and on Base, fees far above either's usual; a stolen key then burns at most the deposit plus
+    // 0.01 ETH per day. The owner changes them with setGasCaps and setGasAllowance.
+    uint32 internal constant DEFAULT_VERIFICATION_GAS = 1_000_000;
+    uint32 internal constant DEFAULT_CALL_GAS = 300_000;
+    uint32 internal constant DEFAULT_PRE_VERIFICATION_GAS = 500_000;
+    uint64 internal constant DEFAULT_MAX_FEE = 100 gwei;
+    uint64 internal constant DEFAULT_MAX_PRIORITY_FEE = 10 gwei;
+    uint128 internal constant DEFAULT_GAS_ALLOWANCE = 0.01 ether;
+    uint64 internal constant DEFAULT_GAS_PERIOD = 1 days;
+
+    GasCaps public gasCaps;
+    GasBudget public gasBudget;
+    /// The owner-approved spending policy of the agent (sha256 of its canonical document) and its
+    /// version: the agent pays only under the policy anchored here, so restoring older files on
+    /// the host cannot bring an older policy back.
+    bytes32 public policyDigest;
+    uint64 public policyVersion; // 0 = never anchored
+
     event PolicySet(uint256 maxValue, uint64 maxWindow, bool payeesRestricted);
     event TokenAllowed(address indexed token, bool allowed);
     event PayeeAllowed(address indexed payee, bool allowed);
     event SessionKeySet(address indexed key, uint64 expiry);
     event VaultSet(address indexed vault);
+    event PolicyAnchorSet(bytes32 digest, uint64 version);
 
     error NotFromEntryPoint();
 
+    event GasCapsSet(GasCaps caps);
+    event GasAllowanceSet(uint128 allowance, uint64 period);
+    event GasDeposited(uint256 amount, uint128 spent);
+    /// A policy anchor whose version does not exceed the anchored one (versions only rise).
+    error StalePolicyAnchor(uint64 anchored);
+    /// A session-key expiry beyond 48 bits: user-operation validation packs it as a uint48.
+    error ExpiryOutOfRange(uint256 expiry);
+    /// A rotation to the key it revokes, or to no key.
+    error BadRotation();
+
     /// The implementation behind the clones: locked, never initialised.
-    constructor(IEntryPoint entryPoint_) {
-        _entryPoint = entryPoint_;
+    constructor(IEntryPoint entryPoint_, OwnerActionText text_) {
+        (_entryPoint, _text) = (entryPoint_, text_);
         _initOwner(address(1));
     }
 
@@ -65,15 +117,26 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
         address sessionKey,
         uint64 sessionExpiry,
         uint256 maxValue_,
-        uint64 maxWindow_
+        uint64 maxWindow_,
+        address[] calldata payees
     ) external {
         _initOwner(owner_);
-        (maxValue, maxWindow, vault) = (maxValue_, maxWindow_, vault_);
+        _setGasCaps(GasCaps(
+            DEFAULT_VERIFICATION_GAS, DEFAULT_CALL_GAS, DEFAULT_PRE_VERIFICATION_GAS, DEFAULT_MAX_FEE,
+            DEFAULT_MAX_PRIORITY_FEE
+        ));
+        _setGasAllowance(DEFAULT_GAS_ALLOWANCE, DEFAULT_GAS_PERIOD);
+        // A payee list at creation restricts payments to it from the first one on.
+        bool restricted = payees.length > 0;
+        (maxValue, maxWindow, payeesRestricted, vault) = (maxValue_, maxWindow_, restricted, vault_);
         tokenAllowed[token] = true;
-        sessionKeyExpiry[sessionKey] = sessionExpiry;
-        emit PolicySet(maxValue_, maxWindow_, false);
+        emit PolicySet(maxValue_, maxWindow_, restricted);
         emit TokenAllowed(token, true);
-        emit SessionKeySet(sessionKey, sessionExpiry);
+        for (uint256 i = 0; i < payees.length; ++i) {
+            payeeAllowed[payees[i]] = true;
+            emit PayeeAllowed(payees[i], true);
+        }
+        _setSessionKey(sessionKey, sessionExpiry);
         emit VaultSet(vault_);
     }
 
@@ -89,16 +152,14 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
         return "x402-account";
     }
 
-    function _actionName(bytes4 selector) internal pure override returns (string memory) {
-        if (selector == this.setPolicy.selector) return "setPolicy";
-        if (selector == this.setToken.selector) return "setToken";
-        if (selector == this.setPayee.selector) return "setPayee";
-        if (selector == this.setSessionKey.selector) return "setSessionKey";
-        if (selector == this.revokeSessionKey.selector) return "revokeSessionKey";
-        if (selector == this.setVault.selector) return "setVault";
-        if (selector == this.withdraw.selector) return "withdraw";
-        if (selector == this.execute.selector) return "execute";
-        revert UnknownAction();
+    function _ownerKind() internal pure override returns (string memory) {
+        return "account";
+    }
+
+    /// See OwnerCalls._describe; the words are built by the shared OwnerActionText contract (this
+    /// contract alone would exceed the code size limit).
+    function _describe(bytes calldata data, uint256 nonce) internal view override returns (string memory, bytes32) {
+        return _text.describeAccount(data, nonce, vault);
     }
 
     function setPolicy(uint256 maxValue_, uint64 maxWindow_, bool payeesRestricted_) external onlySelf {
@@ -117,13 +178,36 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
     }
 
     function setSessionKey(address key, uint64 expiry) external onlySelf {
+        _setSessionKey(key, expiry);
+    }
+
+    function revokeSessionKey(address key) external onlySelf {
+        _setSessionKey(key, 0);
+    }
+
+    /// Replace `oldKey` by `newKey` in one owner action (one device screen): there is no moment
+    /// at which the old key is still live after the owner has signed its replacement.
+    function rotateSessionKey(address newKey, uint64 expiry, address oldKey) external onlySelf {
+        if (newKey == address(0) || newKey == oldKey || expiry <= block.timestamp) revert BadRotation();
+        _setSessionKey(newKey, expiry);
+        _setSessionKey(oldKey, 0);
+    }
+
+    function _setSessionKey(address key, uint64 expiry) internal {
+        if (expiry > type(uint48).max) revert ExpiryOutOfRange(expiry);
         sessionKeyExpiry[key] = expiry;
         emit SessionKeySet(key, expiry);
     }
 
-    function revokeSessionKey(address key) external onlySelf {
-        sessionKeyExpiry[key] = 0;
-        emit SessionKeySet(key, 0);
+    function setPolicyAnchor(bytes32 digest, uint64 version) external onlySelf {
+        if (version <= policyVersion) revert StalePolicyAnchor(policyVersion);
+        (policyDigest, policyVersion) = (digest, version);
+        emit PolicyAnchorSet(digest, version);
+    }
+
+    /// The anchored policy in one read (the agent checks it before each payment).
+    function policyAnchor() external view returns (bytes32 digest, uint64 version) {
+        return (policyDigest, policyVersion);
     }
 
     function setVault(address vault_) external onlySelf {
@@ -141,6 +225,33 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
         }
     }
 
+    /// Caps on the gas fields of session-key user operations (checked in validation).
+    function setGasCaps(
+        uint32 verificationGasLimit,
+        uint32 callGasLimit,
+        uint32 preVerificationGas,
+        uint64 maxFeePerGas,
+        uint64 maxPriorityFeePerGas
+    ) external onlySelf {
+        _setGasCaps(GasCaps(verificationGasLimit, callGasLimit, preVerificationGas, maxFeePerGas, maxPriorityFeePerGas));
+    }
+
+    /// The ETH `refill` may move into the EntryPoint deposit per period (what a stolen session key
+    /// can burn per period, beyond the deposit it finds).
+    function setGasAllowance(uint128 allowance, uint64 period) external onlySelf {
+        _setGasAllowance(allowance, period);
+    }
+
+    function _setGasCaps(GasCaps memory caps) internal {
+        gasCaps = caps;
+        emit GasCapsSet(caps);
+    }
+
+    function _setGasAllowance(uint128 allowance, uint64 period) internal {
+        (gasBudget.allowance, gasBudget.period) = (allowance, period);
+        emit GasAllowanceSet(allowance, period);
+    }
+
     /// Arbitrary call: from the EntryPoint (user operations signed by the owner) or an owner call.
     function execute(address target, uint256 value, bytes calldata data) external {
         if (msg.sender != address(_entryPoint) && msg.sender != address(this)) revert NotFromEntryPoint();
@@ -152,14 +263,62 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
         }
     }
 
-    /// Pull `amount` from the allowance vault into this hot account. Anyone may trigger it: the
-    /// vault only ever pays this account, at most its per-period allowance.
+    /// Pull `amount` (0: none) from the allowance vault into this hot account, then top up the
+    /// EntryPoint deposit. Anyone may trigger it: the vault only ever pays this account, at most
+    /// its per-period allowance, and the deposit stays this account's (the owner can withdraw it).
     function refill(uint256 amount) external {
-        IAllowanceVaultPull(vault).pull(amount);
+        if (amount != 0) IAllowanceVaultPull(vault).pull(amount);
+        _topUpDeposit();
+    }
+
+    /// Move this account's ETH into its EntryPoint deposit, up to `gasBudget.allowance` in the
+    /// deposit and at most that much per period in all. This runs in execution, where the clock
+    /// may be read (validation may not: ERC-7562), so the per-period budget lives here.
+    function _topUpDeposit() internal {
+        GasBudget memory budget = gasBudget;
+        if (budget.period == 0) return;
+        if (block.timestamp >= uint256(budget.periodStart) + budget.period) {
+            // Lazy reset to the start of the current whole period (as the vault does).
+            budget.periodStart = uint64(block.timestamp - (block.timestamp - budget.periodStart) % budget.period);
+            budget.spent = 0;
+        }
+        uint256 deposit = _entryPoint.balanceOf(address(this));
+        if (deposit >= budget.allowance || budget.spent >= budget.allowance) return;
+        uint256 amount = budget.allowance - deposit;
+        if (amount > budget.allowance - budget.spent) amount = budget.allowance - budget.spent;
+        if (amount > address(this).balance) amount = address(this).balance;
+        if (amount == 0) return;
+        budget.spent += uint128(amount);
+        gasBudget = budget;
+        _entryPoint.depositTo{value: amount}(address(this));
+        emit GasDeposited(amount, budget.spent);
     }
 
     // ---- ERC-4337: user operations are signed (EIP-191 over the userOpHash) by the owner, or by a
     // live session key when all they do is `refill` (valid until the key's expiry) ----
+    //
+    // What a stolen session key can burn: its operations pay gas only from the EntryPoint deposit
+    // (never from this account's ETH), and only `refill` adds to the deposit, by at most
+    // gasBudget.allowance per period. Between the theft and the key's revocation t seconds later:
+    //   ETH lost <= deposit + (allowance - spent this period) + allowance * ceil(t / period)
+    // whoever the beneficiary: handleOps pays it, and this account never sees who it is.
+    // Validation reads only this account's storage and never the clock (ERC-7562, unstaked).
+
+    /// As BaseAccount's, but only the owner's operations may pay a prefund out of this account's
+    /// ETH: a session key's must be covered by the deposit already (missingAccountFunds == 0).
+    function validateUserOp(PackedUserOperation calldata userOp, bytes32 userOpHash, uint256 missingAccountFunds)
+        external
+        override
+        returns (uint256 validationData)
+    {
+        _requireFromEntryPoint();
+        validationData = _validateSignature(userOp, userOpHash);
+        _validateNonce(userOp.nonce);
+        // Only the owner's operations validate to 0: a session key's carry its expiry as
+        // validUntil, never 0 (an expiry of 0 is no key, and _setSessionKey keeps it in 48 bits).
+        if (validationData == SIG_VALIDATION_SUCCESS) _payPrefund(missingAccountFunds);
+        else if (missingAccountFunds != 0) validationData = SIG_VALIDATION_FAILED;
+    }
 
     function _validateSignature(PackedUserOperation calldata userOp, bytes32 userOpHash)
         internal
@@ -172,10 +331,23 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
         if (err != ECDSA.RecoverError.NoError) return SIG_VALIDATION_FAILED;
         if (signer == owner) return SIG_VALIDATION_SUCCESS;
         uint64 expiry = sessionKeyExpiry[signer];
-        if (expiry == 0 || userOp.callData.length < 4 || bytes4(userOp.callData[:4]) != this.refill.selector) {
+        if (
+            expiry == 0 || userOp.callData.length < 4 || bytes4(userOp.callData[:4]) != this.refill.selector
+                || !_withinGasCaps(userOp)
+        ) {
             return SIG_VALIDATION_FAILED;
         }
         return _packValidationData(false, uint48(expiry), 0);
+    }
+
+    /// No paymaster (its gas limits and postOp would escape the caps) and every gas field capped.
+    function _withinGasCaps(PackedUserOperation calldata userOp) internal view returns (bool) {
+        GasCaps memory caps = gasCaps;
+        uint256 limits = uint256(userOp.accountGasLimits); // verificationGasLimit << 128 | callGasLimit
+        uint256 fees = uint256(userOp.gasFees); // maxPriorityFeePerGas << 128 | maxFeePerGas
+        return userOp.paymasterAndData.length == 0 && limits >> 128 <= caps.verificationGasLimit
+            && uint128(limits) <= caps.callGasLimit && userOp.preVerificationGas <= caps.preVerificationGas
+            && fees >> 128 <= caps.maxPriorityFeePerGas && uint128(fees) <= caps.maxFeePerGas;
     }
 
     // ---- ERC-1271: session-key signed EIP-3009 payments within policy ----

@@ -6,6 +6,7 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {Clones} from "@openzeppelin/contracts/proxy/Clones.sol";
 import {X402Account} from "./X402Account.sol";
 import {AllowanceVault} from "./AllowanceVault.sol";
+import {OwnerActionText} from "./OwnerActionText.sol";
 
 /// Creates an X402Account and its AllowanceVault as a pair of minimal clones, at addresses that
 /// commit to their whole initial configuration: anyone may deploy a counterfactual account (an
@@ -20,6 +21,7 @@ contract X402AccountFactory {
         uint64 maxWindow; // longest authorization validity, seconds
         uint128 allowance; // what the account may pull from its vault per period
         uint64 period; // seconds
+        address[] payees; // empty: any payee (the agent's policy still restricts); else only these
     }
 
     X402Account public immutable accountImplementation;
@@ -28,8 +30,9 @@ contract X402AccountFactory {
     event AccountCreated(address indexed account, address indexed vault, address indexed owner);
 
     constructor(IEntryPoint entryPoint) {
-        accountImplementation = new X402Account(entryPoint);
-        vaultImplementation = new AllowanceVault();
+        OwnerActionText text = new OwnerActionText(); // both implementations' owner-action words
+        accountImplementation = new X402Account(entryPoint, text);
+        vaultImplementation = new AllowanceVault(text);
     }
 
     function cloneSalt(Config calldata config, bytes32 salt) public pure returns (bytes32) {
@@ -52,7 +55,8 @@ contract X402AccountFactory {
         Clones.cloneDeterministic(address(vaultImplementation), s);
         Clones.cloneDeterministic(address(accountImplementation), s);
         X402Account(payable(account)).initialize(
-            config.owner, vault, config.token, config.sessionKey, config.sessionExpiry, config.maxValue, config.maxWindow
+            config.owner, vault, config.token, config.sessionKey, config.sessionExpiry, config.maxValue, config.maxWindow,
+            config.payees
         );
         AllowanceVault(vault).initialize(config.owner, IERC20(config.token), account, config.allowance, config.period);
         emit AccountCreated(account, vault, config.owner);

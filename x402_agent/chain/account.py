@@ -12,41 +12,38 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils.address import to_checksum_address
-from eth_utils.crypto import keccak
 from web3 import Web3
 from web3.contract import Contract
+from web3.exceptions import ContractLogicError
 
 from ..paths import PROJECT_ROOT
+from .owner_text import ACCOUNT_TAG, DESCRIBERS, VAULT_TAG, Chain, OwnerAction, describe
 
-ACCOUNT_TAG = "x402-account"
-VAULT_TAG = "x402-vault"
 _BUILD = PROJECT_ROOT / "contracts" / "build"
 _TX_GAS = 3_000_000
-# The owner actions each contract names (its ``_actionName``), by tag.
-OWNER_ACTIONS = {
-    ACCOUNT_TAG: frozenset(
-        {
-            "setPolicy",
-            "setToken",
-            "setPayee",
-            "setSessionKey",
-            "revokeSessionKey",
-            "setVault",
-            "withdraw",
-            "execute",
-        }
-    ),
-    VAULT_TAG: frozenset({"setAllowance", "withdraw"}),
-}
+# The owner actions each contract describes (OwnerActionText), by tag.
+OWNER_ACTIONS = {tag: frozenset(describers) for tag, describers in DESCRIBERS.items()}
 _CONTRACT_OF_TAG = {ACCOUNT_TAG: "X402Account", VAULT_TAG: "AllowanceVault"}
 
 SignLine = Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class TypedSigner:
+    """Signs owner actions as EIP-712 typed data (trezorlib): ``sign(typed_data)`` returns the
+    65-byte signature as 0x-hex. Anything else given as a signer is a ``SignLine`` (HWI)."""
+
+    sign: Callable[[dict[str, Any]], str]
+
+
+OwnerSigner = SignLine | TypedSigner
 
 
 @cache
@@ -105,40 +102,40 @@ def encode_action(w3: Web3, target: str, action: str, args: Sequence[Any], tag: 
     return bytes.fromhex(encoded.removeprefix("0x"))
 
 
-def owner_action_line(
-    action: str, data: bytes, nonce: int, chain_id: int, account: str, tag: str = ACCOUNT_TAG
-) -> str:
-    """The line the owner signs (``OwnerCalls.ownerMessage``)."""
-    return f"{tag} {action} 0x{keccak(data).hex()} nonce {nonce} chain {chain_id} account {account.lower()}"
+class _Web3Chain(Chain):
+    """The chain reads of the owner-action words, through web3 at the latest block."""
+
+    def __init__(self, w3: Web3) -> None:
+        self._w3 = w3
+
+    def code(self, address: str) -> bytes:
+        return bytes(self._w3.eth.get_code(to_checksum_address(address)))
+
+    def call(self, address: str, data: bytes) -> bytes | None:
+        try:
+            return bytes(self._w3.eth.call({"to": to_checksum_address(address), "data": data}))
+        except ContractLogicError:
+            return None
+
+
+def describe_owner_action(w3: Web3, target: str, data: bytes, tag: str = ACCOUNT_TAG) -> OwnerAction:
+    """The owner action ``data`` (calldata) on the account or vault ``target``, in words."""
+    fn, args = owned_contract(w3, target, tag).decode_function_input(data)
+    inputs = fn.abi["inputs"]
+    values = [args[i["name"]] for i in inputs]
+    return describe(_Web3Chain(w3), tag, target, str(fn.fn_name), inputs, values)
+
+
+def owner_action_line(w3: Web3, target: str, data: bytes, nonce: int, tag: str = ACCOUNT_TAG) -> str:
+    """The text the owner signs as a Bitcoin message (``OwnerCalls.ownerMessage``)."""
+    return describe_owner_action(w3, target, data, tag).message(nonce, w3.eth.chain_id, target)
 
 
 def owner_action_typed_data(
-    action: str, data: bytes, nonce: int, chain_id: int, target: str, tag: str = ACCOUNT_TAG
+    w3: Web3, target: str, data: bytes, nonce: int, tag: str = ACCOUNT_TAG
 ) -> dict[str, Any]:
-    """The EIP-712 ``OwnerCall`` the owner may sign instead of the line (``ownerTypedDigest``)."""
-    return {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"},
-            ],
-            "OwnerCall": [
-                {"name": "action", "type": "string"},
-                {"name": "data", "type": "bytes"},
-                {"name": "nonce", "type": "uint256"},
-            ],
-        },
-        "primaryType": "OwnerCall",
-        "domain": {
-            "name": tag,
-            "version": "1",
-            "chainId": chain_id,
-            "verifyingContract": to_checksum_address(target),
-        },
-        "message": {"action": action, "data": "0x" + data.hex(), "nonce": nonce},
-    }
+    """The EIP-712 struct the owner may sign instead (``OwnerCalls.ownerTypedDigest``)."""
+    return describe_owner_action(w3, target, data, tag).typed_data(nonce, w3.eth.chain_id, target)
 
 
 def decode_hwi_signature(signature: str) -> bytes:
@@ -154,15 +151,23 @@ def sign_owner_action(
     target: str,
     action: str,
     data: bytes,
-    sign_line: SignLine,
+    signer: OwnerSigner,
     nonce: int | None = None,
     tag: str = ACCOUNT_TAG,
 ) -> tuple[int, bytes]:
-    """(nonce, 65-byte signature) for an owner action, the line signed by ``sign_line``."""
+    """(nonce, 65-byte signature) for an owner action: its text signed as a Bitcoin message by
+    a ``SignLine``, or its typed data by a ``TypedSigner``; both show every argument."""
+    described = describe_owner_action(w3, target, data, tag)
+    if described.name != action:
+        raise ValueError(f"calldata is {described.name}, not {action}")
     if nonce is None:
         nonce = int(owned_contract(w3, target, tag).functions.ownerNonce().call())
-    line = owner_action_line(action, data, nonce, w3.eth.chain_id, target, tag)
-    return nonce, decode_hwi_signature(sign_line(line))
+    if isinstance(signer, TypedSigner):
+        signature = bytes.fromhex(signer.sign(described.typed_data(nonce, w3.eth.chain_id, target))[2:])
+        if len(signature) != 65:
+            raise ValueError(f"an EIP-712 signature is 65 bytes, not {len(signature)}")
+        return nonce, signature
+    return nonce, decode_hwi_signature(signer(described.message(nonce, w3.eth.chain_id, target)))
 
 
 def owner_call(
@@ -193,11 +198,12 @@ def run_owner_action(
     target: str,
     action: str,
     args: Sequence[Any],
-    sign_line: SignLine,
+    sign_line: OwnerSigner,
     relayer: LocalAccount | str | bytes,
     tag: str = ACCOUNT_TAG,
 ) -> Any:
-    """Encode, have the owner sign (e.g. on the device), and relay one owner action."""
+    """Encode, have the owner sign (on the device: ``sign_line`` a Bitcoin message through HWI,
+    or a ``TypedSigner`` through trezorlib), and relay one owner action."""
     data = encode_action(w3, target, action, args, tag)
     nonce, signature = sign_owner_action(w3, target, action, data, sign_line, tag=tag)
     return owner_call(w3, target, action, data, signature, relayer, nonce=nonce, tag=tag)
@@ -207,10 +213,13 @@ __all__ = [
     "ACCOUNT_TAG",
     "OWNER_ACTIONS",
     "VAULT_TAG",
+    "OwnerSigner",
+    "TypedSigner",
     "account_abi",
     "account_contract",
     "artifact",
     "decode_hwi_signature",
+    "describe_owner_action",
     "encode_action",
     "owned_contract",
     "owner_action_line",

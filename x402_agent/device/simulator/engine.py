@@ -4,6 +4,9 @@ One workflow runs at a time. A confirmation shows a screen (ButtonRequest), wait
 host's ButtonAck, then for the user's decision, which comes from the confirm policy
 ("auto" approves, "reject" refuses, "wait" waits for ``decide``, "unplug" pulls the cable).
 A decision made while the screen is shown but before the ButtonAck is kept for it.
+A screen longer than one page (``Screen.pages``) is paged by the user (``turn_page``); an
+approval is taken on the last page only, so one given earlier first turns through the rest:
+every page has been displayed before anything is confirmed.
 A Cancel ends the running workflow with Failure(ActionCancelled); any other request ends it
 and is served instead (as the firmware does).
 """
@@ -35,6 +38,7 @@ UNPLUG: Final = Unplug()
 Out = MessageType | Unplug
 
 ScreenCallback = Callable[[Screen], None]
+PageCallback = Callable[[Screen, int], None]
 ResultCallback = Callable[[Screen, Outcome], None]
 
 
@@ -45,15 +49,18 @@ class Engine:
         mode: Callable[[], ConfirmMode],
         on_screen: ScreenCallback | None = None,
         on_result: ResultCallback | None = None,
+        on_page: PageCallback | None = None,
     ) -> None:
         self.device = device
         self._mode = mode
         self._on_screen = on_screen
         self._on_result = on_result
+        self._on_page = on_page
         self._workflow: Workflow | None = None
         self._screen: Screen | None = None  # shown since its ButtonRequest went out
         self._acked = False  # ButtonAck received for the shown screen
         self._early: bool | None = None  # decision made before the ButtonAck
+        self._page = 0  # page of the shown screen on display
 
     @property
     def busy(self) -> bool:
@@ -62,6 +69,23 @@ class Engine:
     @property
     def screen(self) -> Screen | None:
         return self._screen
+
+    @property
+    def page(self) -> int:
+        return self._page
+
+    def turn_page(self) -> bool:
+        """Show the next page of the shown screen; False when there is none."""
+        screen = self._screen
+        if screen is None or self._page + 1 >= len(screen.pages):
+            return False
+        self._page += 1
+        if self._on_page is not None:
+            try:
+                self._on_page(screen, self._page)
+            except Exception:
+                LOG.exception("on_page callback failed")
+        return True
 
     # ---- inputs --------------------------------------------------------------------------------
     def handle(self, msg: MessageType) -> list[Out]:
@@ -149,7 +173,7 @@ class Engine:
         except UnexpectedMessage:
             raise
         if isinstance(step, Confirm):
-            self._screen, self._acked, self._early = step.screen, False, None
+            self._screen, self._acked, self._early, self._page = step.screen, False, None, 0
             out: list[Out] = [m.ButtonRequest(code=step.code, name=step.screen.kind)]
             if self._on_screen is not None:
                 try:
@@ -174,6 +198,8 @@ class Engine:
     def _resolve(self, approve: bool) -> list[Out]:
         screen = self._screen
         assert screen is not None
+        while approve and self.turn_page():
+            pass  # the confirm button is on the last page
         self._screen, self._acked, self._early = None, False, None
         self._notify_result(screen, "approved" if approve else "rejected")
         return self._step(approve)

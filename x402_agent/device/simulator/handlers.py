@@ -21,6 +21,7 @@ FIRMWARE_VERSION = (2, 10, 0)
 DEFAULT_LABEL = "x402-agent SIMULATOR (insecure)"
 _MAX_PATH_LENGTH = 16
 _MAX_SESSIONS = 10
+MAX_MESSAGE_BYTES = 1024  # the firmware refuses longer messages to sign
 _CAPABILITIES = (m.Capability.Bitcoin, m.Capability.Crypto, m.Capability.Ethereum)
 
 Response = MessageType | Workflow
@@ -184,6 +185,8 @@ def get_address(device: Device, msg: m.GetAddress) -> Response:
 
 
 def sign_message(device: Device, msg: m.SignMessage) -> Response:
+    if len(msg.message) > MAX_MESSAGE_BYTES:
+        raise WorkflowFailure(m.FailureType.DataError, "Message too long")
     coin = bitcoin.get_coin(msg.coin_name)
     node = device.node(msg.address_n)
     addr = bitcoin.address(coin, node.public_key, msg.script_type)

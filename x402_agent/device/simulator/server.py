@@ -23,7 +23,17 @@ from trezorlib import messages as m
 from trezorlib.protobuf import MessageType
 
 from . import debuglink, framing, handlers
-from .engine import CONFIRM_MODES, ConfirmMode, Engine, Out, Outcome, ResultCallback, ScreenCallback, Unplug
+from .engine import (
+    CONFIRM_MODES,
+    ConfirmMode,
+    Engine,
+    Out,
+    Outcome,
+    PageCallback,
+    ResultCallback,
+    ScreenCallback,
+    Unplug,
+)
 from .handlers import DEFAULT_LABEL, Device
 from .keys import TEST_MNEMONIC, Keychain
 from .workflow import Screen
@@ -59,6 +69,9 @@ class DeviceSimulator:
     ``on_screen(screen)`` is called with what the device displays when a confirmation starts,
     ``on_result(screen, outcome)`` when it ends (approved, rejected, cancelled, interrupted,
     unplugged); both run on the server thread (keep them short) and may be reassigned at any time.
+    A screen longer than a page (``Screen.pages``) shows its first page; ``next_page()`` turns to
+    the next (``on_page(screen, index)`` is called, also for the pages an early ``approve()``
+    turns through: the confirm button is on the last page).
 
     While a request waits for its confirmation, other hosts (HWI opens a socket per call) are
     served if they only read (features, addresses and keys without display, Ping, Cancel...);
@@ -81,13 +94,17 @@ class DeviceSimulator:
         label: str = DEFAULT_LABEL,
         on_screen: ScreenCallback | None = None,
         on_result: ResultCallback | None = None,
+        on_page: PageCallback | None = None,
     ) -> None:
         self._confirm = _check_mode(confirm)
         self.honor_debuglink = honor_debuglink
         self._device = Device(Keychain(mnemonic, passphrase), label)
         self.on_screen = on_screen
         self.on_result = on_result
-        self._engine = Engine(self._device, lambda: self._confirm, self._screen_shown, self._screen_done)
+        self.on_page = on_page
+        self._engine = Engine(
+            self._device, lambda: self._confirm, self._screen_shown, self._screen_done, self._page_shown
+        )
         self._lock = threading.RLock()
         self._screen_cv = threading.Condition(self._lock)
         self._host = host
@@ -205,6 +222,16 @@ class DeviceSimulator:
         """Reject the displayed confirmation. False when nothing is displayed."""
         return self._decide(False)
 
+    @property
+    def page(self) -> int:
+        """The page of the displayed confirmation on display (0: the first)."""
+        return self._engine.page
+
+    def next_page(self) -> bool:
+        """Turn the displayed confirmation to its next page; False when there is none."""
+        with self._lock:
+            return self._engine.turn_page()
+
     def wait_for_screen(self, timeout: float | None = None) -> Screen | None:
         """Block until a confirmation is displayed (returns it), or ``timeout`` passes or the
         simulator stops (None)."""
@@ -257,6 +284,10 @@ class DeviceSimulator:
         self._screen_cv.notify_all()  # the engine calls this with the lock held
         if self.on_screen is not None:
             self.on_screen(screen)
+
+    def _page_shown(self, screen: Screen, index: int) -> None:
+        if self.on_page is not None:
+            self.on_page(screen, index)
 
     def _screen_done(self, screen: Screen, outcome: Outcome) -> None:
         if self.on_result is not None:

@@ -16,6 +16,11 @@ from trezorlib.protobuf import MessageType
 
 M = TypeVar("M", bound=MessageType)
 
+# What one page of the display holds (about what a Model T shows of a message in its monospace
+# font): longer screens page, and the device shows every page before its confirm button.
+SCREEN_COLUMNS = 18
+SCREEN_ROWS = 5
+
 
 class WorkflowFailure(Exception):
     """Ends the workflow with ``Failure(code, message)`` sent to the host."""
@@ -57,6 +62,18 @@ class Screen:
         lines = [self.title]
         lines += [f"  {label}: {value}" for label, value in self.fields]
         return "\n".join(lines)
+
+    @property
+    def pages(self) -> tuple[str, ...]:
+        """The display's pages: each field as its label line, then its value cut into lines of
+        ``SCREEN_COLUMNS`` characters (cut, not word-wrapped: joining a value's lines gives it
+        back whole), ``SCREEN_ROWS`` lines a page."""
+        lines: list[str] = []
+        for label, value in self.fields:
+            lines.append(f"{label}:")
+            for line in value.split("\n"):
+                lines += [line[i : i + SCREEN_COLUMNS] for i in range(0, len(line), SCREEN_COLUMNS)] or [""]
+        return tuple("\n".join(lines[i : i + SCREEN_ROWS]) for i in range(0, len(lines), SCREEN_ROWS))
 
 
 @dataclass(frozen=True)
