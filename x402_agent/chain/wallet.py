@@ -31,14 +31,10 @@ from ..signer import LocalKeySigner, SignedAuthorization, TransferAuthorization
 from .account import account_contract, owned_contract
 from .bundler import BundlerClient, UserOpResult, submit_user_op
 from .entrypoint import ENTRY_POINT_V07, entry_point_v07_abi
-from .factory import AccountConfig, create_account_calldata, erc6492_wrap, factory_address
+from .factory import AccountConfig, create_account, create_account_calldata, erc6492_wrap, factory_address
+from .gas import GasFields, choose_fields, fund_deposit, read_budget, read_caps
 from .session_signer import SessionKeySigner
 from .userop import PackedUserOperation, pack_account_gas_limits, pack_gas_fees, user_op_hash_v07
-
-# Gas for a refill user operation: validation (with a first deployment) and the pull itself.
-_VERIFICATION_GAS = 600_000
-_CALL_GAS = 150_000
-_PRE_VERIFICATION_GAS = 60_000
 
 
 class WalletRefused(PolicyDenied):
@@ -127,6 +123,11 @@ class HotWallet:
     def is_deployed(self) -> bool:
         return bool(self.w3.eth.get_code(self.account))
 
+    def ensure_deployed(self, relayer: LocalAccount) -> None:
+        """Owner actions need the contracts: deploy a counterfactual account (and vault) first."""
+        if not self.is_deployed():
+            create_account(self.w3, self.config, relayer)
+
     def bounds(self, *, fresh: bool = False) -> Bounds:
         now = time.monotonic()
         if not fresh and self._bounds is not None and now - self._bounds[0] < self._bounds_ttl:
@@ -150,7 +151,7 @@ class HotWallet:
                 False,
                 self.config.max_value,
                 self.config.max_window,
-                False,
+                bool(self.config.payees),
                 True,
                 self.config.session_expiry if session_ok else 0,
             )
@@ -236,15 +237,19 @@ class HotWallet:
                 reason=Reason.SESSION_KEY_EXPIRED,
                 **details,
             )
-        if bounds.payees_restricted and not bool(
-            account_contract(self.w3, self.account).functions.payeeAllowed(pay_to).call()
-        ):
+        if bounds.payees_restricted and not self._pays(pay_to, bounds.deployed):
             raise WalletRefused(
                 "the smart account does not pay this payee",
                 reason=Reason.ONCHAIN_PAYEE,
                 pay_to=pay_to,
                 **details,
             )
+
+    def _pays(self, payee: str, deployed: bool) -> bool:
+        """Whether a payee-restricted account pays ``payee`` (the creation list until deployed)."""
+        if not deployed:
+            return to_checksum_address(payee) in {to_checksum_address(p) for p in self.config.payees}
+        return bool(account_contract(self.w3, self.account).functions.payeeAllowed(payee).call())
 
     def ensure_funds(self, needed: int) -> None:
         """Make the hot balance cover ``needed`` (every payment in flight), refilling from the
@@ -275,7 +280,13 @@ class HotWallet:
 
     # ---- top-up through a user operation signed by the session key ----
 
-    def refill_operation(self, amount: int) -> PackedUserOperation:
+    def gas_fields(self) -> GasFields:
+        """Gas fields for a refill operation, within the account's caps at today's base fee."""
+        base_fee = int(self.w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0)
+        return choose_fields(read_caps(self.w3, self.account, self.is_deployed()), base_fee)
+
+    def refill_operation(self, amount: int, gas: GasFields | None = None) -> PackedUserOperation:
+        gas = gas or self.gas_fields()
         entry_point = self.w3.eth.contract(address=ENTRY_POINT_V07, abi=entry_point_v07_abi())
         deployed = self.is_deployed()
         init_code = (
@@ -284,16 +295,14 @@ class HotWallet:
             else (bytes.fromhex(factory_address()[2:]) + create_account_calldata(self.w3, self.config))
         )
         call = account_contract(self.w3, self.account).encode_abi("refill", args=[amount])
-        base_fee = int(self.w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0)
-        priority = 10**9
         op = PackedUserOperation(
             sender=self.account,
             nonce=int(entry_point.functions.getNonce(self.account, self._nonce_key).call()),
             initCode=init_code,
             callData=bytes.fromhex(call[2:]),
-            accountGasLimits=pack_account_gas_limits(_VERIFICATION_GAS, _CALL_GAS),
-            preVerificationGas=_PRE_VERIFICATION_GAS,
-            gasFees=pack_gas_fees(priority, 2 * base_fee + priority),
+            accountGasLimits=pack_account_gas_limits(gas.verification_gas_limit, gas.call_gas_limit),
+            preVerificationGas=gas.pre_verification_gas,
+            gasFees=pack_gas_fees(gas.max_priority_fee_per_gas, gas.max_fee_per_gas),
             paymasterAndData=b"",
             signature=b"",
         )
@@ -302,12 +311,24 @@ class HotWallet:
 
     def top_up(self, amount: int) -> UserOpResult:
         """Pull ``amount`` from the vault into the hot account (deploying it first if needed)."""
+        gas = self._fund_gas()
         result = submit_user_op(
-            self.w3, self.refill_operation(amount), bundler=self._bundler, relayer_key=self.relayer
+            self.w3, self.refill_operation(amount, gas), bundler=self._bundler, relayer_key=self.relayer
         )
         self._bounds = None
         self.top_ups.append(result)
         return result
+
+    def _fund_gas(self) -> GasFields:
+        """The account pays a session key's operations from its EntryPoint deposit alone: make
+        the deposit cover this one first. Each refill tops the deposit up again in its execution;
+        only the first (or one after the period's ETH allowance ran out) needs the relayer to
+        deploy the account and ask it to move its own ETH in."""
+        gas = self.gas_fields()
+        relayer = self.relayer
+        deploy = (lambda: create_account(self.w3, self.config, relayer)) if relayer else lambda: None
+        fund_deposit(self.w3, self.account, gas.max_cost, relayer, deploy)
+        return gas
 
     def close(self) -> None:
         self._rpc.close()
@@ -323,6 +344,19 @@ class HotWallet:
             "session_key": self.session_address,
             **dataclasses.asdict(bounds),
             **dataclasses.asdict(funds),
+            **self._gas_status(bounds.deployed),
+        }
+
+    def _gas_status(self, deployed: bool) -> dict[str, Any]:
+        """The gas deposit, its ETH allowance and what a stolen session key could burn."""
+        budget = read_budget(self.w3, self.account, deployed)
+        return {
+            "gas_deposit": budget.deposit,
+            "gas_allowance": budget.allowance,
+            "gas_period": budget.period,
+            "gas_allowance_left": budget.left,
+            "gas_caps": dataclasses.asdict(read_caps(self.w3, self.account, deployed)),
+            "stolen_key_bound": budget.stolen_key_bound,
         }
 
 
@@ -337,6 +371,7 @@ def account_config(setup: AccountSetup) -> AccountConfig:
         setup.allowance,
         setup.period,
         bytes.fromhex(setup.salt.removeprefix("0x")),
+        tuple(setup.payees),
     )
 
 
@@ -354,6 +389,10 @@ def open_hot_wallet(home: AgentHome) -> HotWallet:
         raise ConfigError(
             f"no RPC URL for {signer.network} in the home's rpc_urls", reason=Reason.CONFIG_INVALID
         )
+    from .session_keys import settle_pending_rotation  # it builds on this module
+
+    w3 = Web3(Web3.HTTPProvider(rpc_url))
+    settle_pending_rotation(home, w3)  # a rotation the chain shows done: pay with the new key
     password = home.keystore_password()
     session = LocalKeySigner.from_keystore(home.path(signer.keystore), password)
     relayer = None
@@ -361,7 +400,6 @@ def open_hot_wallet(home: AgentHome) -> HotWallet:
         relayer = Account.from_key(
             LocalKeySigner.from_keystore(home.path(signer.relayer_keystore), password).private_key_bytes()
         )
-    w3 = Web3(Web3.HTTPProvider(rpc_url))
     bundler = BundlerClient(signer.bundler_url, ENTRY_POINT_V07) if signer.bundler_url else None
     return HotWallet(
         w3,
