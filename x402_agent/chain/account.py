@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
@@ -23,6 +22,7 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractLogicError
 
+from ..device.signers import OwnerSigner, SignLine, TypedSigner
 from ..paths import PROJECT_ROOT
 from .owner_text import ACCOUNT_TAG, DESCRIBERS, VAULT_TAG, Chain, OwnerAction, describe
 
@@ -31,19 +31,6 @@ _TX_GAS = 3_000_000
 # The owner actions each contract describes (OwnerActionText), by tag.
 OWNER_ACTIONS = {tag: frozenset(describers) for tag, describers in DESCRIBERS.items()}
 _CONTRACT_OF_TAG = {ACCOUNT_TAG: "X402Account", VAULT_TAG: "AllowanceVault"}
-
-SignLine = Callable[[str], str]
-
-
-@dataclass(frozen=True)
-class TypedSigner:
-    """Signs owner actions as EIP-712 typed data (trezorlib): ``sign(typed_data)`` returns the
-    65-byte signature as 0x-hex. Anything else given as a signer is a ``SignLine`` (HWI)."""
-
-    sign: Callable[[dict[str, Any]], str]
-
-
-OwnerSigner = SignLine | TypedSigner
 
 
 @cache
@@ -214,6 +201,7 @@ __all__ = [
     "OWNER_ACTIONS",
     "VAULT_TAG",
     "OwnerSigner",
+    "SignLine",
     "TypedSigner",
     "account_abi",
     "account_contract",

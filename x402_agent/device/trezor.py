@@ -7,6 +7,7 @@ instead of one signed-message string. The signature is verified like any approva
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..approval import PolicyApproval, approval_message, eip712_policy_typed_data
@@ -14,6 +15,7 @@ from ..policy import Policy
 from ..policy_store import PolicyStore
 from ..reasons import Reason
 from .hwi import DeviceError
+from .signers import TypedSigner
 
 
 def sign_typed_data(typed_data: dict[str, Any], path: str, transport: str | None = None) -> str:
@@ -38,9 +40,23 @@ def sign_typed_data(typed_data: dict[str, Any], path: str, transport: str | None
     return "0x" + bytes(signed.signature).hex()
 
 
-def approve_typed(store: PolicyStore, policy: Policy, transport: str | None = None) -> PolicyApproval:
+def owner_signer(path: str, transport: str | None = None) -> TypedSigner:
+    """Signs owner actions on a Trezor as EIP-712 typed data: each argument of the action is a
+    field the device shows (``chain.account.run_owner_action`` takes it as its signer)."""
+    return TypedSigner(lambda typed_data: sign_typed_data(typed_data, path, transport))
+
+
+def approve_typed(
+    store: PolicyStore,
+    policy: Policy,
+    transport: str | None = None,
+    anchor: Callable[[Policy], object] | None = None,
+) -> PolicyApproval:
+    """As ``approve.approve``, the text signed as EIP-712 typed data; ``anchor`` anchors the
+    policy on a smart account (its own device signature) before anything is installed."""
     enrollment = store.enrollment()
-    message = approval_message(policy)
+    previous = store.approved()
+    message = approval_message(policy, previous)
     signature = sign_typed_data(eip712_policy_typed_data(policy, message), enrollment.path, transport)
     approval = PolicyApproval(
         method="eip712",
@@ -50,6 +66,10 @@ def approve_typed(store: PolicyStore, policy: Policy, transport: str | None = No
         signature=signature,
         fingerprint=enrollment.fingerprint,
         path=enrollment.path,
+        previous=previous,
     )
+    if anchor is not None:
+        store.verify_approved(policy, approval, anchored=False)
+        anchor(policy)
     store.install_approved(policy, approval)
     return approval

@@ -20,6 +20,7 @@ M = TypeVar("M", bound=MessageType)
 # font): longer screens page, and the device shows every page before its confirm button.
 SCREEN_COLUMNS = 18
 SCREEN_ROWS = 5
+CONTINUED = "\u2026"  # ends a piece of a line that goes on on the next screen line
 
 
 class WorkflowFailure(Exception):
@@ -65,14 +66,17 @@ class Screen:
 
     @property
     def pages(self) -> tuple[str, ...]:
-        """The display's pages: each field as its label line, then its value cut into lines of
-        ``SCREEN_COLUMNS`` characters (cut, not word-wrapped: joining a value's lines gives it
-        back whole), ``SCREEN_ROWS`` lines a page."""
+        """The display's pages: each field as its label line, then its value's lines, a line
+        longer than the screen cut (not word-wrapped) into pieces of ``SCREEN_COLUMNS`` - 1
+        characters, each but the last marked ``CONTINUED``; ``SCREEN_ROWS`` lines a page."""
+        width = SCREEN_COLUMNS - len(CONTINUED)
         lines: list[str] = []
         for label, value in self.fields:
-            lines.append(f"{label}:")
-            for line in value.split("\n"):
-                lines += [line[i : i + SCREEN_COLUMNS] for i in range(0, len(line), SCREEN_COLUMNS)] or [""]
+            for line in (f"{label}:", *value.split("\n")):
+                while len(line) > SCREEN_COLUMNS:
+                    lines.append(line[:width] + CONTINUED)
+                    line = line[width:]
+                lines.append(line)
         return tuple("\n".join(lines[i : i + SCREEN_ROWS]) for i in range(0, len(lines), SCREEN_ROWS))
 
 
