@@ -304,8 +304,8 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
     // whoever the beneficiary: handleOps pays it, and this account never sees who it is.
     // Validation reads only this account's storage and never the clock (ERC-7562, unstaked).
 
-    /// As BaseAccount's, but only the owner's operations may pay a prefund out of this account's
-    /// ETH: a session key's must be covered by the deposit already (missingAccountFunds == 0).
+    /// As BaseAccount's, but a session key's operation never pays a prefund out of this account's
+    /// ETH: it must be covered by the deposit already (missingAccountFunds == 0).
     function validateUserOp(PackedUserOperation calldata userOp, bytes32 userOpHash, uint256 missingAccountFunds)
         external
         override
@@ -314,10 +314,13 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
         _requireFromEntryPoint();
         validationData = _validateSignature(userOp, userOpHash);
         _validateNonce(userOp.nonce);
-        // Only the owner's operations validate to 0: a session key's carry its expiry as
-        // validUntil, never 0 (an expiry of 0 is no key, and _setSessionKey keeps it in 48 bits).
-        if (validationData == SIG_VALIDATION_SUCCESS) _payPrefund(missingAccountFunds);
-        else if (missingAccountFunds != 0) validationData = SIG_VALIDATION_FAILED;
+        // A session key's valid operation carries its expiry as validUntil (never 0: an expiry of
+        // 0 is no key, and _setSessionKey keeps it in 48 bits), so it is neither the owner's
+        // SUCCESS nor FAILED; it must be covered by the deposit already. The others pay as in
+        // BaseAccount: a failed signature's payment is undone (the EntryPoint then reverts the
+        // whole handleOps), and bundlers estimate gas with a dummy signature that needs it.
+        if (validationData > SIG_VALIDATION_FAILED && missingAccountFunds != 0) return SIG_VALIDATION_FAILED;
+        _payPrefund(missingAccountFunds);
     }
 
     function _validateSignature(PackedUserOperation calldata userOp, bytes32 userOpHash)
