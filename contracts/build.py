@@ -47,11 +47,12 @@ process.stdout.write(solc.compile(input, { import: findImports }));
 """
 
 
-def compile_sources() -> dict[str, Any]:
-    """Run solcjs standard JSON over contracts/src and return its output (raises on errors)."""
+def compile_sources(src_dir: Path = SRC_DIR) -> dict[str, Any]:
+    """Run solcjs standard JSON over ``src_dir`` (inside the repository, for the imports) and
+    return its output (raises on errors)."""
     sources = {
         path.relative_to(ROOT).as_posix(): {"content": path.read_text()}
-        for path in sorted(SRC_DIR.glob("*.sol"))
+        for path in sorted(src_dir.glob("*.sol"))
     }
     request = {"language": "Solidity", "sources": sources, "settings": SETTINGS}
     done = subprocess.run(
@@ -69,13 +70,15 @@ def compile_sources() -> dict[str, Any]:
     return output
 
 
-def build(out_dir: Path = DEFAULT_OUT) -> list[Path]:
-    """Compile and write one artifact per contract defined in contracts/src; return their paths."""
-    output = compile_sources()
+def build(out_dir: Path = DEFAULT_OUT, src_dir: Path = SRC_DIR) -> list[Path]:
+    """Compile and write one artifact per contract defined in ``src_dir``; return their paths.
+    (Another ``src_dir``, e.g. an earlier revision's sources, is built with the same settings.)"""
+    output = compile_sources(src_dir)
+    prefix = src_dir.relative_to(ROOT).as_posix() + "/"
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for unit, contracts in sorted(output["contracts"].items()):
-        if not unit.startswith("contracts/src/"):
+        if not unit.startswith(prefix):
             continue
         for name, compiled in sorted(contracts.items()):
             artifact = {

@@ -43,7 +43,7 @@ from x402_agent.chain.account import (
     sign_owner_action,
 )
 from x402_agent.chain.factory import AccountConfig, create_account, deploy_factory
-from x402_agent.chain.owner_text import MAX_MESSAGE_BYTES, units
+from x402_agent.chain.owner_text import MAX_MESSAGE_BYTES, OwnerActionTooLong, units
 from x402_agent.device.hwi import DEFAULT_APPROVAL_PATH, DeviceError, HwiDevice
 from x402_agent.device.simulator import DeviceSimulator, Screen
 from x402_agent.device.simulator.workflow import CONTINUED
@@ -433,3 +433,72 @@ def _shown(value: Any) -> list[str]:
     if isinstance(value, bytes):
         return [value.hex()]
     return [str(value).lower()]
+
+
+def test_a_text_longer_than_a_device_signs_is_refused_before_the_device_and_by_the_contract(
+    wallet: Wallet,
+) -> None:
+    """An execute with long calldata: its whole calldata would be on the screen, and a device
+    signs at most 1024 bytes; the host refuses it before asking, the contract refuses the text."""
+    contract = wallet.account
+    data = encode_action(wallet.w3, contract.address, "execute", [SAFE, 0, bytes(500)])
+    with pytest.raises(OwnerActionTooLong) as refused:
+        owner_action_line(wallet.w3, contract.address, data, 0)
+    assert refused.value.reason == Reason.OWNER_ACTION_TOO_LONG
+    with pytest.raises(ContractLogicError) as reverted:
+        contract.functions.ownerMessage(data, 0).call()
+    assert _selector("OwnerMessageTooLong(uint256)") in str(reverted.value.data)
+    # one that fits is signed whole, calldata and all
+    fits = encode_action(wallet.w3, contract.address, "execute", [SAFE, 0, bytes(400)])
+    text = owner_action_line(wallet.w3, contract.address, fits, 0)
+    assert contract.functions.ownerMessage(fits, 0).call() == text and "00" * 400 in text
+
+
+def test_a_long_text_pages_and_every_page_is_shown_before_the_confirm(
+    wallet: Wallet, person: Person, device_simulator: DeviceSimulator
+) -> None:
+    """A person who presses confirm at once still has every page go by: the confirm button is
+    on the last page. The pages hold the whole text."""
+    data = encode_action(wallet.w3, wallet.account.address, "execute", [SAFE, 0, bytes(200)])
+    worker, outcome = _sign_in_background(wallet, ACCOUNT_TAG, data, "hwi")
+    screen = device_simulator.wait_for_screen(timeout=SCREEN_WAIT)
+    assert screen is not None and device_simulator.page == 0
+    pages = screen.pages
+    assert len(pages) > 5  # 18 x 5 characters a page
+    person.read = [pages[0]]
+    assert device_simulator.approve()  # at once, on the first page
+    worker.join(SCREEN_WAIT)
+    assert isinstance(outcome[0], tuple)  # signed
+    assert person.read == list(pages)  # every page was displayed first, in order
+    text = wallet.account.functions.ownerMessage(data, outcome[0][0]).call()
+    assert person.lines() == ["Coin:", "Bitcoin", *person.lines()[2:6], "Message:", *text.split("\n")]
+
+
+def test_a_token_that_names_itself_with_more_than_a_symbol_is_shown_by_its_address_and_units(
+    wallet: Wallet,
+) -> None:
+    """A token whose symbol carries a line of its own ("USDC\\nto <safe>") could forge a line on
+    the screen: it is not named, its amount is shown in atomic units, and its address is shown."""
+    from x402_agent.devnet.usdc import TokenSpec, deploy_fiat_tokens
+
+    forged = deploy_fiat_tokens(
+        wallet.world.rpc_url,
+        deployer=dev_account(7),
+        proxy_admin=dev_account(8).address,
+        lost_and_found=dev_account(8).address,
+        tokens=[TokenSpec("USD Coin", f"USDC\nto {SAFE.lower()}", "USD")],
+        holder=wallet.account.address,
+        holder_amount=VAULT_FUNDS,
+    )[0]
+    data = encode_action(
+        wallet.w3, wallet.account.address, "withdraw", [forged.address, ATTACKER, VAULT_FUNDS]
+    )
+    text = owner_action_line(wallet.w3, wallet.account.address, data, 0)
+    assert wallet.account.functions.ownerMessage(data, 0).call() == text
+    lines = text.split("\n")
+    assert lines[1:4] == [
+        f"amount {VAULT_FUNDS} units",
+        f"token {forged.address.lower()}",
+        f"to {ATTACKER.lower()}",
+    ]
+    assert f"to {SAFE.lower()}" not in lines

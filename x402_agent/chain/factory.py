@@ -21,7 +21,7 @@ from web3.contract import Contract
 from .account import artifact, send_transaction
 from .entrypoint import CREATE2_DEPLOYER, ENTRY_POINT_V07, create2_address, deploy_entry_point_v07
 
-_CONFIG_TYPES = ["(address,address,uint64,address,uint256,uint64,uint128,uint64)", "bytes32"]
+_CONFIG_TYPES = ["(address,address,uint64,address,uint256,uint64,uint128,uint64,address[])", "bytes32"]
 # An EIP-1167 minimal proxy's creation code around its implementation (OpenZeppelin Clones).
 _CLONE_HEAD = bytes.fromhex("3d602d80600a3d3981f3363d3d373d3d3d363d73")
 _CLONE_TAIL = bytes.fromhex("5af43d82803e903d91602b57fd5bf3")
@@ -44,6 +44,8 @@ class AccountConfig:
     allowance: int  # per period, atomic units
     period: int  # seconds
     salt: bytes = bytes(32)
+    # Empty: the account pays any payee (the agent's policy still restricts); else only these.
+    payees: tuple[str, ...] = ()
 
     def as_tuple(self) -> tuple[Any, ...]:
         return (
@@ -55,6 +57,7 @@ class AccountConfig:
             self.max_window,
             self.allowance,
             self.period,
+            [to_checksum_address(payee) for payee in self.payees],
         )
 
 
@@ -71,13 +74,19 @@ def factory_contract(w3: Web3) -> Contract:
     return w3.eth.contract(address=factory_address(), abi=artifact("X402AccountFactory")["abi"])
 
 
+# The factory's creation deploys the account and vault implementations: ~7-9M gas as they grow.
+_FACTORY_GAS = 15_000_000
+
+
 def deploy_factory(w3: Web3, funder: LocalAccount) -> ChecksumAddress:
     """Deploy EntryPoint v0.7 and the factory unless they are there; return the factory address."""
     deploy_entry_point_v07(w3, funder)
     address = factory_address()
     if not w3.eth.get_code(address):
         send_transaction(
-            w3, funder, {"to": CREATE2_DEPLOYER, "data": FACTORY_SALT + factory_init_code(), "gas": 8_000_000}
+            w3,
+            funder,
+            {"to": CREATE2_DEPLOYER, "data": FACTORY_SALT + factory_init_code(), "gas": _FACTORY_GAS},
         )
         if not w3.eth.get_code(address):
             raise RuntimeError("the account factory deployment left no code")
@@ -91,7 +100,7 @@ def predicted_addresses(w3: Web3, config: AccountConfig) -> tuple[ChecksumAddres
 
 
 def _created_by(deployer: str, nonce: int) -> ChecksumAddress:
-    """CREATE's address for a contract's ``nonce`` (1 or 2: the factory's implementations)."""
+    """CREATE's address for a contract's ``nonce`` (2 or 3: the factory's implementations)."""
     raw = bytes.fromhex(deployer.removeprefix("0x"))
     return to_checksum_address(keccak(bytes([0xD6, 0x94]) + raw + bytes([nonce]))[12:])
 
@@ -99,14 +108,15 @@ def _created_by(deployer: str, nonce: int) -> ChecksumAddress:
 def counterfactual_addresses(config: AccountConfig) -> tuple[ChecksumAddress, ChecksumAddress]:
     """(account, vault) for ``config``, computed here as the factory does, with no chain read: a
     lying RPC endpoint cannot make an address commit to another owner. The factory's constructor
-    creates the account implementation (nonce 1), then the vault implementation (nonce 2)."""
+    creates the owner-action words (OwnerActionText, nonce 1), then the account implementation
+    (nonce 2), then the vault implementation (nonce 3)."""
     factory = factory_address()
     salt = keccak(encode(_CONFIG_TYPES, [config.as_tuple(), config.salt]))
     account, vault = (
         create2_address(
             factory, salt, _CLONE_HEAD + bytes.fromhex(_created_by(factory, nonce)[2:]) + _CLONE_TAIL
         )
-        for nonce in (1, 2)
+        for nonce in (2, 3)
     )
     return account, vault
 
