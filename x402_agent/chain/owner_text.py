@@ -24,6 +24,12 @@ ACCOUNT_TAG = "x402-account"
 VAULT_TAG = "x402-vault"
 KIND_OF_TAG = {ACCOUNT_TAG: "account", VAULT_TAG: "vault"}
 TYPED_DATA_VERSION = "2"
+EIP712_DOMAIN = [
+    {"name": "name", "type": "string"},
+    {"name": "version", "type": "string"},
+    {"name": "chainId", "type": "uint256"},
+    {"name": "verifyingContract", "type": "address"},
+]
 # A device's SignMessage takes at most 1024 bytes; the contract refuses longer texts.
 MAX_MESSAGE_BYTES = 1023
 _MAX_SYMBOL_LENGTH = 11
@@ -80,12 +86,7 @@ class OwnerAction:
         message["nonce"] = nonce
         return {
             "types": {
-                "EIP712Domain": [
-                    {"name": "name", "type": "string"},
-                    {"name": "version", "type": "string"},
-                    {"name": "chainId", "type": "uint256"},
-                    {"name": "verifyingContract", "type": "address"},
-                ],
+                "EIP712Domain": EIP712_DOMAIN,
                 self.struct: [{"name": name, "type": kind} for name, kind in fields],
             },
             "primaryType": self.struct,
@@ -254,6 +255,7 @@ def describe(
 __all__ = [
     "ACCOUNT_TAG",
     "DESCRIBERS",
+    "EIP712_DOMAIN",
     "MAX_MESSAGE_BYTES",
     "VAULT_TAG",
     "Chain",
