@@ -292,6 +292,51 @@ def test_without_a_relayer_an_empty_deposit_is_gas_deposit_low(aa_world: WorldIn
         opened.close()
 
 
+def test_the_deploying_operation_prefunds_itself_within_one_allowance(
+    aa_world: WorldInfo, w3: Web3, tmp_path: Path
+) -> None:
+    """Bundler only, no relayer, the account not deployed yet (its address holds ETH): the
+    operation that deploys it may pay its prefund from the account's ETH (once: initCode), at
+    most one allowance, counted in the first period. A thief's deploying operation at the caps
+    would need more than that: refused."""
+    home = provision_smart_account_home(aa_world, tmp_path / "home", deploy=False)
+    opened = open_hot_wallet(home)
+    key = _session_key(home)
+    bundler = BundlerClient(str(aa_world.bundler_url), ENTRY_POINT_V07)
+    wallet = HotWallet(opened.w3, opened.config, opened.account, opened.vault, key.key, bundler=bundler)
+    account = wallet.account
+    try:
+        assert not wallet.is_deployed() and _eth(w3, account) > DEFAULT_GAS_ALLOWANCE
+        caps, fee = DEFAULT_GAS_CAPS, DEFAULT_GAS_CAPS.max_fee_per_gas
+        greedy = dataclasses.replace(
+            wallet.refill_operation(0),
+            accountGasLimits=pack_account_gas_limits(caps.verification_gas_limit, caps.call_gas_limit),
+            preVerificationGas=caps.pre_verification_gas,
+            gasFees=pack_gas_fees(caps.max_priority_fee_per_gas, fee),
+        )
+        greedy = _signed(w3, greedy, key)
+        assert max_cost(greedy) > DEFAULT_GAS_ALLOWANCE
+        submitter, beneficiary = _thief()
+        _fund_eth(aa_world, submitter.address, 10**18)
+        assert "AA2" in _refused(w3, greedy, submitter, beneficiary)
+        _alto_refuses(aa_world, greedy)
+        assert not wallet.is_deployed()
+
+        eth_before = _eth(w3, account)
+        result = wallet.top_up(100_000)
+        assert result.via == "bundler" and result.success and wallet.is_deployed()
+        # prefund and top-up together: exactly one allowance out of the account's ETH
+        assert eth_before - _eth(w3, account) == DEFAULT_GAS_ALLOWANCE
+        assert deposit_of(w3, account) == DEFAULT_GAS_ALLOWANCE - result.actual_gas_cost
+        allowance, period, start, spent = account_contract(w3, account).functions.gasBudget().call()
+        now = int(w3.eth.get_block("latest")["timestamp"])
+        assert spent == allowance and start == now - now % period  # the current whole period
+        assert wallet.hot_balance() == 100_000
+    finally:
+        wallet.close()
+        opened.close()
+
+
 # ---- what the stolen key cannot do ----
 
 

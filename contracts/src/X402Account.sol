@@ -75,6 +75,9 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
     uint128 internal constant DEFAULT_GAS_ALLOWANCE = 0.01 ether;
     uint64 internal constant DEFAULT_GAS_PERIOD = 1 days;
 
+    /// `gasBudget.periodStart` between the deploying operation's validation and the first top-up.
+    uint64 public constant FIRST_PERIOD = type(uint64).max;
+
     GasCaps public gasCaps;
     GasBudget public gasBudget;
     /// The owner-approved spending policy of the agent (sha256 of its canonical document) and its
@@ -277,7 +280,10 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
     function _topUpDeposit() internal {
         GasBudget memory budget = gasBudget;
         if (budget.period == 0) return;
-        if (block.timestamp >= uint256(budget.periodStart) + budget.period) {
+        if (budget.periodStart == FIRST_PERIOD) {
+            // The deploying operation's prefund counts against the period it ran in.
+            budget.periodStart = uint64(block.timestamp - block.timestamp % budget.period);
+        } else if (block.timestamp >= uint256(budget.periodStart) + budget.period) {
             // Lazy reset to the start of the current whole period (as the vault does).
             budget.periodStart = uint64(block.timestamp - (block.timestamp - budget.periodStart) % budget.period);
             budget.spent = 0;
@@ -319,8 +325,21 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
         // SUCCESS nor FAILED; it must be covered by the deposit already. The others pay as in
         // BaseAccount: a failed signature's payment is undone (the EntryPoint then reverts the
         // whole handleOps), and bundlers estimate gas with a dummy signature that needs it.
-        if (validationData > SIG_VALIDATION_FAILED && missingAccountFunds != 0) return SIG_VALIDATION_FAILED;
+        if (validationData > SIG_VALIDATION_FAILED && missingAccountFunds != 0) {
+            // Except the operation that deploys this account (initCode: once per account ever),
+            // which may pay from its ETH at most one allowance, counted in its period.
+            if (userOp.initCode.length == 0 || !_chargeDeployment(missingAccountFunds)) return SIG_VALIDATION_FAILED;
+        }
         _payPrefund(missingAccountFunds);
+    }
+
+    /// Count the deploying operation's prefund as the first period's spending; the period itself
+    /// starts in `refill`'s execution, where the clock may be read.
+    function _chargeDeployment(uint256 amount) internal returns (bool) {
+        GasBudget memory budget = gasBudget;
+        if (budget.periodStart != 0 || amount > budget.allowance) return false;
+        (gasBudget.periodStart, gasBudget.spent) = (FIRST_PERIOD, uint128(amount));
+        return true;
     }
 
     function _validateSignature(PackedUserOperation calldata userOp, bytes32 userOpHash)

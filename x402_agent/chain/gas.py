@@ -12,7 +12,6 @@ over the t seconds until the key is revoked (``GasBudget.stolen_key_bound``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from eth_account.signers.local import LocalAccount
@@ -49,6 +48,8 @@ class GasCaps:
 DEFAULT_GAS_CAPS = GasCaps(1_000_000, 300_000, 500_000, 100 * 10**9, 10 * 10**9)
 DEFAULT_GAS_ALLOWANCE = 10**16  # 0.01 ETH
 DEFAULT_GAS_PERIOD = 86_400
+# ``gasBudget.periodStart`` after the deploying operation paid its prefund, before any top-up.
+_FIRST_PERIOD = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def read_budget(w3: Web3, account: str, deployed: bool) -> GasBudget:
         int(v) for v in account_contract(w3, account).functions.gasBudget().call()
     )
     now = int(w3.eth.get_block("latest")["timestamp"])
-    if period and now >= start + period:
+    if period and start != _FIRST_PERIOD and now >= start + period:
         spent = 0  # refill starts a new period
     left = max(allowance - spent, 0) if period else 0
     return GasBudget(deposit, allowance, period, left)
@@ -142,19 +143,16 @@ def choose_fields(caps: GasCaps, base_fee: int) -> GasFields:
     )
 
 
-def fund_deposit(
-    w3: Web3, account: str, need: int, relayer: LocalAccount | None, deploy: Callable[[], object]
-) -> None:
-    """Make the deposit cover ``need`` before a session-key operation: the relayer deploys the
-    account if needed (``deploy``, idempotent) and asks it to move its own ETH in (``refill(0)``,
-    within the account's ETH allowance; the relayer pays only that transaction's gas)."""
+def fund_deposit(w3: Web3, account: str, need: int, relayer: LocalAccount | None) -> None:
+    """Make a deployed account's deposit cover ``need`` before a session-key operation: the
+    relayer asks the account to move its own ETH in (``refill(0)``, within the account's ETH
+    allowance; the relayer pays only that transaction's gas)."""
     deposit = deposit_of(w3, account)
     if deposit >= need:
         return
     details: dict[str, object] = {}
     if relayer is not None:
         try:
-            deploy()
             call = account_contract(w3, account).encode_abi("refill", args=[0])
             send_transaction(w3, relayer, {"to": account, "data": call})
         except (Web3Exception, ValueError, RuntimeError) as exc:

@@ -32,7 +32,15 @@ from .account import account_contract, owned_contract
 from .bundler import BundlerClient, UserOpResult, submit_user_op
 from .entrypoint import ENTRY_POINT_V07, entry_point_v07_abi
 from .factory import AccountConfig, create_account, create_account_calldata, erc6492_wrap, factory_address
-from .gas import GasFields, choose_fields, fund_deposit, read_budget, read_caps
+from .gas import (
+    DEFAULT_GAS_ALLOWANCE,
+    GasFields,
+    choose_fields,
+    deposit_of,
+    fund_deposit,
+    read_budget,
+    read_caps,
+)
 from .session_signer import SessionKeySigner
 from .userop import PackedUserOperation, pack_account_gas_limits, pack_gas_fees, user_op_hash_v07
 
@@ -322,12 +330,21 @@ class HotWallet:
     def _fund_gas(self) -> GasFields:
         """The account pays a session key's operations from its EntryPoint deposit alone: make
         the deposit cover this one first. Each refill tops the deposit up again in its execution;
-        only the first (or one after the period's ETH allowance ran out) needs the relayer to
-        deploy the account and ask it to move its own ETH in."""
+        the relayer asks the account to move its ETH in only when that did not keep up. The
+        operation that deploys the account pays its own prefund from the account's ETH (at most
+        one period's ETH allowance: the account allows that once)."""
         gas = self.gas_fields()
-        relayer = self.relayer
-        deploy = (lambda: create_account(self.w3, self.config, relayer)) if relayer else lambda: None
-        fund_deposit(self.w3, self.account, gas.max_cost, relayer, deploy)
+        if self.is_deployed():
+            fund_deposit(self.w3, self.account, gas.max_cost, self.relayer)
+            return gas
+        missing = gas.max_cost - deposit_of(self.w3, self.account)
+        if missing > min(int(self.w3.eth.get_balance(self.account)), DEFAULT_GAS_ALLOWANCE):
+            raise ChainError(
+                f"the undeployed account cannot prefund its first operation ({missing} wei)",
+                reason=Reason.GAS_DEPOSIT_LOW,
+                account=self.account,
+                needed=missing,
+            )
         return gas
 
     def close(self) -> None:
