@@ -276,7 +276,7 @@ def test_wallet_status_topup_rotate_and_revoke(aa_world: WorldInfo, tmp_path: Pa
     account = account_contract(Web3(Web3.HTTPProvider(aa_world.rpc_url)), after["account"])
     assert account.functions.sessionKeyExpiry(before["session_key"]).call() == 0  # old key revoked
     assert _cli(home, "fetch", aa_world.route("GET", "/v2/weather").url).returncode == 0
-    revoked = _cli(home, "wallet", "session-key", "revoke")
+    revoked = _cli(home, "wallet", "session-key", "revoke", "--current")
     assert revoked.returncode == 0, revoked.stderr
     refused = _cli(home, "fetch", aa_world.route("GET", "/v2/weather").url)
     assert refused.returncode != 0 and "session_key_expired" in refused.stderr

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from .errors import ConfigError, InvalidRequest
 from .reasons import Reason
 
 if TYPE_CHECKING:  # the parser registers this module's commands: it stays light to import
@@ -41,6 +42,14 @@ def register(sub: Any) -> None:
     create.add_argument(
         "--top-up-to", type=int, default=0, help="refill the hot balance up to this (atomic units)"
     )
+    create.add_argument(
+        "--payee",
+        action="append",
+        default=[],
+        metavar="0xADDRESS",
+        help="pay only this payee, enforced by the account from its creation (repeat for more); "
+        "without it the account pays any payee and only the policy restricts",
+    )
     create.add_argument("--bundler-url")
     create.add_argument(
         "--relayer-keystore", help="keystore (same password) of a key with ETH for handleOps and owner calls"
@@ -49,9 +58,15 @@ def register(sub: Any) -> None:
     status.add_argument("--json", action="store_true")
     topup = wallet_sub.add_parser("topup", help="refill the hot balance from the vault now")
     topup.add_argument("amount", type=int, nargs="?", help="atomic units (default: up to top-up-to)")
-    key = wallet_sub.add_parser("session-key", help="rotate or revoke the session key (on the device)")
+    key = wallet_sub.add_parser("session-key", help="rotate or revoke a session key (on the device)")
     key.add_argument("action", choices=("rotate", "revoke"))
-    key.add_argument("--session-days", type=int, default=30)
+    key.add_argument("--session-days", type=int, default=30, help="rotate: the new key's lifetime")
+    key.add_argument("--key", metavar="0xADDRESS", help="revoke: the session key to revoke")
+    key.add_argument(
+        "--current",
+        action="store_true",
+        help="revoke: the key this home pays with (stops its payments); alone, names that key",
+    )
     withdraw = wallet_sub.add_parser("withdraw", help="move funds out to an address (on the device)")
     withdraw.add_argument("amount", type=int, help="atomic units")
     withdraw.add_argument("--to", required=True)
@@ -84,9 +99,20 @@ def run_wallet(args: argparse.Namespace) -> int:
     home = open_home(args.home)
     if args.wallet_command == "create":
         return _create(home, args)
-    wallet = open_hot_wallet(home)
+    wallet = open_hot_wallet(home)  # finishes locally a rotation the chain shows done
     if args.wallet_command == "status":
-        status = wallet.status()
+        from dataclasses import asdict
+
+        from .chain.session_keys import pending_rotation
+
+        pending = pending_rotation(home)
+        status = {**wallet.status(), "pending_rotation": None if pending is None else asdict(pending)}
+        if pending is not None:
+            print(
+                f"session key {pending.old_key} is still live: its rotation to {pending.new_key} "
+                "has not landed; run `x402-agent wallet session-key rotate` to finish it",
+                file=sys.stderr,
+            )
         if args.json:
             print(json.dumps(status, indent=2))
         else:
@@ -120,30 +146,63 @@ def run_wallet(args: argparse.Namespace) -> int:
             "owner actions need a relayer key with ETH (wallet.relayer_keystore)",
             reason=Reason.RELAYER_MISSING,
         )
-    if args.wallet_command in ("withdraw", "bounds"):
-        return _owner_actions(home, wallet, args)
-    from .chain.setup import revoke_session_key, rotate_session_key
+    from .chain.session_keys import check_revocable, pending_rotation, rotate_session_key
 
+    if args.wallet_command == "session-key" and args.action == "revoke":
+        # Refused before the device is asked; naming a pending rotation's old key finishes it.
+        check_revocable(home, wallet, _revoke_target(wallet, args), current=args.current)
     with _device_signer(home) as sign_line:
-        print("confirm on the device...")
-        if args.action == "revoke":
-            revoke_session_key(wallet, sign_line, wallet.relayer)
-            print(f"session key {wallet.session_address} revoked: this home can no longer pay")
-            return 0
-        new = rotate_session_key(
-            home,
-            wallet,
-            sign_line,
-            wallet.relayer,
-            session_seconds=args.session_days * DAY,
-            password=home.keystore_password(),
-        )
-    print(f"session key rotated: {wallet.session_address} revoked, {new} active")
+        rotating = args.wallet_command == "session-key" and args.action == "rotate"
+        if rotating or pending_rotation(home) is not None:
+            # Every owner action first finishes an interrupted rotation: the old key stays live
+            # until it lands, so it comes before anything else the owner signs.
+            print("confirm the session-key rotation on the device...", file=sys.stderr)
+            done = rotate_session_key(
+                home,
+                wallet,
+                sign_line,
+                wallet.relayer,
+                session_seconds=args.session_days * DAY if rotating else 30 * DAY,
+                password=home.keystore_password(),
+            )
+            print(f"session key rotated: {done.old_key} revoked, {done.new_key} active")
+            if rotating:
+                return 0
+            wallet.close()
+            wallet = open_hot_wallet(home)  # the new key is the home's now
+        if args.wallet_command in ("withdraw", "bounds"):
+            return _owner_actions(home, wallet, args, sign_line)
+        return _revoke(home, wallet, args, sign_line)
+
+
+def _revoke_target(wallet: Any, args: argparse.Namespace) -> str:
+    """The key ``revoke`` names: ``--key``, or with ``--current`` alone the home's own."""
+    if args.key is not None:
+        return str(args.key)
+    if args.current:
+        return str(wallet.session_address)
+    raise InvalidRequest(
+        "name the session key to revoke: --key 0xADDRESS (or --current for this home's own key)",
+        reason=Reason.INVALID_ARGUMENTS,
+    )
+
+
+def _revoke(home: AgentHome, wallet: Any, args: argparse.Namespace, sign_line: Any) -> int:
+    from .chain.session_keys import revoke_session_key
+
+    key = _revoke_target(wallet, args)
+    print("confirm the revocation on the device...", file=sys.stderr)
+    if not revoke_session_key(home, wallet, key, sign_line, wallet.relayer, current=args.current):
+        print(f"session key {key} is revoked already (or was never added)")
+    elif key.lower() == wallet.session_address.lower():
+        print(f"session key {key} revoked: this home can no longer pay")
+    else:
+        print(f"session key {key} revoked")
     return 0
 
 
 def _create(home: AgentHome, args: argparse.Namespace) -> int:
-    from eth_utils.address import to_checksum_address
+    from eth_utils.address import is_address, to_checksum_address
 
     from .chain.setup import WalletBounds, connect, create_wallet
     from .cli_policy import store_for
@@ -154,8 +213,16 @@ def _create(home: AgentHome, args: argparse.Namespace) -> int:
         raise ConfigError(
             f"no RPC URL for {args.network} in the home's rpc_urls", reason=Reason.CONFIG_INVALID
         )
+    for payee in args.payee:
+        if not is_address(payee):
+            raise InvalidRequest(f"--payee {payee[:60]!r} is not an address", reason=Reason.INVALID_ADDRESS)
     bounds = WalletBounds(
-        to_checksum_address(args.token), args.max_value, args.max_window, args.allowance, args.period
+        to_checksum_address(args.token),
+        args.max_value,
+        args.max_window,
+        args.allowance,
+        args.period,
+        tuple(dict.fromkeys(to_checksum_address(payee) for payee in args.payee)),
     )
     home = create_wallet(
         home,
@@ -178,6 +245,7 @@ def _create(home: AgentHome, args: argparse.Namespace) -> int:
                 "vault": signer.vault,
                 "owner": owner,
                 "session_key": signer.setup.session_key,
+                "payees": signer.setup.payees or "any (only the policy restricts)",
             },
             indent=2,
         )
@@ -190,12 +258,11 @@ def _create(home: AgentHome, args: argparse.Namespace) -> int:
     return 0
 
 
-def _owner_actions(home: AgentHome, wallet: Any, args: argparse.Namespace) -> int:
+def _owner_actions(home: AgentHome, wallet: Any, args: argparse.Namespace, sign_line: Any) -> int:
     """Withdraw or change bounds: each action is one line the device shows and signs."""
     from .chain.account import ACCOUNT_TAG, VAULT_TAG, run_owner_action
-    from .chain.setup import ensure_deployed
 
-    ensure_deployed(wallet, wallet.relayer)
+    wallet.ensure_deployed(wallet.relayer)
     actions: list[tuple[str, str, str, list[Any]]] = []  # (target, tag, action, args)
     if args.wallet_command == "withdraw":
         if args.source == "vault":
@@ -235,11 +302,8 @@ def _owner_actions(home: AgentHome, wallet: Any, args: argparse.Namespace) -> in
                 "name a bound to change (--max-value, --max-window, --allowance, --period)",
                 reason=Reason.INVALID_REQUEST,
             )
-    with _device_signer(home) as sign_line:
-        for target, tag, action, action_args in actions:
-            print(f"confirm {action} on the device...")
-            receipt = run_owner_action(
-                wallet.w3, target, action, action_args, sign_line, wallet.relayer, tag=tag
-            )
-            print(json.dumps({"action": action, "transaction": receipt["transactionHash"].hex()}))
+    for target, tag, action, action_args in actions:
+        print(f"confirm {action} on the device...")
+        receipt = run_owner_action(wallet.w3, target, action, action_args, sign_line, wallet.relayer, tag=tag)
+        print(json.dumps({"action": action, "transaction": receipt["transactionHash"].hex()}))
     return 0

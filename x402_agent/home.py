@@ -50,6 +50,9 @@ class AccountSetup(BaseModel):
     allowance: int
     period: int
     salt: str = "0x" + "00" * 32
+    payees: list[str] = Field(
+        default_factory=list, description="the only payees the account pays (empty: any payee)"
+    )
 
 
 class SmartAccountConfig(BaseModel):

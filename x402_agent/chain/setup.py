@@ -1,4 +1,4 @@
-"""Create a home's smart account and manage its session key (owner actions go to the device).
+"""Create a home's smart account (its session keys: ``session_keys``).
 
 Creating an account needs no gas and no device signature: its address commits to the owner (the
 enrolled device key), the session key and the bounds, so it can be funded before it exists and
@@ -7,21 +7,16 @@ is deployed by its first top-up (or by a facilitator, through ERC-6492).
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
-from pathlib import Path
 
-from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_utils.address import to_checksum_address
 from web3 import Web3
 
 from ..home import CONFIG_FILE, AccountSetup, AgentHome, HomeConfig, SmartAccountConfig
-from ..signer import write_keystore
-from .account import SignLine, run_owner_action
 from .factory import create_account, predicted_addresses
-from .wallet import HotWallet, account_config
-
-SESSION_KEYSTORE = "session.keystore.json"
+from .session_keys import SESSION_KEYSTORE, check_session_expiry, write_session_key
+from .wallet import account_config
 
 
 def connect(rpc_url: str) -> Web3:
@@ -37,12 +32,8 @@ class WalletBounds:
     max_window: int
     allowance: int
     period: int = 86_400
-
-
-def _write_session_key(root: Path, password: str, iterations: int | None) -> LocalAccount:
-    key: LocalAccount = Account.from_key(secrets.token_bytes(32))
-    write_keystore(root / SESSION_KEYSTORE, "0x" + bytes(key.key).hex(), password, iterations=iterations)
-    return key
+    # Empty: the account pays any payee (the agent's policy still restricts); else only these.
+    payees: tuple[str, ...] = ()
 
 
 def create_wallet(
@@ -61,17 +52,19 @@ def create_wallet(
     kdf_iterations: int | None = None,
 ) -> AgentHome:
     """Give ``home`` a smart account paying ``bounds.token`` on ``network``; rewrite its config."""
-    session = _write_session_key(home.root, password, kdf_iterations)
     now = int(w3.eth.get_block("latest")["timestamp"])
+    expiry = check_session_expiry(now + session_seconds)
+    session = write_session_key(home.root / SESSION_KEYSTORE, password, kdf_iterations)
     setup = AccountSetup(
         owner=owner,
         session_key=session.address,
-        session_expiry=now + session_seconds,
+        session_expiry=expiry,
         token=bounds.token,
         max_value=bounds.max_value,
         max_window=bounds.max_window,
         allowance=bounds.allowance,
         period=bounds.period,
+        payees=[to_checksum_address(payee) for payee in bounds.payees],
     )
     config = account_config(setup)
     account, vault = predicted_addresses(w3, config)
@@ -90,44 +83,3 @@ def create_wallet(
     updated = home.config.model_copy(update={"signer": signer})
     (home.root / CONFIG_FILE).write_text(updated.model_dump_json(by_alias=True, indent=2) + "\n")
     return AgentHome(home.root, HomeConfig.model_validate_json((home.root / CONFIG_FILE).read_text()))
-
-
-def ensure_deployed(wallet: HotWallet, relayer: LocalAccount) -> None:
-    """Owner actions need the contracts: deploy a counterfactual account (and vault) first."""
-    if not wallet.is_deployed():
-        create_account(wallet.w3, wallet.config, relayer)
-
-
-def rotate_session_key(
-    home: AgentHome,
-    wallet: HotWallet,
-    sign_line: SignLine,
-    relayer: LocalAccount,
-    *,
-    session_seconds: int,
-    password: str,
-    kdf_iterations: int | None = None,
-) -> str:
-    """Add a new session key and revoke the current one (two owner actions signed on the
-    device); the new key replaces the old one in the home. Returns the new key's address."""
-    ensure_deployed(wallet, relayer)
-    old = wallet.session_address
-    previous = (home.root / SESSION_KEYSTORE).read_bytes()
-    new = _write_session_key(home.root, password, kdf_iterations)
-    try:
-        expiry = int(wallet.w3.eth.get_block("latest")["timestamp"]) + session_seconds
-        run_owner_action(
-            wallet.w3, wallet.account, "setSessionKey", [new.address, expiry], sign_line, relayer
-        )
-    except BaseException:
-        (home.root / SESSION_KEYSTORE).write_bytes(previous)  # the old key still works
-        raise
-    run_owner_action(wallet.w3, wallet.account, "revokeSessionKey", [old], sign_line, relayer)
-    return str(new.address)
-
-
-def revoke_session_key(wallet: HotWallet, sign_line: SignLine, relayer: LocalAccount) -> None:
-    """Revoke the home's session key on chain: it can sign nothing the account accepts."""
-    run_owner_action(
-        wallet.w3, wallet.account, "revokeSessionKey", [wallet.session_address], sign_line, relayer
-    )
