@@ -4,6 +4,9 @@ The generator yields ``HttpCall`` and ``RpcCall`` steps and receives their answe
 read top to bottom: request, parse the challenge, choose an offer, reserve, sign, record, retry
 with payment, verify the settlement, commit. It never does I/O itself (besides the ledger, which
 must record a reservation before anything is signed).
+
+What is signed, sent and checked on chain belongs to the chosen offer's scheme module, found
+through the registry (``schemes``): no scheme is named here.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import secrets
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
@@ -57,19 +59,14 @@ from .errors import (
 from .ledger import Ownership, PaymentRecord, PaymentState, Verification
 from .money import format_units
 from .netguard import check_literal
-from .policy import AssetRule
 from .reasons import Reason
 from .request_limits import check_request, redirect_target
+from .schemes import Authorized, Scheme, for_record
 from .selection import Choice, PriceLimit, rank
-from .settlement import check_settlement, check_transaction_receipt, read_settlement_header
-from .signer import (
-    OnChainGuard,
-    PaymentSigner,
-    SignedAuthorization,
-    TokenDomain,
-    TransferAuthorization,
-)
+from .settlement import read_settlement_header
+from .signer import OnChainGuard, PaymentSigner
 from .spendgate import SpendGate
+from .steps import RpcCall as RpcCall  # a step like the others, for the drivers
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # An authorization this close to expiry is not worth resending: it may expire in flight.
@@ -97,13 +94,6 @@ class HttpAnswer:
     headers: httpx.Headers
     content: bytes  # with ``stored``: the first INLINE_BYTES of it
     stored: StoredBody | None = None
-
-
-@dataclass(frozen=True)
-class RpcCall:
-    url: str
-    method: str
-    params: tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -286,20 +276,22 @@ def fetch_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, FetchOut
             yield WalletCall(
                 "top-up", partial(payer.signer.ensure_funds, _in_flight(payer, choice.offer.asset))
             )
-        signed = _sign(payer, choice.offer, choice.asset.eip712_name, choice.asset.eip712_version, record)
-        header_name, header_value = _payment_header(challenge, choice.offer, signed)
+        authorized = yield from _authorize(payer, choice, record)
+        header_name, header_value = _payment_header(challenge, choice, authorized)
         record = payer.gate.ledger.mark_sent(
             record.id,
-            payer=signed.authorization.from_address,
-            nonce=signed.authorization.nonce,
-            valid_after=signed.authorization.valid_after,
-            valid_before=signed.authorization.valid_before,
+            payer=authorized.payer,
+            nonce=authorized.authorization_id,
+            valid_after=authorized.valid_after,
+            valid_before=authorized.valid_before,
             payment_header=header_value,
         )
     except BaseException:
         payer.gate.ledger.release(record.id, reason="not_sent")
         raise
-    return (yield from _deliver(payer, req, url, record, signed, header_name, header_value))
+    return (
+        yield from _deliver(payer, req, url, record, choice.scheme, authorized, header_name, header_value)
+    )
 
 
 def _reserve_cheapest(
@@ -316,7 +308,7 @@ def _reserve_cheapest(
                 yield WalletCall(
                     "bound check",
                     partial(
-                        guard.check_payment, offer.asset, offer.pay_to, offer.amount, _window(payer, offer)
+                        guard.check_payment, offer.asset, offer.pay_to, choice.maximum, _window(payer, offer)
                     ),
                 )
             except PolicyDenied as refused:
@@ -324,7 +316,7 @@ def _reserve_cheapest(
                 continue
         approved = False
         if choice.decision.needs_approval:
-            approved = yield from _ask_approval(payer, req, url, choice.offer, choice.asset)
+            approved = yield from _ask_approval(payer, req, url, choice)
         try:
             return choice, payer.gate.reserve(choice.offer, context, approved=approved)
         except PolicyDenied as refused:
@@ -332,14 +324,13 @@ def _reserve_cheapest(
     raise refusals[0]
 
 
-def _ask_approval(
-    payer: Payer, req: FetchRequest, url: str, offer: Offer, asset: AssetRule
-) -> Generator[Step, Any, bool]:
+def _ask_approval(payer: Payer, req: FetchRequest, url: str, choice: Choice) -> Generator[Step, Any, bool]:
+    offer, asset = choice.offer, choice.asset
     answer = yield ApprovalCall(
         ApprovalRequest(
             method=req.method.upper(),
             url=url,
-            amount=offer.amount,
+            amount=choice.maximum,
             symbol=asset.symbol,
             decimals=asset.decimals,
             network=offer.network,
@@ -349,7 +340,7 @@ def _ask_approval(
     )
     if answer is None:
         raise PolicyDenied(
-            f"paying {format_units(offer.amount, asset.decimals)} {asset.symbol} "
+            f"paying {format_units(choice.maximum, asset.decimals)} {asset.symbol} "
             "needs a human approval and no one can be asked here",
             reason=Reason.APPROVAL_REQUIRED,
             offer=offer.describe(),
@@ -438,46 +429,18 @@ def _in_flight(payer: Payer, asset: str) -> int:
     return sum(r.amount for r in payer.gate.ledger.unresolved() if r.asset.lower() == asset.lower())
 
 
-def _sign(
-    payer: Payer, offer: Offer, token_name: str, token_version: str, record: PaymentRecord
-) -> SignedAuthorization:
-    assert offer.chain_id is not None
-    now = int(payer.clock())
-    window = _window(payer, offer)
-    wanted = TransferAuthorization(
-        token=TokenDomain(token_name, token_version, offer.chain_id, offer.asset),
-        from_address=payer.signer.address,
-        to=offer.pay_to,
-        value=offer.amount,
-        # Valid at once, as the SDK's own client signs it: a bound in the past only breaks when
-        # the chain's latest block is older than it (an idle chain); validBefore bounds the life.
-        valid_after=0,
-        valid_before=now + window,
-        nonce="0x" + secrets.token_hex(32),
-    )
-    if (record.amount, record.pay_to, record.asset) != (offer.amount, offer.pay_to, offer.asset):
+def _authorize(payer: Payer, choice: Choice, record: PaymentRecord) -> Generator[Step, Any, Authorized]:
+    """Sign what was reserved, and only that."""
+    offer = choice.offer
+    if (record.amount, record.pay_to, record.asset) != (choice.maximum, offer.pay_to, offer.asset):
         raise PaymentMismatch("the reservation does not match the chosen offer")
-    signed = payer.signer.sign_authorization(wanted)
-    if signed.authorization != wanted:
-        raise PaymentMismatch(
-            "the signer signed something other than the chosen offer", reason=Reason.SIGNED_PAYMENT_MISMATCH
-        )
-    return signed
+    now = int(payer.clock())
+    return (yield from choice.scheme.authorize(offer, choice.asset, payer.signer, now, _window(payer, offer)))
 
 
-def _payment_header(challenge: Challenge, offer: Offer, signed: SignedAuthorization) -> tuple[str, str]:
-    auth = signed.authorization
-    inner = {
-        "signature": signed.signature,
-        "authorization": {
-            "from": auth.from_address,
-            "to": auth.to,
-            "value": str(auth.value),
-            "validAfter": str(auth.valid_after),
-            "validBefore": str(auth.valid_before),
-            "nonce": auth.nonce,
-        },
-    }
+def _payment_header(challenge: Challenge, choice: Choice, authorized: Authorized) -> tuple[str, str]:
+    offer = choice.offer
+    inner = choice.scheme.payload(authorized)
     payload: PaymentPayload | PaymentPayloadV1
     if offer.x402_version >= 2:
         assert isinstance(offer.requirement, PaymentRequirements)
@@ -492,22 +455,15 @@ def _payment_header(challenge: Challenge, offer: Offer, signed: SignedAuthorizat
         )
         name = X_PAYMENT_HEADER
     value = encode_payment_signature_header(payload)
-    _check_outgoing(value, offer)
+    _check_outgoing(value, choice)
     return name, value
 
 
-def _check_outgoing(header_value: str, offer: Offer) -> None:
+def _check_outgoing(header_value: str, choice: Choice) -> None:
     """Decode exactly what will be sent and compare it with the chosen offer, field by field."""
+    offer = choice.offer
     sent = decode_payment_signature_header(header_value)
-    auth = sent.payload.get("authorization", {})
-    mismatched = [
-        name
-        for name, got, want in (
-            ("to", str(auth.get("to", "")).lower(), offer.pay_to.lower()),
-            ("value", auth.get("value"), str(offer.amount)),
-        )
-        if got != want
-    ]
+    mismatched = choice.scheme.payload_mismatches(sent.payload, offer)
     if isinstance(sent, PaymentPayload) and (
         sent.accepted.pay_to.lower(),
         sent.accepted.asset.lower(),
@@ -557,8 +513,13 @@ def _resume(
     if prior.valid_before - now > _RESUME_MARGIN_SECONDS:
         # Resending the same authorization cannot pay twice: the token accepts a nonce once.
         header = X_PAYMENT_HEADER if prior.x402_version == 1 else PAYMENT_SIGNATURE_HEADER
-        signed = _signed_from_record(prior)
-        return (yield from _deliver(payer, req, prior.url, prior, signed, header, prior.payment_header))
+        scheme = for_record(prior)
+        authorized = scheme.restore(prior)
+        return (
+            yield from _deliver(
+                payer, req, prior.url, prior, scheme, authorized, header, prior.payment_header
+            )
+        )
     state = yield from reconcile(payer, prior)
     if state == PaymentState.RELEASED:
         return None
@@ -582,32 +543,6 @@ def _replayed(payer: Payer, prior: PaymentRecord) -> FetchOutcome:
         replayed=True,
         stored=stored,
         location=evidence.get("location"),
-    )
-
-
-def _signed_from_record(record: PaymentRecord) -> SignedAuthorization:
-    assert record.payment_header is not None
-    payload = decode_payment_signature_header(record.payment_header).payload
-    auth = payload["authorization"]
-    # The domain's name and version are not needed after signing (the settlement checks use
-    # the token address, payer, value and nonce); the recorded requirement still names them.
-    extra = json.loads(record.requirement_json).get("extra") or {}
-    return SignedAuthorization(
-        TransferAuthorization(
-            token=TokenDomain(
-                str(extra.get("name", "")),
-                str(extra.get("version", "")),
-                int(record.network.split(":")[1]),
-                record.asset,
-            ),
-            from_address=auth["from"],
-            to=auth["to"],
-            value=int(auth["value"]),
-            valid_after=int(auth["validAfter"]),
-            valid_before=int(auth["validBefore"]),
-            nonce=auth["nonce"],
-        ),
-        payload["signature"],
     )
 
 
@@ -652,13 +587,13 @@ def _deliver(
     req: FetchRequest,
     url: str,
     record: PaymentRecord,
-    signed: SignedAuthorization,
+    scheme: Scheme,
+    authorized: Authorized,
     header_name: str,
     header_value: str,
 ) -> Generator[Step, Any, FetchOutcome]:
     """Send the paid request, then settle the ledger entry from the evidence."""
     ledger = payer.gate.ledger
-    auth = signed.authorization
     sink = _sink(payer)
     location = None
     try:
@@ -682,7 +617,7 @@ def _deliver(
         evidence["body_cut_at_bytes"] = response.stored.size  # the policy's cap
     if location is not None:
         evidence["location"] = location
-    settled_by_server = _proves_settlement(settle_response, auth, record.network)
+    settled_by_server = _proves_settlement(scheme, settle_response, authorized, record.network)
     if not (200 <= response.status_code < 300 or (location and settled_by_server)):
         evidence["delivered"] = False
         refused = (
@@ -707,15 +642,17 @@ def _deliver(
         raise _not_settled(record, response.status_code, state, refused)
 
     tx: str | None = None
+    settled: int | None = None
     defer = None
     confirmed: bool | None = None
     try:
         if settle_response is not None:
-            tx = check_settlement(settle_response, auth, record.network).transaction
+            settlement = scheme.settlement(settle_response, authorized, record.network)
+            tx, settled = settlement.transaction, settlement.amount
         if tx is not None and payer.verify_on_chain and record.network in payer.rpc_urls:
             defer = payer.defer_verification
         if defer is None:
-            confirmed = yield from _confirm_on_chain(payer, record, auth, tx)
+            confirmed = yield from _confirm_on_chain(payer, record, scheme, authorized, tx)
     except SettlementMismatch as exc:
         ledger.mark_unknown(
             record.id,
@@ -740,6 +677,7 @@ def _deliver(
             delivered=True,
             evidence=evidence,
             verification=Verification.PENDING if defer else Verification.VERIFIED if confirmed else None,
+            settled_amount=settled,
         )
         if defer is not None:
             defer(record)
@@ -755,13 +693,13 @@ def _deliver(
 
 
 def _proves_settlement(
-    settle_response: SettleResponse | None, auth: TransferAuthorization, network: str
+    scheme: Scheme, settle_response: SettleResponse | None, authorized: Authorized, network: str
 ) -> bool:
     """The server's settlement header states that this very payment moved money."""
     if settle_response is None:
         return False
     try:
-        check_settlement(settle_response, auth, network)
+        scheme.settlement(settle_response, authorized, network)
     except SettlementMismatch:
         return False
     return True
@@ -802,7 +740,7 @@ def _not_settled(
 
 
 def _confirm_on_chain(
-    payer: Payer, record: PaymentRecord, auth: TransferAuthorization, tx: str | None
+    payer: Payer, record: PaymentRecord, scheme: Scheme, authorized: Authorized, tx: str | None
 ) -> Generator[Step, Any, bool | None]:
     """True: the chain shows our transfer. False: it could not be shown. None: no RPC."""
     rpc = payer.rpc_urls.get(record.network)
@@ -810,50 +748,39 @@ def _confirm_on_chain(
         return None
     try:
         if tx is None:
-            used: bool = yield from nonce_used(rpc, record)
-            return used
+            settled = yield from scheme.settled_on_chain(rpc, record)
+            return settled is not None
         receipt = yield RpcCall(rpc, "eth_getTransactionReceipt", (tx,))
     except ChainError:
         return False
     if receipt is None:
         return False
-    check_transaction_receipt(receipt, auth, record.pay_to)
+    scheme.check_receipt(receipt, authorized, record.pay_to)
     return True
 
 
-_AUTHORIZATION_STATE_SELECTOR = "0xe94a0102"  # authorizationState(address,bytes32)
-
-
-def nonce_used(rpc: str, record: PaymentRecord) -> Generator[Step, Any, bool]:
-    assert record.payer is not None and record.nonce is not None
-    data = (
-        _AUTHORIZATION_STATE_SELECTOR
-        + record.payer.lower().removeprefix("0x").rjust(64, "0")
-        + record.nonce.lower().removeprefix("0x")
-    )
-    result = yield RpcCall(rpc, "eth_call", ({"to": record.asset, "data": data}, "latest"))
-    return int(result, 16) != 0
-
-
 def reconcile(payer: Payer, record: PaymentRecord) -> Generator[Step, Any, PaymentState]:
-    """Resolve a sent/unknown payment from the chain: used nonce = settled; expired and unused =
-    released (it can never settle); otherwise it stays unknown and counted."""
+    """Resolve a sent/unknown payment from the chain: authorization used = settled; expired and
+    unused = released (it can never settle); otherwise it stays unknown and counted."""
     rpc = payer.rpc_urls.get(record.network)
     if rpc is None or record.state not in (PaymentState.SENT, PaymentState.UNKNOWN):
         return record.state
     ledger = payer.gate.ledger
+    scheme = for_record(record)
     try:
-        if (yield from nonce_used(rpc, record)):
+        settled = yield from scheme.settled_on_chain(rpc, record)
+        if settled is not None:
             # The state the row has now: the paying process may have finished it meanwhile.
-            return ledger.settle(record.id, settlement_tx=record.settlement_tx).state
+            return ledger.settle(record.id, settlement_tx=record.settlement_tx, settled_amount=settled).state
         block = yield RpcCall(rpc, "eth_getBlockByNumber", ("latest", False))
     except ChainError:
         return record.state
     assert record.valid_before is not None
     if int(block["timestamp"], 16) >= record.valid_before:
-        # Past validBefore the token rejects the authorization forever; check the nonce again
-        # at that block so a settlement in between cannot slip through.
-        if not (yield from nonce_used(rpc, record)):
+        # Past validBefore the authorization is refused forever; ask the chain again at that
+        # block so a settlement in between cannot slip through.
+        settled = yield from scheme.settled_on_chain(rpc, record)
+        if settled is None:
             return ledger.release(record.id, reason="expired_unused").state
-        return ledger.settle(record.id, settlement_tx=record.settlement_tx).state
+        return ledger.settle(record.id, settlement_tx=record.settlement_tx, settled_amount=settled).state
     return record.state

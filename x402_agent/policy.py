@@ -40,6 +40,10 @@ DEFAULT_SESSION = "default"
 # Fields added after policies were first signed: left out of the canonical form while unset, so
 # every policy that does not use them keeps the digest its device approved.
 _ADDED_LATER = ("private_network", "max_paid_body_bytes")
+_ASSET_ADDED_LATER = ("schemes",)
+# What an asset may be paid with when its rule names no schemes (all that releases before the
+# field paid).
+DEFAULT_SCHEMES = ("exact",)
 
 AtomicAmount = Annotated[int, Field(ge=0, le=LEDGER_AMOUNT_MAX, strict=True)]
 
@@ -108,6 +112,15 @@ class AssetRule(_Model):
     approval_above: AtomicAmount | None = Field(
         default=None, description="Payments above this need a human yes, else are refused"
     )
+    schemes: tuple[Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,31}$")], ...] | None = Field(
+        default=None,
+        min_length=1,
+        description=f"x402 schemes this asset may be paid with (unset: {list(DEFAULT_SCHEMES)})",
+    )
+
+    @property
+    def allowed_schemes(self) -> tuple[str, ...]:
+        return self.schemes or DEFAULT_SCHEMES
 
     @property
     def asset_id(self) -> str:
@@ -321,6 +334,10 @@ class Policy(_Model):
         for name in _ADDED_LATER:
             if data.get(name) is None:
                 del data[name]
+        for asset in data["assets"]:
+            for name in _ASSET_ADDED_LATER:
+                if asset.get(name) is None:
+                    del asset[name]
         return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
     @property

@@ -15,9 +15,9 @@ from .errors import InvalidRequest, NoAcceptableRequirement, PolicyDenied
 from .money import format_units
 from .policy import AssetRule
 from .reasons import Reason
+from .schemes import Scheme, resolve
 from .spendgate import SpendGate
 
-SUPPORTED_SCHEME = "exact"
 # Codes that mean "we cannot pay this offer at all", as opposed to "the policy said no".
 _UNPAYABLE = {
     Reason.UNSUPPORTED_SCHEME,
@@ -69,6 +69,8 @@ class Choice:
     offer: Offer
     asset: AssetRule
     decision: Decision
+    scheme: Scheme  # the module that pays it
+    maximum: int  # what paying it can cost at most: what is reserved and approved
 
 
 def assess(
@@ -81,29 +83,29 @@ def assess(
 ) -> Decision:
     """Why this one offer can or cannot be paid (``with_usage=False``: ignoring what the ledger
     already counts, which the reservation checks anyway)."""
-    method = offer.extra.get("assetTransferMethod", "eip3009")
-    if offer.scheme != SUPPORTED_SCHEME or method != "eip3009":
-        return Decision(
-            False, Reason.UNSUPPORTED_SCHEME, f"scheme {offer.scheme!r}/{method!r} is not supported"
-        )
-    if offer.chain_id is None:
-        return Decision(False, Reason.UNKNOWN_NETWORK, f"network {offer.network!r} is not supported")
+    return _assess(offer, gate, context, limit, with_usage)[0]
+
+
+def _assess(
+    offer: Offer, gate: SpendGate, context: PaymentContext, limit: PriceLimit | None, with_usage: bool
+) -> tuple[Decision, Scheme | None]:
+    scheme = resolve(offer)
+    if isinstance(scheme, Decision):
+        return scheme, None
     decision = gate.evaluate(offer, context, with_usage=with_usage)
     rule = decision.asset
     if rule is None:
-        return decision
-    # The token's EIP-712 domain comes from the policy, never from the server; a server that
-    # names another domain is describing a different token.
-    name, version = offer.extra.get("name"), offer.extra.get("version")
-    if (name is not None and name != rule.eip712_name) or (
-        version is not None and version != rule.eip712_version
-    ):
+        return decision, scheme
+    if offer.scheme not in rule.allowed_schemes:
         return Decision(
             False,
-            Reason.ASSET_DOMAIN_MISMATCH,
-            f"server names token {name!r} v{version!r}, policy has "
-            f"{rule.eip712_name!r} v{rule.eip712_version!r}",
-        )
+            Reason.SCHEME_NOT_ALLOWED,
+            f"the policy lets {rule.symbol} be paid with {list(rule.allowed_schemes)}, not {offer.scheme!r}",
+            rule,
+        ), scheme
+    refused = scheme.check_offer(offer, rule)
+    if refused is not None:
+        return refused, scheme
     if limit is not None:
         ceiling = limit.atomic_for(rule)
         if ceiling is None:
@@ -112,16 +114,16 @@ def assess(
                 Reason.MAX_PRICE_ASSET_MISMATCH,
                 f"the max price is in {limit.symbol}, but this offer is paid in {rule.symbol}",
                 rule,
-            )
-        if offer.amount > ceiling:
+            ), scheme
+        if scheme.maximum(offer) > ceiling:
             return Decision(
                 False,
                 Reason.PRICE_ABOVE_MAX,
-                f"price {format_units(offer.amount, rule.decimals)} {rule.symbol} "
+                f"price {format_units(scheme.maximum(offer), rule.decimals)} {rule.symbol} "
                 f"is above the max price {limit.amount}",
                 rule,
-            )
-    return decision
+            ), scheme
+    return decision, scheme
 
 
 def choose(
@@ -140,10 +142,13 @@ def rank(
     with_usage: bool = True,
 ) -> list[Choice]:
     """Acceptable offers, cheapest first; raise with every offer's reason if there is none."""
-    verdicts = [
-        (offer, assess(offer, gate, context, limit, with_usage=with_usage)) for offer in challenge.offers
+    assessed = [(offer, *_assess(offer, gate, context, limit, with_usage)) for offer in challenge.offers]
+    verdicts = [(offer, decision) for offer, decision, _ in assessed]
+    payable = [
+        Choice(o, d.asset, d, s, s.maximum(o))
+        for o, d, s in assessed
+        if d.allowed and d.asset is not None and s is not None
     ]
-    payable = [Choice(o, d.asset, d) for o, d in verdicts if d.allowed and d.asset is not None]
     if payable:
         # Compare in display units so 6- and 18-decimal tokens rank sensibly; ties: server order.
         return sorted(payable, key=lambda c: (Fraction(c.offer.amount, 10**c.asset.decimals), c.offer.index))

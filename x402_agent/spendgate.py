@@ -18,6 +18,7 @@ from .errors import PolicyDenied
 from .ledger import Ledger, NewPayment, PaymentRecord, UsageQuery
 from .policy import Policy
 from .reasons import Reason
+from .schemes import transfer_method
 
 
 class SpendGate(Protocol):
@@ -114,6 +115,8 @@ class PolicyGate:
                 policy_version=policy.version,
                 policy_digest=self._digest_of(policy),
                 session=context.session,
+                scheme=offer.scheme,
+                credential=str(transfer_method(offer)),
             ),
             self._query(policy, offer, context, now),
             check,

@@ -32,8 +32,7 @@ from urllib.parse import unquote, urlsplit
 from .errors import ChainError, SettlementMismatch
 from .ledger import Ledger, PaymentRecord
 from .reasons import Reason
-from .settlement import check_transaction_receipt
-from .signer import TokenDomain, TransferAuthorization
+from .schemes import for_record
 
 # A settlement transaction not found this long after the server named it is a false claim.
 RECEIPT_GRACE_SECONDS = 30.0
@@ -42,21 +41,6 @@ BATCH = 32
 RETRY_SECONDS = 1.0
 RPC_TIMEOUT_SECONDS = 10.0
 _ids = itertools.count(1)
-
-
-def _authorization(record: PaymentRecord) -> TransferAuthorization:
-    """What the receipt must show, from the ledger row (the domain's name and version are not
-    part of the receipt check)."""
-    assert record.payer is not None and record.nonce is not None
-    return TransferAuthorization(
-        token=TokenDomain("", "", int(record.network.split(":")[1]), record.asset),
-        from_address=record.payer,
-        to=record.pay_to,
-        value=record.amount,
-        valid_after=record.valid_after or 0,
-        valid_before=record.valid_before or 0,
-        nonce=record.nonce,
-    )
 
 
 class Verifier:
@@ -204,7 +188,8 @@ class Verifier:
                 "message": "the transaction the server named does not exist on chain",
             }
         try:
-            check_transaction_receipt(receipt, _authorization(record), record.pay_to)
+            scheme = for_record(record)
+            scheme.check_receipt(receipt, scheme.restore(record), record.pay_to)
         except SettlementMismatch as exc:
             return True, {"message": exc.message, **exc.details, "reason": exc.reason}
         return True, None

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LedgerError
 from .owners import advisory_key
-from .sql import SqlLedger, create_schema
+from .sql import SqlLedger
 
 if TYPE_CHECKING:
     import psycopg
@@ -71,7 +71,7 @@ class PostgresLedger(SqlLedger):
             # DDL under the same lock: CREATE ... IF NOT EXISTS is not safe when several
             # processes run it at once (they can collide on the catalog's unique indexes).
             with self._transaction() as cur:
-                create_schema(cur)
+                self._migrate(cur)
                 self._buckets(cur, build=True)  # a ledger that predates the counters
         except LedgerError as exc:
             self.close()

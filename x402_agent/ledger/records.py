@@ -60,11 +60,19 @@ class NewPayment:
     policy_version: int
     policy_digest: str
     session: str | None = None
+    # Which scheme module pays it and resolves it later (``schemes``), and its transfer
+    # method; rows of releases before they were recorded are exact over EIP-3009.
+    scheme: str = "exact"
+    credential: str = "eip3009"
 
 
 @dataclass(frozen=True)
 class PaymentRecord(NewPayment):
-    """A ledger row; for sent and later states it is also the payment's receipt."""
+    """A ledger row; for sent and later states it is also the payment's receipt.
+
+    ``amount`` is the reserved maximum (what counts while the payment is open), ``nonce`` the
+    authorization id the chain marks used, ``valid_before`` the authorization's expiry and
+    ``settled_amount`` what moved (set when settled)."""
 
     id: str = ""
     state: PaymentState = PaymentState.RESERVED
@@ -84,6 +92,7 @@ class PaymentRecord(NewPayment):
     evidence_json: str | None = None
     finished_at: float | None = None
     verification: Verification | None = None
+    settled_amount: int | None = None
 
     def to_receipt(self) -> dict[str, Any]:
         """The receipt view: everything except the bearer payment header."""
@@ -91,6 +100,7 @@ class PaymentRecord(NewPayment):
         data.pop("payment_header")
         data["state"] = str(self.state)
         data["amount"] = str(self.amount)
+        data["settled_amount"] = None if self.settled_amount is None else str(self.settled_amount)
         data["requirement"] = json.loads(data.pop("requirement_json"))
         evidence = data.pop("evidence_json")
         data["evidence"] = json.loads(evidence) if evidence else None
@@ -177,6 +187,7 @@ class Ledger(Protocol):
         delivered: bool | None = None,
         evidence: dict[str, Any] | None = None,
         verification: Verification | None = None,
+        settled_amount: int | None = None,
     ) -> PaymentRecord: ...
     def mark_verified(self, outcomes: Mapping[str, dict[str, Any] | None]) -> set[str]:
         """End pending verifications in one transaction: payment id -> None (verified) or the

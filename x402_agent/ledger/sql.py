@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ from typing import Any
 from ..decision import Usage
 from ..errors import LedgerError, PaymentInFlight
 from ..reasons import Reason
+from .migrations import migrate
 from .owners import new_owner_id
 from .records import (
     AssetUsage,
@@ -45,91 +47,6 @@ from .records import (
 )
 
 COLUMNS = [f.name for f in fields(PaymentRecord)]
-_STATES = ", ".join(f"'{s}'" for s in PaymentState)
-_VERIFICATION = f"TEXT CHECK (verification IN ({', '.join(repr(str(v)) for v in Verification)}))"
-
-SCHEMA = (
-    f"""CREATE TABLE IF NOT EXISTS payments (
-        id TEXT PRIMARY KEY,
-        idempotency_key TEXT,
-        request_fingerprint TEXT NOT NULL,
-        method TEXT NOT NULL,
-        url TEXT NOT NULL,
-        request_body_sha256 TEXT NOT NULL,
-        x402_version SMALLINT NOT NULL,
-        network TEXT NOT NULL,
-        asset TEXT NOT NULL,
-        symbol TEXT NOT NULL,
-        decimals SMALLINT NOT NULL,
-        amount BIGINT NOT NULL CHECK (amount > 0),
-        pay_to TEXT NOT NULL,
-        requirement_json TEXT NOT NULL,
-        policy_version BIGINT NOT NULL,
-        policy_digest TEXT NOT NULL,
-        session TEXT,
-        state TEXT NOT NULL CHECK (state IN ({_STATES})),
-        created_at DOUBLE PRECISION NOT NULL,
-        updated_at DOUBLE PRECISION NOT NULL,
-        payer TEXT,
-        nonce TEXT UNIQUE,
-        valid_after BIGINT,
-        valid_before BIGINT,
-        payment_header TEXT,
-        sent_at DOUBLE PRECISION,
-        settlement_tx TEXT,
-        response_status SMALLINT,
-        response_content_type TEXT,
-        response_body_sha256 TEXT,
-        delivered SMALLINT,
-        evidence_json TEXT,
-        finished_at DOUBLE PRECISION,
-        verification {_VERIFICATION}
-    )""",
-    """CREATE TABLE IF NOT EXISTS sessions (
-        id TEXT PRIMARY KEY, profile TEXT, started_at DOUBLE PRECISION NOT NULL)""",
-    "CREATE TABLE IF NOT EXISTS ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS usage_buckets (
-        network TEXT NOT NULL, asset TEXT NOT NULL, bucket BIGINT NOT NULL,
-        amount BIGINT NOT NULL, PRIMARY KEY (network, asset, bucket))""",
-    # One live payment per idempotency key; a released attempt frees the key.
-    """CREATE UNIQUE INDEX IF NOT EXISTS payments_live_key ON payments (idempotency_key)
-        WHERE idempotency_key IS NOT NULL AND state <> 'released'""",
-    """CREATE INDEX IF NOT EXISTS payments_asset_day
-        ON payments (asset, network, created_at, state, amount)""",
-    """CREATE INDEX IF NOT EXISTS payments_session ON payments (session, asset, network)
-        WHERE session IS NOT NULL""",
-    "CREATE INDEX IF NOT EXISTS payments_created ON payments (created_at)",
-    """CREATE INDEX IF NOT EXISTS payments_open ON payments (state)
-        WHERE state IN ('reserved', 'sent', 'unknown')""",
-)
-# Columns added after the first release: (name, type), added to older ledgers when opened.
-ADDED_COLUMNS = (
-    ("verification", _VERIFICATION),
-    # The opener (process) a row in flight belongs to; NULL in rows written
-    # before owners were recorded (see ledger.owners).
-    ("owner", "TEXT"),
-)
-# Indexes over added columns, created once the columns exist.
-LATE_INDEXES = (
-    # Pending checks (the verifier's queue after a restart) and mismatches (the breaker).
-    """CREATE INDEX IF NOT EXISTS payments_unverified ON payments (updated_at)
-        WHERE verification = 'pending'""",
-    """CREATE INDEX IF NOT EXISTS payments_mismatch ON payments (updated_at)
-        WHERE verification = 'mismatch'""",
-)
-
-
-def create_schema(cur: Any) -> None:
-    """Create the tables, or bring an older ledger's up to date (under the budget lock)."""
-    for statement in SCHEMA:
-        cur.execute(statement)
-    cur.execute("SELECT * FROM payments WHERE 1 = 0")
-    present = {column[0] for column in cur.description}
-    for name, kind in ADDED_COLUMNS:
-        if name not in present:
-            cur.execute(f"ALTER TABLE payments ADD COLUMN {name} {kind}")
-    for statement in LATE_INDEXES:
-        cur.execute(statement)
 
 
 # Which states a transition may start from: a settled or released row never moves again.
@@ -164,6 +81,11 @@ SESSION_HORIZON = 30 * 86_400
 # Width of a usage bucket; ledger_meta[BUCKETS_KEY] holds the width the counters were built with.
 BUCKET_SECONDS = 600
 BUCKETS_KEY = "usage_buckets"
+
+
+def _assign(column: str) -> str:
+    # A settlement that names no amount settled the reserved one.
+    return "settled_amount = COALESCE(?, amount)" if column == "settled_amount" else f"{column} = ?"
 
 
 def bucket_of(created_at: float) -> int:
@@ -210,6 +132,11 @@ class SqlLedger(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def _migrate(self, cur: Any) -> list[int]:
+        """Bring an older ledger's schema up to date (in the opening write transaction)."""
+        # The wall clock: the ledger's own clock (a test's) counts the ledger's payment events.
+        return migrate(cur, self._run, self.owner, time.time())
+
     # ---- helpers ---------------------------------------------------------------------------
     def _sql(self, text: str) -> str:
         return text if self.placeholder == "?" else text.replace("?", self.placeholder)
@@ -231,6 +158,8 @@ class SqlLedger(ABC):
             data["delivered"] = bool(data["delivered"])
         if data["verification"] is not None:
             data["verification"] = Verification(data["verification"])
+        if data["settled_amount"] is not None:
+            data["settled_amount"] = int(data["settled_amount"])
         return PaymentRecord(**data)
 
     def _select(self, where: str, params: Sequence[Any]) -> list[PaymentRecord]:
@@ -422,7 +351,7 @@ class SqlLedger(ABC):
                 counters = to is PaymentState.RELEASED and self._buckets(cur, build=True)
                 rows = self._run(
                     cur,
-                    f"UPDATE payments SET {', '.join(f'{k} = ?' for k in values)} "
+                    f"UPDATE payments SET {', '.join(_assign(k) for k in values)} "
                     f"WHERE id = ? AND state IN ({', '.join('?' for _ in allowed)}) "
                     f"RETURNING {', '.join(COLUMNS)}",
                     (*values.values(), payment_id, *map(str, allowed)),
@@ -513,8 +442,10 @@ class SqlLedger(ABC):
         delivered: bool | None = None,
         evidence: dict[str, Any] | None = None,
         verification: Verification | None = None,
+        settled_amount: int | None = None,
     ) -> PaymentRecord:
-        values: dict[str, Any] = {}
+        # Unsaid, what settled is the reserved amount (exact: what was signed is what moves).
+        values: dict[str, Any] = {"settled_amount": settled_amount}
         if verification is not None:
             values["verification"] = str(verification)
         if settlement_tx is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import LedgerError
 from .owners import OwnerFiles
-from .sql import SqlLedger, create_schema
+from .sql import SqlLedger
 
 # A checkpoint copies the WAL's pages into the database file; pages written again between two
 # checkpoints are copied once. So it runs once a second, or sooner after many commits (which
@@ -47,7 +47,7 @@ class SQLiteLedger(SqlLedger):
             # that happened to trigger one waited several ms for the disk.
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             with self._transaction() as cur:
-                create_schema(cur)
+                self._migrate(cur)
         except sqlite3.Error as exc:
             self._owners.release(self.owner)
             raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
