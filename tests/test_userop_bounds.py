@@ -44,6 +44,8 @@ from x402_agent.chain.gas import (
     DEFAULT_GAS_CAPS,
     DEFAULT_GAS_PERIOD,
     GasCaps,
+    GasFields,
+    choose_fields,
     deposit_of,
     max_cost,
 )
@@ -335,6 +337,25 @@ def test_the_deploying_operation_prefunds_itself_within_one_allowance(
     finally:
         wallet.close()
         opened.close()
+
+
+def test_our_fields_stay_within_the_caps_or_say_why_not() -> None:
+    """The fields our top-ups pick: ours when the caps allow, else the caps; a base fee that
+    leaves no room under the fee cap is ``gas_fee_above_cap`` (nothing is signed)."""
+    fields = choose_fields(DEFAULT_GAS_CAPS, base_fee=GWEI)
+    assert (fields.verification_gas_limit, fields.call_gas_limit, fields.pre_verification_gas) == (
+        600_000,
+        200_000,
+        60_000,
+    )
+    assert (fields.max_fee_per_gas, fields.max_priority_fee_per_gas) == (3 * GWEI, GWEI)
+    assert fields.max_cost == 860_000 * 3 * GWEI
+    tight = GasCaps(400_000, 100_000, 50_000, 2 * GWEI, GWEI // 2)
+    assert choose_fields(tight, base_fee=GWEI) == GasFields(400_000, 100_000, 50_000, 2 * GWEI, GWEI // 2)
+    with pytest.raises(ChainError) as expensive:
+        choose_fields(tight, base_fee=2 * GWEI)
+    assert expensive.value.reason == "gas_fee_above_cap"
+    assert expensive.value.details["max_fee_cap"] == 2 * GWEI
 
 
 # ---- what the stolen key cannot do ----
