@@ -47,7 +47,6 @@ from x402_agent.chain.gas import (
     GasFields,
     choose_fields,
     deposit_of,
-    max_cost,
 )
 from x402_agent.chain.userop import (
     PackedUserOperation,
@@ -111,6 +110,14 @@ def _thief() -> tuple[LocalAccount, str]:
 
 def _fund_eth(world: WorldInfo, to: str, wei: int) -> None:
     rpc(world.rpc_url, "anvil_setBalance", to, hex(wei))
+
+
+def max_cost(op: PackedUserOperation) -> int:
+    """The EntryPoint v0.7's required prefund: every gas limit times maxFeePerGas."""
+    pad = op.paymasterAndData
+    paymaster_gas = int.from_bytes(pad[20:36], "big") + int.from_bytes(pad[36:52], "big") if pad else 0
+    gas = op.verification_gas_limit + op.call_gas_limit + paymaster_gas + op.preVerificationGas
+    return gas * op.max_fee_per_gas
 
 
 def _caps(w3: Web3, account: str) -> GasCaps:

@@ -22,7 +22,6 @@ from ..errors import ChainError
 from ..reasons import Reason
 from .account import account_contract, send_transaction
 from .entrypoint import ENTRY_POINT_V07, entry_point_v07_abi
-from .userop import PackedUserOperation
 
 # What our refills need: validation with a first deployment (~330k measured) and the call,
 # vault pull plus the deposit top-up (~90k measured); with margin, far under the default caps.
@@ -85,14 +84,6 @@ class GasBudget:
             f"{self.deposit + self.left} wei now (deposit {self.deposit} + {self.left} left this "
             f"period) + {self.allowance} wei per {self.period} s period after"
         )
-
-
-def max_cost(op: PackedUserOperation) -> int:
-    """The required prefund of ``op`` as the EntryPoint v0.7 computes it."""
-    pad = op.paymasterAndData
-    paymaster_gas = int.from_bytes(pad[20:36], "big") + int.from_bytes(pad[36:52], "big") if pad else 0
-    gas = op.verification_gas_limit + op.call_gas_limit + paymaster_gas + op.preVerificationGas
-    return gas * op.max_fee_per_gas
 
 
 def deposit_of(w3: Web3, account: str) -> int:
@@ -183,7 +174,6 @@ __all__ = [
     "choose_fields",
     "deposit_of",
     "fund_deposit",
-    "max_cost",
     "read_budget",
     "read_caps",
 ]
