@@ -66,13 +66,30 @@ def bitcoin_signed(policy: Policy, key: PrivateKey = KEY, message: str | None = 
     )
 
 
-def test_the_line_is_short_readable_and_binds_the_digest() -> None:
-    line = approval_message(POLICY)
-    assert line == (
+def test_the_text_lists_every_limit_and_ends_with_the_digest() -> None:
+    text = approval_message(POLICY)
+    lines = text.splitlines()
+    assert lines[0] == "x402-agent policy v7 (first approval)"
+    assert lines[1] == "account: 0x1200000000000000000000000000000000000ab0, chain 8453"
+    assert (
+        "pay USDC on eip155:8453 token 0x833589fcd6edb6e08f4c7c32d4f71b54bda02913: decimals 6, "
+        "per-request 0.10, daily 5.00, device approval above never, schemes exact"
+    ) in lines
+    assert "session default: lifetime 1h, USDC@eip155:8453 1.00, scope any" in lines
+    assert lines[-1] == POLICY.digest
+    assert len(text.encode()) <= 1024
+
+
+def test_a_legacy_one_line_approval_still_verifies() -> None:
+    """Approvals signed before every field was shown: the one-line summary, checked as such."""
+    line = (
         "x402-agent policy v7 acct 0x12..b0 chain 8453: daily 5.00 USDC, "
         f"per-request 0.10, session 1.00/1h, {POLICY.digest}"
     )
-    assert len(line) < 200
+    verify_approval(POLICY, bitcoin_signed(POLICY, message=line), enrollment())
+    with pytest.raises(PolicyRejected) as tampered:  # the one line must still match the policy
+        verify_approval(POLICY, bitcoin_signed(POLICY, message=line.replace("5.00", "9.00")), enrollment())
+    assert tampered.value.reason == "policy_tampered"
 
 
 def test_a_device_signature_over_the_line_verifies() -> None:

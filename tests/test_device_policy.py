@@ -156,9 +156,12 @@ def seed_pubkey(path: str) -> str:
     return PrivateKey(bytes(key)).public_key.format(compressed=True).hex()
 
 
-def shown_line(propose_output: str) -> str:
+def shown_text(propose_output: str) -> str:
+    """The approval text `policy propose` prints, indented, up to the digest (its last line)."""
     lines = propose_output.splitlines()
-    return lines[lines.index("the device will show:") + 1].strip()
+    start = lines.index("the device will show:") + 1
+    end = next(i for i in range(start, len(lines)) if lines[i].strip().startswith("sha256:"))
+    return "\n".join(line.strip() for line in lines[start : end + 1])
 
 
 # ---- 1. device list and enrollment ----------------------------------------------------------
@@ -302,16 +305,16 @@ def test_propose_approve_show_verify(
     assert "  version: 1 -> 2" in out
     assert "  assets[0].per_request_max: 100000 -> 300000" in out
     assert "  assets[1].daily_max: 2000000 -> 3000000" in out
-    assert "chain_id" not in out and "account" not in out  # unchanged fields are not listed
-    line = shown_line(out)
-    assert line == approval_message(v2)
-    account = world.payer_address.lower()
-    assert line.startswith(
-        f"x402-agent policy v2 acct {account[:4]}..{account[-2:]} chain {world.chain_id}: "
-    )
-    assert "daily 3.00 USDC, per-request 0.30, session 0.50/1h" in line
-    digest = re.fullmatch(r".*, (sha256:[0-9a-f]{64})", line)
-    assert digest is not None and digest.group(1) == v2.digest
+    diff = out[: out.index("the device will show:")]
+    assert "chain_id" not in diff and "account" not in diff  # unchanged fields are not listed
+    line = shown_text(out)
+    assert line == approval_message(v2, v1)
+    shown = line.splitlines()
+    assert shown[0] == "x402-agent policy v2 replaces v1"
+    assert shown[1] == f"account: {world.payer_address.lower()}, chain {world.chain_id}"
+    assert "per-request 0.30 (was 0.10), daily 3.00 (was 2.00)" in line
+    assert "session default: lifetime 1h, USDC@" in line
+    assert shown[-1] == v2.digest
     assert (home / PROPOSED_FILE).exists()
     assert load_policy(home / POLICY_FILE) == v1  # proposing changes nothing yet
     assert screens == []  # nor asks the device
@@ -319,7 +322,7 @@ def test_propose_approve_show_verify(
     approved = run(home, "policy", "approve")
     assert approved.returncode == 0, approved.stderr
     assert "policy v2 approved on the device" in approved.stdout
-    assert line in approved.stderr  # "confirm on the device:" and the line
+    assert "\n".join(f"  {row}" for row in shown) in approved.stderr  # "confirm on the device:"
     (signing,) = screens
     assert signing.kind == "sign_message"
     assert signing.field("Message") == line  # the device showed exactly the proposed line
@@ -338,7 +341,7 @@ def test_propose_approve_show_verify(
     show = run(home, "policy", "show")
     assert show.returncode == 0, show.stderr
     assert show.stdout.startswith(f"policy v2 {v2.digest}\n")
-    assert "per-request 0.30" in show.stdout
+    assert "per-request 0.30, daily 3.00" in show.stdout
     assert f"approved by device {FINGERPRINT} (trezor) at {DEFAULT_APPROVAL_PATH}" in show.stdout
 
     verify = run(home, "policy", "verify")
@@ -374,11 +377,12 @@ def test_running_agent_picks_up_a_newly_approved_policy(
         assert refused.value.reason == "per_request_cap_exceeded"
         assert token_balance(world.rpc_url, premium.asset, premium.pay_to) == before
 
-        v2 = with_limits(agent.payer.gate.policy, version=2, per_request_max=300_000)
+        v1 = agent.payer.gate.policy
+        v2 = with_limits(v1, version=2, per_request_max=300_000)
         assert run(home, "policy", "propose", str(write_policy(tmp_path / "v2.json", v2))).returncode == 0
         done = run(home, "policy", "approve")
         assert done.returncode == 0, done.stderr
-        assert [s.field("Message") for s in screens] == [approval_message(v2)]
+        assert [s.field("Message") for s in screens] == [approval_message(v2, v1)]
 
         outcome = agent.fetch(premium.url)  # the same instance, no restart
         assert outcome.status == 200 and outcome.payment is not None
@@ -588,7 +592,8 @@ def test_rejected_on_the_device(
     done = run(home, "policy", "approve")
     assert done.returncode == 1  # a device error, not a usage error
     assert "[device_rejected]" in done.stderr and "rejected on the device" in done.stderr
-    assert [s.field("Message") for s in screens] == [approval_message(v2)]  # seen, refused
+    v1 = load_policy(home / POLICY_FILE)
+    assert [s.field("Message") for s in screens] == [approval_message(v2, v1)]  # seen, refused
     assert snapshot(home) == before
 
     device = HwiDevice.at("trezor", device_simulator.path)
@@ -642,7 +647,9 @@ def test_device_timeout(
     assert timed_out.value.reason == "device_timeout"
     assert "within 1s" in timed_out.value.message
     pending = device_simulator.pending_screen  # still displayed, waiting for a person
-    assert pending is not None and pending.field("Message") == approval_message(v2)
+    assert pending is not None and pending.field("Message") == approval_message(
+        v2, load_policy(home / POLICY_FILE)
+    )
     assert device_simulator.reject()  # clean up the abandoned request
     assert device_simulator.pending_screen is None
     for worker in [t for t in threading.enumerate() if t.name == "hwi-call"]:
@@ -656,7 +663,7 @@ def test_eip712_approval_through_trezorlib(
     world: WorldInfo, home: Path, device_simulator: DeviceSimulator, screens: list[Screen], tmp_path: Path
 ) -> None:
     v2 = _propose_v2(home, tmp_path)
-    line = approval_message(v2)
+    line = approval_message(v2, load_policy(home / POLICY_FILE))
     before = snapshot(home)
     device_simulator.confirm = "reject"  # first the person says no...
     refused = run(home, "policy", "approve", "--eip712")

@@ -1,8 +1,9 @@
-"""Policy approvals: the short message a hardware wallet signs, and its verification.
+"""Policy approvals: the text a hardware wallet shows and signs, and its verification.
 
 Only a signature from the enrolled device key makes a policy effective. The device signs a
-short, readable line that ends with the policy's sha256 digest, so what the person reads on the
-screen is bound to every byte of the policy. Two signature methods are accepted:
+text listing every field that widens spending (``approval_text``), its diff against the policy
+approved before, ending with the policy's sha256 digest, so what the person reads on the
+screens is bound to every byte of the policy. Two signature methods are accepted:
 
 - ``bitcoin_message``: HWI ``signmessage`` (any device HWI supports): sha256d over the Bitcoin
   signed-message prefix, verified by recovering the public key and comparing it with the
@@ -22,8 +23,8 @@ from typing import Literal
 from eth_utils.crypto import keccak
 from pydantic import BaseModel, ConfigDict, Field
 
+from .approval_text import PolicyTextTooLong, approval_text, legacy_line
 from .errors import X402AgentError
-from .money import format_units
 from .policy import Policy
 from .reasons import Reason
 
@@ -68,57 +69,43 @@ class PolicyApproval(BaseModel):
     signature: str = Field(description="base64 (bitcoin_message) or 0x-hex (eip712)")
     fingerprint: str
     path: str
+    # The policy approved before this one, whose diff the text shows (None: nothing to compare).
+    previous: Policy | None = None
+
+    @property
+    def legacy(self) -> bool:
+        """Signed over the one-line summary used before every widening field was shown: such
+        approvals still verify (against ``approval_text.legacy_line``); new ones are multi-line."""
+        return "\n" not in self.message
 
 
-def _lifetime(seconds: int) -> str:
-    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+def approval_message(policy: Policy, previous: Policy | None = None) -> str:
+    """The text the device shows and signs (``approval_text``): every field that widens
+    spending, the changes against ``previous`` (the approved policy) marked, the digest last."""
+    try:
+        return approval_text(policy, previous)
+    except PolicyTextTooLong as exc:
+        raise PolicyRejected(str(exc), reason=Reason.POLICY_TEXT_TOO_LONG) from exc
 
 
-def _money(atomic: int, decimals: int) -> str:
-    """Exact, with at least cents: 5000000 at 6 decimals -> '5.00', 1500 -> '0.0015'."""
-    whole, _, frac = format_units(atomic, decimals).partition(".")
-    return f"{whole}.{frac.ljust(2, '0')}" if decimals >= 2 else whole
+def signed_text(policy: Policy, approval: PolicyApproval) -> str:
+    """The text an approval must have been signed over, by its format."""
+    if approval.legacy:
+        return legacy_line(policy)
+    return approval_message(policy, approval.previous)
 
 
-def _short(address: str) -> str:
-    return f"{address[:4]}..{address[-2:]}".lower()
-
-
-def approval_message(policy: Policy) -> str:
-    """One line a device screen can show: the limits a person cares about, then the digest
-    that binds the whole document, e.g. ``x402-agent policy v7 acct 0x12..ab chain 8453:
-    daily 5.00 USDC, per-request 0.10, session 1.00/1h, sha256:<64 hex>``."""
-    head = f"x402-agent policy v{policy.version}"
-    if policy.account:
-        head += f" acct {_short(policy.account)}"
-    if policy.chain_id:
-        head += f" chain {policy.chain_id}"
-    parts = []
-    for asset in policy.assets:
-        limits = [f"per-request {_money(asset.per_request_max, asset.decimals)}"]
-        if asset.daily_max is not None:
-            limits.insert(0, f"daily {_money(asset.daily_max, asset.decimals)} {asset.symbol}")
-        else:
-            limits[0] = f"{asset.symbol} {limits[0]}"
-        for name, session in sorted(policy.sessions.items()):
-            for key, amount in session.allowance.items():
-                if policy.asset(key) == asset:
-                    label = "session" if name == "default" else f"session {name}"
-                    limits.append(
-                        f"{label} {_money(amount, asset.decimals)}/{_lifetime(session.lifetime_seconds)}"
-                    )
-        parts.append(", ".join(limits))
-    return f"{head}: {'; '.join(parts)}, {policy.digest}"
+def _varint(n: int) -> bytes:
+    if n < 0xFD:
+        return bytes([n])
+    if n <= 0xFFFF:
+        return b"\xfd" + n.to_bytes(2, "little")
+    return b"\xfe" + n.to_bytes(4, "little")
 
 
 def bitcoin_message_digest(message: str) -> bytes:
     data = message.encode()
-    if len(data) >= 0xFD:
-        raise PolicyRejected("approval line too long for a signed message", reason=Reason.POLICY_INVALID)
-    payload = _BITCOIN_PREFIX + bytes([len(data)]) + data
+    payload = _BITCOIN_PREFIX + _varint(len(data)) + data
     return hashlib.sha256(hashlib.sha256(payload).digest()).digest()
 
 
@@ -202,8 +189,8 @@ def verify_approval(policy: Policy, approval: PolicyApproval, enrollment: Enroll
         raise PolicyRejected(
             "the approval is for another policy (digest or version differ)", reason=Reason.POLICY_TAMPERED
         )
-    if approval.message != approval_message(policy):
-        raise PolicyRejected("the approved line does not describe this policy", reason=Reason.POLICY_TAMPERED)
+    if approval.message != signed_text(policy, approval):
+        raise PolicyRejected("the approved text does not describe this policy", reason=Reason.POLICY_TAMPERED)
     if approval.method == "bitcoin_message":
         signer = recover_bitcoin_message_key(approval.message, approval.signature)
         if signer != enrollment.pubkey:

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -124,9 +125,14 @@ def run_device(args: argparse.Namespace) -> int:
 
 
 def _summary(policy: Policy) -> list[str]:
-    from .approval import approval_message
+    """Every field the device shows for this policy (its approval text without head and digest)."""
+    from .approval_text import approval_text
 
-    return approval_message(policy).split(": ", 1)[1].rsplit(", sha256:", 1)[0].split("; ")
+    return approval_text(policy).splitlines()[1:-1]
+
+
+def _indented(text: str) -> str:
+    return "\n".join(f"  {line}" for line in text.splitlines())
 
 
 def diff_lines(old: Policy | None, new: Policy) -> list[str]:
@@ -175,7 +181,7 @@ def run_policy(args: argparse.Namespace) -> int:
         print(f"proposed policy v{proposed.version} ({proposed.digest})")
         print("\n".join(diff_lines(current, proposed)) or "  (no change)")
         print(
-            f"the device will show:\n  {approval_message(proposed)}\n"
+            f"the device will show:\n{_indented(approval_message(proposed, store.approved()))}\n"
             "approve it with: x402-agent policy approve"
         )
         return 0
@@ -223,47 +229,119 @@ def _owner_lines(store: PolicyStore, enrollment: Enrollment) -> list[str]:
     ]
 
 
+_PLAIN_ANCHOR = (
+    "  chain anchor   none (plain-key home): only the home's state file guards against an older "
+    "policy coming back, and whoever can rewrite the home's files can restore it (weaker than a "
+    "smart account, which anchors the approved policy on chain)"
+)
+
+
+def _anchor_lines(store: PolicyStore, approved: Policy | None) -> list[str]:
+    """The policy the smart account anchors on chain and whether the home's matches it."""
+    if store.expect.anchor is None:
+        return [_PLAIN_ANCHOR]
+    anchor = store.anchor()
+    if anchor is None:
+        return ["  chain anchor   none yet (the account is not deployed): `policy approve` anchors it"]
+    if anchor.version == 0:
+        return ["  chain anchor   never set on this account: `policy approve` anchors the policy"]
+    matches = approved is not None and (anchor.version, anchor.digest) == (approved.version, approved.digest)
+    flag = "matches the home's policy" if matches else "MISMATCH: not the home's policy"
+    return [f"  chain anchor   v{anchor.version} {anchor.digest} ({flag})"]
+
+
 def _show(store: PolicyStore) -> int:
-    from .approval import PolicyRejected
+    from .approval import PolicyApproval, PolicyRejected
 
     enrollment = store.enrollment()
     owner = _owner_lines(store, enrollment)
     try:
-        policy = store.load()
+        policy, approved = store.load_verified()
     except PolicyRejected as exc:
         if exc.reason == Reason.ENROLLMENT_NOT_OWNER:
             print("\n".join(owner))  # the refusal itself follows on stderr
+        elif exc.reason in (Reason.POLICY_SUPERSEDED_ON_CHAIN, Reason.POLICY_NOT_ANCHORED):
+            print("\n".join(_anchor_lines(store, None)))  # what the chain holds; why, on stderr
         raise
     print(f"policy v{policy.version} {policy.digest}")
     for line in _summary(policy):
         print(f"  {line}")
     print(f"approved by device {enrollment.fingerprint} ({enrollment.device_type}) at {enrollment.path}")
+    approval = PolicyApproval.model_validate_json(store.path("policy.approval.json").read_bytes())
+    if approval.legacy:
+        print("  approved on the old one-line screen (lists not shown): approve it again to see every field")
     print("\n".join(owner))
+    print("\n".join(_anchor_lines(store, approved)))
     return 0
 
 
 def _approve(home: AgentHome, store: PolicyStore, typed: bool) -> int:
     from .approval import approval_message
-    from .device.approve import approve
+    from .device.approve import Anchor, approve
     from .device.hwi import HwiDevice
 
     proposed = store.proposed()
-    device = HwiDevice.find(store.enrollment().fingerprint, known_devices(home))
+    enrollment = store.enrollment()
+    device = HwiDevice.find(enrollment.fingerprint, known_devices(home))
+    anchor: Anchor | None = None
+    anchored: list[object] = []
+    if home.config.signer.kind == "smart_account":
+        from .chain.anchor import home_anchor
+
+        on_chain = home_anchor(home)
+        assert on_chain is not None
+
+        def anchor(policy: Policy, sign_line: Callable[[str], str]) -> object:
+            print(f"confirm on the device: anchor policy v{policy.version} on the account", file=sys.stderr)
+            anchored.append(on_chain(policy, sign_line))
+            return anchored[-1]
+
     began = time.perf_counter()
-    print(f"confirm on the device:\n  {approval_message(proposed)}", file=sys.stderr)
+    text = approval_message(proposed, store.approved())
+    print(f"confirm on the device:\n{_indented(text)}", file=sys.stderr)
     try:
         if typed:
             from .device.trezor import approve_typed
 
             path = device.info.path
             device.close()  # trezorlib opens its own connection to the same device
-            approve_typed(store, proposed, path)
+            bound = anchor
+            approve_typed(
+                store,
+                proposed,
+                path,
+                None if bound is None else lambda policy: bound(policy, _hwi_signer(home, enrollment)),
+            )
         else:
-            approve(store, device, proposed)
+            approve(store, device, proposed, anchor)
     finally:
         device.close()
     print(
         f"policy v{proposed.version} approved on the device in "
         f"{time.perf_counter() - began:.2f}s and installed"
     )
+    if anchor is None:
+        print(
+            "no chain anchor (plain-key home): only the home's state file guards against an older "
+            "policy coming back; a smart-account home anchors it on chain"
+        )
+    else:
+        print(
+            f"anchored on chain: v{proposed.version} {proposed.digest} "
+            f"(transaction {anchored[-1] or 'none: already anchored'})"
+        )
     return 0
+
+
+def _hwi_signer(home: AgentHome, enrollment: Enrollment) -> Callable[[str], str]:
+    """Signs one owner-action line with the enrolled device through HWI (after trezorlib let go)."""
+    from .device.hwi import HwiDevice
+
+    def sign(line: str) -> str:
+        device = HwiDevice.find(enrollment.fingerprint, known_devices(home))
+        try:
+            return device.sign_message(line, enrollment.path)
+        finally:
+            device.close()
+
+    return sign

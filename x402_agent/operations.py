@@ -108,7 +108,7 @@ class Agent:
         ledger = open_ledger(home.config.ledger, home.root)
         agent = cls(
             Payer(
-                gate=PolicyGate(policy, ledger),
+                gate=PolicyGate(policy, ledger, confirm=policy.confirm),
                 signer=signer,
                 rpc_urls=dict(home.config.rpc_urls),
                 verify_on_chain=home.config.verify_on_chain,

@@ -14,8 +14,13 @@ unsigned, rolled-back or foreign one stops all payments with a clear error.
 
 On a smart-account home the enrolled key must also be the account's owner (read on chain, or
 committed to by an undeployed account's address): a replaced ``device.json`` whose key signs a
-looser policy is refused. A plain-key home has no owner on chain: its enrollment file is the
-only record of the device, so anyone who can rewrite the home's files can replace it.
+looser policy is refused. The account also anchors the approved policy's digest and version
+(``setPolicyAnchor``, signed on the device with the approval): the agent pays only under the
+anchored policy, checked at every load and before every payment, so restoring every file of an
+older policy (policy, approval, state) is refused. An account not deployed yet, or never
+anchored, has only the local state file. A plain-key home has no owner on chain: its enrollment
+file is the only record of the device, and its state file the only rollback protection, so
+anyone who can rewrite the home's files can replace them.
 """
 
 from __future__ import annotations
@@ -84,6 +89,14 @@ class AccountOwner:
 
 
 @dataclass(frozen=True)
+class PolicyAnchor:
+    """The policy a smart account anchors on chain (``version`` 0: never anchored)."""
+
+    digest: str
+    version: int
+
+
+@dataclass(frozen=True)
 class Expectations:
     """What an acceptable policy must name: this paying account and this chain; on a smart-
     account home, ``owner`` gives the account's owner for the enrolled key's address, which
@@ -92,17 +105,22 @@ class Expectations:
     account: str | None
     chain_id: int | None
     owner: Callable[[str], AccountOwner] | None = None
+    # A smart account's anchored policy (None from the lookup: the account is not deployed yet).
+    anchor: Callable[[], PolicyAnchor | None] | None = None
 
 
 def expectations(home: AgentHome, account: str | None = None) -> Expectations:
     """An acceptable policy names the paying account and the home's chain, and a smart
     account's policy is approved by the account's owner."""
-    owner = None
+    owner = anchor = None
     if home.config.signer.kind == "smart_account":
-        from .chain.ownership import owner_lookup  # web3 loads only for smart accounts
+        from .chain.anchor import anchor_lookup  # web3 loads only for smart accounts
+        from .chain.ownership import owner_lookup
 
-        owner = owner_lookup(home)
-    return Expectations(account=account or home.payer_address(), chain_id=home.config.chain_id, owner=owner)
+        owner, anchor = owner_lookup(home), anchor_lookup(home)
+    return Expectations(
+        account=account or home.payer_address(), chain_id=home.config.chain_id, owner=owner, anchor=anchor
+    )
 
 
 class PolicyStore:
@@ -172,16 +190,55 @@ class PolicyStore:
             account=owner.account,
         )
 
-    def verify_approved(self, policy: Policy, approval: PolicyApproval) -> None:
+    def anchor(self) -> PolicyAnchor | None:
+        """The smart account's anchored policy; None on a plain-key home or before deployment."""
+        return self.expect.anchor() if self.expect.anchor else None
+
+    def check_anchor(self, approved: Policy) -> None:
+        """The approved policy must be the one the account anchors (a never-anchored account,
+        version 0, leaves only the local checks: the files of a home made before anchors)."""
+        anchor = self.anchor()
+        if anchor is None or anchor.version == 0:
+            return
+        if (anchor.version, anchor.digest) == (approved.version, approved.digest):
+            return
+        newer = anchor.version > approved.version
+        raise PolicyRejected(
+            f"the account anchors policy v{anchor.version} ({anchor.digest}) on chain: the home's "
+            f"v{approved.version} ({approved.digest}) "
+            + ("is older (restored files?)" if newer else "is not the anchored policy"),
+            reason=Reason.POLICY_SUPERSEDED_ON_CHAIN if newer else Reason.POLICY_NOT_ANCHORED,
+            anchored_version=anchor.version,
+            anchored_digest=anchor.digest,
+            local_version=approved.version,
+        )
+
+    def verify_approved(self, policy: Policy, approval: PolicyApproval, *, anchored: bool = True) -> None:
+        """Signed by the enrolled owner for this account and chain, not rolled back; with
+        ``anchored`` also the policy the account anchors on chain."""
         enrollment = self.enrollment()
         verify_approval(policy, approval, enrollment)
         self.check_owner(enrollment)
         self.check_names(policy)
+        if anchored:
+            self.check_anchor(policy)
         self.check_not_rolled_back(policy)
 
     # ---- the effective policy ----------------------------------------------------------------
     def load(self) -> Policy:
         """The effective policy, fully verified; raises PolicyRejected or ConfigError."""
+        return self.load_verified()[0]
+
+    def approved(self) -> Policy | None:
+        """The approved policy in force (what a new approval's text is compared with), None
+        when there is none that verifies."""
+        try:
+            return self.load_verified()[1]
+        except (PolicyRejected, ConfigError):
+            return None
+
+    def load_verified(self) -> tuple[Policy, Policy]:
+        """(effective policy, the approved policy it is or tightens), both verified."""
         policy = load_policy(self.path(POLICY_FILE))
         approval = _read_model(self.path(APPROVAL_FILE), PolicyApproval, "approval")
         if approval.policy_digest == policy.digest:
@@ -203,7 +260,7 @@ class PolicyStore:
         self.verify_approved(approved, approval)
         self.check_names(policy)
         self._remember(approved)
-        return policy
+        return policy, approved
 
     def _remember(self, approved: Policy) -> None:
         state = self.accepted()
@@ -265,6 +322,7 @@ class ApprovedPolicy:
         self.store = store
         self._stamp: tuple[tuple[int, int, int], ...] | None = None
         self._policy: Policy | None = None
+        self._approved: Policy | None = None
         # Checked several times per payment: plain strings and os.stat, no Path arithmetic.
         self._files = tuple(
             str(store.path(name)) for name in (POLICY_FILE, APPROVAL_FILE, BASE_FILE, DEVICE_FILE)
@@ -286,5 +344,16 @@ class ApprovedPolicy:
         stamp = self._files_stamp()
         if self._policy is None or stamp != self._stamp:
             self._policy = None  # a failed re-verification must not leave the old one usable
-            self._policy, self._stamp = self.store.load(), stamp
+            (self._policy, self._approved), self._stamp = self.store.load_verified(), stamp
         return self._policy
+
+    def confirm(self, policy: Policy) -> None:
+        """Before each payment: the approved policy is still the one the smart account anchors
+        (one chain read; nothing on a plain-key home). The account's owner may have anchored a
+        newer policy from another machine since the files were last read."""
+        if self.store.expect.anchor is None:
+            return
+        if self._approved is None or policy is not self._policy:
+            self()
+        assert self._approved is not None
+        self.store.check_anchor(self._approved)

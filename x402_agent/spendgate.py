@@ -40,10 +40,17 @@ class PolicyGate:
     """Enforces a policy over a ledger; the policy source is read at every decision."""
 
     def __init__(
-        self, policy: Policy | Callable[[], Policy], ledger: Ledger, clock: Callable[[], float] = time.time
+        self,
+        policy: Policy | Callable[[], Policy],
+        ledger: Ledger,
+        clock: Callable[[], float] = time.time,
+        confirm: Callable[[Policy], None] | None = None,
     ) -> None:
         # A callable lets a running agent pick up a newly accepted policy at the next payment.
         self._policy_source = policy if callable(policy) else (lambda: policy)
+        # Raises if the policy may no longer pay (a smart account anchoring another one on chain):
+        # run once per reservation, not at every read of the policy.
+        self._confirm = confirm
         self._ledger = ledger
         self._clock = clock
         self._digest: tuple[Policy, str] | None = None  # the last policy and its digest
@@ -81,6 +88,8 @@ class PolicyGate:
 
     def reserve(self, offer: Offer, context: PaymentContext, *, approved: bool = False) -> PaymentRecord:
         policy, now = self.policy, self._clock()
+        if self._confirm is not None:
+            self._confirm(policy)
         rule = policy.find_asset(offer.network, offer.asset)
         if rule is None:
             raise refusal(decide(policy, offer, context, Usage(), now), offer)

@@ -47,19 +47,29 @@ def account_owner(w3: Web3, signer: SmartAccountConfig, enrolled: str) -> Accoun
     )
 
 
-def owner_lookup(home: AgentHome) -> Callable[[str], AccountOwner] | None:
-    """For a smart-account home, ``enrolled address -> AccountOwner`` (one RPC connection, used
-    only when called); None for a plain-key home, which has no owner on chain to compare."""
+def smart_account_rpc(home: AgentHome) -> tuple[SmartAccountConfig, str] | None:
+    """A smart-account home's account and the RPC URL of its chain; None for a plain-key home.
+    Without a URL nothing on chain can be checked: refused rather than trusting the files."""
     signer = home.config.signer
     if not isinstance(signer, SmartAccountConfig):
         return None
     rpc_url = home.config.rpc_urls.get(signer.network)
-    if rpc_url is None:  # no way to check the owner: refuse rather than trust the file
+    if rpc_url is None:
         raise ConfigError(
             f"no RPC URL for {signer.network} in the home's rpc_urls", reason=Reason.CONFIG_INVALID
         )
+    return signer, rpc_url
+
+
+def owner_lookup(home: AgentHome) -> Callable[[str], AccountOwner] | None:
+    """For a smart-account home, ``enrolled address -> AccountOwner`` (one RPC connection, used
+    only when called); None for a plain-key home, which has no owner on chain to compare."""
+    found = smart_account_rpc(home)
+    if found is None:
+        return None
+    signer, rpc_url = found
     w3 = Web3(Web3.HTTPProvider(rpc_url))
     return lambda enrolled: account_owner(w3, signer, enrolled)
 
 
-__all__ = ["account_owner", "owner_lookup"]
+__all__ = ["account_owner", "owner_lookup", "smart_account_rpc"]

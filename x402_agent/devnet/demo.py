@@ -223,6 +223,7 @@ async def _agent(
 
 def _raise_daily_limit(world: WorldInfo, home: AgentHome, out: Console) -> bool:
     """Propose policy v2 and have the device approve it; False when it is rejected there."""
+    from ..chain.anchor import home_anchor
     from ..cli_policy import store_for
     from ..device.approve import approve
     from ..device.hwi import DeviceError, HwiDevice
@@ -233,7 +234,7 @@ def _raise_daily_limit(world: WorldInfo, home: AgentHome, out: Console) -> bool:
     out.print("  [bold]policy change[/]: daily limit 0.08 -> 0.20 USDC, sent to the device")
     device = HwiDevice.at("trezor", world.device_path)
     try:
-        approve(store, device, raised)
+        approve(store, device, raised, home_anchor(home))  # and anchored on the account
     except DeviceError as refused:
         if refused.reason != "device_rejected":
             raise

@@ -177,8 +177,13 @@ def provision_smart_account_home(
             fund(world, to, eth=DEVNET_ACCOUNT_ETH)
         store = PolicyStore(home.root, expectations(home))
         store.enroll(enrollment)
-        approve(
-            store, opened, policy(wallet.account) if policy else smart_account_policy(world, wallet.account)
+        from ..chain.anchor import home_anchor
+
+        approve(  # anchored as `policy approve` does; a counterfactual account has no anchor yet
+            store,
+            opened,
+            policy(wallet.account) if policy else smart_account_policy(world, wallet.account),
+            home_anchor(home) if deploy else None,
         )
     finally:
         if device is None:
