@@ -350,15 +350,16 @@ def test_our_fields_stay_within_the_caps_or_say_why_not() -> None:
     """The fields our top-ups pick: ours when the caps allow, else the caps; a base fee that
     leaves no room under the fee cap is ``gas_fee_above_cap`` (nothing is signed)."""
     fields = choose_fields(DEFAULT_GAS_CAPS, base_fee=GWEI)
-    assert (fields.verification_gas_limit, fields.call_gas_limit, fields.pre_verification_gas) == (
-        600_000,
-        200_000,
-        60_000,
-    )
+    limits = (fields.verification_gas_limit, fields.call_gas_limit, fields.pre_verification_gas)
+    assert limits == (150_000, 200_000, 60_000)
     assert (fields.max_fee_per_gas, fields.max_priority_fee_per_gas) == (3 * GWEI, GWEI)
-    assert fields.max_cost == 860_000 * 3 * GWEI
+    assert fields.max_cost == 410_000 * 3 * GWEI
+    deploying = choose_fields(DEFAULT_GAS_CAPS, base_fee=GWEI, deploying=True)
+    assert deploying.verification_gas_limit == 800_000 <= DEFAULT_GAS_CAPS.verification_gas_limit
     tight = GasCaps(400_000, 100_000, 50_000, 2 * GWEI, GWEI // 2)
-    assert choose_fields(tight, base_fee=GWEI) == GasFields(400_000, 100_000, 50_000, 2 * GWEI, GWEI // 2)
+    assert choose_fields(tight, base_fee=GWEI, deploying=True) == GasFields(
+        400_000, 100_000, 50_000, 2 * GWEI, GWEI // 2
+    )
     with pytest.raises(ChainError) as expensive:
         choose_fields(tight, base_fee=2 * GWEI)
     assert expensive.value.reason == "gas_fee_above_cap"

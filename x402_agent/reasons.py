@@ -678,8 +678,9 @@ class Reason(StrEnum):
         "gas_deposit_low",
         Layer.WALLET,
         "the account's EntryPoint deposit cannot pay for the session key's top-up operation",
-        "the wallet has no gas for a top-up this period: the user sends the account ETH, or waits "
-        "for the next period of its ETH allowance (a relayer key lets the wallet move it in)",
+        "the wallet cannot pay gas for a top-up now: the user sends the account ETH and gives the "
+        "home a relayer key, which has the account move it into its gas deposit (within the "
+        "account's ETH allowance per period)",
     )
     GAS_FEE_ABOVE_CAP = (
         "gas_fee_above_cap",
@@ -712,8 +713,7 @@ class Reason(StrEnum):
         "owner_action_too_long",
         Layer.WALLET,
         "the owner action's text is longer than a hardware wallet signs (1023 bytes)",
-        "nothing was signed: split the action (an execute with shorter calldata, or several "
-        "actions)",
+        "nothing was signed: split the action (an execute with shorter calldata, or several actions)",
     )
     ROTATION_INCONSISTENT = (
         "rotation_inconsistent",

@@ -291,7 +291,8 @@ class HotWallet:
     def gas_fields(self) -> GasFields:
         """Gas fields for a refill operation, within the account's caps at today's base fee."""
         base_fee = int(self.w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0)
-        return choose_fields(read_caps(self.w3, self.account, self.is_deployed()), base_fee)
+        deployed = self.is_deployed()
+        return choose_fields(read_caps(self.w3, self.account, deployed), base_fee, deploying=not deployed)
 
     def refill_operation(self, amount: int, gas: GasFields | None = None) -> PackedUserOperation:
         gas = gas or self.gas_fields()
