@@ -29,8 +29,9 @@ contract X402AccountFactory {
 
     event AccountCreated(address indexed account, address indexed vault, address indexed owner);
 
-    constructor(IEntryPoint entryPoint) {
-        OwnerActionText text = new OwnerActionText(); // both implementations' owner-action words
+    /// `text` builds both implementations' owner-action words; it is deployed on its own (at a
+    /// deterministic address) so that this contract's creation code stays under the 48 KiB limit.
+    constructor(IEntryPoint entryPoint, OwnerActionText text) {
         accountImplementation = new X402Account(entryPoint, text);
         vaultImplementation = new AllowanceVault(text);
     }

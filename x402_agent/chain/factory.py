@@ -61,9 +61,19 @@ class AccountConfig:
         )
 
 
+def _owner_text_init_code() -> bytes:
+    return bytes.fromhex(artifact("OwnerActionText")["bytecode"].removeprefix("0x"))
+
+
+def owner_text_address() -> ChecksumAddress:
+    """OwnerActionText (the owner actions' words, stateless), through the CREATE2 deployer."""
+    return create2_address(CREATE2_DEPLOYER, FACTORY_SALT, _owner_text_init_code())
+
+
 def factory_init_code() -> bytes:
     art = artifact("X402AccountFactory")
-    return bytes.fromhex(art["bytecode"].removeprefix("0x")) + encode(["address"], [ENTRY_POINT_V07])
+    args = encode(["address", "address"], [ENTRY_POINT_V07, owner_text_address()])
+    return bytes.fromhex(art["bytecode"].removeprefix("0x")) + args
 
 
 def factory_address() -> ChecksumAddress:
@@ -79,8 +89,18 @@ _FACTORY_GAS = 15_000_000
 
 
 def deploy_factory(w3: Web3, funder: LocalAccount) -> ChecksumAddress:
-    """Deploy EntryPoint v0.7 and the factory unless they are there; return the factory address."""
+    """Deploy EntryPoint v0.7, OwnerActionText and the factory unless they are there; return the
+    factory address."""
     deploy_entry_point_v07(w3, funder)
+    text = owner_text_address()
+    if not w3.eth.get_code(text):
+        send_transaction(
+            w3,
+            funder,
+            {"to": CREATE2_DEPLOYER, "data": FACTORY_SALT + _owner_text_init_code(), "gas": _FACTORY_GAS},
+        )
+        if not w3.eth.get_code(text):
+            raise RuntimeError("the owner-action text deployment left no code")
     address = factory_address()
     if not w3.eth.get_code(address):
         send_transaction(
@@ -100,7 +120,7 @@ def predicted_addresses(w3: Web3, config: AccountConfig) -> tuple[ChecksumAddres
 
 
 def _created_by(deployer: str, nonce: int) -> ChecksumAddress:
-    """CREATE's address for a contract's ``nonce`` (2 or 3: the factory's implementations)."""
+    """CREATE's address for a contract's ``nonce`` (1 or 2: the factory's implementations)."""
     raw = bytes.fromhex(deployer.removeprefix("0x"))
     return to_checksum_address(keccak(bytes([0xD6, 0x94]) + raw + bytes([nonce]))[12:])
 
@@ -108,15 +128,14 @@ def _created_by(deployer: str, nonce: int) -> ChecksumAddress:
 def counterfactual_addresses(config: AccountConfig) -> tuple[ChecksumAddress, ChecksumAddress]:
     """(account, vault) for ``config``, computed here as the factory does, with no chain read: a
     lying RPC endpoint cannot make an address commit to another owner. The factory's constructor
-    creates the owner-action words (OwnerActionText, nonce 1), then the account implementation
-    (nonce 2), then the vault implementation (nonce 3)."""
+    creates the account implementation (nonce 1), then the vault implementation (nonce 2)."""
     factory = factory_address()
     salt = keccak(encode(_CONFIG_TYPES, [config.as_tuple(), config.salt]))
     account, vault = (
         create2_address(
             factory, salt, _CLONE_HEAD + bytes.fromhex(_created_by(factory, nonce)[2:]) + _CLONE_TAIL
         )
-        for nonce in (2, 3)
+        for nonce in (1, 2)
     )
     return account, vault
 
