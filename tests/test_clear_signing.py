@@ -206,6 +206,7 @@ class Case:
     expects: Callable[[Wallet], dict[str, list[str]]]
     state: Callable[[Wallet], Any]  # what must not change when the person says no
     done: Callable[[Any, Any], bool]  # (before, after): what the true action did
+    swapped_shows: dict[str, str]  # the swapped value as the screen shows it, per scheme
 
 
 SAFE = to_checksum_address("0x" + "5afe" * 10)
@@ -237,6 +238,7 @@ CASES = {
         },
         _usdc_balances,
         lambda before, after: after == (0, before[1] + VAULT_FUNDS, 0),
+        {"hwi": f"to {ATTACKER.lower()}", "trezorlib": f"message.to:\n{ATTACKER}"},
     ),
     "bounds": Case(
         ACCOUNT_TAG,
@@ -263,6 +265,10 @@ CASES = {
             w.account.functions.payeesRestricted().call(),
         ),
         lambda before, after: before == (CAP, WINDOW, False) and after == (CAP // 2, 600, True),
+        {
+            "hwi": f"max per payment {100 * CAP} units of each allowed token (100.000000 USDC)",
+            "trezorlib": f"message.maxValue:\n{100 * CAP}",
+        },
     ),
     "revoke": Case(
         ACCOUNT_TAG,
@@ -278,6 +284,7 @@ CASES = {
             w.account.functions.sessionKeyExpiry(OTHER_KEY).call(),
         ),
         lambda before, after: min(before) > 0 and after == (0, before[1]),  # only the stolen key
+        {"hwi": f"key {OTHER_KEY.lower()}", "trezorlib": f"message.key:\n{OTHER_KEY}"},
     ),
 }
 
@@ -327,6 +334,7 @@ def test_a_swapped_argument_is_on_the_screen_the_person_rejects_and_the_true_one
     # swapped value, the person rejects, nothing is signed and nothing moves.
     worker, outcome = _sign_in_background(wallet, case.tag, swapped, scheme)
     assert not person.attend(expected)
+    assert _has_lines(person.lines(), case.swapped_shows[scheme].split("\n"))  # what it read
     worker.join(SCREEN_WAIT)
     assert isinstance(outcome[0], DeviceError) and outcome[0].reason == Reason.DEVICE_REJECTED
     assert case.state(wallet) == before and contract.functions.ownerNonce().call() == nonce
