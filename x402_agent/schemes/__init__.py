@@ -19,7 +19,8 @@ _MODULES: dict[tuple[str, str, str], Scheme] = {
 }
 # The transfer method an offer means when it names none, per scheme.
 _DEFAULT_METHOD = {"exact": "eip3009"}
-_FAMILIES = {(scheme, method): family for scheme, family, method in _MODULES}
+# (scheme, transfer method) pairs some module pays, on some network family.
+_KNOWN = {(scheme, method) for scheme, _, method in _MODULES}
 
 
 def transfer_method(offer: Offer) -> object:
@@ -39,12 +40,11 @@ def _family(offer: Offer) -> str | None:
 def resolve(offer: Offer) -> Scheme | Decision:
     """The module that pays ``offer``, or why none does."""
     method = transfer_method(offer)
-    family = _FAMILIES.get((offer.scheme, method)) if isinstance(method, str) else None
-    if family is None:
+    if not isinstance(method, str) or (offer.scheme, method) not in _KNOWN:
         return Decision(
             False, Reason.UNSUPPORTED_SCHEME, f"scheme {offer.scheme!r}/{method!r} is not supported"
         )
-    module = _MODULES.get((offer.scheme, _family(offer) or "", str(method)))
+    module = _MODULES.get((offer.scheme, _family(offer) or "", method))
     if module is None:
         return Decision(False, Reason.UNKNOWN_NETWORK, f"network {offer.network!r} is not supported")
     return module
