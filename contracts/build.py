@@ -34,7 +34,7 @@ SETTINGS: dict[str, Any] = {
 _NODE_COMPILE = r"""
 const fs = require('fs');
 const path = require('path');
-const solc = require(path.join(process.cwd(), 'node_modules', 'solc'));
+const solc = require(path.join(process.cwd(), 'node_modules', process.argv[1]));
 const root = fs.realpathSync(process.cwd());
 function findImports(name) {
   const file = path.resolve(root, name);
@@ -50,13 +50,18 @@ process.stdout.write(solc.compile(input, { import: findImports }));
 def compile_sources(src_dir: Path = SRC_DIR) -> dict[str, Any]:
     """Run solcjs standard JSON over ``src_dir`` (inside the repository, for the imports) and
     return its output (raises on errors)."""
-    sources = {
-        path.relative_to(ROOT).as_posix(): {"content": path.read_text()}
-        for path in sorted(src_dir.glob("*.sol"))
-    }
-    request = {"language": "Solidity", "sources": sources, "settings": SETTINGS}
+    return compile_files(sorted(src_dir.glob("*.sol")))
+
+
+def compile_files(
+    files: list[Path], settings: dict[str, Any] = SETTINGS, solc: str = "solc"
+) -> dict[str, Any]:
+    """Compile ``files`` (inside the repository) with the npm package ``solc`` names (another
+    pinned solcjs for sources whose pragma needs it) and ``settings``; raises on errors."""
+    sources = {path.relative_to(ROOT).as_posix(): {"content": path.read_text()} for path in files}
+    request = {"language": "Solidity", "sources": sources, "settings": settings}
     done = subprocess.run(
-        ["node", "-e", _NODE_COMPILE],
+        ["node", "-e", _NODE_COMPILE, solc],
         input=json.dumps(request),
         cwd=ROOT,
         capture_output=True,
