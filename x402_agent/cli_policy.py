@@ -244,7 +244,10 @@ def _anchor_lines(store: PolicyStore, approved: Policy | None) -> list[str]:
     if anchor is None:
         return ["  chain anchor   none yet (the account is not deployed): `policy approve` anchors it"]
     if anchor.version == 0:
-        return ["  chain anchor   never set on this account: `policy approve` anchors the policy"]
+        return [
+            "  chain anchor   never set on this account: `policy approve` anchors the policy (it needs "
+            "a relayer key); until then only the home's state file guards against rollback"
+        ]
     matches = approved is not None and (anchor.version, anchor.digest) == (approved.version, approved.digest)
     flag = "matches the home's policy" if matches else "MISMATCH: not the home's policy"
     return [f"  chain anchor   v{anchor.version} {anchor.digest} ({flag})"]
@@ -285,11 +288,13 @@ def _approve(home: AgentHome, store: PolicyStore, typed: bool) -> int:
     device = HwiDevice.find(enrollment.fingerprint, known_devices(home))
     anchor: Anchor | None = None
     anchored: list[object] = []
-    if home.config.signer.kind == "smart_account":
+    smart = home.config.signer.kind == "smart_account"
+    on_chain = None
+    if smart:
         from .chain.anchor import home_anchor
 
         on_chain = home_anchor(home)
-        assert on_chain is not None
+    if on_chain is not None:
 
         def anchor(policy: Policy, sign_line: Callable[[str], str]) -> object:
             print(f"confirm on the device: anchor policy v{policy.version} on the account", file=sys.stderr)
@@ -320,7 +325,13 @@ def _approve(home: AgentHome, store: PolicyStore, typed: bool) -> int:
         f"policy v{proposed.version} approved on the device in "
         f"{time.perf_counter() - began:.2f}s and installed"
     )
-    if anchor is None:
+    if smart and anchor is None:
+        print(
+            "not anchored on chain: the home has no relayer key (wallet.relayer_keystore) to send "
+            "the owner action; until one is set and the policy approved again, only the home's "
+            "state file guards against an older policy coming back (weaker)"
+        )
+    elif anchor is None:
         print(
             "no chain anchor (plain-key home): only the home's state file guards against an older "
             "policy coming back; a smart-account home anchors it on chain"

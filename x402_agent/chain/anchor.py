@@ -120,12 +120,14 @@ def anchor_policy(wallet: HotWallet, policy: Policy, sign_line: SignLine) -> str
 
 def home_anchor(home: AgentHome) -> Callable[[Policy, SignLine], str | None] | None:
     """What ``device.approve.approve`` calls to anchor a policy on a smart-account home's
-    account (the home's wallet and relayer); None on a plain-key home."""
+    account (the home's wallet and relayer); None on a plain-key home, and on a home without
+    a relayer key, which has no way to send the owner action (it keeps the local check)."""
     if not isinstance(home.config.signer, SmartAccountConfig):
         return None
     from .wallet import open_hot_wallet
 
-    return partial(anchor_policy, open_hot_wallet(home))
+    wallet = open_hot_wallet(home)
+    return None if wallet.relayer is None else partial(anchor_policy, wallet)
 
 
 __all__ = ["AnchorReader", "anchor_lookup", "anchor_policy", "home_anchor", "read_anchor"]
