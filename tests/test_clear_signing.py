@@ -510,3 +510,10 @@ def test_a_token_that_names_itself_with_more_than_a_symbol_is_shown_by_its_addre
         f"to {ATTACKER.lower()}",
     ]
     assert f"to {SAFE.lower()}" not in lines
+
+
+def test_the_simulator_refuses_a_message_longer_than_a_device_signs(wallet: Wallet) -> None:
+    """As the firmware: SignMessage takes at most 1024 bytes (the texts stay at 1023 or less)."""
+    with pytest.raises(DeviceError):
+        wallet.device.sign_message("x" * 1025, DEFAULT_APPROVAL_PATH)
+    assert wallet.device.sign_message("x" * 1024, DEFAULT_APPROVAL_PATH)
