@@ -305,3 +305,17 @@ def test_a_plain_key_home_keeps_the_local_check_and_says_it_is_weaker(
     restore(home.root, old_files)  # the residual risk, stated: nothing on chain to compare
     with Agent.open(home) as agent:
         assert agent.payer.gate.policy.version == 1
+
+
+def test_eip712_approval_anchors_too(world: WorldInfo, home: AgentHome, tmp_path: Path) -> None:
+    """Through trezorlib (typed data), then the anchor action through HWI: anchored, and it pays."""
+    v2 = raised(load_policy(home.root / POLICY_FILE), 80_000)
+    path = tmp_path / "v2.json"
+    write_json(path, policy_json(v2))
+    assert run(home.root, "policy", "propose", str(path)).returncode == 0
+    done = run(home.root, "policy", "approve", "--eip712")
+    assert done.returncode == 0, done.stderr
+    assert PolicyApproval.model_validate_json((home.root / APPROVAL_FILE).read_bytes()).method == "eip712"
+    assert anchor_of(home) == (v2.digest, 2)
+    with Agent.open(home) as agent:
+        assert agent.fetch(world.route("GET", "/v2/weather").url).status == 200
