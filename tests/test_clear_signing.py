@@ -212,6 +212,7 @@ class Case:
 SAFE = to_checksum_address("0x" + "5afe" * 10)
 ATTACKER = to_checksum_address("0x" + "bad0" * 10)
 OTHER_KEY = to_checksum_address("0x" + "0e1e" * 10)
+ZERO = "0x" + "00" * 20
 
 
 def _usdc_balances(wallet: Wallet) -> tuple[int, ...]:
@@ -510,6 +511,15 @@ def test_a_token_that_names_itself_with_more_than_a_symbol_is_shown_by_its_addre
         f"to {ATTACKER.lower()}",
     ]
     assert f"to {SAFE.lower()}" not in lines
+    # ETH (token address 0), 18 decimals, and a token with no code at all: both sides agree
+    for token, shown in (
+        (ZERO, "amount 1.500000000000000000 ETH"),
+        (OTHER_KEY, f"amount {15 * 10**17} units"),
+    ):
+        data = encode_action(wallet.w3, wallet.account.address, "withdraw", [token, SAFE, 15 * 10**17])
+        text = owner_action_line(wallet.w3, wallet.account.address, data, 0)
+        assert wallet.account.functions.ownerMessage(data, 0).call() == text
+        assert text.split("\n")[1] == shown
 
 
 def test_the_simulator_refuses_a_message_longer_than_a_device_signs(wallet: Wallet) -> None:
