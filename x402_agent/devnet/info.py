@@ -22,11 +22,20 @@ class PriceInfo:
     amount: int
     pay_to: str
     scheme: str = "exact"
+    # ``extra.assetTransferMethod`` when not the scheme's default (``permit2`` for an exact
+    # option offered only over Permit2; the SDK's upto server always sets permit2 itself).
+    transfer_method: str | None = None
 
     @property
     def asset(self) -> str:
         """The token contract address, as x402 requirements name it."""
         return self.token.address
+
+    @property
+    def extra(self) -> dict[str, str]:
+        """The ``extra`` this option is offered with: the token's EIP-712 domain, the method."""
+        method = {"assetTransferMethod": self.transfer_method} if self.transfer_method else {}
+        return self.token.eip712_extra | method
 
 
 @dataclass(frozen=True)

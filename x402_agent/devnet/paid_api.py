@@ -19,9 +19,9 @@ import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Query, Request, Response
 from x402 import AssetAmount, x402Facilitator, x402ResourceServer
-from x402.http.middleware.fastapi import payment_middleware
+from x402.http.middleware.fastapi import payment_middleware, set_settlement_overrides
 from x402.http.types import PaymentOption, RouteConfig
 from x402.mechanisms.evm import FacilitatorWeb3Signer
 from x402.mechanisms.evm.exact import (
@@ -30,9 +30,13 @@ from x402.mechanisms.evm.exact import (
     ExactEvmServerScheme,
     register_exact_evm_facilitator,
 )
+from x402.mechanisms.evm.upto import UptoEvmFacilitatorScheme, UptoEvmServerScheme
 
 from .info import PriceInfo, RouteInfo
 from .usdc import TokenInfo
+
+# The most the metered (upto) route may charge for one request: what the payer signs for.
+METERED_MAXIMUM = 10_000
 
 
 @dataclass(frozen=True)
@@ -79,12 +83,25 @@ def v2_routes(
             PriceInfo(network, usdc, 3_000, payees["multi_alt"]),
             PriceInfo(alt_network, alt_usdc, 2_500, payees["multi"]),
         ),
+        route(
+            "GET",
+            "/v2/permit2",
+            "Weather, paid with exact over Permit2 only",
+            PriceInfo(network, usdc, 1_000, payees["permit2"], transfer_method="permit2"),
+        ),
+        route(
+            "GET",
+            "/v2/metered",
+            "Metered data: charges ?used= atomic units (the maximum when absent), up to the maximum",
+            PriceInfo(network, usdc, METERED_MAXIMUM, payees["metered"], scheme="upto"),
+        ),
         route("GET", "/free", "Free, no payment"),
     )
 
 
 def build_facilitators(main: ChainSettlement, alt: ChainSettlement) -> list[x402Facilitator]:
-    """One SDK facilitator per chain: exact EVM on the main chain (v2 and v1 names), and the alt chain.
+    """One SDK facilitator per chain: exact EVM (EIP-3009 and Permit2) and upto on the main chain
+    (exact also under the v1 names), exact on the alt chain.
 
     Not one facilitator with two schemes: the SDK derives the wildcard pattern
     ``eip155:*`` from any single-namespace network list and matches schemes in
@@ -93,12 +110,15 @@ def build_facilitators(main: ChainSettlement, alt: ChainSettlement) -> list[x402
     maps each facilitator's exact ``/supported`` networks, so a list routes right.
     """
     main_facilitator = x402Facilitator()
+    # One signer for both schemes: it hands out the facilitator key's transaction nonces.
+    main_signer = FacilitatorWeb3Signer(main.facilitator_key, main.rpc_url)
     register_exact_evm_facilitator(
         main_facilitator,
-        FacilitatorWeb3Signer(main.facilitator_key, main.rpc_url),
+        main_signer,
         main.network,
         eip6492_allowed_factories=list(main.account_factories),
     )
+    main_facilitator.register([main.network], UptoEvmFacilitatorScheme(main_signer))
     alt_facilitator = x402Facilitator()
     alt_signer = FacilitatorWeb3Signer(alt.facilitator_key, alt.rpc_url)
     # register() rather than the helper, which would also claim every v1 name for this RPC.
@@ -113,6 +133,8 @@ def create_app(routes: Sequence[RouteInfo], facilitators: list[x402Facilitator])
         # The SDK's scheme class is untyped and its payment_flows dict does not
         # match the protocol's declared Mapping type; it is the SDK's own pairing.
         server.register(network, ExactEvmServerScheme())  # type: ignore[no-untyped-call, arg-type]
+    for network in sorted({p.network for r in routes for p in r.accepts if p.scheme == "upto"}):
+        server.register(network, UptoEvmServerScheme())  # type: ignore[no-untyped-call, arg-type]
     config = {f"{r.method} {r.path}": _route_config(r) for r in routes if r.paid}
 
     app = FastAPI(title="x402 local world (v2)", docs_url=None, redoc_url=None, openapi_url=None)
@@ -132,9 +154,7 @@ def _route_config(route: RouteInfo) -> RouteConfig:
             PaymentOption(
                 scheme=price.scheme,
                 pay_to=price.pay_to,
-                price=AssetAmount(
-                    amount=str(price.amount), asset=price.asset, extra=price.token.eip712_extra
-                ),
+                price=AssetAmount(amount=str(price.amount), asset=price.asset, extra=price.extra),
                 network=price.network,
             )
             for price in route.accepts
@@ -174,6 +194,19 @@ def _add_handlers(app: FastAPI) -> None:
     @app.get("/v2/multi")
     async def multi() -> dict[str, object]:
         return {"ok": True, "paid_with": "one of several options"}
+
+    @app.get("/v2/permit2")
+    async def permit2_weather() -> dict[str, object]:
+        return {"city": "Porto", "temperature_c": 18.0, "paid_with": "permit2"}
+
+    @app.get("/v2/metered")
+    async def metered(response: Response, used: int | None = Query(default=None, ge=0)) -> dict[str, object]:
+        # The seller reports what was used through the SDK's settlement override; the facilitator
+        # settles that (0: nothing on chain) and refuses more than the signed maximum. A bad
+        # ``used`` answers 422, and the SDK settles nothing for a failed handler.
+        if used is not None:
+            set_settlement_overrides(response, {"amount": str(used)})
+        return {"metered": True, "used": used}
 
     @app.get("/free")
     async def free() -> dict[str, object]:

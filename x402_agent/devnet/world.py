@@ -1,9 +1,10 @@
 """``LocalWorld``: a complete offline x402 economy, started and stopped as one unit.
 
 Two anvil chains (84532 = "base-sepolia"/``eip155:84532``, and 31337 as a second
-network), Circle's FiatToken v2.2 deployed as USDC and EURC, a funded payer with
-a fresh random key, the official Python SDK v2 paid API with its in-process
-facilitator, and the official npm x402-express v1 server with its own
+network), Circle's FiatToken v2.2 deployed as USDC and EURC, Permit2 and the x402
+Permit2 proxies on the main chain, a funded payer with a fresh random key, the
+official Python SDK v2 paid API with its in-process facilitator (exact over
+EIP-3009 and Permit2, upto), and the official npm x402-express v1 server with its own
 facilitator key (separate keys: the two settle concurrently and must not race
 for nonces).
 
@@ -30,6 +31,7 @@ from .anvil import Anvil, dev_account
 from .bundler import AltoBundler
 from .info import WorldInfo
 from .paid_api import ChainSettlement, build_facilitators, create_app, v2_routes
+from .permit2 import install_permit2
 from .served import ServedApp
 from .usdc import TokenInfo, TokenSpec, deploy_fiat_tokens
 from .v1_server import V1Server
@@ -49,6 +51,7 @@ PAYER_ETH_WEI = 10 * 10**18
 # Roles of anvil's dev accounts (all public test keys, never the payer).
 _DEPLOYER, _PROXY_ADMIN, _FACILITATOR, _V1_FACILITATOR, _LOST_AND_FOUND = 0, 1, 2, 3, 9
 _PAYEES = {"api": 4, "premium": 5, "multi": 6, "multi_alt": 7, "v1": 8}
+_FRESH_PAYEES = ("permit2", "metered")
 
 
 class _Stoppable(Protocol):
@@ -121,10 +124,13 @@ class LocalWorld:
         self.device = device
         payer: LocalAccount = Account.create()
         payees: dict[str, str] = {role: dev_account(index).address for role, index in _PAYEES.items()}
+        # The Permit2 routes' payees are fresh addresses (anvil's ten dev accounts all have roles).
+        payees |= {role: Account.create().address for role in _FRESH_PAYEES}
 
         def main_chain() -> tuple[Anvil, list[TokenInfo]]:
             anvil, tokens = _chain_with_tokens(stack, CHAIN_ID, [USDC_SPEC, EURC_SPEC], payer.address)
             install_account_abstraction(anvil.rpc_url, dev_account(_DEPLOYER))
+            install_permit2(anvil.rpc_url, dev_account(_DEPLOYER))
             return anvil, tokens
 
         def alt_chain() -> tuple[Anvil, list[TokenInfo]]:
