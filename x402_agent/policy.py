@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -36,6 +37,15 @@ from .networks import caip2
 from .reasons import Reason
 
 _MACHINE_DEPENDENT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+
+
+@cache
+def _zone_names() -> frozenset[str]:
+    """The IANA zone names, read once: ``available_timezones`` walks the tz database on every
+    call (~25 ms), and every policy document read (an approval carries one too) checks a zone."""
+    return frozenset(available_timezones())
+
+
 DEFAULT_SESSION = "default"
 # Fields added after policies were first signed: left out of the canonical form while unset, so
 # every policy that does not use them keeps the digest its device approved.
@@ -207,7 +217,7 @@ class DayRule(_Model):
     @classmethod
     def _zone(cls, value: str) -> str:
         # Only IANA names that mean the same on every machine (not "localtime" and kin).
-        if value not in available_timezones() or value in _MACHINE_DEPENDENT_ZONES:
+        if value not in _zone_names() or value in _MACHINE_DEPENDENT_ZONES:
             raise ValueError(f"unknown or machine-dependent time zone {value!r}")
         try:
             ZoneInfo(value)
