@@ -319,3 +319,24 @@ def test_eip712_approval_anchors_too(world: WorldInfo, home: AgentHome, tmp_path
     assert anchor_of(home) == (v2.digest, 2)
     with Agent.open(home) as agent:
         assert agent.fetch(world.route("GET", "/v2/weather").url).status == 200
+
+
+def test_an_account_without_policy_anchor_keeps_the_local_check(world: WorldInfo, home: AgentHome) -> None:
+    """A contract that has no policyAnchor() (an account made before anchors; here the token,
+    which reverts the same way) reads as unsupported, not as a chain failure; no code at all
+    reads as "not deployed"."""
+    from web3 import Web3
+
+    from x402_agent.chain.anchor import AnchorReader
+
+    w3 = Web3(Web3.HTTPProvider(world.rpc_url))
+    for read in (
+        AnchorReader(world.rpc_url, world.usdc.address),
+        lambda: read_anchor(w3, world.usdc.address),
+    ):
+        anchor = read()
+        assert anchor is not None and not anchor.supported and anchor.version == 0
+    nobody = "0x" + "5e" * 20
+    assert AnchorReader(world.rpc_url, nobody)() is None and read_anchor(w3, nobody) is None
+    store = PolicyStore(home.root, expectations(home))
+    assert store.anchor() == read_anchor(w3, open_hot_wallet(home).account)  # the home's: supported

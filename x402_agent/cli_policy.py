@@ -243,6 +243,11 @@ def _anchor_lines(store: PolicyStore, approved: Policy | None) -> list[str]:
     anchor = store.anchor()
     if anchor is None:
         return ["  chain anchor   none yet (the account is not deployed): `policy approve` anchors it"]
+    if not anchor.supported:
+        return [
+            "  chain anchor   none: the account's contract predates policy anchors; only the "
+            "home's state file guards against rollback (weaker)"
+        ]
     if anchor.version == 0:
         return [
             "  chain anchor   never set on this account: `policy approve` anchors the policy (it needs "
@@ -328,8 +333,8 @@ def _approve(home: AgentHome, store: PolicyStore, typed: bool) -> int:
     if smart and anchor is None:
         print(
             "not anchored on chain: the home has no relayer key (wallet.relayer_keystore) to send "
-            "the owner action; until one is set and the policy approved again, only the home's "
-            "state file guards against an older policy coming back (weaker)"
+            "the owner action, or the account predates policy anchors; only the home's state "
+            "file guards against an older policy coming back (weaker)"
         )
     elif anchor is None:
         print(

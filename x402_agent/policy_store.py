@@ -90,10 +90,12 @@ class AccountOwner:
 
 @dataclass(frozen=True)
 class PolicyAnchor:
-    """The policy a smart account anchors on chain (``version`` 0: never anchored)."""
+    """The policy a smart account anchors on chain (``version`` 0: never anchored;
+    ``supported`` False: the account's contract predates anchors and never will)."""
 
     digest: str
     version: int
+    supported: bool = True
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,15 @@ about 1 ms (measured on anvil, loopback).
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from web3 import Web3
+from web3.types import RPCEndpoint
 
 from ..errors import ChainError, ConfigError
 from ..home import AgentHome, SmartAccountConfig
@@ -45,16 +46,29 @@ def _unreadable(account: str) -> ChainError:
     )
 
 
+def _call(account: str) -> list[object]:
+    return [{"to": to_checksum_address(account), "data": "0x" + _POLICY_ANCHOR.hex()}, "latest"]
+
+
 def read_anchor(w3: Web3, account: str) -> PolicyAnchor | None:
     """The account's anchored policy; None when the account has no code yet."""
     try:
-        raw = bytes(w3.eth.call({"to": to_checksum_address(account), "data": _POLICY_ANCHOR}))
+        answer = w3.provider.make_request(RPCEndpoint("eth_call"), _call(account))
     except (OSError, ValueError) as exc:
         raise _unreadable(account) from exc
-    return _decode(raw, account)
+    return _from_answer(answer, account)
 
 
-def _decode(raw: bytes, account: str) -> PolicyAnchor | None:
+def _from_answer(answer: Mapping[str, Any], account: str) -> PolicyAnchor | None:
+    """The anchor in a JSON-RPC answer. A revert means a contract without ``policyAnchor()``:
+    an account made before anchors (its code cannot change), which keeps the local check."""
+    error = answer.get("error")
+    if isinstance(error, Mapping) and "revert" in str(error.get("message", "")).lower():
+        return PolicyAnchor("", 0, supported=False)
+    try:
+        raw = bytes.fromhex(str(answer["result"]).removeprefix("0x"))
+    except (KeyError, ValueError) as exc:
+        raise _unreadable(account) from exc
     if not raw:
         return None
     if len(raw) != 64:
@@ -77,16 +91,17 @@ class AnchorReader:
             "jsonrpc": "2.0",
             "id": 1,
             "method": "eth_call",
-            "params": [{"to": self._account, "data": "0x" + _POLICY_ANCHOR.hex()}, "latest"],
+            "params": _call(self._account),
         }
 
     def __call__(self) -> PolicyAnchor | None:
         try:
             answer = self._http.post(self._url, json=self._body).json()
-            raw = bytes.fromhex(str(answer["result"]).removeprefix("0x"))
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        except (httpx.HTTPError, ValueError) as exc:
             raise _unreadable(self._account) from exc
-        return _decode(raw, self._account)
+        if not isinstance(answer, Mapping):
+            raise _unreadable(self._account)
+        return _from_answer(answer, self._account)
 
 
 def anchor_lookup(home: AgentHome) -> AnchorReader | None:
@@ -111,6 +126,12 @@ def anchor_policy(wallet: HotWallet, policy: Policy, sign_line: SignLine) -> str
     current = read_anchor(wallet.w3, wallet.account)
     if current is not None and (current.digest, current.version) == (policy.digest, policy.version):
         return None
+    if current is not None and not current.supported:
+        raise ConfigError(
+            f"the account {wallet.account} was made before policy anchors: it cannot anchor a "
+            "policy (approving keeps only the local check)",
+            reason=Reason.POLICY_NOT_ANCHORED,
+        )
     digest = bytes.fromhex(policy.digest.removeprefix("sha256:"))
     receipt = run_owner_action(
         wallet.w3, wallet.account, "setPolicyAnchor", [digest, policy.version], sign_line, wallet.relayer
@@ -120,14 +141,18 @@ def anchor_policy(wallet: HotWallet, policy: Policy, sign_line: SignLine) -> str
 
 def home_anchor(home: AgentHome) -> Callable[[Policy, SignLine], str | None] | None:
     """What ``device.approve.approve`` calls to anchor a policy on a smart-account home's
-    account (the home's wallet and relayer); None on a plain-key home, and on a home without
-    a relayer key, which has no way to send the owner action (it keeps the local check)."""
+    account (the home's wallet and relayer); None on a plain-key home, on a home without a
+    relayer key (no way to send the owner action) and on an account made before anchors: those
+    keep the local check."""
     if not isinstance(home.config.signer, SmartAccountConfig):
         return None
     from .wallet import open_hot_wallet
 
     wallet = open_hot_wallet(home)
-    return None if wallet.relayer is None else partial(anchor_policy, wallet)
+    if wallet.relayer is None:
+        return None
+    current = read_anchor(wallet.w3, wallet.account)
+    return None if current is not None and not current.supported else partial(anchor_policy, wallet)
 
 
 __all__ = ["AnchorReader", "anchor_lookup", "anchor_policy", "home_anchor", "read_anchor"]
