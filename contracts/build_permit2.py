@@ -14,13 +14,27 @@ Kept apart from ``contracts/build``, which holds exactly what ``contracts/src`` 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import build as project_build  # contracts/build.py, beside this script
+
+def _project_build() -> ModuleType:
+    """contracts/build.py, beside this script, loaded by path: the name ``build`` alone could be
+    another module already imported (PyPA's ``build``)."""
+    spec = importlib.util.spec_from_file_location(
+        "x402_contracts_build", Path(__file__).resolve().parent / "build.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+project_build = _project_build()
 
 ROOT = project_build.ROOT
 SRC_DIR = ROOT / "contracts" / "permit2" / "src"

@@ -48,7 +48,7 @@ from x402.schemas import PaymentRequired
 from x402_agent.chain.account import send_transaction
 from x402_agent.devnet import WorldInfo, token_balance
 from x402_agent.devnet.paid_api import METERED_MAXIMUM
-from x402_agent.devnet.permit2 import permit2_artifact
+from x402_agent.devnet.permit2 import permit2_artifact, permit2_domain_separator
 from x402_agent.paths import PROJECT_ROOT
 
 PAYER_FUNDS = 1_000_000  # 1 USDC moved to this module's payer
@@ -214,8 +214,17 @@ def test_permit2_domain_separator_is_the_one_the_sdk_signs_under(world: WorldInf
     typed = {"types": {"Empty": []}, "primaryType": "Empty", "domain": domain, "message": {}}
     # A SignableMessage's header is the EIP-712 domain separator.
     assert permit2.functions.DOMAIN_SEPARATOR().call() == encode_typed_data(full_message=typed).header
+    # The code at the canonical address is our build with its two immutables filled in (the
+    # compiler leaves them zero): the cached chain id and the canonical address's separator.
     runtime = bytes(w3.eth.get_code(Web3.to_checksum_address(PERMIT2_ADDRESS)))
-    assert len(runtime) == len(bytes.fromhex(permit2_artifact("Permit2")["deployedBytecode"][2:]))
+    separator, chain_id, zero = (
+        permit2_domain_separator(world.chain_id),
+        world.chain_id.to_bytes(32, "big"),
+        bytes(32),
+    )
+    assert separator in runtime and chain_id in runtime
+    built = bytes.fromhex(permit2_artifact("Permit2")["deployedBytecode"].removeprefix("0x"))
+    assert runtime.replace(separator, zero).replace(chain_id, zero) == built
 
 
 def test_proxies_at_canonical_addresses_are_our_build_and_it_is_reproducible(
