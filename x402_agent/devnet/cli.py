@@ -56,6 +56,9 @@ def run_devnet(home: Path | None, wallet: str = "smart-account") -> int:
                     "url": r.url,
                     "x402_version": r.version,
                     "price_atomic": str(r.price_atomic),
+                    # exact / upto (a maximum), and the transfer method when not EIP-3009's
+                    "scheme": r.accepts[0].scheme if r.accepts else None,
+                    "transfer_method": r.accepts[0].transfer_method if r.accepts else None,
                 }
                 for r in world.routes
             ],
