@@ -6,6 +6,11 @@ lock (SQLite ``BEGIN IMMEDIATE``, PostgreSQL's advisory transaction lock), so of
 processes opening an old ledger at once exactly one migrates it and the others find it done; a
 failure rolls the whole step back. Each migration is one module with an ``apply(cursor)`` whose
 statements both engines accept; a migration is never edited once released.
+
+The baseline (1) is the schema of the releases before versioning, which brought a ledger up to
+date at every open, table by table and column by column. It stays idempotent and is checked at
+every open as they did (a dozen catalog-level statements, once per process): a ledger whose
+baseline lost a column (an older release's file, or a column dropped by hand) gets it back.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[Any], None]], ...] = (
     (2, "rail_neutral", m002_rail_neutral.apply),
 )
 LATEST = MIGRATIONS[-1][0]
+BASELINE = 1
 
 _VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER PRIMARY KEY, name TEXT NOT NULL,
@@ -41,7 +47,9 @@ def migrate(cur: Any, run: Run, owner: str, now: float) -> list[int]:
         )
     applied = []
     for version, name, apply in MIGRATIONS:
-        if version > current:
+        if version == BASELINE and current >= BASELINE:
+            apply(cur)  # the baseline's repair, recorded once already
+        elif version > current:
             apply(cur)
             run(
                 cur,
