@@ -271,7 +271,20 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
     /// its per-period allowance, and the deposit stays this account's (the owner can withdraw it).
     function refill(uint256 amount) external {
         if (amount != 0) IAllowanceVaultPull(vault).pull(amount);
+        _approvePermit2();
         _topUpDeposit();
+    }
+
+    /// Set Permit2's allowance over the vault's token to the vault's per-period allowance (0 once
+    /// the owner disallows the token). This fixed path is the only way a session key's operation
+    /// approves anything, and it never grants more than one period's allowance: together with
+    /// the ERC-1271 bounds below, what Permit2 can move stays within the hot balance, which only
+    /// vault pulls (at most the allowance per period) refill.
+    function _approvePermit2() internal {
+        IAllowanceVaultPull source = IAllowanceVaultPull(vault);
+        IERC20 token = source.token();
+        uint256 bound = tokenAllowed[address(token)] ? source.allowance() : 0;
+        if (token.allowance(address(this), PERMIT2) != bound) token.forceApprove(PERMIT2, bound);
     }
 
     /// Move this account's ETH into its EntryPoint deposit, up to `gasBudget.allowance` in the
@@ -372,7 +385,8 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
             && fees >> 128 <= caps.maxPriorityFeePerGas && uint128(fees) <= caps.maxFeePerGas;
     }
 
-    // ---- ERC-1271: session-key signed EIP-3009 payments within policy ----
+    // ---- ERC-1271: session-key signed payments within policy (EIP-3009, or Permit2 through an
+    // x402 proxy) ----
 
     /// The EIP-3009 fields carried in the signature envelope (a static tuple: encoded inline).
     struct Authorization {
@@ -385,8 +399,10 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
         bytes32 nonce;
     }
 
-    /// `signature` = abi.encode(token, from, to, value, validAfter, validBefore, nonce, sessionSignature65).
+    /// `signature` = abi.encode(token, from, to, value, validAfter, validBefore, nonce, sessionSignature65)
+    /// for EIP-3009, or the 321-byte Permit2 envelope (see _permit2Signature).
     function isValidSignature(bytes32 digest, bytes calldata signature) external view returns (bytes4) {
+        if (signature.length == PERMIT2_ENVELOPE_LENGTH) return _permit2Signature(digest, signature);
         // Exactly the canonical encoding: the bytes field at offset 0x100 and 65 bytes long, so that
         // abi.decode below never reverts on malformed input (ERC-1271 answers, it does not throw).
         if (
@@ -395,16 +411,32 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
         ) return ERC1271_INVALID;
         (Authorization memory auth, bytes memory sessionSig) = abi.decode(signature, (Authorization, bytes));
         if (!_withinPolicy(auth) || _authorizationDigest(auth) != digest) return ERC1271_INVALID;
-        (address key, ECDSA.RecoverError err,) = ECDSA.tryRecover(digest, sessionSig);
+        return _sessionSigned(digest, sessionSig);
+    }
+
+    /// MAGIC when a live session key signed `hash`.
+    function _sessionSigned(bytes32 hash, bytes memory sessionSig) internal view returns (bytes4) {
+        (address key, ECDSA.RecoverError err,) = ECDSA.tryRecover(hash, sessionSig);
         if (err != ECDSA.RecoverError.NoError || sessionKeyExpiry[key] <= block.timestamp) return ERC1271_INVALID;
         return ERC1271_MAGIC;
     }
 
     function _withinPolicy(Authorization memory auth) internal view returns (bool) {
-        if (auth.from != address(this) || !tokenAllowed[auth.token] || auth.value > maxValue) return false;
-        if (payeesRestricted && !payeeAllowed[auth.to]) return false;
-        uint256 start = auth.validAfter > block.timestamp ? auth.validAfter : block.timestamp;
-        return auth.validBefore > start && auth.validBefore - start <= maxWindow;
+        if (auth.from != address(this)) return false;
+        return _paymentWithinPolicy(auth.token, auth.value, auth.to, auth.validAfter, auth.validBefore);
+    }
+
+    /// The bounds every payment shares, whatever signs it over: token, per-payment cap, payee,
+    /// and a window (from max(validAfter, now) to its end) of at most maxWindow.
+    function _paymentWithinPolicy(address token, uint256 value, address to, uint256 validAfter, uint256 end)
+        internal
+        view
+        returns (bool)
+    {
+        if (!tokenAllowed[token] || value > maxValue) return false;
+        if (payeesRestricted && !payeeAllowed[to]) return false;
+        uint256 start = validAfter > block.timestamp ? validAfter : block.timestamp;
+        return end > start && end - start <= maxWindow;
     }
 
     /// The token's EIP-712 digest of TransferWithAuthorization for these fields.
@@ -416,5 +448,89 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
             )
         );
         return MessageHashUtils.toTypedDataHash(IEIP712Token(auth.token).DOMAIN_SEPARATOR(), structHash);
+    }
+
+    // ---- Permit2: PermitWitnessTransferFrom signed by a session key, spent by an x402 proxy ----
+    //
+    // Permit2 asks this account (ERC-1271) about the EIP-712 digest it built from the permit, the
+    // spender (its caller) and the witness. The envelope carries those fields, so the account checks
+    // them against its policy and rebuilds the digest: the spender must be the x402 exact or upto
+    // proxy (which pay only the witness's payee), so a thief calling Permit2 as spender gets a
+    // digest no envelope within policy matches. Permit2's digest does not name the owner, so the
+    // session key signs keccak256(abi.encode(thisAccount, digest)): a key registered on two
+    // accounts cannot have one account's permit spent from the other.
+    //
+    // Envelope (321 bytes, read by slicing so any input answers instead of reverting):
+    //   token, amount, spender, nonce, deadline, to, facilitator (0 for exact), validAfter: one
+    //   32-byte word each; then the session key's 65-byte signature (r || s || v).
+
+    /// The canonical addresses (the same on every chain; x402.mechanisms.evm.constants).
+    address internal constant PERMIT2 = 0x000000000022D473030F116dDEE9F6B43aC78BA3;
+    address internal constant EXACT_PROXY = 0x402085c248EeA27D92E8b30b2C58ed07f9E20001;
+    address internal constant UPTO_PROXY = 0x4020A4f3b7b90ccA423B9fabCc0CE57C6C240002;
+    uint256 internal constant PERMIT2_ENVELOPE_LENGTH = 8 * 32 + 65;
+    bytes32 internal constant PERMIT2_DOMAIN_TYPEHASH =
+        keccak256("EIP712Domain(string name,uint256 chainId,address verifyingContract)");
+    bytes32 internal constant TOKEN_PERMISSIONS_TYPEHASH = keccak256("TokenPermissions(address token,uint256 amount)");
+    // The witness types exactly as the SDK signs them (PERMIT2_WITNESS_TYPES, UPTO_PERMIT2_WITNESS_TYPES).
+    bytes32 internal constant EXACT_WITNESS_TYPEHASH = keccak256("Witness(address to,uint256 validAfter)");
+    bytes32 internal constant EXACT_PERMIT_TYPEHASH = keccak256(
+        "PermitWitnessTransferFrom(TokenPermissions permitted,address spender,uint256 nonce,uint256 deadline,Witness witness)TokenPermissions(address token,uint256 amount)Witness(address to,uint256 validAfter)"
+    );
+    bytes32 internal constant UPTO_WITNESS_TYPEHASH =
+        keccak256("Witness(address to,address facilitator,uint256 validAfter)");
+    bytes32 internal constant UPTO_PERMIT_TYPEHASH = keccak256(
+        "PermitWitnessTransferFrom(TokenPermissions permitted,address spender,uint256 nonce,uint256 deadline,Witness witness)TokenPermissions(address token,uint256 amount)Witness(address to,address facilitator,uint256 validAfter)"
+    );
+
+    struct Permit2Payment {
+        address token;
+        uint256 amount;
+        address spender;
+        uint256 nonce;
+        uint256 deadline;
+        address to;
+        address facilitator;
+        uint256 validAfter;
+    }
+
+    function _permit2Signature(bytes32 digest, bytes calldata envelope) internal view returns (bytes4) {
+        Permit2Payment memory p = Permit2Payment(
+            _addressAt(envelope, 0), _wordAt(envelope, 1), _addressAt(envelope, 2), _wordAt(envelope, 3),
+            _wordAt(envelope, 4), _addressAt(envelope, 5), _addressAt(envelope, 6), _wordAt(envelope, 7)
+        );
+        bool upto = p.spender == UPTO_PROXY;
+        // Exact's witness has no facilitator: a nonzero one would be a second encoding of one permit.
+        if (!(upto || (p.spender == EXACT_PROXY && p.facilitator == address(0)))) return ERC1271_INVALID;
+        if (!_paymentWithinPolicy(p.token, p.amount, p.to, p.validAfter, p.deadline)) return ERC1271_INVALID;
+        if (_permit2Digest(p, upto) != digest) return ERC1271_INVALID;
+        return _sessionSigned(keccak256(abi.encode(address(this), digest)), envelope[256:]);
+    }
+
+    function _wordAt(bytes calldata data, uint256 index) internal pure returns (uint256) {
+        return uint256(bytes32(data[index * 32:index * 32 + 32]));
+    }
+
+    /// A word that is not a clean address is refused by making it one that no policy allows.
+    function _addressAt(bytes calldata data, uint256 index) internal pure returns (address) {
+        uint256 word = _wordAt(data, index);
+        return word >> 160 == 0 ? address(uint160(word)) : address(0);
+    }
+
+    /// Permit2's EIP-712 digest of PermitWitnessTransferFrom (SignatureTransfer.permitWitnessTransferFrom
+    /// with PermitHash.hashWithWitness) for the x402 proxy's witness.
+    function _permit2Digest(Permit2Payment memory p, bool upto) internal view returns (bytes32) {
+        bytes32 witness = upto
+            ? keccak256(abi.encode(UPTO_WITNESS_TYPEHASH, p.to, p.facilitator, p.validAfter))
+            : keccak256(abi.encode(EXACT_WITNESS_TYPEHASH, p.to, p.validAfter));
+        bytes32 structHash = keccak256(
+            abi.encode(
+                upto ? UPTO_PERMIT_TYPEHASH : EXACT_PERMIT_TYPEHASH,
+                keccak256(abi.encode(TOKEN_PERMISSIONS_TYPEHASH, p.token, p.amount)),
+                p.spender, p.nonce, p.deadline, witness
+            )
+        );
+        bytes32 domain = keccak256(abi.encode(PERMIT2_DOMAIN_TYPEHASH, keccak256("Permit2"), block.chainid, PERMIT2));
+        return MessageHashUtils.toTypedDataHash(domain, structHash);
     }
 }

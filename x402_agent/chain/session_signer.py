@@ -5,9 +5,20 @@ TransferWithAuthorization; the signature handed to x402 is the ERC-1271 envelope
 ``abi.encode(token, from, to, value, validAfter, validBefore, nonce, sig65)`` that the account's
 ``isValidSignature`` decodes and checks against its on-chain policy. A facilitator that sees
 code at ``from`` settles through FiatToken's ``bytes signature`` overload, which calls it.
+
+Permit2 (x402 ``exact`` over Permit2 and ``upto``): the session key signs
+``keccak256(abi.encode(account, digest))`` where ``digest`` is Permit2's EIP-712 hash of the
+PermitWitnessTransferFrom (Permit2's digest does not name the owner; binding the account keeps a
+key registered on two accounts from having one's permit spent from the other). The signature
+handed to x402 is the 321-byte envelope :func:`permit2_envelope` builds, which the account's
+``isValidSignature`` checks against its policy (token, cap, x402 proxy as spender, payee, window)
+and against the digest it rebuilds from the envelope.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 from coincurve import PrivateKey
 from eth_utils.address import to_checksum_address
@@ -46,6 +57,100 @@ def authorization_envelope(authorization: TransferAuthorization, signature65: by
     )
 
 
+@dataclass(frozen=True)
+class Permit2Transfer:
+    """The fields of a PermitWitnessTransferFrom to an x402 Permit2 proxy.
+
+    ``facilitator`` is the ``upto`` witness's facilitator; ``None`` for ``exact`` (whose witness
+    has none). Amounts, nonce and times are integers; addresses are hex strings.
+    """
+
+    token: str
+    amount: int
+    spender: str
+    nonce: int
+    deadline: int
+    to: str
+    valid_after: int
+    facilitator: str | None = None
+
+    @classmethod
+    def from_sdk(cls, authorization: Any) -> Permit2Transfer:
+        """From the SDK's ``ExactPermit2Authorization`` or ``UptoPermit2Authorization``
+        (``x402.mechanisms.evm.types``; an upto witness carries ``facilitator``)."""
+        witness = authorization.witness
+        return cls(
+            token=to_checksum_address(authorization.permitted.token),
+            amount=int(authorization.permitted.amount),
+            spender=to_checksum_address(authorization.spender),
+            nonce=int(authorization.nonce),
+            deadline=int(authorization.deadline),
+            to=to_checksum_address(witness.to),
+            valid_after=int(witness.valid_after),
+            facilitator=getattr(witness, "facilitator", None),
+        )
+
+    def digest(self, chain_id: int) -> bytes:
+        """Permit2's EIP-712 digest, with the witness types exactly as the SDK signs them."""
+        from eth_account.messages import encode_typed_data
+        from x402.mechanisms.evm.constants import (
+            PERMIT2_ADDRESS,
+            PERMIT2_WITNESS_TYPES,
+            UPTO_PERMIT2_WITNESS_TYPES,
+        )
+
+        witness: dict[str, Any] = {"to": self.to, "validAfter": self.valid_after}
+        types = PERMIT2_WITNESS_TYPES
+        if self.facilitator is not None:
+            witness["facilitator"] = to_checksum_address(self.facilitator)
+            types = UPTO_PERMIT2_WITNESS_TYPES
+        signable = encode_typed_data(
+            full_message={
+                "types": {
+                    "EIP712Domain": [
+                        {"name": "name", "type": "string"},
+                        {"name": "chainId", "type": "uint256"},
+                        {"name": "verifyingContract", "type": "address"},
+                    ],
+                    **types,
+                },
+                "primaryType": "PermitWitnessTransferFrom",
+                "domain": {"name": "Permit2", "chainId": chain_id, "verifyingContract": PERMIT2_ADDRESS},
+                "message": {
+                    "permitted": {"token": self.token, "amount": self.amount},
+                    "spender": self.spender,
+                    "nonce": self.nonce,
+                    "deadline": self.deadline,
+                    "witness": witness,
+                },
+            }
+        )
+        return keccak(b"\x19\x01" + signable.header + signable.body)
+
+
+def permit2_session_hash(account: str, digest: bytes) -> bytes:
+    """What the session key signs for a Permit2 digest: ``keccak256(abi.encode(account, digest))``."""
+    return keccak(_word(to_checksum_address(account)) + digest)
+
+
+def permit2_envelope(transfer: Permit2Transfer, signature65: bytes) -> bytes:
+    """The 321-byte ERC-1271 envelope: token, amount, spender, nonce, deadline, to, facilitator
+    (zero for exact), validAfter as 32-byte words, then the 65-byte session signature."""
+    if len(signature65) != 65:
+        raise ValueError("a session signature is 65 bytes (r || s || v)")
+    return (
+        _word(transfer.token)
+        + _word(transfer.amount)
+        + _word(transfer.spender)
+        + _word(transfer.nonce)
+        + _word(transfer.deadline)
+        + _word(transfer.to)
+        + _word(transfer.facilitator or 0)
+        + _word(transfer.valid_after)
+        + signature65
+    )
+
+
 class SessionKeySigner:
     """Signs payments of ``account_address`` with a session key registered on that account."""
 
@@ -73,6 +178,25 @@ class SessionKeySigner:
             raise ValueError("this session key only signs payments from its own account")
         envelope = authorization_envelope(authorization, self._sign_digest(authorization.digest()))
         return SignedAuthorization(authorization, "0x" + envelope.hex())
+
+    def sign_permit2(self, authorization: Any, chain_id: int) -> str:
+        """The x402 payload's ``signature`` for a Permit2 payment from this account.
+
+        ``authorization`` is the SDK's ``ExactPermit2Authorization`` or
+        ``UptoPermit2Authorization`` whose ``from_address`` is this account (or a
+        :class:`Permit2Transfer`); ``chain_id`` is the payment network's. Returns ``0x`` + the
+        321-byte envelope hex: put it where the SDK puts a plain key's 65-byte signature. The
+        account must be deployed (Permit2 has no ERC-6492 path).
+        """
+        if isinstance(authorization, Permit2Transfer):
+            transfer = authorization
+        else:
+            if authorization.from_address.lower() != self._address.lower():
+                raise ValueError("this session key only signs payments from its own account")
+            transfer = Permit2Transfer.from_sdk(authorization)
+        digest = transfer.digest(chain_id)
+        signature = self._sign_digest(permit2_session_hash(self._address, digest))
+        return "0x" + permit2_envelope(transfer, signature).hex()
 
     def sign_user_op_hash(self, user_op_hash: bytes) -> bytes:
         """EIP-191 signature of a userOpHash (the account accepts it for refills only)."""

@@ -180,7 +180,16 @@ class HotWallet:
     def _token_balance(self, holder: str) -> int:
         """``balanceOf(holder)`` as one raw ``eth_call``: web3's contract machinery costs
         milliseconds more than the call itself, and this is on the payment path."""
-        data = "0x70a08231" + holder[2:].lower().rjust(64, "0")
+        return self._token_read("0x70a08231" + holder[2:].lower().rjust(64, "0"))
+
+    def permit2_allowance(self) -> int:
+        """What Permit2 may still move of the account's token (``allowance(account, Permit2)``)."""
+        from x402.mechanisms.evm.constants import PERMIT2_ADDRESS
+
+        words = "".join(a[2:].lower().rjust(64, "0") for a in (self.account, PERMIT2_ADDRESS))
+        return self._token_read("0xdd62ed3e" + words)
+
+    def _token_read(self, data: str) -> int:
         answer = self._rpc.post(
             self._rpc_url,
             json={
@@ -285,6 +294,40 @@ class HotWallet:
                 # the payment is covered only if the balance says so.
                 if self.hot_balance() < needed:
                     raise
+
+    def ensure_permit2_allowance(self, needed: int) -> None:
+        """Make Permit2's allowance cover ``needed`` (every Permit2 payment in flight).
+
+        The account approves Permit2 only inside ``refill``, for the vault's per-period allowance
+        (what a stolen session key could pull anyway); so a short allowance is answered by a
+        refill of nothing, which also deploys a counterfactual account (Permit2 has no ERC-6492
+        path). Refuses when even a fresh approval would not cover ``needed``.
+        """
+        with self._funding:
+            if self.is_deployed() and self.permit2_allowance() >= needed:
+                return
+            self.top_up(0)
+            allowance = self.permit2_allowance()
+        if allowance < needed:
+            raise WalletRefused(
+                "Permit2's allowance from the smart account (one period of the vault) does not cover "
+                "the Permit2 payments in flight",
+                reason=Reason.ONCHAIN_BOUND,
+                account=self.account,
+                permit2_allowance=allowance,
+                needed=needed,
+            )
+
+    def sign_permit2(self, authorization: Any, chain_id: int) -> str:
+        """The x402 ``signature`` for a Permit2 payment (see ``SessionKeySigner.sign_permit2``);
+        call ``ensure_permit2_allowance`` first: it deploys the account when needed."""
+        if not self.bounds().deployed:
+            raise WalletRefused(
+                "Permit2 payments need the smart account deployed (there is no ERC-6492 path)",
+                reason=Reason.ONCHAIN_BOUND,
+                account=self.account,
+            )
+        return self._session.sign_permit2(authorization, chain_id)
 
     # ---- top-up through a user operation signed by the session key ----
 
