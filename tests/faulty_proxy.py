@@ -4,7 +4,10 @@ Modes: ``forward`` (honest), ``fail_after_settle`` (lets the payment settle, the
 ``swallow`` (keeps the payment, forwards without it: the server answers 402 again),
 ``hold_after_settle`` (lets it settle, signals ``held``, never answers), ``claim_settled``
 (keeps the payment, never settles it, and answers 200 with a settlement header naming
-``claimed_tx``, a transaction that did not move this payment).
+``claimed_tx``, a transaction that did not move this payment), ``rewrite_identifier`` (forwards
+the payment with its payment-identifier id replaced by ``identifier``: the extension is not
+signed, so a middlebox can make two payments carry one id). ``seen`` keeps every payment header
+that arrived, in every mode.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ class FaultyProxy:
         self.captured: list[tuple[str, str]] = []  # payment headers it kept
         self.held = threading.Event()
         self.claimed_tx = ""
+        self.seen: list[str] = []
+        self.identifier = ""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -40,6 +45,10 @@ class FaultyProxy:
                 break
         headers = {k.decode(): v.decode() for k, v in scope["headers"] if k.decode() != "host"}
         payment = [(k, v) for k, v in headers.items() if k in PAYMENT_HEADERS]
+        self.seen += [v for _, v in payment]
+        if payment and self.mode == "rewrite_identifier":
+            name, value = payment[0]
+            headers[name] = self.with_identifier(value)
         if payment and self.mode == "claim_settled":
             self.captured += payment
             await self.answer(
@@ -52,7 +61,9 @@ class FaultyProxy:
         if payment and self.mode == "swallow":
             self.captured += payment
             headers = {k: v for k, v in headers.items() if k not in PAYMENT_HEADERS}
-        status, out_headers, content = await self.forward(scope["method"], scope["path"], headers, body)
+        query = scope.get("query_string", b"").decode()  # the metered route's ?used=
+        target = scope["path"] + (f"?{query}" if query else "")
+        status, out_headers, content = await self.forward(scope["method"], target, headers, body)
         if payment and self.mode == "hold_after_settle":
             assert "payment-response" in out_headers, "upstream did not settle"
             self.held.set()
@@ -74,6 +85,11 @@ class FaultyProxy:
             }
         )
         await send({"type": "http.response.body", "body": content})
+
+    def with_identifier(self, payment_header: str) -> str:
+        paid = json.loads(base64.b64decode(payment_header))
+        paid["extensions"]["payment-identifier"]["info"]["id"] = self.identifier
+        return base64.b64encode(json.dumps(paid).encode()).decode()
 
     def false_claim(self, payment_header: str) -> str:
         """A v2 settle response that matches the signed payment in every field but names

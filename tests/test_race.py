@@ -36,10 +36,11 @@ def budget_for(world: WorldInfo, price: int) -> Policy:
     return Policy.model_validate(base)
 
 
-def race(home: Path, url: str) -> Counter[str]:
+def race(home: Path, url: str, *, attempts: int = ATTEMPTS_EACH, session: str | None = None) -> Counter[str]:
+    """PROCESSES workers making ``attempts`` each at once (in ``session``, when given)."""
     workers = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), str(home), url, str(ATTEMPTS_EACH)],
+            [sys.executable, str(WORKER), str(home), url, str(attempts), *([session] if session else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

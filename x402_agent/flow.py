@@ -47,6 +47,7 @@ from .errors import (
     DeadlineExceeded,
     IdempotencyConflict,
     PaidNotDelivered,
+    PaymentIdentifierConflict,
     PaymentInFlight,
     PaymentMismatch,
     PaymentNotSettled,
@@ -59,11 +60,12 @@ from .errors import (
 from .ledger import Ownership, PaymentRecord, PaymentState, Verification
 from .money import format_units
 from .netguard import check_literal
+from .payment_identifier import CONFLICT_STATUS, carried_identifier, payment_extensions
 from .reasons import Reason
 from .request_limits import check_request, redirect_target
 from .schemes import Authorized, Scheme, for_record
 from .selection import Choice, PriceLimit, rank
-from .settlement import read_settlement_header
+from .settlement import check_moved, read_settlement_header
 from .signer import OnChainGuard, PaymentSigner
 from .spendgate import SpendGate
 from .steps import RpcCall as RpcCall  # a step like the others, for the drivers
@@ -277,7 +279,7 @@ def fetch_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, FetchOut
                 "top-up", partial(payer.signer.ensure_funds, _in_flight(payer, choice.offer.asset))
             )
         authorized = yield from _authorize(payer, choice, record)
-        header_name, header_value = _payment_header(challenge, choice, authorized)
+        header_name, header_value = _payment_header(challenge, choice, authorized, record.id)
         record = payer.gate.ledger.mark_sent(
             record.id,
             payer=authorized.payer,
@@ -435,10 +437,15 @@ def _authorize(payer: Payer, choice: Choice, record: PaymentRecord) -> Generator
     if (record.amount, record.pay_to, record.asset) != (choice.maximum, offer.pay_to, offer.asset):
         raise PaymentMismatch("the reservation does not match the chosen offer")
     now = int(payer.clock())
-    return (yield from choice.scheme.authorize(offer, choice.asset, payer.signer, now, _window(payer, offer)))
+    rpc = payer.rpc_urls.get(offer.network)
+    return (
+        yield from choice.scheme.authorize(offer, choice.asset, payer.signer, now, _window(payer, offer), rpc)
+    )
 
 
-def _payment_header(challenge: Challenge, choice: Choice, authorized: Authorized) -> tuple[str, str]:
+def _payment_header(
+    challenge: Challenge, choice: Choice, authorized: Authorized, record_id: str
+) -> tuple[str, str]:
     offer = choice.offer
     inner = choice.scheme.payload(authorized)
     payload: PaymentPayload | PaymentPayloadV1
@@ -446,7 +453,12 @@ def _payment_header(challenge: Challenge, choice: Choice, authorized: Authorized
         assert isinstance(offer.requirement, PaymentRequirements)
         assert isinstance(challenge.required, PaymentRequired)
         payload = PaymentPayload(
-            x402_version=2, payload=inner, accepted=offer.requirement, resource=challenge.required.resource
+            x402_version=2,
+            payload=inner,
+            accepted=offer.requirement,
+            resource=challenge.required.resource,
+            # The payment identifier (row id), where the server declared the extension.
+            extensions=payment_extensions(challenge.required.extensions, record_id),
         )
         name = PAYMENT_SIGNATURE_HEADER
     else:
@@ -484,8 +496,13 @@ def _resume(
         # Re-read, and take the row over if the process that made it is gone.
         claim = payer.gate.ledger.claim(prior.id)
         prior, ownership = claim.record, claim.ownership
-    if prior.state == PaymentState.SETTLED or prior.delivered:
+    resendable = carried_identifier(prior.payment_header) is not None
+    if prior.delivered or (prior.state == PaymentState.SETTLED and not resendable):
         return _replayed(payer, prior)
+    if prior.state == PaymentState.SETTLED:
+        # Settled and its answer lost: the server caches its answer under the payment
+        # identifier, and answers the same payload from that cache (it cannot settle twice).
+        return (yield from _resend(payer, req, prior))
     if prior.state == PaymentState.RELEASED:
         return None
     if ownership is Ownership.LIVE:
@@ -508,25 +525,35 @@ def _resume(
         state = yield from reconcile(payer, prior)
         if state != prior.state:
             prior = payer.gate.ledger.get(prior.id) or prior
-            return None if state == PaymentState.RELEASED else _replayed(payer, prior)
-    assert prior.valid_before is not None and prior.payment_header is not None
+            if state == PaymentState.RELEASED:
+                return None
+            return (yield from _resend(payer, req, prior)) if resendable else _replayed(payer, prior)
+    assert prior.valid_before is not None
     if prior.valid_before - now > _RESUME_MARGIN_SECONDS:
         # Resending the same authorization cannot pay twice: the token accepts a nonce once.
-        header = X_PAYMENT_HEADER if prior.x402_version == 1 else PAYMENT_SIGNATURE_HEADER
-        scheme = for_record(prior)
-        authorized = scheme.restore(prior)
-        return (
-            yield from _deliver(
-                payer, req, prior.url, prior, scheme, authorized, header, prior.payment_header
-            )
-        )
+        return (yield from _resend(payer, req, prior))
     state = yield from reconcile(payer, prior)
     if state == PaymentState.RELEASED:
         return None
+    if state == PaymentState.SETTLED and resendable:
+        return (yield from _resend(payer, req, prior))
     raise PaidNotDelivered(
         "this idempotency key already paid and the resource was not delivered",
         payment_id=prior.id,
         state=str(state),
+    )
+
+
+def _resend(payer: Payer, req: FetchRequest, prior: PaymentRecord) -> Generator[Step, Any, FetchOutcome]:
+    """Send the recorded payment header again, byte for byte (same authorization, same
+    payment identifier): never a second payment."""
+    assert prior.payment_header is not None
+    header = X_PAYMENT_HEADER if prior.x402_version == 1 else PAYMENT_SIGNATURE_HEADER
+    scheme = for_record(prior)
+    return (
+        yield from _deliver(
+            payer, req, prior.url, prior, scheme, scheme.restore(prior), header, prior.payment_header
+        )
     )
 
 
@@ -617,6 +644,9 @@ def _deliver(
         evidence["body_cut_at_bytes"] = response.stored.size  # the policy's cap
     if location is not None:
         evidence["location"] = location
+    identifier = carried_identifier(header_value)
+    if identifier is not None:
+        evidence["payment_identifier"] = identifier
     settled_by_server = _proves_settlement(scheme, settle_response, authorized, record.network)
     if not (200 <= response.status_code < 300 or (location and settled_by_server)):
         evidence["delivered"] = False
@@ -639,7 +669,7 @@ def _deliver(
                 status=response.status_code,
                 state=str(state),
             )
-        raise _not_settled(record, response.status_code, state, refused)
+        raise _not_settled(record, response.status_code, state, refused, identifier)
 
     tx: str | None = None
     settled: int | None = None
@@ -648,11 +678,13 @@ def _deliver(
     try:
         if settle_response is not None:
             settlement = scheme.settlement(settle_response, authorized, record.network)
-            tx, settled = settlement.transaction, settlement.amount
+            tx, settled = settlement.transaction or None, settlement.amount
+        # A settlement of nothing (upto at 0) has no transaction and nothing on chain to prove.
+        nothing_moved = settled == 0 and tx is None
         if tx is not None and payer.verify_on_chain and record.network in payer.rpc_urls:
             defer = payer.defer_verification
-        if defer is None:
-            confirmed = yield from _confirm_on_chain(payer, record, scheme, authorized, tx)
+        if defer is None and not nothing_moved:
+            confirmed = yield from _confirm_on_chain(payer, record, scheme, authorized, tx, settled)
     except SettlementMismatch as exc:
         ledger.mark_unknown(
             record.id,
@@ -662,7 +694,7 @@ def _deliver(
         )
         exc.details["payment_id"] = record.id
         raise
-    if confirmed is False or (tx is None and confirmed is None):
+    if confirmed is False or (tx is None and confirmed is None and not nothing_moved):
         # Delivered, but nothing proves the payment settled: it stays counted as unknown.
         record = ledger.mark_unknown(
             record.id, evidence=evidence, response_status=response.status_code, delivered=True
@@ -706,7 +738,7 @@ def _proves_settlement(
 
 
 def _not_settled(
-    record: PaymentRecord, status: int, state: PaymentState, refused: str | None
+    record: PaymentRecord, status: int, state: PaymentState, refused: str | None, identifier: str | None
 ) -> PaymentNotSettled:
     """The server did not deliver and nothing shows the payment moved: say what it is."""
     assert record.valid_before is not None
@@ -726,6 +758,13 @@ def _not_settled(
         "expires_at": record.valid_before,
         "expires_at_iso": expires,
     }
+    if status == CONFLICT_STATUS and identifier is not None:
+        return PaymentIdentifierConflict(
+            f"the server says payment identifier {identifier} was used for another payment and "
+            f"took nothing from this one; {counted} (receipt {record.id})",
+            payment_identifier=identifier,
+            **details,
+        )
     if status == 402:
         return PaymentRejected(
             f"the server refused the payment: {refused or 'no reason given'}; "
@@ -740,9 +779,15 @@ def _not_settled(
 
 
 def _confirm_on_chain(
-    payer: Payer, record: PaymentRecord, scheme: Scheme, authorized: Authorized, tx: str | None
+    payer: Payer,
+    record: PaymentRecord,
+    scheme: Scheme,
+    authorized: Authorized,
+    tx: str | None,
+    settled: int | None,
 ) -> Generator[Step, Any, bool | None]:
-    """True: the chain shows our transfer. False: it could not be shown. None: no RPC."""
+    """True: the chain shows our transfer (of the ``settled`` amount the server stated, when it
+    stated one). False: it could not be shown. None: no RPC."""
     rpc = payer.rpc_urls.get(record.network)
     if rpc is None or (tx is not None and not payer.verify_on_chain):
         return None
@@ -755,7 +800,7 @@ def _confirm_on_chain(
         return False
     if receipt is None:
         return False
-    scheme.check_receipt(receipt, authorized, record.pay_to)
+    check_moved(scheme.check_receipt(receipt, authorized, record.pay_to), settled, tx)
     return True
 
 

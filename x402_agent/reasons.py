@@ -505,6 +505,15 @@ class Reason(StrEnum):
         "counted until details.expires_at_iso: tell the user the reason; do not retry until "
         "it is fixed",
     )
+    PAYMENT_IDENTIFIER_CONFLICT = (
+        "payment_identifier_conflict",
+        Layer.FLOW,
+        "the server says this payment identifier was used for another payment",
+        "the server answered 409: the payment identifier (details.payment_identifier) was used "
+        "with another payment, so it took nothing from this one and nothing was signed again; "
+        "it stays counted until details.expires_at_iso unless the chain shows it settled: "
+        "report the receipt id, do not retry it",
+    )
     PAYMENT_NOT_SETTLED = (
         "payment_not_settled",
         Layer.FLOW,
@@ -531,6 +540,34 @@ class Reason(StrEnum):
         "the settlement does not match what was paid",
         "the server's settlement does not match what was paid: the amount stays counted; "
         "report the receipt id to the user, do not pay again",
+    )
+    SETTLED_AMOUNT_MISMATCH = (
+        "settled_amount_mismatch",
+        Layer.FLOW,
+        "the chain moved another amount than the server says settled",
+        "the settlement transaction moved a different amount than the server reported: the "
+        "payment stays counted at its maximum; report the receipt id to the user",
+    )
+    PERMIT2_ALLOWANCE_REQUIRED = (
+        "permit2_allowance_required",
+        Layer.WALLET,
+        "the payer has not approved Permit2 for enough of the token and cannot do it here",
+        "approve Permit2 (0x000000000022D473030F116dDEE9F6B43aC78BA3) for a bounded amount of "
+        "the token from the paying account (a smart account: through its owner or top-up), "
+        "then retry",
+    )
+    PERMIT2_APPROVAL_PENDING = (
+        "permit2_approval_pending",
+        Layer.WALLET,
+        "the payer's Permit2 approval was sent but is not mined yet",
+        "the Permit2 approval transaction is not mined yet: retry in a few seconds (nothing was paid)",
+    )
+    PERMIT2_UNSUPPORTED_SIGNER = (
+        "permit2_unsupported_signer",
+        Layer.WALLET,
+        "this payer cannot sign Permit2 transfers",
+        "this wallet's payer cannot sign Permit2 payments: pay an offer with another transfer "
+        "method, or use a plain key or a smart account that supports Permit2",
     )
     SETTLEMENT_NOT_OURS = (
         "settlement_not_ours",

@@ -100,7 +100,8 @@ def _assess(
         return Decision(
             False,
             Reason.SCHEME_NOT_ALLOWED,
-            f"the policy lets {rule.symbol} be paid with {list(rule.allowed_schemes)}, not {offer.scheme!r}",
+            f"the policy lets {rule.symbol} be paid with {list(rule.allowed_schemes)}, not {offer.scheme!r} "
+            "(the asset's schemes field; unset means exact only)",
             rule,
         ), scheme
     refused = scheme.check_offer(offer, rule)

@@ -41,9 +41,12 @@ def read_settlement_header(headers: Mapping[str, str], version: int) -> SettleRe
         return None
 
 
-def check_settlement(response: SettleResponse, payer: str, network: str, amount_problem: str | None) -> str:
+def check_settlement(
+    response: SettleResponse, payer: str, network: str, amount_problem: str | None, *, moved: bool = True
+) -> str:
     """The settle response must describe our payment: success, payer, network, amount (judged
-    by the scheme: ``amount_problem``), transaction. Returns the transaction hash."""
+    by the scheme: ``amount_problem``), transaction. Returns the transaction hash; a settlement
+    that moved nothing (``moved`` False: an upto settled at 0) has none, and returns ""."""
     problems = []
     if not response.success:
         problems.append(f"settlement failed: {response.error_reason}")
@@ -53,11 +56,26 @@ def check_settlement(response: SettleResponse, payer: str, network: str, amount_
         problems.append(f"network {response.network!r} differs from {network!r}")
     if amount_problem is not None:
         problems.append(amount_problem)
-    if not _TX_HASH.fullmatch(response.transaction or ""):
+    if not moved and response.transaction:
+        problems.append("a transaction for a settlement of nothing")
+    elif moved and not _TX_HASH.fullmatch(response.transaction or ""):
         problems.append("no valid transaction hash")
     if problems:
         raise SettlementMismatch("; ".join(problems), evidence=response.model_dump(by_alias=True))
     return response.transaction
+
+
+def check_moved(moved: int, stated: int | None, tx: str | None) -> None:
+    """The chain's amount must be the one the server stated as settled (upto may settle less
+    than the maximum: the receipt check returns what moved, this compares it)."""
+    if stated is not None and moved != stated:
+        raise SettlementMismatch(
+            f"the settlement transaction moved {moved}, the server stated {stated}",
+            reason=Reason.SETTLED_AMOUNT_MISMATCH,
+            tx=tx,
+            moved=str(moved),
+            stated=str(stated),
+        )
 
 
 def topic_address(address: str) -> str:

@@ -1,4 +1,4 @@
-"""Signers of EIP-3009 transfer authorizations.
+"""Signers of payments: EIP-3009 transfer authorizations, Permit2 witness transfers.
 
 The payment flow only knows ``PaymentSigner``: a payer address and a method that signs one
 authorization. A local key signs it with ECDSA; the ERC-4337 session key of a smart account
@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from eth_utils.crypto import keccak
 
@@ -100,6 +100,68 @@ class PaymentSigner(Protocol):
 
 
 @runtime_checkable
+class Permit2Signer(Protocol):
+    """A payer that can sign a Permit2 PermitWitnessTransferFrom (exact and upto over Permit2)."""
+
+    def sign_permit2(self, authorization: Any, chain_id: int) -> str:
+        """The payload's ``signature`` for the SDK's ``ExactPermit2Authorization`` or
+        ``UptoPermit2Authorization`` (0x-hex)."""
+        ...
+
+
+@runtime_checkable
+class TransactionSender(Protocol):
+    """A payer that signs its own transactions (a plain key; it pays their gas): used to
+    approve Permit2 for a bounded amount before a Permit2 payment."""
+
+    def sign_transaction(self, transaction: dict[str, Any]) -> str:
+        """The raw signed transaction, 0x-hex, ready for eth_sendRawTransaction."""
+        ...
+
+
+def permit2_typed_data(authorization: Any, chain_id: int) -> dict[str, Any]:
+    """The full EIP-712 message of a Permit2 witness transfer, with the SDK's own witness types
+    (an upto witness carries ``facilitator``): the domain has no version."""
+    from x402.mechanisms.evm.constants import (
+        PERMIT2_ADDRESS,
+        PERMIT2_WITNESS_TYPES,
+        UPTO_PERMIT2_WITNESS_TYPES,
+    )
+
+    witness: dict[str, Any] = {
+        "to": authorization.witness.to,
+        "validAfter": int(authorization.witness.valid_after),
+    }
+    types = PERMIT2_WITNESS_TYPES
+    facilitator = getattr(authorization.witness, "facilitator", None)
+    if facilitator is not None:
+        witness["facilitator"] = facilitator
+        types = UPTO_PERMIT2_WITNESS_TYPES
+    return {
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "chainId", "type": "uint256"},
+                {"name": "verifyingContract", "type": "address"},
+            ],
+            **types,
+        },
+        "primaryType": "PermitWitnessTransferFrom",
+        "domain": {"name": "Permit2", "chainId": chain_id, "verifyingContract": PERMIT2_ADDRESS},
+        "message": {
+            "permitted": {
+                "token": authorization.permitted.token,
+                "amount": int(authorization.permitted.amount),
+            },
+            "spender": authorization.spender,
+            "nonce": int(authorization.nonce),
+            "deadline": int(authorization.deadline),
+            "witness": witness,
+        },
+    }
+
+
+@runtime_checkable
 class OnChainGuard(Protocol):
     """A payer whose account enforces bounds on chain (the smart-account hot wallet). The flow
     asks it before reserving, so what the chain would refuse is never counted or signed, and
@@ -145,11 +207,31 @@ class LocalKeySigner:
         return bytes(self._key.secret)
 
     def sign_authorization(self, authorization: TransferAuthorization) -> SignedAuthorization:
+        return SignedAuthorization(authorization, self._sign_digest(authorization.digest()))
+
+    def sign_typed_data(self, typed_data: dict[str, Any]) -> str:
+        """An EIP-712 signature (65 bytes, 0x-hex) of a full typed-data message."""
+        from eth_account.messages import encode_typed_data
+
+        signable = encode_typed_data(full_message=typed_data)
+        return self._sign_digest(keccak(b"\x19" + signable.version + signable.header + signable.body))
+
+    def sign_permit2(self, authorization: Any, chain_id: int) -> str:
+        if authorization.from_address.lower() != self._address.lower():
+            raise ValueError("this key only signs payments from its own address")
+        return self.sign_typed_data(permit2_typed_data(authorization, chain_id))
+
+    def sign_transaction(self, transaction: dict[str, Any]) -> str:
+        from eth_account import Account
+
+        signed = Account.sign_transaction(transaction, self._key.secret)
+        return "0x" + bytes(signed.raw_transaction).hex()
+
+    def _sign_digest(self, digest: bytes) -> str:
         # coincurve signs the digest as given (hasher=None) and returns r || s || recid, with s
         # already low (libsecp256k1 normalises); Ethereum wants v = 27 + recid.
-        raw = self._key.sign_recoverable(authorization.digest(), hasher=None)
-        signature = raw[:64] + bytes([27 + raw[64]])
-        return SignedAuthorization(authorization, "0x" + signature.hex())
+        raw = self._key.sign_recoverable(digest, hasher=None)
+        return "0x" + (raw[:64] + bytes([27 + raw[64]])).hex()
 
     def __repr__(self) -> str:
         return f"LocalKeySigner({self.address})"

@@ -33,6 +33,7 @@ from .errors import ChainError, SettlementMismatch
 from .ledger import Ledger, PaymentRecord
 from .reasons import Reason
 from .schemes import for_record
+from .settlement import check_moved
 
 # A settlement transaction not found this long after the server named it is a false claim.
 RECEIPT_GRACE_SECONDS = 30.0
@@ -189,7 +190,8 @@ class Verifier:
             }
         try:
             scheme = for_record(record)
-            scheme.check_receipt(receipt, scheme.restore(record), record.pay_to)
+            moved = scheme.check_receipt(receipt, scheme.restore(record), record.pay_to)
+            check_moved(moved, record.settled_amount, record.settlement_tx)
         except SettlementMismatch as exc:
             return True, {"message": exc.message, **exc.details, "reason": exc.reason}
         return True, None

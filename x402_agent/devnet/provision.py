@@ -39,20 +39,29 @@ def _rule(network: str, token: TokenInfo) -> AssetRule:
 
 
 def devnet_policy(
-    world: WorldInfo, *, include_eurc: bool = False, version: int = 1, also_fetch: Sequence[str] = ()
+    world: WorldInfo,
+    *,
+    include_eurc: bool = False,
+    version: int = 1,
+    also_fetch: Sequence[str] = (),
+    account: str | None = None,
+    schemes: tuple[str, ...] | None = None,
 ) -> Policy:
     """USDC on both local chains (and optionally EURC): 0.10 per request, 2.00 a day, 0.50 of
     main-chain USDC per session (an hour), a circuit breaker after 5 failed settlements. Of
     the machine's own addresses it may fetch the world's APIs only, and the URLs ``also_fetch``
-    names (their exact host and port: a test's own server)."""
+    names (their exact host and port: a test's own server). ``account``: another payer than the
+    world's; ``schemes``: what each asset may be paid with (unset: exact only)."""
     assets = [_rule(world.network, world.usdc), _rule(world.alt_network, world.alt_usdc)]
     if include_eurc:
         assets.append(_rule(world.network, world.eurc))
+    if schemes is not None:
+        assets = [rule.model_copy(update={"schemes": schemes}) for rule in assets]
     return Policy.model_validate(
         {
             "version": version,
             "assets": assets,
-            "account": world.payer_address,
+            "account": account or world.payer_address,
             "chain_id": world.chain_id,
             "day": {"kind": "calendar", "timezone": "UTC"},
             "circuit_breaker": {"max_consecutive_failures": 5},
@@ -74,13 +83,18 @@ def _simulator(world: WorldInfo) -> DeviceLocation:
 
 
 def provision_devnet_home(
-    world: WorldInfo, root: Path, policy: Policy | None = None, device: HardwareDevice | None = None
+    world: WorldInfo,
+    root: Path,
+    policy: Policy | None = None,
+    device: HardwareDevice | None = None,
+    private_key: str | None = None,
 ) -> AgentHome:
     """A ready home: the keystore password sits in a 0600 file (devnet only); the device
-    (default: the simulator through HWI) is enrolled and approves the policy."""
+    (default: the simulator through HWI) is enrolled and approves the policy. ``private_key``:
+    another payer key than the world's (its policy must name its address)."""
     home = provision_home(
         root,
-        private_key=world.payer_private_key,
+        private_key=private_key or world.payer_private_key,
         rpc_urls={world.network: world.rpc_url, world.alt_network: world.alt_rpc_url},
         password=secrets.token_urlsafe(24),
         store_password=True,

@@ -72,7 +72,12 @@ _FILLABLE = (
     "evidence_json",
     "verification",
 )
+_DELIVERY = ("response_status", "response_content_type", "response_body_sha256", "delivered", "evidence_json")
 _IN_FLIGHT = "state IN ('reserved', 'sent', 'unknown')"
+# What a row counts against the limits: the reserved maximum while open, what moved once
+# settled (an upto payment may settle less; the difference is released).
+_COUNTED = "CASE WHEN {p}state = 'settled' THEN COALESCE({p}settled_amount, {p}amount) ELSE {p}amount END"
+COUNTED = _COUNTED.format(p="")
 BREAKER_KEY = "breaker_reset_at"
 # How many recent outcomes the circuit breaker looks at, at most.
 FAILURE_SCAN = 1000
@@ -241,7 +246,7 @@ class SqlLedger(ABC):
             self._run(
                 cur,
                 f"INSERT INTO usage_buckets (network, asset, bucket, amount) "
-                f"SELECT network, asset, {bucket}, SUM(amount) FROM payments "
+                f"SELECT network, asset, {bucket}, SUM({COUNTED}) FROM payments "
                 f"WHERE state <> 'released' GROUP BY network, asset, {bucket} "
                 f"ORDER BY network, asset, {bucket}",
             )  # a window's rows stay together
@@ -261,7 +266,7 @@ class SqlLedger(ABC):
             first = bucket_of(q.day_start)  # the bucket holding the window's start
             daily = scalar(
                 "SELECT (SELECT COALESCE(SUM(amount), 0) FROM usage_buckets WHERE network = ? "
-                "AND asset = ? AND bucket > ?) + (SELECT COALESCE(SUM(amount), 0) FROM payments "
+                f"AND asset = ? AND bucket > ?) + (SELECT COALESCE(SUM({COUNTED}), 0) FROM payments "
                 "WHERE asset = ? AND network = ? AND created_at >= ? AND created_at < ? AND "
                 "state <> 'released')",
                 (
@@ -276,14 +281,14 @@ class SqlLedger(ABC):
             )
         else:  # counters not built yet (no write since this ledger was upgraded): scan
             daily = scalar(
-                "SELECT COALESCE(SUM(amount), 0) FROM payments WHERE asset = ? AND "
+                f"SELECT COALESCE(SUM({COUNTED}), 0) FROM payments WHERE asset = ? AND "
                 "network = ? AND created_at >= ? AND state <> 'released'",
                 (q.asset, q.network, q.day_start),
             )
         session_spent, started = 0, None
         if q.session is not None:
             session_spent = scalar(
-                "SELECT COALESCE(SUM(amount), 0) FROM payments WHERE session = ? AND asset = ? "
+                f"SELECT COALESCE(SUM({COUNTED}), 0) FROM payments WHERE session = ? AND asset = ? "
                 "AND network = ? AND state <> 'released'",
                 (q.session, q.asset, q.network),
             )
@@ -348,7 +353,7 @@ class SqlLedger(ABC):
         allowed = _FROM[to]
         try:
             with self._transaction() as cur:
-                counters = to is PaymentState.RELEASED and self._buckets(cur, build=True)
+                counters = to in _FINAL and self._buckets(cur, build=True)
                 rows = self._run(
                     cur,
                     f"UPDATE payments SET {', '.join(_assign(k) for k in values)} "
@@ -359,12 +364,14 @@ class SqlLedger(ABC):
                 if len(rows) != 1:
                     return self._finished(cur, payment_id, to, values)
                 record = self._record(rows[0])
-                if counters:  # leaving the counted states
+                # Released: nothing counts any more; settled: only what moved.
+                uncounted = record.amount - (record.settled_amount or 0 if to is PaymentState.SETTLED else 0)
+                if counters and uncounted:
                     self._run(
                         cur,
                         "UPDATE usage_buckets SET amount = amount - ? WHERE "
                         "network = ? AND asset = ? AND bucket = ?",
-                        (record.amount, record.network, record.asset, bucket_of(record.created_at)),
+                        (uncounted, record.network, record.asset, bucket_of(record.created_at)),
                     )
         except LedgerError:
             raise
@@ -398,14 +405,23 @@ class SqlLedger(ABC):
             for name in _FILLABLE
             if values.get(name) is not None and getattr(record, name) is None
         }
-        if record.state is PaymentState.SETTLED and to is not PaymentState.RELEASED and missing:
+        replace: dict[str, Any] = {}
+        if to is PaymentState.SETTLED and values.get("delivered") and record.delivered is False:
+            # Settled but recorded undelivered, then delivered by a later resend (the server's
+            # answer cached under the payment identifier): the delivery replaces the failed
+            # attempt's response fields.
+            replace = {name: values[name] for name in _DELIVERY if name in values}
+            missing = {name: value for name, value in missing.items() if name not in replace}
+        if record.state is PaymentState.SETTLED and to is not PaymentState.RELEASED and (missing or replace):
             # COALESCE: a value another writer filled in meanwhile is kept.
-            fill = ", ".join(f"{name} = COALESCE({name}, ?)" for name in missing)
+            fill = ", ".join(
+                [f"{name} = COALESCE({name}, ?)" for name in missing] + [f"{name} = ?" for name in replace]
+            )
             record = self._record(
                 self._run(
                     cur,
                     f"UPDATE payments SET {fill} WHERE id = ? RETURNING {', '.join(COLUMNS)}",
-                    (*missing.values(), payment_id),
+                    (*missing.values(), *replace.values(), payment_id),
                 ).fetchone()
             )
         return record
@@ -612,7 +628,7 @@ class SqlLedger(ABC):
         with self._reading() as cur:
             day = self._run(
                 cur,
-                "SELECT network, asset, SUM(amount) FROM payments WHERE "
+                f"SELECT network, asset, SUM({COUNTED}) FROM payments WHERE "
                 "created_at >= ? AND state <> 'released' GROUP BY network, asset",
                 (day_start,),
             ).fetchall()
@@ -625,7 +641,7 @@ class SqlLedger(ABC):
             ).fetchall()
             sessions = self._run(
                 cur,
-                "SELECT p.session, p.network, p.asset, SUM(p.amount) FROM "
+                f"SELECT p.session, p.network, p.asset, SUM({_COUNTED.format(p='p.')}) FROM "
                 "payments p JOIN sessions s ON s.id = p.session WHERE "
                 "s.started_at >= ? AND p.state <> 'released' "
                 "GROUP BY p.session, p.network, p.asset",

@@ -22,6 +22,7 @@ from ..challenge import Offer
 from ..decision import Decision
 from ..ledger import PaymentRecord
 from ..policy import AssetRule
+from ..settlement import check_settlement
 from ..signer import PaymentSigner
 from ..steps import RpcCall
 
@@ -47,6 +48,18 @@ class Settlement:
     raw: dict[str, Any]
 
 
+def exact_settlement(response: SettleResponse, authorized: Authorized, network: str) -> Settlement:
+    """An ``exact`` settlement: it moved exactly what was signed (an amount, if stated, says so)."""
+    value = authorized.maximum
+    amount_problem = (
+        None
+        if response.amount in (None, "", str(value))
+        else f"amount {response.amount!r} differs from {value}"
+    )
+    tx = check_settlement(response, authorized.payer, network, amount_problem)
+    return Settlement(tx, value, response.model_dump(by_alias=True, exclude_none=True))
+
+
 class Scheme(Protocol):
     scheme: str  # x402 scheme name ("exact")
     family: str  # network namespace of CAIP-2 ("eip155")
@@ -61,9 +74,11 @@ class Scheme(Protocol):
         ...
 
     def authorize(
-        self, offer: Offer, asset: AssetRule, signer: PaymentSigner, now: int, window: int
+        self, offer: Offer, asset: AssetRule, signer: PaymentSigner, now: int, window: int, rpc: str | None
     ) -> Generator[RpcCall, Any, Authorized]:
-        """Sign ``offer``, valid ``window`` seconds from ``now``; refuse what the signer changed."""
+        """Sign ``offer``, valid ``window`` seconds from ``now``; refuse what the signer changed.
+        ``rpc`` is the offer's chain (None: not reachable here), for what must be read or done
+        on chain before signing (Permit2: the payer's allowance)."""
         ...
 
     def payload(self, authorized: Authorized) -> dict[str, Any]:

@@ -21,10 +21,10 @@ from ..errors import PaymentMismatch, SettlementMismatch
 from ..ledger import PaymentRecord
 from ..policy import AssetRule
 from ..reasons import Reason
-from ..settlement import TRANSFER_TOPIC, check_settlement, receipt_logs, topic_address, topics
+from ..settlement import TRANSFER_TOPIC, receipt_logs, topic_address, topics
 from ..signer import PaymentSigner, SignedAuthorization, TokenDomain, TransferAuthorization
 from ..steps import RpcCall
-from .base import Authorized, Settlement
+from .base import Authorized, Settlement, exact_settlement
 
 AUTHORIZATION_USED_TOPIC = "0x" + keccak(text="AuthorizationUsed(address,bytes32)").hex()
 _AUTHORIZATION_STATE_SELECTOR = "0xe94a0102"  # authorizationState(address,bytes32)
@@ -65,7 +65,7 @@ class ExactEip3009:
         return offer.amount
 
     def authorize(
-        self, offer: Offer, asset: AssetRule, signer: PaymentSigner, now: int, window: int
+        self, offer: Offer, asset: AssetRule, signer: PaymentSigner, now: int, window: int, rpc: str | None
     ) -> Generator[RpcCall, Any, Authorized]:
         assert offer.chain_id is not None
         wanted = TransferAuthorization(
@@ -116,14 +116,7 @@ class ExactEip3009:
         ]
 
     def settlement(self, response: SettleResponse, authorized: Authorized, network: str) -> Settlement:
-        value = authorized.maximum
-        amount_problem = (
-            None
-            if response.amount in (None, "", str(value))
-            else f"amount {response.amount!r} differs from {value}"
-        )
-        tx = check_settlement(response, authorized.payer, network, amount_problem)
-        return Settlement(tx, value, response.model_dump(by_alias=True, exclude_none=True))
+        return exact_settlement(response, authorized, network)
 
     def check_receipt(self, receipt: Mapping[str, Any], authorized: Authorized, pay_to: str) -> int:
         """The receipt must show the token's AuthorizationUsed for our nonce and one Transfer of

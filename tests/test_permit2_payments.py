@@ -1,0 +1,289 @@
+"""x402-agent pays ``exact`` over Permit2 and ``upto`` (issue 13 items 3-4), through the scheme
+seam, against the local world's official SDK server and facilitator (Permit2 and the x402 proxies
+at their canonical addresses; see test_permit2_world.py). Plain-key payer.
+
+Each test pays from a fresh key funded from the world's payer and holding no Permit2 allowance:
+the agent approves Permit2 itself, for the asset's daily limit, before its first signature. Its
+balance changes are the test's alone.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from chain_reads import rpc, token_balance, transfer_logs
+from eth_account import Account
+from faulty_proxy import FaultyProxy
+from test_crash import STEPS as CRASH_STEPS
+from test_crash import killed, spawn
+from test_race import PROCESSES, race
+from x402.mechanisms.evm.constants import PERMIT2_ADDRESS
+
+from x402_agent.devnet.info import WorldInfo
+from x402_agent.devnet.paid_api import METERED_MAXIMUM
+from x402_agent.devnet.provision import DEVNET_DAILY_MAX, devnet_policy, fund, provision_devnet_home
+from x402_agent.devnet.served import ServedApp
+from x402_agent.errors import PolicyDenied
+from x402_agent.ledger import PaymentState
+from x402_agent.operations import Agent
+from x402_agent.policy import Policy
+from x402_agent.reasons import Reason
+
+PAYER_USDC = 1_000_000
+BOTH = ("exact", "upto")
+
+
+def allowance(world: WorldInfo, owner: str) -> int:
+    data = "0xdd62ed3e" + owner.lower()[2:].rjust(64, "0") + PERMIT2_ADDRESS.lower()[2:].rjust(64, "0")
+    return int(rpc(world.rpc_url, "eth_call", {"to": world.usdc.address, "data": data}, "latest"), 16)
+
+
+def nonce_used(world: WorldInfo, owner: str, nonce: int) -> bool:
+    """Permit2.nonceBitmap(owner, nonce >> 8), read independently of the agent's code."""
+    data = "0x4fe02b44" + owner.lower()[2:].rjust(64, "0") + format(nonce >> 8, "064x")
+    bitmap = int(rpc(world.rpc_url, "eth_call", {"to": PERMIT2_ADDRESS, "data": data}, "latest"), 16)
+    return (bitmap >> (nonce & 0xFF)) & 1 == 1
+
+
+def fresh_payer(world: WorldInfo) -> tuple[str, str]:
+    account = Account.create()
+    fund(world, account.address, usdc=PAYER_USDC, eth=10**17)
+    return account.address, "0x" + bytes(account.key).hex()
+
+
+def home_for(
+    world: WorldInfo,
+    root: Path,
+    *,
+    schemes: tuple[str, ...] | None = BOTH,
+    policy: Policy | None = None,
+    also_fetch: tuple[str, ...] = (),
+) -> tuple[Path, str]:
+    address, key = fresh_payer(world)
+    chosen = policy or devnet_policy(world, account=address, schemes=schemes, also_fetch=also_fetch)
+    return provision_devnet_home(world, root, chosen, private_key=key).root, address
+
+
+@pytest.fixture
+def agent_home(world: WorldInfo, tmp_path: Path) -> tuple[Path, str]:
+    return home_for(world, tmp_path / "home")
+
+
+def counted_today(agent: Agent, world: WorldInfo) -> int:
+    usdc = next(
+        a
+        for a in agent.budget()["assets"]
+        if a["network"] == world.network and a["asset"] == world.usdc.address
+    )
+    return int(usdc["counted_today"])
+
+
+def balances(world: WorldInfo, *holders: str) -> list[int]:
+    return [token_balance(world.rpc_url, world.usdc.address, h) for h in holders]
+
+
+def test_exact_permit2_route_paid_approving_a_bounded_allowance_first(
+    world: WorldInfo, agent_home: tuple[Path, str]
+) -> None:
+    home, payer = agent_home
+    route = world.route("GET", "/v2/permit2")
+    assert allowance(world, payer) == 0
+    before = balances(world, payer, route.pay_to)
+    agent = Agent.open(home)
+    try:
+        outcome = agent.verified(agent.fetch(route.url))
+        paid = outcome.payment
+        assert outcome.status == 200 and outcome.confirmed_on_chain and paid is not None
+        assert (paid.state, paid.scheme, paid.credential) == (PaymentState.SETTLED, "exact", "permit2")
+        assert paid.amount == paid.settled_amount == route.price_atomic
+        after = balances(world, payer, route.pay_to)
+        assert (before[0] - after[0], after[1] - before[1]) == (route.price_atomic, route.price_atomic)
+        # The ledger's authorization id is the Permit2 nonce, and the chain shows it used.
+        assert paid.nonce is not None and nonce_used(world, payer, int(paid.nonce, 16))
+        assert transfer_logs(world.rpc_url, paid.settlement_tx) == [
+            (world.usdc.address, payer, route.pay_to, route.price_atomic)
+        ]
+        receipt = paid.to_receipt()
+        assert (receipt["amount"], receipt["settled_amount"]) == (str(route.price_atomic),) * 2
+        assert paid.verification == "verified"
+        # Approved for the daily limit (never unlimited), less what Permit2 pulled since.
+        assert allowance(world, payer) == DEVNET_DAILY_MAX - route.price_atomic
+        assert counted_today(agent, world) == route.price_atomic
+    finally:
+        agent.close()
+
+
+@pytest.mark.parametrize("used", [2_500, METERED_MAXIMUM, 0])
+def test_upto_route_reserves_the_maximum_and_counts_what_settled(
+    world: WorldInfo, agent_home: tuple[Path, str], used: int
+) -> None:
+    home, payer = agent_home
+    route = world.route("GET", "/v2/metered")
+    assert route.price_atomic == METERED_MAXIMUM
+    before = balances(world, payer, route.pay_to)
+    agent = Agent.open(home)
+    try:
+        outcome = agent.verified(agent.fetch(f"{route.url}?used={used}"))
+        paid = outcome.payment
+        assert outcome.status == 200 and paid is not None, outcome.content
+        assert (paid.state, paid.scheme, paid.credential) == (PaymentState.SETTLED, "upto", "permit2")
+        assert (paid.amount, paid.settled_amount) == (METERED_MAXIMUM, used)  # reserved max, settled
+        after = balances(world, payer, route.pay_to)
+        assert (before[0] - after[0], after[1] - before[1]) == (used, used)
+        receipt = paid.to_receipt()
+        assert (receipt["amount"], receipt["settled_amount"]) == (str(METERED_MAXIMUM), str(used))
+        assert paid.nonce is not None
+        if used:
+            assert outcome.confirmed_on_chain and paid.verification == "verified"
+            assert transfer_logs(world.rpc_url, paid.settlement_tx) == [
+                (world.usdc.address, payer, route.pay_to, used)
+            ]
+            assert nonce_used(world, payer, int(paid.nonce, 16))
+        else:
+            # Zero: the SDK settles nothing and sends no transaction; the permit stays unused.
+            assert paid.settlement_tx is None
+            assert not nonce_used(world, payer, int(paid.nonce, 16))
+        # The budget counts only what settled: the rest of the maximum is released.
+        assert counted_today(agent, world) == used
+        assert agent.payer.gate.ledger.unresolved() == []
+    finally:
+        agent.close()
+
+
+def test_upto_maximum_above_the_per_request_cap_is_refused_before_signing(
+    world: WorldInfo, tmp_path: Path
+) -> None:
+    address, key = fresh_payer(world)
+    base = devnet_policy(world, account=address, schemes=BOTH).model_dump(by_alias=True)
+    for asset in base["assets"]:
+        asset["per_request_max"] = METERED_MAXIMUM - 1  # the server would settle 1 unit...
+    home = provision_devnet_home(world, tmp_path / "home", Policy.model_validate(base), private_key=key).root
+    route = world.route("GET", "/v2/metered")
+    agent = Agent.open(home)
+    try:
+        with pytest.raises(PolicyDenied) as refused:
+            agent.fetch(f"{route.url}?used=1")  # ...but the signature would allow the maximum
+        assert refused.value.reason == Reason.PER_REQUEST_CAP_EXCEEDED
+        assert agent.receipts() == []  # nothing reserved, nothing signed
+    finally:
+        agent.close()
+    assert allowance(world, address) == 0  # nor approved
+
+
+def test_a_policy_naming_no_schemes_refuses_upto_naming_the_field(world: WorldInfo, tmp_path: Path) -> None:
+    home, _ = home_for(world, tmp_path / "home", schemes=None)
+    route = world.route("GET", "/v2/metered")
+    agent = Agent.open(home)
+    try:
+        with pytest.raises(PolicyDenied) as refused:
+            agent.fetch(route.url)
+        assert refused.value.reason == Reason.SCHEME_NOT_ALLOWED
+        assert "schemes" in refused.value.message
+        assert agent.receipts() == []
+        # exact over Permit2 is exact: allowed by the default.
+        assert agent.fetch(world.route("GET", "/v2/permit2").url).status == 200
+    finally:
+        agent.close()
+
+
+# ---------------------------------------------------------------- 4 processes race for upto's maximum
+
+FITS = 5
+
+
+@pytest.mark.parametrize("limit", ["daily", "session"])
+def test_limits_hold_for_upto_at_the_maximum_under_four_processes(
+    world: WorldInfo, tmp_path: Path, limit: str
+) -> None:
+    address, key = fresh_payer(world)
+    base = devnet_policy(world, account=address, schemes=BOTH).model_dump(by_alias=True)
+    for asset in base["assets"]:
+        asset["per_request_max"] = METERED_MAXIMUM
+        asset["daily_max"] = FITS * METERED_MAXIMUM if limit == "daily" else 100 * METERED_MAXIMUM
+    if limit == "daily":
+        base["sessions"] = {}
+    else:  # every payment counts in the default session
+        allowance = base["sessions"]["default"]["allowance"]
+        allowance.update({name: FITS * METERED_MAXIMUM for name in allowance})
+    home = provision_devnet_home(world, tmp_path / "home", Policy.model_validate(base), private_key=key).root
+    route = world.route("GET", "/v2/metered")
+    before = balances(world, address, route.pay_to)
+
+    # No ?used=: each settles its maximum, so exactly FITS maxima fit.
+    results = race(home, route.url, attempts=10, session="default" if limit == "session" else None)
+
+    refusal = "daily_limit_exceeded" if limit == "daily" else "session_allowance_exceeded"
+    assert results == Counter({"paid": FITS, refusal: PROCESSES * 10 - FITS}), results
+    after = balances(world, address, route.pay_to)
+    moved = FITS * METERED_MAXIMUM
+    assert (before[0] - after[0], after[1] - before[1]) == (moved, moved)
+    agent = Agent.open(home)
+    try:
+        settled = agent.receipts(limit=100, states=[PaymentState.SETTLED])
+        assert len(settled) == FITS and all(r.settled_amount == METERED_MAXIMUM for r in settled)
+        assert counted_today(agent, world) == moved
+    finally:
+        agent.close()
+
+
+# ---------------------------------------------------------------- SIGKILL between signing and settlement
+
+USED = 2_500
+
+
+@pytest.fixture
+def crash_proxy(world: WorldInfo) -> Iterator[tuple[FaultyProxy, str]]:
+    faulty = FaultyProxy(world.api_url)
+    with ServedApp(faulty, "crash-proxy") as served:
+        yield faulty, served.url
+
+
+@pytest.mark.parametrize("step", list(CRASH_STEPS))
+def test_upto_killed_at_each_step_then_restarted_reconciles_from_the_chain(
+    world: WorldInfo, tmp_path: Path, crash_proxy: tuple[FaultyProxy, str], step: str
+) -> None:
+    faulty, base = crash_proxy
+    home, payer = home_for(world, tmp_path / "home", also_fetch=(base,))
+    route = world.route("GET", "/v2/metered")
+    url, key = f"{base}{route.path}?used={USED}", f"crash-upto-{step}"
+    before = balances(world, payer, route.pay_to)
+
+    if step == "settled_no_answer":
+        faulty.mode = "hold_after_settle"
+        child = spawn(home, url, key, "none")
+        assert faulty.held.wait(timeout=60), "the paid request never reached the server"
+        child.kill()
+    else:
+        child = spawn(home, url, key, step)
+    killed(child)
+
+    agent = Agent.open(home)  # a restart reconciles what the dead process left
+    try:
+        (left,) = agent.receipts()
+        settled_on_chain = step in ("settled_no_answer", "before_settle")
+        if step == "after_reserve":
+            assert left.state == PaymentState.RELEASED
+            assert counted_today(agent, world) == 0
+        elif settled_on_chain:
+            # The nonce is used on chain; the amount is read from the transaction that used it.
+            assert (left.state, left.settled_amount) == (PaymentState.SETTLED, USED)
+            assert counted_today(agent, world) == USED
+        else:
+            assert left.state == PaymentState.SENT  # signed, unused, valid: the maximum counts
+            assert counted_today(agent, world) == METERED_MAXIMUM
+
+        faulty.mode = "forward"
+        again = agent.fetch(url, idempotency_key=key)  # the caller retries with its key
+        assert again.payment is not None and again.payment.state == PaymentState.SETTLED
+        assert again.replayed == settled_on_chain
+        live = [r for r in agent.receipts() if r.state != PaymentState.RELEASED]
+        assert [(r.amount, r.settled_amount) for r in live] == [(METERED_MAXIMUM, USED)]
+        assert counted_today(agent, world) == USED
+        assert agent.payer.gate.ledger.unresolved() == []
+    finally:
+        agent.close()
+    after = balances(world, payer, route.pay_to)
+    assert (before[0] - after[0], after[1] - before[1]) == (USED, USED), "paid exactly once"
