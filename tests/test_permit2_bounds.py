@@ -443,3 +443,16 @@ def test_sign_permit2_takes_the_sdks_authorizations(theft: Theft) -> None:
     assert theft.stolen.sign_permit2(upto, theft.world.chain_id) == "0x" + theft.sign(upto_plain).hex()
     with pytest.raises(ValueError):
         SessionKeySigner(Account.create().address, b"\x22" * 32).sign_permit2(exact, theft.world.chain_id)
+
+
+def test_refill_without_a_vault_still_runs_and_approves_nothing(theft: Theft) -> None:
+    """An owner may detach the vault: refill then only tops up the gas deposit."""
+    vault, zero = theft.wallet.vault, "0x" + "00" * 20
+    allowance = theft.wallet.permit2_allowance()
+    theft.owner_action("setVault", zero)
+    try:
+        data = account_contract(theft.w3, theft.account).encode_abi("refill", args=[0])
+        send_transaction(theft.w3, theft.thief, {"to": theft.account, "data": data})
+        assert theft.wallet.permit2_allowance() == allowance
+    finally:
+        theft.owner_action("setVault", vault)

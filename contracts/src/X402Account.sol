@@ -282,6 +282,8 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
     /// vault pulls (at most the allowance per period) refill.
     function _approvePermit2() internal {
         IAllowanceVaultPull source = IAllowanceVaultPull(vault);
+        // No vault (the owner may detach it): refill still tops up the gas deposit.
+        if (address(source).code.length == 0) return;
         IERC20 token = source.token();
         uint256 bound = tokenAllowed[address(token)] ? source.allowance() : 0;
         if (token.allowance(address(this), PERMIT2) != bound) token.forceApprove(PERMIT2, bound);
