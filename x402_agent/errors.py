@@ -126,6 +126,17 @@ class PaymentRejected(PaymentNotSettled):
     reason = Reason.PAYMENT_REJECTED
 
 
+class PaymentIdentifierConflict(PaymentNotSettled):
+    """The server declared the payment-identifier extension and answered 409: the identifier
+    this payment carried was used with another payload. It took nothing from this payment;
+    nothing is signed again.
+
+    ``details``: as PaymentNotSettled, plus payment_identifier.
+    """
+
+    reason = Reason.PAYMENT_IDENTIFIER_CONFLICT
+
+
 class SettlementMismatch(X402AgentError):
     """The server's settlement does not match what we signed, or the chain disagrees."""
 

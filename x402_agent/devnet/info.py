@@ -53,6 +53,8 @@ class RouteInfo:
     version: int | None
     accepts: tuple[PriceInfo, ...] = ()
     description: str = ""
+    # The server declares the payment-identifier extension and answers a repeated id from cache.
+    payment_identifier: bool = False
 
     @property
     def paid(self) -> bool:

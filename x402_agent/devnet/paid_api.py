@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI, Query, Request, Response
 from x402 import AssetAmount, x402Facilitator, x402ResourceServer
+from x402.extensions.payment_identifier import PAYMENT_IDENTIFIER, declare_payment_identifier_extension
 from x402.http.middleware.fastapi import payment_middleware, set_settlement_overrides
 from x402.http.types import PaymentOption, RouteConfig
 from x402.mechanisms.evm import FacilitatorWeb3Signer
@@ -33,6 +34,7 @@ from x402.mechanisms.evm.exact import (
 from x402.mechanisms.evm.upto import UptoEvmFacilitatorScheme, UptoEvmServerScheme
 
 from .info import PriceInfo, RouteInfo
+from .payment_id_cache import PaymentIdCache
 from .usdc import TokenInfo
 
 # The most the metered (upto) route may charge for one request: what the payer signs for.
@@ -95,6 +97,15 @@ def v2_routes(
             "Metered data: charges ?used= atomic units (the maximum when absent), up to the maximum",
             PriceInfo(network, usdc, METERED_MAXIMUM, payees["metered"], scheme="upto"),
         ),
+        RouteInfo(
+            "GET",
+            "/v2/idempotent",
+            base_url + "/v2/idempotent",
+            2,
+            (usdc_price(1_000, "idempotent"),),
+            "Weather, with the payment-identifier extension: a repeated id gets the cached answer",
+            payment_identifier=True,
+        ),
         route("GET", "/free", "Free, no payment"),
     )
 
@@ -144,6 +155,10 @@ def create_app(routes: Sequence[RouteInfo], facilitators: list[x402Facilitator])
     async def x402_guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         return await guard(request, call_next)
 
+    # Added after the guard, so it runs before it: a repeated payment identifier is answered
+    # (or refused as a conflict) without reaching verification and settlement.
+    app.middleware("http")(PaymentIdCache(frozenset(r.path for r in routes if r.payment_identifier)))
+
     _add_handlers(app)
     return app
 
@@ -161,6 +176,9 @@ def _route_config(route: RouteInfo) -> RouteConfig:
         ],
         description=route.description,
         mime_type="image/png" if route.path == "/v2/image" else "application/json",
+        extensions={PAYMENT_IDENTIFIER: declare_payment_identifier_extension()}
+        if route.payment_identifier
+        else None,
     )
 
 
@@ -207,6 +225,10 @@ def _add_handlers(app: FastAPI) -> None:
         if used is not None:
             set_settlement_overrides(response, {"amount": str(used)})
         return {"metered": True, "used": used}
+
+    @app.get("/v2/idempotent")
+    async def idempotent_weather() -> dict[str, object]:
+        return {"city": "Faro", "temperature_c": 23.0, "paid_with": "payment-identifier"}
 
     @app.get("/free")
     async def free() -> dict[str, object]:

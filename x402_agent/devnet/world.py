@@ -51,7 +51,7 @@ PAYER_ETH_WEI = 10 * 10**18
 # Roles of anvil's dev accounts (all public test keys, never the payer).
 _DEPLOYER, _PROXY_ADMIN, _FACILITATOR, _V1_FACILITATOR, _LOST_AND_FOUND = 0, 1, 2, 3, 9
 _PAYEES = {"api": 4, "premium": 5, "multi": 6, "multi_alt": 7, "v1": 8}
-_FRESH_PAYEES = ("permit2", "metered")
+_FRESH_PAYEES = ("permit2", "metered", "idempotent")
 
 
 class _Stoppable(Protocol):
