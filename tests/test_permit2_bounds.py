@@ -29,9 +29,12 @@ from eth_abi.abi import encode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils.crypto import keccak
+from test_permit2_world import balance_changes, pay
 from web3 import Web3
 from web3.contract import Contract
 from web3.types import RPCEndpoint
+from x402 import x402Client
+from x402.http import decode_payment_response_header
 from x402.mechanisms.evm.constants import (
     PERMIT2_ADDRESS,
     X402_EXACT_PERMIT2_PROXY_ABI,
@@ -39,6 +42,8 @@ from x402.mechanisms.evm.constants import (
     X402_UPTO_PERMIT2_PROXY_ABI,
     X402_UPTO_PERMIT2_PROXY_ADDRESS,
 )
+from x402.mechanisms.evm.exact import ExactEvmScheme
+from x402.mechanisms.evm.upto import UptoEvmClientScheme
 
 from x402_agent.chain.account import account_contract, owned_contract, run_owner_action, send_transaction
 from x402_agent.chain.session_signer import Permit2Transfer, SessionKeySigner
@@ -279,6 +284,53 @@ def test_well_formed_permits_within_bounds_settle_through_both_proxies(theft: Th
         before[0] - moved,
         before[1] + moved,
     )
+
+
+class _SessionKeyTypedSigner:
+    """The SDK client's signer for the account: its Permit2 typed data signed by the session key
+    into the account's envelope (glue between the real SDK client and our signer, not a fake)."""
+
+    def __init__(self, signer: SessionKeySigner) -> None:
+        self._signer = signer
+
+    @property
+    def address(self) -> str:
+        return self._signer.address
+
+    def sign_typed_data(self, domain: Any, types: Any, primary_type: str, message: dict[str, Any]) -> bytes:
+        assert primary_type == "PermitWitnessTransferFrom"
+        chain_id = int(domain["chainId"] if isinstance(domain, dict) else domain.chain_id)
+        witness = message["witness"]
+        transfer = Permit2Transfer(
+            token=Web3.to_checksum_address(message["permitted"]["token"]),
+            amount=int(message["permitted"]["amount"]),
+            spender=Web3.to_checksum_address(message["spender"]),
+            nonce=int(message["nonce"]),
+            deadline=int(message["deadline"]),
+            to=Web3.to_checksum_address(witness["to"]),
+            valid_after=int(witness["validAfter"]),
+            facilitator=witness.get("facilitator"),
+        )
+        return bytes.fromhex(self._signer.sign_permit2(transfer, chain_id).removeprefix("0x"))
+
+
+def test_the_sdks_server_and_facilitator_settle_the_accounts_permit2_payments(theft: Theft) -> None:
+    """The official SDK's client, server and facilitator: exact over Permit2 and upto below its
+    maximum, paid from the account with the session key's envelope (strict ERC-1271)."""
+    world = theft.world
+    adapter = _SessionKeyTypedSigner(theft.stolen)
+    client = x402Client()
+    client.register(world.network, ExactEvmScheme(signer=adapter))
+    client.register(world.network, UptoEvmClientScheme(adapter))
+    client.set_spend_controls({"allowed_assets": [{"network": world.network, "asset": world.usdc.address}]})
+    for path, query, price in (("/v2/permit2", "", 1_000), ("/v2/metered", "?used=2345", 2_345)):
+        route = world.route("GET", path)
+        with balance_changes(world, theft.account, route.pay_to or "") as moved:
+            response = pay(client, route.url + query)
+        assert response.status_code == 200, response.headers
+        settled = decode_payment_response_header(response.headers["PAYMENT-RESPONSE"])
+        assert settled.success and settled.payer == theft.account
+        assert moved == {theft.account: -price, route.pay_to: price}
 
 
 # ---------------------------------------------------------------- outside bounds: refused on chain
