@@ -22,9 +22,17 @@ from test_crash import killed, spawn
 from test_race import PROCESSES, race
 from x402.mechanisms.evm.constants import PERMIT2_ADDRESS
 
+from x402_agent.chain.wallet import HotWallet
 from x402_agent.devnet.info import WorldInfo
 from x402_agent.devnet.paid_api import METERED_MAXIMUM
-from x402_agent.devnet.provision import DEVNET_DAILY_MAX, devnet_policy, fund, provision_devnet_home
+from x402_agent.devnet.provision import (
+    DEVNET_DAILY_MAX,
+    devnet_policy,
+    fund,
+    provision_devnet_home,
+    provision_smart_account_home,
+    smart_account_policy,
+)
 from x402_agent.devnet.served import ServedApp
 from x402_agent.errors import PolicyDenied
 from x402_agent.ledger import PaymentState
@@ -287,3 +295,45 @@ def test_upto_killed_at_each_step_then_restarted_reconciles_from_the_chain(
         agent.close()
     after = balances(world, payer, route.pay_to)
     assert (before[0] - after[0], after[1] - before[1]) == (USED, USED), "paid exactly once"
+
+
+# ---------------------------------------------------------------- from the smart account
+
+
+def test_smart_account_pays_exact_permit2_and_upto_within_its_bounds(
+    world: WorldInfo, tmp_path: Path
+) -> None:
+    """The account's session key signs the ERC-1271 Permit2 envelope; Permit2's allowance comes
+    from the account's own refill (one vault period, never unlimited), asked through the wallet."""
+
+    def policy(account: str) -> Policy:
+        base = smart_account_policy(world, account)
+        return base.model_copy(
+            update={"assets": tuple(r.model_copy(update={"schemes": BOTH}) for r in base.assets)}
+        )
+
+    home = provision_smart_account_home(world, tmp_path / "home", policy=policy)
+    exact, upto = world.route("GET", "/v2/permit2"), world.route("GET", "/v2/metered")
+    with Agent.open(home) as agent:
+        wallet = agent.payer.signer
+        assert isinstance(wallet, HotWallet)
+        account = wallet.account
+        before = balances(world, account, exact.pay_to, upto.pay_to)
+        first = agent.verified(agent.fetch(exact.url)).payment
+        second = agent.verified(agent.fetch(f"{upto.url}?used={USED}")).payment
+        assert first is not None and second is not None
+        assert [(p.scheme, p.credential, p.state, p.payer) for p in (first, second)] == [
+            ("exact", "permit2", PaymentState.SETTLED, account),
+            ("upto", "permit2", PaymentState.SETTLED, account),
+        ]
+        assert (second.amount, second.settled_amount) == (METERED_MAXIMUM, USED)
+        assert first.verification == second.verification == "verified"
+        assert transfer_logs(world.rpc_url, second.settlement_tx) == [
+            (world.usdc.address, account, upto.pay_to, USED)
+        ]
+        after = balances(world, account, exact.pay_to, upto.pay_to)
+        # The account's balance also rose by its top-up from the vault; the payees got exactly.
+        assert (after[1] - before[1], after[2] - before[2]) == (exact.price_atomic, USED)
+        assert counted_today(agent, world) == exact.price_atomic + USED
+        # Permit2 was approved for one vault period (the vault's allowance), less what it pulled.
+        assert allowance(world, account) == DEVNET_DAILY_MAX - exact.price_atomic - USED

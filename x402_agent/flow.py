@@ -68,7 +68,8 @@ from .selection import Choice, PriceLimit, rank
 from .settlement import check_moved, read_settlement_header
 from .signer import OnChainGuard, PaymentSigner
 from .spendgate import SpendGate
-from .steps import RpcCall as RpcCall  # a step like the others, for the drivers
+from .steps import RpcCall as RpcCall  # steps like the others, for the drivers
+from .steps import WalletCall as WalletCall
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # An authorization this close to expiry is not worth resending: it may expire in flight.
@@ -125,15 +126,6 @@ class ApprovalCall:
     (nobody can be asked)."""
 
     request: ApprovalRequest
-
-
-@dataclass(frozen=True)
-class WalletCall:
-    """A blocking call into a smart-account payer (its on-chain bound check, a top-up); the
-    async driver runs it in a worker thread."""
-
-    name: str
-    run: Callable[[], Any]
 
 
 Step = HttpCall | RpcCall | ApprovalCall | WalletCall

@@ -119,6 +119,14 @@ class TransactionSender(Protocol):
         ...
 
 
+@runtime_checkable
+class Permit2AllowanceKeeper(Protocol):
+    """A payer that raises its own Permit2 allowance, within its bounds (the smart account:
+    through its top-up); a blocking call."""
+
+    def ensure_permit2_allowance(self, needed: int) -> None: ...
+
+
 def permit2_typed_data(authorization: Any, chain_id: int) -> dict[str, Any]:
     """The full EIP-712 message of a Permit2 witness transfer, with the SDK's own witness types
     (an upto witness carries ``facilitator``): the domain has no version."""

@@ -1,11 +1,13 @@
-"""The one step a scheme module may ask of a driver: a JSON-RPC call to the payment's chain.
+"""The steps a scheme module may ask of a driver: a JSON-RPC call to the payment's chain, and a
+blocking call into a smart-account payer (Permit2's allowance is raised by its top-up).
 
-It lives apart from ``flow`` (which re-exports it with the other steps) so that scheme modules,
-which the flow imports, can yield it without importing the flow.
+They live apart from ``flow`` (which re-exports them with the other steps) so that scheme
+modules, which the flow imports, can yield them without importing the flow.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,3 +17,12 @@ class RpcCall:
     url: str
     method: str
     params: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class WalletCall:
+    """A blocking call into a smart-account payer (its on-chain bound check, a top-up); the
+    async driver runs it in a worker thread."""
+
+    name: str
+    run: Callable[[], Any]

@@ -24,7 +24,7 @@ from ..ledger import PaymentRecord
 from ..policy import AssetRule
 from ..settlement import check_settlement
 from ..signer import PaymentSigner
-from ..steps import RpcCall
+from ..steps import RpcCall, WalletCall
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class Scheme(Protocol):
 
     def authorize(
         self, offer: Offer, asset: AssetRule, signer: PaymentSigner, now: int, window: int, rpc: str | None
-    ) -> Generator[RpcCall, Any, Authorized]:
+    ) -> Generator[RpcCall | WalletCall, Any, Authorized]:
         """Sign ``offer``, valid ``window`` seconds from ``now``; refuse what the signer changed.
         ``rpc`` is the offer's chain (None: not reachable here), for what must be read or done
         on chain before signing (Permit2: the payer's allowance)."""

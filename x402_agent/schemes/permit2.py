@@ -22,6 +22,7 @@ import logging
 import secrets
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from eth_utils.address import to_checksum_address
@@ -35,8 +36,8 @@ from ..ledger import PaymentRecord
 from ..policy import AssetRule
 from ..reasons import Reason
 from ..settlement import TRANSFER_TOPIC, receipt_logs, topic_address, topics
-from ..signer import PaymentSigner, Permit2Signer, TransactionSender
-from ..steps import RpcCall
+from ..signer import PaymentSigner, Permit2AllowanceKeeper, Permit2Signer, TransactionSender
+from ..steps import RpcCall, WalletCall
 from .base import Authorized
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,12 @@ def allowance_bound(asset: AssetRule, needed: int) -> int:
 
 def ensure_allowance(
     rpc: str | None, signer: PaymentSigner, token: str, needed: int, bound: int, chain_id: int
-) -> Generator[RpcCall, Any, None]:
+) -> Generator[RpcCall | WalletCall, Any, None]:
     """Make the payer's token allowance to Permit2 at least ``needed``, approving ``bound``."""
+    if isinstance(signer, Permit2AllowanceKeeper):
+        # A smart account approves Permit2 only in its own refill, for its own bound.
+        yield WalletCall("permit2 allowance", partial(signer.ensure_permit2_allowance, needed))
+        return
     if rpc is None:
         return  # no chain access here: the facilitator says whether it is enough
     owner = signer.address
@@ -255,7 +260,7 @@ class Permit2Scheme:
 
     def authorize(
         self, offer: Offer, asset: AssetRule, signer: PaymentSigner, now: int, window: int, rpc: str | None
-    ) -> Generator[RpcCall, Any, Authorized]:
+    ) -> Generator[RpcCall | WalletCall, Any, Authorized]:
         assert offer.chain_id is not None
         permit_signer = require_permit2_signer(signer)
         yield from ensure_allowance(
