@@ -508,3 +508,34 @@ def test_refill_without_a_vault_still_runs_and_approves_nothing(theft: Theft) ->
         assert theft.wallet.permit2_allowance() == allowance
     finally:
         theft.owner_action("setVault", vault)
+
+
+def test_a_counterfactual_account_is_deployed_and_approved_before_its_first_permit2_payment(
+    world: WorldInfo, tmp_path: Path
+) -> None:
+    """Permit2 has no ERC-6492 path: signing waits for the account, which the allowance's
+    refill deploys (the session key's user operation, as for a first top-up)."""
+    home = provision_smart_account_home(world, tmp_path / "counterfactual", deploy=False)
+    wallet = open_hot_wallet(home)
+    try:
+        assert not wallet.is_deployed()
+        transfer = Permit2Transfer(
+            Web3.to_checksum_address(world.usdc.address),
+            1_000,
+            X402_EXACT_PERMIT2_PROXY_ADDRESS,
+            secrets.randbits(256),
+            int(wallet.w3.eth.get_block("latest")["timestamp"]) + 300,
+            Account.create().address,
+            0,
+        )
+        with pytest.raises(WalletRefused):
+            wallet.sign_permit2(transfer, world.chain_id)
+        wallet.ensure_permit2_allowance(1_000)
+        assert wallet.is_deployed() and wallet.permit2_allowance() == wallet.vault_terms()[0]
+        envelope = bytes.fromhex(wallet.sign_permit2(transfer, world.chain_id).removeprefix("0x"))
+        answer = account_contract(wallet.w3, wallet.account).functions.isValidSignature(
+            transfer.digest(world.chain_id), envelope
+        )
+        assert bytes(answer.call()) == ERC1271_MAGIC
+    finally:
+        wallet.close()
