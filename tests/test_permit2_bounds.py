@@ -400,6 +400,15 @@ def test_wrong_spender_is_refused_by_the_chain(theft: Theft) -> None:
             ],
         )
         assert theft.refused(PERMIT2_ADDRESS, data) == INVALID_CONTRACT_SIGNATURE
+    # Nor can it grant itself a Permit2 allowance by signature (AllowanceTransfer's permit): no
+    # envelope rebuilds that digest, whatever it carries.
+    transfer = theft.transfer(1_000, spender=theft.thief.address)
+    details = (transfer.token, 10**6, theft.now() + 300, 0)
+    grant = permit2.encode_abi(
+        "permit(address,((address,uint160,uint48,uint48),address,uint256),bytes)",
+        args=[theft.account, (details, theft.thief.address, transfer.deadline), theft.sign(transfer)],
+    )
+    assert theft.refused(PERMIT2_ADDRESS, grant) == INVALID_CONTRACT_SIGNATURE
 
 
 def test_wrong_payee_is_refused_by_the_chain_on_a_payee_restricted_account(theft: Theft) -> None:
