@@ -28,7 +28,7 @@ from x402_agent.devnet.served import ServedApp
 from x402_agent.errors import PaidNotDelivered, PaymentIdentifierConflict
 from x402_agent.ledger import PaymentState
 from x402_agent.operations import Agent
-from x402_agent.payment_identifier import identifier_for
+from x402_agent.payment_identifier import carried_identifier, identifier_for, payment_extensions
 
 ROUTE = "/v2/idempotent"
 ANSWER = {"city": "Faro", "temperature_c": 23.0, "paid_with": "payment-identifier"}
@@ -242,5 +242,27 @@ def test_a_server_without_the_extension_sees_no_change(
     assert outcome.status == 200 and outcome.payment is not None
     assert outcome.payment.state == PaymentState.SETTLED
     (header,) = faulty.seen
-    assert "extensions" not in sent_payload(header) or sent_payload(header)["extensions"] is None
+    assert "extensions" not in sent_payload(header)  # the payload as before the extension
     assert "payment_identifier" not in (outcome.payment.to_receipt()["evidence"] or {})
+
+
+def test_only_a_declared_extension_gets_an_identifier_and_only_it_is_echoed() -> None:
+    """Pure helpers (no server): what a 402's ``extensions`` turns into in our payload."""
+    row = "0123456789abcdef0123456789abcdef"
+    declared = {"required": False}
+    assert payment_extensions(None, row) is None
+    assert payment_extensions({"bazaar": {"info": {}}}, row) is None
+    assert payment_extensions({"payment-identifier": {"info": {"required": "no"}}}, row) is None
+    echoed = payment_extensions({"bazaar": {"info": {}}, "payment-identifier": {"info": declared}}, row)
+    assert echoed == {"payment-identifier": {"info": {"required": False, "id": "pay_" + row}}}
+
+    def header(payload: object) -> str:
+        return base64.b64encode(json.dumps(payload).encode()).decode()
+
+    assert carried_identifier(header({"extensions": echoed})) == "pay_" + row
+    assert carried_identifier(header({"x402Version": 2})) is None
+    assert (
+        carried_identifier(header({"extensions": {"payment-identifier": {"info": {"id": "short"}}}})) is None
+    )
+    assert carried_identifier("not base64 at all!") is None
+    assert carried_identifier(None) is None
