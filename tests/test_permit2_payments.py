@@ -9,6 +9,12 @@ balance changes are the test's alone.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -337,3 +343,35 @@ def test_smart_account_pays_exact_permit2_and_upto_within_its_bounds(
         assert counted_today(agent, world) == exact.price_atomic + USED
         # Permit2 was approved for one vault period (the vault's allowance), less what it pulled.
         assert allowance(world, account) == DEVNET_DAILY_MAX - exact.price_atomic - USED
+
+
+def test_cli_pays_upto_and_receipts_show_maximum_and_settled(
+    world: WorldInfo, agent_home: tuple[Path, str]
+) -> None:
+    home, _ = agent_home
+    route = world.route("GET", "/v2/metered")
+    env = {**os.environ, "X402_AGENT_HOME": str(home)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "x402_agent.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    done = cli("fetch", f"{route.url}?used={USED}")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["used"] == USED
+    (row,) = json.loads(cli("receipts", "--format", "json").stdout)
+    assert (row["scheme"], row["credential"], row["amount"], row["settled_amount"]) == (
+        "upto",
+        "permit2",
+        str(METERED_MAXIMUM),
+        str(USED),
+    )
+    assert (row["price"], row["settled"]) == ("0.01", "0.0025")
+    assert "0.0025 of 0.01 USDC" in cli("receipts").stdout
+    (csv_row,) = list(csv.DictReader(io.StringIO(cli("receipts", "--format", "csv").stdout)))
+    assert (csv_row["amount"], csv_row["settled_amount"]) == (str(METERED_MAXIMUM), str(USED))

@@ -23,8 +23,12 @@ CSV_FIELDS = (
     "network",
     "asset",
     "symbol",
+    "scheme",
+    "credential",
     "amount",
     "price",
+    "settled_amount",
+    "settled",
     "pay_to",
     "payer",
     "nonce",
@@ -42,7 +46,11 @@ CSV_FIELDS = (
 
 def receipt(record: PaymentRecord) -> dict[str, Any]:
     data = record.to_receipt()
-    data["price"] = format_units(record.amount, record.decimals)
+    data["price"] = format_units(record.amount, record.decimals)  # the reserved maximum
+    # What moved (upto may settle less than its maximum; unset until settled).
+    data["settled"] = (
+        None if record.settled_amount is None else format_units(record.settled_amount, record.decimals)
+    )
     return data
 
 
@@ -62,12 +70,13 @@ def render(records: Sequence[PaymentRecord], fmt: str) -> str:
             writer.writerow({**row, "created_at": _iso(row["created_at"])})
         return out.getvalue()
     lines = [f"{'when':24} {'state':8} {'price':>12}  {'tx':14} url"]
+    # An upto payment that settled less than its maximum reads "settled of maximum".
     for r in records:
         tx = (r.settlement_tx or "-")[:12]
         # A settled payment whose transaction the chain contradicted shows as such.
         state = "mismatch" if r.verification == "mismatch" else r.state
-        lines.append(
-            f"{_iso(r.created_at)[:23]:24} {state:8} "
-            f"{format_units(r.amount, r.decimals) + ' ' + r.symbol:>12}  {tx:14} {r.url}"
-        )
+        price = format_units(r.amount, r.decimals) + " " + r.symbol
+        if r.settled_amount is not None and r.settled_amount != r.amount:
+            price = f"{format_units(r.settled_amount, r.decimals)} of {price}"
+        lines.append(f"{_iso(r.created_at)[:23]:24} {state:8} {price:>12}  {tx:14} {r.url}")
     return "\n".join(lines)
