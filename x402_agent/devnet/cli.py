@@ -59,6 +59,8 @@ def run_devnet(home: Path | None, wallet: str = "smart-account") -> int:
                     # exact / upto (a maximum), and the transfer method when not EIP-3009's
                     "scheme": r.accepts[0].scheme if r.accepts else None,
                     "transfer_method": r.accepts[0].transfer_method if r.accepts else None,
+                    # the server declares payment-identifier and answers a repeated id from cache
+                    "payment_identifier": r.payment_identifier,
                 }
                 for r in world.routes
             ],
