@@ -375,3 +375,34 @@ def test_cli_pays_upto_and_receipts_show_maximum_and_settled(
     assert "0.0025 of 0.01 USDC" in cli("receipts").stdout
     (csv_row,) = list(csv.DictReader(io.StringIO(cli("receipts", "--format", "csv").stdout)))
     assert (csv_row["amount"], csv_row["settled_amount"]) == (str(METERED_MAXIMUM), str(USED))
+
+
+def test_upto_settled_zero_then_killed_stays_counted_until_the_retry_settles_zero(
+    world: WorldInfo, tmp_path: Path, crash_proxy: tuple[FaultyProxy, str]
+) -> None:
+    """A settlement of 0 leaves no trace on chain (no transaction, the nonce unused): a restart
+    cannot tell it from a payment not yet settled, so the maximum stays counted until the
+    retry (same key, same permit) is answered 0 again, or the permit expires."""
+    faulty, base = crash_proxy
+    home, payer = home_for(world, tmp_path / "home", also_fetch=(base,))
+    route = world.route("GET", "/v2/metered")
+    url, key = f"{base}{route.path}?used=0", "crash-upto-zero"
+    before = balances(world, payer, route.pay_to)
+    faulty.mode = "hold_after_settle"
+    child = spawn(home, url, key, "none")
+    assert faulty.held.wait(timeout=60), "the paid request never reached the server"
+    child.kill()
+    killed(child)
+
+    agent = Agent.open(home)
+    try:
+        (left,) = agent.receipts()
+        assert left.state == PaymentState.SENT and counted_today(agent, world) == METERED_MAXIMUM
+        faulty.mode = "forward"
+        again = agent.fetch(url, idempotency_key=key)
+        assert again.payment is not None and not again.replayed
+        assert (again.payment.state, again.payment.settled_amount) == (PaymentState.SETTLED, 0)
+        assert counted_today(agent, world) == 0
+    finally:
+        agent.close()
+    assert balances(world, payer, route.pay_to) == before
