@@ -40,7 +40,7 @@ from x402_agent.devnet.provision import (
     smart_account_policy,
 )
 from x402_agent.devnet.served import ServedApp
-from x402_agent.errors import PolicyDenied
+from x402_agent.errors import PolicyDenied, X402AgentError
 from x402_agent.ledger import PaymentState
 from x402_agent.operations import Agent
 from x402_agent.policy import Policy
@@ -406,3 +406,27 @@ def test_upto_settled_zero_then_killed_stays_counted_until_the_retry_settles_zer
     finally:
         agent.close()
     assert balances(world, payer, route.pay_to) == before
+
+
+def test_a_plain_key_that_cannot_approve_permit2_is_refused_with_the_typed_reason(
+    world: WorldInfo, tmp_path: Path
+) -> None:
+    account = Account.create()
+    fund(world, account.address, usdc=PAYER_USDC)  # no ETH: the approval cannot pay its gas
+    policy = devnet_policy(world, account=account.address, schemes=BOTH)
+    home = provision_devnet_home(
+        world, tmp_path / "home", policy, private_key="0x" + bytes(account.key).hex()
+    )
+    route = world.route("GET", "/v2/permit2")
+    agent = Agent.open(home.root)
+    try:
+        with pytest.raises(X402AgentError) as refused:
+            agent.fetch(route.url)
+        assert refused.value.reason == Reason.PERMIT2_ALLOWANCE_REQUIRED
+        (row,) = agent.receipts()
+        assert row.state == PaymentState.RELEASED and row.payment_header is None  # never signed
+        assert counted_today(agent, world) == 0
+    finally:
+        agent.close()
+    assert allowance(world, account.address) == 0
+    assert token_balance(world.rpc_url, world.usdc.address, account.address) == PAYER_USDC

@@ -121,11 +121,18 @@ def ensure_allowance(
     )
     try:
         tx = yield RpcCall(rpc, "eth_sendRawTransaction", (raw,))
-    except ChainError:
+    except ChainError as refused:
         # Another process of this payer may have sent the same approval with the same nonce.
         if (yield from _allowance(rpc, token, owner)) >= needed:
             return
-        raise
+        # Else the chain refused it (no ETH for gas, most often): say what is missing.
+        raise ConfigError(
+            f"{owner} could not approve Permit2 for {bound} of {token}: the transaction was refused "
+            f"({refused.details.get('rpc_error', refused.message)})",
+            reason=Reason.PERMIT2_ALLOWANCE_REQUIRED,
+            allowance=str(allowance),
+            needed=str(needed),
+        ) from refused
     for _ in range(_RECEIPT_READS):
         receipt = yield RpcCall(rpc, "eth_getTransactionReceipt", (tx,))
         if receipt is not None:
