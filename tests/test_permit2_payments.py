@@ -208,36 +208,41 @@ def test_a_policy_naming_no_schemes_refuses_upto_naming_the_field(world: WorldIn
 FITS = 5
 
 
-@pytest.mark.parametrize("limit", ["daily", "session"])
-def test_limits_hold_for_upto_at_the_maximum_under_four_processes(
-    world: WorldInfo, tmp_path: Path, limit: str
+@pytest.mark.parametrize(
+    ("path", "limit"),
+    [("/v2/metered", "daily"), ("/v2/metered", "session"), ("/v2/permit2", "daily")],
+    ids=["upto-daily", "upto-session", "exact-permit2-daily"],
+)
+def test_limits_hold_at_the_maximum_under_four_processes(
+    world: WorldInfo, tmp_path: Path, path: str, limit: str
 ) -> None:
+    route = world.route("GET", path)
+    most = route.price_atomic  # upto: the maximum, which is reserved
     address, key = fresh_payer(world)
     base = devnet_policy(world, account=address, schemes=BOTH).model_dump(by_alias=True)
     for asset in base["assets"]:
-        asset["per_request_max"] = METERED_MAXIMUM
-        asset["daily_max"] = FITS * METERED_MAXIMUM if limit == "daily" else 100 * METERED_MAXIMUM
+        asset["per_request_max"] = most
+        asset["daily_max"] = FITS * most if limit == "daily" else 100 * most
     if limit == "daily":
         base["sessions"] = {}
     else:  # every payment counts in the default session
         allowance = base["sessions"]["default"]["allowance"]
-        allowance.update({name: FITS * METERED_MAXIMUM for name in allowance})
+        allowance.update({name: FITS * most for name in allowance})
     home = provision_devnet_home(world, tmp_path / "home", Policy.model_validate(base), private_key=key).root
-    route = world.route("GET", "/v2/metered")
     before = balances(world, address, route.pay_to)
 
-    # No ?used=: each settles its maximum, so exactly FITS maxima fit.
+    # No ?used=: upto settles its maximum, so exactly FITS maxima fit.
     results = race(home, route.url, attempts=10, session="default" if limit == "session" else None)
 
     refusal = "daily_limit_exceeded" if limit == "daily" else "session_allowance_exceeded"
     assert results == Counter({"paid": FITS, refusal: PROCESSES * 10 - FITS}), results
     after = balances(world, address, route.pay_to)
-    moved = FITS * METERED_MAXIMUM
+    moved = FITS * most
     assert (before[0] - after[0], after[1] - before[1]) == (moved, moved)
     agent = Agent.open(home)
     try:
         settled = agent.receipts(limit=100, states=[PaymentState.SETTLED])
-        assert len(settled) == FITS and all(r.settled_amount == METERED_MAXIMUM for r in settled)
+        assert len(settled) == FITS and all(r.settled_amount == most for r in settled)
         assert counted_today(agent, world) == moved
     finally:
         agent.close()
