@@ -261,13 +261,17 @@ def crash_proxy(world: WorldInfo) -> Iterator[tuple[FaultyProxy, str]]:
 
 
 @pytest.mark.parametrize("step", list(CRASH_STEPS))
-def test_upto_killed_at_each_step_then_restarted_reconciles_from_the_chain(
-    world: WorldInfo, tmp_path: Path, crash_proxy: tuple[FaultyProxy, str], step: str
+@pytest.mark.parametrize("path", ["/v2/metered", "/v2/permit2"], ids=["upto", "exact-permit2"])
+def test_killed_at_each_step_then_restarted_reconciles_from_the_chain(
+    world: WorldInfo, tmp_path: Path, crash_proxy: tuple[FaultyProxy, str], step: str, path: str
 ) -> None:
     faulty, base = crash_proxy
     home, payer = home_for(world, tmp_path / "home", also_fetch=(base,))
-    route = world.route("GET", "/v2/metered")
-    url, key = f"{base}{route.path}?used={USED}", f"crash-upto-{step}"
+    route = world.route("GET", path)
+    maximum = route.price_atomic
+    upto = path == "/v2/metered"
+    used = USED if upto else maximum  # what settles
+    url, key = f"{base}{route.path}" + (f"?used={USED}" if upto else ""), f"crash-{path}-{step}"
     before = balances(world, payer, route.pay_to)
 
     if step == "settled_no_answer":
@@ -288,24 +292,24 @@ def test_upto_killed_at_each_step_then_restarted_reconciles_from_the_chain(
             assert counted_today(agent, world) == 0
         elif settled_on_chain:
             # The nonce is used on chain; the amount is read from the transaction that used it.
-            assert (left.state, left.settled_amount) == (PaymentState.SETTLED, USED)
-            assert counted_today(agent, world) == USED
+            assert (left.state, left.settled_amount) == (PaymentState.SETTLED, used)
+            assert counted_today(agent, world) == used
         else:
             assert left.state == PaymentState.SENT  # signed, unused, valid: the maximum counts
-            assert counted_today(agent, world) == METERED_MAXIMUM
+            assert counted_today(agent, world) == maximum
 
         faulty.mode = "forward"
         again = agent.fetch(url, idempotency_key=key)  # the caller retries with its key
         assert again.payment is not None and again.payment.state == PaymentState.SETTLED
         assert again.replayed == settled_on_chain
         live = [r for r in agent.receipts() if r.state != PaymentState.RELEASED]
-        assert [(r.amount, r.settled_amount) for r in live] == [(METERED_MAXIMUM, USED)]
-        assert counted_today(agent, world) == USED
+        assert [(r.amount, r.settled_amount) for r in live] == [(maximum, used)]
+        assert counted_today(agent, world) == used
         assert agent.payer.gate.ledger.unresolved() == []
     finally:
         agent.close()
     after = balances(world, payer, route.pay_to)
-    assert (before[0] - after[0], after[1] - before[1]) == (USED, USED), "paid exactly once"
+    assert (before[0] - after[0], after[1] - before[1]) == (used, used), "paid exactly once"
 
 
 # ---------------------------------------------------------------- from the smart account
