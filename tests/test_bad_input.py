@@ -631,12 +631,13 @@ HOSTILE_CASES: dict[str, Case] = {
     "v1_network_base_mainnet": Case(
         on_402(lambda url: body_402(v1_doc(url, [v1_offer(url, network="base")]))), NO_OFFER, "unknown_asset"
     ),
-    "scheme_upto": offer_case(NO_OFFER, "unsupported_scheme", scheme="upto"),
+    # upto is a scheme we pay, but only where the policy's asset lists it (default: exact only)
+    "scheme_upto_not_in_policy": offer_case(PolicyDenied, "scheme_not_allowed", scheme="upto"),
     "scheme_uppercase": offer_case(NO_OFFER, "unsupported_scheme", scheme="EXACT"),
-    "transfer_method_permit2": offer_case(
+    "transfer_method_unknown": offer_case(
         NO_OFFER,
         "unsupported_scheme",
-        extra={"name": "USD Coin", "version": "2", "assetTransferMethod": "permit2"},
+        extra={"name": "USD Coin", "version": "2", "assetTransferMethod": "eip2612"},
     ),
     "unknown_asset": offer_case(NO_OFFER, "unknown_asset", asset=OTHER_TOKEN),
     "token_name_mismatch": offer_case(
@@ -828,12 +829,12 @@ HOSTILE_CASES: dict[str, Case] = {
                 v2_doc(
                     url,
                     [
-                        v2_offer(scheme="upto"),
+                        v2_offer(scheme="deferred"),
                         v2_offer(network=SOLANA, asset="So1", payTo="So1"),
                         v2_offer(asset=OTHER_TOKEN),
                         v2_offer(extra={"name": "Fake USD", "version": "2"}),
                         v2_offer(
-                            extra={"name": "USD Coin", "version": "2", "assetTransferMethod": "permit2"}
+                            extra={"name": "USD Coin", "version": "2", "assetTransferMethod": "eip2612"}
                         ),
                     ],
                 )
@@ -857,7 +858,7 @@ HOSTILE_CASES: dict[str, Case] = {
                 v2_doc(
                     url,
                     [
-                        v2_offer(scheme="upto"),
+                        v2_offer(scheme="deferred"),
                         v2_offer(amount=str(CAP + 1)),
                         v2_offer(asset=OTHER_TOKEN),
                     ],
@@ -886,7 +887,9 @@ HOSTILE_CASES: dict[str, Case] = {
     ),
     "cheap_offer_above_max_price_other_unpayable": Case(
         on_402(
-            lambda url: header_402(v2_doc(url, [v2_offer(amount="600"), v2_offer(amount="1", scheme="upto")]))
+            lambda url: header_402(
+                v2_doc(url, [v2_offer(amount="600"), v2_offer(amount="1", scheme="deferred")])
+            )
         ),
         PolicyDenied,
         "price_above_max",
