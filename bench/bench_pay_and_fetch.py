@@ -16,7 +16,13 @@ wall time per request; our rounds include waiting for the verifier to finish).
 Client CPU: ``time.process_time()`` of this process (all its threads) per paid request, the
 world in its own process, alternating requests; ours includes the verifier's check.
 
-    .venv/bin/python bench/bench_pay_and_fetch.py [--rounds 6] [--per-round 32] [--concurrency 32]
+Per scheme (``--route``): ``exact`` pays /v2/weather (EIP-3009), ``permit2`` pays /v2/permit2
+(exact over Permit2), ``upto`` pays /v2/metered settling 2,500 of a 10,000 maximum. For the Permit2
+routes the payer approves Permit2 once before the run (the SDK client does not approve itself),
+so neither client sends an approval while measured.
+
+    .venv/bin/python bench/bench_pay_and_fetch.py [--route exact] [--rounds 6] [--per-round 32]
+        [--concurrency 32]
 """
 
 from __future__ import annotations
@@ -34,15 +40,28 @@ from pathlib import Path
 from typing import Any
 
 from eth_account import Account
+from web3 import Web3
 from x402 import x402Client
 from x402.http.clients.httpx import x402HttpxClient
 from x402.mechanisms.evm import EthAccountSigner
+from x402.mechanisms.evm.constants import PERMIT2_ADDRESS
 from x402.mechanisms.evm.exact import ExactEvmScheme
+from x402.mechanisms.evm.upto import UptoEvmClientScheme
 
+from x402_agent.chain.account import send_transaction
 from x402_agent.home import open_home
 from x402_agent.operations import Agent
 
-ROUTE = "/v2/weather"
+ROUTES = {"exact": "/v2/weather", "permit2": "/v2/permit2", "upto": "/v2/metered?used=2500"}
+ERC20_APPROVE = [
+    {
+        "name": "approve",
+        "type": "function",
+        "stateMutability": "nonpayable",
+        "inputs": [{"name": "spender", "type": "address"}, {"name": "amount", "type": "uint256"}],
+        "outputs": [{"name": "", "type": "bool"}],
+    }
+]
 SDK = "x402 SDK httpx client"
 OURS = "x402-agent"
 OURS_NO_CHAIN = "x402-agent without on-chain check"
@@ -50,7 +69,10 @@ OURS_NO_CHAIN = "x402-agent without on-chain check"
 
 def start_world(home: Path) -> tuple[subprocess.Popen[str], dict[str, object]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "x402_agent.cli", "--home", str(home), "devnet", "--wallet", "key"],
+        [
+            *(sys.executable, "-m", "x402_agent.cli", "--home", str(home), "devnet"),
+            *("--wallet", "key", "--schemes", "exact,upto"),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -58,14 +80,29 @@ def start_world(home: Path) -> tuple[subprocess.Popen[str], dict[str, object]]:
     return proc, json.loads(proc.stdout.readline())
 
 
-def sdk_client(home: Path, network: str, token: str) -> x402Client:
+def payer_key(home: Path) -> bytes:
     agent_home = open_home(home)
     keystore = json.loads(agent_home.path(agent_home.config.signer.keystore).read_text())
-    account = Account.from_key(Account.decrypt(keystore, agent_home.keystore_password()))
+    return bytes(Account.decrypt(keystore, agent_home.keystore_password()))
+
+
+def sdk_client(key: bytes, network: str, token: str) -> x402Client:
+    signer = EthAccountSigner(Account.from_key(key))
     client = x402Client()
-    client.register(network, ExactEvmScheme(signer=EthAccountSigner(account)))
+    client.register(network, ExactEvmScheme(signer=signer))
+    client.register(network, UptoEvmClientScheme(signer=signer))
     client.set_spend_controls({"allowed_assets": [{"network": network, "asset": token}]})
     return client
+
+
+def approve_permit2(rpc_url: str, token: str, key: bytes, amount: int) -> None:
+    """Both clients pay Permit2 routes from one payer: its allowance is set once, before timing."""
+    w3 = Web3(Web3.HTTPProvider(rpc_url))
+    data = w3.eth.contract(address=Web3.to_checksum_address(token), abi=ERC20_APPROVE).encode_abi(
+        "approve", args=[PERMIT2_ADDRESS, amount]
+    )
+    receipt = send_transaction(w3, key, {"to": Web3.to_checksum_address(token), "data": data})
+    assert receipt["status"] == 1, receipt
 
 
 def settle_checks(agent: Agent | None) -> None:
@@ -160,6 +197,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--per-round", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--route", choices=sorted(ROUTES), default="exact", help="scheme to pay")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         home = Path(scratch) / "home"
@@ -168,9 +206,12 @@ def main() -> None:
             agent, unchecked = Agent.open(home), Agent.open(home)
             unchecked.payer.rpc_urls = {}  # policy, ledger and receipts, but no chain RPC
             agents = {OURS: agent, OURS_NO_CHAIN: unchecked}
-            sdk = sdk_client(home, str(ready["network"]), str(ready["token"]))
-            url = f"{ready['api_url']}{ROUTE}"
-            report = {}
+            key = payer_key(home)
+            if args.route != "exact":
+                approve_permit2(str(ready["rpc_url"]), str(ready["token"]), key, 10**12)
+            sdk = sdk_client(key, str(ready["network"]), str(ready["token"]))
+            url = f"{ready['api_url']}{ROUTES[args.route]}"
+            report: dict[str, Any] = {"route": args.route}
             for label, concurrency in (("sequential", 1), ("concurrent", args.concurrency)):
                 report[label] = asyncio.run(
                     measure(url, agents, sdk, args.rounds, args.per_round, concurrency)
@@ -182,6 +223,8 @@ def main() -> None:
             proc.wait(timeout=30)
     print(json.dumps(report, indent=2))
     for label, data in report.items():
+        if label == "route":
+            continue
         key = data["ratio_basis"]
         print(
             f"{label} (x{data['concurrency']}, {key}): SDK {data[SDK][key]:.2f} ms", end="", file=sys.stderr

@@ -116,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
         default="smart-account",
         help="pay from a device-owned smart account (default) or a plain key",
     )
+    devnet.add_argument(
+        "--schemes",
+        type=lambda text: tuple(part.strip() for part in text.split(",") if part.strip()),
+        help="comma-separated schemes the home's policy lets USDC be paid with, e.g. exact,upto "
+        "(default: exact only)",
+    )
     demo = sub.add_parser(
         "demo",
         help="the whole story in one command: local world, device, smart "
@@ -501,7 +507,7 @@ def _mcp(args: argparse.Namespace) -> int:
 def _devnet(args: argparse.Namespace) -> int:
     from .devnet.cli import run_devnet
 
-    return run_devnet(args.home, args.wallet)
+    return run_devnet(args.home, args.wallet, args.schemes)
 
 
 def _demo(args: argparse.Namespace) -> int:

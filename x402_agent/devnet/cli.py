@@ -11,13 +11,21 @@ from pathlib import Path
 from types import FrameType
 
 from ..reasons import Reason
-from .provision import provision_devnet_home, provision_smart_account_home
+from .provision import (
+    devnet_policy,
+    provision_devnet_home,
+    provision_smart_account_home,
+    smart_account_policy,
+)
 from .world import LocalWorld
 
 
-def run_devnet(home: Path | None, wallet: str = "smart-account") -> int:
+def run_devnet(
+    home: Path | None, wallet: str = "smart-account", schemes: tuple[str, ...] | None = None
+) -> int:
     """``wallet``: ``smart-account`` (an X402Account owned by the simulator, topped up through
-    the bundler) or ``key`` (a plain funded key pays)."""
+    the bundler) or ``key`` (a plain funded key pays). ``schemes``: what the home's policy lets
+    its assets be paid with (unset: exact only, the policy's default)."""
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -34,7 +42,14 @@ def run_devnet(home: Path | None, wallet: str = "smart-account") -> int:
     smart = wallet == "smart-account"
     with tempfile.TemporaryDirectory(prefix="x402-devnet-") as scratch, LocalWorld(bundler=smart) as world:
         root = home or Path(scratch) / "agent-home"
-        agent_home = (provision_smart_account_home if smart else provision_devnet_home)(world, root)
+        if smart:
+            agent_home = provision_smart_account_home(
+                world,
+                root,
+                policy=lambda account: smart_account_policy(world, account, schemes=schemes),
+            )
+        else:
+            agent_home = provision_devnet_home(world, root, policy=devnet_policy(world, schemes=schemes))
         signer = agent_home.config.signer
         ready = {
             "ready": True,

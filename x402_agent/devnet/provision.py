@@ -118,9 +118,11 @@ DEVNET_ACCOUNT_ETH = 10**17  # 0.1 ETH: gas for the account's own user operation
 DEVNET_SESSION_DAYS = 30
 
 
-def smart_account_policy(world: WorldInfo, account: str, *, version: int = 1) -> Policy:
+def smart_account_policy(
+    world: WorldInfo, account: str, *, version: int = 1, schemes: tuple[str, ...] | None = None
+) -> Policy:
     """The devnet policy for a smart account: it pays main-chain USDC only (its one token)."""
-    base = devnet_policy(world, version=version)
+    base = devnet_policy(world, version=version, schemes=schemes)
     return base.model_copy(update={"account": account, "assets": (base.assets[0],)})
 
 
