@@ -128,20 +128,45 @@ class Permit2AllowanceKeeper(Protocol):
 
 
 def permit2_typed_data(authorization: Any, chain_id: int) -> dict[str, Any]:
-    """The full EIP-712 message of a Permit2 witness transfer, with the SDK's own witness types
-    (an upto witness carries ``facilitator``): the domain has no version."""
+    """The full EIP-712 message of a Permit2 witness transfer from the SDK's
+    ``ExactPermit2Authorization`` or ``UptoPermit2Authorization`` (an upto witness carries
+    ``facilitator``)."""
+    witness = authorization.witness
+    return permit2_message(
+        chain_id,
+        token=authorization.permitted.token,
+        amount=int(authorization.permitted.amount),
+        spender=authorization.spender,
+        nonce=int(authorization.nonce),
+        deadline=int(authorization.deadline),
+        to=witness.to,
+        valid_after=int(witness.valid_after),
+        facilitator=getattr(witness, "facilitator", None),
+    )
+
+
+def permit2_message(
+    chain_id: int,
+    *,
+    token: str,
+    amount: int,
+    spender: str,
+    nonce: int,
+    deadline: int,
+    to: str,
+    valid_after: int,
+    facilitator: str | None,
+) -> dict[str, Any]:
+    """PermitWitnessTransferFrom with the SDK's own witness types (the upto witness when a
+    ``facilitator`` is named): Permit2's domain has no version."""
     from x402.mechanisms.evm.constants import (
         PERMIT2_ADDRESS,
         PERMIT2_WITNESS_TYPES,
         UPTO_PERMIT2_WITNESS_TYPES,
     )
 
-    witness: dict[str, Any] = {
-        "to": authorization.witness.to,
-        "validAfter": int(authorization.witness.valid_after),
-    }
+    witness: dict[str, Any] = {"to": to, "validAfter": valid_after}
     types = PERMIT2_WITNESS_TYPES
-    facilitator = getattr(authorization.witness, "facilitator", None)
     if facilitator is not None:
         witness["facilitator"] = facilitator
         types = UPTO_PERMIT2_WITNESS_TYPES
@@ -157,13 +182,10 @@ def permit2_typed_data(authorization: Any, chain_id: int) -> dict[str, Any]:
         "primaryType": "PermitWitnessTransferFrom",
         "domain": {"name": "Permit2", "chainId": chain_id, "verifyingContract": PERMIT2_ADDRESS},
         "message": {
-            "permitted": {
-                "token": authorization.permitted.token,
-                "amount": int(authorization.permitted.amount),
-            },
-            "spender": authorization.spender,
-            "nonce": int(authorization.nonce),
-            "deadline": int(authorization.deadline),
+            "permitted": {"token": token, "amount": amount},
+            "spender": spender,
+            "nonce": nonce,
+            "deadline": deadline,
             "witness": witness,
         },
     }

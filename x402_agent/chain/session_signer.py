@@ -24,7 +24,7 @@ from coincurve import PrivateKey
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
-from ..signer import SignedAuthorization, TransferAuthorization
+from ..signer import SignedAuthorization, TransferAuthorization, permit2_message
 
 _SIG_OFFSET = 0x100  # 8 head words: 7 static fields and the offset of the bytes tail
 
@@ -93,37 +93,19 @@ class Permit2Transfer:
     def digest(self, chain_id: int) -> bytes:
         """Permit2's EIP-712 digest, with the witness types exactly as the SDK signs them."""
         from eth_account.messages import encode_typed_data
-        from x402.mechanisms.evm.constants import (
-            PERMIT2_ADDRESS,
-            PERMIT2_WITNESS_TYPES,
-            UPTO_PERMIT2_WITNESS_TYPES,
-        )
 
-        witness: dict[str, Any] = {"to": self.to, "validAfter": self.valid_after}
-        types = PERMIT2_WITNESS_TYPES
-        if self.facilitator is not None:
-            witness["facilitator"] = to_checksum_address(self.facilitator)
-            types = UPTO_PERMIT2_WITNESS_TYPES
         signable = encode_typed_data(
-            full_message={
-                "types": {
-                    "EIP712Domain": [
-                        {"name": "name", "type": "string"},
-                        {"name": "chainId", "type": "uint256"},
-                        {"name": "verifyingContract", "type": "address"},
-                    ],
-                    **types,
-                },
-                "primaryType": "PermitWitnessTransferFrom",
-                "domain": {"name": "Permit2", "chainId": chain_id, "verifyingContract": PERMIT2_ADDRESS},
-                "message": {
-                    "permitted": {"token": self.token, "amount": self.amount},
-                    "spender": self.spender,
-                    "nonce": self.nonce,
-                    "deadline": self.deadline,
-                    "witness": witness,
-                },
-            }
+            full_message=permit2_message(
+                chain_id,
+                token=self.token,
+                amount=self.amount,
+                spender=self.spender,
+                nonce=self.nonce,
+                deadline=self.deadline,
+                to=self.to,
+                valid_after=self.valid_after,
+                facilitator=None if self.facilitator is None else to_checksum_address(self.facilitator),
+            )
         )
         return keccak(b"\x19\x01" + signable.header + signable.body)
 
