@@ -4,6 +4,7 @@ can do. Shared by the CLI and by local-world provisioning."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 from ..approval import Enrollment, PolicyApproval, approval_message
 from ..policy import Policy
@@ -12,6 +13,7 @@ from .hwi import HardwareDevice
 
 # Anchors an approved policy on the smart account: (policy, sign_line) -> transaction or None.
 Anchor = Callable[[Policy, Callable[[str], str]], object]
+ApprovalMethod = Literal["bitcoin_message", "eip712"]
 
 
 def enroll(store: PolicyStore, device: HardwareDevice, path: str) -> Enrollment:
@@ -28,22 +30,39 @@ def approve(
     shown), verify it; with ``anchor`` (a smart-account home) have the device also sign the
     owner action that anchors the policy on the account, relayed before anything is installed,
     so a rejected second screen or a failed relay leaves the home as it was. Then install."""
+    path = store.enrollment().path
+
+    def sign_line(line: str) -> str:
+        return device.sign_message(line, path)
+
+    anchored = None if anchor is None else (lambda approved: anchor(approved, sign_line))
+    return sign_and_install(store, policy, "bitcoin_message", sign_line, anchored)
+
+
+def sign_and_install(
+    store: PolicyStore,
+    policy: Policy,
+    method: ApprovalMethod,
+    sign: Callable[[str], str],
+    anchor: Callable[[Policy], object] | None,
+) -> PolicyApproval:
+    """The approval both device paths share: ``sign`` the approval text (with the diff against
+    the approved policy), anchor it on chain when asked, only then install it."""
     enrollment = store.enrollment()
     previous = store.approved()
     message = approval_message(policy, previous)
-    signature = device.sign_message(message, enrollment.path)
     approval = PolicyApproval(
-        method="bitcoin_message",
+        method=method,
         policy_version=policy.version,
         policy_digest=policy.digest,
         message=message,
-        signature=signature,
+        signature=sign(message),
         fingerprint=enrollment.fingerprint,
         path=enrollment.path,
         previous=previous,
     )
     if anchor is not None:
         store.verify_approved(policy, approval, anchored=False)
-        anchor(policy, lambda line: device.sign_message(line, enrollment.path))
+        anchor(policy)
     store.install_approved(policy, approval)
     return approval

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..approval import PolicyApproval, approval_message, eip712_policy_typed_data
+from ..approval import PolicyApproval, eip712_policy_typed_data
 from ..policy import Policy
 from ..policy_store import PolicyStore
 from ..reasons import Reason
+from .approve import sign_and_install
 from .hwi import DeviceError
 from .signers import TypedSigner
 
@@ -54,22 +55,9 @@ def approve_typed(
 ) -> PolicyApproval:
     """As ``approve.approve``, the text signed as EIP-712 typed data; ``anchor`` anchors the
     policy on a smart account (its own device signature) before anything is installed."""
-    enrollment = store.enrollment()
-    previous = store.approved()
-    message = approval_message(policy, previous)
-    signature = sign_typed_data(eip712_policy_typed_data(policy, message), enrollment.path, transport)
-    approval = PolicyApproval(
-        method="eip712",
-        policy_version=policy.version,
-        policy_digest=policy.digest,
-        message=message,
-        signature=signature,
-        fingerprint=enrollment.fingerprint,
-        path=enrollment.path,
-        previous=previous,
-    )
-    if anchor is not None:
-        store.verify_approved(policy, approval, anchored=False)
-        anchor(policy)
-    store.install_approved(policy, approval)
-    return approval
+    path = store.enrollment().path
+
+    def sign(message: str) -> str:
+        return sign_typed_data(eip712_policy_typed_data(policy, message), path, transport)
+
+    return sign_and_install(store, policy, "eip712", sign, anchor)
