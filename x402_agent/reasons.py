@@ -456,6 +456,20 @@ class Reason(StrEnum):
         "the response body is larger than the limit",
         "the resource is too large to fetch here: nothing more was read",
     )
+    DISCOVERY_UNAVAILABLE = (
+        "discovery_unavailable",
+        Layer.FLOW,
+        "the facilitator did not answer its Bazaar listing",
+        "the facilitator's discovery listing is not available: retry later or try another "
+        "facilitator_url; nothing was paid",
+    )
+    DISCOVERY_INVALID = (
+        "discovery_invalid",
+        Layer.FLOW,
+        "the facilitator's answer is not a Bazaar listing",
+        "the facilitator answered something that is not a discovery listing: do not use it; "
+        "try another facilitator_url",
+    )
     CROSS_ORIGIN_REDIRECT = (
         "cross_origin_redirect",
         Layer.FLOW,
@@ -575,6 +589,33 @@ class Reason(StrEnum):
         "the named transaction did not move this payment",
         "the transaction the server named did not move this payment: the breaker is open; "
         "report the receipt id to the user",
+    )
+    CHANNEL_DEPOSIT_NOT_ALLOWED = (
+        "channel_deposit_not_allowed",
+        Layer.DECISION,
+        "opening a payment channel needs a deposit the policy does not allow",
+        "the policy sets no (or a too small) max_channel_deposit for this asset: the user raises it "
+        "on the device, or pay an offer of another scheme",
+    )
+    CHANNEL_EXHAUSTED = (
+        "channel_exhausted",
+        Layer.FLOW,
+        "the channel's deposit does not cover this request's voucher",
+        "the channel's deposit is used up: ask the server for a refund of the channel "
+        "(channels refund) and pay again, which opens a new deposit",
+    )
+    CHANNEL_CLAIM_ABOVE_VOUCHERS = (
+        "channel_claim_above_vouchers",
+        Layer.FLOW,
+        "the server claims more from the channel than the vouchers this wallet signed",
+        "the server claims more than was signed: the breaker is open and nothing more is signed "
+        "for it; report the receipt id to the user and withdraw the channel (channels watch)",
+    )
+    CHANNEL_RESYNCED = (
+        "channel_resynced",
+        Layer.FLOW,
+        "the server's channel total differed; the wallet followed its lower or proven total",
+        "retry the same request: the next voucher continues from the server's total",
     )
     SETTLEMENT_REVERTED = (
         "settlement_reverted",
@@ -711,6 +752,19 @@ class Reason(StrEnum):
         "the user operation reverted",
         "tell the user: the wallet's operation failed on chain",
     )
+    RELAYER_UNFUNDED = (
+        "relayer_unfunded",
+        Layer.WALLET,
+        "the relayer key holds too little ETH to send handleOps",
+        "the wallet cannot send its top-up: the user sends the relayer key ETH for gas; nothing was paid",
+    )
+    USER_OP_UNSENT = (
+        "user_op_unsent",
+        Layer.WALLET,
+        "no bundler took the user operation and the relayer key could not send it",
+        "the wallet cannot top up now, nothing was paid or counted: the user checks the bundler "
+        "URL (and its API key variable) and sends the relayer key ETH for gas, then retry",
+    )
     GAS_DEPOSIT_LOW = (
         "gas_deposit_low",
         Layer.WALLET,
@@ -725,6 +779,33 @@ class Reason(StrEnum):
         "network fees are above the account's cap for session-key operations",
         "gas is too expensive for the wallet's caps now: retry later, or the user raises the "
         "caps on the device (setGasCaps)",
+    )
+    FACTORY_MISSING = (
+        "factory_missing",
+        Layer.WALLET,
+        "the project's account factory is not deployed on this chain",
+        "the user runs `x402-agent wallet deploy-factory --network ...` once for this chain "
+        "(a funded key pays about 0.01 ETH worth of gas at 1 gwei), then retries",
+    )
+    FACTORY_BYTECODE_MISMATCH = (
+        "factory_bytecode_mismatch",
+        Layer.WALLET,
+        "another contract sits at the account factory's address (or one it depends on)",
+        "do not use a smart account on this chain: the user checks the RPC URL names the "
+        "intended chain and reports the address",
+    )
+    CREATE2_DEPLOYER_MISSING = (
+        "create2_deployer_missing",
+        Layer.WALLET,
+        "the chain has no deterministic deployment proxy at its standard address",
+        "the factory cannot get its usual address on this chain: the user has the proxy "
+        "deployed there (its pre-signed transaction) or pays with a plain key",
+    )
+    DEPLOYER_UNFUNDED = (
+        "deployer_unfunded",
+        Layer.WALLET,
+        "the key deploying the factory holds too little ETH for the gas",
+        "nothing was sent: the user sends the named address the ETH it needs, then retries",
     )
     SESSION_KEY_IN_USE = (
         "session_key_in_use",
@@ -810,6 +891,13 @@ class Reason(StrEnum):
         Layer.SETUP,
         "there is no agent home",
         "the user must run `x402-agent init` (or `x402-agent devnet`)",
+    )
+    FACILITATOR_URL_MISSING = (
+        "facilitator_url_missing",
+        Layer.SETUP,
+        "no facilitator to ask for a discovery listing",
+        "give facilitator_url (the facilitator whose Bazaar listing to read), or the user sets "
+        "facilitator_url in the agent home's config.json",
     )
     HOME_EXISTS = (
         "home_exists",

@@ -11,6 +11,8 @@ Either way the outcome is read from the chain, not taken on the bundler's word: 
 Failures raise ``ChainError`` with one of these ``reason`` codes:
 
 - ``bundler_unavailable``: no bundler answered and there is no relayer key to fall back on;
+- ``relayer_unfunded``: the relayer key cannot pay for ``handleOps``; ``user_op_unsent`` when
+  the bundler was unavailable too (nothing was sent either way);
 - ``bundler_rejected``: the bundler refused the operation (``details`` has its error);
 - ``user_op_rejected``: the EntryPoint refused it in ``handleOps`` (e.g. ``AA24 signature error``);
   nothing happened on chain;
@@ -317,12 +319,25 @@ def _relay_handle_ops(
             reason=Reason.USER_OP_REJECTED,
             user_op_hash=user_op_hash,
         )
+    # The node refuses a transaction whose gas limit times maxFeePerGas exceeds the sender's
+    # balance with an error worded differently by every client: check it ourselves.
+    gas_limit = gas + gas // 5
+    held, needed = int(w3.eth.get_balance(relayer.address)), gas_limit * op.max_fee_per_gas
+    if held < needed:
+        raise ChainError(
+            f"the relayer {relayer.address} holds {held} wei; handleOps needs up to {needed}",
+            reason=Reason.RELAYER_UNFUNDED,
+            user_op_hash=user_op_hash,
+            relayer=relayer.address,
+            balance=held,
+            needed=needed,
+        )
     # The EntryPoint refunds the beneficiary at the op's own gas price: relay at that price.
     params: TxParams = {
         "chainId": w3.eth.chain_id,
         "from": relayer.address,
         "nonce": w3.eth.get_transaction_count(relayer.address, "pending"),
-        "gas": gas + gas // 5,
+        "gas": gas_limit,
         "maxFeePerGas": Wei(op.max_fee_per_gas),
         "maxPriorityFeePerGas": Wei(min(op.max_priority_fee_per_gas, op.max_fee_per_gas)),
     }
@@ -474,10 +489,19 @@ def _submit(
             raise
         # The bundler may have taken the op although its answer never reached us.
         found = find_user_op(w3, entry, user_op_hash, from_block, "bundler")
-        if found is None:
-            exc.details["bundler_error"] = bundler_error.message
-            raise
-        return found
+        if found is not None:
+            return found
+        if exc.reason == Reason.RELAYER_UNFUNDED:  # neither path could send it: nothing happened
+            raise ChainError(
+                f"no bundler took the user operation ({bundler_error.message}) and the relayer "
+                f"could not send it ({exc.message})",
+                reason=Reason.USER_OP_UNSENT,
+                user_op_hash=user_op_hash,
+                bundler_error=bundler_error.message,
+                relayer_error=exc.message,
+            ) from exc
+        exc.details["bundler_error"] = bundler_error.message
+        raise
 
 
 __all__ = [

@@ -1,0 +1,128 @@
+"""Bundlers as a user has them (issue 15, item 2): a paid fetch that needs a top-up, with the
+bundler down, and with the bundler and the relayer both down.
+
+Real parts: the local world with the alto bundler, the project's X402Account and vault owned by
+the device simulator, the official x402 SDK server and facilitator; the CLI run as a separate
+process as the user types it. "Down" is what a user meets: the bundler URL answers nothing (a
+loopback port nobody listens on) and the relayer key holds no ETH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from chain_reads import rpc, token_balance, transfer_logs
+
+from x402_agent.chain.wallet import HotWallet
+from x402_agent.devnet import LocalWorld, WorldInfo
+from x402_agent.devnet.provision import provision_smart_account_home
+from x402_agent.home import AgentHome, open_home
+from x402_agent.ledger import PaymentState
+from x402_agent.operations import Agent
+from x402_agent.signer import LocalKeySigner
+
+CLI = [sys.executable, "-m", "x402_agent.cli"]
+DEAD_BUNDLER = "http://127.0.0.1:9"  # the discard port: nothing listens there
+
+
+@pytest.fixture(scope="module")
+def aa_world() -> Iterator[WorldInfo]:
+    with LocalWorld(bundler=True) as info:
+        assert info.bundler_url is not None
+        yield info
+
+
+def _home(world: WorldInfo, tmp_path: Path) -> AgentHome:
+    """A deployed account whose every payment needs a top-up of exactly its price
+    (``top_up_to`` 0: refill only the shortfall)."""
+    home = provision_smart_account_home(world, tmp_path / "home")
+    return _configure(home, top_up_to=0)
+
+
+def _configure(home: AgentHome, **signer: object) -> AgentHome:
+    config = home.config.model_copy(update={"signer": home.config.signer.model_copy(update=signer)})
+    (home.root / "config.json").write_text(config.model_dump_json(by_alias=True, indent=2))
+    return open_home(home.root)
+
+
+def _wallet(agent: Agent) -> HotWallet:
+    assert isinstance(agent.payer.signer, HotWallet)
+    return agent.payer.signer
+
+
+def _relayer_address(home: AgentHome) -> str:
+    signer = home.config.signer
+    assert signer.kind == "smart_account" and signer.relayer_keystore is not None
+    key = LocalKeySigner.from_keystore(home.path(signer.relayer_keystore), home.keystore_password())
+    return key.address
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "X402_AGENT_HOME": str(home)}  # the devnet home's password file
+    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def _usdc(world: WorldInfo, holder: str) -> int:
+    return token_balance(world.rpc_url, world.usdc.address, holder)
+
+
+def test_bundler_down_the_relayer_tops_up_and_the_paid_fetch_succeeds(
+    aa_world: WorldInfo, tmp_path: Path
+) -> None:
+    home = _configure(_home(aa_world, tmp_path), bundler_url=DEAD_BUNDLER)
+    route = aa_world.route("GET", "/v2/weather")
+    with Agent.open(home) as agent:
+        wallet = _wallet(agent)
+        vault_before = _usdc(aa_world, wallet.vault)
+        assert wallet.hot_balance() == 0
+        outcome = agent.verified(agent.fetch(route.url))
+        assert outcome.status == 200 and outcome.payment is not None
+        assert outcome.payment.state == PaymentState.SETTLED and outcome.confirmed_on_chain
+        [top_up] = wallet.top_ups
+        assert top_up.via == "handleOps" and top_up.success  # the relayer sent it
+        # exactly the price came out of the vault and went to the payee
+        assert _usdc(aa_world, wallet.vault) == vault_before - route.price_atomic
+        assert wallet.hot_balance() == 0
+        assert transfer_logs(aa_world.rpc_url, outcome.payment.settlement_tx) == [
+            (aa_world.usdc.address, wallet.account, route.pay_to, route.price_atomic)
+        ]
+
+
+def test_bundler_and_relayer_down_the_payment_is_refused_and_nothing_counted(
+    aa_world: WorldInfo, tmp_path: Path
+) -> None:
+    home = _home(aa_world, tmp_path)
+    route = aa_world.route("GET", "/v2/weather")
+    # One payment while both are up: the account's gas deposit is funded, so the next top-up
+    # needs only a bundler or a relayer to send it.
+    first = _cli(home.root, "fetch", route.url)
+    assert first.returncode == 0, first.stderr
+    home = _configure(home, bundler_url=DEAD_BUNDLER)
+    rpc(aa_world.rpc_url, "anvil_setBalance", _relayer_address(home), "0x0")
+    signer = home.config.signer
+    assert signer.kind == "smart_account"
+    balances = {who: _usdc(aa_world, who) for who in (signer.account, signer.vault, route.pay_to)}
+    budget_before = json.loads(_cli(home.root, "budget", "--json").stdout)
+
+    refused = _cli(home.root, "fetch", route.url)
+
+    assert refused.returncode == 1, refused.stderr
+    assert "[user_op_unsent]" in refused.stderr
+    assert "no bundler took the user operation" in refused.stderr
+    assert "relayer" in refused.stderr and "holds 0 wei" in refused.stderr
+    assert "next step: the wallet cannot top up now, nothing was paid or counted" in refused.stderr
+    as_json = json.loads(_cli(home.root, "fetch", "--json", route.url).stdout)
+    assert as_json["reason"] == "user_op_unsent"
+    assert as_json["details"]["bundler_error"].startswith("bundler at ")
+    # nothing counted, nothing left reserved, nothing moved
+    assert json.loads(_cli(home.root, "budget", "--json").stdout)["assets"] == budget_before["assets"]
+    with Agent.open(home) as agent:
+        rows = agent.payer.gate.ledger.recent()
+    assert [row.state for row in rows] == [PaymentState.RELEASED, PaymentState.RELEASED, PaymentState.SETTLED]
+    assert {who: _usdc(aa_world, who) for who in balances} == balances
