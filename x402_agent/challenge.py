@@ -74,7 +74,7 @@ def parse_challenge(headers: Mapping[str, str], body: bytes, request_url: str) -
     header = headers.get(PAYMENT_REQUIRED_HEADER) or headers.get(PAYMENT_REQUIRED_HEADER.lower())
     required = _from_header(header) if header is not None else _from_body(body)
     accepts: list[Requirement] = list(required.accepts)
-    offers = tuple(_offer(i, required.x402_version, r) for i, r in enumerate(accepts))
+    offers = tuple(make_offer(i, required.x402_version, r) for i, r in enumerate(accepts))
     # Every resource the challenge names must be on the requested host (v1 names one per offer:
     # a second offer naming another resource must not switch the check off).
     for named in _resource_urls(required):
@@ -158,7 +158,9 @@ def _check_accepts(required: PaymentRequired | PaymentRequiredV1) -> None:
         )
 
 
-def _offer(index: int, version: int, req: Requirement) -> Offer:
+def make_offer(index: int, version: int, req: Requirement) -> Offer:
+    """One requirement as an Offer, or ChallengeError: the checks every offer passes (a
+    challenge's, a discovery listing's)."""
     raw_amount = req.amount if isinstance(req, PaymentRequirements) else req.max_amount_required
     try:
         amount = parse_atomic(raw_amount)

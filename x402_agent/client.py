@@ -83,11 +83,11 @@ def run_wallet_call(step: WalletCall) -> Any:
         ) from exc
 
 
-def _too_large(size: int) -> UpstreamError:
+def _too_large(size: int, limit: int) -> UpstreamError:
     return UpstreamError(
         "response body is larger than the limit",
         reason=Reason.RESPONSE_TOO_LARGE,
-        limit=MAX_RESPONSE_BYTES,
+        limit=limit,
         size=size,
     )
 
@@ -126,13 +126,14 @@ class _Body:
         self._writer = step.sink.open() if paid_content and step.sink is not None else None
         self._chunks: list[bytes] = []
         self._kept = 0
+        self._limit = step.max_bytes or MAX_RESPONSE_BYTES
 
     def add(self, chunk: bytes) -> bool:
         """Take ``chunk``; False: stop reading (the paid body reached the policy's cap)."""
         if self._writer is None:
             self._kept += len(chunk)
-            if self._kept > MAX_RESPONSE_BYTES:
-                raise _too_large(self._kept)
+            if self._kept > self._limit:
+                raise _too_large(self._kept, self._limit)
             self._chunks.append(chunk)
             return True
         if self._kept < INLINE_BYTES:

@@ -87,6 +87,8 @@ class HttpCall:
     paid: bool = False
     # Where the driver streams the body instead of memory (a paid body is never discarded).
     sink: BodySink | None = None
+    # A lower cap than the driver's on this answer's body (a discovery listing).
+    max_bytes: int | None = None
 
 
 @dataclass(frozen=True)

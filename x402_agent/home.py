@@ -96,6 +96,9 @@ class HomeConfig(BaseModel):
     device: DeviceLocation | None = Field(
         None, description="a device path tried before HWI's scan (a simulator on its own port)"
     )
+    facilitator_url: str | None = Field(
+        None, description="the facilitator whose Bazaar listing `discover` reads (e.g. https://x402.example)"
+    )
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,7 @@ def provision_home(
     chain_id: int | None = None,
     kdf_iterations: int | None = None,
     device: DeviceLocation | None = None,
+    facilitator_url: str | None = None,
 ) -> AgentHome:
     """Create a home with an encrypted payer key (``private_key`` None: no key yet, e.g. for a
     smart account). Returns the opened home; a device must then be enrolled and a policy
@@ -184,7 +188,13 @@ def provision_home(
         secret.write_text(password)
         secret.chmod(0o600)
     config = HomeConfig.model_validate(
-        {"signer": signer, "rpc_urls": rpc_urls, "chain_id": chain_id, "device": device}
+        {
+            "signer": signer,
+            "rpc_urls": rpc_urls,
+            "chain_id": chain_id,
+            "device": device,
+            "facilitator_url": facilitator_url,
+        }
     )
     (root / CONFIG_FILE).write_text(config.model_dump_json(by_alias=True, indent=2) + "\n")
     return AgentHome(root, config)

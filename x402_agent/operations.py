@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from .budget import budget_view
 from .content_store import CONTENT_DIR, ContentStore
-from .deadline import DEFAULT_TIMEOUT_SECONDS
+from .deadline import DEFAULT_TIMEOUT_SECONDS, check_timeout
+from .discovery import DEFAULT_RESULTS, Discovery, DiscoveryRequest, discover_flow
+from .errors import ConfigError
 from .expiry import ExpiryWatch
 from .flow import (
     STALE_RESERVATION_SECONDS,
@@ -31,6 +33,7 @@ from .home import AgentHome, open_home
 from .ledger import Ownership, PaymentRecord, PaymentState, Verification, open_ledger
 from .policy_store import ApprovedPolicy, PolicyStore, expectations
 from .quote import Quote, quote_flow
+from .reasons import Reason
 from .selection import PriceLimit
 from .signer import LocalKeySigner, PaymentSigner
 from .spendgate import PolicyGate
@@ -78,6 +81,8 @@ class Agent:
         self.expiry = ExpiryWatch(payer, self._sync.run)
         self._async: AsyncX402Client | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
+        # Whose Bazaar listing ``discover`` reads when the caller names none (the home's config).
+        self.facilitator_url: str | None = None
 
     def _sync_approver(self, request: ApprovalRequest) -> bool | None:
         if self.approver is None:
@@ -116,6 +121,7 @@ class Agent:
             ),
             approver,
         )
+        agent.facilitator_url = home.config.facilitator_url
         agent.reconcile()
         if agent.verifier is not None:
             agent.verifier.check_pending()  # what an earlier process left unchecked
@@ -247,6 +253,46 @@ class Agent:
         """``quote`` on the event loop's HTTP pool, its ledger reads in a worker thread."""
         request = self.request(url, **options)
         return await self._async_client().run(quote_flow(self.payer, request), request.timeout_seconds)
+
+    def discovery_request(
+        self,
+        query: str | None = None,
+        max_price: str | None = None,
+        network: str | None = None,
+        limit: int = DEFAULT_RESULTS,
+        facilitator_url: str | None = None,
+        session: str | None = None,
+        session_profile: str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> DiscoveryRequest:
+        url = facilitator_url or self.facilitator_url
+        if url is None:
+            raise ConfigError(
+                "no facilitator to ask: give facilitator_url or set it in the home's config.json",
+                reason=Reason.FACILITATOR_URL_MISSING,
+            )
+        return DiscoveryRequest(
+            facilitator_url=url,
+            query=query,
+            max_price=PriceLimit.parse(max_price) if max_price is not None else None,
+            network=network,
+            limit=limit,
+            session=session,
+            session_profile=session_profile,
+            timeout_seconds=check_timeout(
+                DEFAULT_TIMEOUT_SECONDS if timeout_seconds is None else timeout_seconds
+            ),
+        )
+
+    def discover(self, query: str | None = None, **options: Any) -> Discovery:
+        """What the facilitator's Bazaar lists that matches, each with the policy's verdict;
+        pays nothing and requests nothing listed."""
+        request = self.discovery_request(query, **options)
+        return self._sync.run(discover_flow(self.payer, request), request.timeout_seconds)
+
+    async def adiscover(self, query: str | None = None, **options: Any) -> Discovery:
+        request = self.discovery_request(query, **options)
+        return await self._async_client().run(discover_flow(self.payer, request), request.timeout_seconds)
 
     def verified(self, outcome: FetchOutcome, timeout: float | None = None) -> FetchOutcome:
         """``outcome`` once its payment's on-chain check is done (a CLI about to exit, a test);

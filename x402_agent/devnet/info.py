@@ -55,6 +55,8 @@ class RouteInfo:
     description: str = ""
     # The server declares the payment-identifier extension and answers a repeated id from cache.
     payment_identifier: bool = False
+    # The server declares sign-in-with-x: a payer who paid signs in instead of paying again.
+    sign_in: bool = False
 
     @property
     def paid(self) -> bool:
@@ -75,6 +77,20 @@ class RouteInfo:
     def pay_to(self) -> str | None:
         """The first option's payee (None for a free route)."""
         return self.accepts[0].pay_to if self.accepts else None
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """Where the batch-settlement parts of a running world are (``devnet/batch.py``)."""
+
+    api_url: str  # the server of the /v2/batch route
+    settlement: str  # X402BatchSettlement, at its canonical address
+    erc3009_collector: str  # ERC3009DepositCollector, at its canonical address
+    receiver: str
+    receiver_authorizer: str  # the server's own key (the facilitator advertises none)
+    facilitator_address: str
+    withdraw_delay: int
+    min_deposit: int
 
 
 @dataclass(frozen=True)
@@ -112,6 +128,10 @@ class WorldInfo:
     device_path: str  # HWI path of the device simulator that approves policies
     factory_address: str  # X402AccountFactory on the main chain (ERC-6492 allowlisted)
     bundler_url: str | None = None  # alto on the main chain, when the world runs one
+    # The v2 facilitator's HTTP face: /supported and its Bazaar listing (/discovery/resources).
+    facilitator_url: str | None = None
+    # The batch-settlement contracts and the /v2/batch server, when the world runs them.
+    batch: BatchInfo | None = None
 
     def route(self, method: str, path: str) -> RouteInfo:
         """The route served at ``method path`` (e.g. ``("GET", "/v2/weather")``)."""
@@ -121,6 +141,9 @@ class WorldInfo:
         raise KeyError(f"no route {method.upper()} {path} in this world")
 
     def own_apis(self) -> list[str]:
-        """``private_network.allow`` entries for the world's own paid APIs (v2 and v1), each at
-        its loopback address and port only: its chain RPC and all else local stay refused."""
-        return [allow_entry_for(self.api_url), allow_entry_for(self.v1_api_url)]
+        """``private_network.allow`` entries for the world's own paid APIs (v2 and v1) and its
+        facilitator (the Bazaar listing), each at its loopback address and port only: its chain
+        RPC and all else local stay refused."""
+        own = [self.api_url, self.v1_api_url, *([self.facilitator_url] if self.facilitator_url else [])]
+        own += [self.batch.api_url] if self.batch else []
+        return [allow_entry_for(url) for url in own]

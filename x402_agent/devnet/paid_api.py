@@ -18,10 +18,21 @@ import struct
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Query, Request, Response
 from x402 import AssetAmount, x402Facilitator, x402ResourceServer
+from x402.extensions.bazaar import OutputConfig, declare_discovery_extension
 from x402.extensions.payment_identifier import PAYMENT_IDENTIFIER, declare_payment_identifier_extension
+from x402.extensions.sign_in_with_x import (
+    CreateSIWxResourceServerExtensionOptions,
+    DeclareSIWxOptions,
+    SIWxStorage,
+    SIWxVerifyOptions,
+    create_siwx_resource_server_extension,
+    declare_siwx_extension,
+)
 from x402.http.middleware.fastapi import payment_middleware, set_settlement_overrides
 from x402.http.types import PaymentOption, RouteConfig
 from x402.mechanisms.evm import FacilitatorWeb3Signer
@@ -35,10 +46,16 @@ from x402.mechanisms.evm.upto import UptoEvmFacilitatorScheme, UptoEvmServerSche
 
 from .info import PriceInfo, RouteInfo
 from .payment_id_cache import PaymentIdCache
+from .siwx_storage import ExpiringSIWxStorage
 from .usdc import TokenInfo
 
 # The most the metered (upto) route may charge for one request: what the payer signs for.
 METERED_MAXIMUM = 10_000
+# How long one payment for a sign-in-with-x route entitles its payer to sign in instead.
+SIWX_ENTITLEMENT_SECONDS = 3600
+# How long a sign-in message the server offers stays valid (the SDK's expirationTime).
+SIWX_MESSAGE_SECONDS = 300
+SIWX_STATEMENT = "Sign in to the x402 local world to use what you paid for"
 
 
 @dataclass(frozen=True)
@@ -106,6 +123,15 @@ def v2_routes(
             "Weather, with the payment-identifier extension: a repeated id gets the cached answer",
             payment_identifier=True,
         ),
+        RouteInfo(
+            "GET",
+            "/v2/siwx",
+            base_url + "/v2/siwx",
+            2,
+            (usdc_price(1_000, "siwx"),),
+            "Weather, with sign-in-with-x: who paid signs in for an hour instead of paying again",
+            sign_in=True,
+        ),
         route("GET", "/free", "Free, no payment"),
     )
 
@@ -137,9 +163,21 @@ def build_facilitators(main: ChainSettlement, alt: ChainSettlement) -> list[x402
     return [main_facilitator, alt_facilitator]
 
 
-def create_app(routes: Sequence[RouteInfo], facilitators: list[x402Facilitator]) -> FastAPI:
-    """FastAPI app whose paid routes are guarded by the SDK's payment middleware."""
+def create_app(
+    routes: Sequence[RouteInfo],
+    facilitators: list[x402Facilitator],
+    *,
+    siwx_storage: SIWxStorage | None = None,
+    rpc_url: str | None = None,
+) -> FastAPI:
+    """FastAPI app whose paid routes are guarded by the SDK's payment middleware.
+
+    Routes marked ``sign_in`` get the SDK's sign-in-with-x server extension: its settle hook
+    records each payer in ``siwx_storage`` (default: an hour per payment), its request hook
+    lets a recorded payer in on a signed message. ``rpc_url`` lets it check smart-account
+    signatures (ERC-1271) on the chain; without it only plain keys sign in."""
     server = x402ResourceServer(list(facilitators))
+    _serve_sign_in(server, routes, siwx_storage, rpc_url)
     for network in sorted({price.network for r in routes for price in r.accepts}):
         # The SDK's scheme class is untyped and its payment_flows dict does not
         # match the protocol's declared Mapping type; it is the SDK's own pairing.
@@ -163,6 +201,29 @@ def create_app(routes: Sequence[RouteInfo], facilitators: list[x402Facilitator])
     return app
 
 
+def _serve_sign_in(
+    server: x402ResourceServer,
+    routes: Sequence[RouteInfo],
+    storage: SIWxStorage | None,
+    rpc_url: str | None,
+) -> None:
+    origins = {urlsplit(r.url)._replace(path="", query="", fragment="").geturl() for r in routes if r.sign_in}
+    if not origins:
+        return
+    (origin,) = origins  # one server, one origin: the domain its sign-in messages name
+    provider = None
+    if rpc_url is not None:
+        from web3 import HTTPProvider
+
+        provider = HTTPProvider(rpc_url)
+    options = CreateSIWxResourceServerExtensionOptions(
+        origin=origin,
+        storage=storage if storage is not None else ExpiringSIWxStorage(SIWX_ENTITLEMENT_SECONDS),
+        verify_options=SIWxVerifyOptions(provider=provider),
+    )
+    server.register_extension(create_siwx_resource_server_extension(options))
+
+
 def _route_config(route: RouteInfo) -> RouteConfig:
     return RouteConfig(
         accepts=[
@@ -176,10 +237,35 @@ def _route_config(route: RouteInfo) -> RouteConfig:
         ],
         description=route.description,
         mime_type="image/png" if route.path == "/v2/image" else "application/json",
-        extensions={PAYMENT_IDENTIFIER: declare_payment_identifier_extension()}
-        if route.payment_identifier
-        else None,
+        extensions=_extensions(route),
     )
+
+
+# What each paid route tells the Bazaar about how to call it (the SDK's declaration; the HTTP
+# method is added per request by the SDK's bazaar server extension).
+_DISCOVERY: dict[str, dict[str, Any]] = {
+    "/v2/weather": {"output": OutputConfig(example={"city": "Lisbon", "temperature_c": 21.5})},
+    "/v2/report": {"output": OutputConfig(example={"title": "Local market report", "items": []})},
+    "/v2/summarize": {"input": {"text": "what to summarise"}, "body_type": "text"},
+    "/v2/metered": {
+        "input": {"used": "1000"},
+        "input_schema": {"properties": {"used": {"type": "string", "pattern": "^[0-9]+$"}}},
+    },
+}
+
+
+def _extensions(route: RouteInfo) -> dict[str, Any]:
+    extensions = declare_discovery_extension(**_DISCOVERY.get(route.path, {}))
+    if route.payment_identifier:
+        extensions[PAYMENT_IDENTIFIER] = declare_payment_identifier_extension()
+    if route.sign_in:
+        options = DeclareSIWxOptions(
+            statement=SIWX_STATEMENT,
+            network=route.accepts[0].network,
+            expiration_seconds=SIWX_MESSAGE_SECONDS,
+        )
+        extensions.update(declare_siwx_extension(options))
+    return extensions
 
 
 def _add_handlers(app: FastAPI) -> None:
@@ -229,6 +315,10 @@ def _add_handlers(app: FastAPI) -> None:
     @app.get("/v2/idempotent")
     async def idempotent_weather() -> dict[str, object]:
         return {"city": "Faro", "temperature_c": 23.0, "paid_with": "payment-identifier"}
+
+    @app.get("/v2/siwx")
+    async def siwx_weather() -> dict[str, object]:
+        return {"city": "Braga", "temperature_c": 16.0, "paid_with": "a payment or a sign-in"}
 
     @app.get("/free")
     async def free() -> dict[str, object]:

@@ -101,6 +101,7 @@ def provision_devnet_home(
         chain_id=world.chain_id,
         kdf_iterations=DEVNET_SCRYPT_N,
         device=_simulator(world),
+        facilitator_url=world.facilitator_url,
     )
     store = PolicyStore(home.root, expectations(home))
     opened = device or HwiDevice.at("trezor", world.device_path)

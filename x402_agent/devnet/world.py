@@ -28,6 +28,8 @@ from ..chain.factory import factory_address
 from ..device.simulator import DeviceSimulator
 from .aa import install_account_abstraction
 from .anvil import Anvil, dev_account
+from .batch import BatchServer, BatchSettings, batch_server
+from .bazaar import BazaarCatalog, catalogue_routes, create_facilitator_app
 from .bundler import AltoBundler
 from .info import WorldInfo
 from .paid_api import ChainSettlement, build_facilitators, create_app, v2_routes
@@ -51,7 +53,7 @@ PAYER_ETH_WEI = 10 * 10**18
 # Roles of anvil's dev accounts (all public test keys, never the payer).
 _DEPLOYER, _PROXY_ADMIN, _FACILITATOR, _V1_FACILITATOR, _LOST_AND_FOUND = 0, 1, 2, 3, 9
 _PAYEES = {"api": 4, "premium": 5, "multi": 6, "multi_alt": 7, "v1": 8}
-_FRESH_PAYEES = ("permit2", "metered", "idempotent")
+_FRESH_PAYEES = ("permit2", "metered", "idempotent", "siwx")
 
 
 class _Stoppable(Protocol):
@@ -72,13 +74,22 @@ class LocalWorld:
     ``start()`` returns the ``WorldInfo``; ``startup_seconds`` records how long it took.
     """
 
-    def __init__(self, device: DeviceSimulator | None = None, *, bundler: bool = False) -> None:
+    def __init__(
+        self,
+        device: DeviceSimulator | None = None,
+        *,
+        bundler: bool = False,
+        batch: BatchSettings | None = BatchSettings(),  # noqa: B008 (frozen, shared safely)
+    ) -> None:
         # The device simulator approves policies through HWI. It takes a free port pair, so
         # worlds (devnets, demos, test sessions) run side by side; HWI's scan looks only at
         # 21324, so homes provisioned here record the path (``HomeConfig.device``).
         self._given_device = device
         # The alto bundler takes ~3 s to start: only worlds that send user operations want it.
         self._with_bundler = bundler
+        # The batch-settlement route and its channel manager (None: the world runs without them).
+        self._batch_settings = batch
+        self.batch_server: BatchServer | None = None
         self.device: DeviceSimulator | None = device
         self._stack: ExitStack | None = None
         self._info: WorldInfo | None = None
@@ -138,6 +149,7 @@ class LocalWorld:
 
         (anvil, (usdc, eurc)), (alt_anvil, (alt_usdc,)) = _in_parallel(main_chain, alt_chain)
         bundler_url = _start_bundler(stack, anvil) if self._with_bundler else None
+        batch = self._start_batch(stack, anvil, usdc)
 
         api = _started(stack, ServedApp(name="x402-paid-api"))
         routes = v2_routes(
@@ -161,12 +173,19 @@ class LocalWorld:
             )
             return _started(stack, v1)
 
+        facilitator_api = _started(stack, ServedApp(name="x402-facilitator"))
+
         def start_v2() -> None:
             facilitators = build_facilitators(
                 ChainSettlement(NETWORK, anvil.rpc_url, facilitator_key, (factory_address(),)),
                 ChainSettlement(ALT_NETWORK, alt_anvil.rpc_url, facilitator_key),
             )
-            api.start(create_app(routes, facilitators))
+            catalog = BazaarCatalog()
+            for facilitator in facilitators:
+                catalog.attach(facilitator)
+            api.start(create_app(routes, facilitators, rpc_url=anvil.rpc_url))
+            facilitator_api.start(create_facilitator_app(catalog, facilitators))
+            catalogue_routes(catalog, routes)
 
         # node's start-up (mostly module loading) overlaps the Python server's.
         v1, _ = _in_parallel(start_v1, start_v2)
@@ -189,11 +208,22 @@ class LocalWorld:
             payees=payees,
             facilitator_address=dev_account(_FACILITATOR).address,
             v1_facilitator_address=v1.facilitator_address,
-            routes=routes + v1.routes,
+            routes=routes + v1.routes + ((batch.route,) if batch else ()),
             device_path=device.path,
             factory_address=factory_address(),
             bundler_url=bundler_url,
+            batch=batch.info if batch else None,
+            facilitator_url=facilitator_api.url,
         )
+
+
+    def _start_batch(self, stack: ExitStack, anvil: Anvil, usdc: TokenInfo) -> BatchServer | None:
+        """The batch-settlement contracts and the /v2/batch server on the main chain."""
+        if self._batch_settings is None:
+            return None
+        server = batch_server(anvil.rpc_url, NETWORK, usdc, anvil.set_balance, self._batch_settings)
+        self.batch_server = _started(stack, server).start()
+        return self.batch_server
 
 
 def _start_bundler(stack: ExitStack, anvil: Anvil) -> str:
