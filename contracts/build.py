@@ -19,6 +19,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SRC_DIR = ROOT / "contracts" / "src"
 DEFAULT_OUT = ROOT / "contracts" / "build"
+# Our batch-settlement contracts (the x402 scheme's interface, placed at the canonical addresses
+# in the local world), built with the same settings into their own directory.
+BATCH_SRC_DIR = ROOT / "contracts" / "batch" / "src"
+BATCH_OUT = ROOT / "contracts" / "batch" / "build"
 
 SETTINGS: dict[str, Any] = {
     "optimizer": {"enabled": True, "runs": 1_000_000},
@@ -100,5 +104,7 @@ def build(out_dir: Path = DEFAULT_OUT, src_dir: Path = SRC_DIR) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for path in build(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_OUT):
+    # With no OUT_DIR: both the account contracts and the batch-settlement ones.
+    written = build(Path(sys.argv[1])) if len(sys.argv) > 1 else build() + build(BATCH_OUT, BATCH_SRC_DIR)
+    for path in written:
         print(path)

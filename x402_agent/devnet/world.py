@@ -216,7 +216,6 @@ class LocalWorld:
             facilitator_url=facilitator_api.url,
         )
 
-
     def _start_batch(self, stack: ExitStack, anvil: Anvil, usdc: TokenInfo) -> BatchServer | None:
         """The batch-settlement contracts and the /v2/batch server on the main chain."""
         if self._batch_settings is None:

@@ -1,0 +1,286 @@
+"""The batch-settlement part of the local world: the escrow contracts at their canonical
+addresses and a route served by the official SDK's batch-settlement server and facilitator.
+
+Usage (tests, clients):
+
+    route = world.route("GET", "/v2/batch")      # url; accepts[0]: scheme "batch-settlement",
+                                                  # amount (per request), pay_to (the receiver), token
+    batch = world.batch                           # BatchInfo (None when the world runs without it)
+    batch.settlement, batch.erc3009_collector     # X402BatchSettlement, ERC3009DepositCollector
+    batch.receiver_authorizer, batch.withdraw_delay, batch.min_deposit, batch.api_url
+    local_world.batch_server.wait_for(predicate)  # wake on each claim/settle/refund of the server
+
+The contracts (``contracts/batch/src``) are written by this project from the x402 specification's
+interface: no package ships the originals. On public chains the SDK uses the deployed originals.
+They have no constructor and no immutables, so their runtime code is placed with
+``anvil_setCode`` at the addresses the SDK hard-codes.
+
+The route's server is the SDK's ``BatchSettlementEvmScheme`` (it owns the receiver-authorizer key,
+so the facilitator advertises none), its facilitator the SDK's ``BatchSettlementEvmFacilitator``
+with its own funded key (it sends the deposit, claim, settle and refund transactions; a separate
+key from the exact facilitator's, so their nonces never race). The SDK's channel manager claims
+and settles on short intervals (``BatchSettings``) and, when configured, refunds idle channels.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from fastapi import FastAPI, Request, Response
+from web3 import Web3
+from x402 import AssetAmount, x402Facilitator, x402FacilitatorSync, x402ResourceServer
+from x402.http.middleware.fastapi import payment_middleware
+from x402.http.types import PaymentOption, RouteConfig
+from x402.mechanisms.evm import FacilitatorWeb3Signer
+from x402.mechanisms.evm.batch_settlement.authorizer_signer import LocalAuthorizerSigner
+from x402.mechanisms.evm.batch_settlement.constants import (
+    BATCH_SETTLEMENT_ADDRESS,
+    ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
+    MIN_WITHDRAW_DELAY,
+    SCHEME_BATCH_SETTLEMENT,
+)
+from x402.mechanisms.evm.batch_settlement.facilitator.scheme import BatchSettlementEvmFacilitator
+from x402.mechanisms.evm.batch_settlement.server import (
+    AutoSettlementConfig,
+    AutoSettlementContext,
+    BatchSettlementChannelManagerSync,
+    BatchSettlementEvmScheme,
+    BatchSettlementEvmSchemeServerConfig,
+    Channel,
+    ChannelManagerConfigSync,
+)
+
+from ..paths import PROJECT_ROOT
+from .info import BatchInfo, PriceInfo, RouteInfo
+from .served import ServedApp
+from .usdc import TokenInfo
+
+BATCH_PATH = "/v2/batch"
+_BUILD = PROJECT_ROOT / "contracts" / "batch" / "build"
+_FACILITATOR_ETH_WEI = 100 * 10**18
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """How the batch route charges and how often its channel manager works (whole seconds:
+    the SDK's timers take ints). ``refund_idle_s`` None: the server never refunds on its own."""
+
+    price: int = 1_000  # 0.001 USDC per request
+    min_deposit: int = 100_000  # the deposit the server asks for: 100 requests
+    withdraw_delay: int = MIN_WITHDRAW_DELAY  # the shortest the SDK's facilitator accepts
+    claim_interval_s: int = 1
+    settle_interval_s: int = 1
+    refund_idle_s: int | None = None
+
+
+@cache
+def batch_artifact(name: str) -> dict[str, Any]:
+    """``X402BatchSettlement`` or ``ERC3009DepositCollector`` (abi, bytecode, deployedBytecode)."""
+    built: dict[str, Any] = json.loads((_BUILD / f"{name}.json").read_text())
+    return built
+
+
+def install_batch_settlement(rpc_url: str) -> None:
+    """Both contracts at their canonical addresses (anvil only: ``anvil_setCode``)."""
+    w3 = Web3(Web3.HTTPProvider(rpc_url))
+    for name, address in (
+        ("X402BatchSettlement", BATCH_SETTLEMENT_ADDRESS),
+        ("ERC3009DepositCollector", ERC3009_DEPOSIT_COLLECTOR_ADDRESS),
+    ):
+        code = batch_artifact(name)["deployedBytecode"]
+        w3.provider.make_request("anvil_setCode", [address, code])  # type: ignore[arg-type]
+
+
+def batch_route(
+    base_url: str, network: str, usdc: TokenInfo, receiver: str, settings: BatchSettings
+) -> RouteInfo:
+    """The route's description (what ``/v2/batch`` charges, per request, to whom)."""
+    price = PriceInfo(network, usdc, settings.price, receiver, scheme=SCHEME_BATCH_SETTLEMENT)
+    return RouteInfo(
+        "GET",
+        BATCH_PATH,
+        base_url + BATCH_PATH,
+        2,
+        (price,),
+        "Weather by the request, paid from a batch-settlement channel (one deposit, then vouchers)",
+    )
+
+
+class BatchServer:
+    """The SDK's batch-settlement server and facilitator behind ``/v2/batch`` on its own port,
+    with the SDK's channel manager claiming, settling (and refunding idle channels) meanwhile."""
+
+    def __init__(
+        self,
+        *,
+        rpc_url: str,
+        network: str,
+        usdc: TokenInfo,
+        facilitator: LocalAccount,
+        settings: BatchSettings | None = None,
+    ) -> None:
+        self.settings = settings or BatchSettings()
+        self._rpc_url = rpc_url
+        self._network = network
+        self._usdc = usdc
+        self._facilitator = facilitator
+        self._authorizer: LocalAccount = Account.create()
+        self.receiver: str = Account.create().address
+        self._served = ServedApp(name="x402-batch")
+        self.route = batch_route(self._served.url, network, usdc, self.receiver, self.settings)
+        self._manager: BatchSettlementChannelManagerSync | None = None
+        # Woken after each claim, settle or refund of the channel manager (and each error).
+        self._changed = threading.Condition()
+        self.errors: list[BaseException] = []
+
+    @property
+    def info(self) -> BatchInfo:
+        return BatchInfo(
+            api_url=self._served.url,
+            settlement=BATCH_SETTLEMENT_ADDRESS,
+            erc3009_collector=ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
+            receiver=self.receiver,
+            receiver_authorizer=self._authorizer.address,
+            facilitator_address=self._facilitator.address,
+            withdraw_delay=self.settings.withdraw_delay,
+            min_deposit=self.settings.min_deposit,
+        )
+
+    @property
+    def manager(self) -> BatchSettlementChannelManagerSync:
+        """The SDK's channel manager (tests may also claim, settle or refund on demand)."""
+        if self._manager is None:
+            raise RuntimeError("the batch server is not running")
+        return self._manager
+
+    def start(self) -> BatchServer:
+        signer = FacilitatorWeb3Signer("0x" + bytes(self._facilitator.key).hex(), self._rpc_url)
+        facilitator_scheme = BatchSettlementEvmFacilitator(signer)
+        # The resource server awaits its facilitator; the channel manager's timer threads call a
+        # sync one. Both wrap the same scheme and signer (one nonce counter for the key).
+        http_facilitator = x402Facilitator().register([self._network], facilitator_scheme)
+        manager_facilitator = x402FacilitatorSync().register([self._network], facilitator_scheme)
+        scheme = BatchSettlementEvmScheme(
+            self.receiver,
+            BatchSettlementEvmSchemeServerConfig(
+                receiver_authorizer_signer=LocalAuthorizerSigner(self._authorizer),
+                withdraw_delay=self.settings.withdraw_delay,
+            ),
+        )
+        server = x402ResourceServer([http_facilitator])  # type: ignore[list-item]
+        server.register(self._network, scheme)  # type: ignore[arg-type]
+        self._served.start(_create_app(server, self._route_config()))
+        self._manager = BatchSettlementChannelManagerSync(
+            ChannelManagerConfigSync(
+                scheme=scheme,
+                facilitator=manager_facilitator,  # type: ignore[arg-type]
+                receiver=self.receiver,
+                token=self._usdc.address,
+                network=self._network,
+            )
+        )
+        self._manager.start(self._auto_settlement())
+        return self
+
+    def stop(self) -> None:
+        """Stop the channel manager's timers, then the HTTP server (idempotent)."""
+        manager, self._manager = self._manager, None
+        if manager is not None:
+            manager.stop()
+        self._served.stop()
+
+    def wait_for(self, done: Callable[[], bool], timeout: float = 30.0) -> bool:
+        """Wait until ``done()`` holds, re-checking after each claim, settle, refund or error of
+        the channel manager (and at least every second, for changes it did not make)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not done():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(min(remaining, 1.0))
+            return True
+
+    def _notify(self, _result: object = None) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def _record_error(self, error: BaseException) -> None:
+        self.errors.append(error)
+        self._notify()
+
+    def _auto_settlement(self) -> AutoSettlementConfig:
+        idle = self.settings.refund_idle_s
+
+        def idle_channels(channels: list[Channel], context: AutoSettlementContext) -> list[Channel]:
+            assert idle is not None
+            cutoff_ms = context.now - idle * 1000
+            return [c for c in channels if int(c.balance) > 0 and c.last_request_timestamp <= cutoff_ms]
+
+        return AutoSettlementConfig(
+            claim_interval_secs=self.settings.claim_interval_s,
+            settle_interval_secs=self.settings.settle_interval_s,
+            refund_interval_secs=idle,
+            select_refund_channels=idle_channels if idle is not None else None,
+            on_claim=self._notify,
+            on_settle=self._notify,
+            on_refund=self._notify,
+            on_error=self._record_error,
+        )
+
+    def _route_config(self) -> dict[str, RouteConfig]:
+        price = self.route.accepts[0]
+        extra = price.extra | {"minDeposit": str(self.settings.min_deposit)}
+        option = PaymentOption(
+            scheme=SCHEME_BATCH_SETTLEMENT,
+            pay_to=price.pay_to,
+            price=AssetAmount(amount=str(price.amount), asset=price.asset, extra=extra),
+            network=price.network,
+        )
+        return {
+            f"GET {BATCH_PATH}": RouteConfig(
+                accepts=[option], description=self.route.description, mime_type="application/json"
+            )
+        }
+
+
+def _create_app(server: x402ResourceServer, config: dict[str, RouteConfig]) -> FastAPI:
+    app = FastAPI(
+        title="x402 local world (batch-settlement)", docs_url=None, redoc_url=None, openapi_url=None
+    )
+    guard = payment_middleware(config, server)
+
+    @app.middleware("http")
+    async def x402_guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        return await guard(request, call_next)
+
+    @app.get(BATCH_PATH)
+    async def batch_weather() -> dict[str, object]:
+        return {"city": "Braga", "temperature_c": 19.0, "paid_with": SCHEME_BATCH_SETTLEMENT}
+
+    return app
+
+
+def batch_server(
+    rpc_url: str,
+    network: str,
+    usdc: TokenInfo,
+    fund: Callable[[str, int], None],
+    settings: BatchSettings | None = None,
+) -> BatchServer:
+    """Place the contracts and fund a fresh facilitator key (``fund(address, wei)``); the server
+    is returned unstarted, so the caller can register its ``stop`` before ``start``."""
+    install_batch_settlement(rpc_url)
+    facilitator: LocalAccount = Account.create()
+    fund(facilitator.address, _FACILITATOR_ETH_WEI)
+    return BatchServer(
+        rpc_url=rpc_url, network=network, usdc=usdc, facilitator=facilitator, settings=settings
+    )
