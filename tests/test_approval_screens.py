@@ -147,6 +147,10 @@ CHANGES: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
         lambda d: _asset(d).update(schemes=["exact", "upto"]),
         "schemes exact upto (added upto)",
     ),
+    "assets.max_channel_deposit": (
+        lambda d: _asset(d).update(max_channel_deposit=2_000_000),
+        "channel deposit 2.00",
+    ),
     "hosts.allow": (
         lambda d: d["hosts"].update(allow=["api.example.com", "evil.example"]),
         "hosts: allow api.example.com evil.example (added evil.example)",
@@ -203,6 +207,14 @@ CHANGES: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
     "max_paid_body_bytes": (
         lambda d: d.update(max_paid_body_bytes=None),
         "paid body max default (was 1000000 B)",
+    ),
+    "reaccess.sign_in": (
+        lambda d: d.update(reaccess={"sign_in": False}),
+        "sign-in re-access off (was up to 1d)",
+    ),
+    "reaccess.max_entitlement_seconds": (
+        lambda d: d.update(reaccess={"max_entitlement_seconds": 3600}),
+        "sign-in re-access up to 1h (was up to 1d)",
     ),
 }
 

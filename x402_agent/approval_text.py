@@ -42,6 +42,7 @@ SHOWN_FIELDS = frozenset(
         "assets.daily_max",
         "assets.approval_above",
         "assets.schemes",
+        "assets.max_channel_deposit",
         "hosts.allow",
         "hosts.deny",
         "payees.allow",
@@ -60,6 +61,8 @@ SHOWN_FIELDS = frozenset(
         "max_authorization_seconds",
         "private_network.allow",
         "max_paid_body_bytes",
+        "reaccess.sign_in",
+        "reaccess.max_entitlement_seconds",
     }
 )
 NOT_SHOWN_FIELDS = {
@@ -126,6 +129,8 @@ def policy_lines(policy: Policy) -> list[Line]:
             ),
             ("schemes", rule.allowed_schemes),
         )
+        if rule.max_channel_deposit is not None:  # unset refuses channels: nothing to show
+            limits += (("channel deposit", _money(rule.max_channel_deposit, rule.decimals)),)
         lines.append((f"pay {rule.symbol} on {rule.network} token {rule.address.lower()}", limits))
     for name, lists in (("hosts", policy.hosts), ("payees", policy.payees), ("networks", policy.networks)):
         allow, deny = (
@@ -166,6 +171,12 @@ def policy_lines(policy: Policy) -> list[Line]:
                 (
                     "day",
                     "rolling 24h" if policy.day.kind == "rolling_24h" else f"calendar {policy.day.timezone}",
+                ),
+                (
+                    "sign-in re-access",
+                    f"up to {_lifetime(policy.reaccess_rule.max_entitlement_seconds)}"
+                    if policy.reaccess_rule.sign_in
+                    else "off",
                 ),
             ),
         )

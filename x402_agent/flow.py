@@ -32,6 +32,7 @@ from x402.http import (
 from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements, SettleResponse
 from x402.schemas.v1 import PaymentPayloadV1
 
+from . import reaccess
 from .challenge import Challenge, Offer, parse_challenge, refusal_reason
 from .content_store import (
     DEFAULT_MAX_PAID_BODY_BYTES,
@@ -58,6 +59,7 @@ from .errors import (
     UpstreamError,
 )
 from .ledger import Ownership, PaymentRecord, PaymentState, Verification
+from .ledger.entitlements import SignInRecord
 from .money import format_units
 from .netguard import check_literal
 from .payment_identifier import CONFLICT_STATUS, carried_identifier, payment_extensions
@@ -159,6 +161,8 @@ class FetchOutcome:
     stored: StoredBody | None = None
     # A redirect after payment to another origin, reported and not followed.
     location: str | None = None
+    # An access by sign-in (sign-in-with-x) instead of a payment: it cost nothing.
+    sign_in: SignInRecord | None = None
 
     @property
     def complete(self) -> bool:
@@ -265,6 +269,9 @@ def fetch_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, FetchOut
         return FetchOutcome(response.status_code, response.content, response.headers.get("content-type"))
 
     challenge = parse_challenge(response.headers, response.content, url)
+    signed_in = yield from _sign_in(payer, req, url, challenge)
+    if signed_in is not None:
+        return signed_in
     context = _context(req, url)
     choice, record = yield from _reserve_cheapest(payer, req, url, challenge, context)
     try:
@@ -285,8 +292,46 @@ def fetch_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, FetchOut
     except BaseException:
         payer.gate.ledger.release(record.id, reason="not_sent")
         raise
-    return (
-        yield from _deliver(payer, req, url, record, choice.scheme, authorized, header_name, header_value)
+    outcome = yield from _deliver(
+        payer, req, url, record, choice.scheme, authorized, header_name, header_value
+    )
+    if outcome.payment is not None:
+        reaccess.remember(
+            payer.gate.policy, payer.gate.ledger, payer.signer, url, challenge, outcome.payment, payer.clock()
+        )
+    return outcome
+
+
+def _sign_in(
+    payer: Payer, req: FetchRequest, url: str, challenge: Challenge
+) -> Generator[Step, Any, FetchOutcome | None]:
+    """Where a payment bought access, sign in instead of paying again (reaccess): no money
+    moves. None: pay as usual (nothing to sign in with, or the server refused it with a 402)."""
+    attempt = reaccess.prepare(
+        payer.gate.policy, payer.gate.ledger, payer.signer, url, challenge, payer.clock()
+    )
+    if attempt is None:
+        return None
+    response: HttpAnswer = yield HttpCall(_build_request(req, url, attempt.headers), sink=_sink(payer))
+    record = reaccess.conclude(
+        payer.gate.ledger,
+        attempt,
+        method=req.method.upper(),
+        url=url,
+        session=req.session,
+        status=response.status_code,
+        content_type=response.headers.get("content-type"),
+        body_sha256=response.stored.sha256 if response.stored else sha256_hex(response.content),
+        now=payer.clock(),
+    )
+    if response.status_code == 402:
+        return None
+    return FetchOutcome(
+        response.status_code,
+        response.content,
+        response.headers.get("content-type"),
+        stored=response.stored,
+        sign_in=record,
     )
 
 
@@ -433,7 +478,16 @@ def _authorize(payer: Payer, choice: Choice, record: PaymentRecord) -> Generator
     now = int(payer.clock())
     rpc = payer.rpc_urls.get(offer.network)
     return (
-        yield from choice.scheme.authorize(offer, choice.asset, payer.signer, now, _window(payer, offer), rpc)
+        yield from choice.scheme.authorize(
+            offer,
+            choice.asset,
+            payer.signer,
+            now,
+            _window(payer, offer),
+            rpc,
+            ledger=payer.gate.ledger,
+            reservation=record,
+        )
     )
 
 

@@ -49,8 +49,8 @@ def _zone_names() -> frozenset[str]:
 DEFAULT_SESSION = "default"
 # Fields added after policies were first signed: left out of the canonical form while unset, so
 # every policy that does not use them keeps the digest its device approved.
-_ADDED_LATER = ("private_network", "max_paid_body_bytes")
-_ASSET_ADDED_LATER = ("schemes",)
+_ADDED_LATER = ("private_network", "max_paid_body_bytes", "reaccess")
+_ASSET_ADDED_LATER = ("schemes", "max_channel_deposit")
 # What an asset may be paid with when its rule names no schemes (all that releases before the
 # field paid).
 DEFAULT_SCHEMES = ("exact",)
@@ -126,6 +126,11 @@ class AssetRule(_Model):
         default=None,
         min_length=1,
         description=f"x402 schemes this asset may be paid with (unset: {list(DEFAULT_SCHEMES)})",
+    )
+
+    max_channel_deposit: AtomicAmount | None = Field(
+        default=None,
+        description="Largest deposit into one batch-settlement channel (unset: channels refused)",
     )
 
     @property
@@ -209,6 +214,24 @@ class SessionRule(_Model):
     scope: Scope = Scope()
 
 
+class ReAccess(_Model):
+    """Re-access instead of repayment: where a payment bought access (a server offering
+    sign-in-with-x), sign in with the paying key instead of paying again.
+
+    On by default: a sign-in moves no money, signs nothing a token or the account would take
+    as a payment, names only the fetched URL's own host and the paid offer's chain, and tells
+    the server only the address it was paid from."""
+
+    sign_in: bool = Field(default=True, strict=True, description="Sign in where a payment bought access")
+    max_entitlement_seconds: int = Field(
+        default=86_400,
+        ge=60,
+        le=30 * 86_400,
+        strict=True,
+        description="How long after a payment the agent signs in instead of paying again, at most",
+    )
+
+
 class DayRule(_Model):
     kind: Literal["rolling_24h", "calendar"] = "rolling_24h"
     timezone: str = "UTC"
@@ -274,6 +297,9 @@ class Policy(_Model):
         strict=True,
         description="Largest paid body kept in the agent home (default 256 MiB)",
     )
+    reaccess: ReAccess | None = Field(
+        default=None, description="Sign-in-with-x re-access (unset: on, entitlements up to 24 h)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
@@ -333,6 +359,10 @@ class Policy(_Model):
             if rule.network == network and rule.address.lower() == address.lower():
                 return rule
         return None
+
+    @property
+    def reaccess_rule(self) -> ReAccess:
+        return self.reaccess if self.reaccess is not None else ReAccess()
 
     @property
     def private_allow(self) -> tuple[str, ...]:

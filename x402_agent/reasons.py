@@ -780,12 +780,20 @@ class Reason(StrEnum):
         "gas is too expensive for the wallet's caps now: retry later, or the user raises the "
         "caps on the device (setGasCaps)",
     )
+    GAS_ESTIMATE_ABOVE_CAP = (
+        "gas_estimate_above_cap",
+        Layer.WALLET,
+        "the bundler estimates the top-up operation above the account's gas caps",
+        "the wallet's top-up needs more gas than its caps allow (the details name the field): "
+        "the user raises that cap on the device (setGasCaps) or uses another bundler; nothing was "
+        "paid",
+    )
     FACTORY_MISSING = (
         "factory_missing",
         Layer.WALLET,
         "the project's account factory is not deployed on this chain",
         "the user runs `x402-agent wallet deploy-factory --network ...` once for this chain "
-        "(a funded key pays about 0.01 ETH worth of gas at 1 gwei), then retries",
+        "(a key with ETH pays its ~10.4M gas), then retries",
     )
     FACTORY_BYTECODE_MISMATCH = (
         "factory_bytecode_mismatch",

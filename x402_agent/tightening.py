@@ -42,6 +42,8 @@ def _asset(new: AssetRule, base: AssetRule) -> Iterator[str]:
         yield f"{where}.daily_max raised or removed"
     if not _threshold_kept(new.approval_above, base.approval_above):
         yield f"{where}.approval_above raised or removed"
+    if (new.max_channel_deposit or 0) > (base.max_channel_deposit or 0):  # unset: none allowed
+        yield f"{where}.max_channel_deposit raised or added"
 
 
 def _narrower(new: tuple[str, ...] | None, base: tuple[str, ...] | None) -> bool:

@@ -13,9 +13,13 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..decision import Usage
+
+if TYPE_CHECKING:
+    from .channels import ChannelTable
+    from .entitlements import EntitlementTable
 
 
 class PaymentState(StrEnum):
@@ -230,6 +234,16 @@ class Ledger(Protocol):
     def claim(self, payment_id: str) -> Claim:
         """Whose the payment is; an orphaned or ownerless row in flight becomes this
         opener's. A live opener's row is reported ``LIVE`` and left alone."""
+        ...
+
+    @property
+    def channels(self) -> ChannelTable:
+        """The batch-settlement channels (``ledger.channels``)."""
+        ...
+
+    @property
+    def entitlements(self) -> EntitlementTable:
+        """Re-access bought by payments and its sign-ins (``ledger.entitlements``)."""
         ...
 
     def reset_breaker(self, now: float) -> None: ...

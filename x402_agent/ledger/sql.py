@@ -31,6 +31,8 @@ from typing import Any
 from ..decision import Usage
 from ..errors import LedgerError, PaymentInFlight
 from ..reasons import Reason
+from .channels import ChannelTable
+from .entitlements import EntitlementTable
 from .migrations import migrate
 from .owners import new_owner_id
 from .records import (
@@ -136,6 +138,16 @@ class SqlLedger(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    @property
+    def channels(self) -> ChannelTable:
+        """The batch-settlement channels kept in this ledger."""
+        return ChannelTable(self)
+
+    @property
+    def entitlements(self) -> EntitlementTable:
+        """Re-access bought by payments (sign-in-with-x) and the sign-ins that used it."""
+        return EntitlementTable(self)
 
     def _migrate(self, cur: Any) -> list[int]:
         """Bring an older ledger's schema up to date (in the opening write transaction)."""

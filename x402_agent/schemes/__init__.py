@@ -12,17 +12,18 @@ from ..decision import Decision
 from ..ledger import PaymentRecord
 from ..reasons import Reason
 from .base import Authorized, Scheme, Settlement
+from .batch_settlement import BatchSettlement
 from .exact_eip3009 import ExactEip3009
 from .exact_permit2 import ExactPermit2
 from .upto_permit2 import UptoPermit2
 
 _MODULES: dict[tuple[str, str, str], Scheme] = {
     (module.scheme, module.family, module.transfer_method): module
-    for module in (ExactEip3009(), ExactPermit2(), UptoPermit2())
+    for module in (ExactEip3009(), ExactPermit2(), UptoPermit2(), BatchSettlement())
 }
 # The transfer method an offer means when it names none, per scheme (upto exists only over
 # Permit2).
-_DEFAULT_METHOD = {"exact": "eip3009", "upto": "permit2"}
+_DEFAULT_METHOD = {"exact": "eip3009", "upto": "permit2", "batch-settlement": "eip3009"}
 # (scheme, transfer method) pairs some module pays, on some network family.
 _KNOWN = {(scheme, method) for scheme, _, method in _MODULES}
 

@@ -20,7 +20,7 @@ from x402.schemas import SettleResponse
 
 from ..challenge import Offer
 from ..decision import Decision
-from ..ledger import PaymentRecord
+from ..ledger import Ledger, PaymentRecord
 from ..policy import AssetRule
 from ..settlement import check_settlement
 from ..signer import PaymentSigner
@@ -74,11 +74,21 @@ class Scheme(Protocol):
         ...
 
     def authorize(
-        self, offer: Offer, asset: AssetRule, signer: PaymentSigner, now: int, window: int, rpc: str | None
+        self,
+        offer: Offer,
+        asset: AssetRule,
+        signer: PaymentSigner,
+        now: int,
+        window: int,
+        rpc: str | None,
+        *,
+        ledger: Ledger,
+        reservation: PaymentRecord,
     ) -> Generator[RpcCall | WalletCall, Any, Authorized]:
         """Sign ``offer``, valid ``window`` seconds from ``now``; refuse what the signer changed.
         ``rpc`` is the offer's chain (None: not reachable here), for what must be read or done
-        on chain before signing (Permit2: the payer's allowance)."""
+        on chain before signing (Permit2: the payer's allowance). ``reservation`` is the ledger
+        row already counting it; ``ledger`` keeps a scheme's own state (channels)."""
         ...
 
     def payload(self, authorized: Authorized) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from x402.schemas import SettleResponse
 from ..challenge import Offer
 from ..decision import Decision
 from ..errors import PaymentMismatch, SettlementMismatch
-from ..ledger import PaymentRecord
+from ..ledger import Ledger, PaymentRecord
 from ..policy import AssetRule
 from ..reasons import Reason
 from ..settlement import TRANSFER_TOPIC, receipt_logs, topic_address, topics
@@ -41,31 +41,44 @@ def _authorized(signed: SignedAuthorization) -> Authorized:
     return Authorized(auth.from_address, auth.nonce, auth.valid_after, auth.valid_before, auth.value, signed)
 
 
+def token_domain_refusal(offer: Offer, asset: AssetRule) -> Decision | None:
+    """The token's EIP-712 domain comes from the policy, never from the server; a server that
+    names another domain is describing a different token."""
+    name, version = offer.extra.get("name"), offer.extra.get("version")
+    if (name is not None and name != asset.eip712_name) or (
+        version is not None and version != asset.eip712_version
+    ):
+        return Decision(
+            False,
+            Reason.ASSET_DOMAIN_MISMATCH,
+            f"server names token {name!r} v{version!r}, policy has "
+            f"{asset.eip712_name!r} v{asset.eip712_version!r}",
+        )
+    return None
+
+
 class ExactEip3009:
     scheme = "exact"
     family = "eip155"
     transfer_method = "eip3009"
 
     def check_offer(self, offer: Offer, asset: AssetRule) -> Decision | None:
-        # The token's EIP-712 domain comes from the policy, never from the server; a server that
-        # names another domain is describing a different token.
-        name, version = offer.extra.get("name"), offer.extra.get("version")
-        if (name is not None and name != asset.eip712_name) or (
-            version is not None and version != asset.eip712_version
-        ):
-            return Decision(
-                False,
-                Reason.ASSET_DOMAIN_MISMATCH,
-                f"server names token {name!r} v{version!r}, policy has "
-                f"{asset.eip712_name!r} v{asset.eip712_version!r}",
-            )
-        return None
+        return token_domain_refusal(offer, asset)
 
     def maximum(self, offer: Offer) -> int:
         return offer.amount
 
     def authorize(
-        self, offer: Offer, asset: AssetRule, signer: PaymentSigner, now: int, window: int, rpc: str | None
+        self,
+        offer: Offer,
+        asset: AssetRule,
+        signer: PaymentSigner,
+        now: int,
+        window: int,
+        rpc: str | None,
+        *,
+        ledger: Ledger,
+        reservation: PaymentRecord,
     ) -> Generator[RpcCall, Any, Authorized]:
         assert offer.chain_id is not None
         wanted = TransferAuthorization(

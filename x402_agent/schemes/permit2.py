@@ -32,7 +32,7 @@ from x402.mechanisms.evm.constants import PERMIT2_ADDRESS
 from ..challenge import Offer
 from ..decision import Decision
 from ..errors import ChainError, ConfigError, SettlementMismatch
-from ..ledger import PaymentRecord
+from ..ledger import Ledger, PaymentRecord
 from ..policy import AssetRule
 from ..reasons import Reason
 from ..settlement import TRANSFER_TOPIC, receipt_logs, topic_address, topics
@@ -266,7 +266,16 @@ class Permit2Scheme:
         return offer.amount
 
     def authorize(
-        self, offer: Offer, asset: AssetRule, signer: PaymentSigner, now: int, window: int, rpc: str | None
+        self,
+        offer: Offer,
+        asset: AssetRule,
+        signer: PaymentSigner,
+        now: int,
+        window: int,
+        rpc: str | None,
+        *,
+        ledger: Ledger,
+        reservation: PaymentRecord,
     ) -> Generator[RpcCall | WalletCall, Any, Authorized]:
         assert offer.chain_id is not None
         permit_signer = require_permit2_signer(signer)

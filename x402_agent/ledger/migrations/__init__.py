@@ -19,13 +19,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...errors import LedgerError
-from . import m001_base, m002_rail_neutral
+from . import m001_base, m002_rail_neutral, m003_channels, m004_entitlements
 
 Run = Callable[[Any, str, Sequence[Any]], Any]
 
 MIGRATIONS: tuple[tuple[int, str, Callable[[Any], None]], ...] = (
     (1, "base", m001_base.apply),
     (2, "rail_neutral", m002_rail_neutral.apply),
+    (3, "channels", m003_channels.apply),
+    (4, "entitlements", m004_entitlements.apply),
 )
 LATEST = MIGRATIONS[-1][0]
 BASELINE = 1
