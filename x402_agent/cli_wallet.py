@@ -54,6 +54,17 @@ def register(sub: Any) -> None:
     create.add_argument(
         "--relayer-keystore", help="keystore (same password) of a key with ETH for handleOps and owner calls"
     )
+    deploy = wallet_sub.add_parser(
+        "deploy-factory",
+        help="deploy the account factory on a chain, once (the same address on every chain)",
+    )
+    deploy.add_argument("--network", help="CAIP-2 network (default: the home's chain)")
+    deploy.add_argument("--rpc-url", help="JSON-RPC URL (default: the home's for that network)")
+    deploy.add_argument(
+        "--keystore",
+        help="keystore of a key with ETH that pays the gas (password: $X402_AGENT_KEY_PASSWORD or "
+        "the home's); default: the home's relayer key",
+    )
     status = wallet_sub.add_parser("status", help="bounds, balances and what the vault still allows")
     status.add_argument("--json", action="store_true")
     topup = wallet_sub.add_parser("topup", help="refill the hot balance from the vault now")
@@ -96,6 +107,10 @@ def run_wallet(args: argparse.Namespace) -> int:
     from .chain.wallet import open_hot_wallet
     from .home import open_home
 
+    if args.wallet_command == "deploy-factory":
+        from .cli_factory import deploy_factory_command
+
+        return deploy_factory_command(args)
     home = open_home(args.home)
     if args.wallet_command == "create":
         return _create(home, args)

@@ -168,3 +168,10 @@ class ChainError(X402AgentError):
     """The chain RPC failed or answered something unusable."""
 
     reason = Reason.CHAIN_UNAVAILABLE
+
+
+class FactoryError(X402AgentError):
+    """The account factory cannot be used on this chain: missing, or another contract sits at its
+    address; ``details`` name the address. Nothing was sent."""
+
+    reason = Reason.FACTORY_MISSING

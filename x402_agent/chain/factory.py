@@ -61,13 +61,13 @@ class AccountConfig:
         )
 
 
-def _owner_text_init_code() -> bytes:
+def owner_text_init_code() -> bytes:
     return bytes.fromhex(artifact("OwnerActionText")["bytecode"].removeprefix("0x"))
 
 
 def owner_text_address() -> ChecksumAddress:
     """OwnerActionText (the owner actions' words, stateless), through the CREATE2 deployer."""
-    return create2_address(CREATE2_DEPLOYER, FACTORY_SALT, _owner_text_init_code())
+    return create2_address(CREATE2_DEPLOYER, FACTORY_SALT, owner_text_init_code())
 
 
 def factory_init_code() -> bytes:
@@ -97,7 +97,7 @@ def deploy_factory(w3: Web3, funder: LocalAccount) -> ChecksumAddress:
         send_transaction(
             w3,
             funder,
-            {"to": CREATE2_DEPLOYER, "data": FACTORY_SALT + _owner_text_init_code(), "gas": _FACTORY_GAS},
+            {"to": CREATE2_DEPLOYER, "data": FACTORY_SALT + owner_text_init_code(), "gas": _FACTORY_GAS},
         )
         if not w3.eth.get_code(text):
             raise RuntimeError("the owner-action text deployment left no code")
@@ -125,17 +125,21 @@ def _created_by(deployer: str, nonce: int) -> ChecksumAddress:
     return to_checksum_address(keccak(bytes([0xD6, 0x94]) + raw + bytes([nonce]))[12:])
 
 
+def implementation_addresses() -> tuple[ChecksumAddress, ChecksumAddress]:
+    """(account, vault) implementations: the factory's constructor creates the account's
+    (nonce 1), then the vault's (nonce 2)."""
+    factory = factory_address()
+    return _created_by(factory, 1), _created_by(factory, 2)
+
+
 def counterfactual_addresses(config: AccountConfig) -> tuple[ChecksumAddress, ChecksumAddress]:
     """(account, vault) for ``config``, computed here as the factory does, with no chain read: a
-    lying RPC endpoint cannot make an address commit to another owner. The factory's constructor
-    creates the account implementation (nonce 1), then the vault implementation (nonce 2)."""
+    lying RPC endpoint cannot make an address commit to another owner."""
     factory = factory_address()
     salt = keccak(encode(_CONFIG_TYPES, [config.as_tuple(), config.salt]))
     account, vault = (
-        create2_address(
-            factory, salt, _CLONE_HEAD + bytes.fromhex(_created_by(factory, nonce)[2:]) + _CLONE_TAIL
-        )
-        for nonce in (1, 2)
+        create2_address(factory, salt, _CLONE_HEAD + bytes.fromhex(implementation[2:]) + _CLONE_TAIL)
+        for implementation in implementation_addresses()
     )
     return account, vault
 
@@ -177,5 +181,6 @@ __all__ = [
     "erc6492_wrap",
     "factory_address",
     "factory_contract",
+    "implementation_addresses",
     "predicted_addresses",
 ]

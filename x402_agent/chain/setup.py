@@ -15,6 +15,7 @@ from web3 import Web3
 
 from ..home import CONFIG_FILE, AccountSetup, AgentHome, HomeConfig, SmartAccountConfig
 from .factory import create_account, predicted_addresses
+from .factory_deploy import require_factory
 from .session_keys import SESSION_KEYSTORE, check_session_expiry, write_session_key
 from .wallet import account_config
 
@@ -51,7 +52,10 @@ def create_wallet(
     deploy_with: LocalAccount | None = None,
     kdf_iterations: int | None = None,
 ) -> AgentHome:
-    """Give ``home`` a smart account paying ``bounds.token`` on ``network``; rewrite its config."""
+    """Give ``home`` a smart account paying ``bounds.token`` on ``network``; rewrite its config.
+    Refused (``FactoryError``, nothing written) on a chain without the factory, or with another
+    contract at its address: the account's address would mean nothing there."""
+    require_factory(w3)
     now = int(w3.eth.get_block("latest")["timestamp"])
     expiry = check_session_expiry(now + session_seconds)
     session = write_session_key(home.root / SESSION_KEYSTORE, password, kdf_iterations)

@@ -53,6 +53,9 @@ class TokenSpec:
     symbol: str
     currency: str
     decimals: int = 6
+    # Put the token's proxy at this address (anvil only: a real network's USDC address, so a
+    # policy written for that network names it) instead of wherever its creation lands.
+    address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,12 @@ def deploy_fiat_tokens(
 
     def deploy_one(spec: TokenSpec) -> TokenInfo:
         """Queue one proxy and the calls USDC's own deploy scripts make through it."""
-        address = batch.deploy(proxy_abi.constructor(implementation).data_in_transaction, _GAS_DEPLOY_SMALL)
+        if spec.address is None:
+            address = batch.deploy(
+                proxy_abi.constructor(implementation).data_in_transaction, _GAS_DEPLOY_SMALL
+            )
+        else:
+            address = _place_proxy(w3, spec.address, implementation, admin=owner)
         calls: list[tuple[Any, str, list[Any]]] = [
             # First, while the deployer is still admin: hand the admin role away.
             (proxy_abi, "changeAdmin", [proxy_admin]),
@@ -188,6 +196,37 @@ def deploy_fiat_tokens(
         batch.send(holder, "0x", 21_000, value=holder_eth_wei)
     batch.finish()
     return deployed
+
+
+# FiatTokenProxy (zos AdminUpgradeabilityProxy) keeps its implementation and admin at these slots.
+_IMPLEMENTATION_SLOT = Web3.keccak(text="org.zeppelinos.proxy.implementation")
+_ADMIN_SLOT = Web3.keccak(text="org.zeppelinos.proxy.admin")
+
+
+def _place_proxy(w3: Web3, at: str, implementation: str, *, admin: str) -> str:
+    """Write FiatTokenProxy's runtime code at ``at`` with the two slots its constructor sets. Its
+    runtime has no immutables and the token's EIP-712 domain is computed from ``address(this)``
+    on each call (FiatToken v2.2), so the token then behaves as if created there; the initialise
+    calls that follow run at ``at`` itself."""
+    address = Web3.to_checksum_address(at)
+    runtime = _artifact(_PROXY_ARTIFACT)["deployedBytecode"]
+    writes: list[tuple[str, list[Any]]] = [
+        ("anvil_setCode", [address, runtime]),
+        (
+            "anvil_setStorageAt",
+            [address, "0x" + _IMPLEMENTATION_SLOT.hex().removeprefix("0x"), _word(implementation)],
+        ),
+        ("anvil_setStorageAt", [address, "0x" + _ADMIN_SLOT.hex().removeprefix("0x"), _word(admin)]),
+    ]
+    for method, params in writes:
+        answer = w3.provider.make_request(method, params)  # type: ignore[arg-type]
+        if "error" in answer:
+            raise RuntimeError(f"{method} failed: {answer['error']}")
+    return address
+
+
+def _word(address: str) -> str:
+    return "0x" + address.lower().removeprefix("0x").rjust(64, "0")
 
 
 _BALANCE_OF_ABI = [
