@@ -1,0 +1,122 @@
+"""x402-agent pays ``batch-settlement`` (issue 14 item 1): one channel deposit, then a voucher per
+request, against the official SDK's batch-settlement server, facilitator and channel manager on
+the local world (our contracts at the canonical addresses: devnet/batch.py). Plain-key payer.
+
+A world of this module's own: the withdrawal test moves the chain's clock past the withdraw delay,
+which would expire what the session world's other tests sign. Each test pays from a fresh key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account import Account
+from web3 import Web3
+from x402.mechanisms.evm.batch_settlement.constants import BATCH_SETTLEMENT_ADDRESS
+
+from x402_agent.devnet import LocalWorld, WorldInfo, token_balance
+from x402_agent.devnet.batch import BATCH_PATH, BatchServer, batch_artifact
+from x402_agent.devnet.provision import devnet_policy, fund, provision_devnet_home
+from x402_agent.ledger import PaymentState
+from x402_agent.ledger.channels import ChannelState
+from x402_agent.operations import Agent
+from x402_agent.policy import Policy
+
+PAYER_USDC = 1_000_000
+DEPOSIT = 150_000  # the policy's max_channel_deposit: 150 requests of 0.001
+REQUESTS = 100
+
+
+@pytest.fixture(scope="module")
+def batch_world() -> Iterator[LocalWorld]:
+    local = LocalWorld()
+    local.start()
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture(scope="module")
+def world(batch_world: LocalWorld) -> WorldInfo:
+    return batch_world.info
+
+
+@pytest.fixture(scope="module")
+def server(batch_world: LocalWorld) -> BatchServer:
+    assert batch_world.batch_server is not None
+    return batch_world.batch_server
+
+
+@pytest.fixture(scope="module")
+def settlement(world: WorldInfo) -> Any:
+    w3 = Web3(Web3.HTTPProvider(world.rpc_url))
+    return w3.eth.contract(address=BATCH_SETTLEMENT_ADDRESS, abi=batch_artifact("X402BatchSettlement")["abi"])
+
+
+def channel_policy(world: WorldInfo, payer: str, **asset_changes: Any) -> Policy:
+    base = devnet_policy(world, account=payer, schemes=("exact", "batch-settlement"))
+    usdc = base.assets[0].model_copy(update={"max_channel_deposit": DEPOSIT, **asset_changes})
+    return base.model_copy(update={"assets": (usdc, *base.assets[1:])})
+
+
+def fresh_home(world: WorldInfo, root: Path, policy: Any = channel_policy) -> tuple[Path, str]:
+    account = Account.create()
+    fund(world, account.address, usdc=PAYER_USDC, eth=10**17)
+    key = "0x" + bytes(account.key).hex()
+    home = provision_devnet_home(world, root, policy(world, account.address), private_key=key)
+    return home.root, account.address
+
+
+def usdc(world: WorldInfo, holder: str) -> int:
+    return token_balance(world.rpc_url, world.usdc.address, holder)
+
+
+def test_one_hundred_requests_through_one_channel_then_the_unused_deposit_comes_back(
+    world: WorldInfo, server: BatchServer, settlement: Any, tmp_path: Path
+) -> None:
+    home, payer = fresh_home(world, tmp_path / "home")
+    route = world.route("GET", BATCH_PATH)
+    price, receiver = route.price_atomic, route.pay_to
+    before = usdc(world, payer), usdc(world, receiver)
+    agent = Agent.open(home)
+    try:
+        outcomes = [agent.fetch(route.url) for _ in range(REQUESTS)]
+        assert [o.status for o in outcomes] == [200] * REQUESTS
+        rows = [o.payment for o in outcomes]
+        assert all(r is not None and r.state is PaymentState.SETTLED for r in rows)
+        assert all(
+            r is not None and (r.scheme, r.amount, r.settled_amount) == ("batch-settlement", price, price)
+            for r in rows
+        )
+        # One deposit transaction: every row's settlement names it (the funds behind its voucher).
+        assert len({r.settlement_tx for r in rows if r is not None}) == 1
+        (channel,) = agent.payer.gate.ledger.channels.all()
+        assert (channel.deposit, channel.signed_total, channel.charged) == (
+            DEPOSIT,
+            REQUESTS * price,
+            REQUESTS * price,
+        )
+        assert channel.state is ChannelState.OPEN
+        deposits = settlement.events.Deposited().get_logs(
+            from_block=0, argument_filters={"channelId": bytes.fromhex(channel.channel_id[2:])}
+        )
+        assert len(deposits) == 1
+        assert usdc(world, payer) == before[0] - DEPOSIT
+        # The server's claim equals our last voucher.
+        total = REQUESTS * price
+        channel_id = bytes.fromhex(channel.channel_id[2:])
+        assert server.wait_for(lambda: settlement.functions.channels(channel_id).call() == [DEPOSIT, total])
+        assert server.wait_for(lambda: usdc(world, receiver) == before[1] + total), server.errors
+        # Counted: exactly the requests' prices, not the deposit.
+        usage = next(
+            a
+            for a in agent.budget()["assets"]
+            if a["asset"] == world.usdc.address and a["network"] == world.network
+        )
+        assert int(usage["counted_today"]) == total
+    finally:
+        agent.close()
