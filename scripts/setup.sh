@@ -47,6 +47,16 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 fi
 
+# The SDK's sign-in-with-x extension formats and checks its messages with signinwithethereum,
+# whose metadata pins web3<8 and eth-account<0.14 (it runs on ours: tests/test_siwx.py). So it
+# is installed without its declared dependencies (abnf is its only one we lack).
+siwx_stamp=.venv/.siwx-installed
+if [ ! -f "$siwx_stamp" ]; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+        "signinwithethereum==5.0.2" "abnf==2.9.1"
+    touch "$siwx_stamp"
+fi
+
 # langchain-mcp-adapters (a test client of our MCP server) needs mcp<2: its own environment.
 adapters_stamp=.venv-adapters/.installed
 if [ ! -f "$adapters_stamp" ] || [ tests/adapters-requirements.txt -nt "$adapters_stamp" ]; then

@@ -110,6 +110,16 @@ class Permit2Signer(Protocol):
 
 
 @runtime_checkable
+class SignInSigner(Protocol):
+    """A payer that can sign a sign-in-with-x message (EIP-4361 text) as the paying address:
+    a plain key with EIP-191, a smart account with an envelope its ERC-1271 check accepts."""
+
+    def sign_in_message(self, message: str) -> str:
+        """The signature (0x-hex) the server verifies for this payer and ``message``."""
+        ...
+
+
+@runtime_checkable
 class TransactionSender(Protocol):
     """A payer that signs its own transactions (a plain key; it pays their gas): used to
     approve Permit2 for a bounded amount before a Permit2 payment."""
@@ -250,6 +260,11 @@ class LocalKeySigner:
         if authorization.from_address.lower() != self._address.lower():
             raise ValueError("this key only signs payments from its own address")
         return self.sign_typed_data(permit2_typed_data(authorization, chain_id))
+
+    def sign_in_message(self, message: str) -> str:
+        """EIP-191 (personal_sign) of a sign-in message, as a server recovers it."""
+        data = message.encode()
+        return self._sign_digest(keccak(b"\x19Ethereum Signed Message:\n" + str(len(data)).encode() + data))
 
     def sign_transaction(self, transaction: dict[str, Any]) -> str:
         from eth_account import Account
