@@ -37,6 +37,7 @@ from eth_account.signers.local import LocalAccount
 from fastapi import FastAPI, Request, Response
 from web3 import Web3
 from x402 import AssetAmount, x402Facilitator, x402FacilitatorSync, x402ResourceServer
+from x402.extensions.bazaar import OutputConfig, declare_discovery_extension
 from x402.http.middleware.fastapi import payment_middleware
 from x402.http.types import PaymentOption, RouteConfig
 from x402.mechanisms.evm import FacilitatorWeb3Signer
@@ -64,6 +65,7 @@ from .served import ServedApp
 from .usdc import TokenInfo
 
 BATCH_PATH = "/v2/batch"
+_ANSWER = {"city": "Braga", "temperature_c": 19.0, "paid_with": SCHEME_BATCH_SETTLEMENT}
 _BUILD = PROJECT_ROOT / "contracts" / "batch" / "build"
 _FACILITATOR_ETH_WEI = 100 * 10**18
 
@@ -247,7 +249,11 @@ class BatchServer:
         )
         return {
             f"GET {BATCH_PATH}": RouteConfig(
-                accepts=[option], description=self.route.description, mime_type="application/json"
+                accepts=[option],
+                description=self.route.description,
+                mime_type="application/json",
+                # Listed in the world facilitator's Bazaar like the other paid routes.
+                extensions=declare_discovery_extension(output=OutputConfig(example=_ANSWER)),
             )
         }
 
@@ -264,7 +270,7 @@ def _create_app(server: x402ResourceServer, config: dict[str, RouteConfig]) -> F
 
     @app.get(BATCH_PATH)
     async def batch_weather() -> dict[str, object]:
-        return {"city": "Braga", "temperature_c": 19.0, "paid_with": SCHEME_BATCH_SETTLEMENT}
+        return _ANSWER
 
     return app
 

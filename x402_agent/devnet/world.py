@@ -185,7 +185,7 @@ class LocalWorld:
                 catalog.attach(facilitator)
             api.start(create_app(routes, facilitators, rpc_url=anvil.rpc_url))
             facilitator_api.start(create_facilitator_app(catalog, facilitators))
-            catalogue_routes(catalog, routes)
+            catalogue_routes(catalog, routes + ((batch.route,) if batch else ()))
 
         # node's start-up (mostly module loading) overlaps the Python server's.
         v1, _ = _in_parallel(start_v1, start_v2)
