@@ -9,16 +9,18 @@ which would expire what the session world's other tests sign. Each test pays fro
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+from chain_reads import rpc
 from eth_account import Account
 from web3 import Web3
 from x402.mechanisms.evm.batch_settlement.constants import BATCH_SETTLEMENT_ADDRESS
 
 from x402_agent.devnet import LocalWorld, WorldInfo, token_balance
-from x402_agent.devnet.batch import BATCH_PATH, BatchServer, batch_artifact
+from x402_agent.devnet.batch import BATCH_PATH, BatchServer, BatchSettings, batch_artifact, batch_server
 from x402_agent.devnet.provision import devnet_policy, fund, provision_devnet_home
 from x402_agent.ledger import PaymentState
 from x402_agent.ledger.channels import ChannelState
@@ -57,8 +59,10 @@ def settlement(world: WorldInfo) -> Any:
     return w3.eth.contract(address=BATCH_SETTLEMENT_ADDRESS, abi=batch_artifact("X402BatchSettlement")["abi"])
 
 
-def channel_policy(world: WorldInfo, payer: str, **asset_changes: Any) -> Policy:
-    base = devnet_policy(world, account=payer, schemes=("exact", "batch-settlement"))
+def channel_policy(
+    world: WorldInfo, payer: str, also_fetch: tuple[str, ...] = (), **asset_changes: Any
+) -> Policy:
+    base = devnet_policy(world, account=payer, schemes=("exact", "batch-settlement"), also_fetch=also_fetch)
     usdc = base.assets[0].model_copy(update={"max_channel_deposit": DEPOSIT, **asset_changes})
     return base.model_copy(update={"assets": (usdc, *base.assets[1:])})
 
@@ -118,5 +122,71 @@ def test_one_hundred_requests_through_one_channel_then_the_unused_deposit_comes_
             if a["asset"] == world.usdc.address and a["network"] == world.network
         )
         assert int(usage["counted_today"]) == total
+
+        # The unused deposit comes back: the server's refund, proven by the chain's transfer.
+        refunded = agent.refund_channel(channel.channel_id)
+        assert (refunded.refunded, refunded.claimed, refunded.state) == (
+            DEPOSIT - total,
+            total,
+            ChannelState.CLOSED,
+        )
+        assert settlement.functions.channels(channel_id).call() == [total, total]
+        assert usdc(world, payer) == before[0] - total
+        assert usdc(world, receiver) == before[1] + total
+        assert server.errors == []
+    finally:
+        agent.close()
+
+
+@pytest.fixture
+def own_server(world: WorldInfo) -> Iterator[BatchServer]:
+    """A batch server of this test's own, to stop (the module's keeps serving the others)."""
+
+    def fund_eth(address: str, wei: int) -> None:
+        rpc(world.rpc_url, "anvil_setBalance", address, hex(wei))
+
+    served = batch_server(world.rpc_url, world.network, world.usdc, fund_eth, BatchSettings())
+    try:
+        yield served.start()
+    finally:
+        served.stop()
+
+
+def test_the_server_disappears_and_the_watchdog_withdraws_after_the_delay(
+    world: WorldInfo, own_server: BatchServer, settlement: Any, tmp_path: Path
+) -> None:
+    route = own_server.route
+    home, payer = fresh_home(world, tmp_path / "home", partial(channel_policy, also_fetch=(route.url,)))
+    price, paid = route.price_atomic, 3
+    before = usdc(world, payer), usdc(world, own_server.receiver)
+    agent = Agent.open(home)
+    try:
+        assert [agent.fetch(route.url).status for _ in range(paid)] == [200] * paid
+        (channel,) = agent.channels()
+        channel_id = bytes.fromhex(channel.channel_id[2:])
+        assert own_server.wait_for(
+            lambda: settlement.functions.channels(channel_id).call() == [DEPOSIT, paid * price]
+        )
+        own_server.stop()  # the server goes away with the rest of the deposit
+
+        watchdog = agent.channel_watchdog(silence=0)
+        (started,) = watchdog.round()
+        assert started.state is ChannelState.WITHDRAWING
+        assert settlement.functions.pendingWithdrawals(channel_id).call()[0] == DEPOSIT - paid * price
+        (waiting,) = watchdog.round()  # the delay has not passed on chain: nothing yet
+        assert waiting.state is ChannelState.WITHDRAWING
+
+        rpc(world.rpc_url, "evm_increaseTime", channel.config["withdrawDelay"])
+        rpc(world.rpc_url, "evm_mine")
+        (closed,) = watchdog.round()
+        assert (closed.state, closed.withdrawn, closed.claimed) == (
+            ChannelState.CLOSED,
+            DEPOSIT - paid * price,
+            paid * price,
+        )
+        # Nothing lost: the payer paid exactly the vouchers the server claimed.
+        assert usdc(world, payer) == before[0] - paid * price
+        assert usdc(world, own_server.receiver) == before[1] + paid * price
+        assert settlement.functions.channels(channel_id).call() == [paid * price, paid * price]
     finally:
         agent.close()

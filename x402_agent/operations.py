@@ -19,7 +19,7 @@ from .budget import budget_view
 from .content_store import CONTENT_DIR, ContentStore
 from .deadline import DEFAULT_TIMEOUT_SECONDS, check_timeout
 from .discovery import DEFAULT_RESULTS, Discovery, DiscoveryRequest, discover_flow
-from .errors import ConfigError
+from .errors import ConfigError, InvalidRequest
 from .expiry import ExpiryWatch
 from .flow import (
     STALE_RESERVATION_SECONDS,
@@ -40,7 +40,9 @@ from .spendgate import PolicyGate
 from .verifier import Verifier
 
 if TYPE_CHECKING:
+    from .channel_watch import ChannelWatchdog
     from .client import AsyncApprover, AsyncX402Client
+    from .ledger.channels import ChannelRecord
 
 
 def _completed(answer: Awaitable[bool | None]) -> bool | None:
@@ -83,6 +85,7 @@ class Agent:
         self._async_loop: asyncio.AbstractEventLoop | None = None
         # Whose Bazaar listing ``discover`` reads when the caller names none (the home's config).
         self.facilitator_url: str | None = None
+        self._channel_watch: ChannelWatchdog | None = None
 
     def _sync_approver(self, request: ApprovalRequest) -> bool | None:
         if self.approver is None:
@@ -134,6 +137,8 @@ class Agent:
         self.close()
 
     def close(self) -> None:
+        if self._channel_watch is not None:
+            self._channel_watch.close()
         self.expiry.close()  # before the HTTP client it drives its chain reads with
         self._sync.close()
         if self.verifier is not None:  # check what this process paid before it exits
@@ -309,6 +314,39 @@ class Agent:
     def take_alerts(self) -> list[dict[str, Any]]:
         """Settlements the chain contradicted, found since the last call (each reported once)."""
         return self.verifier.take_alerts() if self.verifier is not None else []
+
+    def channels(self) -> list[ChannelRecord]:
+        """The batch-settlement channels this ledger keeps (deposit, signed, charged, returned)."""
+        return self.payer.gate.ledger.channels.all()
+
+    def refund_channel(self, channel_id: str) -> ChannelRecord:
+        """Ask the channel's server for the unused deposit back (what the chain moved counts)."""
+        from .channel_ops import refund_flow
+
+        channel = self.payer.gate.ledger.channels.get(channel_id)
+        if channel is None:
+            raise InvalidRequest(
+                f"no channel {channel_id[:80]!r} in this ledger", reason=Reason.INVALID_ARGUMENTS
+            )
+        result: ChannelRecord = self._sync.run(refund_flow(self.payer, channel))
+        return result
+
+    def channel_watchdog(
+        self, interval: float | None = None, silence: float | None = None
+    ) -> ChannelWatchdog:
+        """This agent's channel watchdog (the long-running commands ``start()`` it): rounds
+        every ``interval`` s; a server silent for ``silence`` s has its channels withdrawn."""
+        from .channel_ops import DEFAULT_SILENCE_SECONDS
+        from .channel_watch import DEFAULT_INTERVAL_SECONDS, ChannelWatchdog
+
+        if self._channel_watch is None:
+            self._channel_watch = ChannelWatchdog(
+                self.payer,
+                self._sync.run,
+                DEFAULT_INTERVAL_SECONDS if interval is None else interval,
+                DEFAULT_SILENCE_SECONDS if silence is None else silence,
+            )
+        return self._channel_watch
 
     def receipts(self, limit: int = 50, states: Sequence[PaymentState] | None = None) -> list[PaymentRecord]:
         return self.payer.gate.ledger.recent(limit, states)

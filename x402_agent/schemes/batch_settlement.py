@@ -106,7 +106,7 @@ def channel_call(rpc: str, channel_id: str) -> Generator[RpcCall, Any, tuple[int
     return int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:64], "big")
 
 
-def _voucher(signer: TypedDataSigner, channel_id: str, total: int, chain_id: int) -> Any:
+def sign_voucher(signer: TypedDataSigner, channel_id: str, total: int, chain_id: int) -> Any:
     from x402.mechanisms.evm.batch_settlement.constants import VOUCHER_TYPES
     from x402.mechanisms.evm.batch_settlement.types import VoucherFields
     from x402.mechanisms.evm.batch_settlement.utils import get_batch_settlement_eip712_domain
@@ -256,7 +256,7 @@ class BatchSettlement:
         )
         # Recorded before signing: a crash after this never lets a later voucher exceed it.
         step = channels.next_voucher(template, offer.amount, asset.max_channel_deposit or 0)
-        voucher = _voucher(signer, channel_id, step.total, offer.chain_id)
+        voucher = sign_voucher(signer, channel_id, step.total, offer.chain_id)
         payload: dict[str, Any]
         if step.deposit:
             deposit_payload = DepositPayload()
