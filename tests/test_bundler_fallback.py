@@ -9,6 +9,7 @@ loopback port nobody listens on) and the relayer key holds no ETH.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,10 +19,18 @@ from pathlib import Path
 
 import pytest
 from chain_reads import rpc, token_balance, transfer_logs
+from web3 import Web3
 
+from x402_agent.chain.account import run_owner_action
+from x402_agent.chain.bundler import BundlerClient
+from x402_agent.chain.entrypoint import ENTRY_POINT_V07, entry_point_v07_abi
+from x402_agent.chain.gas import DEFAULT_GAS_CAPS, read_caps
 from x402_agent.chain.wallet import HotWallet
+from x402_agent.device.hwi import DEFAULT_APPROVAL_PATH, HwiDevice
 from x402_agent.devnet import LocalWorld, WorldInfo
+from x402_agent.devnet.anvil import dev_account
 from x402_agent.devnet.provision import provision_smart_account_home
+from x402_agent.errors import ChainError
 from x402_agent.home import AgentHome, open_home
 from x402_agent.ledger import PaymentState
 from x402_agent.operations import Agent
@@ -125,4 +134,74 @@ def test_bundler_and_relayer_down_the_payment_is_refused_and_nothing_counted(
     with Agent.open(home) as agent:
         rows = agent.payer.gate.ledger.recent()
     assert [row.state for row in rows] == [PaymentState.RELEASED, PaymentState.RELEASED, PaymentState.SETTLED]
+    assert {who: _usdc(aa_world, who) for who in balances} == balances
+
+
+# ---- gas through the bundler's standard estimate, within the account's caps ----
+
+
+def _submitted_op(w3: Web3, transaction_hash: str) -> tuple[int, int, int]:
+    """(verificationGasLimit, callGasLimit, preVerificationGas) of the op in a handleOps tx."""
+    entry_point = w3.eth.contract(address=ENTRY_POINT_V07, abi=entry_point_v07_abi())
+    tx = w3.eth.get_transaction(transaction_hash)  # type: ignore[arg-type]
+    _fn, args = entry_point.decode_function_input(tx["input"])
+    [op] = args["ops"]
+    limits = int.from_bytes(op[4] if isinstance(op, tuple) else op["accountGasLimits"], "big")
+    pre_verification = op[5] if isinstance(op, tuple) else op["preVerificationGas"]
+    return limits >> 128, limits & (2**128 - 1), int(pre_verification)
+
+
+def test_the_top_up_takes_its_gas_limits_from_the_bundler_estimate(
+    aa_world: WorldInfo, tmp_path: Path
+) -> None:
+    home = _home(aa_world, tmp_path)
+    w3 = Web3(Web3.HTTPProvider(aa_world.rpc_url))
+    with Agent.open(home) as agent:
+        wallet = _wallet(agent)
+        fixed = wallet.gas_fields()  # ours without a bundler
+        wallet.top_up(1_000)  # funds the gas deposit: the estimate below then stays what it was
+        with BundlerClient(str(aa_world.bundler_url)) as bundler:
+            estimate = bundler.estimate(wallet.refill_operation(1_000, dummy_signature=True))
+        result = wallet.top_up(1_000)
+    assert result.via == "bundler" and result.success
+    verification, call, pre_verification = _submitted_op(w3, result.transaction_hash)
+    print(f"estimate {estimate}, sent {(verification, call, pre_verification)}, used {result.gas_used}")
+    assert verification == estimate.verification_gas_limit * 125 // 100 < fixed.verification_gas_limit
+    assert call == estimate.call_gas_limit * 125 // 100
+    assert pre_verification == estimate.pre_verification_gas
+    caps = read_caps(w3, wallet.account, True)
+    assert verification <= caps.verification_gas_limit and call <= caps.call_gas_limit
+    assert result.gas_used < verification + call + pre_verification
+
+
+def test_an_estimate_above_the_caps_is_refused_in_words_and_nothing_counted(
+    aa_world: WorldInfo, tmp_path: Path
+) -> None:
+    home = _home(aa_world, tmp_path)
+    route = aa_world.route("GET", "/v2/weather")
+    w3 = Web3(Web3.HTTPProvider(aa_world.rpc_url))
+    signer = home.config.signer
+    assert signer.kind == "smart_account"
+    device = HwiDevice.at("trezor", aa_world.device_path)
+    try:  # the owner caps the call gas below what refill's call needs
+        run_owner_action(
+            w3,
+            signer.account,
+            "setGasCaps",
+            [DEFAULT_GAS_CAPS.verification_gas_limit, 20_000, *dataclasses.astuple(DEFAULT_GAS_CAPS)[2:]],
+            lambda line: device.sign_message(line, DEFAULT_APPROVAL_PATH),
+            dev_account(0),
+        )
+    finally:
+        device.close()
+    balances = {who: _usdc(aa_world, who) for who in (signer.account, signer.vault, route.pay_to)}
+    with Agent.open(home) as agent:
+        with pytest.raises(ChainError) as refused:
+            agent.fetch(route.url)
+        assert refused.value.reason == "gas_estimate_above_cap"
+        assert "call_gas_limit" in refused.value.message and "> cap 20000" in refused.value.message
+        assert refused.value.details["call_gas_limit"]["cap"] == 20_000
+        [row] = agent.payer.gate.ledger.recent()
+        assert row.state == PaymentState.RELEASED
+        assert _wallet(agent).top_ups == []
     assert {who: _usdc(aa_world, who) for who in balances} == balances

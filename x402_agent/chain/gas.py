@@ -12,7 +12,7 @@ over the t seconds until the key is revoked (``GasBudget.stolen_key_bound``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
@@ -21,6 +21,7 @@ from web3.exceptions import Web3Exception
 from ..errors import ChainError
 from ..reasons import Reason
 from .account import account_contract, send_transaction
+from .bundler import GasEstimate
 from .entrypoint import ENTRY_POINT_V07, entry_point_v07_abi
 
 # What our refills need (alto's estimates on anvil): validation 564k with the account's
@@ -31,6 +32,7 @@ _VERIFICATION_GAS = 150_000
 _CALL_GAS = 200_000
 _PRE_VERIFICATION_GAS = 60_000
 _PRIORITY_FEE = 10**9
+_ESTIMATE_MARGIN_PERCENT = 25
 
 
 @dataclass(frozen=True)
@@ -115,10 +117,13 @@ def read_budget(w3: Web3, account: str, deployed: bool) -> GasBudget:
     return GasBudget(deposit, allowance, period, left)
 
 
-def choose_fields(caps: GasCaps, base_fee: int, *, deploying: bool = False) -> GasFields:
-    """Gas fields for a refill within ``caps`` (``deploying``: the operation deploys the account);
-    ``gas_fee_above_cap`` if the network's base fee leaves no room under the fee cap."""
-    priority = min(_PRIORITY_FEE, caps.max_priority_fee_per_gas)
+def choose_fields(
+    caps: GasCaps, base_fee: int, *, deploying: bool = False, priority_fee: int = _PRIORITY_FEE
+) -> GasFields:
+    """Gas fields for a refill within ``caps`` (``deploying``: the operation deploys the account;
+    ``priority_fee``: the chain's ``eth_maxPriorityFeePerGas``); ``gas_fee_above_cap`` if the
+    network's base fee leaves no room under the fee cap."""
+    priority = min(priority_fee, caps.max_priority_fee_per_gas)
     max_fee = min(2 * base_fee + priority, caps.max_fee_per_gas)
     if max_fee <= base_fee and base_fee > 0:
         raise ChainError(
@@ -133,6 +138,37 @@ def choose_fields(caps: GasCaps, base_fee: int, *, deploying: bool = False) -> G
         min(_PRE_VERIFICATION_GAS, caps.pre_verification_gas),
         max_fee,
         min(priority, max_fee),
+    )
+
+
+def within_caps(estimate: GasEstimate, caps: GasCaps, fields: GasFields) -> GasFields:
+    """``fields`` with the bundler's gas limits, each with a margin the cap may trim; a limit
+    the bundler estimates above its cap is ``gas_estimate_above_cap`` (nothing is signed)."""
+    limits = {
+        "verification_gas_limit": estimate.verification_gas_limit,
+        "call_gas_limit": estimate.call_gas_limit,
+        "pre_verification_gas": estimate.pre_verification_gas,
+    }
+    over = {
+        name: (value, getattr(caps, name)) for name, value in limits.items() if value > getattr(caps, name)
+    }
+    if over:
+        shown = ", ".join(f"{name} {value} > cap {cap}" for name, (value, cap) in over.items())
+        raise ChainError(
+            f"the bundler estimates the top-up above the account's gas caps: {shown}",
+            reason=Reason.GAS_ESTIMATE_ABOVE_CAP,
+            **{name: {"estimate": value, "cap": cap} for name, (value, cap) in over.items()},
+        )
+    # Bundlers estimate validation with a dummy signature, which X402Account refuses early: the
+    # session key's real path reads its expiry and the caps too (a few cold storage reads).
+    margin = 100 + _ESTIMATE_MARGIN_PERCENT
+    return replace(
+        fields,
+        verification_gas_limit=min(
+            estimate.verification_gas_limit * margin // 100, caps.verification_gas_limit
+        ),
+        call_gas_limit=min(estimate.call_gas_limit * margin // 100, caps.call_gas_limit),
+        pre_verification_gas=estimate.pre_verification_gas,  # the bundler's own price of the op
     )
 
 
@@ -178,4 +214,5 @@ __all__ = [
     "fund_deposit",
     "read_budget",
     "read_caps",
+    "within_caps",
 ]

@@ -40,6 +40,7 @@ from .gas import (
     fund_deposit,
     read_budget,
     read_caps,
+    within_caps,
 )
 from .session_signer import SessionKeySigner
 from .userop import PackedUserOperation, pack_account_gas_limits, pack_gas_fees, user_op_hash_v07
@@ -332,12 +333,22 @@ class HotWallet:
     # ---- top-up through a user operation signed by the session key ----
 
     def gas_fields(self) -> GasFields:
-        """Gas fields for a refill operation, within the account's caps at today's base fee."""
+        """Gas fields for a refill operation, within the account's caps at today's base fee and
+        the chain's suggested priority fee (``eth_maxPriorityFeePerGas``)."""
         base_fee = int(self.w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0)
         deployed = self.is_deployed()
-        return choose_fields(read_caps(self.w3, self.account, deployed), base_fee, deploying=not deployed)
+        return choose_fields(
+            read_caps(self.w3, self.account, deployed),
+            base_fee,
+            deploying=not deployed,
+            priority_fee=int(self.w3.eth.max_priority_fee),
+        )
 
-    def refill_operation(self, amount: int, gas: GasFields | None = None) -> PackedUserOperation:
+    def refill_operation(
+        self, amount: int, gas: GasFields | None = None, *, dummy_signature: bool = False
+    ) -> PackedUserOperation:
+        """The session key's signed ``refill(amount)``; ``dummy_signature``: signed by a throwaway
+        key instead, for the bundler's estimate (an op nobody can submit as a real top-up)."""
         gas = gas or self.gas_fields()
         entry_point = self.w3.eth.contract(address=ENTRY_POINT_V07, abi=entry_point_v07_abi())
         deployed = self.is_deployed()
@@ -359,11 +370,15 @@ class HotWallet:
             signature=b"",
         )
         digest = user_op_hash_v07(op, ENTRY_POINT_V07, self.w3.eth.chain_id)
-        return dataclasses.replace(op, signature=self._session.sign_user_op_hash(digest))
+        signer = SessionKeySigner(self.account, secrets.token_bytes(32)) if dummy_signature else self._session
+        return dataclasses.replace(op, signature=signer.sign_user_op_hash(digest))
 
     def top_up(self, amount: int) -> UserOpResult:
         """Pull ``amount`` from the vault into the hot account (deploying it first if needed)."""
-        gas = self._fund_gas()
+        funded = self._fund_gas(self.gas_fields())
+        gas = self._estimated(amount, funded)
+        if gas.max_cost > funded.max_cost:  # the bundler wants more than our own fields
+            self._fund_gas(gas)
         result = submit_user_op(
             self.w3, self.refill_operation(amount, gas), bundler=self._bundler, relayer_key=self.relayer
         )
@@ -371,13 +386,26 @@ class HotWallet:
         self.top_ups.append(result)
         return result
 
-    def _fund_gas(self) -> GasFields:
+    def _estimated(self, amount: int, fields: GasFields) -> GasFields:
+        """``fields`` with the bundler's gas limits (``eth_estimateUserOperationGas``) within the
+        account's caps. Without a bundler, or with one that does not answer, our own fields stay:
+        the relayer's ``handleOps`` is then estimated by the node."""
+        if self._bundler is None:
+            return fields
+        try:
+            estimate = self._bundler.estimate(self.refill_operation(amount, fields, dummy_signature=True))
+        except ChainError as exc:
+            if exc.reason != Reason.BUNDLER_UNAVAILABLE:
+                raise
+            return fields
+        return within_caps(estimate, read_caps(self.w3, self.account, self.is_deployed()), fields)
+
+    def _fund_gas(self, gas: GasFields) -> GasFields:
         """The account pays a session key's operations from its EntryPoint deposit alone: make
         the deposit cover this one first. Each refill tops the deposit up again in its execution;
         the relayer asks the account to move its ETH in only when that did not keep up. The
         operation that deploys the account pays its own prefund from the account's ETH (at most
         one period's ETH allowance: the account allows that once)."""
-        gas = self.gas_fields()
         if self.is_deployed():
             fund_deposit(self.w3, self.account, gas.max_cost, self.relayer)
             return gas
