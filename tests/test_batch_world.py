@@ -8,31 +8,45 @@ delay (15 minutes), which would expire every authorization the session world's o
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
 from eth_account import Account
 from web3 import Web3
-from web3.exceptions import ContractLogicError
+from web3.exceptions import ContractCustomError, ContractLogicError
 from x402 import x402Client
 from x402.http import decode_payment_required_header, decode_payment_response_header
 from x402.http.clients.httpx import x402HttpxClient
 from x402.mechanisms.evm import EthAccountSigner
+from x402.mechanisms.evm.batch_settlement.authorizer_signer import (
+    LocalAuthorizerSigner,
+    sign_claim_batch,
+    sign_refund,
+)
 from x402.mechanisms.evm.batch_settlement.client import (
     BatchSettlementEvmScheme,
     BatchSettlementEvmSchemeOptions,
     compute_channel_id,
+    sign_voucher,
 )
-from x402.mechanisms.evm.batch_settlement.constants import BATCH_SETTLEMENT_ADDRESS
+from x402.mechanisms.evm.batch_settlement.constants import (
+    BATCH_SETTLEMENT_ADDRESS,
+    ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
+)
+from x402.mechanisms.evm.batch_settlement.facilitator.claim import build_voucher_claim_args
 from x402.mechanisms.evm.batch_settlement.facilitator.utils import to_contract_channel_config
-from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
+from x402.mechanisms.evm.batch_settlement.types import ChannelConfig, VoucherClaim
 from x402.schemas import PaymentRequired
 
 from x402_agent.chain.account import send_transaction
 from x402_agent.devnet import LocalWorld, RouteInfo, WorldInfo, token_balance
 from x402_agent.devnet.batch import BATCH_PATH, BatchServer, batch_artifact
+from x402_agent.paths import PROJECT_ROOT
 
 REQUESTS = 12
 
@@ -89,6 +103,17 @@ def pay_many(client: x402Client, url: str, count: int) -> list[httpx.Response]:
         return responses
 
     return asyncio.run(run())
+
+
+def _load_build_script() -> ModuleType:
+    """contracts/build.py, loaded by path (the name ``build`` alone may be PyPA's package)."""
+    spec = importlib.util.spec_from_file_location(
+        "x402_contracts_build", PROJECT_ROOT / "contracts" / "build.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def channel_config(route: RouteInfo, scheme: BatchSettlementEvmScheme) -> ChannelConfig:
@@ -155,6 +180,141 @@ def test_sdk_client_pays_many_requests_through_one_channel_then_refund(
     assert server.errors == []
 
 
+# ------------------------------------------------------------------ the contract's own rules
+
+
+def reverts_with(settlement: Any, error: str, function: str, *args: Any, sender: str) -> None:
+    """``function(*args)`` from ``sender`` (an eth_call) reverts with our custom ``error``."""
+    selector = Web3.keccak(text=f"{error}()")[:4].hex()
+    with pytest.raises(ContractCustomError) as raised:
+        getattr(settlement.functions, function)(*args).call({"from": sender})
+    assert str(raised.value.data).removeprefix("0x").startswith(selector.removeprefix("0x")), raised.value
+
+
+def test_contracts_are_the_reproducible_build_of_our_sources(tmp_path: Path, settlement: Any) -> None:
+    builder = _load_build_script()
+    for path in builder.build(tmp_path, builder.BATCH_SRC_DIR):
+        assert path.read_text() == (builder.BATCH_OUT / path.name).read_text(), path.name
+    w3 = settlement.w3
+    for name, address in (
+        ("X402BatchSettlement", BATCH_SETTLEMENT_ADDRESS),
+        ("ERC3009DepositCollector", ERC3009_DEPOSIT_COLLECTOR_ADDRESS),
+    ):
+        assert "0x" + bytes(w3.eth.get_code(address)).hex() == batch_artifact(name)["deployedBytecode"]
+
+
+def test_the_contract_refuses_what_the_scheme_forbids(
+    world: WorldInfo, server: BatchServer, settlement: Any
+) -> None:
+    """Claims above the voucher or the balance, vouchers or batches signed by the wrong key,
+    strangers on the receiver's or the payer's side, stale refund nonces, and direct calls to the
+    collector are all refused on chain; a repeated or older claim changes nothing."""
+    assert world.batch is not None
+    route = world.route("GET", BATCH_PATH)
+    price, deposit, token = route.price_atomic, world.batch.min_deposit, world.usdc.address
+    client, scheme = sdk_batch_client(world, "0x" + "03" * 32)
+    config = channel_config(route, scheme)
+    channel_id = compute_channel_id(config, world.network)
+    raw_id = bytes.fromhex(channel_id[2:])
+    onchain_config = to_contract_channel_config(config)
+    assert [r.status_code for r in pay_many(client, route.url, 2)] == [200, 200]
+    assert server.wait_for(lambda: settlement.functions.channels(raw_id).call() == [deposit, 2 * price])
+
+    payer = EthAccountSigner(Account.from_key(world.payer_private_key))
+    stranger = Account.create()
+    authorizer = LocalAuthorizerSigner(server.authorizer)
+
+    def row(ceiling: int, claimed: int, signer: Any = payer) -> VoucherClaim:
+        voucher = sign_voucher(signer, channel_id, ceiling, world.network)
+        return VoucherClaim(config, voucher.max_claimable_amount, voucher.signature, str(claimed))
+
+    def claim_args(*rows: VoucherClaim, by: Any = authorizer) -> tuple[Any, bytes]:
+        signature = sign_claim_batch(by, list(rows), world.network)
+        return build_voucher_claim_args(list(rows)), bytes.fromhex(signature.removeprefix("0x"))
+
+    anyone = stranger.address
+    reverts_with(
+        settlement, "ClaimAboveVoucher", "claimWithSignature", *claim_args(row(5_000, 6_000)), sender=anyone
+    )
+    reverts_with(
+        settlement,
+        "ClaimAboveBalance",
+        "claimWithSignature",
+        *claim_args(row(deposit + 1, deposit + 1)),
+        sender=anyone,
+    )
+    stranger_voucher = row(5_000, 5_000, EthAccountSigner(stranger))
+    reverts_with(
+        settlement,
+        "InvalidVoucherSignature",
+        "claimWithSignature",
+        *claim_args(stranger_voucher),
+        sender=anyone,
+    )
+    stranger_batch = claim_args(row(5_000, 5_000), by=LocalAuthorizerSigner(stranger))
+    reverts_with(
+        settlement, "InvalidAuthorizerSignature", "claimWithSignature", *stranger_batch, sender=anyone
+    )
+    reverts_with(
+        settlement, "NotReceiverSide", "claim", build_voucher_claim_args([row(5_000, 5_000)]), sender=anyone
+    )
+    reverts_with(settlement, "NotReceiverSide", "refund", onchain_config, 1, sender=anyone)
+    nonce = settlement.functions.refundNonce(raw_id).call()
+    refund_sig = bytes.fromhex(
+        sign_refund(authorizer, channel_id, 1, nonce + 1, world.network).removeprefix("0x")
+    )
+    reverts_with(
+        settlement,
+        "WrongRefundNonce",
+        "refundWithSignature",
+        onchain_config,
+        1,
+        nonce + 1,
+        refund_sig,
+        sender=anyone,
+    )
+    forged = bytes.fromhex(
+        sign_refund(LocalAuthorizerSigner(stranger), channel_id, 1, nonce, world.network)[2:]
+    )
+    reverts_with(
+        settlement,
+        "InvalidAuthorizerSignature",
+        "refundWithSignature",
+        onchain_config,
+        1,
+        nonce,
+        forged,
+        sender=anyone,
+    )
+    reverts_with(settlement, "NotPayerSide", "initiateWithdraw", onchain_config, 1, sender=anyone)
+    unclaimed = deposit - 2 * price
+    reverts_with(
+        settlement,
+        "WithdrawAboveAvailable",
+        "initiateWithdraw",
+        onchain_config,
+        unclaimed + 1,
+        sender=config.payer,
+    )
+    reverts_with(settlement, "NoPendingWithdrawal", "finalizeWithdraw", onchain_config, sender=config.payer)
+    collector = settlement.w3.eth.contract(
+        address=ERC3009_DEPOSIT_COLLECTOR_ADDRESS, abi=batch_artifact("ERC3009DepositCollector")["abi"]
+    )
+    reverts_with(
+        collector, "OnlyBatchSettlement", "collect", config.payer, token, 1, raw_id, b"", sender=anyone
+    )
+
+    # Cumulative: re-claiming the same total or an older voucher moves nothing (eth_call: the
+    # claim goes through and the receiver's claimed total stays what the SDK's server claimed).
+    before = settlement.functions.receivers(world.batch.receiver, token).call()
+    settlement.functions.claimWithSignature(*claim_args(row(2 * price, 2 * price), row(price, price))).call(
+        {"from": anyone}
+    )
+    assert settlement.functions.receivers(world.batch.receiver, token).call() == before
+
+
+# Last in the module: it moves the chain clock past the withdraw delay (deposits signed for
+# wall-clock windows no longer fit after it).
 def test_payer_withdraws_after_the_delay_what_the_server_did_not_claim(
     world: WorldInfo, server: BatchServer, settlement: Any
 ) -> None:

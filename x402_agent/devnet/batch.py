@@ -157,6 +157,12 @@ class BatchServer:
         )
 
     @property
+    def authorizer(self) -> LocalAccount:
+        """The receiver-authorizer key (fresh, devnet only), for tests that act as the receiver's
+        side on chain (signing claim batches or refunds) beside the SDK's server."""
+        return self._authorizer
+
+    @property
     def manager(self) -> BatchSettlementChannelManagerSync:
         """The SDK's channel manager (tests may also claim, settle or refund on demand)."""
         if self._manager is None:
