@@ -23,7 +23,7 @@ from eth_account import Account
 from web3 import Web3
 
 from x402_agent.chain.account import send_transaction
-from x402_agent.chain.entrypoint import ENTRY_POINT_V07
+from x402_agent.chain.entrypoint import CREATE2_DEPLOYER, ENTRY_POINT_V07
 from x402_agent.chain.factory import factory_address
 from x402_agent.chain.factory_deploy import require_factory
 from x402_agent.device.simulator import DeviceSimulator
@@ -81,7 +81,7 @@ def nonce_of(chain: BaseShapedInfo, address: str) -> int:
 def test_the_chain_holds_what_base_sepolia_holds_and_nothing_of_ours(base_sepolia: BaseShapedInfo) -> None:
     w3 = Web3(Web3.HTTPProvider(base_sepolia.rpc_url))
     assert w3.eth.chain_id == 84532
-    for address in (ENTRY_POINT_V07, MULTICALL3, "0x4e59b44847b379578588920cA78FbF26c0B4956C"):
+    for address in (ENTRY_POINT_V07, MULTICALL3, CREATE2_DEPLOYER):
         assert w3.eth.get_code(address) != b""
     assert base_sepolia.usdc.address == "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
     assert w3.eth.get_code(factory_address()) == b""
@@ -268,3 +268,27 @@ def test_deploy_factory_gives_the_same_address_on_another_chain_and_refuses_fore
         with pytest.raises(FactoryError) as not_ours:
             require_factory(w3)  # what `wallet create` checks first
         assert not_ours.value.reason == "factory_bytecode_mismatch"
+
+
+def test_deploy_factory_refuses_a_chain_without_the_proxy_and_a_key_without_eth(tmp_path: Path) -> None:
+    """Both refusals come before anything is sent, each with its reason and next step."""
+    nowhere = tmp_path / "no-home"
+    with BaseShapedWorld(services=False) as chain:
+        w3 = Web3(Web3.HTTPProvider(chain.rpc_url))
+        penniless = Account.create()
+        empty = tmp_path / "empty.keystore.json"
+        write_keystore(empty, "0x" + bytes(penniless.key).hex(), PASSWORD, iterations=2**14)
+        poor = cli(nowhere, "wallet", "deploy-factory", "--rpc-url", chain.rpc_url, "--keystore", str(empty))
+        assert poor.returncode == 1 and "[deployer_unfunded]" in poor.stderr
+        assert penniless.address in poor.stderr and "next step:" in poor.stderr
+        assert w3.eth.get_code(factory_address()) == b""
+
+        # A chain without the deterministic deployment proxy (anvil ships it: take it away).
+        w3.provider.make_request("anvil_setCode", [CREATE2_DEPLOYER, "0x"])  # type: ignore[arg-type]
+        keystore = user_keystore(chain, tmp_path)
+        bare = cli(
+            nowhere, "wallet", "deploy-factory", "--rpc-url", chain.rpc_url, "--keystore", str(keystore)
+        )
+        assert bare.returncode == 1 and "[create2_deployer_missing]" in bare.stderr
+        assert CREATE2_DEPLOYER in bare.stderr
+        assert nonce_of(chain, chain.user_address) == 0  # nothing sent

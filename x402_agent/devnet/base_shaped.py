@@ -72,6 +72,7 @@ class BaseShapedInfo:
     user_address: str
     user_private_key: str = field(repr=False)  # the new user's funded wallet: never log it
     bundler_url: str | None = None
+    bundler_executor: str | None = None  # the address alto sends its bundles from
     api_url: str | None = None
     route: RouteInfo | None = None  # the route sold, when the API runs
     facilitator_address: str | None = None
@@ -137,25 +138,26 @@ class BaseShapedWorld:
         )
         if not self._services:
             return info
-        bundler_url = _start_bundler(stack, anvil)
+        bundler_url, executor = _start_bundler(stack, anvil)
         api_url, route = _start_paid_api(stack, anvil.rpc_url, self.shape.network, usdc)
         return replace(
             info,
             bundler_url=bundler_url,
+            bundler_executor=executor,
             api_url=api_url,
             route=route,
             facilitator_address=dev_account(_FACILITATOR).address,
         )
 
 
-def _start_bundler(stack: ExitStack, anvil: Anvil) -> str:
+def _start_bundler(stack: ExitStack, anvil: Anvil) -> tuple[str, str]:
     """alto as a provider runs it: its own process and keys, its executor and utility funded."""
     executor, utility = Account.create(), Account.create()
     for key in (executor, utility):
         anvil.set_balance(key.address, BUNDLER_ETH_WEI)
     bundler = AltoBundler(anvil.rpc_url, executor_key=bytes(executor.key), utility_key=bytes(utility.key))
     stack.callback(bundler.stop)
-    return bundler.start().url
+    return bundler.start().url, executor.address
 
 
 def _start_paid_api(stack: ExitStack, rpc_url: str, network: str, usdc: TokenInfo) -> tuple[str, RouteInfo]:
