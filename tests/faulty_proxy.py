@@ -6,8 +6,10 @@ Modes: ``forward`` (honest), ``fail_after_settle`` (lets the payment settle, the
 (keeps the payment, never settles it, and answers 200 with a settlement header naming
 ``claimed_tx``, a transaction that did not move this payment), ``rewrite_identifier`` (forwards
 the payment with its payment-identifier id replaced by ``identifier``: the extension is not
-signed, so a middlebox can make two payments carry one id). ``seen`` keeps every payment header
-that arrived, in every mode.
+signed, so a middlebox can make two payments carry one id), ``overclaim`` (forwards, then raises
+the batch-settlement channel total in the settle response by ``overclaim_by``: no SDK server
+claims above the vouchers it holds, so a middlebox plays that server). ``seen`` keeps every
+payment header that arrived, in every mode.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class FaultyProxy:
         self.claimed_tx = ""
         self.seen: list[str] = []
         self.identifier = ""
+        self.overclaim_by = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -70,6 +73,8 @@ class FaultyProxy:
             while (await receive())["type"] != "http.disconnect":
                 pass  # answer nothing; the client is killed meanwhile
             return
+        if payment and self.mode == "overclaim":
+            out_headers["payment-response"] = self.raised_total(out_headers["payment-response"])
         if payment and self.mode == "fail_after_settle":
             assert "payment-response" in out_headers, "upstream did not settle"
             status, out_headers, content = 500, {}, b"internal error after settlement"
@@ -90,6 +95,12 @@ class FaultyProxy:
         paid = json.loads(base64.b64decode(payment_header))
         paid["extensions"]["payment-identifier"]["info"]["id"] = self.identifier
         return base64.b64encode(json.dumps(paid).encode()).decode()
+
+    def raised_total(self, settle_header: str) -> str:
+        settled = json.loads(base64.b64decode(settle_header))
+        state = settled["extra"]["channelState"]
+        state["chargedCumulativeAmount"] = str(int(state["chargedCumulativeAmount"]) + self.overclaim_by)
+        return base64.b64encode(json.dumps(settled).encode()).decode()
 
     def false_claim(self, payment_header: str) -> str:
         """A v2 settle response that matches the signed payment in every field but names

@@ -8,6 +8,7 @@ which would expire what the session world's other tests sign. Each test pays fro
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -16,16 +17,20 @@ from typing import Any
 import pytest
 from chain_reads import rpc
 from eth_account import Account
+from faulty_proxy import FaultyProxy
 from web3 import Web3
 from x402.mechanisms.evm.batch_settlement.constants import BATCH_SETTLEMENT_ADDRESS
 
 from x402_agent.devnet import LocalWorld, WorldInfo, token_balance
 from x402_agent.devnet.batch import BATCH_PATH, BatchServer, BatchSettings, batch_artifact, batch_server
 from x402_agent.devnet.provision import devnet_policy, fund, provision_devnet_home
-from x402_agent.ledger import PaymentState
+from x402_agent.devnet.served import ServedApp
+from x402_agent.errors import PaymentRejected, PolicyDenied, SettlementMismatch
+from x402_agent.ledger import PaymentState, SQLiteLedger
 from x402_agent.ledger.channels import ChannelState
 from x402_agent.operations import Agent
 from x402_agent.policy import Policy
+from x402_agent.reasons import Reason
 
 PAYER_USDC = 1_000_000
 DEPOSIT = 150_000  # the policy's max_channel_deposit: 150 requests of 0.001
@@ -188,5 +193,78 @@ def test_the_server_disappears_and_the_watchdog_withdraws_after_the_delay(
         assert usdc(world, payer) == before[0] - paid * price
         assert usdc(world, own_server.receiver) == before[1] + paid * price
         assert settlement.functions.channels(channel_id).call() == [paid * price, paid * price]
+    finally:
+        agent.close()
+
+
+def test_a_lower_corrective_402_is_followed(world: WorldInfo, server: BatchServer, tmp_path: Path) -> None:
+    """Our ledger ahead of the server by two requests (as if their answers had confirmed more
+    than the server kept): the server's corrective 402 states its lower total, with the last
+    voucher of ours it holds; the agent follows it, and the retried request pays from there."""
+    home, _ = fresh_home(world, tmp_path / "home")
+    route = world.route("GET", BATCH_PATH)
+    price = route.price_atomic
+    agent = Agent.open(home)
+    try:
+        assert [agent.fetch(route.url).status for _ in range(3)] == [200] * 3
+        (channel,) = agent.channels()
+        ledger = agent.payer.gate.ledger
+        assert isinstance(ledger, SQLiteLedger)
+        with sqlite3.connect(ledger.path) as db:
+            db.execute("UPDATE channels SET signed_total = ?, charged = ?", (5 * price, 5 * price))
+
+        with pytest.raises(PaymentRejected) as refused:
+            agent.fetch(route.url)  # a voucher for 6 x price; the server holds 3
+        assert refused.value.reason == Reason.CHANNEL_RESYNCED
+        resynced = ledger.channels.get(channel.channel_id)
+        assert resynced is not None and (resynced.charged, resynced.signed_total) == (3 * price, 6 * price)
+
+        again = agent.fetch(route.url)  # 4 x price: what the server expects
+        assert again.status == 200 and again.payment is not None
+        assert again.payment.nonce is not None and again.payment.nonce.split(":")[1] == str(4 * price)
+        after = ledger.channels.get(channel.channel_id)
+        assert after is not None and after.charged == 4 * price
+    finally:
+        agent.close()
+
+
+@pytest.fixture
+def overclaiming(world: WorldInfo) -> Iterator[tuple[FaultyProxy, str]]:
+    faulty = FaultyProxy(world.route("GET", BATCH_PATH).url.removesuffix(BATCH_PATH))
+    with ServedApp(faulty, "overclaim-proxy") as served:
+        yield faulty, served.url + BATCH_PATH
+
+
+def test_a_claim_above_our_vouchers_is_refused_and_reported(
+    world: WorldInfo, overclaiming: tuple[FaultyProxy, str], settlement: Any, tmp_path: Path
+) -> None:
+    proxy, url = overclaiming
+    home, _ = fresh_home(world, tmp_path / "home", partial(channel_policy, also_fetch=(url,)))
+    price = world.route("GET", BATCH_PATH).price_atomic
+    agent = Agent.open(home)
+    try:
+        assert [agent.fetch(url).status for _ in range(2)] == [200] * 2
+        proxy.mode, proxy.overclaim_by = "overclaim", 10 * price
+        with pytest.raises(SettlementMismatch) as refused:
+            agent.fetch(url)
+        assert refused.value.reason == Reason.CHANNEL_CLAIM_ABOVE_VOUCHERS
+        assert refused.value.details["claimed"] == str(13 * price)
+        (channel,) = agent.channels()
+        assert channel.state is ChannelState.DISPUTED and channel.signed_total == 3 * price
+        # The row stays counted (unknown) and nothing more is signed for this channel.
+        unknown = agent.receipts(states=[PaymentState.UNKNOWN])
+        assert [r.amount for r in unknown] == [price]
+        signed_before = len(proxy.seen)
+        with pytest.raises(PolicyDenied) as stopped:
+            agent.fetch(url)
+        assert stopped.value.reason == Reason.CHANNEL_CLAIM_ABOVE_VOUCHERS
+        assert len(proxy.seen) == signed_before
+        # The watchdog withdraws it and reports it.
+        watchdog = agent.channel_watchdog(silence=0)
+        (withdrawing,) = watchdog.round()
+        assert withdrawing.state is ChannelState.WITHDRAWING
+        assert [a["channel_id"] for a in watchdog.alerts] == [channel.channel_id]
+        channel_id = bytes.fromhex(channel.channel_id[2:])
+        assert settlement.functions.pendingWithdrawals(channel_id).call()[0] > 0
     finally:
         agent.close()

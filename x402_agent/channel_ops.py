@@ -211,9 +211,9 @@ def watch_flow(
     ledger = payer.gate.ledger
     rpc = _rpc(payer, channel)
     chain_id = int(channel.network.split(":")[1])
-    if channel.state is ChannelState.OPEN:
+    if channel.state in (ChannelState.OPEN, ChannelState.DISPUTED):
         balance, claimed = yield from check_claims(payer, channel)
-        over = claimed > channel.signed_total
+        over = claimed > channel.signed_total or channel.state is ChannelState.DISPUTED
         if balance <= claimed and not over:
             return ledger.channels.mark(channel.channel_id, state=ChannelState.CLOSED)
         recent = channel.last_answer_at is not None and now - channel.last_answer_at < silence

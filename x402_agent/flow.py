@@ -708,6 +708,10 @@ def _deliver(
         ledger.mark_unknown(
             record.id, evidence=evidence, response_status=response.status_code, delivered=False
         )
+        # A 402 may correct the scheme's own state (a channel's total): then paying again works.
+        corrected = response.status_code == 402 and (
+            yield from scheme.corrective(response.headers, authorized, payer.rpc_urls.get(record.network))
+        )
         state = yield from reconcile(payer, ledger.get(record.id) or record)
         if settled_by_server or state == PaymentState.SETTLED:
             raise PaidNotDelivered(
@@ -717,7 +721,10 @@ def _deliver(
                 status=response.status_code,
                 state=str(state),
             )
-        raise _not_settled(record, response.status_code, state, refused, identifier)
+        refusal = _not_settled(record, response.status_code, state, refused, identifier)
+        if corrected:
+            refusal.reason = Reason.CHANNEL_RESYNCED
+        raise refusal
 
     tx: str | None = None
     settled: int | None = None

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 class ChannelState(StrEnum):
     OPENING = "opening"  # deposit signed and sent, not yet confirmed by the server
     OPEN = "open"
+    DISPUTED = "disputed"  # the server claimed above our vouchers: nothing more is signed
     WITHDRAWING = "withdrawing"  # initiateWithdraw sent; finalize after the delay
     CLOSED = "closed"  # refunded or withdrawn: nothing left in it for us
 
@@ -137,9 +138,10 @@ class ChannelTable:
                 )
                 return Voucher(self._select(cur, "WHERE channel_id = ?", (key,))[0], price, deposit)
             if current.state is not ChannelState.OPEN and current.state is not ChannelState.OPENING:
+                disputed = current.state is ChannelState.DISPUTED
                 raise PolicyDenied(
                     f"channel {key} is {current.state}: no voucher is signed for it",
-                    reason=Reason.CHANNEL_EXHAUSTED,
+                    reason=Reason.CHANNEL_CLAIM_ABOVE_VOUCHERS if disputed else Reason.CHANNEL_EXHAUSTED,
                     channel_id=key,
                 )
             total = current.charged + price

@@ -112,6 +112,13 @@ class Scheme(Protocol):
         """The amount settled if the chain shows the row's authorization used, else None."""
         ...
 
+    def corrective(
+        self, headers: Mapping[str, str], authorized: Authorized, rpc: str | None
+    ) -> Generator[RpcCall, Any, bool]:
+        """The server answered a sent payment with 402: True when that answer corrected the
+        scheme's own state (a channel's running total) so that paying again can succeed."""
+        ...
+
     def restore(self, record: PaymentRecord) -> Authorized:
         """The authorization a sent row carries, to resend or check it."""
         ...

@@ -57,6 +57,7 @@ class ChannelPayment:
     """What one request signed: its voucher, and the deposit when it opened the channel."""
 
     channel_id: str
+    chain_id: int
     total: int  # the voucher's running total (maxClaimableAmount)
     price: int
     deposit: int
@@ -183,6 +184,30 @@ def _int(value: object) -> int | None:
     return int(value) if isinstance(value, str) and value.isdigit() else None
 
 
+def _our_voucher(vouchers: object, paid: ChannelPayment, payer: str, stated: int) -> bool:
+    """The server holds a voucher we signed for at least ``stated`` (so it may claim that)."""
+    from eth_account import Account
+    from eth_account.messages import encode_typed_data
+    from x402.mechanisms.evm.batch_settlement.constants import VOUCHER_TYPES
+    from x402.mechanisms.evm.batch_settlement.utils import get_batch_settlement_eip712_domain
+
+    if not isinstance(vouchers, dict):
+        return False
+    signed, signature = _int(vouchers.get("signedMaxClaimable")), vouchers.get("signature")
+    if signed is None or signed < stated or not isinstance(signature, str):
+        return False
+    message = encode_typed_data(
+        get_batch_settlement_eip712_domain(paid.chain_id),
+        VOUCHER_TYPES,
+        {"channelId": paid.channel_id, "maxClaimableAmount": signed},
+    )
+    try:
+        recovered = Account.recover_message(message, signature=bytes.fromhex(signature.removeprefix("0x")))
+    except ValueError:
+        return False
+    return str(recovered).lower() == payer.lower()
+
+
 class BatchSettlement:
     scheme = "batch-settlement"
     family = "eip155"
@@ -275,7 +300,9 @@ class BatchSettlement:
             0,
             now + window,
             offer.amount,
-            ChannelPayment(channel_id, step.total, offer.amount, step.deposit, payload, channels),
+            ChannelPayment(
+                channel_id, offer.chain_id, step.total, offer.amount, step.deposit, payload, channels
+            ),
         )
 
     def payload(self, authorized: Authorized) -> dict[str, Any]:
@@ -307,6 +334,10 @@ class BatchSettlement:
         charged = _int(extra.get("chargedAmount"))
         cumulative = _int(state.get("chargedCumulativeAmount")) if isinstance(state, dict) else None
         if cumulative is not None and cumulative > paid.total:
+            if paid.channels is not None:
+                from ..ledger.channels import ChannelState
+
+                paid.channels.mark(paid.channel_id, state=ChannelState.DISPUTED)
             raise SettlementMismatch(
                 f"the server's channel total {cumulative} is above our voucher's {paid.total}",
                 reason=Reason.CHANNEL_CLAIM_ABOVE_VOUCHERS,
@@ -353,6 +384,59 @@ class BatchSettlement:
         _, claimed = yield from channel_call(rpc, channel_id)
         return record.amount if claimed >= total else None
 
+    def corrective(
+        self, headers: Mapping[str, str], authorized: Authorized, rpc: str | None
+    ) -> Generator[RpcCall, Any, bool]:
+        """The SDK server's corrective 402 states its running total for the channel (and the
+        last voucher it holds). Followed when lower than ours, or proven: on chain (claimed at
+        least that much) or by a voucher of ours for at least it, within what we signed. A
+        total above every voucher we signed is refused and reported, and the channel disputed."""
+        from x402.http import PAYMENT_REQUIRED_HEADER, decode_payment_required_header
+        from x402.mechanisms.evm.batch_settlement.errors import (
+            ERR_CUMULATIVE_AMOUNT_BELOW_CLAIMED,
+            ERR_CUMULATIVE_AMOUNT_MISMATCH,
+        )
+        from x402.schemas import PaymentRequired
+
+        from ..ledger.channels import ChannelState
+
+        paid = _channel(authorized)
+        header = headers.get(PAYMENT_REQUIRED_HEADER) or headers.get(PAYMENT_REQUIRED_HEADER.lower())
+        if paid.channels is None or not header:
+            return False
+        try:
+            required = decode_payment_required_header(header)
+        except ValueError:
+            return False
+        if not isinstance(required, PaymentRequired) or required.error not in (
+            ERR_CUMULATIVE_AMOUNT_MISMATCH,
+            ERR_CUMULATIVE_AMOUNT_BELOW_CLAIMED,
+        ):
+            return False
+        extra = next((a.extra or {} for a in required.accepts if a.scheme == self.scheme), {})
+        state, vouchers = extra.get("channelState"), extra.get("voucherState")
+        stated = _int(state.get("chargedCumulativeAmount")) if isinstance(state, dict) else None
+        channel = paid.channels.get(paid.channel_id)
+        if stated is None or channel is None:
+            return False
+        if stated > channel.signed_total:
+            paid.channels.mark(paid.channel_id, state=ChannelState.DISPUTED)
+            raise SettlementMismatch(
+                f"the server states a channel total of {stated}, above every voucher we signed "
+                f"({channel.signed_total})",
+                reason=Reason.CHANNEL_CLAIM_ABOVE_VOUCHERS,
+                channel_id=paid.channel_id,
+                claimed=str(stated),
+                signed=str(channel.signed_total),
+            )
+        proven = stated <= channel.charged or _our_voucher(vouchers, paid, authorized.payer, stated)
+        if not proven and rpc is not None:
+            _, claimed = yield from channel_call(rpc, paid.channel_id)
+            proven = claimed >= stated
+        if proven:
+            paid.channels.resync(paid.channel_id, stated)
+        return proven
+
     def restore(self, record: PaymentRecord) -> Authorized:
         """What a sent row carries (the payload is in its recorded header, resent as is)."""
         from x402.http import decode_payment_signature_header
@@ -367,5 +451,7 @@ class BatchSettlement:
             record.valid_after or 0,
             record.valid_before or 0,
             record.amount,
-            ChannelPayment(channel_id, total, record.amount, deposit, payload, None),
+            ChannelPayment(
+                channel_id, int(record.network.split(":")[1]), total, record.amount, deposit, payload, None
+            ),
         )

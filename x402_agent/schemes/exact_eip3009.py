@@ -164,6 +164,12 @@ class ExactEip3009:
         result = yield RpcCall(rpc, "eth_call", ({"to": record.asset, "data": data}, "latest"))
         return record.amount if int(result, 16) != 0 else None
 
+    def corrective(
+        self, headers: Mapping[str, str], authorized: Authorized, rpc: str | None
+    ) -> Generator[RpcCall, Any, bool]:
+        return False  # nothing kept between payments to correct
+        yield
+
     def restore(self, record: PaymentRecord) -> Authorized:
         """What a sent row's columns say was signed (checked against the offer before it was
         sent); the signature itself travels in the recorded header, which is resent as is."""

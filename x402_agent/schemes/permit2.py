@@ -311,6 +311,12 @@ class Permit2Scheme:
         used = yield from nonce_used(rpc, record.payer, int(record.nonce, 16))
         return record.amount if used else None
 
+    def corrective(
+        self, headers: Mapping[str, str], authorized: Authorized, rpc: str | None
+    ) -> Generator[RpcCall, Any, bool]:
+        return False  # nothing kept between payments to correct
+        yield
+
     def restore(self, record: PaymentRecord) -> Authorized:
         """What a sent row says was signed (the signature travels in its recorded header)."""
         assert record.payer is not None and record.nonce is not None
