@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -29,6 +32,7 @@ from eth_account import Account
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from x402_agent.agent_tools import AgentTools
 from x402_agent.devnet.info import WorldInfo
 from x402_agent.devnet.paid_api import (
     SIWX_STATEMENT,
@@ -49,6 +53,7 @@ from x402_agent.policy import Policy, ReAccess
 from x402_agent.reaccess import SIGN_IN_WITH_X, SignInRefused, resource_of, sign_in_info
 
 ROUTE = "/v2/siwx"
+CLI = [sys.executable, "-m", "x402_agent.cli"]
 ANSWER = {"city": "Braga", "temperature_c": 16.0, "paid_with": "a payment or a sign-in"}
 
 
@@ -115,6 +120,43 @@ def test_paid_once_then_fetched_again_by_sign_in_with_no_new_payment(world: Worl
     assert {s.to_receipt()["kind"] for s in sign_ins} == {"sign-in"}
     used = ledger.entitlements.get(entitlement.id)
     assert used is not None and used.uses == 3
+
+
+def test_receipts_budget_and_the_tools_show_sign_ins_and_entitlements(
+    world: WorldInfo, tmp_path: Path
+) -> None:
+    home = provision_devnet_home(world, tmp_path / "home", devnet_policy(world)).root
+    url = world.api_url + ROUTE
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "X402_AGENT_HOME": str(home)}
+        done = subprocess.run(CLI + list(args), env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    assert "paid 0.001 USDC" in cli("fetch", url).stderr
+    again = json.loads(cli("fetch", "--json", url).stdout)
+    assert again["receipt"] is None and again["sign_in"]["kind"] == "sign-in"
+    assert json.loads(again["text"]) == ANSWER
+
+    (sign_in,) = json.loads(cli("receipts", "--sign-ins", "--format", "json").stdout)
+    assert (sign_in["kind"], sign_in["amount"], sign_in["url"]) == ("sign-in", "0", url)
+    (payment,) = json.loads(cli("receipts", "--format", "json").stdout)  # payments: still one
+    table = cli("receipts").stdout
+    assert "sign-in" in table and payment["id"] not in table
+    budget = json.loads(cli("budget", "--json").stdout)
+    (entitlement,) = budget["entitlements"]
+    assert (entitlement["url"], entitlement["paid_by"], entitlement["sign_ins"]) == (url, payment["id"], 1)
+    assert "paid access, signed in 1x" in cli("budget").stdout
+
+    tools = AgentTools.open(home)
+    try:
+        fetched = tools.fetch(url)
+        assert fetched.signed_in and not fetched.paid and json.loads(fetched.body) == ANSWER
+        (listed,) = tools.budget().entitlements
+        assert listed.sign_ins == 2 and listed.paid_by == payment["id"]
+    finally:
+        tools.close()
 
 
 def test_after_the_policy_bound_the_agent_pays_again(world: WorldInfo, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .ledger import Ledger
+from .ledger.entitlements import Entitlement
 from .money import format_units
 from .policy import DEFAULT_SESSION, Policy
 
@@ -59,7 +60,21 @@ def budget_view(
     }
     if session is not None:
         view["session"] = _session_view(policy, snapshot.sessions.get(session, {}), session, profile)
+    # Re-access bought by payments: resources the agent signs in to instead of paying again.
+    view["entitlements"] = [_entitlement_view(e, now) for e in ledger.entitlements.active(now)]
     return view
+
+
+def _entitlement_view(entitlement: Entitlement, now: float) -> dict[str, Any]:
+    return {
+        "url": entitlement.url,
+        "network": entitlement.network,
+        "payer": entitlement.payer,
+        "paid_by": entitlement.payment_id,
+        "expires_at": entitlement.expires_at,
+        "expires_in_seconds": int(entitlement.expires_at - now),
+        "sign_ins": entitlement.uses,
+    }
 
 
 def _session_view(policy: Policy, spent: dict[str, int], session: str, profile: str | None) -> dict[str, Any]:

@@ -75,9 +75,25 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--idempotency-key", help="never pay twice for the same key")
     quote = sub.add_parser("quote", help="what a URL costs and whether the policy allows it")
     request_args(quote)
+    discover = sub.add_parser(
+        "discover", help="find paid resources in a facilitator's Bazaar listing, with the policy's verdicts"
+    )
+    discover.add_argument("query", nargs="?", help="words every result must contain")
+    discover.add_argument("--max-price", help="only resources at most this price, e.g. 0.01 or '0.01 USDC'")
+    discover.add_argument("--network", help="only offers on this network, e.g. eip155:8453")
+    discover.add_argument("--limit", type=int, default=20, help="how many results (1 to 50)")
+    discover.add_argument("--facilitator", help="the facilitator's URL (default: the home's facilitator_url)")
+    discover.add_argument("--json", action="store_true", help="machine-readable output")
+    discover.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, metavar="SECONDS")
+    session_args(discover)
     receipts = sub.add_parser("receipts", help="list payment receipts")
     receipts.add_argument("--format", choices=("table", "json", "csv"), default="table")
     receipts.add_argument("--limit", type=int, default=50)
+    receipts.add_argument(
+        "--sign-ins",
+        action="store_true",
+        help="list accesses by sign-in-with-x instead (paid earlier, no payment of their own)",
+    )
     budget = sub.add_parser(
         "budget",
         help="what remains: daily and session allowances, payments in flight, unknown outcomes, breaker",
@@ -265,9 +281,14 @@ def _fetch(args: argparse.Namespace) -> int:
                 "replayed": outcome.replayed,
                 "confirmed_on_chain": outcome.confirmed_on_chain,
                 "receipt": receipt(paid) if paid else None,
+                "sign_in": outcome.sign_in.to_receipt() if outcome.sign_in else None,
             }
         )
     else:
+        if outcome.sign_in is not None:
+            print(
+                f"signed in (paid earlier, nothing paid now; sign-in {outcome.sign_in.id})", file=sys.stderr
+            )
         if paid is not None:
             from .money import format_units
 
@@ -375,15 +396,52 @@ def _quote(args: argparse.Namespace) -> int:
     return EXIT_OK if quote.allowed else EXIT_FAILED
 
 
+def _discover(args: argparse.Namespace) -> int:
+    from .agent_tools import LISTING_NOTICE
+
+    agent = _open_agent(args)
+    try:
+        found = agent.discover(
+            args.query,
+            max_price=args.max_price,
+            network=args.network,
+            limit=args.limit,
+            facilitator_url=args.facilitator,
+            session=args.session,
+            session_profile=args.session_profile,
+            timeout_seconds=args.timeout,
+        )
+    finally:
+        agent.close()
+    if args.json:
+        _print_json({"notice": LISTING_NOTICE, **asdict(found)})
+        return EXIT_OK
+    print(f"{found.facilitator_url}: {found.matched} of {found.examined} listed resources match")
+    for item in found.items:
+        price = item["price"] or f"{item['amount']} of {item['asset']}"
+        print(f"  {item['verdict']:<19} {price:>16}  {item['method']} {item['resource']}")
+        if item["description"]:
+            print(f"  {'':<19} {'':>16}  listed as: {item['description']}")
+    if found.skipped:
+        print("malformed items skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(found.skipped.items())))
+    return EXIT_OK
+
+
 def _receipts(args: argparse.Namespace) -> int:
     from .operations import Agent
-    from .receipts import render
+    from .receipts import render, render_sign_ins
     from .request_limits import check_limit
 
     check_limit(args.limit, RECEIPTS_LIMIT_MAX)
     agent = Agent.open(args.home)
     try:
-        print(render(agent.receipts(args.limit), args.format))
+        sign_ins = agent.sign_ins(args.limit)
+        if args.sign_ins:
+            print(render_sign_ins(sign_ins, args.format))
+        else:
+            print(render(agent.receipts(args.limit), args.format))
+            if sign_ins and args.format == "table":
+                print(render_sign_ins(sign_ins, "table"))
     finally:
         agent.close()
     return EXIT_OK
@@ -437,6 +495,11 @@ def _budget(args: argparse.Namespace) -> int:
             f"  smart account {wallet['account']} (on chain): {_units(wallet['hot_balance'], token)}"
             f" held, {_units(wallet['vault_available'], token)} more from the vault this period, "
             f"at most {_units(wallet['max_value'], token)} per payment"
+        )
+    for entitlement in view.get("entitlements", []):
+        print(
+            f"  paid access, signed in {entitlement['sign_ins']}x, for "
+            f"{entitlement['expires_in_seconds']} s more: {entitlement['url']}"
         )
     return EXIT_OK
 
@@ -530,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: dict[str, Callable[[argparse.Namespace], int]] = {
         "fetch": _fetch,
         "quote": _quote,
+        "discover": _discover,
         "receipts": _receipts,
         "devnet": _devnet,
         "demo": _demo,

@@ -31,6 +31,7 @@ from .flow import (
 )
 from .home import AgentHome, open_home
 from .ledger import Ownership, PaymentRecord, PaymentState, Verification, open_ledger
+from .ledger.entitlements import SignInRecord
 from .policy_store import ApprovedPolicy, PolicyStore, expectations
 from .quote import Quote, quote_flow
 from .reasons import Reason
@@ -350,3 +351,7 @@ class Agent:
 
     def receipts(self, limit: int = 50, states: Sequence[PaymentState] | None = None) -> list[PaymentRecord]:
         return self.payer.gate.ledger.recent(limit, states)
+
+    def sign_ins(self, limit: int = 50) -> list[SignInRecord]:
+        """Accesses by sign-in-with-x (an earlier payment's entitlement; nothing paid), newest first."""
+        return self.payer.gate.ledger.entitlements.sign_ins(limit)

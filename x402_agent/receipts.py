@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .ledger import PaymentRecord
+from .ledger.entitlements import SignInRecord
 from .money import format_units
 
 CSV_FIELDS = (
@@ -79,4 +80,38 @@ def render(records: Sequence[PaymentRecord], fmt: str) -> str:
         if r.settled_amount is not None and r.settled_amount != r.amount:
             price = f"{format_units(r.settled_amount, r.decimals)} of {price}"
         lines.append(f"{_iso(r.created_at)[:23]:24} {state:8} {price:>12}  {tx:14} {r.url}")
+    return "\n".join(lines)
+
+
+SIGN_IN_FIELDS = (
+    "id",
+    "kind",
+    "created_at",
+    "method",
+    "url",
+    "amount",
+    "response_status",
+    "response_body_sha256",
+    "entitlement_id",
+    "session",
+)
+
+
+def render_sign_ins(records: Sequence[SignInRecord], fmt: str) -> str:
+    """Accesses by sign-in (kind "sign-in", amount 0): each used an entitlement an earlier
+    payment bought (``entitlement_id``; the budget view names that payment)."""
+    rows = [r.to_receipt() for r in records]
+    if fmt == "json":
+        return json.dumps(rows, indent=2, sort_keys=True)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=SIGN_IN_FIELDS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "created_at": _iso(row["created_at"])})
+        return out.getvalue()
+    lines = [f"{'when':24} {'kind':8} {'price':>12}  {'status':14} url"]
+    lines += [
+        f"{_iso(r.created_at)[:23]:24} sign-in  {'0':>12}  {r.response_status:<14} {r.url}" for r in records
+    ]
     return "\n".join(lines)

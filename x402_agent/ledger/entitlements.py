@@ -163,6 +163,13 @@ class EntitlementTable:
                 (now, reason, entitlement.id),
             )
 
+    def active(self, now: float, limit: int = 50) -> list[Entitlement]:
+        """The live entitlements, the soonest to expire first."""
+        with self._ledger._reading() as cur:
+            return self._select(
+                cur, "WHERE expires_at > ? AND ended_at IS NULL ORDER BY expires_at LIMIT ?", (now, limit)
+            )
+
     def recent(self, limit: int = 50) -> list[Entitlement]:
         with self._ledger._reading() as cur:
             return self._select(cur, "ORDER BY created_at DESC LIMIT ?", (limit,))
