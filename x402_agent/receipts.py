@@ -59,17 +59,21 @@ def _iso(ts: float | None) -> str:
     return "" if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
-def render(records: Sequence[PaymentRecord], fmt: str) -> str:
-    rows = [receipt(r) for r in records]
+def _data(rows: list[dict[str, Any]], fmt: str, fields: Sequence[str]) -> str:
+    """``rows`` as JSON or CSV (times in ISO 8601)."""
     if fmt == "json":
         return json.dumps(rows, indent=2, sort_keys=True)
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "created_at": _iso(row["created_at"])})
-        return out.getvalue()
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "created_at": _iso(row["created_at"])})
+    return out.getvalue()
+
+
+def render(records: Sequence[PaymentRecord], fmt: str) -> str:
+    if fmt in ("json", "csv"):
+        return _data([receipt(r) for r in records], fmt, CSV_FIELDS)
     lines = [f"{'when':24} {'state':8} {'price':>12}  {'tx':14} url"]
     # An upto payment that settled less than its maximum reads "settled of maximum".
     for r in records:
@@ -100,16 +104,8 @@ SIGN_IN_FIELDS = (
 def render_sign_ins(records: Sequence[SignInRecord], fmt: str) -> str:
     """Accesses by sign-in (kind "sign-in", amount 0): each used an entitlement an earlier
     payment bought (``entitlement_id``; the budget view names that payment)."""
-    rows = [r.to_receipt() for r in records]
-    if fmt == "json":
-        return json.dumps(rows, indent=2, sort_keys=True)
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=SIGN_IN_FIELDS, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "created_at": _iso(row["created_at"])})
-        return out.getvalue()
+    if fmt in ("json", "csv"):
+        return _data([r.to_receipt() for r in records], fmt, SIGN_IN_FIELDS)
     lines = [f"{'when':24} {'kind':8} {'price':>12}  {'status':14} url"]
     lines += [
         f"{_iso(r.created_at)[:23]:24} sign-in  {'0':>12}  {r.response_status:<14} {r.url}" for r in records
