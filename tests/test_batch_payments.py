@@ -268,3 +268,43 @@ def test_a_claim_above_our_vouchers_is_refused_and_reported(
         assert settlement.functions.pendingWithdrawals(channel_id).call()[0] > 0
     finally:
         agent.close()
+
+
+@pytest.mark.parametrize("limit", ["daily", "session"])
+def test_the_daily_limit_and_session_allowance_hold_across_channel_payments(
+    world: WorldInfo, tmp_path: Path, limit: str
+) -> None:
+    """Each request through the channel is a payment like any other: its price is reserved
+    against the limits before its voucher is signed. The deposit (which would cover more)
+    does not lift them."""
+    route = world.route("GET", BATCH_PATH)
+    price, allowed = route.price_atomic, 7
+    asset_id = f"{world.network}/{world.usdc.address}"
+
+    def policy(world: WorldInfo, payer: str) -> Policy:
+        daily = allowed * price if limit == "daily" else None
+        base = channel_policy(world, payer, per_request_max=price, daily_max=daily)
+        session = base.sessions["default"].model_copy(update={"allowance": {asset_id: allowed * price - 1}})
+        return base.model_copy(update={"sessions": {"default": session}})
+
+    home, payer = fresh_home(world, tmp_path / "home", policy)
+    before = usdc(world, payer)
+    agent = Agent.open(home)
+    try:
+        # The daily case pays outside any session; the session case with no daily limit.
+        session = None if limit == "daily" else agent.open_session("default")
+        paid = allowed if limit == "daily" else allowed - 1
+        outcomes = [agent.fetch(route.url, session=session) for _ in range(paid)]
+        assert [o.status for o in outcomes] == [200] * paid
+        with pytest.raises(PolicyDenied) as refused:
+            agent.fetch(route.url, session=session)
+        assert refused.value.reason == (
+            Reason.DAILY_LIMIT_EXCEEDED if limit == "daily" else Reason.SESSION_ALLOWANCE_EXCEEDED
+        )
+        (channel,) = agent.channels()
+        # Nothing signed past the limit: the highest voucher is the paid requests' total.
+        assert (channel.signed_total, channel.charged) == (paid * price, paid * price)
+        assert channel.deposit == DEPOSIT and usdc(world, payer) == before - DEPOSIT
+        assert all(r.state is not PaymentState.RESERVED for r in agent.receipts())
+    finally:
+        agent.close()
