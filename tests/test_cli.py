@@ -122,13 +122,14 @@ def test_devnet_command_runs_a_world_a_fetch_can_pay(tmp_path: Path) -> None:
         assert proc.stdout is not None
         ready = json.loads(proc.stdout.readline())
         assert {"rpc_url", "chain_id", "token", "api_url", "agent_home"} <= set(ready)
+        assert ready["batch"]["settlement"] == "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003"
         done = run(Path(ready["agent_home"]), "fetch", ready["api_url"] + "/v2/weather")
         assert done.returncode == 0, done.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     assert not Path(ready["agent_home"]).exists()  # scratch home removed with the world
-    for url in (ready["rpc_url"], ready["api_url"], ready["v1_api_url"]):
+    for url in (ready["rpc_url"], ready["api_url"], ready["v1_api_url"], ready["batch"]["api_url"]):
         with pytest.raises(httpx.ConnectError):  # nothing left listening
             httpx.get(url, timeout=5)
 

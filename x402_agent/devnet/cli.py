@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sys
@@ -65,6 +66,8 @@ def run_devnet(
             "funder": world.payer_address,
             "wallet": signer.model_dump(include={"kind", "account", "vault", "bundler_url"}),
             "factory": world.factory_address,
+            # the batch-settlement contracts and the /v2/batch server (receiver, authorizer, delay)
+            "batch": dataclasses.asdict(world.batch) if world.batch else None,
             "routes": [
                 {
                     "method": r.method,
