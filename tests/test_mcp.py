@@ -26,7 +26,7 @@ from x402_agent.devnet.provision import devnet_policy, provision_devnet_home
 from x402_agent.policy import Policy
 
 SERVER = [sys.executable, "-m", "x402_agent.cli", "mcp"]
-TOOLS = {"x402_fetch", "x402_quote", "x402_budget", "x402_receipts"}
+TOOLS = {"x402_fetch", "x402_quote", "x402_discover", "x402_budget", "x402_receipts"}
 
 
 @pytest.fixture

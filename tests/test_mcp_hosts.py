@@ -26,7 +26,7 @@ from x402_agent.policy import Policy
 ROOT = Path(__file__).resolve().parents[1]
 TS_CLIENT = ROOT / "tests" / "ts_mcp_client.mjs"
 INSPECTOR = ROOT / "node_modules" / "@modelcontextprotocol" / "inspector" / "cli" / "build" / "cli.js"
-TOOLS = {"x402_fetch", "x402_quote", "x402_budget", "x402_receipts"}
+TOOLS = {"x402_fetch", "x402_quote", "x402_discover", "x402_budget", "x402_receipts"}
 JSON_DOC = {"text": "hello paid world", "items": [1, 2, 3], "nested": {"ok": True}}
 
 

@@ -14,7 +14,6 @@ dropped, and the adapters mark what remains as data, never instructions.
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from collections.abc import Generator, Mapping
@@ -28,6 +27,7 @@ from pydantic import ValidationError
 from x402.schemas import PaymentRequirements
 from x402.schemas.v1 import PaymentRequirementsV1
 
+from . import bounded_json
 from .challenge import Offer, make_offer
 from .decision import Decision, PaymentContext
 from .errors import InvalidRequest, UpstreamError, X402AgentError
@@ -48,6 +48,7 @@ MAX_TEXT_CHARS = 280
 MAX_TAGS = 5
 MAX_QUERY_CHARS = 200
 _MAX_URL_CHARS = 2048
+_MAX_TOTAL = 10**9
 _ALL_METHODS = frozenset({"GET", "HEAD", "DELETE", "POST", "PUT", "PATCH"})
 # Identifiers the listing names (networks, schemes, non-EVM addresses): a plain token or nothing.
 _TOKEN = re.compile(r"[A-Za-z0-9:_.\-]{1,128}")
@@ -180,8 +181,8 @@ def parse_listing(answer: HttpAnswer, facilitator_url: str) -> tuple[list[Any], 
             status=answer.status_code,
         )
     try:
-        data = json.loads(answer.content)
-    except (ValueError, UnicodeError, RecursionError) as exc:
+        data = bounded_json.loads(answer.content)
+    except (ValueError, UnicodeError) as exc:
         raise UpstreamError(
             f"the facilitator at {host} answered its listing with something that is not JSON",
             reason=Reason.DISCOVERY_INVALID,
@@ -194,7 +195,8 @@ def parse_listing(answer: HttpAnswer, facilitator_url: str) -> tuple[list[Any], 
         )
     pagination = data.get("pagination")
     total = pagination.get("total") if isinstance(pagination, dict) else None
-    return items, total if type(total) is int and total >= 0 else None
+    # A count no listing could hold is not a count: it is not repeated to the model.
+    return items, total if type(total) is int and 0 <= total <= _MAX_TOTAL else None
 
 
 class _Skip(Exception):

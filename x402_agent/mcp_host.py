@@ -38,7 +38,7 @@ from mcp_types import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .agent_tools import FetchResult, ToolRefusal, refusal
+from .agent_tools import LISTING_NOTICE, DiscoverResult, FetchResult, ToolRefusal, refusal
 from .reasons import Reason
 
 if TYPE_CHECKING:
@@ -298,3 +298,15 @@ def fetch_content(result: FetchResult) -> CallToolResult:
     if body_block is not None:
         blocks.append(body_block)
     return CallToolResult(content=blocks, structured_content=result.model_dump(mode="json"))
+
+
+def listing_content(result: DiscoverResult) -> CallToolResult:
+    """A discovery listing for the model: its JSON fenced as third-party data (a random marker
+    the listed text cannot forge), the same JSON as structured content."""
+    data = result.model_dump(mode="json")
+    marker = secrets.token_hex(6)
+    text = (
+        f"<discovered-listing id={marker} facilitator={json.dumps(result.facilitator_url)}>\n"
+        f"{LISTING_NOTICE}\n{json.dumps(data)}\n</discovered-listing id={marker}>"
+    )
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
