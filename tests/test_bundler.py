@@ -267,7 +267,8 @@ def test_bad_signature_is_rejected(w3: Web3, client: BundlerClient, wallet: Wall
 
     error = failed.value
     if route == "bundler":  # alto refuses it; no fallback for a refused op
-        assert error.reason == "bundler_rejected" and "AA24 signature error" in error.message
+        assert error.reason == "bundler_signature_invalid" and "AA24 signature error" in error.message
+        assert "AA24: the account refused the signature" in error.message  # in words
     else:  # the EntryPoint refuses it in simulation: no transaction is sent
         assert error.reason == "user_op_rejected"
         assert error.details["entry_point_error"] == "AA24 signature error"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from chain_reads import rpc, token_balance, transfer_logs
+from hostile_bundler import HostileBundler
 from web3 import Web3
 
 from x402_agent.chain.account import run_owner_action
@@ -205,3 +206,47 @@ def test_an_estimate_above_the_caps_is_refused_in_words_and_nothing_counted(
         assert row.state == PaymentState.RELEASED
         assert _wallet(agent).top_ups == []
     assert {who: _usdc(aa_world, who) for who in balances} == balances
+
+
+# ---- a provider's bundler refusing (hostile_bundler.HostileBundler: a stand-in, see its doc) ----
+
+
+def test_a_bundler_refusing_the_signature_refuses_the_fetch_in_words(
+    aa_world: WorldInfo, tmp_path: Path
+) -> None:
+    home = _home(aa_world, tmp_path)
+    route = aa_world.route("GET", "/v2/weather")
+    said = "UserOperation reverted with reason: AA24 signature error"
+    with HostileBundler(aa_world.chain_id, ENTRY_POINT_V07, -32507, said) as hostile:
+        home = _configure(home, bundler_url=hostile.url)
+        relayer_nonce = Web3(Web3.HTTPProvider(aa_world.rpc_url)).eth.get_transaction_count(
+            _relayer_address(home)
+        )
+        refused = _cli(home.root, "fetch", "--json", route.url)
+    error = json.loads(refused.stdout)
+    assert error["reason"] == "bundler_signature_invalid"
+    assert "AA24: the account refused the signature" in error["message"] and said in error["message"]
+    assert "nothing was paid" in error["next_step"]
+    assert hostile.methods[-1] == "eth_estimateUserOperationGas"  # refused at the estimate
+    with Agent.open(home) as agent:
+        assert [row.state for row in agent.payer.gate.ledger.recent()] == [PaymentState.RELEASED]
+    w3 = Web3(Web3.HTTPProvider(aa_world.rpc_url))
+    assert (
+        w3.eth.get_transaction_count(_relayer_address(home)) == relayer_nonce + 1
+    )  # the deposit's refill(0) only
+
+
+def test_a_bundler_refusing_by_its_own_rules_hands_over_to_the_relayer(
+    aa_world: WorldInfo, tmp_path: Path
+) -> None:
+    """ERC-7562 rules, throttling and stake are the bundler's policy, not the EntryPoint's: the
+    relayer's handleOps lands the top-up."""
+    home = _home(aa_world, tmp_path)
+    route = aa_world.route("GET", "/v2/weather")
+    refusing = HostileBundler(aa_world.chain_id, ENTRY_POINT_V07, -32502, "banned opcode TIMESTAMP")
+    with refusing as hostile, Agent.open(_configure(home, bundler_url=hostile.url)) as agent:
+        outcome = agent.fetch(route.url)
+        assert outcome.status == 200 and outcome.payment is not None
+        [top_up] = _wallet(agent).top_ups
+    assert top_up.via == "handleOps" and top_up.success
+    assert hostile.methods.count("eth_sendUserOperation") == 1

@@ -734,6 +734,68 @@ class Reason(StrEnum):
         "the bundler refused the user operation",
         "tell the user: the wallet's operation was refused",
     )
+    # A bundler's refusals by their ERC-7769 code (chain/bundler_errors.py).
+    BUNDLER_VALIDATION_REVERTED = (
+        "bundler_validation_reverted",
+        Layer.WALLET,
+        "the bundler's simulation of the account's validation failed",
+        "the wallet's top-up was refused in validation (the message names the EntryPoint's AA "
+        "code): tell the user; nothing was paid",
+    )
+    BUNDLER_PAYMASTER_REJECTED = (
+        "bundler_paymaster_rejected",
+        Layer.WALLET,
+        "the bundler refused the operation's paymaster",
+        "tell the user: the wallet's operations use no paymaster, so the bundler or the "
+        "operation is not what it should be; nothing was paid",
+    )
+    BUNDLER_RULES_VIOLATED = (
+        "bundler_rules_violated",
+        Layer.WALLET,
+        "the operation breaks the ERC-7562 validation rules the bundler enforces",
+        "tell the user: this bundler refuses the account's validation (banned opcode or storage "
+        "access); use another bundler or the relayer key; nothing was paid",
+    )
+    BUNDLER_TIME_RANGE = (
+        "bundler_time_range",
+        Layer.WALLET,
+        "the operation is expired or expires too soon for the bundler",
+        "the wallet's session key expires too soon for the bundler: the user renews it; nothing was paid",
+    )
+    BUNDLER_THROTTLED = (
+        "bundler_throttled",
+        Layer.WALLET,
+        "the bundler throttled or banned the account, factory or paymaster",
+        "the bundler is throttling the wallet: retry later, or use another bundler or the "
+        "relayer key; nothing was paid",
+    )
+    BUNDLER_STAKE_TOO_LOW = (
+        "bundler_stake_too_low",
+        Layer.WALLET,
+        "the bundler wants a stake (or a longer unstake delay) from an entity of the operation",
+        "tell the user: this bundler wants the account or its factory staked; use another "
+        "bundler or the relayer key; nothing was paid",
+    )
+    BUNDLER_AGGREGATOR = (
+        "bundler_aggregator",
+        Layer.WALLET,
+        "the bundler does not support the operation's signature aggregator",
+        "tell the user: the bundler refused the aggregator; nothing was paid",
+    )
+    BUNDLER_SIGNATURE_INVALID = (
+        "bundler_signature_invalid",
+        Layer.WALLET,
+        "the bundler found the operation's signature invalid",
+        "the session key may be revoked or a gas field above the account's caps: tell the user; "
+        "nothing was paid",
+    )
+    BUNDLER_INVALID_FIELDS = (
+        "bundler_invalid_fields",
+        Layer.WALLET,
+        "the bundler refused a field of the operation (often a gas price below its minimum)",
+        "the bundler wants other gas fields (its message says which): retry later, or use "
+        "another bundler; nothing was paid",
+    )
     USER_OP_REJECTED = (
         "user_op_rejected",
         Layer.WALLET,

@@ -2,8 +2,9 @@
 
 ``BundlerClient`` speaks the bundler JSON-RPC API (ERC-7769). ``submit_user_op`` sends an
 operation to the bundler and, only if the bundler cannot be reached (or is not a bundler at
-all), relays ``EntryPoint.handleOps([op], beneficiary)`` from a funded key instead. A bundler
-that *refuses* the operation (bad signature, too little gas...) is not bypassed: the EntryPoint
+all, or refuses it by a rule of its own, not the EntryPoint's), relays
+``EntryPoint.handleOps([op], beneficiary)`` from a funded key instead. A bundler that refuses
+the operation as invalid (bad signature, too little gas...) is not bypassed: the EntryPoint
 would refuse it too.
 
 Either way the outcome is read from the chain, not taken on the bundler's word: the
@@ -13,7 +14,10 @@ Failures raise ``ChainError`` with one of these ``reason`` codes:
 - ``bundler_unavailable``: no bundler answered and there is no relayer key to fall back on;
 - ``relayer_unfunded``: the relayer key cannot pay for ``handleOps``; ``user_op_unsent`` when
   the bundler was unavailable too (nothing was sent either way);
-- ``bundler_rejected``: the bundler refused the operation (``details`` has its error);
+- ``bundler_rejected`` or the member for its ERC-7769 code (``bundler_errors``): the bundler
+  refused the operation, said in words (``details`` has its own error). A refusal of the
+  bundler's own policy (``BUNDLER_POLICY``: ERC-7562 rules, throttling, stake) is handed to the
+  relayer like an unavailable bundler;
 - ``user_op_rejected``: the EntryPoint refused it in ``handleOps`` (e.g. ``AA24 signature error``);
   nothing happened on chain;
 - ``user_op_failed``: it was included but its call reverted (the account still paid the gas);
@@ -41,12 +45,20 @@ from web3.types import TxParams, Wei
 
 from ..errors import ChainError
 from ..reasons import Reason
+from .bundler_errors import entry_point_words, explain
 from .entrypoint import ENTRY_POINT_V07, entry_point_v07_abi
 from .userop import PackedUserOperation, pack_account_gas_limits, user_op_hash_v07
 
 _HTTP_TIMEOUT_S = 10.0
 _POLL_INTERVAL_S = 0.1
 _METHOD_NOT_FOUND = -32601
+_MESSAGE_CHARS = 500  # of a bundler's error message kept: providers may answer at length
+# Refusals of the bundler's own policy (ERC-7562 rules, throttling, stake), not of the
+# EntryPoint: the relayer's handleOps may still land the operation.
+BUNDLER_POLICY = frozenset(
+    {Reason.BUNDLER_RULES_VIOLATED, Reason.BUNDLER_THROTTLED, Reason.BUNDLER_STAKE_TOO_LOW}
+)
+_RELAYER_TAKES_OVER = BUNDLER_POLICY | {Reason.BUNDLER_UNAVAILABLE}
 # EntryPoint v0.7 errors: FailedOp(uint256 opIndex, string reason) and
 # FailedOpWithRevert(uint256 opIndex, string reason, bytes inner).
 _FAILED_OP = keccak(text="FailedOp(uint256,string)")[:4]
@@ -153,11 +165,14 @@ class BundlerClient:
                 status=reply.status_code,
             )
         if isinstance(error, dict):
-            code, message = error.get("code"), str(error.get("message"))
+            code, message = error.get("code"), str(error.get("message"))[:_MESSAGE_CHARS]
             # Not a bundler (e.g. a node's URL): as good as no bundler; the op was not taken.
-            reason = Reason.BUNDLER_UNAVAILABLE if code == _METHOD_NOT_FOUND else Reason.BUNDLER_REJECTED
+            if code == _METHOD_NOT_FOUND:
+                reason, words = Reason.BUNDLER_UNAVAILABLE, "not a bundler (method not found)"
+            else:
+                reason, words = explain(code, message)
             raise ChainError(
-                f"bundler {method}: {message}",
+                f"bundler {method}: {words} (the bundler said {code}: {message})",
                 reason=reason,
                 url=self.url,
                 method=method,
@@ -306,8 +321,10 @@ def _relay_handle_ops(
         gas = call.estimate_gas({"from": relayer.address})
     except (ContractLogicError, ContractCustomError) as exc:
         reason = decode_entry_point_error(exc.data if isinstance(exc.data, str | bytes) else None)
+        words = entry_point_words(reason)
+        said = f"{words} ({reason})" if words else reason or str(exc)
         raise ChainError(
-            f"EntryPoint refused the user operation: {reason or exc}",
+            f"EntryPoint refused the user operation: {said}",
             reason=Reason.USER_OP_REJECTED,
             user_op_hash=user_op_hash,
             entry_point_error=reason or str(exc),
@@ -478,7 +495,7 @@ def _submit(
         try:
             return _via_bundler(w3, op, bundler, user_op_hash, from_block, timeout)
         except ChainError as exc:
-            if exc.reason != "bundler_unavailable" or relayer is None:
+            if exc.reason not in _RELAYER_TAKES_OVER or relayer is None:
                 raise
             bundler_error = exc
     assert relayer is not None
@@ -505,6 +522,7 @@ def _submit(
 
 
 __all__ = [
+    "BUNDLER_POLICY",
     "BundlerClient",
     "GasEstimate",
     "UserOpResult",

@@ -29,9 +29,16 @@ from ..home import AccountSetup, AgentHome, SmartAccountConfig
 from ..reasons import Reason
 from ..signer import LocalKeySigner, SignedAuthorization, TransferAuthorization
 from .account import account_contract, owned_contract
-from .bundler import BundlerClient, UserOpResult, submit_user_op
+from .bundler import BUNDLER_POLICY, BundlerClient, UserOpResult, submit_user_op
 from .entrypoint import ENTRY_POINT_V07, entry_point_v07_abi
-from .factory import AccountConfig, create_account, create_account_calldata, erc6492_wrap, factory_address
+from .factory import (
+    AccountConfig,
+    create_account,
+    create_account_calldata,
+    create_sender_calldata,
+    erc6492_wrap,
+    factory_address,
+)
 from .gas import (
     DEFAULT_GAS_ALLOWANCE,
     GasFields,
@@ -355,7 +362,7 @@ class HotWallet:
         init_code = (
             b""
             if deployed
-            else (bytes.fromhex(factory_address()[2:]) + create_account_calldata(self.w3, self.config))
+            else (bytes.fromhex(factory_address()[2:]) + create_sender_calldata(self.w3, self.config))
         )
         call = account_contract(self.w3, self.account).encode_abi("refill", args=[amount])
         op = PackedUserOperation(
@@ -388,14 +395,14 @@ class HotWallet:
 
     def _estimated(self, amount: int, fields: GasFields) -> GasFields:
         """``fields`` with the bundler's gas limits (``eth_estimateUserOperationGas``) within the
-        account's caps. Without a bundler, or with one that does not answer, our own fields stay:
-        the relayer's ``handleOps`` is then estimated by the node."""
+        account's caps. Without a bundler, or with one that does not answer or refuses by a rule
+        of its own, our own fields stay: the relayer's ``handleOps`` is then estimated by the node."""
         if self._bundler is None:
             return fields
         try:
             estimate = self._bundler.estimate(self.refill_operation(amount, fields, dummy_signature=True))
         except ChainError as exc:
-            if exc.reason != Reason.BUNDLER_UNAVAILABLE:
+            if exc.reason != Reason.BUNDLER_UNAVAILABLE and exc.reason not in BUNDLER_POLICY:
                 raise
             return fields
         return within_caps(estimate, read_caps(self.w3, self.account, self.is_deployed()), fields)
