@@ -29,10 +29,18 @@ from typing import Any
 import pytest
 from chain_reads import rpc, token_balance
 from eth_account import Account
+from eth_utils.crypto import keccak
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from test_smart_account_payments import (
+    SmartWorld,
+    sw,  # noqa: F401 (the fixture: a funded X402Account)
+)
 
 from x402_agent.agent_tools import AgentTools
+from x402_agent.chain.account import account_contract
+from x402_agent.chain.session_signer import SessionKeySigner
+from x402_agent.client import X402Client
 from x402_agent.devnet.info import WorldInfo
 from x402_agent.devnet.paid_api import (
     SIWX_STATEMENT,
@@ -46,14 +54,19 @@ from x402_agent.devnet.served import ServedApp
 from x402_agent.devnet.siwx_storage import ExpiringSIWxStorage
 from x402_agent.devnet.world import key_hex
 from x402_agent.errors import NoAcceptableRequirement
+from x402_agent.flow import FetchRequest, Payer
 from x402_agent.ledger import PaymentState
 from x402_agent.ledger.entitlements import Entitlement, NewEntitlement
+from x402_agent.ledger.sqlite import SQLiteLedger
 from x402_agent.operations import Agent
 from x402_agent.policy import Policy, ReAccess
 from x402_agent.reaccess import SIGN_IN_WITH_X, SignInRefused, resource_of, sign_in_info
+from x402_agent.signer import eip191_hash
+from x402_agent.spendgate import PolicyGate
 
 ROUTE = "/v2/siwx"
 CLI = [sys.executable, "-m", "x402_agent.cli"]
+MAGIC, INVALID = bytes.fromhex("1626ba7e"), bytes.fromhex("ffffffff")
 ANSWER = {"city": "Braga", "temperature_c": 16.0, "paid_with": "a payment or a sign-in"}
 
 
@@ -265,6 +278,72 @@ def test_when_the_server_s_entitlement_expires_the_agent_pays_again(
         assert balances.now() == (before[0] - 2_000, before[1] + 2_000)
     finally:
         agent.close()
+
+
+# ---- the smart account: its session key signs in through the account's ERC-1271 check ----------
+
+
+def siwe_message(domain: str, address: str) -> str:
+    return (
+        f"{domain} wants you to sign in with your Ethereum account:\n{address}\n\nSign in\n\n"
+        f"URI: http://{domain}/v2/siwx\nVersion: 1\nChain ID: 84532\nNonce: 0123456789abcdef\n"
+        f"Issued At: {_now_iso()}"
+    )
+
+
+def test_the_smart_account_pays_once_then_signs_in_with_its_session_key(
+    world: WorldInfo,
+    sw: SmartWorld,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    route = world.route("GET", ROUTE)
+    assert route.pay_to is not None
+    policy = devnet_policy(world).model_copy(update={"account": sw.account})
+    gate = PolicyGate(policy, SQLiteLedger(tmp_path / "ledger.sqlite"))
+    balances = Balances(world, sw.account, route.pay_to)
+    before = balances.now()
+    payer = Payer(gate=gate, signer=sw.session, rpc_urls={world.network: world.rpc_url})
+    with X402Client(payer) as client:
+        paid = client.fetch(FetchRequest(world.api_url + ROUTE))
+        assert paid.status == 200 and paid.payment is not None
+        assert paid.payment.state == PaymentState.SETTLED and paid.payment.payer == sw.account
+        assert balances.now() == (before[0] - route.price_atomic, before[1] + route.price_atomic)
+
+        again = client.fetch(FetchRequest(world.api_url + ROUTE))
+
+        assert again.status == 200 and json.loads(again.read_body()) == ANSWER
+        assert again.payment is None and again.sign_in is not None
+        assert balances.now() == (before[0] - route.price_atomic, before[1] + route.price_atomic)
+        (entitlement,) = gate.ledger.entitlements.recent()
+        assert entitlement.payer == sw.account and entitlement.uses == 1
+
+
+def test_the_account_accepts_a_session_key_sign_in_only_as_itself(
+    world: WorldInfo,
+    sw: SmartWorld,  # noqa: F811
+) -> None:
+    """isValidSignature on the chain: the sign-in envelope is good for its own message's EIP-191
+    hash, naming this account; never for another digest (a payment's), another address, a
+    message that is not a sign-in, or a key the account does not know."""
+    contract = account_contract(sw.w3, sw.account)
+
+    def answer(digest: bytes, envelope: str) -> bytes:
+        result: bytes = contract.functions.isValidSignature(digest, bytes.fromhex(envelope[2:])).call()
+        return result
+
+    message = siwe_message("127.0.0.1:4021", sw.account)
+    envelope = sw.session.sign_in_message(message)
+    assert answer(eip191_hash(message), envelope) == MAGIC
+    lower = message.replace(sw.account, sw.account.lower())  # any case of the address
+    assert answer(eip191_hash(lower), sw.session.sign_in_message(lower)) == MAGIC
+
+    assert answer(keccak(b"a transfer's EIP-712 digest"), envelope) == INVALID
+    other = message.replace(sw.account, Account.create().address)
+    assert answer(eip191_hash(other), sw.session.sign_in_message(other)) == INVALID
+    not_sign_in = message.replace("wants you to sign in", "wants you to approve")
+    assert answer(eip191_hash(not_sign_in), sw.session.sign_in_message(not_sign_in)) == INVALID
+    stranger = SessionKeySigner(sw.account, bytes(Account.create().key))
+    assert answer(eip191_hash(message), stranger.sign_in_message(message)) == INVALID
 
 
 # ---- a hostile server: sign-in challenges the agent must not sign -------------------------------

@@ -109,6 +109,12 @@ class Permit2Signer(Protocol):
         ...
 
 
+def eip191_hash(message: str) -> bytes:
+    """The EIP-191 (personal_sign) hash of a text message: what a sign-in signature covers."""
+    data = message.encode()
+    return keccak(b"\x19Ethereum Signed Message:\n" + str(len(data)).encode() + data)
+
+
 @runtime_checkable
 class SignInSigner(Protocol):
     """A payer that can sign a sign-in-with-x message (EIP-4361 text) as the paying address:
@@ -263,8 +269,7 @@ class LocalKeySigner:
 
     def sign_in_message(self, message: str) -> str:
         """EIP-191 (personal_sign) of a sign-in message, as a server recovers it."""
-        data = message.encode()
-        return self._sign_digest(keccak(b"\x19Ethereum Signed Message:\n" + str(len(data)).encode() + data))
+        return self._sign_digest(eip191_hash(message))
 
     def sign_transaction(self, transaction: dict[str, Any]) -> str:
         from eth_account import Account

@@ -16,7 +16,7 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {OwnerCalls} from "./OwnerCalls.sol";
 import {OwnerActionText} from "./OwnerActionText.sol";
-import {IEIP712Token, IAllowanceVaultPull} from "./Interfaces.sol";
+import {IEIP712Token, IAllowanceVaultPull, IVaultFactory} from "./Interfaces.sol";
 
 /// x402 hot wallet. The owner (a hardware key) sets policy through signed owner calls; session keys
 /// (the agent's hot keys) can only sign EIP-3009 TransferWithAuthorization payments within that
@@ -68,7 +68,7 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
     // and on Base, fees far above either's usual; a stolen key then burns at most the deposit plus
     // 0.01 ETH per day. The owner changes them with setGasCaps and setGasAllowance.
     uint32 internal constant DEFAULT_VERIFICATION_GAS = 1_000_000;
-    uint32 internal constant DEFAULT_CALL_GAS = 300_000;
+    uint32 internal constant DEFAULT_CALL_GAS = 500_000; // the deploying refill creates the vault
     uint32 internal constant DEFAULT_PRE_VERIFICATION_GAS = 500_000;
     uint64 internal constant DEFAULT_MAX_FEE = 100 gwei;
     uint64 internal constant DEFAULT_MAX_PRIORITY_FEE = 10 gwei;
@@ -85,6 +85,19 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
     /// the host cannot bring an older policy back.
     bytes32 public policyDigest;
     uint64 public policyVersion; // 0 = never anchored
+
+    /// What the factory needs to create this account's vault, kept when the account was created
+    /// alone: a user operation's initCode may CREATE2 only the sender and write only its storage
+    /// (ERC-7562 OP-031, STO-010), so the vault is created by the first `refill`, in execution.
+    struct PendingVault {
+        bytes32 salt; // the factory's clone salt (which commits to the whole configuration)
+        address factory;
+        uint64 period;
+        address token;
+        uint128 allowance;
+    }
+
+    PendingVault public pendingVault; // salt 0: none (the vault was created with the account)
 
     event PolicySet(uint256 maxValue, uint64 maxWindow, bool payeesRestricted);
     event TokenAllowed(address indexed token, bool allowed);
@@ -121,9 +134,11 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
         uint64 sessionExpiry,
         uint256 maxValue_,
         uint64 maxWindow_,
-        address[] calldata payees
+        address[] calldata payees,
+        PendingVault calldata pending
     ) external {
         _initOwner(owner_);
+        if (pending.salt != 0) pendingVault = pending;
         _setGasCaps(GasCaps(
             DEFAULT_VERIFICATION_GAS, DEFAULT_CALL_GAS, DEFAULT_PRE_VERIFICATION_GAS, DEFAULT_MAX_FEE,
             DEFAULT_MAX_PRIORITY_FEE
@@ -270,9 +285,18 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
     /// EntryPoint deposit. Anyone may trigger it: the vault only ever pays this account, at most
     /// its per-period allowance, and the deposit stays this account's (the owner can withdraw it).
     function refill(uint256 amount) external {
+        if (pendingVault.salt != 0) _createVault();
         if (amount != 0) IAllowanceVaultPull(vault).pull(amount);
         _approvePermit2();
         _topUpDeposit();
+    }
+
+    /// Have the factory create the vault this account was created without (once: the factory
+    /// creates it only for the account its salt gives, with what the factory stored here).
+    function _createVault() internal {
+        PendingVault memory p = pendingVault;
+        delete pendingVault;
+        IVaultFactory(p.factory).createVault(p.salt, owner, IERC20(p.token), p.allowance, p.period);
     }
 
     /// Set Permit2's allowance over the vault's token to the vault's per-period allowance (0 once
@@ -404,6 +428,9 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
     /// `signature` = abi.encode(token, from, to, value, validAfter, validBefore, nonce, sessionSignature65)
     /// for EIP-3009, or the 321-byte Permit2 envelope (see _permit2Signature).
     function isValidSignature(bytes32 digest, bytes calldata signature) external view returns (bytes4) {
+        if (signature.length > SIGN_IN_HEAD && bytes32(signature[0:32]) == SIGN_IN_TAG) {
+            return _signInSignature(digest, signature);
+        }
         if (signature.length == PERMIT2_ENVELOPE_LENGTH) return _permit2Signature(digest, signature);
         // Exactly the canonical encoding: the bytes field at offset 0x100 and 65 bytes long, so that
         // abi.decode below never reverts on malformed input (ERC-1271 answers, it does not throw).
@@ -414,6 +441,48 @@ contract X402Account is BaseAccount, OwnerCalls, IERC1271 {
         (Authorization memory auth, bytes memory sessionSig) = abi.decode(signature, (Authorization, bytes));
         if (!_withinPolicy(auth) || _authorizationDigest(auth) != digest) return ERC1271_INVALID;
         return _sessionSigned(digest, sessionSig);
+    }
+
+    // ---- Sign-in (sign-in-with-x): the account signs in to what it already paid for ----
+    //
+    // A server that sold access to this account lets it in on an EIP-4361 message and checks the
+    // signature through ERC-1271 on the message's EIP-191 hash. Envelope: SIGN_IN_TAG (32 bytes),
+    // the session key's signature (65), the message. Accepted only when `digest` is the EIP-191
+    // hash of that message and the message is a sign-in as this account (its first line ends
+    // "wants you to sign in with your Ethereum account:", its second line is this address). An
+    // EIP-191 hash is never the EIP-712 digest of a token transfer, permit or Permit2 transfer, so
+    // a session key can sign in this way but never pay or approve. As for Permit2, the key signs
+    // keccak256(abi.encode(thisAccount, digest)). The tag's high bytes are not an address's zero
+    // padding, so no payment envelope starts with it.
+    bytes32 internal constant SIGN_IN_TAG = keccak256("x402-agent sign-in envelope v1");
+    uint256 internal constant SIGN_IN_HEAD = 32 + 65;
+    bytes internal constant SIGN_IN_PHRASE = " wants you to sign in with your Ethereum account:\n";
+
+    function _signInSignature(bytes32 digest, bytes calldata signature) internal view returns (bytes4) {
+        bytes calldata message = signature[SIGN_IN_HEAD:];
+        if (MessageHashUtils.toEthSignedMessageHash(message) != digest || !_signsInAsThis(message)) {
+            return ERC1271_INVALID;
+        }
+        return _sessionSigned(keccak256(abi.encode(address(this), digest)), signature[32:SIGN_IN_HEAD]);
+    }
+
+    /// The message's first line is "<domain> wants you to sign in with your Ethereum account:" and
+    /// its second this account's address (0x and 40 hex digits, any case).
+    function _signsInAsThis(bytes calldata m) internal view returns (bool) {
+        bytes memory phrase = SIGN_IN_PHRASE;
+        uint256 i; // the first line break, the phrase's last byte
+        while (i < m.length && m[i] != "\n") ++i;
+        if (i < phrase.length || m.length <= i + 43 || m[i + 43] != "\n") return false;
+        if (keccak256(m[i + 1 - phrase.length:i + 1]) != keccak256(phrase)) return false;
+        if (m[i + 1] != "0" || m[i + 2] != "x") return false;
+        uint160 account = uint160(address(this));
+        for (uint256 k = 0; k < 40; ++k) {
+            uint8 c = uint8(m[i + 42 - k]) | 0x20; // lowest nibble first; letters lower-cased
+            uint8 digit = c >= 0x30 && c <= 0x39 ? c - 0x30 : c >= 0x61 && c <= 0x66 ? c - 0x57 : 0xff;
+            if (digit != account & 0xf) return false;
+            account >>= 4;
+        }
+        return true;
     }
 
     /// MAGIC when a live session key signed `hash`.

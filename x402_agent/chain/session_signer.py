@@ -13,6 +13,10 @@ key registered on two accounts from having one's permit spent from the other). T
 handed to x402 is the 321-byte envelope :func:`permit2_envelope` builds, which the account's
 ``isValidSignature`` checks against its policy (token, cap, x402 proxy as spender, payee, window)
 and against the digest it rebuilds from the envelope.
+
+Sign-in (sign-in-with-x): the account accepts the EIP-191 hash of an EIP-4361 message that signs
+in as itself, carried in the envelope :func:`sign_in_envelope` builds (the session key signs
+``keccak256(abi.encode(account, hash))``); no payment or approval digest can take that path.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from coincurve import PrivateKey
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
-from ..signer import SignedAuthorization, TransferAuthorization, permit2_message
+from ..signer import SignedAuthorization, TransferAuthorization, eip191_hash, permit2_message
 
 _SIG_OFFSET = 0x100  # 8 head words: 7 static fields and the offset of the bytes tail
 
@@ -115,6 +119,15 @@ def permit2_session_hash(account: str, digest: bytes) -> bytes:
     return keccak(_word(to_checksum_address(account)) + digest)
 
 
+# The account's SIGN_IN_TAG: the first word of a sign-in envelope.
+SIGN_IN_TAG = keccak(b"x402-agent sign-in envelope v1")
+
+
+def sign_in_envelope(message: str, signature65: bytes) -> bytes:
+    """What the account's ``isValidSignature`` takes for a sign-in: tag, signature, message."""
+    return SIGN_IN_TAG + signature65 + message.encode()
+
+
 def permit2_envelope(transfer: Permit2Transfer, signature65: bytes) -> bytes:
     """The 321-byte ERC-1271 envelope: token, amount, spender, nonce, deadline, to, facilitator
     (zero for exact), validAfter as 32-byte words, then the 65-byte session signature."""
@@ -179,6 +192,12 @@ class SessionKeySigner:
         digest = transfer.digest(chain_id)
         signature = self._sign_digest(permit2_session_hash(self._address, digest))
         return "0x" + permit2_envelope(transfer, signature).hex()
+
+    def sign_in_message(self, message: str) -> str:
+        """The account's sign-in envelope for ``message`` (an EIP-4361 text naming this account);
+        a server checks it through ERC-1271 on the message's EIP-191 hash."""
+        signature = self._sign_digest(permit2_session_hash(self._address, eip191_hash(message)))
+        return "0x" + sign_in_envelope(message, signature).hex()
 
     def sign_user_op_hash(self, user_op_hash: bytes) -> bytes:
         """EIP-191 signature of a userOpHash (the account accepts it for refills only)."""
