@@ -205,7 +205,7 @@ def test_langchain_mcp_adapters_load_our_mcp_tools(world: WorldInfo, home: Path)
     )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["tools"] == ["x402_budget", "x402_fetch", "x402_quote", "x402_receipts"]
+    assert result["tools"] == ["x402_budget", "x402_discover", "x402_fetch", "x402_quote", "x402_receipts"]
     assert result["fetch"]["paid"] is True and result["fetch"]["payment_state"] == "settled"
     assert result["fetch"]["amount"] == str(route.price_atomic)
     assert result["budget"]["session"]["allowance"][0]["spent"] == "0"

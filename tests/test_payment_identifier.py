@@ -235,7 +235,8 @@ def test_a_server_without_the_extension_sees_no_change(
     faulty, base = proxy
     route = world.route("GET", "/v2/weather")
     challenge = httpx.get(world.api_url + route.path)
-    assert "extensions" not in json.loads(base64.b64decode(challenge.headers["payment-required"]))
+    declared = json.loads(base64.b64decode(challenge.headers["payment-required"]))["extensions"]
+    assert set(declared) == {"bazaar"}  # its discovery info only: no payment-identifier
 
     outcome = agent.fetch(base + route.path)
 
