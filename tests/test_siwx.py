@@ -15,6 +15,7 @@ records every sign-in header it is sent and always answers 402.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -166,8 +167,11 @@ def test_receipts_budget_and_the_tools_show_sign_ins_and_entitlements(
     try:
         fetched = tools.fetch(url)
         assert fetched.signed_in and not fetched.paid and json.loads(fetched.body) == ANSWER
+        # The async path (the MCP server's): the flow runs in worker threads, signing included.
+        fetched = asyncio.run(tools.afetch(url))
+        assert fetched.signed_in and not fetched.paid and json.loads(fetched.body) == ANSWER
         (listed,) = tools.budget().entitlements
-        assert listed.sign_ins == 2 and listed.paid_by == payment["id"]
+        assert listed.sign_ins == 3 and listed.paid_by == payment["id"]
     finally:
         tools.close()
 

@@ -66,6 +66,8 @@ TIGHTER = {
         }
     },
     "higher version": {"version": 4},
+    "no sign-in re-access": {"reaccess": {"sign_in": False}},
+    "shorter entitlements": {"reaccess": {"max_entitlement_seconds": 3600}},
 }
 LOOSER = {
     "higher cap": ({"assets": asset(per_request_max=200_000, daily_max=2_000_000)}, "per_request_max"),
@@ -111,6 +113,7 @@ LOOSER = {
     "rollback": ({"version": 2}, "version"),
     "other account": ({"account": "0x3400000000000000000000000000000000000000"}, "account"),
     "calendar day": ({"day": {"kind": "calendar", "timezone": "Pacific/Kiritimati"}}, "day"),
+    "longer entitlements": ({"reaccess": {"max_entitlement_seconds": 7 * 86_400}}, "reaccess"),
 }
 
 
@@ -124,3 +127,9 @@ def test_looser_policies_are_caught(name: str) -> None:
     changes, what = LOOSER[name]
     found = loosenings(policy(**changes), policy())
     assert any(what in item for item in found), found
+
+
+def test_turning_sign_in_re_access_back_on_needs_the_device() -> None:
+    off = policy(reaccess={"sign_in": False})
+    assert any("reaccess" in item for item in loosenings(policy(), off))
+    assert loosenings(policy(reaccess={"sign_in": False, "max_entitlement_seconds": 30 * 86_400}), off) == []

@@ -107,4 +107,11 @@ def loosenings(new: Policy, base: Policy) -> list[str]:
         found.append("max_authorization_seconds raised")
     if not set(new.private_allow) <= set(base.private_allow):
         found.append("private_network.allow admits more than before")
+    # Re-access spends nothing, but it has the paying key sign sign-in messages: signing where
+    # it did not, or for longer after a payment, is the device's to allow.
+    reaccess, base_reaccess = new.reaccess_rule, base.reaccess_rule
+    if reaccess.sign_in and (
+        not base_reaccess.sign_in or reaccess.max_entitlement_seconds > base_reaccess.max_entitlement_seconds
+    ):
+        found.append("reaccess widened: signs in where it did not, or longer after a payment")
     return found
