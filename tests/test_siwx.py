@@ -56,7 +56,7 @@ from x402_agent.devnet.siwx_storage import ExpiringSIWxStorage
 from x402_agent.devnet.world import key_hex
 from x402_agent.errors import NoAcceptableRequirement
 from x402_agent.flow import FetchRequest, Payer
-from x402_agent.ledger import PaymentState
+from x402_agent.ledger import PaymentState, open_ledger
 from x402_agent.ledger.entitlements import Entitlement, NewEntitlement
 from x402_agent.ledger.sqlite import SQLiteLedger
 from x402_agent.operations import Agent
@@ -282,6 +282,42 @@ def test_when_the_server_s_entitlement_expires_the_agent_pays_again(
         assert balances.now() == (before[0] - 2_000, before[1] + 2_000)
     finally:
         agent.close()
+
+
+# ---- the ledger keeps entitlements on both backends ----------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_entitlements_and_sign_ins_in_either_ledger(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    spec = request.getfixturevalue("postgres_url") if backend == "postgres" else "ledger.sqlite3"
+    ledger = open_ledger(spec, tmp_path)
+    try:
+        table = ledger.entitlements
+        new = NewEntitlement("http://h:1/r?q=1", "h:1", "eip155:84532", "0xPayer", "Sign in", "pay-1")
+        bought = table.add(new, 1_000.0, 1_060.0)
+        assert table.live(new.url, new.payer, 1_059.0) == bought
+        assert table.live(new.url, new.payer, 1_060.0) is None  # expired at its bound
+        assert table.live(new.url, "0xOther", 1_001.0) is None
+        used = table.record_sign_in(
+            bought,
+            method="GET",
+            url=new.url,
+            session="s",
+            now=1_010.0,
+            response_status=200,
+            response_content_type="application/json",
+            response_body_sha256="ab" * 32,
+        )
+        assert table.sign_ins() == [used] and used.to_receipt()["kind"] == "sign-in"
+        assert table.active(1_020.0)[0].uses == 1
+        table.end(bought, "server_refused", 1_030.0)
+        assert table.live(new.url, new.payer, 1_031.0) is None and table.active(1_031.0) == []
+        ended = table.get(bought.id)
+        assert ended is not None and (ended.end_reason, ended.ended_at) == ("server_refused", 1_030.0)
+    finally:
+        ledger.close()
 
 
 # ---- the smart account: its session key signs in through the account's ERC-1271 check ----------

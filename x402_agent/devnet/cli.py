@@ -79,6 +79,8 @@ def run_devnet(
                     "transfer_method": r.accepts[0].transfer_method if r.accepts else None,
                     # the server declares payment-identifier and answers a repeated id from cache
                     "payment_identifier": r.payment_identifier,
+                    # the server declares sign-in-with-x: who paid signs in instead of paying again
+                    "sign_in": r.sign_in,
                 }
                 for r in world.routes
             ],
