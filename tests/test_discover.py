@@ -112,6 +112,29 @@ def test_world_listing_is_the_sdk_facilitators(world: WorldInfo) -> None:
     assert "bazaar" in httpx.get(world.facilitator_url + "/supported").json()["extensions"]
 
 
+def test_a_payment_the_facilitator_verifies_is_catalogued(world: WorldInfo) -> None:
+    """The SDK's own trigger: the SDK client echoes the route's declaration in its payment, the
+    facilitator's after-verify hook catalogues it again (the item's lastUpdated moves)."""
+    import httpx
+    from eth_account import Account
+    from test_permit2_world import pay, sdk_client
+
+    from x402_agent.devnet.provision import fund
+
+    assert world.facilitator_url is not None
+    listing_url, route = world.facilitator_url + LISTING, world.route("GET", "/v2/weather")
+
+    def listed_at() -> str:
+        items = httpx.get(listing_url).json()["items"]
+        return str(next(i["lastUpdated"] for i in items if i["resource"] == route.url))
+
+    before = listed_at()
+    payer = Account.create()
+    fund(world, payer.address, usdc=10_000)
+    assert pay(sdk_client(world, payer), route.url).status_code == 200
+    assert listed_at() > before
+
+
 def test_discover_through_mcp_lists_world_routes_with_verdicts(
     world: WorldInfo, home: Path, tmp_path: Path
 ) -> None:
