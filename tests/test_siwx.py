@@ -501,7 +501,11 @@ def hostile(world: WorldInfo) -> Iterator[HostileServer]:
 
 @pytest.mark.parametrize("attack", [None, "domain", "uri", "resources", "chain", "statement"])
 def test_a_hostile_server_gets_no_sign_in_for_another_site(
-    world: WorldInfo, tmp_path: Path, hostile: HostileServer, attack: str | None
+    world: WorldInfo,
+    tmp_path: Path,
+    hostile: HostileServer,
+    attack: str | None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The agent holds a live entitlement for the hostile server's URL (as if it had paid it);
     the server's challenge names another site, chain or statement: nothing is signed or sent,
@@ -533,6 +537,7 @@ def test_a_hostile_server_gets_no_sign_in_for_another_site(
             assert ended.end_reason == "server_refused"  # it answered 402 to the sign-in
         else:
             assert hostile.sign_ins == []
+            assert f"({attack}:" in caplog.text and "paying as usual" in caplog.text
             (kept,) = agent.payer.gate.ledger.entitlements.recent()
             assert kept.ended_at is None
     finally:

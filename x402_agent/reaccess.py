@@ -16,6 +16,7 @@ policy). The SDK's client helpers build and sign the message (``create_siwx_payl
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from .ledger.entitlements import Entitlement, NewEntitlement, SignInRecord
 from .policy import Policy
 from .signer import PaymentSigner, SignInSigner
 
+log = logging.getLogger(__name__)
 SIGN_IN_WITH_X = "sign-in-with-x"  # the extension's key and its request header (the SDK's name)
 # How far the server's issuedAt may be from our clock, and how long its message may stay valid:
 # a message good for longer is more useful to whoever else ends up holding it.
@@ -197,8 +199,12 @@ def prepare(
     try:
         info = sign_in_info(declaration, url, entitlement, now)
         header = sign_in_header(info, url, signer, signer.address)
-    except SignInRefused:
-        return None  # nothing signed: the payment that follows is the policy's to allow
+    except SignInRefused as refused:
+        # Nothing signed: the payment that follows is the policy's to allow.
+        log.warning(
+            "not signing in to %s (%s: %s); paying as usual", urlsplit(url).netloc, refused.reason, refused
+        )
+        return None
     return Attempt(entitlement, {SIGN_IN_WITH_X: header})
 
 
