@@ -313,6 +313,37 @@ def test_the_contract_refuses_what_the_scheme_forbids(
     assert settlement.functions.receivers(world.batch.receiver, token).call() == before
 
 
+def test_server_refunds_a_channel_through_its_channel_manager(
+    world: WorldInfo, server: BatchServer, settlement: Any
+) -> None:
+    """The server's own refund (the SDK channel manager's, as its idle-channel job runs it): what
+    it has not claimed yet is claimed in the same transaction, the rest goes back to the payer,
+    and an emptied channel is closed."""
+    assert world.batch is not None
+    route = world.route("GET", BATCH_PATH)
+    price, token = route.price_atomic, world.usdc.address
+    client, scheme = sdk_batch_client(world, "0x" + "04" * 32)
+    channel_id = compute_channel_id(channel_config(route, scheme), world.network)
+    raw_id = bytes.fromhex(channel_id[2:])
+    payer_before = token_balance(world.rpc_url, token, world.payer_address)
+    assert [r.status_code for r in pay_many(client, route.url, 4)] == [200] * 4
+
+    (result,) = server.manager.refund([channel_id])
+
+    assert result.channel == channel_id and result.transaction
+    assert settlement.functions.channels(raw_id).call() == [4 * price, 4 * price]
+    assert token_balance(world.rpc_url, token, world.payer_address) == payer_before - 4 * price
+    created = settlement.events.ChannelCreated().get_logs(
+        from_block=0, argument_filters={"channelId": raw_id}
+    )
+    assert len(created) == 1
+    # Not closed: the receiver's claimed share stays in the channel's balance until settled out.
+    assert (
+        settlement.events.ChannelClosed().get_logs(from_block=0, argument_filters={"channelId": raw_id}) == []
+    )
+    assert server.errors == []
+
+
 # Last in the module: it moves the chain clock past the withdraw delay (deposits signed for
 # wall-clock windows no longer fit after it).
 def test_payer_withdraws_after_the_delay_what_the_server_did_not_claim(

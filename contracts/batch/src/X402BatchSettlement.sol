@@ -64,6 +64,11 @@ contract X402BatchSettlement {
     // delivered, measured around its call: a reentering collector must not be counted twice.
     uint256 private _locked;
 
+    // Lifecycle (spec): created when a deposit lands in a channel with nothing in it and nothing
+    // claimed; closed when its unclaimed escrow returns to zero with nothing claimed. A channel
+    // refilled after closing is created again.
+    event ChannelCreated(bytes32 indexed channelId, ChannelConfig config);
+    event ChannelClosed(bytes32 indexed channelId, ChannelConfig config);
     event Deposited(bytes32 indexed channelId, address indexed payer, uint128 amount, uint128 balance);
     event Claimed(bytes32 indexed channelId, address indexed receiver, uint128 totalClaimed, uint128 claimed);
     event Settled(address indexed receiver, address indexed token, address indexed sender, uint128 amount);
@@ -111,6 +116,7 @@ contract X402BatchSettlement {
         IDepositCollector(collector).collect(config.payer, config.token, amount, channelId, collectorData);
         if (token.balanceOf(address(this)) != before + amount) revert DepositNotReceived();
         ChannelState storage channel = channels[channelId];
+        if (channel.balance == 0 && channel.totalClaimed == 0) emit ChannelCreated(channelId, config);
         channel.balance += amount;
         emit Deposited(channelId, config.payer, amount, channel.balance);
     }
@@ -209,6 +215,7 @@ contract X402BatchSettlement {
         channel.balance -= amount;
         if (amount > 0) IERC20(config.token).safeTransfer(config.payer, amount);
         emit Withdrawn(channelId, config.payer, amount);
+        _closeIfEmpty(channelId, channel, config, amount);
     }
 
     // ---------------------------------------------------------------------------- batching
@@ -314,6 +321,13 @@ contract X402BatchSettlement {
         }
         IERC20(config.token).safeTransfer(config.payer, refunded);
         emit Refunded(channelId, config.payer, nonce, refunded);
+        _closeIfEmpty(channelId, channel, config, refunded);
+    }
+
+    function _closeIfEmpty(bytes32 channelId, ChannelState storage channel, ChannelConfig calldata config, uint128 moved)
+        private
+    {
+        if (moved > 0 && channel.balance == 0 && channel.totalClaimed == 0) emit ChannelClosed(channelId, config);
     }
 
     function _checkConfig(ChannelConfig calldata config) private pure {
