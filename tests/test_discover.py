@@ -405,3 +405,28 @@ def test_facilitator_url_from_config_or_refused(world: WorldInfo, home: Path, tm
         with pytest.raises(Exception) as guarded:
             agent.discover(facilitator_url=world.rpc_url)
         assert getattr(guarded.value, "reason", None) == "private_address"
+
+
+def test_cli_discover(world: WorldInfo, home: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "X402_AGENT_HOME": str(home)}
+    cli = [sys.executable, "-m", "x402_agent.cli", "discover"]
+    done = subprocess.run([*cli, "report", "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["notice"] == LISTING_NOTICE and found["facilitator_url"] == world.facilitator_url
+    ((report),) = found["items"]
+    assert (report["resource"], report["verdict"], report["amount"]) == (
+        world.route("GET", "/v2/report").url,
+        "approval_needed",
+        "10000",
+    )
+    table = subprocess.run(
+        [*cli, "--max-price", "0.002"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert table.returncode == 0 and "allowed" in table.stdout and "/v2/premium" not in table.stdout
+    bad = subprocess.run([*cli, "--limit", "500"], env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "[invalid_limit]" in bad.stderr
