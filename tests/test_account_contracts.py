@@ -581,10 +581,22 @@ def test_session_key_user_operations_can_only_refill(w: World) -> None:
             ).call({"from": bundler.address})
 
 
+# initialize's last argument: the vault the factory did not create with the account (none).
+NO_PENDING_VAULT = (bytes(32), "0x" + "00" * 20, 0, "0x" + "00" * 20, 0)
+
+
 def test_clones_are_initialised_once_and_addresses_commit_to_the_config(w: World) -> None:
     with pytest.raises(ContractLogicError):  # the clone was initialised by the factory
         w.account.functions.initialize(
-            w.owner.address, w.vault.address, w.usdc.address, w.owner.address, 2**40, 10**18, 10**6, []
+            w.owner.address,
+            w.vault.address,
+            w.usdc.address,
+            w.owner.address,
+            2**40,
+            10**18,
+            10**6,
+            [],
+            NO_PENDING_VAULT,
         ).call({"from": dev_account(3).address})
     with pytest.raises(ContractLogicError):
         w.vault.functions.initialize(
@@ -596,7 +608,15 @@ def test_clones_are_initialised_once_and_addresses_commit_to_the_config(w: World
     )
     with pytest.raises(ContractLogicError):  # the implementation is locked
         impl.functions.initialize(
-            w.owner.address, w.vault.address, w.usdc.address, w.owner.address, 2**40, 10**18, 10**6, []
+            w.owner.address,
+            w.vault.address,
+            w.usdc.address,
+            w.owner.address,
+            2**40,
+            10**18,
+            10**6,
+            [],
+            NO_PENDING_VAULT,
         ).call({"from": dev_account(3).address})
     # an attacker creating "the same" account with their own session key gets another address
     config = AccountConfig(

@@ -23,14 +23,17 @@ from erc7562 import Violation, chain_code, check_validation, trace_handle_ops
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
+from eth_utils.crypto import keccak
 from web3 import Web3
 
-from x402_agent.chain.account import account_contract, send_transaction
+from x402_agent.chain.account import account_contract, artifact, send_transaction
 from x402_agent.chain.entrypoint import ENTRY_POINT_V07, entry_point_v07_abi
 from x402_agent.chain.factory import (
     AccountConfig,
     create_account,
     create_account_calldata,
+    create_sender_calldata,
     factory_address,
     predicted_addresses,
 )
@@ -53,8 +56,8 @@ class Made:
     """An account made here: its config, addresses and the keys that sign for it."""
 
     config: AccountConfig
-    account: str
-    vault: str
+    account: ChecksumAddress
+    vault: ChecksumAddress
     owner: LocalAccount
     session: LocalAccount
 
@@ -107,7 +110,7 @@ def _op(w3: Web3, made: Made, call: str, signer: LocalAccount, *, deploying: boo
     )
     entry_point = w3.eth.contract(address=ENTRY_POINT_V07, abi=entry_point_v07_abi())
     init_code = (
-        bytes.fromhex(factory_address()[2:]) + create_account_calldata(w3, made.config) if deploying else b""
+        bytes.fromhex(factory_address()[2:]) + create_sender_calldata(w3, made.config) if deploying else b""
     )
     op = PackedUserOperation(
         sender=made.account,
@@ -258,3 +261,95 @@ def test_storage_associated_with_the_sender_passes(
     (STO-021), where the token's total supply is not: the check tells them apart."""
     sender = _probe(w3, funder, probe, "ASSOCIATED_STORAGE")
     assert _violations(world, _probe_op(w3, sender), funder) == []
+
+
+# ---- the operation that deploys the account (initCode) ----
+
+
+def _handle_ops(w3: Web3, op: PackedUserOperation, submitter: LocalAccount) -> None:
+    entry_point = w3.eth.contract(address=ENTRY_POINT_V07, abi=entry_point_v07_abi())
+    data = entry_point.encode_abi("handleOps", args=[[op.as_tuple()], submitter.address])
+    receipt = send_transaction(w3, submitter, {"to": ENTRY_POINT_V07, "data": data, "gas": 3_000_000})
+    [event] = entry_point.events.UserOperationEvent().process_receipt(receipt)
+    assert event["args"]["success"], "the operation's execution reverted"
+
+
+@pytest.mark.parametrize("signer", ["session_key", "owner"])
+def test_the_deploying_operation_keeps_to_the_rules(
+    world: WorldInfo, w3: Web3, funder: LocalAccount, signer: str
+) -> None:
+    """initCode = factory.createSender: one CREATE2 (the sender's) and the account's own storage;
+    the account's validation pays its prefund from the ETH at its address (a value call to the
+    EntryPoint). The vault is created by the refill's execution, at the address committed to."""
+    made = _make(world, w3, funder, deploy=False)
+    key = made.session if signer == "session_key" else made.owner
+    op = _op(w3, made, _refill(w3, made, 1_000), key, deploying=True)
+    assert _violations(world, op, funder) == []
+    assert not w3.eth.get_code(made.vault)
+    _handle_ops(w3, op, funder)
+    vault = w3.eth.contract(address=made.vault, abi=artifact("AllowanceVault")["abi"])
+    assert vault.functions.account().call() == made.account
+    assert vault.functions.owner().call() == made.owner.address
+    assert (vault.functions.allowance().call(), vault.functions.period().call()) == (ALLOWANCE, 86400)
+    assert vault.functions.spent().call() == 1_000
+    assert account_contract(w3, made.account).functions.pendingVault().call()[0] == bytes(32)
+
+
+def test_creating_the_vault_in_initcode_would_break_the_rules(
+    world: WorldInfo, w3: Web3, funder: LocalAccount
+) -> None:
+    """Why createSender: createAccount (the plain-transaction and ERC-6492 path) also creates and
+    initialises the vault, which in initCode is a second CREATE2, writes to the vault's storage
+    and reads the clock: a public bundler drops that operation."""
+    made = _make(world, w3, funder, deploy=False)
+    op = _op(w3, made, _refill(w3, made, 1_000), made.session, deploying=True)
+    op = dataclasses.replace(
+        op, initCode=bytes.fromhex(factory_address()[2:]) + create_account_calldata(w3, made.config)
+    )
+    digest = user_op_hash_v07(op, ENTRY_POINT_V07, w3.eth.chain_id)
+    op = dataclasses.replace(op, signature=bytes(made.session.sign_message(encode_defunct(digest)).signature))
+    violations = _violations(world, op, funder)
+    assert {v.rule for v in violations} == {"OP-031", "OP-011", "STO-033"}, violations
+    assert all(v.entity == "factory" for v in violations)
+    assert any(v.rule == "OP-011" and "TIMESTAMP" in v.detail for v in violations)
+    assert any(v.rule == "STO-033" and v.address.lower() == made.vault.lower() for v in violations)
+
+
+NOT_THE_ACCOUNT = keccak(text="NotTheAccount()")[:4].hex()
+
+
+def test_only_the_account_has_its_vault_created(world: WorldInfo, w3: Web3, funder: LocalAccount) -> None:
+    """createVault answers only the account its salt gives: nobody else can create the vault at
+    that address with another owner or allowance first."""
+    from web3.exceptions import ContractCustomError, ContractLogicError
+
+    from x402_agent.chain.factory import factory_contract
+
+    made = _make(world, w3, funder, deploy=False)
+    salt = factory_contract(w3).functions.cloneSalt(made.config.as_tuple(), made.config.salt).call()
+    thief = Account.create().address
+    create = factory_contract(w3).functions.createVault(salt, thief, world.usdc.address, 10**12, 1)
+    for caller in (thief, funder.address):
+        with pytest.raises((ContractCustomError, ContractLogicError), match=NOT_THE_ACCOUNT):
+            create.call({"from": caller})
+    assert not w3.eth.get_code(made.vault)
+
+
+@pytest.mark.parametrize("deployed", [False, True])
+def test_the_wallets_own_top_up_operation_keeps_to_the_rules(
+    world: WorldInfo, w3: Web3, funder: LocalAccount, tmp_path: Path, deployed: bool
+) -> None:
+    """The operation exactly as HotWallet.refill_operation builds it for a home the device owns
+    (its nonce key, gas fields and initCode), before and after the account exists."""
+    from x402_agent.chain.wallet import open_hot_wallet
+    from x402_agent.devnet.provision import provision_smart_account_home
+
+    wallet = open_hot_wallet(provision_smart_account_home(world, tmp_path / "home", deploy=deployed))
+    try:
+        if deployed:
+            _deposit(w3, funder, wallet.account, ETH // 100)
+        op = wallet.refill_operation(1_000)
+        assert bool(op.initCode) is not deployed
+        assert _violations(world, op, funder) == []
+    finally:
+        wallet.close()

@@ -15,3 +15,10 @@ interface IAllowanceVaultPull {
     function token() external view returns (IERC20);
     function allowance() external view returns (uint128);
 }
+
+/// What X402Account needs from its factory: the vault it was created without (see PendingVault).
+interface IVaultFactory {
+    function createVault(bytes32 salt, address owner, IERC20 token, uint128 allowance, uint64 period)
+        external
+        returns (address vault);
+}

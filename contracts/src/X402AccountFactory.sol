@@ -47,19 +47,61 @@ contract X402AccountFactory {
         vault = Clones.predictDeterministicAddress(address(vaultImplementation), s);
     }
 
+    error NotTheAccount();
+
     /// Deploy and initialise the pair; returns the account (already deployed: returns it as is).
     function createAccount(Config calldata config, bytes32 salt) external returns (address account) {
         address vault;
         (account, vault) = addresses(config, salt);
         if (account.code.length > 0) return account;
-        bytes32 s = cloneSalt(config, salt);
-        Clones.cloneDeterministic(address(vaultImplementation), s);
-        Clones.cloneDeterministic(address(accountImplementation), s);
+        X402Account.PendingVault memory none;
+        _createAccount(config, salt, account, vault, none);
+        _createVault(cloneSalt(config, salt), config.owner, IERC20(config.token), account, config.allowance, config.period);
+    }
+
+    /// The account alone, for a user operation's initCode: ERC-7562 lets an unstaked factory
+    /// CREATE2 only the sender and write only its storage (OP-031, STO-010), and the vault's
+    /// initialisation reads the clock (OP-011). The account's first `refill` has the vault
+    /// created (createVault), at the same address as createAccount would.
+    function createSender(Config calldata config, bytes32 salt) external returns (address account) {
+        address vault;
+        (account, vault) = addresses(config, salt);
+        if (account.code.length > 0) return account;
+        X402Account.PendingVault memory pending =
+            X402Account.PendingVault(cloneSalt(config, salt), address(this), config.period, config.token, config.allowance);
+        _createAccount(config, salt, account, vault, pending);
+    }
+
+    /// The vault of the account created by createSender with this clone salt; only that account
+    /// may ask, with what createSender stored in it (so the vault is the one its address commits to).
+    function createVault(bytes32 s, address owner, IERC20 token, uint128 allowance, uint64 period)
+        external
+        returns (address vault)
+    {
+        if (msg.sender != Clones.predictDeterministicAddress(address(accountImplementation), s)) revert NotTheAccount();
+        return _createVault(s, owner, token, msg.sender, allowance, period);
+    }
+
+    function _createAccount(
+        Config calldata config,
+        bytes32 salt,
+        address account,
+        address vault,
+        X402Account.PendingVault memory pending
+    ) internal {
+        Clones.cloneDeterministic(address(accountImplementation), cloneSalt(config, salt));
         X402Account(payable(account)).initialize(
             config.owner, vault, config.token, config.sessionKey, config.sessionExpiry, config.maxValue, config.maxWindow,
-            config.payees
+            config.payees, pending
         );
-        AllowanceVault(vault).initialize(config.owner, IERC20(config.token), account, config.allowance, config.period);
         emit AccountCreated(account, vault, config.owner);
+    }
+
+    function _createVault(bytes32 s, address owner, IERC20 token, address account, uint128 allowance, uint64 period)
+        internal
+        returns (address vault)
+    {
+        vault = Clones.cloneDeterministic(address(vaultImplementation), s);
+        AllowanceVault(vault).initialize(owner, token, account, allowance, period);
     }
 }

@@ -149,6 +149,13 @@ def create_account_calldata(w3: Web3, config: AccountConfig) -> bytes:
     return bytes.fromhex(encoded.removeprefix("0x"))
 
 
+def create_sender_calldata(w3: Web3, config: AccountConfig) -> bytes:
+    """``createSender``: the account alone, for a user operation's initCode (ERC-7562 allows the
+    factory only the sender's CREATE2 there); its first refill has the vault created."""
+    encoded = factory_contract(w3).encode_abi("createSender", args=[config.as_tuple(), config.salt])
+    return bytes.fromhex(encoded.removeprefix("0x"))
+
+
 def create_account(
     w3: Web3, config: AccountConfig, funder: LocalAccount
 ) -> tuple[ChecksumAddress, ChecksumAddress, int]:
@@ -177,6 +184,7 @@ __all__ = [
     "counterfactual_addresses",
     "create_account",
     "create_account_calldata",
+    "create_sender_calldata",
     "deploy_factory",
     "erc6492_wrap",
     "factory_address",

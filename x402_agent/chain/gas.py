@@ -25,10 +25,12 @@ from .bundler import GasEstimate
 from .entrypoint import ENTRY_POINT_V07, entry_point_v07_abi
 
 # What our refills need (alto's estimates on anvil): validation 564k with the account's
-# deployment, 40k without; the call (vault pull, deposit top-up) up to 134k. With margin, under
-# the default caps; a smaller prefund keeps a deployed account's deposit going longer.
+# deployment, 40k without; the call (vault pull, deposit top-up) up to 134k, and ~300k when it
+# also creates the vault (the deploying operation: ERC-7562 keeps that out of initCode). With
+# margin, under the default caps; a smaller prefund keeps a deployed account's deposit going longer.
 _VERIFICATION_GAS_DEPLOYING = 800_000
 _VERIFICATION_GAS = 150_000
+_CALL_GAS_DEPLOYING = 400_000
 _CALL_GAS = 200_000
 _PRE_VERIFICATION_GAS = 60_000
 _PRIORITY_FEE = 10**9
@@ -48,7 +50,7 @@ class GasCaps:
 
 # X402Account's creation defaults (its DEFAULT_* constants): the caps and ETH allowance of an
 # account not deployed yet. tests/test_userop_bounds.py checks them against a fresh account.
-DEFAULT_GAS_CAPS = GasCaps(1_000_000, 300_000, 500_000, 100 * 10**9, 10 * 10**9)
+DEFAULT_GAS_CAPS = GasCaps(1_000_000, 500_000, 500_000, 100 * 10**9, 10 * 10**9)
 DEFAULT_GAS_ALLOWANCE = 10**16  # 0.01 ETH
 DEFAULT_GAS_PERIOD = 86_400
 # ``gasBudget.periodStart`` after the deploying operation paid its prefund, before any top-up.
@@ -134,7 +136,7 @@ def choose_fields(
         )
     return GasFields(
         min(_VERIFICATION_GAS_DEPLOYING if deploying else _VERIFICATION_GAS, caps.verification_gas_limit),
-        min(_CALL_GAS, caps.call_gas_limit),
+        min(_CALL_GAS_DEPLOYING if deploying else _CALL_GAS, caps.call_gas_limit),
         min(_PRE_VERIFICATION_GAS, caps.pre_verification_gas),
         max_fee,
         min(priority, max_fee),
