@@ -586,18 +586,10 @@ NO_PENDING_VAULT = (bytes(32), "0x" + "00" * 20, 0, "0x" + "00" * 20, 0)
 
 
 def test_clones_are_initialised_once_and_addresses_commit_to_the_config(w: World) -> None:
+    # a second initialisation, whatever its arguments
+    stolen = (w.owner.address, w.vault.address, w.usdc.address, w.owner.address, 2**40, 10**18, 10**6, [])
     with pytest.raises(ContractLogicError):  # the clone was initialised by the factory
-        w.account.functions.initialize(
-            w.owner.address,
-            w.vault.address,
-            w.usdc.address,
-            w.owner.address,
-            2**40,
-            10**18,
-            10**6,
-            [],
-            NO_PENDING_VAULT,
-        ).call({"from": dev_account(3).address})
+        w.account.functions.initialize(*stolen, NO_PENDING_VAULT).call({"from": dev_account(3).address})
     with pytest.raises(ContractLogicError):
         w.vault.functions.initialize(
             dev_account(3).address, w.usdc.address, dev_account(3).address, 10**18, 1
@@ -607,17 +599,7 @@ def test_clones_are_initialised_once_and_addresses_commit_to_the_config(w: World
         address=factory.functions.accountImplementation().call(), abi=_artifact("X402Account")["abi"]
     )
     with pytest.raises(ContractLogicError):  # the implementation is locked
-        impl.functions.initialize(
-            w.owner.address,
-            w.vault.address,
-            w.usdc.address,
-            w.owner.address,
-            2**40,
-            10**18,
-            10**6,
-            [],
-            NO_PENDING_VAULT,
-        ).call({"from": dev_account(3).address})
+        impl.functions.initialize(*stolen, NO_PENDING_VAULT).call({"from": dev_account(3).address})
     # an attacker creating "the same" account with their own session key gets another address
     config = AccountConfig(
         w.owner.address,
