@@ -34,18 +34,22 @@ from x402.mechanisms.evm.batch_settlement.client import (
     compute_channel_id,
     sign_voucher,
 )
-from x402.mechanisms.evm.batch_settlement.constants import (
-    BATCH_SETTLEMENT_ADDRESS,
-    ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
-)
+from x402.mechanisms.evm.batch_settlement.constants import BATCH_SETTLEMENT_ADDRESS
 from x402.mechanisms.evm.batch_settlement.facilitator.claim import build_voucher_claim_args
 from x402.mechanisms.evm.batch_settlement.facilitator.utils import to_contract_channel_config
 from x402.mechanisms.evm.batch_settlement.types import ChannelConfig, VoucherClaim
+from x402.mechanisms.evm.constants import ERC20_APPROVE_ABI, PERMIT2_ADDRESS
 from x402.schemas import PaymentRequired
 
 from x402_agent.chain.account import send_transaction
 from x402_agent.devnet import LocalWorld, RouteInfo, WorldInfo, token_balance
-from x402_agent.devnet.batch import BATCH_PATH, BatchServer, batch_artifact
+from x402_agent.devnet.batch import (
+    BATCH_PATH,
+    BATCH_PERMIT2_PATH,
+    CONTRACTS,
+    BatchServer,
+    batch_artifact,
+)
 from x402_agent.paths import PROJECT_ROOT
 
 REQUESTS = 12
@@ -196,10 +200,7 @@ def test_contracts_are_the_reproducible_build_of_our_sources(tmp_path: Path, set
     for path in builder.build(tmp_path, builder.BATCH_SRC_DIR):
         assert path.read_text() == (builder.BATCH_OUT / path.name).read_text(), path.name
     w3 = settlement.w3
-    for name, address in (
-        ("X402BatchSettlement", BATCH_SETTLEMENT_ADDRESS),
-        ("ERC3009DepositCollector", ERC3009_DEPOSIT_COLLECTOR_ADDRESS),
-    ):
+    for name, address in CONTRACTS:
         assert "0x" + bytes(w3.eth.get_code(address)).hex() == batch_artifact(name)["deployedBytecode"]
 
 
@@ -297,12 +298,11 @@ def test_the_contract_refuses_what_the_scheme_forbids(
         sender=config.payer,
     )
     reverts_with(settlement, "NoPendingWithdrawal", "finalizeWithdraw", onchain_config, sender=config.payer)
-    collector = settlement.w3.eth.contract(
-        address=ERC3009_DEPOSIT_COLLECTOR_ADDRESS, abi=batch_artifact("ERC3009DepositCollector")["abi"]
-    )
-    reverts_with(
-        collector, "OnlyBatchSettlement", "collect", config.payer, token, 1, raw_id, b"", sender=anyone
-    )
+    for name, address in CONTRACTS[1:]:  # the collectors
+        collector = settlement.w3.eth.contract(address=address, abi=batch_artifact(name)["abi"])
+        reverts_with(
+            collector, "OnlyBatchSettlement", "collect", config.payer, token, 1, raw_id, b"", sender=anyone
+        )
 
     # Cumulative: re-claiming the same total or an older voucher moves nothing (eth_call: the
     # claim goes through and the receiver's claimed total stays what the SDK's server claimed).
@@ -311,6 +311,38 @@ def test_the_contract_refuses_what_the_scheme_forbids(
         {"from": anyone}
     )
     assert settlement.functions.receivers(world.batch.receiver, token).call() == before
+
+
+def test_sdk_client_deposits_through_permit2(world: WorldInfo, server: BatchServer, settlement: Any) -> None:
+    """/v2/batch-permit2: the deposit goes through Permit2 and our Permit2DepositCollector (the
+    payer approved Permit2 once); vouchers, claims and the refund as on the EIP-3009 route."""
+    assert world.batch is not None
+    route = world.route("GET", BATCH_PERMIT2_PATH)
+    price, deposit, token = route.price_atomic, world.batch.min_deposit, world.usdc.address
+    assert route.accepts[0].extra["assetTransferMethod"] == "permit2"
+    w3 = settlement.w3
+    payer = Account.from_key(world.payer_private_key)
+    usdc = w3.eth.contract(address=token, abi=ERC20_APPROVE_ABI)
+    send_transaction(
+        w3, payer, {"to": token, "data": usdc.encode_abi("approve", args=[PERMIT2_ADDRESS, deposit])}
+    )
+    client, scheme = sdk_batch_client(world, "0x" + "05" * 32)
+    raw_id = bytes.fromhex(compute_channel_id(channel_config(route, scheme), world.network)[2:])
+    payer_before = token_balance(world.rpc_url, token, world.payer_address)
+
+    responses = pay_many(client, route.url, 3)
+
+    assert [r.status_code for r in responses] == [200] * 3
+    (deposited,) = settlement.events.Deposited().get_logs(
+        from_block=0, argument_filters={"channelId": raw_id}
+    )
+    assert deposited["args"]["amount"] == deposit
+    assert token_balance(world.rpc_url, token, world.payer_address) == payer_before - deposit
+    assert server.wait_for(lambda: settlement.functions.channels(raw_id).call() == [deposit, 3 * price])
+    refunded = scheme.refund(route.url)
+    assert refunded.success and refunded.amount == str(deposit - 3 * price), refunded
+    assert token_balance(world.rpc_url, token, world.payer_address) == payer_before - 3 * price
+    assert server.errors == []
 
 
 def test_server_refunds_a_channel_through_its_channel_manager(

@@ -1,12 +1,15 @@
 """The batch-settlement part of the local world: the escrow contracts at their canonical
-addresses and a route served by the official SDK's batch-settlement server and facilitator.
+addresses and two routes served by the official SDK's batch-settlement server and facilitator.
 
 Usage (tests, clients):
 
     route = world.route("GET", "/v2/batch")      # url; accepts[0]: scheme "batch-settlement",
                                                   # amount (per request), pay_to (the receiver), token
+    world.route("GET", "/v2/batch-permit2")       # the same, deposits through Permit2 (needs the
+                                                  # payer's token allowance for Permit2 first)
     batch = world.batch                           # BatchInfo (None when the world runs without it)
-    batch.settlement, batch.erc3009_collector     # X402BatchSettlement, ERC3009DepositCollector
+    batch.settlement, batch.erc3009_collector     # X402BatchSettlement, ERC3009DepositCollector,
+    batch.permit2_collector                       # Permit2DepositCollector
     batch.receiver_authorizer, batch.withdraw_delay, batch.min_deposit, batch.api_url
     local_world.batch_server.wait_for(predicate)  # wake on each claim/settle/refund of the server
 
@@ -46,6 +49,7 @@ from x402.mechanisms.evm.batch_settlement.constants import (
     BATCH_SETTLEMENT_ADDRESS,
     ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
     MIN_WITHDRAW_DELAY,
+    PERMIT2_DEPOSIT_COLLECTOR_ADDRESS,
     SCHEME_BATCH_SETTLEMENT,
 )
 from x402.mechanisms.evm.batch_settlement.facilitator.scheme import BatchSettlementEvmFacilitator
@@ -65,6 +69,12 @@ from .served import ServedApp
 from .usdc import TokenInfo
 
 BATCH_PATH = "/v2/batch"
+BATCH_PERMIT2_PATH = "/v2/batch-permit2"
+CONTRACTS = (
+    ("X402BatchSettlement", BATCH_SETTLEMENT_ADDRESS),
+    ("ERC3009DepositCollector", ERC3009_DEPOSIT_COLLECTOR_ADDRESS),
+    ("Permit2DepositCollector", PERMIT2_DEPOSIT_COLLECTOR_ADDRESS),
+)
 _ANSWER = {"city": "Braga", "temperature_c": 19.0, "paid_with": SCHEME_BATCH_SETTLEMENT}
 _BUILD = PROJECT_ROOT / "contracts" / "batch" / "build"
 _FACILITATOR_ETH_WEI = 100 * 10**18
@@ -85,34 +95,37 @@ class BatchSettings:
 
 @cache
 def batch_artifact(name: str) -> dict[str, Any]:
-    """``X402BatchSettlement`` or ``ERC3009DepositCollector`` (abi, bytecode, deployedBytecode)."""
+    """``X402BatchSettlement``, ``ERC3009DepositCollector`` or ``Permit2DepositCollector`` (abi,
+    bytecode, deployedBytecode)."""
     built: dict[str, Any] = json.loads((_BUILD / f"{name}.json").read_text())
     return built
 
 
 def install_batch_settlement(rpc_url: str) -> None:
-    """Both contracts at their canonical addresses (anvil only: ``anvil_setCode``)."""
+    """The three contracts at their canonical addresses (anvil only: ``anvil_setCode``). The
+    Permit2 collector calls Permit2 at its canonical address (``devnet/permit2.py`` places it)."""
     w3 = Web3(Web3.HTTPProvider(rpc_url))
-    for name, address in (
-        ("X402BatchSettlement", BATCH_SETTLEMENT_ADDRESS),
-        ("ERC3009DepositCollector", ERC3009_DEPOSIT_COLLECTOR_ADDRESS),
-    ):
+    for name, address in CONTRACTS:
         code = batch_artifact(name)["deployedBytecode"]
         w3.provider.make_request("anvil_setCode", [address, code])  # type: ignore[arg-type]
 
 
-def batch_route(
+def batch_routes(
     base_url: str, network: str, usdc: TokenInfo, receiver: str, settings: BatchSettings
-) -> RouteInfo:
-    """The route's description (what ``/v2/batch`` charges, per request, to whom)."""
-    price = PriceInfo(network, usdc, settings.price, receiver, scheme=SCHEME_BATCH_SETTLEMENT)
-    return RouteInfo(
-        "GET",
-        BATCH_PATH,
-        base_url + BATCH_PATH,
-        2,
-        (price,),
-        "Weather by the request, paid from a batch-settlement channel (one deposit, then vouchers)",
+) -> tuple[RouteInfo, RouteInfo]:
+    """What ``/v2/batch`` (deposits by EIP-3009) and ``/v2/batch-permit2`` (deposits through
+    Permit2) charge per request, to whom."""
+
+    def route(path: str, transfer_method: str | None, how: str) -> RouteInfo:
+        price = PriceInfo(
+            network, usdc, settings.price, receiver, SCHEME_BATCH_SETTLEMENT, transfer_method=transfer_method
+        )
+        description = f"Weather by the request, paid from a batch-settlement channel ({how}, then vouchers)"
+        return RouteInfo("GET", path, base_url + path, 2, (price,), description)
+
+    return (
+        route(BATCH_PATH, None, "one deposit"),
+        route(BATCH_PERMIT2_PATH, "permit2", "one deposit through Permit2"),
     )
 
 
@@ -137,7 +150,9 @@ class BatchServer:
         self._authorizer: LocalAccount = Account.create()
         self.receiver: str = Account.create().address
         self._served = ServedApp(name="x402-batch")
-        self.route = batch_route(self._served.url, network, usdc, self.receiver, self.settings)
+        # ``route``: deposits by EIP-3009 (the SDK's default); ``routes`` adds the Permit2 one.
+        self.routes = batch_routes(self._served.url, network, usdc, self.receiver, self.settings)
+        self.route = self.routes[0]
         self._manager: BatchSettlementChannelManagerSync | None = None
         # Woken after each claim, settle or refund of the channel manager (and each error).
         self._changed = threading.Condition()
@@ -149,6 +164,7 @@ class BatchServer:
             api_url=self._served.url,
             settlement=BATCH_SETTLEMENT_ADDRESS,
             erc3009_collector=ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
+            permit2_collector=PERMIT2_DEPOSIT_COLLECTOR_ADDRESS,
             receiver=self.receiver,
             receiver_authorizer=self._authorizer.address,
             facilitator_address=self._facilitator.address,
@@ -245,23 +261,24 @@ class BatchServer:
         )
 
     def _route_config(self) -> dict[str, RouteConfig]:
-        price = self.route.accepts[0]
-        extra = price.extra | {"minDeposit": str(self.settings.min_deposit)}
-        option = PaymentOption(
-            scheme=SCHEME_BATCH_SETTLEMENT,
-            pay_to=price.pay_to,
-            price=AssetAmount(amount=str(price.amount), asset=price.asset, extra=extra),
-            network=price.network,
-        )
-        return {
-            f"GET {BATCH_PATH}": RouteConfig(
+        def config(route: RouteInfo) -> RouteConfig:
+            price = route.accepts[0]
+            extra = price.extra | {"minDeposit": str(self.settings.min_deposit)}
+            option = PaymentOption(
+                scheme=SCHEME_BATCH_SETTLEMENT,
+                pay_to=price.pay_to,
+                price=AssetAmount(amount=str(price.amount), asset=price.asset, extra=extra),
+                network=price.network,
+            )
+            return RouteConfig(
                 accepts=[option],
-                description=self.route.description,
+                description=route.description,
                 mime_type="application/json",
                 # Listed in the world facilitator's Bazaar like the other paid routes.
                 extensions=declare_discovery_extension(output=OutputConfig(example=_ANSWER)),
             )
-        }
+
+        return {f"{route.method} {route.path}": config(route) for route in self.routes}
 
 
 def _create_app(server: x402ResourceServer, config: dict[str, RouteConfig]) -> FastAPI:
@@ -276,6 +293,10 @@ def _create_app(server: x402ResourceServer, config: dict[str, RouteConfig]) -> F
 
     @app.get(BATCH_PATH)
     async def batch_weather() -> dict[str, object]:
+        return _ANSWER
+
+    @app.get(BATCH_PERMIT2_PATH)
+    async def batch_permit2_weather() -> dict[str, object]:
         return _ANSWER
 
     return app

@@ -83,9 +83,10 @@ class RouteInfo:
 class BatchInfo:
     """Where the batch-settlement parts of a running world are (``devnet/batch.py``)."""
 
-    api_url: str  # the server of the /v2/batch route
+    api_url: str  # the server of the /v2/batch and /v2/batch-permit2 routes
     settlement: str  # X402BatchSettlement, at its canonical address
     erc3009_collector: str  # ERC3009DepositCollector, at its canonical address
+    permit2_collector: str  # Permit2DepositCollector, at its canonical address
     receiver: str
     receiver_authorizer: str  # the server's own key (the facilitator advertises none)
     facilitator_address: str

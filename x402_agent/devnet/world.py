@@ -185,7 +185,7 @@ class LocalWorld:
                 catalog.attach(facilitator)
             api.start(create_app(routes, facilitators, rpc_url=anvil.rpc_url))
             facilitator_api.start(create_facilitator_app(catalog, facilitators))
-            catalogue_routes(catalog, routes + ((batch.route,) if batch else ()))
+            catalogue_routes(catalog, routes + (batch.routes if batch else ()))
 
         # node's start-up (mostly module loading) overlaps the Python server's.
         v1, _ = _in_parallel(start_v1, start_v2)
@@ -208,7 +208,7 @@ class LocalWorld:
             payees=payees,
             facilitator_address=dev_account(_FACILITATOR).address,
             v1_facilitator_address=v1.facilitator_address,
-            routes=routes + v1.routes + ((batch.route,) if batch else ()),
+            routes=routes + v1.routes + (batch.routes if batch else ()),
             device_path=device.path,
             factory_address=factory_address(),
             bundler_url=bundler_url,
