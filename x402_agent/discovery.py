@@ -35,6 +35,7 @@ from .flow import HttpAnswer, HttpCall, Payer, Step, check_host, sha256_hex
 from .money import format_units
 from .netguard import check_literal
 from .networks import caip2
+from .policy import Policy
 from .reasons import Reason
 from .request_limits import check_url
 from .selection import PriceLimit, assess
@@ -144,17 +145,17 @@ def discover_flow(payer: Payer, req: DiscoveryRequest) -> Generator[Step, Any, D
     check_literal(req.facilitator_url, policy.private_allow)  # as fetch_flow: first
     check_discovery(req)
     check_host(payer, req.facilitator_url)
-    url = listing_url(req.facilitator_url, None if req.network is None else caip2(req.network) or req.network)
+    network = None if req.network is None else caip2(req.network) or req.network
+    url = listing_url(req.facilitator_url, network)
     request = httpx.Request("GET", url, headers={"Accept": "application/json"})
     # One request, no redirect followed: a listing that moved is the facilitator's to fix.
     answer: HttpAnswer = yield HttpCall(request, max_bytes=MAX_LISTING_BYTES)
     raw_items, total = parse_listing(answer, req.facilitator_url)
-    target = None if req.network is None else caip2(req.network) or req.network
     skipped: dict[str, int] = {}
     matched: list[dict[str, Any]] = []
     for raw in raw_items[:MAX_LISTING_ITEMS]:
         try:
-            item = _item(payer, req, raw, target)
+            item = _item(payer, req, raw, network)
         except _Skip as skip:
             skipped[skip.why] = skipped.get(skip.why, 0) + 1
             continue
@@ -323,14 +324,18 @@ def _within(offer: Offer, limit: PriceLimit, payer: Payer) -> bool:
 
 def _verdict(judged: list[tuple[Offer, Decision]]) -> tuple[Offer, Decision]:
     """The offer fetch would pay (the cheapest allowed), else the most telling refusal."""
-    allowed = [(o, d) for o, d in judged if d.allowed and d.asset is not None]
+    allowed = [
+        (Fraction(o.amount, 10**d.asset.decimals), o.index, o, d) for o, d in judged if d.allowed and d.asset
+    ]
     if allowed:
-        return min(allowed, key=lambda p: (Fraction(p[0].amount, 10 ** p[1].asset.decimals), p[0].index))  # type: ignore[union-attr]
+        # Compared in display units, ties in listed order: the choice fetch makes (selection.rank).
+        _, _, offer, decision = min(allowed, key=lambda ranked: ranked[:2])
+        return offer, decision
     by_policy = [(o, d) for o, d in judged if d.reason not in _UNPAYABLE]
     return (by_policy or judged)[0]
 
 
-def _category(policy: Any, offer: Offer, decision: Decision) -> str:
+def _category(policy: Policy, offer: Offer, decision: Decision) -> str:
     if decision.allowed:
         return "approval_needed" if decision.needs_approval else "allowed"
     if decision.reason in (Reason.UNKNOWN_ASSET, Reason.UNKNOWN_NETWORK) and not any(
@@ -340,7 +345,7 @@ def _category(policy: Any, offer: Offer, decision: Decision) -> str:
     return _VERDICTS.get(decision.reason, "refused")
 
 
-def _judgement(policy: Any, offer: Offer, decision: Decision) -> dict[str, Any]:
+def _judgement(policy: Policy, offer: Offer, decision: Decision) -> dict[str, Any]:
     rule = decision.asset
     return {
         "verdict": _category(policy, offer, decision),
