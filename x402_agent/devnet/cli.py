@@ -61,6 +61,7 @@ def run_devnet(
             "tokens": {"USDC": world.usdc.address, "EURC": world.eurc.address},
             "api_url": world.api_url,
             "v1_api_url": world.v1_api_url,
+            "facilitator_url": world.facilitator_url,  # /supported and the Bazaar listing (discover)
             "agent_home": str(root),
             "payer": agent_home.payer_address(),
             "funder": world.payer_address,

@@ -155,6 +155,7 @@ def provision_smart_account_home(
         store_password=True,
         chain_id=world.chain_id,
         device=_simulator(world),
+        facilitator_url=world.facilitator_url,
     )
     password = home.keystore_password()
     relayer = Account.create()
