@@ -172,6 +172,9 @@ def test_receipts_budget_and_the_tools_show_sign_ins_and_entitlements(
         assert fetched.signed_in and not fetched.paid and json.loads(fetched.body) == ANSWER
         (listed,) = tools.budget().entitlements
         assert listed.sign_ins == 3 and listed.paid_by == payment["id"]
+        listing = tools.receipts()
+        assert [r.id for r in listing.receipts] == [payment["id"]]
+        assert len(listing.sign_ins) == 3 and {s.amount for s in listing.sign_ins} == {"0"}
     finally:
         tools.close()
 

@@ -418,8 +418,24 @@ class Receipt(BaseModel):
     idempotency_key: str | None = None
 
 
+class SignInReceipt(BaseModel):
+    """An access by sign-in-with-x on an earlier payment's entitlement: nothing was paid."""
+
+    id: str
+    kind: Literal["sign-in"] = "sign-in"
+    created_at: float
+    method: str
+    url: str
+    amount: str = Field("0", description="always 0: the entitlement was paid for earlier")
+    response_status: int
+    entitlement_id: str
+
+
 class ReceiptsResult(BaseModel):
     receipts: list[Receipt]
+    sign_ins: list[SignInReceipt] = Field(
+        default_factory=list, description="accesses by sign-in (no payment of their own), newest first"
+    )
 
 
 def refusal(exc: BaseException, budget: Callable[[], dict[str, Any]] | None = None) -> ToolRefusal:
@@ -793,13 +809,18 @@ class AgentTools:
                     f"state must be one of {', '.join(RECEIPT_STATES)}", reason=Reason.INVALID_STATE
                 )
             records = self.agent.receipts(limit, [PaymentState(state)] if state else None)
+            sign_ins = [] if state else self.agent.sign_ins(limit)
         except Exception as exc:
             raise refusal(exc) from exc
         rows = []
         for record in records:
             data = receipt(record)
             rows.append(Receipt(**{k: data.get(k) for k in Receipt.model_fields if data.get(k) is not None}))
-        return ReceiptsResult(receipts=rows)
+        signed = [
+            SignInReceipt(**{k: v for k, v in s.to_receipt().items() if k in SignInReceipt.model_fields})
+            for s in sign_ins
+        ]
+        return ReceiptsResult(receipts=rows, sign_ins=signed)
 
     async def areceipts(self, limit: int = 20, state: str | None = None) -> ReceiptsResult:
         return await asyncio.to_thread(self.receipts, limit, state)
