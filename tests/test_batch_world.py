@@ -48,7 +48,9 @@ from x402_agent.devnet.batch import (
     BATCH_PERMIT2_PATH,
     CONTRACTS,
     BatchServer,
+    BatchSettings,
     batch_artifact,
+    batch_server,
 )
 from x402_agent.paths import PROJECT_ROOT
 
@@ -374,6 +376,30 @@ def test_server_refunds_a_channel_through_its_channel_manager(
         settlement.events.ChannelClosed().get_logs(from_block=0, argument_filters={"channelId": raw_id}) == []
     )
     assert server.errors == []
+
+
+def test_a_server_refunds_idle_channels_on_its_own(world: WorldInfo, settlement: Any) -> None:
+    """With ``refund_idle_s`` set, the SDK channel manager's refund job returns what an idle
+    channel holds unclaimed (a server of this test's own, with its own receiver)."""
+
+    def fund(address: str, wei: int) -> None:
+        settlement.w3.provider.make_request("anvil_setBalance", [address, hex(wei)])
+
+    own = batch_server(world.rpc_url, world.network, world.usdc, fund, BatchSettings(refund_idle_s=1))
+    try:
+        own.start()
+        price, token = own.route.price_atomic, world.usdc.address
+        client, scheme = sdk_batch_client(world, "0x" + "06" * 32)
+        raw_id = bytes.fromhex(compute_channel_id(channel_config(own.route, scheme), world.network)[2:])
+        payer_before = token_balance(world.rpc_url, token, world.payer_address)
+        assert [r.status_code for r in pay_many(client, own.route.url, 2)] == [200, 200]
+
+        assert own.wait_for(lambda: settlement.functions.channels(raw_id).call() == [2 * price, 2 * price])
+        assert token_balance(world.rpc_url, token, world.payer_address) == payer_before - 2 * price
+        assert own.wait_for(lambda: token_balance(world.rpc_url, token, own.receiver) == 2 * price)
+        assert own.errors == []
+    finally:
+        own.stop()
 
 
 # Last in the module: it moves the chain clock past the withdraw delay (deposits signed for

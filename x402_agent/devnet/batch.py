@@ -62,6 +62,7 @@ from x402.mechanisms.evm.batch_settlement.server import (
     Channel,
     ChannelManagerConfigSync,
 )
+from x402.mechanisms.evm.batch_settlement.server.channel_manager_common import get_idle_channels_for_refund
 
 from ..paths import PROJECT_ROOT
 from .info import BatchInfo, PriceInfo, RouteInfo
@@ -244,10 +245,10 @@ class BatchServer:
     def _auto_settlement(self) -> AutoSettlementConfig:
         idle = self.settings.refund_idle_s
 
-        def idle_channels(channels: list[Channel], context: AutoSettlementContext) -> list[Channel]:
+        def idle_channels(channels: list[Channel], _context: AutoSettlementContext) -> list[Channel]:
+            # The SDK's own choice: funded, no request in flight, idle for ``idle`` seconds.
             assert idle is not None
-            cutoff_ms = context.now - idle * 1000
-            return [c for c in channels if int(c.balance) > 0 and c.last_request_timestamp <= cutoff_ms]
+            return get_idle_channels_for_refund(channels, idle)
 
         return AutoSettlementConfig(
             claim_interval_secs=self.settings.claim_interval_s,
