@@ -6,7 +6,9 @@ Permit2 proxies on the main chain, a funded payer with a fresh random key, the
 official Python SDK v2 paid API with its in-process facilitator (exact over
 EIP-3009 and Permit2, upto), and the official npm x402-express v1 server with its own
 facilitator key (separate keys: the two settle concurrently and must not race
-for nonces).
+for nonces). Unless told otherwise (``batch=None``), the batch-settlement contracts at
+their canonical addresses and the SDK's batch-settlement server, facilitator (a third
+key) and channel manager behind ``/v2/batch`` and ``/v2/batch-permit2`` (``devnet/batch.py``).
 
 Whatever starts is registered on an ``ExitStack`` at once, so a failure halfway
 through ``start`` (or any ``stop``) tears down exactly what was running.
