@@ -1,19 +1,19 @@
 """The batch-settlement world: our contracts at the canonical addresses, driven by the official
 SDK's own batch-settlement client, server, facilitator and channel manager (no part of ours pays).
 
-A world of its own for this module: the withdrawal test moves the chain's clock past the withdraw
-delay (15 minutes), which would expire every authorization the session world's other tests sign.
+A world of its own for this module (batch_fixtures): the withdrawal test moves the chain's clock
+past the withdraw delay (15 minutes), which would expire every authorization other tests sign.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import batch_fixtures
 import httpx
 import pytest
 from eth_account import Account
@@ -42,7 +42,7 @@ from x402.mechanisms.evm.constants import ERC20_APPROVE_ABI, PERMIT2_ADDRESS
 from x402.schemas import PaymentRequired
 
 from x402_agent.chain.account import send_transaction
-from x402_agent.devnet import LocalWorld, RouteInfo, WorldInfo, token_balance
+from x402_agent.devnet import RouteInfo, WorldInfo, token_balance
 from x402_agent.devnet.batch import (
     BATCH_PATH,
     BATCH_PERMIT2_PATH,
@@ -54,35 +54,11 @@ from x402_agent.devnet.batch import (
 )
 from x402_agent.paths import PROJECT_ROOT
 
+# The module's own world, its batch server and the settlement contract (module-scoped fixtures).
+batch_world, world = batch_fixtures.batch_world, batch_fixtures.world
+server, settlement = batch_fixtures.server, batch_fixtures.settlement
+
 REQUESTS = 12
-
-
-@pytest.fixture(scope="module")
-def batch_world() -> Iterator[LocalWorld]:
-    local = LocalWorld()
-    local.start()
-    try:
-        yield local
-    finally:
-        local.stop()
-
-
-@pytest.fixture(scope="module")
-def world(batch_world: LocalWorld) -> WorldInfo:
-    return batch_world.info
-
-
-@pytest.fixture(scope="module")
-def server(batch_world: LocalWorld) -> BatchServer:
-    assert batch_world.batch_server is not None
-    return batch_world.batch_server
-
-
-@pytest.fixture(scope="module")
-def settlement(world: WorldInfo) -> Any:
-    w3 = Web3(Web3.HTTPProvider(world.rpc_url))
-    # Our artifact's ABI: the SDK's subset plus the events (Deposited, Claimed, Refunded, ...).
-    return w3.eth.contract(address=BATCH_SETTLEMENT_ADDRESS, abi=batch_artifact("X402BatchSettlement")["abi"])
 
 
 def sdk_batch_client(world: WorldInfo, salt: str) -> tuple[x402Client, BatchSettlementEvmScheme]:
