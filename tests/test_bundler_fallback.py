@@ -73,9 +73,13 @@ def _relayer_address(home: AgentHome) -> str:
     return key.address
 
 
-def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "X402_AGENT_HOME": str(home)}  # the devnet home's password file
-    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=120)
+def _cli(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    # devnet homes read their password from a file; `init` homes from the environment
+    environ = {name: value for name, value in os.environ.items() if name != "X402_AGENT_BUNDLER_KEY"}
+    environ.update({"X402_AGENT_HOME": str(home), **(env or {})})
+    if not (home / "payer.password").exists():
+        environ["X402_AGENT_KEY_PASSWORD"] = "a passphrase for tests"
+    return subprocess.run([*CLI, *args], env=environ, capture_output=True, text=True, timeout=120)
 
 
 def _usdc(world: WorldInfo, holder: str) -> int:
@@ -250,3 +254,67 @@ def test_a_bundler_refusing_by_its_own_rules_hands_over_to_the_relayer(
         [top_up] = _wallet(agent).top_ups
     assert top_up.via == "handleOps" and top_up.success
     assert hostile.methods.count("eth_sendUserOperation") == 1
+
+
+# ---- the bundler's API key: from the environment, never stored or shown ----
+
+KEY = "sk_test_9f8e7d6c5b4a39281706"  # what a provider would issue
+
+
+def test_the_api_key_comes_from_the_environment_and_never_shows(aa_world: WorldInfo, tmp_path: Path) -> None:
+    home = _home(aa_world, tmp_path)
+    route = aa_world.route("GET", "/v2/weather")
+    # A provider that quotes the request back (as some do in their errors): the key is in it.
+    said = f"AA24 signature error for /rpc?apikey={KEY}"
+    with HostileBundler(aa_world.chain_id, ENTRY_POINT_V07, -32507, said) as hostile:
+        configured = hostile.url + "/rpc?apikey=${X402_AGENT_BUNDLER_KEY}"
+        home = _configure(home, bundler_url=configured)
+        with_key = {"X402_AGENT_BUNDLER_KEY": KEY}
+        outputs = [
+            _cli(home.root, "fetch", route.url, env=with_key),
+            _cli(home.root, "fetch", "--json", route.url, env=with_key),
+            _cli(home.root, "wallet", "status", "--json", env=with_key),
+            _cli(home.root, "wallet", "status", env=with_key),
+            _cli(home.root, "budget", "--json", env=with_key),
+        ]
+        missing = _cli(home.root, "fetch", "--json", route.url)
+    assert hostile.paths and set(hostile.paths) == {f"/rpc?apikey={KEY}"}  # expanded when sent
+    refused = json.loads(outputs[1].stdout)
+    assert refused["reason"] == "bundler_signature_invalid"
+    assert "/rpc?apikey=${X402_AGENT_BUNDLER_KEY}" in refused["message"]  # the provider's words, redacted
+    assert json.loads(outputs[2].stdout)["bundler"] == configured
+    assert json.loads(missing.stdout)["reason"] == "key_env_missing"
+    assert "X402_AGENT_BUNDLER_KEY" in json.loads(missing.stdout)["message"]
+    for shown in [*outputs, missing]:
+        assert KEY not in shown.stdout + shown.stderr
+    assert KEY not in "".join(
+        path.read_text(errors="replace") for path in home.root.rglob("*") if path.is_file()
+    )
+    # the bundler down with the key in its URL: the connection error shows the placeholder only
+    home = _configure(home, bundler_url="http://127.0.0.1:9/rpc/${X402_AGENT_BUNDLER_KEY}")
+    rpc(aa_world.rpc_url, "anvil_setBalance", _relayer_address(home), "0x0")
+    down = _cli(home.root, "fetch", "--json", route.url, env=with_key)
+    assert json.loads(down.stdout)["reason"] == "user_op_unsent"
+    assert "127.0.0.1:9/rpc/${X402_AGENT_BUNDLER_KEY}" in down.stdout and KEY not in down.stdout + down.stderr
+
+
+def test_a_key_in_clear_is_refused_before_anything_is_written(aa_world: WorldInfo, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert _cli(home, "init", "--network", aa_world.network, "--rpc-url", aa_world.rpc_url).returncode == 0
+    before = sorted(p.name for p in home.iterdir()), (home / "config.json").read_text()
+    for clear in (f"https://bundler.example/rpc?apikey={KEY}", f"https://bundler.example/v2/{KEY}"):
+        created = _cli(home, "wallet", "create", "--network", aa_world.network,
+                       "--token", aa_world.usdc.address, "--max-value", "1000", "--allowance", "1000",
+                       "--bundler-url", clear)  # fmt: skip
+        assert created.returncode == 2 and "[key_in_clear]" in created.stderr
+        assert "${X402_AGENT_BUNDLER_KEY}" in created.stderr and KEY not in created.stderr + created.stdout
+        assert (sorted(p.name for p in home.iterdir()), (home / "config.json").read_text()) == before
+    # a home edited by hand to hold one is refused when opened, without quoting it
+    provisioned = _home(aa_world, tmp_path / "other")
+    _configure(provisioned, bundler_url="http://127.0.0.1:9")
+    config = json.loads((provisioned.root / "config.json").read_text())
+    config["signer"]["bundler_url"] = f"https://bundler.example/rpc?api_key={KEY}"
+    (provisioned.root / "config.json").write_text(json.dumps(config))
+    status = _cli(provisioned.root, "wallet", "status")
+    assert status.returncode == 2 and "[config_invalid]" in status.stderr
+    assert "query parameter 'api_key'" in status.stderr and KEY not in status.stderr + status.stdout

@@ -50,7 +50,12 @@ def register(sub: Any) -> None:
         help="pay only this payee, enforced by the account from its creation (repeat for more); "
         "without it the account pays any payee and only the policy restricts",
     )
-    create.add_argument("--bundler-url")
+    create.add_argument(
+        "--bundler-url",
+        help="ERC-4337 v0.7 bundler JSON-RPC URL; write its API key as ${X402_AGENT_BUNDLER_KEY} "
+        "where the provider puts it (query or path) and export that variable: the home stores "
+        "only the placeholder",
+    )
     create.add_argument(
         "--relayer-keystore", help="keystore (same password) of a key with ETH for handleOps and owner calls"
     )
@@ -221,7 +226,10 @@ def _create(home: AgentHome, args: argparse.Namespace) -> int:
 
     from .chain.setup import WalletBounds, connect, create_wallet
     from .cli_policy import store_for
+    from .secret_url import check_no_clear_secret
 
+    if args.bundler_url is not None:  # first: refused before anything else is asked or written
+        check_no_clear_secret(args.bundler_url, "bundler URL")
     owner = store_for(home, for_enrollment=True).enrollment().eth_address
     rpc_url = home.config.rpc_urls.get(args.network)
     if rpc_url is None:

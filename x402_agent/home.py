@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 from .paths import HOME_ENV, default_home
 from .reasons import Reason
+from .secret_url import BUNDLER_KEY_ENV, clear_secret
 
 PASSWORD_ENV = "X402_AGENT_KEY_PASSWORD"
 CONFIG_FILE = "config.json"
@@ -66,11 +67,26 @@ class SmartAccountConfig(BaseModel):
     account: str
     vault: str
     setup: AccountSetup
-    bundler_url: str | None = None
+    bundler_url: str | None = Field(
+        None,
+        description="ERC-4337 v0.7 bundler JSON-RPC URL; its API key written as ${VARIABLE}, "
+        "read from the environment when used (never stored here in clear)",
+    )
     relayer_keystore: str | None = Field(
         None, description="a key with ETH that sends handleOps when no bundler answers"
     )
     top_up_to: int = Field(0, description="refill the hot balance up to this (atomic units)")
+
+    @field_validator("bundler_url")
+    @classmethod
+    def _no_key_in_clear(cls, url: str | None) -> str | None:
+        where = None if url is None else clear_secret(url)
+        if where is not None:  # the message never quotes the URL: it holds the key
+            raise ValueError(
+                f"bundler_url seems to hold an API key in clear ({where}): write it as "
+                f"${{{BUNDLER_KEY_ENV}}} and export {BUNDLER_KEY_ENV}"
+            )
+        return url
 
 
 class DeviceLocation(BaseModel):

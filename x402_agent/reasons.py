@@ -956,6 +956,19 @@ class Reason(StrEnum):
         "the agent's configuration is unusable",
         "the user must fix the agent home's configuration",
     )
+    KEY_IN_CLEAR = (
+        "key_in_clear",
+        Layer.SETUP,
+        "a service URL holds its API key in clear, which the home never stores",
+        "export the key as X402_AGENT_BUNDLER_KEY and write the URL with that variable's "
+        "placeholder where the key was (the message shows it); nothing was written",
+    )
+    KEY_ENV_MISSING = (
+        "key_env_missing",
+        Layer.SETUP,
+        "the bundler URL names an environment variable that is not set",
+        "export the variable the message names with the provider's API key, then retry; nothing was paid",
+    )
     HOME_MISSING = (
         "home_missing",
         Layer.SETUP,

@@ -45,6 +45,7 @@ from web3.types import TxParams, Wei
 
 from ..errors import ChainError
 from ..reasons import Reason
+from ..secret_url import expand, redact
 from .bundler_errors import entry_point_words, explain
 from .entrypoint import ENTRY_POINT_V07, entry_point_v07_abi
 from .userop import PackedUserOperation, pack_account_gas_limits, user_op_hash_v07
@@ -122,6 +123,8 @@ class BundlerClient:
     def __init__(
         self, url: str, entry_point: str = ENTRY_POINT_V07, *, timeout_s: float = _HTTP_TIMEOUT_S
     ) -> None:
+        # ``url`` as configured: an API key in it is a ${VARIABLE} placeholder (secret_url),
+        # expanded only for the request; errors and status show this form.
         self.url = url
         self.entry_point = to_checksum_address(entry_point)
         self._http = httpx.Client(timeout=timeout_s)
@@ -140,11 +143,11 @@ class BundlerClient:
         """One JSON-RPC call; ``ChainError`` ``bundler_unavailable`` or ``bundler_rejected``."""
         try:
             reply = self._http.post(
-                self.url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+                expand(self.url), json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
             )
         except httpx.HTTPError as exc:
             raise ChainError(
-                f"bundler at {self.url} unreachable: {exc!r}",
+                f"bundler at {self.url} unreachable: {redact(repr(exc), self.url)}",
                 reason=Reason.BUNDLER_UNAVAILABLE,
                 url=self.url,
                 method=method,
@@ -165,7 +168,7 @@ class BundlerClient:
                 status=reply.status_code,
             )
         if isinstance(error, dict):
-            code, message = error.get("code"), str(error.get("message"))[:_MESSAGE_CHARS]
+            code, message = error.get("code"), redact(str(error.get("message"))[:_MESSAGE_CHARS], self.url)
             # Not a bundler (e.g. a node's URL): as good as no bundler; the op was not taken.
             if code == _METHOD_NOT_FOUND:
                 reason, words = Reason.BUNDLER_UNAVAILABLE, "not a bundler (method not found)"
@@ -178,7 +181,7 @@ class BundlerClient:
                 method=method,
                 code=code,
                 bundler_message=message,
-                data=error.get("data"),
+                data=redact(str(error.get("data"))[:_MESSAGE_CHARS], self.url) if error.get("data") else None,
             )
         return body["result"]
 

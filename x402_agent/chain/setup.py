@@ -14,6 +14,7 @@ from eth_utils.address import to_checksum_address
 from web3 import Web3
 
 from ..home import CONFIG_FILE, AccountSetup, AgentHome, HomeConfig, SmartAccountConfig
+from ..secret_url import check_no_clear_secret
 from .factory import create_account, predicted_addresses
 from .factory_deploy import require_factory
 from .session_keys import SESSION_KEYSTORE, check_session_expiry, write_session_key
@@ -55,6 +56,8 @@ def create_wallet(
     """Give ``home`` a smart account paying ``bounds.token`` on ``network``; rewrite its config.
     Refused (``FactoryError``, nothing written) on a chain without the factory, or with another
     contract at its address: the account's address would mean nothing there."""
+    if bundler_url is not None:  # before anything is written
+        check_no_clear_secret(bundler_url, "bundler URL")
     require_factory(w3)
     now = int(w3.eth.get_block("latest")["timestamp"])
     expiry = check_session_expiry(now + session_seconds)

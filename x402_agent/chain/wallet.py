@@ -438,6 +438,7 @@ class HotWallet:
             "vault": self.vault,
             "token": self.token,
             "session_key": self.session_address,
+            "bundler": self._bundler.url if self._bundler else None,  # placeholders unexpanded
             **dataclasses.asdict(bounds),
             **dataclasses.asdict(funds),
             **self._gas_status(bounds.deployed),
