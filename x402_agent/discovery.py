@@ -108,8 +108,11 @@ def clean_text(value: object, limit: int = MAX_TEXT_CHARS) -> str | None:
     characters dropped, any run of whitespace one space, cut at ``limit`` (marked by '...')."""
     if not isinstance(value, str):
         return None
-    kept = (" " if c.isspace() else c for c in value[: limit * 4])
-    text = " ".join("".join(c for c in kept if unicodedata.category(c)[0] != "C").split())
+    head = value[: limit * 4]
+    if not head.isprintable():  # a control, format or separator character: the slow pass
+        kept = (" " if c.isspace() else c for c in head)
+        head = "".join(c for c in kept if unicodedata.category(c)[0] != "C")
+    text = " ".join(head.split())
     if len(text) > limit or len(value) > limit * 4:
         text = text[: limit - 3].rstrip() + "..."
     return text or None
