@@ -210,11 +210,11 @@ CHANGES: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
     ),
     "reaccess.sign_in": (
         lambda d: d.update(reaccess={"sign_in": False}),
-        "sign-in re-access off (was up to 1d)",
+        "re-access off (was 1d)",
     ),
     "reaccess.max_entitlement_seconds": (
         lambda d: d.update(reaccess={"max_entitlement_seconds": 3600}),
-        "sign-in re-access up to 1h (was up to 1d)",
+        "re-access 1h (was 1d)",
     ),
 }
 

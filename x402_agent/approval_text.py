@@ -173,8 +173,10 @@ def policy_lines(policy: Policy) -> list[Line]:
                     "rolling 24h" if policy.day.kind == "rolling_24h" else f"calendar {policy.day.timezone}",
                 ),
                 (
-                    "sign-in re-access",
-                    f"up to {_lifetime(policy.reaccess_rule.max_entitlement_seconds)}"
+                    # Signing in (sign-in-with-x) instead of paying again, for how long after a
+                    # payment; short: the whole text must stay within what a device signs.
+                    "re-access",
+                    _lifetime(policy.reaccess_rule.max_entitlement_seconds)
                     if policy.reaccess_rule.sign_in
                     else "off",
                 ),
