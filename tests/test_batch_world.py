@@ -323,6 +323,46 @@ def test_sdk_client_deposits_through_permit2(world: WorldInfo, server: BatchServ
     assert server.errors == []
 
 
+ZERO = "0x" + "00" * 20
+
+
+@pytest.mark.parametrize("voucher_key", ["payer-itself", "separate-key"])
+def test_vouchers_signed_by_the_payer_or_a_separate_authorizer(
+    world: WorldInfo, server: BatchServer, settlement: Any, voucher_key: str
+) -> None:
+    """``payerAuthorizer`` zero: vouchers are checked against the payer itself (SignatureChecker:
+    ECDSA for a plain key, ERC-1271 for a contract); a separate EOA authorizer (a session key's
+    shape): the payer signs only the deposit, that key every voucher. Both are claimed on chain."""
+    assert world.batch is not None
+    route = world.route("GET", BATCH_PATH)
+    price = route.price_atomic
+    signer = EthAccountSigner(Account.from_key(world.payer_private_key))
+    session = EthAccountSigner(Account.create())
+    salt = "0x" + ("07" if voucher_key == "payer-itself" else "08") * 32
+    options = (
+        BatchSettlementEvmSchemeOptions(salt=salt, payer_authorizer=ZERO)
+        if voucher_key == "payer-itself"
+        else BatchSettlementEvmSchemeOptions(
+            salt=salt, payer_authorizer=session.address, voucher_signer=session
+        )
+    )
+    scheme = BatchSettlementEvmScheme(signer, options)
+    client = x402Client()
+    client.register(world.network, scheme)
+    client.set_spend_controls({"allowed_assets": [{"network": world.network, "asset": world.usdc.address}]})
+    config = channel_config(route, scheme)
+    assert config.payer_authorizer.lower() == (
+        ZERO if voucher_key == "payer-itself" else session.address.lower()
+    )
+    raw_id = bytes.fromhex(compute_channel_id(config, world.network)[2:])
+
+    assert [r.status_code for r in pay_many(client, route.url, 3)] == [200] * 3
+    assert server.wait_for(lambda: settlement.functions.channels(raw_id).call()[1] == 3 * price), (
+        server.errors
+    )
+    assert server.errors == []
+
+
 def test_server_refunds_a_channel_through_its_channel_manager(
     world: WorldInfo, server: BatchServer, settlement: Any
 ) -> None:
