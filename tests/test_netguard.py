@@ -685,11 +685,12 @@ def home(world: WorldInfo, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_devnet_home_opts_in_its_own_apis_only(world: WorldInfo, home: Path) -> None:
     policy = load_policy(home / "policy.json")
-    assert world.facilitator_url is not None
+    assert world.facilitator_url is not None and world.batch is not None
     assert set(policy.private_allow) == {
         world.api_url.removeprefix("http://"),
         world.v1_api_url.removeprefix("http://"),
         world.facilitator_url.removeprefix("http://"),  # its Bazaar listing (discover)
+        world.batch.api_url.removeprefix("http://"),  # the batch-settlement routes
     }
 
 
