@@ -208,13 +208,15 @@ def main() -> int:
     for run in runs:
         for row in run:
             by_step.setdefault(row["step"], []).append(row)
-    print(f"{'step':50} {'wall s (median)':>16} {'gas':>10}  transactions (gas, calldata bytes)")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (wall times stretch with it; CPU does not)")
+    print(f"{'step':48} {'wall s':>7} {'cpu s':>6} {'gas':>9}  transactions: gas (calldata bytes)")
     for step, rows in by_step.items():
         wall = statistics.median(r["wall_s"] for r in rows)
+        cpu = statistics.median(r["cli_cpu_s"] for r in rows)
         txs = "; ".join(
             f"{t['from']}->{t['to']} {t['gas_used']} ({t['calldata_bytes']} B)" for t in rows[0]["txs"]
         )
-        print(f"{step:50} {wall:16.2f} {rows[0]['gas']:10}  {txs}")
+        print(f"{step:48} {wall:7.2f} {cpu:6.2f} {rows[0]['gas']:9}  {txs}")
     return 0
 
 
