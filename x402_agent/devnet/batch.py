@@ -109,6 +109,8 @@ def install_batch_settlement(rpc_url: str) -> None:
     for name, address in CONTRACTS:
         code = batch_artifact(name)["deployedBytecode"]
         w3.provider.make_request("anvil_setCode", [address, code])  # type: ignore[arg-type]
+        if bytes(w3.eth.get_code(address)).hex() != code.removeprefix("0x"):
+            raise RuntimeError(f"{name} did not land at {address} (is {rpc_url} an anvil node?)")
 
 
 def batch_routes(
