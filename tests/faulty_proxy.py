@@ -8,7 +8,8 @@ Modes: ``forward`` (honest), ``fail_after_settle`` (lets the payment settle, the
 the payment with its payment-identifier id replaced by ``identifier``: the extension is not
 signed, so a middlebox can make two payments carry one id), ``overclaim`` (forwards, then raises
 the batch-settlement channel total in the settle response by ``overclaim_by``: no SDK server
-claims above the vouchers it holds, so a middlebox plays that server). ``seen`` keeps every
+claims above the vouchers it holds, so a middlebox plays that server). ``spare``: how many
+payments to forward honestly before the mode applies. ``seen`` keeps every
 payment header that arrived, in every mode.
 """
 
@@ -36,6 +37,7 @@ class FaultyProxy:
         self.seen: list[str] = []
         self.identifier = ""
         self.overclaim_by = 0
+        self.spare = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -49,10 +51,14 @@ class FaultyProxy:
         headers = {k.decode(): v.decode() for k, v in scope["headers"] if k.decode() != "host"}
         payment = [(k, v) for k, v in headers.items() if k in PAYMENT_HEADERS]
         self.seen += [v for _, v in payment]
-        if payment and self.mode == "rewrite_identifier":
+        mode = self.mode
+        if payment and self.spare:  # payments forwarded honestly before misbehaving
+            self.spare -= 1
+            mode = "forward"
+        if payment and mode == "rewrite_identifier":
             name, value = payment[0]
             headers[name] = self.with_identifier(value)
-        if payment and self.mode == "claim_settled":
+        if payment and mode == "claim_settled":
             self.captured += payment
             await self.answer(
                 send,
@@ -61,21 +67,21 @@ class FaultyProxy:
                 b"content that was never paid for",
             )
             return
-        if payment and self.mode == "swallow":
+        if payment and mode == "swallow":
             self.captured += payment
             headers = {k: v for k, v in headers.items() if k not in PAYMENT_HEADERS}
         query = scope.get("query_string", b"").decode()  # the metered route's ?used=
         target = scope["path"] + (f"?{query}" if query else "")
         status, out_headers, content = await self.forward(scope["method"], target, headers, body)
-        if payment and self.mode == "hold_after_settle":
+        if payment and mode == "hold_after_settle":
             assert "payment-response" in out_headers, "upstream did not settle"
             self.held.set()
             while (await receive())["type"] != "http.disconnect":
                 pass  # answer nothing; the client is killed meanwhile
             return
-        if payment and self.mode == "overclaim":
+        if payment and mode == "overclaim":
             out_headers["payment-response"] = self.raised_total(out_headers["payment-response"])
-        if payment and self.mode == "fail_after_settle":
+        if payment and mode == "fail_after_settle":
             assert "payment-response" in out_headers, "upstream did not settle"
             status, out_headers, content = 500, {}, b"internal error after settlement"
         await self.answer(send, status, out_headers, content)

@@ -8,7 +8,10 @@ which would expire what the session world's other tests sign. Each test pays fro
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -25,7 +28,7 @@ from x402_agent.devnet import LocalWorld, WorldInfo, token_balance
 from x402_agent.devnet.batch import BATCH_PATH, BatchServer, BatchSettings, batch_artifact, batch_server
 from x402_agent.devnet.provision import devnet_policy, fund, provision_devnet_home
 from x402_agent.devnet.served import ServedApp
-from x402_agent.errors import PaymentRejected, PolicyDenied, SettlementMismatch
+from x402_agent.errors import PaidNotDelivered, PaymentRejected, PolicyDenied, SettlementMismatch
 from x402_agent.ledger import PaymentState, SQLiteLedger
 from x402_agent.ledger.channels import ChannelState
 from x402_agent.operations import Agent
@@ -143,60 +146,6 @@ def test_one_hundred_requests_through_one_channel_then_the_unused_deposit_comes_
         agent.close()
 
 
-@pytest.fixture
-def own_server(world: WorldInfo) -> Iterator[BatchServer]:
-    """A batch server of this test's own, to stop (the module's keeps serving the others)."""
-
-    def fund_eth(address: str, wei: int) -> None:
-        rpc(world.rpc_url, "anvil_setBalance", address, hex(wei))
-
-    served = batch_server(world.rpc_url, world.network, world.usdc, fund_eth, BatchSettings())
-    try:
-        yield served.start()
-    finally:
-        served.stop()
-
-
-def test_the_server_disappears_and_the_watchdog_withdraws_after_the_delay(
-    world: WorldInfo, own_server: BatchServer, settlement: Any, tmp_path: Path
-) -> None:
-    route = own_server.route
-    home, payer = fresh_home(world, tmp_path / "home", partial(channel_policy, also_fetch=(route.url,)))
-    price, paid = route.price_atomic, 3
-    before = usdc(world, payer), usdc(world, own_server.receiver)
-    agent = Agent.open(home)
-    try:
-        assert [agent.fetch(route.url).status for _ in range(paid)] == [200] * paid
-        (channel,) = agent.channels()
-        channel_id = bytes.fromhex(channel.channel_id[2:])
-        assert own_server.wait_for(
-            lambda: settlement.functions.channels(channel_id).call() == [DEPOSIT, paid * price]
-        )
-        own_server.stop()  # the server goes away with the rest of the deposit
-
-        watchdog = agent.channel_watchdog(silence=0)
-        (started,) = watchdog.round()
-        assert started.state is ChannelState.WITHDRAWING
-        assert settlement.functions.pendingWithdrawals(channel_id).call()[0] == DEPOSIT - paid * price
-        (waiting,) = watchdog.round()  # the delay has not passed on chain: nothing yet
-        assert waiting.state is ChannelState.WITHDRAWING
-
-        rpc(world.rpc_url, "evm_increaseTime", channel.config["withdrawDelay"])
-        rpc(world.rpc_url, "evm_mine")
-        (closed,) = watchdog.round()
-        assert (closed.state, closed.withdrawn, closed.claimed) == (
-            ChannelState.CLOSED,
-            DEPOSIT - paid * price,
-            paid * price,
-        )
-        # Nothing lost: the payer paid exactly the vouchers the server claimed.
-        assert usdc(world, payer) == before[0] - paid * price
-        assert usdc(world, own_server.receiver) == before[1] + paid * price
-        assert settlement.functions.channels(channel_id).call() == [paid * price, paid * price]
-    finally:
-        agent.close()
-
-
 def test_a_lower_corrective_402_is_followed(world: WorldInfo, server: BatchServer, tmp_path: Path) -> None:
     """Our ledger ahead of the server by two requests (as if their answers had confirmed more
     than the server kept): the server's corrective 402 states its lower total, with the last
@@ -306,5 +255,161 @@ def test_the_daily_limit_and_session_allowance_hold_across_channel_payments(
         assert (channel.signed_total, channel.charged) == (paid * price, paid * price)
         assert channel.deposit == DEPOSIT and usdc(world, payer) == before - DEPOSIT
         assert all(r.state is not PaymentState.RESERVED for r in agent.receipts())
+    finally:
+        agent.close()
+
+
+CHILD = Path(__file__).with_name("crash_child.py")
+CHANNEL_STEPS = (
+    "after_reserve",  # the request's price reserved, the channel untouched
+    "after_next_voucher",  # the running total recorded, nothing signed
+    "after_mark_sent",  # deposit/voucher signed and recorded, never sent
+    "settled_no_answer",  # the server took the voucher; its answer never arrived
+    "before_confirm",  # the answer in hand, the channel's confirmation not written
+    "before_settle",  # the channel confirmed, the request's row not settled
+)
+
+
+@pytest.fixture
+def crash_proxy(world: WorldInfo) -> Iterator[tuple[FaultyProxy, str]]:
+    faulty = FaultyProxy(world.route("GET", BATCH_PATH).url.removesuffix(BATCH_PATH))
+    with ServedApp(faulty, "crash-proxy") as served:
+        yield faulty, served.url + BATCH_PATH
+
+
+def fetch_until_paid(agent: Agent, url: str, **options: Any) -> Any:
+    """A request, retried once if the server's corrective 402 resynced the channel."""
+    try:
+        return agent.fetch(url, **options)
+    except PaymentRejected as refused:
+        assert refused.reason == Reason.CHANNEL_RESYNCED, refused.to_dict()
+        return agent.fetch(url, **options)
+
+
+@pytest.mark.parametrize("prepaid", [0, 2], ids=["deposit", "voucher"])
+@pytest.mark.parametrize("step", CHANNEL_STEPS)
+def test_killed_at_each_channel_step_then_restarted(
+    world: WorldInfo,
+    server: BatchServer,
+    settlement: Any,
+    crash_proxy: tuple[FaultyProxy, str],
+    tmp_path: Path,
+    step: str,
+    prepaid: int,
+) -> None:
+    faulty, url = crash_proxy
+    home, payer = fresh_home(world, tmp_path / "home", partial(channel_policy, also_fetch=(url,)))
+    key = f"crash-{step}"
+    before = usdc(world, payer)
+    if step == "settled_no_answer":
+        faulty.mode, faulty.spare = "hold_after_settle", prepaid
+        child = subprocess.Popen(
+            [sys.executable, str(CHILD), str(home), url, key, "none", str(prepaid)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert faulty.held.wait(timeout=60), "the paid request never reached the server"
+        child.kill()
+    else:
+        child = subprocess.Popen(
+            [sys.executable, str(CHILD), str(home), url, key, step, str(prepaid)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    assert child.wait(timeout=120) == -signal.SIGKILL, child.stderr.read() if child.stderr else None
+    faulty.mode = "forward"
+
+    agent = Agent.open(home)  # the restart reconciles what the dead process left
+    try:
+        # No voucher above the deposit (no channel yet if it died before touching one).
+        assert all(c.signed_total <= c.deposit for c in agent.channels())
+        # The caller retries with its key, then pays one more request.
+        try:
+            agent.fetch(url, idempotency_key=key)
+        except PaymentRejected as refused:  # its voucher was never taken: released
+            assert refused.reason == Reason.CHANNEL_RESYNCED, refused.to_dict()
+        except PaidNotDelivered as lost:  # taken before the crash, its answer lost: settled
+            assert lost.details["state"] == "settled"
+        final = fetch_until_paid(agent, url)
+        assert final.status == 200
+
+        (channel,) = agent.channels()
+        assert channel.signed_total <= channel.deposit == DEPOSIT
+        channel_id = bytes.fromhex(channel.channel_id[2:])
+        # One deposit, whatever step died: the retry resent the same one or the first never left.
+        deposits = settlement.events.Deposited().get_logs(
+            from_block=0, argument_filters={"channelId": channel_id}
+        )
+        assert len(deposits) == 1
+        assert usdc(world, payer) == before - DEPOSIT
+        # The server claims exactly the total we confirmed: nothing it charged is missing here.
+        assert server.wait_for(
+            lambda: settlement.functions.channels(channel_id).call() == [DEPOSIT, channel.charged]
+        )
+        rows = agent.receipts(limit=100)
+        settled = [r for r in rows if r.state is PaymentState.SETTLED]
+        totals = [int((r.nonce or "::").split(":")[1]) for r in settled]
+        assert len(totals) == len(set(totals)), "one request counted twice"
+        # Counted: every request the server charged, plus only rows still unresolved.
+        assert sum(r.amount for r in settled) <= channel.charged
+        still_open = [r for r in rows if r.state in (PaymentState.SENT, PaymentState.UNKNOWN)]
+        assert sum(r.amount for r in settled + still_open) >= channel.charged
+    finally:
+        agent.close()
+
+
+# Last in the module: it moves the chain clock past the withdraw delay, which would expire what
+# the other tests sign (their authorizations are bounded by our clock).
+@pytest.fixture
+def own_server(world: WorldInfo) -> Iterator[BatchServer]:
+    """A batch server of this test's own, to stop (the module's keeps serving the others)."""
+
+    def fund_eth(address: str, wei: int) -> None:
+        rpc(world.rpc_url, "anvil_setBalance", address, hex(wei))
+
+    served = batch_server(world.rpc_url, world.network, world.usdc, fund_eth, BatchSettings())
+    try:
+        yield served.start()
+    finally:
+        served.stop()
+
+
+def test_the_server_disappears_and_the_watchdog_withdraws_after_the_delay(
+    world: WorldInfo, own_server: BatchServer, settlement: Any, tmp_path: Path
+) -> None:
+    route = own_server.route
+    home, payer = fresh_home(world, tmp_path / "home", partial(channel_policy, also_fetch=(route.url,)))
+    price, paid = route.price_atomic, 3
+    before = usdc(world, payer), usdc(world, own_server.receiver)
+    agent = Agent.open(home)
+    try:
+        assert [agent.fetch(route.url).status for _ in range(paid)] == [200] * paid
+        (channel,) = agent.channels()
+        channel_id = bytes.fromhex(channel.channel_id[2:])
+        assert own_server.wait_for(
+            lambda: settlement.functions.channels(channel_id).call() == [DEPOSIT, paid * price]
+        )
+        assert own_server.wait_for(lambda: usdc(world, own_server.receiver) == before[1] + paid * price)
+        own_server.stop()  # the server goes away with the rest of the deposit
+
+        watchdog = agent.channel_watchdog(silence=0)
+        (started,) = watchdog.round()
+        assert started.state is ChannelState.WITHDRAWING
+        assert settlement.functions.pendingWithdrawals(channel_id).call()[0] == DEPOSIT - paid * price
+        (waiting,) = watchdog.round()  # the delay has not passed on chain: nothing yet
+        assert waiting.state is ChannelState.WITHDRAWING
+
+        rpc(world.rpc_url, "evm_increaseTime", channel.config["withdrawDelay"])
+        rpc(world.rpc_url, "evm_mine")
+        (closed,) = watchdog.round()
+        assert (closed.state, closed.withdrawn, closed.claimed) == (
+            ChannelState.CLOSED,
+            DEPOSIT - paid * price,
+            paid * price,
+        )
+        # Nothing lost: the payer paid exactly the vouchers the server claimed.
+        assert usdc(world, payer) == before[0] - paid * price
+        assert usdc(world, own_server.receiver) == before[1] + paid * price
+        assert settlement.functions.channels(channel_id).call() == [paid * price, paid * price]
     finally:
         agent.close()

@@ -600,7 +600,14 @@ def _resend(payer: Payer, req: FetchRequest, prior: PaymentRecord) -> Generator[
     scheme = for_record(prior)
     return (
         yield from _deliver(
-            payer, req, prior.url, prior, scheme, scheme.restore(prior), header, prior.payment_header
+            payer,
+            req,
+            prior.url,
+            prior,
+            scheme,
+            scheme.restore(prior, payer.gate.ledger),
+            header,
+            prior.payment_header,
         )
     )
 
@@ -708,11 +715,28 @@ def _deliver(
         ledger.mark_unknown(
             record.id, evidence=evidence, response_status=response.status_code, delivered=False
         )
-        # A 402 may correct the scheme's own state (a channel's total): then paying again works.
-        corrected = response.status_code == 402 and (
-            yield from scheme.corrective(response.headers, authorized, payer.rpc_urls.get(record.network))
+        # A 402 may correct the scheme's own state (a channel's total), proving what became of
+        # this payment; then paying again works.
+        corrected = (
+            (yield from scheme.corrective(response.headers, authorized, payer.rpc_urls.get(record.network)))
+            if response.status_code == 402
+            else None
         )
-        state = yield from reconcile(payer, ledger.get(record.id) or record)
+        if corrected is PaymentState.RELEASED:
+            ledger.release(record.id, reason="refused_by_server_resynced")
+            raise PaymentRejected(
+                f"the server refused this payment and stated its own running total, which the "
+                f"agent now follows; nothing was taken for this request (receipt {record.id})",
+                reason=Reason.CHANNEL_RESYNCED,
+                payment_id=record.id,
+                server_reason=refused,
+            )
+        if corrected is PaymentState.SETTLED:
+            state = ledger.settle(
+                record.id, settlement_tx=None, delivered=False, settled_amount=record.amount
+            ).state
+        else:
+            state = yield from reconcile(payer, ledger.get(record.id) or record)
         if settled_by_server or state == PaymentState.SETTLED:
             raise PaidNotDelivered(
                 f"paid, but the server answered {response.status_code}; the payment settled "
@@ -721,10 +745,7 @@ def _deliver(
                 status=response.status_code,
                 state=str(state),
             )
-        refusal = _not_settled(record, response.status_code, state, refused, identifier)
-        if corrected:
-            refusal.reason = Reason.CHANNEL_RESYNCED
-        raise refusal
+        raise _not_settled(record, response.status_code, state, refused, identifier)
 
     tx: str | None = None
     settled: int | None = None

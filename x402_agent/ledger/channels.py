@@ -45,6 +45,7 @@ class ChannelRecord:
     withdrawn: int = 0
     state: ChannelState = ChannelState.OPENING
     deposit_tx: str | None = None
+    deposit_payment: str | None = None  # the payments row that carried the deposit
     created_at: float = 0.0
     updated_at: float = 0.0
     last_answer_at: float | None = None
@@ -100,16 +101,36 @@ class ChannelTable:
         with self._ledger._reading() as cur:
             return self._select(cur, "ORDER BY created_at", ())
 
-    def next_voucher(self, template: ChannelRecord, price: int, deposit: int) -> Voucher:
+    def voucher_totals(
+        self, channel_id: str, *, exclude: str | None = None, settled_only: bool = False
+    ) -> set[int]:
+        """The running totals of this channel's requests still counted (or settled only)."""
+        with self._ledger._reading() as cur:
+            return self._totals(cur, channel_id, exclude, settled_only)
+
+    def _totals(self, cur: Any, channel_id: str, exclude: str | None, settled_only: bool) -> set[int]:
+        # A voucher row's authorization id is "<channel id>:<total>:<row id>" (schemes).
+        states = "state = 'settled'" if settled_only else "state <> 'released'"
+        rows = self._ledger._run(
+            cur,
+            f"SELECT nonce FROM payments WHERE scheme = 'batch-settlement' AND nonce LIKE ? AND {states}",
+            (channel_id.lower() + ":%",),
+        ).fetchall()
+        return {int(nonce.split(":")[1]) for (nonce,) in rows if nonce != exclude}
+
+    def next_voucher(
+        self, template: ChannelRecord, price: int, deposit: int, *, reopen: bool = False
+    ) -> Voucher:
         """Record the running total about to be signed: the confirmed total plus ``price``.
-        A channel not in the ledger (or closed) is opened with ``deposit``; refused when the
-        total would exceed the deposit."""
+        A channel not in the ledger (or closed, or ``reopen``: its deposit never landed and
+        never will) is opened with ``deposit``, carried by ``template.deposit_payment``;
+        refused when the total would exceed the deposit."""
         now = self._ledger._clock()
         key = template.channel_id.lower()
         with self._ledger._transaction() as cur:
             found = self._select(cur, "WHERE channel_id = ?", (key,))
             current = found[0] if found else None
-            if current is None or current.state is ChannelState.CLOSED:
+            if current is None or current.state is ChannelState.CLOSED or reopen:
                 if price > deposit:
                     raise PolicyDenied(
                         f"a deposit of {deposit} does not cover the price {price}",
@@ -144,7 +165,10 @@ class ChannelTable:
                     reason=Reason.CHANNEL_CLAIM_ABOVE_VOUCHERS if disputed else Reason.CHANNEL_EXHAUSTED,
                     channel_id=key,
                 )
-            total = current.charged + price
+            # A request the server took whose answer was lost, settled since from the chain:
+            # the server's total is at least its voucher's.
+            charged = max({current.charged} | self._totals(cur, key, None, True))
+            total = charged + price
             if total > current.deposit - current.refunded:
                 raise PolicyDenied(
                     f"channel {key}: a running total of {total} exceeds its deposit "
@@ -154,8 +178,8 @@ class ChannelTable:
                 )
             self._ledger._run(
                 cur,
-                "UPDATE channels SET signed_total = ?, updated_at = ? WHERE channel_id = ?",
-                (max(current.signed_total, total), now, key),
+                "UPDATE channels SET signed_total = ?, charged = ?, updated_at = ? WHERE channel_id = ?",
+                (max(current.signed_total, total), charged, now, key),
             )
             return Voucher(self._select(cur, "WHERE channel_id = ?", (key,))[0], total, 0)
 

@@ -20,7 +20,7 @@ from x402.schemas import SettleResponse
 
 from ..challenge import Offer
 from ..decision import Decision
-from ..ledger import Ledger, PaymentRecord
+from ..ledger import Ledger, PaymentRecord, PaymentState
 from ..policy import AssetRule
 from ..settlement import check_settlement
 from ..signer import PaymentSigner
@@ -114,11 +114,14 @@ class Scheme(Protocol):
 
     def corrective(
         self, headers: Mapping[str, str], authorized: Authorized, rpc: str | None
-    ) -> Generator[RpcCall, Any, bool]:
-        """The server answered a sent payment with 402: True when that answer corrected the
-        scheme's own state (a channel's running total) so that paying again can succeed."""
+    ) -> Generator[RpcCall, Any, PaymentState | None]:
+        """The server answered a sent payment with 402. None: nothing to correct. Else that
+        answer corrected the scheme's own state (a channel's running total), so that paying
+        again can succeed, and it proves what became of this payment: released (not taken,
+        never will be) or settled (taken before; its answer was lost)."""
         ...
 
-    def restore(self, record: PaymentRecord) -> Authorized:
-        """The authorization a sent row carries, to resend or check it."""
+    def restore(self, record: PaymentRecord, ledger: Ledger | None = None) -> Authorized:
+        """The authorization a sent row carries, to resend or check it (with ``ledger``: to
+        resend it, so that the scheme's own state follows the answer)."""
         ...

@@ -28,7 +28,7 @@ from x402.schemas import SettleResponse
 from ..challenge import Offer
 from ..decision import Decision
 from ..errors import PolicyDenied, SettlementMismatch
-from ..ledger import PaymentRecord
+from ..ledger import Ledger, PaymentRecord, PaymentState
 from ..policy import AssetRule
 from ..reasons import Reason
 from ..settlement import TRANSFER_TOPIC, check_settlement, receipt_logs, topic_address, topics
@@ -208,6 +208,24 @@ def _our_voucher(vouchers: object, paid: ChannelPayment, payer: str, stated: int
     return str(recovered).lower() == payer.lower()
 
 
+def _deposit_never_lands(ledger: Any, payment_id: str | None) -> bool:
+    """Whether the deposit a channel was opened with can never land: its request's row was
+    released (nothing signed ever left a reserved row; a sent one is released only once
+    expired unused). In flight otherwise: no second deposit is signed meanwhile."""
+    from ..errors import PaymentInFlight
+
+    row = ledger.get(payment_id) if payment_id else None
+    if row is None or row.state is PaymentState.RELEASED:
+        return True
+    if row.state is PaymentState.SETTLED:
+        return False  # landed: the chain's balance will show it
+    raise PaymentInFlight(
+        "this channel's deposit is in flight; it is resolved from the chain at its expiry",
+        payment_id=row.id,
+        expires_at=row.valid_before,
+    )
+
+
 class BatchSettlement:
     scheme = "batch-settlement"
     family = "eip155"
@@ -265,11 +283,14 @@ class BatchSettlement:
         channel_id = compute_channel_id(config, offer.network).lower()
         channels: ChannelTable = ledger.channels
         known = channels.get(channel_id)
+        reopen = False
         if known is not None and known.state is ChannelState.OPENING and rpc is not None:
-            # A deposit sent before a crash: the chain says whether it landed.
+            # An earlier process signed a deposit and died before the server confirmed it.
             balance, _ = yield from channel_call(rpc, channel_id)
             if balance >= known.deposit:
                 channels.mark(channel_id, state=ChannelState.OPEN)
+            else:
+                reopen = _deposit_never_lands(ledger, known.deposit_payment)
         template = ChannelRecord(
             channel_id=channel_id,
             network=offer.network,
@@ -278,9 +299,10 @@ class BatchSettlement:
             pay_to=offer.pay_to,
             url=reservation.url,
             config_json=json.dumps(config.to_dict(), sort_keys=True),
+            deposit_payment=reservation.id,
         )
         # Recorded before signing: a crash after this never lets a later voucher exceed it.
-        step = channels.next_voucher(template, offer.amount, asset.max_channel_deposit or 0)
+        step = channels.next_voucher(template, offer.amount, asset.max_channel_deposit or 0, reopen=reopen)
         voucher = sign_voucher(signer, channel_id, step.total, offer.chain_id)
         payload: dict[str, Any]
         if step.deposit:
@@ -386,11 +408,14 @@ class BatchSettlement:
 
     def corrective(
         self, headers: Mapping[str, str], authorized: Authorized, rpc: str | None
-    ) -> Generator[RpcCall, Any, bool]:
+    ) -> Generator[RpcCall, Any, PaymentState | None]:
         """The SDK server's corrective 402 states its running total for the channel (and the
         last voucher it holds). Followed when lower than ours, or proven: on chain (claimed at
         least that much) or by a voucher of ours for at least it, within what we signed. A
-        total above every voucher we signed is refused and reported, and the channel disputed."""
+        total above every voucher we signed is refused and reported, and the channel disputed.
+        This request's voucher was taken if the server's total covers it and no other row of
+        ours accounts for its total (at most one voucher per total can be accepted); else it
+        was refused."""
         from x402.http import PAYMENT_REQUIRED_HEADER, decode_payment_required_header
         from x402.mechanisms.evm.batch_settlement.errors import (
             ERR_CUMULATIVE_AMOUNT_BELOW_CLAIMED,
@@ -403,22 +428,22 @@ class BatchSettlement:
         paid = _channel(authorized)
         header = headers.get(PAYMENT_REQUIRED_HEADER) or headers.get(PAYMENT_REQUIRED_HEADER.lower())
         if paid.channels is None or not header:
-            return False
+            return None
         try:
             required = decode_payment_required_header(header)
         except ValueError:
-            return False
+            return None
         if not isinstance(required, PaymentRequired) or required.error not in (
             ERR_CUMULATIVE_AMOUNT_MISMATCH,
             ERR_CUMULATIVE_AMOUNT_BELOW_CLAIMED,
         ):
-            return False
+            return None
         extra = next((a.extra or {} for a in required.accepts if a.scheme == self.scheme), {})
         state, vouchers = extra.get("channelState"), extra.get("voucherState")
         stated = _int(state.get("chargedCumulativeAmount")) if isinstance(state, dict) else None
         channel = paid.channels.get(paid.channel_id)
         if stated is None or channel is None:
-            return False
+            return None
         if stated > channel.signed_total:
             paid.channels.mark(paid.channel_id, state=ChannelState.DISPUTED)
             raise SettlementMismatch(
@@ -433,11 +458,14 @@ class BatchSettlement:
         if not proven and rpc is not None:
             _, claimed = yield from channel_call(rpc, paid.channel_id)
             proven = claimed >= stated
-        if proven:
-            paid.channels.resync(paid.channel_id, stated)
-        return proven
+        if not proven:
+            return None
+        paid.channels.resync(paid.channel_id, stated)
+        others = paid.channels.voucher_totals(paid.channel_id, exclude=authorized.authorization_id)
+        taken = paid.total <= stated and paid.total not in others
+        return PaymentState.SETTLED if taken else PaymentState.RELEASED
 
-    def restore(self, record: PaymentRecord) -> Authorized:
+    def restore(self, record: PaymentRecord, ledger: Ledger | None = None) -> Authorized:
         """What a sent row carries (the payload is in its recorded header, resent as is)."""
         from x402.http import decode_payment_signature_header
 
@@ -452,6 +480,12 @@ class BatchSettlement:
             record.valid_before or 0,
             record.amount,
             ChannelPayment(
-                channel_id, int(record.network.split(":")[1]), total, record.amount, deposit, payload, None
+                channel_id,
+                int(record.network.split(":")[1]),
+                total,
+                record.amount,
+                deposit,
+                payload,
+                None if ledger is None else ledger.channels,
             ),
         )

@@ -18,7 +18,7 @@ from x402.schemas import SettleResponse
 from ..challenge import Offer
 from ..decision import Decision
 from ..errors import PaymentMismatch, SettlementMismatch
-from ..ledger import Ledger, PaymentRecord
+from ..ledger import Ledger, PaymentRecord, PaymentState
 from ..policy import AssetRule
 from ..reasons import Reason
 from ..settlement import TRANSFER_TOPIC, receipt_logs, topic_address, topics
@@ -166,11 +166,11 @@ class ExactEip3009:
 
     def corrective(
         self, headers: Mapping[str, str], authorized: Authorized, rpc: str | None
-    ) -> Generator[RpcCall, Any, bool]:
-        return False  # nothing kept between payments to correct
+    ) -> Generator[RpcCall, Any, PaymentState | None]:
+        return None  # nothing kept between payments to correct
         yield
 
-    def restore(self, record: PaymentRecord) -> Authorized:
+    def restore(self, record: PaymentRecord, ledger: Ledger | None = None) -> Authorized:
         """What a sent row's columns say was signed (checked against the offer before it was
         sent); the signature itself travels in the recorded header, which is resent as is."""
         assert record.payer is not None and record.nonce is not None

@@ -32,7 +32,7 @@ from x402.mechanisms.evm.constants import PERMIT2_ADDRESS
 from ..challenge import Offer
 from ..decision import Decision
 from ..errors import ChainError, ConfigError, SettlementMismatch
-from ..ledger import Ledger, PaymentRecord
+from ..ledger import Ledger, PaymentRecord, PaymentState
 from ..policy import AssetRule
 from ..reasons import Reason
 from ..settlement import TRANSFER_TOPIC, receipt_logs, topic_address, topics
@@ -313,11 +313,11 @@ class Permit2Scheme:
 
     def corrective(
         self, headers: Mapping[str, str], authorized: Authorized, rpc: str | None
-    ) -> Generator[RpcCall, Any, bool]:
-        return False  # nothing kept between payments to correct
+    ) -> Generator[RpcCall, Any, PaymentState | None]:
+        return None  # nothing kept between payments to correct
         yield
 
-    def restore(self, record: PaymentRecord) -> Authorized:
+    def restore(self, record: PaymentRecord, ledger: Ledger | None = None) -> Authorized:
         """What a sent row says was signed (the signature travels in its recorded header)."""
         assert record.payer is not None and record.nonce is not None
         requirement = json.loads(record.requirement_json)

@@ -4,6 +4,8 @@ One row per channel (its id is the EIP-712 hash of its config, so one per payer,
 token and salt). ``signed_total`` is the highest voucher ever signed (never above
 ``deposit``), ``charged`` the running total the server confirmed, ``claimed`` what the chain
 shows the server claimed; ``refunded`` and ``withdrawn`` what came back to the payer.
+``deposit_payment`` is the ledger row of the request that carried the deposit: its state says
+whether the deposit may still land (sent, unknown) or never left (released).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ _STATEMENTS = (
         withdrawn BIGINT NOT NULL DEFAULT 0 CHECK (withdrawn >= 0),
         state TEXT NOT NULL,
         deposit_tx TEXT,
+        deposit_payment TEXT,
         created_at DOUBLE PRECISION NOT NULL,
         updated_at DOUBLE PRECISION NOT NULL,
         last_answer_at DOUBLE PRECISION)""",
