@@ -19,7 +19,7 @@ from web3 import Web3
 from web3.contract import Contract
 
 from .account import artifact, send_transaction
-from .entrypoint import CREATE2_DEPLOYER, ENTRY_POINT_V07, create2_address, deploy_entry_point_v07
+from .entrypoint import CREATE2_DEPLOYER, ENTRY_POINT_V07, create2_address
 
 _CONFIG_TYPES = ["(address,address,uint64,address,uint256,uint64,uint128,uint64,address[])", "bytes32"]
 # An EIP-1167 minimal proxy's creation code around its implementation (OpenZeppelin Clones).
@@ -84,33 +84,12 @@ def factory_contract(w3: Web3) -> Contract:
     return w3.eth.contract(address=factory_address(), abi=artifact("X402AccountFactory")["abi"])
 
 
-# The factory's creation deploys the account and vault implementations: ~7-9M gas as they grow.
-_FACTORY_GAS = 15_000_000
-
-
 def deploy_factory(w3: Web3, funder: LocalAccount) -> ChecksumAddress:
     """Deploy EntryPoint v0.7, OwnerActionText and the factory unless they are there; return the
-    factory address."""
-    deploy_entry_point_v07(w3, funder)
-    text = owner_text_address()
-    if not w3.eth.get_code(text):
-        send_transaction(
-            w3,
-            funder,
-            {"to": CREATE2_DEPLOYER, "data": FACTORY_SALT + owner_text_init_code(), "gas": _FACTORY_GAS},
-        )
-        if not w3.eth.get_code(text):
-            raise RuntimeError("the owner-action text deployment left no code")
-    address = factory_address()
-    if not w3.eth.get_code(address):
-        send_transaction(
-            w3,
-            funder,
-            {"to": CREATE2_DEPLOYER, "data": FACTORY_SALT + factory_init_code(), "gas": _FACTORY_GAS},
-        )
-        if not w3.eth.get_code(address):
-            raise RuntimeError("the account factory deployment left no code")
-    return address
+    factory address (``factory_deploy.deploy_factory_once``: its checks, and what it sent)."""
+    from .factory_deploy import deploy_factory_once  # it builds on this module
+
+    return deploy_factory_once(w3, funder).factory
 
 
 def predicted_addresses(w3: Web3, config: AccountConfig) -> tuple[ChecksumAddress, ChecksumAddress]:
