@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from chain_reads import token_balance
 from hostile_server import Canned, HostileServer
@@ -148,6 +149,9 @@ def test_discover_through_mcp_lists_world_routes_with_verdicts(
             assert not answer.is_error, answer.content
             result = structured(answer)
             check_world_listing(world, result)
+            # What a strict host (the TypeScript SDK) checks: the result fits the declared schema.
+            assert tool.output_schema is not None
+            jsonschema.validate(result, tool.output_schema)
             text = answer.content[0].text  # type: ignore[union-attr]
             assert text.startswith("<discovered-listing id=") and LISTING_NOTICE in text
 
