@@ -8,6 +8,7 @@ which would expire what the session world's other tests sign. Each test pays fro
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -24,6 +25,7 @@ from faulty_proxy import FaultyProxy
 from web3 import Web3
 from x402.mechanisms.evm.batch_settlement.constants import BATCH_SETTLEMENT_ADDRESS
 
+from x402_agent import cli
 from x402_agent.devnet import LocalWorld, WorldInfo, token_balance
 from x402_agent.devnet.batch import BATCH_PATH, BatchServer, BatchSettings, batch_artifact, batch_server
 from x402_agent.devnet.provision import devnet_policy, fund, provision_devnet_home
@@ -356,6 +358,28 @@ def test_killed_at_each_channel_step_then_restarted(
         assert sum(r.amount for r in settled + still_open) >= channel.charged
     finally:
         agent.close()
+
+
+def test_cli_lists_refunds_and_watches_channels(
+    world: WorldInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home, payer = fresh_home(world, tmp_path / "home")
+    route = world.route("GET", BATCH_PATH)
+    price = route.price_atomic
+    assert cli.main(["--home", str(home), "fetch", route.url]) == 0
+    assert cli.main(["--home", str(home), "fetch", route.url]) == 0
+    capsys.readouterr()
+    assert cli.main(["--home", str(home), "channels", "list", "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert (listed["state"], listed["deposit"], listed["charged"]) == ("open", str(DEPOSIT), str(2 * price))
+    assert listed["config"]["payer"] == payer
+    # The watchdog leaves a channel whose server answers alone.
+    assert cli.main(["--home", str(home), "channels", "watch", "--once", "--silence", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["state"] == "open"
+    assert cli.main(["--home", str(home), "channels", "refund", listed["channel_id"], "--json"]) == 0
+    (refunded,) = json.loads(capsys.readouterr().out)
+    assert (refunded["state"], refunded["refunded"]) == ("closed", str(DEPOSIT - 2 * price))
+    assert usdc(world, payer) == PAYER_USDC - 2 * price
 
 
 # Last in the module: it moves the chain clock past the withdraw delay, which would expire what

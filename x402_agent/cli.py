@@ -102,11 +102,13 @@ def _parser() -> argparse.ArgumentParser:
     budget.add_argument("--json", action="store_true")
     breaker = sub.add_parser("breaker", help="the circuit breaker")
     breaker.add_argument("action", choices=("reset",))
+    from .cli_channels import register as register_channels
     from .cli_policy import register
     from .cli_wallet import register as register_wallet
 
     register(sub)
     register_wallet(sub)
+    register_channels(sub)
     mcp = sub.add_parser("mcp", help="serve the agent tools over MCP (stdio by default)")
     mcp.add_argument(
         "--transport",
@@ -538,6 +540,12 @@ def _wallet(args: argparse.Namespace) -> int:
     return run_wallet(args)
 
 
+def _channels(args: argparse.Namespace) -> int:
+    from .cli_channels import run_channels
+
+    return run_channels(args)
+
+
 def _mcp(args: argparse.Namespace) -> int:
     # Over stdio the host's first requests are answered while the rest loads (mcp_start).
     front = None
@@ -603,6 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "device": _device,
         "mcp": _mcp,
         "wallet": _wallet,
+        "channels": _channels,
         "init": _init,
     }
     try:

@@ -139,6 +139,8 @@ class _Sessions:
                 from .operations import Agent
 
                 self._agent = await asyncio.to_thread(Agent.open, self.home, approver=_elicit_approval)
+                # A long-running server looks after its batch-settlement channels meanwhile.
+                self._agent.channel_watchdog().start()
             return self._agent
 
     async def tools(self, key: str) -> AgentTools:
