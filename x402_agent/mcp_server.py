@@ -1,7 +1,8 @@
 """`x402-agent mcp`: the agent tools over the Model Context Protocol (stdio or streamable HTTP).
 
 Tools: ``x402_fetch``, ``x402_quote``, ``x402_discover``, ``x402_budget``, ``x402_receipts``
-(the first names ``fetch``... stay callable); read-only resources: the policy in force and the recent receipts.
+(the first names ``fetch``... stay callable); read-only resources: the policy in force and the
+recent receipts.
 One host is one agent session (its own session allowance): see ``mcp_host.session_key``.
 Refusals are tool errors (``isError``) whose structured content carries the reason code, a next
 step and, for spending refusals, what remains of the budget. Payments above the policy's
