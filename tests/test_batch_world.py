@@ -363,6 +363,73 @@ def test_vouchers_signed_by_the_payer_or_a_separate_authorizer(
     assert server.errors == []
 
 
+ERC20_TRANSFER_ABI = [
+    {
+        "type": "function",
+        "name": "transfer",
+        "inputs": [{"name": "to", "type": "address"}, {"name": "amount", "type": "uint256"}],
+        "outputs": [{"name": "", "type": "bool"}],
+        "stateMutability": "nonpayable",
+    }
+]
+
+
+class ContractWalletSigner:
+    """The SDK client's signer for a contract payer: its address is the wallet, its signatures the
+    owner key's over the EIP-712 digest (what OwnerSigned1271 accepts through ERC-1271)."""
+
+    def __init__(self, wallet: str, owner: EthAccountSigner) -> None:
+        self._wallet, self._owner = wallet, owner
+
+    @property
+    def address(self) -> str:
+        return self._wallet
+
+    def sign_typed_data(self, domain: Any, types: Any, primary_type: str, message: dict[str, Any]) -> bytes:
+        return self._owner.sign_typed_data(domain, types, primary_type, message)
+
+
+def test_a_contract_payer_pays_through_erc1271(
+    world: WorldInfo, server: BatchServer, settlement: Any
+) -> None:
+    """A smart-account-shaped payer (ERC-1271, payerAuthorizer zero): its EIP-3009 deposit is
+    accepted by the token through ERC-1271, its vouchers by the SDK's facilitator and by the
+    contract's claim, and the refund returns to the contract."""
+    assert world.batch is not None
+    route = world.route("GET", BATCH_PATH)
+    price, deposit, token = route.price_atomic, world.batch.min_deposit, world.usdc.address
+    w3 = settlement.w3
+    funder = Account.from_key(world.payer_private_key)
+    source = PROJECT_ROOT / "tests" / "contracts" / "OwnerSigned1271.sol"
+    compiled = _load_build_script().compile_files([source])["contracts"][
+        "tests/contracts/OwnerSigned1271.sol"
+    ]
+    owner = Account.create()
+    creation = compiled["OwnerSigned1271"]["evm"]["bytecode"]["object"] + owner.address[2:].lower().rjust(
+        64, "0"
+    )
+    wallet = send_transaction(w3, funder, {"data": "0x" + creation})["contractAddress"]
+    usdc = w3.eth.contract(address=token, abi=ERC20_TRANSFER_ABI)
+    send_transaction(w3, funder, {"to": token, "data": usdc.encode_abi("transfer", args=[wallet, deposit])})
+
+    signer = ContractWalletSigner(wallet, EthAccountSigner(owner))
+    scheme = BatchSettlementEvmScheme(signer, BatchSettlementEvmSchemeOptions(payer_authorizer=ZERO))
+    client = x402Client()
+    client.register(world.network, scheme)
+    client.set_spend_controls({"allowed_assets": [{"network": world.network, "asset": token}]})
+    config = channel_config(route, scheme)
+    assert (config.payer, config.payer_authorizer.lower()) == (wallet, ZERO)
+    raw_id = bytes.fromhex(compute_channel_id(config, world.network)[2:])
+
+    assert [r.status_code for r in pay_many(client, route.url, 3)] == [200] * 3
+    assert token_balance(world.rpc_url, token, wallet) == 0
+    assert server.wait_for(lambda: settlement.functions.channels(raw_id).call() == [deposit, 3 * price])
+    refunded = scheme.refund(route.url)
+    assert refunded.success and refunded.amount == str(deposit - 3 * price), refunded
+    assert token_balance(world.rpc_url, token, wallet) == deposit - 3 * price
+    assert server.errors == []
+
+
 def test_server_refunds_a_channel_through_its_channel_manager(
     world: WorldInfo, server: BatchServer, settlement: Any
 ) -> None:
