@@ -29,9 +29,10 @@ from x402.schemas.v1 import PaymentRequirementsV1
 
 from . import bounded_json
 from .challenge import Offer, make_offer
-from .decision import Decision, PaymentContext
-from .errors import InvalidRequest, UpstreamError, X402AgentError
+from .decision import Decision, PaymentContext, Usage, decide
+from .errors import InvalidRequest, PolicyDenied, UpstreamError, X402AgentError
 from .flow import HttpAnswer, HttpCall, Payer, Step, check_host, sha256_hex
+from .ledger import PaymentRecord, UsageQuery
 from .money import format_units
 from .netguard import check_literal
 from .networks import caip2
@@ -39,6 +40,7 @@ from .policy import Policy
 from .reasons import Reason
 from .request_limits import check_url
 from .selection import PriceLimit, assess
+from .spendgate import SpendGate
 
 MAX_LISTING_BYTES = 1024 * 1024
 MAX_LISTING_ITEMS = 500  # items looked at; the rest of a longer page is not
@@ -156,9 +158,10 @@ def discover_flow(payer: Payer, req: DiscoveryRequest) -> Generator[Step, Any, D
     raw_items, total = parse_listing(answer, req.facilitator_url)
     skipped: dict[str, int] = {}
     matched: list[dict[str, Any]] = []
+    gate = _ListingGate(payer.gate, payer.clock())
     for raw in raw_items[:MAX_LISTING_ITEMS]:
         try:
-            item = _item(payer, req, raw, network)
+            item = _item(gate, req, raw, network)
         except _Skip as skip:
             skipped[skip.why] = skipped.get(skip.why, 0) + 1
             continue
@@ -201,6 +204,31 @@ def parse_listing(answer: HttpAnswer, facilitator_url: str) -> tuple[list[Any], 
     total = pagination.get("total") if isinstance(pagination, dict) else None
     # A count no listing could hold is not a count: it is not repeated to the model.
     return items, total if type(total) is int and 0 <= total <= _MAX_TOTAL else None
+
+
+class _ListingGate:
+    """The payer's gate for one listing: the policy and the time read once, the ledger's usage
+    once per asset and session rather than once per listed offer (a full listing would be a
+    thousand reads, each a round trip on a PostgreSQL ledger). It never reserves."""
+
+    def __init__(self, gate: SpendGate, now: float) -> None:
+        self.policy = gate.policy
+        self.ledger = gate.ledger
+        self._now = now
+        self._usage: dict[tuple[str, str, str | None], Usage] = {}
+
+    def evaluate(self, offer: Offer, context: PaymentContext, *, with_usage: bool = True) -> Decision:
+        policy, now = self.policy, self._now
+        if not with_usage or policy.find_asset(offer.network, offer.asset) is None:
+            return decide(policy, offer, context, Usage(), now)
+        key = (offer.network, offer.asset, context.session)
+        if key not in self._usage:
+            query = UsageQuery(offer.network, offer.asset, policy.day.start(now), now, context.session)
+            self._usage[key] = self.ledger.usage(query)
+        return decide(policy, offer, context, self._usage[key], now)
+
+    def reserve(self, offer: Offer, context: PaymentContext, *, approved: bool = False) -> PaymentRecord:
+        raise PolicyDenied("discovery pays nothing", reason=Reason.POLICY_DENIED)
 
 
 class _Skip(Exception):
@@ -265,7 +293,9 @@ def _matches(query: str | None, *texts: str | None) -> bool:
     return all(term in haystack for term in query.lower().split())
 
 
-def _item(payer: Payer, req: DiscoveryRequest, raw: object, network: str | None) -> dict[str, Any] | None:
+def _item(
+    gate: _ListingGate, req: DiscoveryRequest, raw: object, network: str | None
+) -> dict[str, Any] | None:
     """One listed resource as a result, None when the filters leave it out; _Skip if malformed."""
     if not isinstance(raw, dict):
         raise _Skip("not_an_object")
@@ -281,11 +311,11 @@ def _item(payer: Payer, req: DiscoveryRequest, raw: object, network: str | None)
     )
     if not _matches(req.query, resource, description, service, *tag_list):
         return None
-    policy = payer.gate.policy
+    policy = gate.policy
     if network is not None:
         offers = [o for o in offers if o.network == network]
     if req.max_price is not None:
-        offers = [o for o in offers if _within(o, req.max_price, payer)]
+        offers = [o for o in offers if _within(o, req.max_price, policy)]
     if not offers:
         return None
     method = _method(raw)
@@ -301,7 +331,7 @@ def _item(payer: Payer, req: DiscoveryRequest, raw: object, network: str | None)
     )
     try:
         check_literal(resource, policy.private_allow)  # fetch would refuse it before sending
-        judged = [(offer, assess(offer, payer.gate, context, req.max_price)) for offer in offers]
+        judged = [(offer, assess(offer, gate, context, req.max_price)) for offer in offers]
     except X402AgentError as exc:
         judged = [(offer, Decision(False, exc.reason, exc.message)) for offer in offers]
     best, decision = _verdict(judged)
@@ -319,8 +349,8 @@ def _item(payer: Payer, req: DiscoveryRequest, raw: object, network: str | None)
     }
 
 
-def _within(offer: Offer, limit: PriceLimit, payer: Payer) -> bool:
-    rule = payer.gate.policy.find_asset(offer.network, offer.asset)
+def _within(offer: Offer, limit: PriceLimit, policy: Policy) -> bool:
+    rule = policy.find_asset(offer.network, offer.asset)
     ceiling = limit.atomic_for(rule) if rule is not None else None
     return ceiling is not None and offer.amount <= ceiling
 
