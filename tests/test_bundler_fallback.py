@@ -142,6 +142,25 @@ def test_bundler_and_relayer_down_the_payment_is_refused_and_nothing_counted(
     assert {who: _usdc(aa_world, who) for who in balances} == balances
 
 
+def test_both_down_at_the_first_payment_the_relayer_is_named_and_nothing_counted(
+    aa_world: WorldInfo, tmp_path: Path
+) -> None:
+    """The account's gas deposit is still empty: only the relayer can have the account move its
+    ETH in, and it holds none. Refused before any user operation, saying so."""
+    home = _configure(_home(aa_world, tmp_path), bundler_url=DEAD_BUNDLER)
+    rpc(aa_world.rpc_url, "anvil_setBalance", _relayer_address(home), "0x0")
+    route = aa_world.route("GET", "/v2/weather")
+    budget_before = json.loads(_cli(home.root, "budget", "--json").stdout)["assets"]
+    refused = json.loads(_cli(home.root, "fetch", "--json", route.url).stdout)
+    assert refused["reason"] == "relayer_unfunded"
+    assert f"the relayer {_relayer_address(home)} holds 0 wei" in refused["message"]
+    assert refused["next_step"].startswith("the wallet cannot send its top-up: the user sends the relayer")
+    assert json.loads(_cli(home.root, "budget", "--json").stdout)["assets"] == budget_before
+    with Agent.open(home) as agent:
+        assert [row.state for row in agent.payer.gate.ledger.recent()] == [PaymentState.RELEASED]
+        assert _wallet(agent).hot_balance() == 0
+
+
 # ---- gas through the bundler's standard estimate, within the account's caps ----
 
 

@@ -63,6 +63,16 @@ def _as_account(key: LocalAccount | str | bytes) -> LocalAccount:
     return account
 
 
+def _max_fee(w3: Web3) -> int:
+    return 2 * int(w3.eth.gas_price) + 1
+
+
+def max_transaction_cost(w3: Web3) -> int:
+    """What the node requires the sender of a ``send_transaction`` to hold (its gas limit times
+    its maximum fee), so a caller can say "too little ETH" before the node's own wording."""
+    return _TX_GAS * _max_fee(w3)
+
+
 def send_transaction(w3: Web3, sender: LocalAccount | str | bytes, tx: dict[str, Any]) -> Any:
     """Sign and send ``tx`` from ``sender``; return the receipt, raising if it reverted."""
     signer = _as_account(sender)
@@ -71,7 +81,7 @@ def send_transaction(w3: Web3, sender: LocalAccount | str | bytes, tx: dict[str,
         "from": signer.address,
         "nonce": w3.eth.get_transaction_count(signer.address, "pending"),
         "gas": _TX_GAS,
-        "maxFeePerGas": 2 * w3.eth.gas_price + 1,
+        "maxFeePerGas": _max_fee(w3),
         "maxPriorityFeePerGas": 1,
         **tx,
     }

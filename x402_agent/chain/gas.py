@@ -20,7 +20,7 @@ from web3.exceptions import Web3Exception
 
 from ..errors import ChainError
 from ..reasons import Reason
-from .account import account_contract, send_transaction
+from .account import account_contract, max_transaction_cost, send_transaction
 from .bundler import GasEstimate
 from .entrypoint import ENTRY_POINT_V07, entry_point_v07_abi
 
@@ -183,6 +183,17 @@ def fund_deposit(w3: Web3, account: str, need: int, relayer: LocalAccount | None
         return
     details: dict[str, object] = {}
     if relayer is not None:
+        held, needed = int(w3.eth.get_balance(relayer.address)), max_transaction_cost(w3)
+        if held < needed:
+            raise ChainError(
+                f"the relayer {relayer.address} holds {held} wei; moving the account's ETH into its "
+                f"gas deposit needs up to {needed}",
+                reason=Reason.RELAYER_UNFUNDED,
+                account=account,
+                relayer=relayer.address,
+                balance=held,
+                needed=needed,
+            )
         try:
             call = account_contract(w3, account).encode_abi("refill", args=[0])
             send_transaction(w3, relayer, {"to": account, "data": call})
