@@ -488,42 +488,60 @@ def test_a_server_refunds_idle_channels_on_its_own(world: WorldInfo, settlement:
 # Last in the module: it moves the chain clock past the withdraw delay (deposits signed for
 # wall-clock windows no longer fit after it).
 def test_payer_withdraws_after_the_delay_what_the_server_did_not_claim(
-    world: WorldInfo, server: BatchServer, settlement: Any
+    world: WorldInfo, settlement: Any
 ) -> None:
-    """The timed withdrawal (the escape hatch when the server stops cooperating): the server may
-    still claim its vouchers during the delay; after it, the payer takes back the rest."""
-    assert world.batch is not None
-    route = world.route("GET", BATCH_PATH)
-    price, deposit, token = route.price_atomic, world.batch.min_deposit, world.usdc.address
-    client, scheme = sdk_batch_client(world, "0x" + "02" * 32)
-    config = to_contract_channel_config(channel_config(route, scheme))
-    channel_id = bytes.fromhex(compute_channel_id(channel_config(route, scheme), world.network)[2:])
-    payer_before = token_balance(world.rpc_url, token, world.payer_address)
-    paid = 3
-    assert [r.status_code for r in pay_many(client, route.url, paid)] == [200] * paid
-    assert server.wait_for(
-        lambda: settlement.functions.channels(channel_id).call() == [deposit, paid * price]
-    )
-
+    """The timed withdrawal (the escape hatch when the server stops cooperating). The payer asks
+    for the whole deposit back before the server claimed anything; the server (its timers off
+    here, so the order is fixed) claims its vouchers during the delay; after it, the payer takes
+    back exactly what is still unclaimed."""
     w3 = settlement.w3
-    payer = Account.from_key(world.payer_private_key)
-    unclaimed = deposit - paid * price
 
-    def call(function: str, *args: Any) -> Any:
-        data = settlement.encode_abi(function, args=list(args))
-        return send_transaction(w3, payer, {"to": BATCH_SETTLEMENT_ADDRESS, "data": data})
+    def fund(address: str, wei: int) -> None:
+        w3.provider.make_request("anvil_setBalance", [address, hex(wei)])
 
-    call("initiateWithdraw", config, unclaimed)
-    amount, initiated_at = settlement.functions.pendingWithdrawals(channel_id).call()
-    assert amount == unclaimed and initiated_at > 0
-    with pytest.raises(ContractLogicError):  # the delay has not elapsed
-        settlement.functions.finalizeWithdraw(config).call({"from": payer.address})
+    own = batch_server(
+        world.rpc_url,
+        world.network,
+        world.usdc,
+        fund,
+        BatchSettings(claim_interval_s=86_400, settle_interval_s=86_400),
+    )
+    try:
+        own.start()
+        route = own.route
+        price, deposit, token = route.price_atomic, own.settings.min_deposit, world.usdc.address
+        client, scheme = sdk_batch_client(world, "0x" + "02" * 32)
+        config = to_contract_channel_config(channel_config(route, scheme))
+        channel_id = bytes.fromhex(compute_channel_id(channel_config(route, scheme), world.network)[2:])
+        payer_before = token_balance(world.rpc_url, token, world.payer_address)
+        paid = 3
+        assert [r.status_code for r in pay_many(client, route.url, paid)] == [200] * paid
+        assert settlement.functions.channels(channel_id).call() == [deposit, 0]  # nothing claimed yet
+        payer = Account.from_key(world.payer_private_key)
 
-    w3.provider.make_request("evm_increaseTime", [world.batch.withdraw_delay])
-    w3.provider.make_request("evm_mine", [])
-    call("finalizeWithdraw", config)
+        def call(function: str, *args: Any) -> Any:
+            data = settlement.encode_abi(function, args=list(args))
+            return send_transaction(w3, payer, {"to": BATCH_SETTLEMENT_ADDRESS, "data": data})
 
-    assert settlement.functions.channels(channel_id).call() == [paid * price, paid * price]
-    assert settlement.functions.pendingWithdrawals(channel_id).call() == [0, 0]
-    assert token_balance(world.rpc_url, token, world.payer_address) == payer_before - paid * price
-    assert server.errors == []
+        call("initiateWithdraw", config, deposit)
+        amount, initiated_at = settlement.functions.pendingWithdrawals(channel_id).call()
+        assert amount == deposit and initiated_at > 0
+        with pytest.raises(ContractLogicError):  # the delay has not elapsed
+            settlement.functions.finalizeWithdraw(config).call({"from": payer.address})
+        (claimed,) = own.manager.claim()  # the server claims during the delay
+        assert claimed.vouchers == 1
+        assert settlement.functions.channels(channel_id).call() == [deposit, paid * price]
+
+        w3.provider.make_request("evm_increaseTime", [own.settings.withdraw_delay])
+        w3.provider.make_request("evm_mine", [])
+        call("finalizeWithdraw", config)
+
+        # Capped to the unclaimed escrow: the payer paid exactly the claimed vouchers.
+        assert settlement.functions.channels(channel_id).call() == [paid * price, paid * price]
+        assert settlement.functions.pendingWithdrawals(channel_id).call() == [0, 0]
+        assert token_balance(world.rpc_url, token, world.payer_address) == payer_before - paid * price
+        own.manager.settle()
+        assert token_balance(world.rpc_url, token, own.receiver) == paid * price
+        assert own.errors == []
+    finally:
+        own.stop()
