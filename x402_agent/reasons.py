@@ -855,7 +855,7 @@ class Reason(StrEnum):
         Layer.WALLET,
         "the project's account factory is not deployed on this chain",
         "the user runs `x402-agent wallet deploy-factory --network ...` once for this chain "
-        "(a key with ETH pays its ~10.4M gas), then retries",
+        "(a key with ETH pays its ~11M gas), then retries",
     )
     FACTORY_BYTECODE_MISMATCH = (
         "factory_bytecode_mismatch",
