@@ -309,6 +309,21 @@ def decode_entry_point_error(data: str | bytes | None) -> str | None:
 # ---- submission ----
 
 
+def require_relayer_funds(w3: Web3, relayer: LocalAccount, needed: int, purpose: str, **details: Any) -> None:
+    """``relayer_unfunded`` unless the relayer holds ``needed`` wei (its transaction's gas limit
+    times its maximum fee): nodes refuse such a transaction in words of their own."""
+    held = int(w3.eth.get_balance(relayer.address))
+    if held < needed:
+        raise ChainError(
+            f"the relayer {relayer.address} holds {held} wei; {purpose} needs up to {needed}",
+            reason=Reason.RELAYER_UNFUNDED,
+            relayer=relayer.address,
+            balance=held,
+            needed=needed,
+            **details,
+        )
+
+
 def _relay_handle_ops(
     w3: Web3,
     op: PackedUserOperation,
@@ -339,19 +354,8 @@ def _relay_handle_ops(
             reason=Reason.USER_OP_REJECTED,
             user_op_hash=user_op_hash,
         )
-    # The node refuses a transaction whose gas limit times maxFeePerGas exceeds the sender's
-    # balance with an error worded differently by every client: check it ourselves.
     gas_limit = gas + gas // 5
-    held, needed = int(w3.eth.get_balance(relayer.address)), gas_limit * op.max_fee_per_gas
-    if held < needed:
-        raise ChainError(
-            f"the relayer {relayer.address} holds {held} wei; handleOps needs up to {needed}",
-            reason=Reason.RELAYER_UNFUNDED,
-            user_op_hash=user_op_hash,
-            relayer=relayer.address,
-            balance=held,
-            needed=needed,
-        )
+    require_relayer_funds(w3, relayer, gas_limit * op.max_fee_per_gas, "handleOps", user_op_hash=user_op_hash)
     # The EntryPoint refunds the beneficiary at the op's own gas price: relay at that price.
     params: TxParams = {
         "chainId": w3.eth.chain_id,
@@ -531,5 +535,6 @@ __all__ = [
     "UserOpResult",
     "decode_entry_point_error",
     "find_user_op",
+    "require_relayer_funds",
     "submit_user_op",
 ]

@@ -21,7 +21,7 @@ from web3.exceptions import Web3Exception
 from ..errors import ChainError
 from ..reasons import Reason
 from .account import account_contract, max_transaction_cost, send_transaction
-from .bundler import GasEstimate
+from .bundler import GasEstimate, require_relayer_funds
 from .entrypoint import ENTRY_POINT_V07, entry_point_v07_abi
 
 # What our refills need (alto's estimates on anvil): validation 564k with the account's
@@ -183,17 +183,8 @@ def fund_deposit(w3: Web3, account: str, need: int, relayer: LocalAccount | None
         return
     details: dict[str, object] = {}
     if relayer is not None:
-        held, needed = int(w3.eth.get_balance(relayer.address)), max_transaction_cost(w3)
-        if held < needed:
-            raise ChainError(
-                f"the relayer {relayer.address} holds {held} wei; moving the account's ETH into its "
-                f"gas deposit needs up to {needed}",
-                reason=Reason.RELAYER_UNFUNDED,
-                account=account,
-                relayer=relayer.address,
-                balance=held,
-                needed=needed,
-            )
+        purpose = "moving the account's ETH into its gas deposit"
+        require_relayer_funds(w3, relayer, max_transaction_cost(w3), purpose, account=account)
         try:
             call = account_contract(w3, account).encode_abi("refill", args=[0])
             send_transaction(w3, relayer, {"to": account, "data": call})
