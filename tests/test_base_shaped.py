@@ -25,7 +25,7 @@ from web3 import Web3
 from x402_agent.chain.account import send_transaction
 from x402_agent.chain.entrypoint import CREATE2_DEPLOYER, ENTRY_POINT_V07
 from x402_agent.chain.factory import factory_address
-from x402_agent.chain.factory_deploy import require_factory
+from x402_agent.chain.factory_deploy import deploy_factory_once, require_factory
 from x402_agent.device.simulator import DeviceSimulator
 from x402_agent.devnet.aa import MULTICALL3
 from x402_agent.devnet.base_shaped import (
@@ -33,7 +33,7 @@ from x402_agent.devnet.base_shaped import (
     BaseShapedInfo,
     BaseShapedWorld,
 )
-from x402_agent.errors import FactoryError
+from x402_agent.errors import ChainError, FactoryError
 from x402_agent.signer import LocalKeySigner, TokenDomain, TransferAuthorization, write_keystore
 
 CLI = [sys.executable, "-m", "x402_agent.cli"]
@@ -292,3 +292,12 @@ def test_deploy_factory_refuses_a_chain_without_the_proxy_and_a_key_without_eth(
         assert bare.returncode == 1 and "[create2_deployer_missing]" in bare.stderr
         assert CREATE2_DEPLOYER in bare.stderr
         assert nonce_of(chain, chain.user_address) == 0  # nothing sent
+
+    # No chain behind the URL (nothing listens on the discard port): typed, the URL not echoed.
+    dead = cli(
+        nowhere, "wallet", "deploy-factory", "--rpc-url", "http://127.0.0.1:9", "--keystore", str(empty)
+    )
+    assert dead.returncode == 1 and "[chain_unavailable]" in dead.stderr and "127.0.0.1:9" not in dead.stderr
+    with pytest.raises(ChainError) as stopped:
+        deploy_factory_once(Web3(Web3.HTTPProvider("http://127.0.0.1:9")), penniless)
+    assert stopped.value.reason == "chain_unavailable" and "run it again" in stopped.value.message

@@ -15,7 +15,7 @@ from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
 from web3 import Web3
 
-from ..errors import FactoryError
+from ..errors import ChainError, FactoryError
 from ..reasons import Reason
 from .account import artifact, send_transaction
 from .entrypoint import (
@@ -123,7 +123,23 @@ def deploy_factory_once(w3: Web3, funder: LocalAccount) -> FactoryDeployment:
 
     Checks first, sends after: the proxy must exist, no address may hold foreign code, and the
     funder must hold enough ETH for every missing piece at today's fee (else nothing is sent).
+    An RPC failure or a reverted deployment midway is ``ChainError``: a second run finishes the
+    rest (what landed is found and kept).
     """
+    from web3.exceptions import Web3Exception
+
+    try:
+        return _deploy_missing(w3, funder)
+    except (OSError, Web3Exception, RuntimeError) as exc:  # requests' errors are OSErrors
+        # Only our own words (a reverted transaction's hash): an RPC error's text may quote the
+        # RPC URL, and a provider's URL may hold its API key.
+        words = str(exc)[:200] if type(exc) is RuntimeError else type(exc).__name__
+        raise ChainError(
+            f"the factory deployment stopped ({words}): run it again to finish (what landed is kept)"
+        ) from exc
+
+
+def _deploy_missing(w3: Web3, funder: LocalAccount) -> FactoryDeployment:
     chain_id = int(w3.eth.chain_id)
     report = FactoryDeployment(factory_address(), owner_text_address(), ENTRY_POINT_V07, chain_id)
     if not w3.eth.get_code(CREATE2_DEPLOYER):
