@@ -21,6 +21,8 @@ from typing import Generic, TypeVar
 
 import httpx
 
+from .http1 import AsyncHttp1Transport, Http1Transport
+
 # Distinct https names kept pooled at once; a name beyond that starts a fresh pool.
 MAX_NAMES = 64
 P = TypeVar("P")
@@ -60,11 +62,11 @@ class NamePooledTransport(httpx.BaseTransport):
         # One context for every pool: building one loads the CA bundle.
         context = httpx.create_ssl_context(verify)
 
-        def make() -> httpx.HTTPTransport:
-            return httpx.HTTPTransport(verify=context, limits=limits)
+        def make() -> Http1Transport:
+            return Http1Transport(context, limits)
 
         self._shared = make()
-        self._named: _Named[httpx.HTTPTransport] = _Named(make, size)
+        self._named: _Named[Http1Transport] = _Named(make, size)
         self._lock = threading.Lock()  # a sync client may serve several threads
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -88,11 +90,11 @@ class AsyncNamePooledTransport(httpx.AsyncBaseTransport):
     def __init__(self, verify: ssl.SSLContext | bool, limits: httpx.Limits, size: int = MAX_NAMES) -> None:
         context = httpx.create_ssl_context(verify)
 
-        def make() -> httpx.AsyncHTTPTransport:
-            return httpx.AsyncHTTPTransport(verify=context, limits=limits)
+        def make() -> AsyncHttp1Transport:
+            return AsyncHttp1Transport(context, limits)
 
         self._shared = make()
-        self._named: _Named[httpx.AsyncHTTPTransport] = _Named(make, size)
+        self._named: _Named[AsyncHttp1Transport] = _Named(make, size)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         name = _name(request)
