@@ -9,8 +9,9 @@ only decides the values and checks them.
   chain marks it used in ``Permit2.nonceBitmap(owner, nonce >> 8)``. Past its deadline an unused
   permit can never settle.
 - Permit2 can only pull what the payer approved it for: before signing, the token allowance to
-  Permit2 is read and, when short, raised to a bound (the asset's daily limit; never unlimited) by
-  a transaction of the payer's own (a plain key) or refused as ``permit2_allowance_required``.
+  Permit2 is read (unless what this process last read still covers the payment) and, when short,
+  raised to a bound (the asset's daily limit; never unlimited) by a transaction of the payer's
+  own (a plain key) or refused as ``permit2_allowance_required``.
 - Permit2 emits no event naming the nonce, so a settlement transaction is proven by its target
   (the proxy), success, and exactly one Transfer from the payer to the payee.
 """
@@ -20,6 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import threading
+import weakref
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -85,6 +88,39 @@ def allowance_bound(asset: AssetRule, needed: int) -> int:
     return max(asset.daily_max if asset.daily_max is not None else asset.per_request_max, needed)
 
 
+class _Headroom:
+    """What a payer's Permit2 allowance still covers, as its signer last read it minus what it
+    has signed since: the chain is read again only when a payment would not fit, so paying does
+    not wait on an allowance read each time. Only payments lower an allowance (a permit pulls at
+    most what it names; upto permits often less), so the estimate errs high only when another
+    process pays from the same allowance or the owner lowers it; a permit then beyond the true
+    allowance is refused by the facilitator, nothing moves, and the estimate runs out (each
+    attempt spends from it) and is read again. Kept per signer object: it ends with the agent."""
+
+    def __init__(self) -> None:
+        self._left: weakref.WeakKeyDictionary[object, dict[tuple[str, str], int]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()  # flows run in several worker threads
+
+    def spend(self, signer: object, key: tuple[str, str], amount: int) -> bool:
+        with self._lock:
+            known = self._left.setdefault(signer, {})
+            left = known.get(key, 0)
+            if left < amount:
+                known.pop(key, None)
+                return False
+            known[key] = left - amount
+            return True
+
+    def known(self, signer: object, key: tuple[str, str], left: int) -> None:
+        with self._lock:
+            self._left.setdefault(signer, {})[key] = left
+
+
+_HEADROOM = _Headroom()
+
+
 def ensure_allowance(
     rpc: str | None, signer: PaymentSigner, token: str, needed: int, bound: int, chain_id: int
 ) -> Generator[RpcCall | WalletCall, Any, None]:
@@ -96,8 +132,11 @@ def ensure_allowance(
     if rpc is None:
         return  # no chain access here: the facilitator says whether it is enough
     owner = signer.address
+    if _HEADROOM.spend(signer, (rpc, token), needed):
+        return
     allowance = yield from _allowance(rpc, token, owner)
     if allowance >= needed:
+        _HEADROOM.known(signer, (rpc, token), allowance - needed)
         return
     if not isinstance(signer, TransactionSender):
         raise ConfigError(
@@ -145,6 +184,7 @@ def ensure_allowance(
         raise ChainError(
             f"the Permit2 approval {tx} reverted", reason=Reason.PERMIT2_ALLOWANCE_REQUIRED, tx=tx
         )
+    _HEADROOM.known(signer, (rpc, token), bound - needed)
     # What was approved, for the user's record: a bounded amount, from the payer's own key.
     log.warning("approved Permit2 to pull up to %d of token %s from %s (tx %s)", bound, token, owner, tx)
 
