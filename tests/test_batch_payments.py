@@ -18,24 +18,35 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from chain_reads import rpc
 from eth_account import Account
 from faulty_proxy import FaultyProxy
 from web3 import Web3
+from x402.http import PAYMENT_REQUIRED_HEADER, decode_payment_required_header
 from x402.mechanisms.evm.batch_settlement.constants import BATCH_SETTLEMENT_ADDRESS
+from x402.schemas import PaymentRequired
 
 from x402_agent import cli
 from x402_agent.devnet import LocalWorld, WorldInfo, token_balance
 from x402_agent.devnet.batch import BATCH_PATH, BatchServer, BatchSettings, batch_artifact, batch_server
 from x402_agent.devnet.provision import devnet_policy, fund, provision_devnet_home
 from x402_agent.devnet.served import ServedApp
-from x402_agent.errors import PaidNotDelivered, PaymentRejected, PolicyDenied, SettlementMismatch
+from x402_agent.errors import (
+    NoAcceptableRequirement,
+    PaidNotDelivered,
+    PaymentRejected,
+    PolicyDenied,
+    SettlementMismatch,
+)
 from x402_agent.ledger import PaymentState, SQLiteLedger
 from x402_agent.ledger.channels import ChannelState
 from x402_agent.operations import Agent
 from x402_agent.policy import Policy
 from x402_agent.reasons import Reason
+from x402_agent.selection import rank
+from x402_agent.spendgate import PolicyGate
 
 PAYER_USDC = 1_000_000
 DEPOSIT = 150_000  # the policy's max_channel_deposit: 150 requests of 0.001
@@ -95,6 +106,7 @@ def test_one_hundred_requests_through_one_channel_then_the_unused_deposit_comes_
     home, payer = fresh_home(world, tmp_path / "home")
     route = world.route("GET", BATCH_PATH)
     price, receiver = route.price_atomic, route.pay_to
+    assert receiver is not None
     before = usdc(world, payer), usdc(world, receiver)
     agent = Agent.open(home)
     try:
@@ -380,6 +392,41 @@ def test_cli_lists_refunds_and_watches_channels(
     (refunded,) = json.loads(capsys.readouterr().out)
     assert (refunded["state"], refunded["refunded"]) == ("closed", str(DEPOSIT - 2 * price))
     assert usdc(world, payer) == PAYER_USDC - 2 * price
+
+
+@pytest.mark.parametrize(
+    ("extra", "deposit", "reason"),
+    [
+        ({}, None, Reason.CHANNEL_DEPOSIT_NOT_ALLOWED),  # the policy names no channel deposit
+        ({"minDeposit": str(DEPOSIT + 1)}, DEPOSIT, Reason.CHANNEL_DEPOSIT_NOT_ALLOWED),
+        ({"receiverAuthorizer": "0x" + "00" * 20}, DEPOSIT, Reason.UNSUPPORTED_SCHEME),
+        ({"withdrawDelay": 60}, DEPOSIT, Reason.UNSUPPORTED_SCHEME),  # below the contract's 15 min
+        ({"withdrawDelay": True}, DEPOSIT, Reason.UNSUPPORTED_SCHEME),
+        ({"name": "Fake Coin"}, DEPOSIT, Reason.ASSET_DOMAIN_MISMATCH),
+    ],
+    ids=["no-deposit-allowed", "min-deposit-above", "no-authorizer", "short-delay", "bool-delay", "domain"],
+)
+def test_a_channel_offer_the_policy_or_the_contract_cannot_honour_is_refused_before_anything(
+    world: WorldInfo, tmp_path: Path, extra: dict[str, Any], deposit: int | None, reason: Reason
+) -> None:
+    from test_schemes_seam import context, rewritten
+
+    route = world.route("GET", BATCH_PATH)
+    answer = httpx.get(route.url)
+    offered = decode_payment_required_header(answer.headers[PAYMENT_REQUIRED_HEADER])
+    assert isinstance(offered, PaymentRequired)
+    challenge = rewritten(answer, route.url, extra={**(offered.accepts[0].extra or {}), **extra})
+    ledger = SQLiteLedger(tmp_path / "ledger.sqlite3")
+    try:
+        policy = channel_policy(world, world.payer_address, max_channel_deposit=deposit)
+        with pytest.raises((PolicyDenied, NoAcceptableRequirement)) as refused:
+            rank(challenge, PolicyGate(policy, ledger), context(route.url), None)
+        # Unpayable offers are NoAcceptableRequirement, each with its reason; a policy refusal says why.
+        reasons = {refused.value.reason} | {r["reason"] for r in refused.value.details.get("rejected", [])}
+        assert reason in reasons, refused.value.to_dict()
+        assert ledger.recent() == [] and ledger.channels.all() == []  # nothing reserved or opened
+    finally:
+        ledger.close()
 
 
 # Last in the module: it moves the chain clock past the withdraw delay, which would expire what
