@@ -84,6 +84,15 @@ def _closed_early(request: httpx.Request) -> httpx.RemoteProtocolError:
     return httpx.RemoteProtocolError("server disconnected before the response was complete", request=request)
 
 
+def _idle_and_open(sock: Any) -> bool:
+    """Nothing to read on an idle connection: anything readable is the server's close (or bytes
+    it should not have sent), either way not a connection to send a request on."""
+    try:
+        return not select.select([sock], [], [], 0)[0]
+    except (OSError, ValueError):
+        return False
+
+
 def _reusable(protocol: h11.Connection) -> bool:
     return protocol.our_state is h11.DONE and protocol.their_state is h11.DONE
 
@@ -149,7 +158,10 @@ class _AsyncConnection:
         return cls(reader, writer)
 
     def alive(self) -> bool:
-        return not (self.reader.at_eof() or self.writer.is_closing())
+        if self.reader.at_eof() or self.writer.is_closing():
+            return False
+        sock = self.writer.get_extra_info("socket")
+        return sock is None or _idle_and_open(sock)
 
     async def send(self, request: httpx.Request) -> None:
         self.writer.write(self.protocol.send(_request_head(request)) or b"")
@@ -273,12 +285,7 @@ class _Connection:
         return cls(sock)
 
     def alive(self) -> bool:
-        """Idle and unread: anything readable now is the server's close (or bytes it should
-        not have sent), either way not a connection to send a request on."""
-        try:
-            return not select.select([self.sock], [], [], 0)[0]
-        except (OSError, ValueError):
-            return False
+        return _idle_and_open(self.sock)
 
     def send(self, request: httpx.Request, timeout: float | None) -> None:
         self.sock.settimeout(timeout)
