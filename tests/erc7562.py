@@ -176,10 +176,13 @@ class _Checker:
         self._check_out_of_gas(step, frame, following)
 
     def _check_create2(self, index: int, frame: _Frame) -> None:
-        """[OP-031] once, in the factory phase, and it must create the sender."""
+        """[OP-031] once, in the factory phase, and it must create the sender; a staked factory
+        may create more (the reference bundler's EREP-060)."""
         created = self.created.get(index, 0)
         if frame.entity != "factory":
             self.flag("OP-031", frame, f"CREATE2 outside the factory phase ({_hex_address(created)})")
+            return
+        if "factory" in self.staked:
             return
         self.create2_by_factory += 1
         if created != self.sender:

@@ -300,7 +300,7 @@ def test_creating_the_vault_in_initcode_would_break_the_rules(
 ) -> None:
     """Why createSender: createAccount (the plain-transaction and ERC-6492 path) also creates and
     initialises the vault, which in initCode is a second CREATE2, writes to the vault's storage
-    and reads the clock: a public bundler drops that operation."""
+    and reads the clock: a public bundler drops that operation, and would with a staked factory."""
     made = _make(world, w3, funder, deploy=False)
     op = _op(w3, made, _refill(w3, made, 1_000), made.session, deploying=True)
     op = dataclasses.replace(
@@ -313,6 +313,18 @@ def test_creating_the_vault_in_initcode_would_break_the_rules(
     assert all(v.entity == "factory" for v in violations)
     assert any(v.rule == "OP-011" and "TIMESTAMP" in v.detail for v in violations)
     assert any(v.rule == "STO-033" and v.address.lower() == made.vault.lower() for v in violations)
+    # A stake would not have saved it: the clock and the writes to the vault stay forbidden.
+    steps = trace_handle_ops(world.rpc_url, op, ENTRY_POINT_V07, funder.address)
+    staked = check_validation(
+        steps,
+        sender=op.sender,
+        entry_point=ENTRY_POINT_V07,
+        init_code=op.initCode,
+        has_code=chain_code(world.rpc_url),
+        staked={"factory"},
+    )
+    assert {v.rule for v in staked} == {"OP-011", "STO-033"}, staked
+    assert all("write to" in v.detail for v in staked if v.rule == "STO-033")
 
 
 NOT_THE_ACCOUNT = keccak(text="NotTheAccount()")[:4].hex()
