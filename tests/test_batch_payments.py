@@ -144,9 +144,16 @@ def test_one_hundred_requests_through_one_channel_then_the_unused_deposit_comes_
             if a["asset"] == world.usdc.address and a["network"] == world.network
         )
         assert int(usage["counted_today"]) == total
+        (parked,) = agent.budget()["channels"]
+        assert (parked["deposit"], parked["charged"], parked["unused"]) == (
+            str(DEPOSIT),
+            str(total),
+            str(DEPOSIT - total),
+        )
 
         # The unused deposit comes back: the server's refund, proven by the chain's transfer.
         refunded = agent.refund_channel(channel.channel_id)
+        assert agent.budget()["channels"] == []  # closed: nothing parked any more
         assert (refunded.refunded, refunded.claimed, refunded.state) == (
             DEPOSIT - total,
             total,

@@ -382,6 +382,19 @@ class EntitlementBudget(BaseModel):
     sign_ins: int = Field(description="accesses by sign-in so far (each cost nothing)")
 
 
+class ChannelBudget(BaseModel):
+    """A batch-settlement channel's deposit (its requests count as payments above)."""
+
+    channel_id: str
+    network: str
+    asset: str
+    state: str
+    deposit: str
+    charged: str = Field(description="the running total the server confirmed")
+    signed: str = Field(description="the highest voucher signed: the most the server may claim")
+    unused: str = Field(description="what may still come back (refund or withdrawal)")
+
+
 class BudgetResult(BaseModel):
     """What remains to spend (amounts in atomic units, ``*_display`` for humans)."""
 
@@ -395,6 +408,9 @@ class BudgetResult(BaseModel):
     )
     entitlements: list[EntitlementBudget] = Field(
         default_factory=list, description="paid access reused by sign-in-with-x (re-access)"
+    )
+    channels: list[ChannelBudget] = Field(
+        default_factory=list, description="deposits in batch-settlement channels not closed yet"
     )
 
 
@@ -785,6 +801,7 @@ class AgentTools:
             assets=[AssetBudget(**a) for a in view["assets"]],
             session=SessionBudget(**view["session"]) if view.get("session") else None,
             entitlements=[EntitlementBudget(**e) for e in view.get("entitlements", [])],
+            channels=[ChannelBudget(**c) for c in view.get("channels", [])],
             circuit_breaker=BreakerState(
                 open=breaker["open"],
                 consecutive_failures=breaker["consecutive_failures"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .ledger import Ledger
+from .ledger.channels import ChannelState
 from .ledger.entitlements import Entitlement
 from .money import format_units
 from .policy import DEFAULT_SESSION, Policy
@@ -62,6 +63,22 @@ def budget_view(
         view["session"] = _session_view(policy, snapshot.sessions.get(session, {}), session, profile)
     # Re-access bought by payments: resources the agent signs in to instead of paying again.
     view["entitlements"] = [_entitlement_view(e, now) for e in ledger.entitlements.active(now)]
+    # Deposits parked in batch-settlement channels: the requests through them count above as
+    # payments; ``unused`` is what may still come back (refund or withdrawal).
+    view["channels"] = [
+        {
+            "channel_id": c.channel_id,
+            "network": c.network,
+            "asset": c.asset,
+            "state": str(c.state),
+            "deposit": str(c.deposit),
+            "charged": str(c.charged),
+            "signed": str(c.signed_total),
+            "unused": str(c.unused),
+        }
+        for c in ledger.channels.all()
+        if c.state is not ChannelState.CLOSED
+    ]
     return view
 
 
