@@ -20,17 +20,16 @@ from typing import Any
 
 import httpx
 import pytest
+from batch_fixtures import batch_world, server, settlement, world
 from chain_reads import rpc
 from eth_account import Account
 from faulty_proxy import FaultyProxy
-from web3 import Web3
 from x402.http import PAYMENT_REQUIRED_HEADER, decode_payment_required_header
-from x402.mechanisms.evm.batch_settlement.constants import BATCH_SETTLEMENT_ADDRESS
 from x402.schemas import PaymentRequired
 
 from x402_agent import cli
-from x402_agent.devnet import LocalWorld, WorldInfo, token_balance
-from x402_agent.devnet.batch import BATCH_PATH, BatchServer, BatchSettings, batch_artifact, batch_server
+from x402_agent.devnet import WorldInfo, token_balance
+from x402_agent.devnet.batch import BATCH_PATH, BatchServer, BatchSettings, batch_server
 from x402_agent.devnet.provision import devnet_policy, fund, provision_devnet_home
 from x402_agent.devnet.served import ServedApp
 from x402_agent.errors import (
@@ -48,36 +47,11 @@ from x402_agent.reasons import Reason
 from x402_agent.selection import rank
 from x402_agent.spendgate import PolicyGate
 
+__all__ = ["batch_world", "server", "settlement", "world"]  # the module's own world (batch_fixtures)
+
 PAYER_USDC = 1_000_000
 DEPOSIT = 150_000  # the policy's max_channel_deposit: 150 requests of 0.001
 REQUESTS = 100
-
-
-@pytest.fixture(scope="module")
-def batch_world() -> Iterator[LocalWorld]:
-    local = LocalWorld()
-    local.start()
-    try:
-        yield local
-    finally:
-        local.stop()
-
-
-@pytest.fixture(scope="module")
-def world(batch_world: LocalWorld) -> WorldInfo:
-    return batch_world.info
-
-
-@pytest.fixture(scope="module")
-def server(batch_world: LocalWorld) -> BatchServer:
-    assert batch_world.batch_server is not None
-    return batch_world.batch_server
-
-
-@pytest.fixture(scope="module")
-def settlement(world: WorldInfo) -> Any:
-    w3 = Web3(Web3.HTTPProvider(world.rpc_url))
-    return w3.eth.contract(address=BATCH_SETTLEMENT_ADDRESS, abi=batch_artifact("X402BatchSettlement")["abi"])
 
 
 def channel_policy(
