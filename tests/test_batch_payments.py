@@ -373,6 +373,17 @@ def test_cli_lists_refunds_and_watches_channels(
     (refunded,) = json.loads(capsys.readouterr().out)
     assert (refunded["state"], refunded["refunded"]) == ("closed", str(DEPOSIT - 2 * price))
     assert usdc(world, payer) == PAYER_USDC - 2 * price
+    # Paying again tops the same channel up: its vouchers continue from the claimed total.
+    assert cli.main(["--home", str(home), "fetch", route.url]) == 0
+    capsys.readouterr()
+    assert cli.main(["--home", str(home), "channels", "list", "--json"]) == 0
+    (again,) = json.loads(capsys.readouterr().out)
+    assert (again["state"], again["charged"], again["unused"]) == (
+        "open",
+        str(3 * price),
+        str(DEPOSIT - price),
+    )
+    assert usdc(world, payer) == PAYER_USDC - 2 * price - DEPOSIT
 
 
 @pytest.mark.parametrize(

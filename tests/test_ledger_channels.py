@@ -117,3 +117,18 @@ def test_concurrent_payers_never_sign_above_the_deposit(ledger_factory: LedgerFa
     assert max(totals) == DEPOSIT and all(PRICE < t <= DEPOSIT for t in totals)
     channel = tables[0].get(CHANNEL)
     assert channel is not None and channel.signed_total == channel.charged == DEPOSIT
+
+
+def test_a_closed_channel_paid_again_is_topped_up_and_continues(ledger_factory: LedgerFactory) -> None:
+    channels = ledger_factory().channels
+    channels.next_voucher(template(), PRICE, DEPOSIT)
+    channels.confirm(CHANNEL, PRICE)
+    channels.mark(CHANNEL, refunded=DEPOSIT - PRICE, claimed=PRICE, state=ChannelState.CLOSED)
+    step = channels.next_voucher(template("row-2"), PRICE, DEPOSIT)
+    assert (step.total, step.deposit) == (2 * PRICE, DEPOSIT)
+    assert (step.channel.deposit, step.channel.charged, step.channel.state) == (
+        2 * DEPOSIT,
+        PRICE,
+        ChannelState.OPENING,
+    )
+    assert step.channel.unused == DEPOSIT - PRICE

@@ -136,15 +136,20 @@ class ChannelTable:
                         f"a deposit of {deposit} does not cover the price {price}",
                         reason=Reason.CHANNEL_DEPOSIT_NOT_ALLOWED,
                     )
+                # A closed channel keeps its id and its totals on chain (refunded or withdrawn
+                # down to what was claimed): a new deposit tops it up and the vouchers continue
+                # from its total. A reopened one (its deposit never landed) starts over.
+                carried = current if current is not None and not reopen else None
+                base = carried.charged if carried is not None else 0
                 row = {
                     **{name: getattr(template, name) for name in _COLUMNS},
                     "channel_id": key,
-                    "deposit": deposit,
-                    "signed_total": price,
-                    "charged": 0,
-                    "claimed": 0,
-                    "refunded": 0,
-                    "withdrawn": 0,
+                    "deposit": deposit + (carried.deposit if carried is not None else 0),
+                    "signed_total": max(base + price, carried.signed_total if carried is not None else 0),
+                    "charged": base,
+                    "claimed": carried.claimed if carried is not None else 0,
+                    "refunded": carried.refunded if carried is not None else 0,
+                    "withdrawn": carried.withdrawn if carried is not None else 0,
                     "state": str(ChannelState.OPENING),
                     "deposit_tx": None,
                     "created_at": now,
@@ -157,7 +162,7 @@ class ChannelTable:
                     f"INSERT INTO channels ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
                     tuple(row.values()),
                 )
-                return Voucher(self._select(cur, "WHERE channel_id = ?", (key,))[0], price, deposit)
+                return Voucher(self._select(cur, "WHERE channel_id = ?", (key,))[0], base + price, deposit)
             if current.state is not ChannelState.OPEN and current.state is not ChannelState.OPENING:
                 disputed = current.state is ChannelState.DISPUTED
                 raise PolicyDenied(
@@ -169,10 +174,10 @@ class ChannelTable:
             # the server's total is at least its voucher's.
             charged = max({current.charged} | self._totals(cur, key, None, True))
             total = charged + price
-            if total > current.deposit - current.refunded:
+            if total > current.deposit - current.refunded - current.withdrawn:
                 raise PolicyDenied(
                     f"channel {key}: a running total of {total} exceeds its deposit "
-                    f"{current.deposit - current.refunded}",
+                    f"{current.deposit - current.refunded - current.withdrawn}",
                     reason=Reason.CHANNEL_EXHAUSTED,
                     channel_id=key,
                 )
