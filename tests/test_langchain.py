@@ -128,7 +128,13 @@ def test_agent_loop_pays_until_the_session_allowance_refuses(world: WorldInfo, h
     toolkit = X402Toolkit.open(home)
     try:
         tools = toolkit.get_tools()
-        assert {t.name for t in tools} == {"x402_fetch", "x402_quote", "x402_discover", "x402_budget", "x402_receipts"}
+        assert {t.name for t in tools} == {
+            "x402_fetch",
+            "x402_quote",
+            "x402_discover",
+            "x402_budget",
+            "x402_receipts",
+        }
         assert all(t.coroutine is not None and t.func is not None for t in tools)  # type: ignore[attr-defined]
         model = ScriptedBuyer(url=route.url).bind_tools(tools)
         check_conversation(run_loop(model, tools), route.price_atomic)
