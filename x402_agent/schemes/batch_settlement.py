@@ -287,7 +287,9 @@ class BatchSettlement:
         if known is not None and known.state is ChannelState.OPENING and rpc is not None:
             # An earlier process signed a deposit and died before the server confirmed it.
             balance, _ = yield from channel_call(rpc, channel_id)
-            if balance >= known.deposit:
+            # What the channel holds once its last deposit landed (earlier ones may have been
+            # refunded or withdrawn down to what was claimed).
+            if balance >= known.deposit - known.refunded - known.withdrawn:
                 channels.mark(channel_id, state=ChannelState.OPEN)
             else:
                 reopen = _deposit_never_lands(ledger, known.deposit_payment)
