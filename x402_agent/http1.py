@@ -11,7 +11,9 @@ h11 parses and frames the messages (the same parser httpcore uses, with the same
 on a response's head). A connection goes back to its pool only when both sides finished their
 message cleanly and the server did not ask to close; one idle longer than the keep-alive expiry,
 or closed by the server meanwhile, is dropped rather than reused. A request is never retried on
-another connection: it may carry a payment.
+another connection: it may carry a payment. Connections are not capped in number (httpcore's
+pool queued requests beyond 100): the callers bound their own concurrency (the MCP server's
+sessions, a caller's gather), and a fetch waiting in a queue would spend its deadline there.
 """
 
 from __future__ import annotations
