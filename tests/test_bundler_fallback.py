@@ -12,8 +12,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from x402_agent.chain.account import run_owner_action
 from x402_agent.chain.bundler import BundlerClient
 from x402_agent.chain.entrypoint import ENTRY_POINT_V07, entry_point_v07_abi
 from x402_agent.chain.gas import DEFAULT_GAS_CAPS, read_caps
-from x402_agent.chain.wallet import HotWallet
+from x402_agent.chain.wallet import HotWallet, open_hot_wallet
 from x402_agent.device.hwi import DEFAULT_APPROVAL_PATH, HwiDevice
 from x402_agent.devnet import LocalWorld, WorldInfo
 from x402_agent.devnet.anvil import dev_account
@@ -272,7 +275,71 @@ def test_a_bundler_refusing_by_its_own_rules_hands_over_to_the_relayer(
         assert outcome.status == 200 and outcome.payment is not None
         [top_up] = _wallet(agent).top_ups
     assert top_up.via == "handleOps" and top_up.success
-    assert hostile.methods.count("eth_sendUserOperation") == 1
+    # refused at the estimate: the operation goes to the relayer without asking the bundler again
+    assert hostile.methods.count("eth_estimateUserOperationGas") == 1
+    assert "eth_sendUserOperation" not in hostile.methods
+
+
+class HangingBundler:
+    """A bundler URL whose server accepts connections and never answers (an overloaded or
+    half-dead provider): real TCP on a free loopback port; counts the connections."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self._held.append(self._listener.accept()[0])
+            except OSError:  # shut down by __exit__
+                return
+
+    def __enter__(self) -> HangingBundler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept (close alone does not)
+        self._listener.close()
+        self._thread.join()
+        for held in self._held:
+            held.close()
+
+    @property
+    def connections(self) -> int:
+        return len(self._held)
+
+
+def test_a_bundler_that_hangs_is_waited_on_once_then_the_relayer_sends(
+    aa_world: WorldInfo, tmp_path: Path
+) -> None:
+    home = _home(aa_world, tmp_path)
+    opened = open_hot_wallet(home)
+    signer = home.config.signer
+    assert signer.kind == "smart_account" and opened.relayer is not None
+    session = LocalKeySigner.from_keystore(home.path(signer.keystore), home.keystore_password())
+    with HangingBundler() as hanging:
+        wallet = HotWallet(
+            opened.w3, opened.config, opened.account, opened.vault, session.private_key_bytes(),
+            bundler=BundlerClient(hanging.url, timeout_s=1.0), relayer=opened.relayer,
+        )  # fmt: skip
+        try:
+            started = time.monotonic()
+            result = wallet.top_up(1_000)
+            took = time.monotonic() - started
+        finally:
+            wallet.close()
+            opened.close()
+        assert hanging.connections == 1  # the estimate's; the send was not tried again
+    assert result.via == "handleOps" and result.success
+    print(f"top-up with a hanging bundler (1 s timeout): {took:.2f} s")
+    assert took < 2 * 1.0 + 5  # one timeout, not two, plus the relayer's transactions
 
 
 # ---- the bundler's API key: from the environment, never stored or shown ----

@@ -449,12 +449,15 @@ def submit_user_op(
     timeout: float = 60.0,
     entry_point: str | None = None,
     check: bool = True,
+    bundler_failed: ChainError | None = None,
 ) -> UserOpResult:
     """Get a signed v0.7 user operation included; see the module doc for the error reasons.
 
     With ``check`` (the default) an operation whose call reverted raises ``user_op_failed``;
     without it the result says ``success=False``. A failing chain RPC raises ``ChainError``
-    with the default reason ``chain_unavailable``.
+    with the default reason ``chain_unavailable``. ``bundler_failed``: the bundler already
+    failed to answer (or refused by its own policy) for this operation, so the caller passes
+    no bundler and the relayer's failure is reported together with it.
     """
     if bundler is None and relayer_key is None:
         raise ValueError("need a bundler, a relayer key, or both")
@@ -469,7 +472,7 @@ def submit_user_op(
         else Account.from_key(relayer_key)
     )
     try:
-        result = _submit(w3, op, entry, bundler, relayer, timeout)
+        result = _submit(w3, op, entry, bundler, relayer, timeout, bundler_failed)
         if check and not result.success:
             receipt = w3.eth.get_transaction_receipt(result.transaction_hash)  # type: ignore[arg-type]
             raise ChainError(
@@ -493,11 +496,11 @@ def _submit(
     bundler: BundlerClient | None,
     relayer: LocalAccount | None,
     timeout: float,
+    bundler_error: ChainError | None,
 ) -> UserOpResult:
     deadline = time.monotonic() + timeout
     user_op_hash = "0x" + user_op_hash_v07(op, entry, w3.eth.chain_id).hex()
     from_block = w3.eth.block_number
-    bundler_error: ChainError | None = None
     if bundler is not None:
         try:
             return _via_bundler(w3, op, bundler, user_op_hash, from_block, timeout)

@@ -383,29 +383,35 @@ class HotWallet:
     def top_up(self, amount: int) -> UserOpResult:
         """Pull ``amount`` from the vault into the hot account (deploying it first if needed)."""
         funded = self._fund_gas(self.gas_fields())
-        gas = self._estimated(amount, funded)
+        gas, bundler_failed = self._estimated(amount, funded)
         if gas.max_cost > funded.max_cost:  # the bundler wants more than our own fields
             self._fund_gas(gas)
         result = submit_user_op(
-            self.w3, self.refill_operation(amount, gas), bundler=self._bundler, relayer_key=self.relayer
+            self.w3,
+            self.refill_operation(amount, gas),
+            bundler=None if bundler_failed else self._bundler,  # not waited on twice
+            relayer_key=self.relayer,
+            bundler_failed=bundler_failed,
         )
         self._bounds = None
         self.top_ups.append(result)
         return result
 
-    def _estimated(self, amount: int, fields: GasFields) -> GasFields:
+    def _estimated(self, amount: int, fields: GasFields) -> tuple[GasFields, ChainError | None]:
         """``fields`` with the bundler's gas limits (``eth_estimateUserOperationGas``) within the
-        account's caps. Without a bundler, or with one that does not answer or refuses by a rule
-        of its own, our own fields stay: the relayer's ``handleOps`` is then estimated by the node."""
+        account's caps. Without a bundler, our own fields stay; with one that does not answer or
+        refuses by a rule of its own, they stay too and its error comes back (the relayer's
+        ``handleOps``, estimated by the node, sends the operation), unless there is no relayer."""
         if self._bundler is None:
-            return fields
+            return fields, None
         try:
             estimate = self._bundler.estimate(self.refill_operation(amount, fields, dummy_signature=True))
         except ChainError as exc:
-            if exc.reason != Reason.BUNDLER_UNAVAILABLE and exc.reason not in BUNDLER_POLICY:
+            passed = exc.reason == Reason.BUNDLER_UNAVAILABLE or exc.reason in BUNDLER_POLICY
+            if not passed or self.relayer is None:
                 raise
-            return fields
-        return within_caps(estimate, read_caps(self.w3, self.account, self.is_deployed()), fields)
+            return fields, exc
+        return within_caps(estimate, read_caps(self.w3, self.account, self.is_deployed()), fields), None
 
     def _fund_gas(self, gas: GasFields) -> GasFields:
         """The account pays a session key's operations from its EntryPoint deposit alone: make
