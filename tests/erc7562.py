@@ -350,9 +350,12 @@ def check_validation(
     return checker.run()
 
 
-def trace_handle_ops(rpc_url: str, op: Any, entry_point: str, caller: str) -> list[dict[str, Any]]:
+def trace_handle_ops(
+    rpc_url: str, op: Any, entry_point: str, caller: str, block: str = "latest"
+) -> list[dict[str, Any]]:
     """The struct logs (memory included: keccak inputs and call data) of ``handleOps([op], caller)``
-    as ``caller`` would send it now; raises when it would revert (validation refused)."""
+    as ``caller`` would send it on top of ``block`` (a tag or hex number: an operation that has
+    since landed is traced on its block's parent); raises when it would revert (validation refused)."""
     from chain_reads import rpc
     from web3 import Web3
 
@@ -364,7 +367,7 @@ def trace_handle_ops(rpc_url: str, op: Any, entry_point: str, caller: str) -> li
         rpc_url,
         "debug_traceCall",
         {"from": caller, "to": entry_point, "data": data, "gas": hex(15_000_000)},
-        "latest",
+        block,
         {"enableMemory": True, "disableStorage": True},
     )
     if trace["failed"]:
@@ -373,15 +376,15 @@ def trace_handle_ops(rpc_url: str, op: Any, entry_point: str, caller: str) -> li
     return steps
 
 
-def chain_code(rpc_url: str) -> Callable[[int], bool]:
-    """Whether an address holds code now (before the traced operation), cached."""
+def chain_code(rpc_url: str, block: str = "latest") -> Callable[[int], bool]:
+    """Whether an address holds code at ``block`` (before the traced operation), cached."""
     from chain_reads import rpc
 
     known: dict[int, bool] = {}
 
     def has_code(address: int) -> bool:
         if address not in known:
-            known[address] = rpc(rpc_url, "eth_getCode", _hex_address(address), "latest") not in ("0x", "")
+            known[address] = rpc(rpc_url, "eth_getCode", _hex_address(address), block) not in ("0x", "")
         return known[address]
 
     return has_code

@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chain_reads import rpc, token_balance
+from base_shaped_user import (
+    ACCOUNT_ETH,
+    PASSWORD,
+    VAULT_FUNDING,
+    base_sepolia_policy,
+    cli,
+    nonce_of,
+    send_from_user,
+    user_keystore,
+    wallet_create_args,
+)
+from chain_reads import token_balance
 from eth_abi.abi import encode
 from eth_account import Account
 from web3 import Web3
@@ -36,11 +45,7 @@ from x402_agent.devnet.base_shaped import (
 from x402_agent.errors import ChainError, FactoryError
 from x402_agent.signer import LocalKeySigner, TokenDomain, TransferAuthorization, write_keystore
 
-CLI = [sys.executable, "-m", "x402_agent.cli"]
-PASSWORD = "a new user's passphrase"
 ACCOUNT_CREATED = "0x" + Web3.keccak(text="AccountCreated(address,address,address)").hex()
-VAULT_FUNDING = 5_000_000  # 5 USDC into the vault
-ACCOUNT_ETH = 10**16  # 0.01 ETH for the account's top-up gas
 TOP_UP_TO = 300_000
 ALLOWANCE = 2_000_000
 
@@ -49,32 +54,6 @@ ALLOWANCE = 2_000_000
 def base_sepolia() -> Iterator[BaseShapedInfo]:
     with BaseShapedWorld() as info:
         yield info
-
-
-def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "X402_AGENT_HOME": str(home), "X402_AGENT_KEY_PASSWORD": PASSWORD}
-    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=180)
-
-
-def user_keystore(chain: BaseShapedInfo, folder: Path) -> Path:
-    """The user's funded key, in the keystore their wallet tool exported (scrypt, same password)."""
-    path = folder / "funded.keystore.json"
-    write_keystore(path, chain.user_private_key, PASSWORD, iterations=2**14)
-    return path
-
-
-def send_from_user(chain: BaseShapedInfo, to: str, *, usdc: int = 0, eth: int = 0) -> None:
-    """The user's wallet app sends USDC (a plain ERC-20 transfer) or ETH."""
-    w3 = Web3(Web3.HTTPProvider(chain.rpc_url))
-    if usdc:
-        data = Web3.keccak(text="transfer(address,uint256)")[:4] + encode(["address", "uint256"], [to, usdc])
-        send_transaction(w3, chain.user_private_key, {"to": chain.usdc.address, "data": data})
-    if eth:
-        send_transaction(w3, chain.user_private_key, {"to": to, "value": eth, "gas": 60_000})
-
-
-def nonce_of(chain: BaseShapedInfo, address: str) -> int:
-    return int(rpc(chain.rpc_url, "eth_getTransactionCount", address, "latest"), 16)
 
 
 def test_the_chain_holds_what_base_sepolia_holds_and_nothing_of_ours(base_sepolia: BaseShapedInfo) -> None:
@@ -134,15 +113,7 @@ def test_a_new_user_sets_up_and_pays_from_the_smart_account(
     enrolled = cli(home, "device", "enroll", "--device-path", device_simulator.path)
     assert enrolled.returncode == 0, enrolled.stderr
     keystore = user_keystore(chain, tmp_path)
-    create_args = [
-        "wallet", "create",
-        "--network", chain.network,
-        "--token", chain.usdc.address,
-        "--max-value", "100000",
-        "--allowance", str(ALLOWANCE),
-        "--top-up-to", str(TOP_UP_TO),
-        "--bundler-url", chain.bundler_url,
-    ]  # fmt: skip
+    create_args = wallet_create_args(chain, ALLOWANCE, TOP_UP_TO, chain.bundler_url)
     # No --relayer-keystore: with one, `policy approve` would deploy the account to anchor the
     # policy on it (the relayer pays); without, the first top-up's user operation deploys it.
 
@@ -173,28 +144,7 @@ def test_a_new_user_sets_up_and_pays_from_the_smart_account(
     user_before = token_balance(chain.rpc_url, chain.usdc.address, chain.user_address)
     send_from_user(chain, made["vault"], usdc=VAULT_FUNDING)
     send_from_user(chain, made["account"], eth=ACCOUNT_ETH)
-    policy = {
-        "schema": "x402-agent/policy/1",
-        "version": 1,
-        "account": made["account"],
-        "chain_id": 84532,
-        "day": {"kind": "calendar", "timezone": "UTC"},
-        "assets": [
-            {
-                "network": "eip155:84532",
-                "address": "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
-                "symbol": "USDC",
-                "decimals": 6,
-                "eip712_name": "USDC",
-                "eip712_version": "2",
-                "per_request_max": 50_000,
-                "daily_max": 1_000_000,
-            }
-        ],
-        "networks": {"allow": ["eip155:84532"], "deny": []},
-        # The seller runs on this machine: its exact host and port only.
-        "private_network": {"allow": [route.url.split("/")[2]]},
-    }
+    policy = base_sepolia_policy(made["account"], route.url)
     (tmp_path / "base-sepolia.json").write_text(json.dumps(policy))
     proposed = cli(home, "policy", "propose", str(tmp_path / "base-sepolia.json"))
     assert proposed.returncode == 0, proposed.stderr
