@@ -111,13 +111,17 @@ class _Pool:
     def take(self, origin: _Origin) -> Any | None:
         queue = self.idle.get(origin)
         now = time.monotonic()
-        while queue:
+        found = None
+        while queue and found is None:
             since, connection = queue.pop()
             self.count -= 1
             if now - since <= self.expiry and connection.alive():
-                return connection
-            connection.close()
-        return None
+                found = connection
+            else:
+                connection.close()
+        if queue is not None and not queue:
+            del self.idle[origin]  # origins come and go (every pinned address is one)
+        return found
 
     def put(self, origin: _Origin, connection: Any) -> None:
         if self.size == 0:
@@ -132,6 +136,8 @@ class _Pool:
         origin = min((q[0][0], o) for o, q in self.idle.items() if q)[1]
         self.idle[origin].popleft()[1].close()
         self.count -= 1
+        if not self.idle[origin]:
+            del self.idle[origin]
 
     def drain(self) -> list[Any]:
         connections = [c for queue in self.idle.values() for _, c in queue]
