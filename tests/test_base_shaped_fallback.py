@@ -11,6 +11,7 @@ step a separate `x402-agent` process. "Down" is what a user meets: the bundler p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,12 +25,24 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from web3 import Web3
 
+from x402_agent.chain.account import account_contract
 from x402_agent.chain.entrypoint import ENTRY_POINT_V07, entry_point_v07_abi
-from x402_agent.chain.userop import PackedUserOperation, user_op_hash_v07
+from x402_agent.chain.factory import create_account_calldata, factory_address
+from x402_agent.chain.gas import DEFAULT_GAS_CAPS, choose_fields
+from x402_agent.chain.session_signer import SessionKeySigner
+from x402_agent.chain.userop import (
+    PackedUserOperation,
+    pack_account_gas_limits,
+    pack_gas_fees,
+    user_op_hash_v07,
+)
+from x402_agent.chain.wallet import account_config
+from x402_agent.device.hwi import DEFAULT_APPROVAL_PATH
 from x402_agent.device.simulator import DeviceSimulator
 from x402_agent.devnet.base_shaped import BaseShapedInfo, BaseShapedWorld
 from x402_agent.devnet.bundler import AltoBundler
-from x402_agent.signer import write_keystore
+from x402_agent.home import AccountSetup
+from x402_agent.signer import LocalKeySigner, write_keystore
 
 USER_OPERATION_EVENT = (
     "0x" + Web3.keccak(text="UserOperationEvent(bytes32,address,address,uint256,bool,uint256,uint256)").hex()
@@ -223,22 +236,92 @@ def test_the_walk_throughs_user_operations_keep_to_erc7562(
 
     operations = _operations_of(chain, user.account)
     assert [bool(o["op"].initCode) for o in operations] == [True, False]  # deploying, then a refill
-    session_key = json.loads((user.home / "config.json").read_text())["signer"]["setup"]["session_key"]
+    signer = json.loads((user.home / "config.json").read_text())["signer"]
+    setup = signer["setup"]
     for landed in operations:
         op, tx = landed["op"], landed["tx"]
         assert landed["success"] and tx["from"] == chain.bundler_executor
         assert tx["transactionIndex"] == 0  # alone at the top of its block: its parent is its state
         digest = user_op_hash_v07(op, ENTRY_POINT_V07, chain.chain_id)
-        assert Account.recover_message(encode_defunct(digest), signature=op.signature) == session_key
+        assert Account.recover_message(encode_defunct(digest), signature=op.signature) == setup["session_key"]
         parent = hex(tx["blockNumber"] - 1)
         steps = trace_handle_ops(chain.rpc_url, op, ENTRY_POINT_V07, tx["from"], parent)
-        violations = check_validation(
-            steps,
-            sender=op.sender,
-            entry_point=ENTRY_POINT_V07,
-            init_code=op.initCode,
-            paymaster_and_data=op.paymasterAndData,
-            has_code=chain_code(chain.rpc_url, parent),
-        )
-        assert violations == [], [str(v) for v in violations]
+        assert _violations(chain, op, steps, parent) == []
         print(f"{'deploying' if op.initCode else 'refill'} op: {len(steps)} steps traced, no violation")
+
+    # The product relays its owner actions as plain transactions (the relayer calls the account
+    # with the device's signature), never as user operations. The account still validates an
+    # owner-signed operation: one signed by the enrolled device itself passes too.
+    owner_op = _device_signed_owner_op(chain, user.account, setup["owner"], device_simulator.path)
+    steps = trace_handle_ops(chain.rpc_url, owner_op, ENTRY_POINT_V07, str(chain.bundler_executor))
+    assert _violations(chain, owner_op, steps, "latest") == []
+
+    # The check is not vacuous on these traces: the deploying operation with the account
+    # created the old way (createAccount in initCode: the vault too) breaks the factory's rules.
+    deploying, parent = operations[0]["op"], hex(operations[0]["tx"]["blockNumber"] - 1)
+    w3 = Web3(Web3.HTTPProvider(chain.rpc_url))
+    config = account_config(AccountSetup.model_validate(setup))
+    broken = dataclasses.replace(
+        deploying, initCode=bytes.fromhex(factory_address()[2:]) + create_account_calldata(w3, config)
+    )
+    key = LocalKeySigner.from_keystore(user.home / signer["keystore"], PASSWORD).private_key_bytes()
+    session = SessionKeySigner(user.account, key)
+    broken = dataclasses.replace(
+        broken, signature=session.sign_user_op_hash(user_op_hash_v07(broken, ENTRY_POINT_V07, chain.chain_id))
+    )
+    steps = trace_handle_ops(chain.rpc_url, broken, ENTRY_POINT_V07, str(chain.bundler_executor), parent)
+    violations = _violations(chain, broken, steps, parent)
+    assert {v.rule for v in violations} == {"OP-031", "OP-011", "STO-033"}, violations
+    assert all(v.entity == "factory" for v in violations)
+
+
+def _violations(
+    chain: BaseShapedInfo, op: PackedUserOperation, steps: list[dict[str, Any]], block: str
+) -> list[Any]:
+    return check_validation(
+        steps,
+        sender=op.sender,
+        entry_point=ENTRY_POINT_V07,
+        init_code=op.initCode,
+        paymaster_and_data=op.paymasterAndData,
+        has_code=chain_code(chain.rpc_url, block),
+    )
+
+
+def _device_signed_owner_op(
+    chain: BaseShapedInfo, sender: str, owner: str, transport: str
+) -> PackedUserOperation:
+    """``execute(account, 0, setPolicy(...))`` with the account's current per-payment bounds, its
+    user operation hash signed on the device (Ethereum personal message, the enrolled path)."""
+    from trezorlib import ethereum, tools
+    from trezorlib.client import get_default_client, get_default_session
+
+    w3 = Web3(Web3.HTTPProvider(chain.rpc_url))
+    account = account_contract(w3, sender)
+    policy = account.encode_abi("setPolicy", args=[100_000, 360, False])
+    call = account.encode_abi("execute", args=[sender, 0, bytes.fromhex(policy[2:])])
+    gas = choose_fields(DEFAULT_GAS_CAPS, int(w3.eth.get_block("latest")["baseFeePerGas"]))
+    entry_point = w3.eth.contract(address=ENTRY_POINT_V07, abi=entry_point_v07_abi())
+    op = PackedUserOperation(
+        sender=sender,
+        nonce=int(entry_point.functions.getNonce(sender, 0).call()),
+        initCode=b"",
+        callData=bytes.fromhex(call[2:]),
+        accountGasLimits=pack_account_gas_limits(gas.verification_gas_limit, gas.call_gas_limit),
+        preVerificationGas=gas.pre_verification_gas,
+        gasFees=pack_gas_fees(gas.max_priority_fee_per_gas, gas.max_fee_per_gas),
+        paymasterAndData=b"",
+        signature=b"",
+    )
+    digest = user_op_hash_v07(op, ENTRY_POINT_V07, chain.chain_id)
+    client = get_default_client("x402-agent tests", transport)
+    try:
+        sign: Any = ethereum.sign_message  # trezorlib's session decorator erases the types
+        signed = sign(get_default_session(client), tools.parse_path(DEFAULT_APPROVAL_PATH), digest)
+    finally:
+        client.transport.close()
+    assert (
+        Account.recover_message(encode_defunct(digest), signature=bytes(signed.signature)).lower()
+        == owner.lower()
+    )
+    return dataclasses.replace(op, signature=bytes(signed.signature))
