@@ -376,6 +376,21 @@ def trace_handle_ops(
     return steps
 
 
+def check_user_op(
+    rpc_url: str, op: Any, entry_point: str, caller: str, block: str = "latest"
+) -> list[Violation]:
+    """``op`` traced in ``handleOps`` sent by ``caller`` on top of ``block``, checked for an
+    unstaked account and factory."""
+    return check_validation(
+        trace_handle_ops(rpc_url, op, entry_point, caller, block),
+        sender=op.sender,
+        entry_point=entry_point,
+        init_code=op.initCode,
+        paymaster_and_data=op.paymasterAndData,
+        has_code=chain_code(rpc_url, block),
+    )
+
+
 def chain_code(rpc_url: str, block: str = "latest") -> Callable[[int], bool]:
     """Whether an address holds code at ``block`` (before the traced operation), cached."""
     from chain_reads import rpc

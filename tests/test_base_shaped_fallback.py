@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from base_shaped_user import PASSWORD, NewUser, cli, send_from_user, set_up_new_user
 from chain_reads import rpc, token_balance
-from erc7562 import chain_code, check_validation, trace_handle_ops
+from erc7562 import check_user_op
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from web3 import Web3
@@ -28,12 +28,9 @@ from web3 import Web3
 from x402_agent.chain.account import account_contract
 from x402_agent.chain.entrypoint import ENTRY_POINT_V07, entry_point_v07_abi
 from x402_agent.chain.factory import create_account_calldata, factory_address
-from x402_agent.chain.gas import DEFAULT_GAS_CAPS, choose_fields
 from x402_agent.chain.session_signer import SessionKeySigner
 from x402_agent.chain.userop import (
     PackedUserOperation,
-    pack_account_gas_limits,
-    pack_gas_fees,
     user_op_hash_v07,
 )
 from x402_agent.chain.wallet import account_config
@@ -245,16 +242,13 @@ def test_the_walk_throughs_user_operations_keep_to_erc7562(
         digest = user_op_hash_v07(op, ENTRY_POINT_V07, chain.chain_id)
         assert Account.recover_message(encode_defunct(digest), signature=op.signature) == setup["session_key"]
         parent = hex(tx["blockNumber"] - 1)
-        steps = trace_handle_ops(chain.rpc_url, op, ENTRY_POINT_V07, tx["from"], parent)
-        assert _violations(chain, op, steps, parent) == []
-        print(f"{'deploying' if op.initCode else 'refill'} op: {len(steps)} steps traced, no violation")
+        assert check_user_op(chain.rpc_url, op, ENTRY_POINT_V07, tx["from"], parent) == []
 
     # The product relays its owner actions as plain transactions (the relayer calls the account
     # with the device's signature), never as user operations. The account still validates an
     # owner-signed operation: one signed by the enrolled device itself passes too.
-    owner_op = _device_signed_owner_op(chain, user.account, setup["owner"], device_simulator.path)
-    steps = trace_handle_ops(chain.rpc_url, owner_op, ENTRY_POINT_V07, str(chain.bundler_executor))
-    assert _violations(chain, owner_op, steps, "latest") == []
+    owner_op = _device_signed_owner_op(chain, operations[1]["op"], setup["owner"], device_simulator.path)
+    assert check_user_op(chain.rpc_url, owner_op, ENTRY_POINT_V07, str(chain.bundler_executor)) == []
 
     # The check is not vacuous on these traces: the deploying operation with the account
     # created the old way (createAccount in initCode: the vault too) breaks the factory's rules.
@@ -269,50 +263,27 @@ def test_the_walk_throughs_user_operations_keep_to_erc7562(
     broken = dataclasses.replace(
         broken, signature=session.sign_user_op_hash(user_op_hash_v07(broken, ENTRY_POINT_V07, chain.chain_id))
     )
-    steps = trace_handle_ops(chain.rpc_url, broken, ENTRY_POINT_V07, str(chain.bundler_executor), parent)
-    violations = _violations(chain, broken, steps, parent)
+    violations = check_user_op(chain.rpc_url, broken, ENTRY_POINT_V07, str(chain.bundler_executor), parent)
     assert {v.rule for v in violations} == {"OP-031", "OP-011", "STO-033"}, violations
     assert all(v.entity == "factory" for v in violations)
 
 
-def _violations(
-    chain: BaseShapedInfo, op: PackedUserOperation, steps: list[dict[str, Any]], block: str
-) -> list[Any]:
-    return check_validation(
-        steps,
-        sender=op.sender,
-        entry_point=ENTRY_POINT_V07,
-        init_code=op.initCode,
-        paymaster_and_data=op.paymasterAndData,
-        has_code=chain_code(chain.rpc_url, block),
-    )
-
-
 def _device_signed_owner_op(
-    chain: BaseShapedInfo, sender: str, owner: str, transport: str
+    chain: BaseShapedInfo, template: PackedUserOperation, owner: str, transport: str
 ) -> PackedUserOperation:
-    """``execute(account, 0, setPolicy(...))`` with the account's current per-payment bounds, its
+    """``template`` (a landed refill: its gas fields) turned into the owner's
+    ``execute(account, 0, setPolicy(...))`` with the account's current per-payment bounds, its
     user operation hash signed on the device (Ethereum personal message, the enrolled path)."""
     from trezorlib import ethereum, tools
     from trezorlib.client import get_default_client, get_default_session
 
     w3 = Web3(Web3.HTTPProvider(chain.rpc_url))
-    account = account_contract(w3, sender)
+    account = account_contract(w3, template.sender)
     policy = account.encode_abi("setPolicy", args=[100_000, 360, False])
-    call = account.encode_abi("execute", args=[sender, 0, bytes.fromhex(policy[2:])])
-    gas = choose_fields(DEFAULT_GAS_CAPS, int(w3.eth.get_block("latest")["baseFeePerGas"]))
+    call = account.encode_abi("execute", args=[template.sender, 0, bytes.fromhex(policy[2:])])
     entry_point = w3.eth.contract(address=ENTRY_POINT_V07, abi=entry_point_v07_abi())
-    op = PackedUserOperation(
-        sender=sender,
-        nonce=int(entry_point.functions.getNonce(sender, 0).call()),
-        initCode=b"",
-        callData=bytes.fromhex(call[2:]),
-        accountGasLimits=pack_account_gas_limits(gas.verification_gas_limit, gas.call_gas_limit),
-        preVerificationGas=gas.pre_verification_gas,
-        gasFees=pack_gas_fees(gas.max_priority_fee_per_gas, gas.max_fee_per_gas),
-        paymasterAndData=b"",
-        signature=b"",
-    )
+    nonce = int(entry_point.functions.getNonce(template.sender, 0).call())
+    op = dataclasses.replace(template, nonce=nonce, callData=bytes.fromhex(call[2:]), signature=b"")
     digest = user_op_hash_v07(op, ENTRY_POINT_V07, chain.chain_id)
     client = get_default_client("x402-agent tests", transport)
     try:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from chain_reads import rpc
-from erc7562 import Violation, chain_code, check_validation, trace_handle_ops
+from erc7562 import Violation, chain_code, check_user_op, check_validation, trace_handle_ops
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
@@ -128,15 +128,7 @@ def _op(w3: Web3, made: Made, call: str, signer: LocalAccount, *, deploying: boo
 
 
 def _violations(world: WorldInfo, op: PackedUserOperation, caller: LocalAccount) -> list[Violation]:
-    steps = trace_handle_ops(world.rpc_url, op, ENTRY_POINT_V07, caller.address)
-    return check_validation(
-        steps,
-        sender=op.sender,
-        entry_point=ENTRY_POINT_V07,
-        init_code=op.initCode,
-        paymaster_and_data=op.paymasterAndData,
-        has_code=chain_code(world.rpc_url),
-    )
+    return check_user_op(world.rpc_url, op, ENTRY_POINT_V07, caller.address)
 
 
 def _refill(w3: Web3, made: Made, amount: int) -> str:
