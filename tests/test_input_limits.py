@@ -373,7 +373,7 @@ def test_mcp_refuses_each_case(world: WorldInfo, counting: HostileServer, home: 
             assert properties["idempotency_key"]["maxLength"] == limits.MAX_KEY_CHARS
             assert properties["headers"]["maxProperties"] == limits.MAX_HEADERS
             receipts = (await session.call_tool("receipts", {"limit": 10})).structured_content
-            assert receipts == {"receipts": []}
+            assert receipts == {"receipts": [], "sign_ins": []}
 
     asyncio.run(run())
     assert "Traceback" not in (tmp_path / "err.log").read_text()

@@ -161,7 +161,12 @@ def ensure_allowance(
     try:
         tx = yield RpcCall(rpc, "eth_sendRawTransaction", (raw,))
     except ChainError as refused:
-        # Another process of this payer may have sent the same approval with the same nonce.
+        # Another process of this payer may have sent the same approval with the same nonce:
+        # the very same transaction (same fields, deterministic signature), maybe not mined yet.
+        same = "0x" + keccak(bytes.fromhex(raw.removeprefix("0x"))).hex()
+        for _ in range(_RECEIPT_READS):
+            if (yield RpcCall(rpc, "eth_getTransactionReceipt", (same,))) is not None:
+                break
         if (yield from _allowance(rpc, token, owner)) >= needed:
             return
         # Else the chain refused it (no ETH for gas, most often): say what is missing.
