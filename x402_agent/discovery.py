@@ -230,6 +230,9 @@ class _ListingGate:
     def reserve(self, offer: Offer, context: PaymentContext, *, approved: bool = False) -> PaymentRecord:
         raise PolicyDenied("discovery pays nothing", reason=Reason.POLICY_DENIED)
 
+    def pinned(self) -> SpendGate:
+        return self  # its policy is read once already
+
 
 class _Skip(Exception):
     def __init__(self, why: str) -> None:

@@ -16,9 +16,9 @@ import io
 import json
 import time
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from functools import lru_cache, partial
+from functools import partial
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
@@ -64,11 +64,11 @@ from .money import format_units
 from .netguard import check_literal
 from .payment_identifier import CONFLICT_STATUS, carried_identifier, payment_extensions
 from .reasons import Reason
-from .request_limits import check_request, redirect_target
+from .request_limits import check_request, parsed_url, redirect_target
 from .schemes import Authorized, Scheme, for_record
 from .selection import Choice, PriceLimit, rank
 from .settlement import check_moved, read_settlement_header
-from .signer import OnChainGuard, PaymentSigner
+from .signer import OnChainGuard, PaymentSigner, provides
 from .spendgate import SpendGate
 from .steps import RpcCall as RpcCall  # steps like the others, for the drivers
 from .steps import WalletCall as WalletCall
@@ -224,15 +224,9 @@ def _context(req: FetchRequest, url: str) -> PaymentContext:
     )
 
 
-@lru_cache(maxsize=256)
-def _parsed_url(url: str) -> httpx.URL:
-    """httpx parses a URL in Python: once per URL, not once per request (immutable)."""
-    return httpx.URL(url)
-
-
 def _build_request(req: FetchRequest, url: str, extra: Mapping[str, str] | None = None) -> httpx.Request:
     headers = {**req.headers, **(extra or {})}
-    return httpx.Request(req.method.upper(), _parsed_url(url), headers=headers, content=req.body)
+    return httpx.Request(req.method.upper(), parsed_url(url), headers=headers, content=req.body)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -248,6 +242,7 @@ def check_host(payer: Payer, url: str) -> None:
 
 def fetch_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, FetchOutcome]:
     """Fetch ``req``; pay for it if the server answers 402 and everything allows it."""
+    payer = replace(payer, gate=payer.gate.pinned())
     # A host written as a private address is refused first, as such; names are checked on their
     # resolved addresses by the driver (netguard), at every hop.
     check_literal(req.url, payer.gate.policy.private_allow)
@@ -275,7 +270,7 @@ def fetch_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, FetchOut
     context = _context(req, url)
     choice, record = yield from _reserve_cheapest(payer, req, url, challenge, context)
     try:
-        if isinstance(payer.signer, OnChainGuard):
+        if provides(payer.signer, OnChainGuard):
             yield WalletCall(
                 "top-up", partial(payer.signer.ensure_funds, _in_flight(payer, choice.offer.asset))
             )
@@ -341,7 +336,7 @@ def _reserve_cheapest(
     """Reserve the cheapest offer the policy allows. What the ledger already counts is checked
     by the reservation itself, atomically; if that refuses the cheapest, try the next."""
     refusals: list[PolicyDenied] = []
-    guard = payer.signer if isinstance(payer.signer, OnChainGuard) else None
+    guard = payer.signer if provides(payer.signer, OnChainGuard) else None
     for choice in rank(challenge, payer.gate, context, req.max_price, with_usage=False):
         if guard is not None:
             offer = choice.offer

@@ -26,6 +26,7 @@ import httpx
 
 from .addresses import IPAddress, check_addresses, literal_address
 from .errors import UpstreamError
+from .request_limits import parsed_url
 
 # Answers the host's addresses (as strings) for a port; the default asks the system resolver.
 Resolver = Callable[[str, int], Sequence[str]]
@@ -44,7 +45,7 @@ def check_literal(url: object, allow: Sequence[str]) -> None:
     if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
         return  # other schemes are refused by the request's validation, as such
     try:
-        host, port = _target(httpx.URL(url))
+        host, port = _target(parsed_url(url))
     except (httpx.InvalidURL, ValueError):
         try:
             parts = urlsplit(url)

@@ -28,7 +28,7 @@ from .challenge import Challenge
 from .ledger import Ledger, PaymentRecord, PaymentState
 from .ledger.entitlements import Entitlement, NewEntitlement, SignInRecord
 from .policy import Policy
-from .signer import PaymentSigner, SignInSigner
+from .signer import PaymentSigner, SignInSigner, provides
 
 log = logging.getLogger(__name__)
 SIGN_IN_WITH_X = "sign-in-with-x"  # the extension's key and its request header (the SDK's name)
@@ -191,7 +191,7 @@ def prepare(
     """The sign-in to send instead of paying, or None: pay as usual (re-access off, nothing
     offered or bought, or a challenge not to sign)."""
     declaration = declared(challenge)
-    if declaration is None or not policy.reaccess_rule.sign_in or not isinstance(signer, SignInSigner):
+    if declaration is None or not policy.reaccess_rule.sign_in or not provides(signer, SignInSigner):
         return None
     entitlement = ledger.entitlements.live(resource_of(url), signer.address, now)
     if entitlement is None:
@@ -255,7 +255,7 @@ def remember(
     if (
         declaration is None
         or not rule.sign_in
-        or not isinstance(signer, SignInSigner)
+        or not provides(signer, SignInSigner)
         or payment.state is not PaymentState.SETTLED
         or (payment.payer or "").lower() != signer.address.lower()
         or not isinstance(declaration, dict)

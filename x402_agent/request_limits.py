@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 from .errors import InvalidRequest
 from .reasons import Reason
+
+if TYPE_CHECKING:
+    import httpx
 
 # RFC 9110 asks servers to accept request lines of at least 8000 octets and common servers
 # stop near there (nginx 8 KiB header buffers, Apache LimitRequestLine 8190): a longer URL
@@ -97,6 +101,15 @@ def check_request(
     check_key(session, "session", Reason.INVALID_SESSION)
 
 
+@lru_cache(maxsize=256)
+def parsed_url(url: str) -> httpx.URL:
+    """httpx parses a URL in Python: once per URL, not at each check and request (a URL is
+    immutable). One that does not parse raises each time (exceptions are not cached)."""
+    import httpx  # lazily: the MCP server reads this module's limits at start
+
+    return httpx.URL(url)
+
+
 def check_url(url: object) -> None:
     if not isinstance(url, str):
         raise InvalidRequest("the URL must be a string", reason=Reason.INVALID_URL)
@@ -106,12 +119,12 @@ def check_url(url: object) -> None:
             reason=Reason.URL_TOO_LONG,
             limit=MAX_URL_CHARS,
         )
-    import httpx  # lazily: the MCP server reads this module's limits at start
+    import httpx
 
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - parsing the port is the check (out of range raises)
-        httpx.URL(url)  # what the client will send must parse as well
+        parsed_url(url)  # what the client will send must parse as well
     except (ValueError, httpx.InvalidURL) as exc:
         raise InvalidRequest(
             f"the URL cannot be parsed: {str(exc)[:120]}", reason=Reason.INVALID_URL

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, TypeVar, runtime_checkable
 
 from eth_utils.crypto import keccak
 
@@ -120,6 +120,9 @@ class SignInSigner(Protocol):
     """A payer that can sign a sign-in-with-x message (EIP-4361 text) as the paying address:
     a plain key with EIP-191, a smart account with an envelope its ERC-1271 check accepts."""
 
+    @property
+    def address(self) -> str: ...
+
     def sign_in_message(self, message: str) -> str:
         """The signature (0x-hex) the server verifies for this payer and ``message``."""
         ...
@@ -216,6 +219,21 @@ class OnChainGuard(Protocol):
     def check_payment(self, asset: str, pay_to: str, amount: int, window: int) -> None: ...
 
     def ensure_funds(self, needed: int) -> None: ...
+
+
+Capability = TypeVar("Capability")
+_provided: dict[tuple[type, type], bool] = {}
+
+
+def provides(signer: object, capability: type[Capability]) -> TypeGuard[Capability]:
+    """``isinstance(signer, capability)`` for one of the protocols above, remembered per class:
+    Python 3.11 looks up every member of a runtime-checkable protocol at each check (about
+    10 us), several times per payment, and a payer's capabilities are its class's methods."""
+    key = (type(signer), capability)
+    found = _provided.get(key)
+    if found is None:
+        found = _provided[key] = isinstance(signer, capability)
+    return found
 
 
 class LocalKeySigner:

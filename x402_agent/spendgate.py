@@ -28,6 +28,7 @@ class SpendGate(Protocol):
     def ledger(self) -> Ledger: ...
     def evaluate(self, offer: Offer, context: PaymentContext, *, with_usage: bool = True) -> Decision: ...
     def reserve(self, offer: Offer, context: PaymentContext, *, approved: bool = False) -> PaymentRecord: ...
+    def pinned(self) -> SpendGate: ...
 
 
 def refusal(decision: Decision, offer: Offer) -> PolicyDenied:
@@ -79,8 +80,13 @@ class PolicyGate:
             session=context.session,
         )
 
-    def evaluate(self, offer: Offer, context: PaymentContext, *, with_usage: bool = True) -> Decision:
-        policy, now = self.policy, self._clock()
+    def pinned(self) -> SpendGate:
+        return PinnedGate(self)
+
+    def evaluate(
+        self, offer: Offer, context: PaymentContext, *, with_usage: bool = True, policy: Policy | None = None
+    ) -> Decision:
+        policy, now = self.policy if policy is None else policy, self._clock()
         if not with_usage or policy.find_asset(offer.network, offer.asset) is None:
             return decide(policy, offer, context, Usage(), now)
         usage = self._ledger.usage(self._query(policy, offer, context, now))
@@ -130,3 +136,28 @@ class PolicyGate:
             self._query(policy, offer, context, now),
             check,
         )
+
+
+class PinnedGate:
+    """One fetch's view of a gate: the policy read once, when the fetch starts. Its checks
+    before the reservation (hosts, offers, the signing window, the body cap, re-access) all see
+    that one policy, and reading it costs nothing (the gate re-verifies the policy files at every
+    read: about ten per payment). The reservation itself still decides under the policy in force
+    at that moment, so a policy approved meanwhile (a tightening included) applies to it."""
+
+    def __init__(self, gate: PolicyGate) -> None:
+        self._gate = gate
+        self.policy = gate.policy
+
+    @property
+    def ledger(self) -> Ledger:
+        return self._gate.ledger
+
+    def pinned(self) -> SpendGate:
+        return self
+
+    def evaluate(self, offer: Offer, context: PaymentContext, *, with_usage: bool = True) -> Decision:
+        return self._gate.evaluate(offer, context, with_usage=with_usage, policy=self.policy)
+
+    def reserve(self, offer: Offer, context: PaymentContext, *, approved: bool = False) -> PaymentRecord:
+        return self._gate.reserve(offer, context, approved=approved)

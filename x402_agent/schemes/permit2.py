@@ -39,7 +39,7 @@ from ..ledger import Ledger, PaymentRecord, PaymentState
 from ..policy import AssetRule
 from ..reasons import Reason
 from ..settlement import TRANSFER_TOPIC, receipt_logs, topic_address, topics
-from ..signer import PaymentSigner, Permit2AllowanceKeeper, Permit2Signer, TransactionSender
+from ..signer import PaymentSigner, Permit2AllowanceKeeper, Permit2Signer, TransactionSender, provides
 from ..steps import RpcCall, WalletCall
 from .base import Authorized
 
@@ -125,7 +125,7 @@ def ensure_allowance(
     rpc: str | None, signer: PaymentSigner, token: str, needed: int, bound: int, chain_id: int
 ) -> Generator[RpcCall | WalletCall, Any, None]:
     """Make the payer's token allowance to Permit2 at least ``needed``, approving ``bound``."""
-    if isinstance(signer, Permit2AllowanceKeeper):
+    if provides(signer, Permit2AllowanceKeeper):
         # A smart account approves Permit2 only in its own refill, for its own bound.
         yield WalletCall("permit2 allowance", partial(signer.ensure_permit2_allowance, needed))
         return
@@ -240,7 +240,7 @@ def new_nonce() -> int:
 
 
 def require_permit2_signer(signer: PaymentSigner) -> Permit2Signer:
-    if not isinstance(signer, Permit2Signer):
+    if not provides(signer, Permit2Signer):
         raise ConfigError(
             f"{signer.address} cannot sign Permit2 payments", reason=Reason.PERMIT2_UNSUPPORTED_SIGNER
         )
