@@ -21,21 +21,17 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from http.client import HTTPConnection, HTTPException, HTTPSConnection
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import httpx
-
 from .errors import ChainError, SettlementMismatch
-from .http1 import Http1Transport
 from .ledger import Ledger, PaymentRecord
 from .reasons import Reason
-from .request_limits import parsed_url
 from .schemes import for_record
 from .settlement import check_moved
 
@@ -45,7 +41,6 @@ RECEIPT_GRACE_SECONDS = 30.0
 BATCH = 32
 RETRY_SECONDS = 1.0
 RPC_TIMEOUT_SECONDS = 10.0
-_RPC_TIMEOUTS = httpx.Timeout(RPC_TIMEOUT_SECONDS).as_dict()
 _ids = itertools.count(1)
 
 
@@ -71,7 +66,7 @@ class Verifier:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._alerts: list[dict[str, Any]] = []
-        self._http: Http1Transport | None = None
+        self._http: tuple[str, HTTPConnection] | None = None
 
     # ---- the queue ------------------------------------------------------------------------
     def submit(self, record: PaymentRecord) -> None:
@@ -105,7 +100,7 @@ class Verifier:
         if self._thread is not None:
             self._thread.join(timeout)
         if self._http is not None:
-            self._http.close()
+            self._http[1].close()
 
     def _loop(self) -> None:
         while True:
@@ -202,28 +197,27 @@ class Verifier:
         return True, None
 
     def _post(self, rpc: str, body: bytes) -> tuple[int, bytes]:
-        """One POST on a kept-alive connection of the agent's own HTTP/1.1 layer, without an
-        httpx client around it: this runs once per payment, and the client's layers (or
-        http.client's e-mail header parser) cost more CPU than the exchange itself."""
-        if self._http is None:
-            limits = httpx.Limits(max_keepalive_connections=4)
-            self._http = Http1Transport(ssl.create_default_context(), limits)
+        """One POST on a kept-alive stdlib connection: this runs once per payment, and
+        http.client costs a fraction of an httpx client's CPU per request."""
         parts = urlsplit(rpc)
+        if self._http is None or self._http[0] != rpc:
+            if self._http is not None:
+                self._http[1].close()
+            kind = HTTPSConnection if parts.scheme == "https" else HTTPConnection
+            self._http = (rpc, kind(parts.hostname or "", parts.port, timeout=RPC_TIMEOUT_SECONDS))
+        connection = self._http[1]
         headers = {"content-type": "application/json"}
         if parts.username:  # an RPC URL carrying its credentials
             token = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
             headers["authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         for attempt in (1, 2):  # a kept-alive connection the node closed: reconnect once
-            request = httpx.Request(
-                "POST", parsed_url(rpc), headers=headers, content=body, extensions={"timeout": _RPC_TIMEOUTS}
-            )
             try:
-                response = self._http.handle_request(request)
-                try:
-                    return response.status_code, response.read()
-                finally:
-                    response.close()
-            except httpx.TransportError:
+                connection.request("POST", target, body, headers)
+                answer = connection.getresponse()
+                return answer.status, answer.read()
+            except (OSError, HTTPException):
+                connection.close()
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
@@ -238,7 +232,7 @@ class Verifier:
         try:
             status, raw = self._post(rpc, json.dumps(body).encode())
             data = json.loads(raw)
-        except (OSError, httpx.HTTPError, ValueError) as exc:
+        except (OSError, HTTPException, ValueError) as exc:
             raise ChainError("RPC eth_getTransactionReceipt failed", cause=type(exc).__name__) from exc
         if status != 200 or not isinstance(data, list):
             raise ChainError("RPC eth_getTransactionReceipt failed", status=status)
