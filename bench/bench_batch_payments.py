@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from channel_results import channel_against_exact
 from eth_typing import HexStr
 from web3 import Web3
 
@@ -101,41 +102,21 @@ def run(world: WorldInfo, server: BatchServer, root: Path, requests: int, deposi
     refund_gas = gas("0x" + bytes(refunds[-1]["transactionHash"]).hex())
     deposits = [gas(tx) for tx in sorted(set(transactions["batch"]))]
     claims = [gas(r.transaction) for r in claimed]
-    batch_gas = sum(deposits) + sum(claims) + gas(settled.transaction) + refund_gas
     exact_gas = [gas(tx) for tx in transactions["exact"]]
     batch_ms, exact_ms = timings["batch"], timings["exact"]
-    return {
-        "requests": requests,
-        "batch": {
-            "p50_ms": round(statistics.median(batch_ms), 1),
-            "mean_ms": round(statistics.mean(batch_ms), 1),
-            "first_request_ms": round(batch_ms[0], 1),
-            "deposit_txs": len(deposits),
-            "gas": {
-                "deposit": deposits,
-                "claim": claims,
-                "settle": gas(settled.transaction),
-                "refund": refund_gas,
-            },
-            "gas_total": batch_gas,
-            "gas_per_request": round(batch_gas / requests),
-            "deposit": channel.deposit,
-            "charged": refunded.charged,
-            "refunded": refunded.refunded,
-        },
-        "exact": {
-            "p50_ms": round(statistics.median(exact_ms), 1),
-            "mean_ms": round(statistics.mean(exact_ms), 1),
-            "gas_per_request_p50": statistics.median(exact_gas),
-            "gas_total": sum(exact_gas),
-        },
-        "ratio": {
-            "latency_p50_batch_over_exact": round(
-                statistics.median(batch_ms) / statistics.median(exact_ms), 2
-            ),
-            "gas_per_request_batch_over_exact": round(batch_gas / sum(exact_gas), 3),
-        },
+    channel_gas = {
+        "deposit": deposits,
+        "claim": claims,
+        "settle": gas(settled.transaction),
+        "refund": refund_gas,
     }
+    result = channel_against_exact(requests, batch_ms, exact_ms, channel_gas, exact_gas)
+    result["batch"].update(deposit=channel.deposit, charged=refunded.charged, refunded=refunded.refunded)
+    result["ratio"] = {
+        "latency_p50_batch_over_exact": round(statistics.median(batch_ms) / statistics.median(exact_ms), 2),
+        "gas_per_request_batch_over_exact": round(result["batch"]["gas_total"] / sum(exact_gas), 3),
+    }
+    return result
 
 
 if __name__ == "__main__":

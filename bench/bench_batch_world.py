@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import time
 from typing import Any
 
+from channel_results import channel_against_exact
 from eth_account import Account
 from eth_typing import HexStr
 from web3 import Web3
@@ -107,39 +107,25 @@ def run(world: WorldInfo, server: BatchServer, requests: int) -> dict[str, Any]:
     refund = channel.refund(batch_url)
     deposits = [gas(tx) for tx in batch_tx if tx]
     claims = [gas(r.transaction) for r in claimed]
-    batch_gas = sum(deposits) + sum(claims) + gas(settled.transaction) + gas(refund.transaction)
     exact_gas = [gas(tx) for tx in exact_tx]
     contract = w3.eth.contract(
         address=Web3.to_checksum_address(world.batch.settlement),
         abi=batch_artifact("X402BatchSettlement")["abi"],
     )
-    return {
-        "requests": requests,
-        "batch": {
-            "p50_ms": round(statistics.median(batch_ms), 1),
-            "mean_ms": round(statistics.mean(batch_ms), 1),
-            "first_request_ms": round(batch_ms[0], 1),
-            "deposit_txs": len(deposits),
-            "gas": {
-                "deposit": deposits,
-                "claim": claims,
-                "settle": gas(settled.transaction),
-                "refund": gas(refund.transaction),
-            },
-            "gas_total": batch_gas,
-            "gas_per_request": round(batch_gas / requests),
-            "receiver_claimed_settled": contract.functions.receivers(
-                world.batch.receiver, world.usdc.address
-            ).call(),
-            "refunded": refund.amount,
-        },
-        "exact": {
-            "p50_ms": round(statistics.median(exact_ms), 1),
-            "mean_ms": round(statistics.mean(exact_ms), 1),
-            "gas_per_request_p50": statistics.median(exact_gas),
-            "gas_total": sum(exact_gas),
-        },
+    channel_gas = {
+        "deposit": deposits,
+        "claim": claims,
+        "settle": gas(settled.transaction),
+        "refund": gas(refund.transaction),
     }
+    result = channel_against_exact(requests, batch_ms, exact_ms, channel_gas, exact_gas)
+    result["batch"].update(
+        receiver_claimed_settled=contract.functions.receivers(
+            world.batch.receiver, world.usdc.address
+        ).call(),
+        refunded=refund.amount,
+    )
+    return result
 
 
 if __name__ == "__main__":

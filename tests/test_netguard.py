@@ -14,6 +14,7 @@ certificate against the name.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import ipaddress
 import json
@@ -404,6 +405,29 @@ def test_drivers_refuse_every_spelling_before_connecting(
     with pytest.raises(PrivateAddressRefused):
         fetch(opted, f"http://127.0.0.2:{listener.port}/x", driver)
     assert listener.total == 0
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_no_environment_proxy_carries_a_request_and_url_credentials_go_to_the_pinned_address(
+    payer: Callable[..., Payer], listener: Listener, monkeypatch: pytest.MonkeyPatch, driver: str
+) -> None:
+    """The drivers hand requests to their own transport: whatever the environment's proxy
+    variables say, the connection goes to the address the guard checked (a proxy would resolve
+    and connect on its own). Credentials written in the URL travel as Basic auth, there only."""
+    with counting_listener() as proxy:
+        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.2:{proxy.port}")
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        opted = payer(f"127.0.0.1:{listener.port}")
+        done = fetch(opted, f"http://agent:s3cret@127.0.0.1:{listener.port}/x", driver)
+        assert done.status == 200 and done.content == b"reached"
+        assert proxy.total == 0
+    assert listener.accepted == {"127.0.0.1": 1, "127.0.0.2": 0, "::1": 0}
+    expected = b"authorization: basic " + base64.b64encode(b"agent:s3cret").lower()
+    assert expected in listener.heads[-1].lower()
+    with listener.lock:
+        listener.accepted["127.0.0.1"] = 0
 
 
 class Redirector:
