@@ -161,7 +161,7 @@ def discover_flow(payer: Payer, req: DiscoveryRequest) -> Generator[Step, Any, D
     gate = _ListingGate(payer.gate, payer.clock())
     for raw in raw_items[:MAX_LISTING_ITEMS]:
         try:
-            item = _item(gate, req, raw, network)
+            item = _item(gate, req, raw, network, payer.signer)
         except _Skip as skip:
             skipped[skip.why] = skipped.get(skip.why, 0) + 1
             continue
@@ -297,7 +297,7 @@ def _matches(query: str | None, *texts: str | None) -> bool:
 
 
 def _item(
-    gate: _ListingGate, req: DiscoveryRequest, raw: object, network: str | None
+    gate: _ListingGate, req: DiscoveryRequest, raw: object, network: str | None, signer: object
 ) -> dict[str, Any] | None:
     """One listed resource as a result, None when the filters leave it out; _Skip if malformed."""
     if not isinstance(raw, dict):
@@ -334,7 +334,7 @@ def _item(
     )
     try:
         check_literal(resource, policy.private_allow)  # fetch would refuse it before sending
-        judged = [(offer, assess(offer, gate, context, req.max_price)) for offer in offers]
+        judged = [(offer, assess(offer, gate, context, req.max_price, signer=signer)) for offer in offers]
     except X402AgentError as exc:
         judged = [(offer, Decision(False, exc.reason, exc.message)) for offer in offers]
     best, decision = _verdict(judged)

@@ -337,7 +337,7 @@ def _reserve_cheapest(
     by the reservation itself, atomically; if that refuses the cheapest, try the next."""
     refusals: list[PolicyDenied] = []
     guard = payer.signer if provides(payer.signer, OnChainGuard) else None
-    for choice in rank(challenge, payer.gate, context, req.max_price, with_usage=False):
+    for choice in rank(challenge, payer.gate, context, req.max_price, with_usage=False, signer=payer.signer):
         if guard is not None:
             offer = choice.offer
             try:

@@ -56,14 +56,14 @@ def quote_flow(payer: Payer, req: FetchRequest) -> Generator[Step, Any, Quote]:
     context = _context(req, url)
     options = []
     for offer in challenge.offers:
-        decision = assess(offer, payer.gate, context, req.max_price)
+        decision = assess(offer, payer.gate, context, req.max_price, signer=payer.signer)
         option = {**offer.describe(), "allowed": decision.allowed, "reason": decision.reason}
         if decision.asset is not None:
             option["symbol"] = decision.asset.symbol
             option["price"] = format_units(offer.amount, decision.asset.decimals)
         options.append(option)
     try:
-        choice = choose(challenge, payer.gate, context, req.max_price)
+        choice = choose(challenge, payer.gate, context, req.max_price, signer=payer.signer)
     except X402AgentError as exc:
         return Quote(url, 402, True, False, exc.reason, None, options, policy.version, policy.digest)
     chosen = next(o for o in options if o["index"] == choice.offer.index)

@@ -24,6 +24,7 @@ _UNPAYABLE = {
     Reason.UNKNOWN_NETWORK,
     Reason.ASSET_DOMAIN_MISMATCH,
     Reason.UNKNOWN_ASSET,
+    Reason.PERMIT2_UNSUPPORTED_SIGNER,
 }
 
 # A ceiling above a trillion units of anything is a typo, not a limit.
@@ -80,18 +81,30 @@ def assess(
     limit: PriceLimit | None,
     *,
     with_usage: bool = True,
+    signer: object | None = None,
 ) -> Decision:
     """Why this one offer can or cannot be paid (``with_usage=False``: ignoring what the ledger
-    already counts, which the reservation checks anyway)."""
-    return _assess(offer, gate, context, limit, with_usage)[0]
+    already counts, which the reservation checks anyway; ``signer``: by this payer, which may
+    lack what the offer's scheme signs)."""
+    return _assess(offer, gate, context, limit, with_usage, signer)[0]
 
 
 def _assess(
-    offer: Offer, gate: SpendGate, context: PaymentContext, limit: PriceLimit | None, with_usage: bool
+    offer: Offer,
+    gate: SpendGate,
+    context: PaymentContext,
+    limit: PriceLimit | None,
+    with_usage: bool,
+    signer: object | None,
 ) -> tuple[Decision, Scheme | None]:
     scheme = resolve(offer)
     if isinstance(scheme, Decision):
         return scheme, None
+    # Before the policy: an offer this payer cannot sign is not payable at all, whatever the
+    # policy says, and rank must fall back from it before anything is reserved or topped up.
+    unsignable = None if signer is None else scheme.refusal_for(signer)
+    if unsignable is not None:
+        return unsignable, scheme
     decision = gate.evaluate(offer, context, with_usage=with_usage)
     rule = decision.asset
     if rule is None:
@@ -128,10 +141,15 @@ def _assess(
 
 
 def choose(
-    challenge: Challenge, gate: SpendGate, context: PaymentContext, limit: PriceLimit | None
+    challenge: Challenge,
+    gate: SpendGate,
+    context: PaymentContext,
+    limit: PriceLimit | None,
+    *,
+    signer: object | None = None,
 ) -> Choice:
     """The cheapest offer allowed now, counting what the ledger holds (quotes use this)."""
-    return rank(challenge, gate, context, limit)[0]
+    return rank(challenge, gate, context, limit, signer=signer)[0]
 
 
 def rank(
@@ -141,9 +159,13 @@ def rank(
     limit: PriceLimit | None,
     *,
     with_usage: bool = True,
+    signer: object | None = None,
 ) -> list[Choice]:
-    """Acceptable offers, cheapest first; raise with every offer's reason if there is none."""
-    assessed = [(offer, *_assess(offer, gate, context, limit, with_usage)) for offer in challenge.offers]
+    """Acceptable offers, cheapest first; raise with every offer's reason if there is none.
+    ``signer``: the payer; offers it cannot sign are refused like unsupported ones."""
+    assessed = [
+        (offer, *_assess(offer, gate, context, limit, with_usage, signer)) for offer in challenge.offers
+    ]
     verdicts = [(offer, decision) for offer, decision, _ in assessed]
     payable = [
         Choice(o, d.asset, d, s, s.maximum(o))

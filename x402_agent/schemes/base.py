@@ -69,6 +69,12 @@ class Scheme(Protocol):
         """None if this module can pay ``offer`` with ``asset``; else why not."""
         ...
 
+    def refusal_for(self, signer: object) -> Decision | None:
+        """None if ``signer`` can sign this module's payments, judged from its capabilities
+        alone (no I/O); else why not. Asked before anything is reserved, topped up or signed,
+        so that an offer this payer cannot pay falls back to the next one."""
+        ...
+
     def maximum(self, offer: Offer) -> int:
         """What to reserve: the most paying ``offer`` can cost."""
         ...

@@ -32,7 +32,7 @@ from ..ledger import Ledger, PaymentRecord, PaymentState
 from ..policy import AssetRule
 from ..reasons import Reason
 from ..settlement import TRANSFER_TOPIC, check_settlement, receipt_logs, topic_address, topics
-from ..signer import PaymentSigner
+from ..signer import PaymentSigner, provides
 from ..steps import RpcCall
 from .base import Authorized, Settlement
 from .exact_eip3009 import token_domain_refusal
@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 
 _CHANNELS_SELECTOR = "0x7a7ebd7b"  # channels(bytes32) -> (uint128 balance, uint128 totalClaimed)
 _ZERO_SALT = "0x" + "00" * 32  # the SDK client's default: one channel per payer, payee, token
+_NO_CHANNELS = (
+    "this payer cannot sign channel vouchers: the smart-account wallet cannot open payment "
+    "channels; a plain-key home can"
+)
 
 
 @runtime_checkable
@@ -254,6 +258,14 @@ class BatchSettlement:
             )
         return None
 
+    def refusal_for(self, signer: object) -> Decision | None:
+        # Vouchers and the deposit are EIP-712 messages of the batch-settlement contract: only a
+        # payer that signs any typed data (a plain key) can; the smart account signs token
+        # transfers only, and its on-chain bounds know nothing of channels.
+        if provides(signer, TypedDataSigner):
+            return None
+        return Decision(False, Reason.UNSUPPORTED_SCHEME, _NO_CHANNELS)
+
     def maximum(self, offer: Offer) -> int:
         return offer.amount
 
@@ -274,10 +286,9 @@ class BatchSettlement:
 
         from ..ledger.channels import ChannelRecord, ChannelState
 
+        # Selection refuses such a payer first (refusal_for); this stays as defence in depth.
         if not isinstance(signer, TypedDataSigner):
-            raise PolicyDenied(
-                "this payer cannot sign channel vouchers (a plain key can)", reason=Reason.UNSUPPORTED_SCHEME
-            )
+            raise PolicyDenied(_NO_CHANNELS, reason=Reason.UNSUPPORTED_SCHEME)
         assert offer.chain_id is not None
         config = channel_config(offer, signer.address)
         channel_id = compute_channel_id(config, offer.network).lower()

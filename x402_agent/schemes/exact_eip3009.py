@@ -65,6 +65,10 @@ class ExactEip3009:
     def check_offer(self, offer: Offer, asset: AssetRule) -> Decision | None:
         return token_domain_refusal(offer, asset)
 
+    def refusal_for(self, signer: object) -> Decision | None:
+        # Signing an EIP-3009 authorization is what makes a payer a PaymentSigner: every one can.
+        return None
+
     def maximum(self, offer: Offer) -> int:
         return offer.amount
 

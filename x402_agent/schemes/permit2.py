@@ -239,11 +239,12 @@ def new_nonce() -> int:
     return secrets.randbits(256)
 
 
+_NO_PERMIT2 = "this payer cannot sign Permit2 payments"
+
+
 def require_permit2_signer(signer: PaymentSigner) -> Permit2Signer:
     if not provides(signer, Permit2Signer):
-        raise ConfigError(
-            f"{signer.address} cannot sign Permit2 payments", reason=Reason.PERMIT2_UNSUPPORTED_SIGNER
-        )
+        raise ConfigError(f"{signer.address}: {_NO_PERMIT2}", reason=Reason.PERMIT2_UNSUPPORTED_SIGNER)
     return signer
 
 
@@ -306,6 +307,11 @@ class Permit2Scheme:
         # Permit2's EIP-712 domain is its own (name, chain, address), not the token's: the
         # policy's token domain fields play no part.
         return None
+
+    def refusal_for(self, signer: object) -> Decision | None:
+        if provides(signer, Permit2Signer):
+            return None
+        return Decision(False, Reason.PERMIT2_UNSUPPORTED_SIGNER, _NO_PERMIT2)
 
     def maximum(self, offer: Offer) -> int:
         return offer.amount
