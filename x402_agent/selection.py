@@ -100,11 +100,6 @@ def _assess(
     scheme = resolve(offer)
     if isinstance(scheme, Decision):
         return scheme, None
-    # Before the policy: an offer this payer cannot sign is not payable at all, whatever the
-    # policy says, and rank must fall back from it before anything is reserved or topped up.
-    unsignable = None if signer is None else scheme.refusal_for(signer)
-    if unsignable is not None:
-        return unsignable, scheme
     decision = gate.evaluate(offer, context, with_usage=with_usage)
     rule = decision.asset
     if rule is None:
@@ -137,7 +132,11 @@ def _assess(
                 f"is above the max price {limit.amount}",
                 rule,
             ), scheme
-    return decision, scheme
+    # Last: an offer everything else allows but this payer cannot sign is not payable, and
+    # rank falls back from it before anything is reserved or topped up (a refusal by the
+    # policy is the more useful answer, so it is given first).
+    unsignable = None if signer is None or not decision.allowed else scheme.refusal_for(signer)
+    return (decision if unsignable is None else unsignable), scheme
 
 
 def choose(
