@@ -9,8 +9,7 @@ x402-agent does more per payment: policy check, a ledger reservation before sign
 changes, a stored receipt, and an on-chain check of the settlement transaction receipt (done by
 the agent's verifier after the body is returned).
 
-Latency: sequential (strictly alternating single requests, ratio of medians, and of the
-interquartile means, which whole 4 ms steps of the world's latencies do not move; our verifier's
+Latency: sequential (strictly alternating single requests, ratio of medians; our verifier's
 check is let finish after each of our requests, outside the timing, so that it does not run
 into the next client's request) and ``--concurrency`` at a time (alternating rounds, ratio of
 the median round's wall time per request; our rounds include waiting for the verifier to
@@ -131,20 +130,10 @@ async def timed(calls: int, concurrency: int, one: Callable[[], Awaitable[int]])
     return latencies
 
 
-def interquartile_mean(values: list[float]) -> float:
-    """The mean of the middle half: the local world's latencies come in steps of about 4 ms
-    (a median moves by whole steps, 4% of a request) with a tail of +100 ms (a settlement whose
-    receipt the facilitator's first poll missed); the middle half's mean is neither."""
-    ordered = sorted(values)
-    quarter = len(ordered) // 4
-    return statistics.fmean(ordered[quarter : len(ordered) - quarter])
-
-
 def summary(latencies: list[float], wall: float) -> dict[str, float]:
     return {
         "mean_ms": 1000 * statistics.fmean(latencies),
         "p50_ms": 1000 * statistics.median(latencies),
-        "iqm_ms": 1000 * interquartile_mean(latencies),
         "p99_ms": 1000 * statistics.quantiles(latencies, n=100)[98],
         "per_request_wall_ms": 1000 * wall / len(latencies),
         "requests": len(latencies),
@@ -204,8 +193,6 @@ async def measure(
     key = "p50_ms" if concurrency == 1 else "median_round_per_request_ms"
     for name in agents:
         figures[name]["ratio_over_sdk"] = round(figures[name][key] / figures[SDK][key], 3)
-        if concurrency == 1:
-            figures[name]["iqm_ratio_over_sdk"] = round(figures[name]["iqm_ms"] / figures[SDK]["iqm_ms"], 3)
         figures[name]["cpu_ratio_over_sdk"] = round(
             figures[name]["cpu_ms_per_request"] / figures[SDK]["cpu_ms_per_request"], 3
         )
