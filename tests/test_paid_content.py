@@ -251,6 +251,9 @@ def test_ctrl_c_after_payment_records_it_and_the_next_process_settles_it(
 
     agent = Agent.open(home)
     interrupter = threading.Thread(target=interrupt_once_paid)
+    # Ctrl-C as a terminal delivers it: a suite started as a background job (`cmd &` in a
+    # script) inherits SIGINT ignored, and the interrupt would never reach the fetch.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupter.start()
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -261,6 +264,7 @@ def test_ctrl_c_after_payment_records_it_and_the_next_process_settles_it(
         assert record.state == PaymentState.UNKNOWN
         assert json.loads(record.evidence_json or "{}")["cause"] == "KeyboardInterrupt"
     finally:
+        signal.signal(signal.SIGINT, previous)
         content.slow_release.set()  # the server settles and answers a closed connection
         agent.close()
     assert content.slow_settled.wait(60)
