@@ -98,9 +98,9 @@ def _prepare(step: HttpCall, deadline: Deadline | None) -> httpx.Request:
     """The request as the transport gets it. Requests go to the transport directly, not through
     httpx's Client.send: its cookie jar (filled from every response, never sent: Client.send
     adds no Cookie header), auth and redirect layers cost about a third of the event loop's CPU
-    per paid fetch, and its environment proxies would bypass the guard's pinned address. What
-    it would add that applies is added here: the timeouts (every operation gets the time left
-    before the deadline), and credentials written in the URL as Basic auth."""
+    per paid fetch. What it would add that applies is added here: the timeouts (every operation
+    gets the time left before the deadline), and credentials written in the URL as Basic auth.
+    No environment proxy is used (as before: a client given its own transport mounts none)."""
     request = step.request
     request.extensions["timeout"] = deadline.timeouts() if deadline is not None else _DEFAULT_TIMEOUTS
     url = request.url
